@@ -1,0 +1,86 @@
+/** The `fscache` command: argument parsing and the verbs, each calling into fs/ or elf/. */
+import { Command, CommanderError } from 'commander';
+import { renderDefaultConfig } from '../fs/config';
+import { EXIT_CODES, FsCacheError } from '../fs/errors';
+import { contextFrom, GlobalOptions } from './context';
+import { demoVerb } from './demo';
+import { mountVerb } from './mount';
+import { collectStatus, renderStatus, statusExitCode } from './status';
+import { verifyStore } from './verify';
+
+const program = new Command();
+program
+  .name('fscache')
+  .description('A flash cache of /usr served through a FUSE view, for hardened and small Linux systems.')
+  .option('--root <dir>', 'root prefix R: every path lives under it (default: $FSCACHE_ROOT or /)')
+  .option('--config <file>', 'config file (default: R/etc/fscache.conf)')
+  .exitOverride()
+  .addHelpText('after', `
+Exit codes:
+  0  success / healthy          4  degraded (running, not as configured)
+  1  unexpected failure         5  environment missing (/dev/fuse, the real tree)
+  2  usage or config error      6  busy (mount point or lock held)
+  3  refused                    7  stopped (status: nothing running)`);
+
+const globals = (): GlobalOptions => program.opts<GlobalOptions>();
+let exitCode = 0;
+
+program
+  .command('demo')
+  .description('build a sandbox root from this machine\'s /usr (read-only), run programs through the view, show what happened, clean up')
+  .action(async () => {
+    exitCode = await demoVerb();
+  });
+
+program
+  .command('mount')
+  .description('run the FUSE view of the real tree at R/run/fscache/view in the foreground (SIGTERM: detach, serve until the last user is gone)')
+  .action(async () => mountVerb(contextFrom(globals())));
+
+program
+  .command('status')
+  .description('show mode, link, view, store, watcher; exit 0 healthy, 4 degraded, 7 stopped')
+  .option('--json', 'machine-readable output')
+  .action((opts: { json?: boolean }) => {
+    const report = collectStatus(contextFrom(globals()));
+    process.stdout.write((opts.json ? JSON.stringify(report, null, 2) : renderStatus(report)) + '\n');
+    exitCode = statusExitCode(report);
+  });
+
+program
+  .command('verify')
+  .description('hash every flash copy and compare it with the index and the real file; exit 4 if any is corrupt or stale')
+  .option('--fix', 'drop corrupt and stale copies')
+  .option('--json', 'machine-readable output')
+  .action((opts: { fix?: boolean; json?: boolean }) => {
+    const r = verifyStore(contextFrom(globals()), !!opts.fix);
+    if (opts.json) process.stdout.write(JSON.stringify(r, null, 2) + '\n');
+    else {
+      process.stdout.write(`${r.checked} copies checked: ${r.good} good, ${r.corrupt.length} corrupt, ${r.stale.length} stale${opts.fix ? `, ${r.dropped} dropped` : ''}\n`);
+      for (const p of r.corrupt) process.stdout.write(`corrupt  ${p}\n`);
+      for (const p of r.stale) process.stdout.write(`stale    ${p}\n`);
+    }
+    exitCode = r.corrupt.length + r.stale.length > r.dropped ? EXIT_CODES.degraded : EXIT_CODES.ok;
+  });
+
+program
+  .command('config')
+  .description('print the config file with every key, its default and allowed values')
+  .action(() => {
+    process.stdout.write(renderDefaultConfig());
+  });
+
+function exitFor(err: unknown): number {
+  if (err instanceof CommanderError) return err.exitCode === 0 ? 0 : EXIT_CODES.usage;
+  if (err instanceof FsCacheError) {
+    process.stderr.write(`fscache: ${err.message}\n`);
+    return EXIT_CODES[err.kind];
+  }
+  process.stderr.write(`fscache: ${(err as Error)?.stack ?? err}\n`);
+  return EXIT_CODES.internal;
+}
+
+program.parseAsync(process.argv).then(
+  () => process.exit(exitCode),
+  (err) => process.exit(exitFor(err)),
+);

@@ -1,0 +1,17 @@
+/** `fscache mount`: the view in the foreground until SIGTERM/SIGINT, then a safe stop. */
+import { RunningView } from '../fs/view-service';
+import type { Context } from './context';
+
+export async function mountVerb(ctx: Context): Promise<void> {
+  const running = await RunningView.start(ctx.paths, ctx.config, ctx.log);
+  await new Promise<void>((resolve) => {
+    const onSignal = (sig: string) => {
+      ctx.log.info(`${sig} received`);
+      running.stop().then(resolve, (err) => {
+        ctx.log.error(`stop failed: ${err}`);
+        resolve();
+      });
+    };
+    for (const sig of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) process.on(sig, () => onSignal(sig));
+  });
+}

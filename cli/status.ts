@@ -1,0 +1,101 @@
+/** `fscache status`: what is running and how well, as a table or JSON; exit code for monitoring. */
+import * as fs from 'fs';
+import { EXIT_CODES } from '../fs/errors';
+import { StoreIndex } from '../fs/index-db';
+import { silentLogger } from '../fs/log';
+import { isMountPoint } from '../fs/preflight';
+import type { ViewState } from '../fs/view-service';
+import type { Context } from './context';
+
+export interface StatusReport {
+  health: 'healthy' | 'degraded' | 'stopped';
+  problems: string[];
+  mode: string;
+  root: string;
+  link: { path: string; target: string | null };
+  view: { mounted: boolean; pid: number | null; running: boolean; uptimeSeconds: number | null; session: string | null; requests: Record<string, number> };
+  store: { entries: number; bytes: number; quota: number; hits: number } | null;
+  counters: ViewState['view'] | null;
+  fills: ViewState['store'] | null;
+  watcher: ViewState['watcher'] | null;
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+export function collectStatus(ctx: Context): StatusReport {
+  const { paths, config } = ctx;
+  const problems: string[] = [];
+  let state: ViewState | undefined;
+  try {
+    state = JSON.parse(fs.readFileSync(paths.viewState, 'utf8')) as ViewState;
+  } catch {
+    state = undefined;
+  }
+  const running = !!state && alive(state.pid);
+  const mounted = isMountPoint(paths.viewMount);
+  let target: string | null = null;
+  try {
+    target = fs.readlinkSync(paths.usrLink);
+  } catch {
+    target = null;
+  }
+  let store: StatusReport['store'] = null;
+  if (fs.existsSync(paths.index)) {
+    try {
+      const index = StoreIndex.open(paths.index, silentLogger, { readonly: true });
+      store = { ...index.totals(), quota: config.quotaBytes };
+      index.close();
+    } catch (err) {
+      problems.push(`index unreadable: ${(err as Error).message}`);
+    }
+  }
+  if (running && !mounted) problems.push('the view process runs but nothing is mounted');
+  if (mounted && !running) problems.push('the view is mounted but its process is gone');
+  if (state?.storeTrouble) problems.push(state.storeTrouble);
+  if (state?.store?.flashTrouble) problems.push(state.store.flashTrouble);
+  if (state?.watcher?.trouble) problems.push(state.watcher.trouble);
+  const health = !running && !mounted ? 'stopped' : problems.length ? 'degraded' : 'healthy';
+  return {
+    health, problems, mode: config.mode, root: paths.root,
+    link: { path: paths.usrLink, target },
+    view: {
+      mounted, running, pid: state?.pid ?? null, session: state?.session ?? null,
+      uptimeSeconds: state && running ? Math.round((Date.now() - state.startedAt) / 1000) : null,
+      requests: state?.requests ?? {},
+    },
+    store, counters: state?.view ?? null, fills: state?.store ?? null, watcher: state?.watcher ?? null,
+  };
+}
+
+export function statusExitCode(report: StatusReport): number {
+  return report.health === 'healthy' ? EXIT_CODES.ok : report.health === 'degraded' ? EXIT_CODES.degraded : EXIT_CODES.stopped;
+}
+
+const MiB = (n: number) => `${(n / 1048576).toFixed(1)} MiB`;
+
+export function renderStatus(r: StatusReport): string {
+  const rows: Array<[string, string]> = [
+    ['health', r.health],
+    ['mode', r.mode],
+    ['root', r.root],
+    ['link', `${r.link.path} -> ${r.link.target ?? '(not a link)'}`],
+    ['view', r.view.mounted ? `mounted, pid ${r.view.pid}, up ${r.view.uptimeSeconds ?? '?'} s, session ${r.view.session}` : 'not mounted'],
+  ];
+  if (r.store) rows.push(['store', `${r.store.entries} files, ${MiB(r.store.bytes)} of ${MiB(r.store.quota)}, ${r.store.hits} hits recorded`]);
+  if (r.counters) {
+    const ratio = r.counters.opens ? ((100 * r.counters.hits) / r.counters.opens).toFixed(1) : '0.0';
+    rows.push(['opens', `${r.counters.opens} (${r.counters.hits} from flash, ${ratio}% since start)`]);
+  }
+  if (r.fills) rows.push(['fills', `${r.fills.fills} copies, ${MiB(r.fills.fillBytes)}, ${r.fills.fillFailures} failed, ${r.fills.evictions} evicted`]);
+  if (r.watcher) rows.push(['watcher', `${r.watcher.state}, ${r.watcher.directories} directories, ${r.watcher.invalidations} invalidations`]);
+  for (const p of r.problems) rows.push(['problem', p]);
+  const width = Math.max(...rows.map(([k]) => k.length));
+  return rows.map(([k, v]) => `${k.padEnd(width)}  ${v}`).join('\n');
+}

@@ -1,0 +1,212 @@
+/**
+ * The one config file, R/etc/fscache.conf: `key = value` lines, `#` comments.
+ * Every key is declared once below with its default, its allowed values and
+ * what it does; `fscache config --defaults` prints this table as a commented file.
+ * An unknown key or a bad value is an error that names the key and what is allowed.
+ */
+import * as fs from 'fs';
+import { FsCacheError, errnoCode } from './errors';
+
+export type Mode = 'view' | 'mirror';
+export type WatchMode = 'cached-dirs' | 'off';
+export type LogLevel = 'error' | 'warn' | 'info' | 'debug';
+
+export interface Config {
+  mode: Mode;
+  realTree: string;
+  usrLink: string;
+  storeDir: string;
+  runDir: string;
+  quotaBytes: number;
+  fillGlobs: string[];
+  fillMaxFileBytes: number;
+  fillConcurrency: number;
+  attrTimeout: number;
+  entryTimeout: number;
+  negativeTimeout: number;
+  watch: WatchMode;
+  watchPackageDb: string[];
+  watchMaxDirs: number;
+  accessFlushMs: number;
+  logLevel: LogLevel;
+}
+
+interface KeySpec<K extends keyof Config> {
+  field: K;
+  default: string;
+  allowed: string;
+  doc: string;
+  parse(raw: string): Config[K] | undefined; // undefined: not allowed
+}
+
+const SIZE_UNITS: Record<string, number> = { '': 1, K: 1024, M: 1024 ** 2, G: 1024 ** 3, T: 1024 ** 4 };
+
+function parseSize(raw: string): number | undefined {
+  const m = /^(\d+)\s*([KMGT]?)(i?B)?$/i.exec(raw);
+  if (!m) return undefined;
+  const n = Number(m[1]) * SIZE_UNITS[m[2].toUpperCase()];
+  return Number.isSafeInteger(n) ? n : undefined;
+}
+
+function intIn(min: number, max: number) {
+  return (raw: string): number | undefined => {
+    if (!/^\d+$/.test(raw)) return undefined;
+    const n = Number(raw);
+    return n >= min && n <= max ? n : undefined;
+  };
+}
+
+function oneOf<T extends string>(...values: T[]) {
+  return (raw: string): T | undefined => values.find((v) => v === raw);
+}
+
+/** A path below the root prefix: relative, no `..`, so nothing escapes R. */
+function relPath(raw: string): string | undefined {
+  const clean = raw.replace(/^\/+/, '').replace(/\/+$/, '');
+  if (clean === '' || clean.split('/').some((part) => part === '..' || part === '')) return undefined;
+  return clean;
+}
+
+function list<T>(item: (raw: string) => T | undefined) {
+  return (raw: string): T[] | undefined => {
+    const items = raw.split(',').map((s) => s.trim()).filter((s) => s !== '');
+    const parsed = items.map(item);
+    return parsed.every((p) => p !== undefined) ? (parsed as T[]) : undefined;
+  };
+}
+
+const glob = (raw: string): string | undefined => (/^[\w.*?/+@-]+$/.test(raw) ? raw : undefined);
+
+export const CONFIG_KEYS = {
+  mode: {
+    field: 'mode', default: 'view', allowed: 'view, mirror', parse: oneOf<Mode>('view', 'mirror'),
+    doc: 'view: R/usr points at the FUSE view of the real tree, contents from flash. mirror: R/usr points at a full copy on flash kept by `fscache sync`, no FUSE in the data path.',
+  },
+  real_tree: {
+    field: 'realTree', default: 'usr.real', allowed: 'a path relative to the root, without ..', parse: relPath,
+    doc: 'The real /usr tree. The view reads only this path, never R/usr.',
+  },
+  usr_link: {
+    field: 'usrLink', default: 'usr', allowed: 'a path relative to the root, without ..', parse: relPath,
+    doc: 'The symlink that fscache switches between the real tree and the view.',
+  },
+  store_dir: {
+    field: 'storeDir', default: 'fscache', allowed: 'a path relative to the root, without ..', parse: relPath,
+    doc: 'Flash storage: store/ (cached contents), images/ (randomized libraries), index.sqlite.',
+  },
+  run_dir: {
+    field: 'runDir', default: 'run/fscache', allowed: 'a path relative to the root, without ..', parse: relPath,
+    doc: 'Runtime state: the view mount point, pid and state files, sockets.',
+  },
+  quota: {
+    field: 'quotaBytes', default: '4G', allowed: 'a size in bytes with an optional K, M, G or T suffix', parse: parseSize,
+    doc: 'Most bytes the store may hold; least recently used copies are evicted beyond it.',
+  },
+  fill: {
+    field: 'fillGlobs', default: '*.so, *.so.*, bin/*, sbin/*, libexec/**', allowed: 'comma-separated globs (* within a name, ** across directories; a glob without / matches the file name)',
+    parse: list(glob),
+    doc: 'Which files of the real tree are copied to flash when first opened.',
+  },
+  fill_max_file: {
+    field: 'fillMaxFileBytes', default: '256M', allowed: 'a size in bytes with an optional K, M, G or T suffix', parse: parseSize,
+    doc: 'Files larger than this are always served from the real tree.',
+  },
+  fill_concurrency: {
+    field: 'fillConcurrency', default: '2', allowed: 'an integer from 1 to 16', parse: intIn(1, 16),
+    doc: 'Background copies to flash running at once.',
+  },
+  attr_timeout: {
+    field: 'attrTimeout', default: '1', allowed: 'whole seconds from 0 to 86400', parse: intIn(0, 86400),
+    doc: 'How long the kernel may keep attributes without asking the view; also the longest a changed file may look unchanged.',
+  },
+  entry_timeout: {
+    field: 'entryTimeout', default: '1', allowed: 'whole seconds from 0 to 86400', parse: intIn(0, 86400),
+    doc: 'How long the kernel may keep a name lookup; also the longest a replaced or new file may go unnoticed.',
+  },
+  negative_timeout: {
+    field: 'negativeTimeout', default: '1', allowed: 'whole seconds from 0 to 86400', parse: intIn(0, 86400),
+    doc: 'How long the kernel may remember that a name does not exist (the loader probes many).',
+  },
+  watch: {
+    field: 'watch', default: 'cached-dirs', allowed: 'cached-dirs, off', parse: oneOf<WatchMode>('cached-dirs', 'off'),
+    doc: 'cached-dirs: watch (not recursively) the directories that hold cached files, and the package databases; drop changed copies at once. The identity check at open is what guarantees freshness either way.',
+  },
+  watch_package_db: {
+    field: 'watchPackageDb', default: 'var/lib/dpkg/info, var/db/pkg, var/lib/opkg/info', allowed: 'comma-separated paths relative to the root', parse: list(relPath),
+    doc: 'Package-manager databases whose change makes the view re-check every cached copy (those that exist are watched).',
+  },
+  watch_max_dirs: {
+    field: 'watchMaxDirs', default: '2048', allowed: 'an integer from 1 to 65536', parse: intIn(1, 65536),
+    doc: 'Most directories watched at once; beyond it, freshness rests on the identity check at open.',
+  },
+  access_flush_ms: {
+    field: 'accessFlushMs', default: '2000', allowed: 'milliseconds from 100 to 600000', parse: intIn(100, 600000),
+    doc: 'How often access times and hit counts are written to the index in one batch.',
+  },
+  log_level: {
+    field: 'logLevel', default: 'info', allowed: 'error, warn, info, debug', parse: oneOf<LogLevel>('error', 'warn', 'info', 'debug'),
+    doc: 'Least severe log line written.',
+  },
+} satisfies { [key: string]: KeySpec<keyof Config> };
+
+export type ConfigKey = keyof typeof CONFIG_KEYS;
+const KEY_NAMES = Object.keys(CONFIG_KEYS) as ConfigKey[];
+
+function parseValue(key: ConfigKey, raw: string, where: string): unknown {
+  const spec: KeySpec<keyof Config> = CONFIG_KEYS[key];
+  const value = spec.parse(raw);
+  if (value === undefined) {
+    throw new FsCacheError('usage', `${where}: bad value '${raw}' for ${key}: allowed: ${spec.allowed}`);
+  }
+  return value;
+}
+
+export function defaultConfig(): Config {
+  const config: Partial<Record<keyof Config, unknown>> = {};
+  for (const key of KEY_NAMES) config[CONFIG_KEYS[key].field] = parseValue(key, CONFIG_KEYS[key].default, 'default');
+  return config as Config;
+}
+
+/** Parses config text; `where` names the file in errors. */
+export function parseConfig(text: string, where: string): Config {
+  const config = defaultConfig() as unknown as Record<string, unknown>;
+  const seen = new Set<string>();
+  text.split('\n').forEach((line, i) => {
+    const content = line.replace(/#.*$/, '').trim();
+    if (content === '') return;
+    const at = `${where}:${i + 1}`;
+    const eq = content.indexOf('=');
+    if (eq < 0) throw new FsCacheError('usage', `${at}: expected 'key = value', got '${content}'`);
+    const key = content.slice(0, eq).trim();
+    const raw = content.slice(eq + 1).trim();
+    if (!(key in CONFIG_KEYS)) {
+      throw new FsCacheError('usage', `${at}: unknown key '${key}': known keys: ${KEY_NAMES.join(', ')}`);
+    }
+    if (seen.has(key)) throw new FsCacheError('usage', `${at}: ${key} is set twice`);
+    seen.add(key);
+    config[CONFIG_KEYS[key as ConfigKey].field] = parseValue(key as ConfigKey, raw, at);
+  });
+  return config as unknown as Config;
+}
+
+/** Reads the config file; a missing file means all defaults. */
+export function loadConfig(file: string): Config {
+  let text: string;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch (err) {
+    if (errnoCode(err) === 'ENOENT') return defaultConfig();
+    throw new FsCacheError('usage', `cannot read config ${file}: ${(err as Error).message}`);
+  }
+  return parseConfig(text, file);
+}
+
+/** The documented default config file: every key, its default and allowed values. */
+export function renderDefaultConfig(): string {
+  const lines = ['# fscache configuration. Every key, with its default; uncomment to change.', ''];
+  for (const key of KEY_NAMES) {
+    const spec = CONFIG_KEYS[key];
+    lines.push(`# ${spec.doc}`, `# allowed: ${spec.allowed}`, `#${key} = ${spec.default}`, '');
+  }
+  return lines.join('\n');
+}

@@ -1,0 +1,21 @@
+/**
+ * The identity of a real file: what must be unchanged for a flash copy to be served.
+ * Taken from the object actually opened (fstat of a descriptor) wherever a decision
+ * rests on it, never from a name checked earlier.
+ */
+import * as fs from 'fs';
+
+export interface RealIdentity {
+  dev: bigint;
+  ino: bigint;
+  size: bigint;
+  mtimeNs: bigint;
+}
+
+export function identityOf(st: fs.BigIntStats): RealIdentity {
+  return { dev: st.dev, ino: st.ino, size: st.size, mtimeNs: st.mtimeNs };
+}
+
+export function sameIdentity(a: RealIdentity, b: RealIdentity): boolean {
+  return a.dev === b.dev && a.ino === b.ino && a.size === b.size && a.mtimeNs === b.mtimeNs;
+}

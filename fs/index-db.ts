@@ -1,0 +1,175 @@
+/**
+ * The index of the flash store (better-sqlite3, WAL): one row per cached file with
+ * the real file's identity at copy time, the copy's hash, and its use. A row exists
+ * only for a copy that was completely written, synced and renamed into place.
+ *
+ * The schema is versioned with PRAGMA user_version; MIGRATIONS[i] takes version i
+ * to i+1. A corrupt or unreadable index is moved aside and rebuilt: the store is a
+ * cache, so losing the index costs refills, never correctness.
+ */
+import Database from 'better-sqlite3';
+import * as fs from 'fs';
+import type { RealIdentity } from './identity';
+import type { Logger } from './log';
+
+export interface IndexEntry extends RealIdentity {
+  /** Path relative to the real tree, no leading slash. */
+  path: string;
+  /** sha256 of the copy, hex. */
+  hash: string;
+  filledAt: number;
+  lastAccess: number;
+  hits: number;
+}
+
+const MIGRATIONS: string[] = [
+  `CREATE TABLE entries (
+     path TEXT PRIMARY KEY,
+     dev INTEGER NOT NULL, ino INTEGER NOT NULL, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
+     hash TEXT NOT NULL,
+     filled_at INTEGER NOT NULL,
+     last_access INTEGER NOT NULL,
+     hits INTEGER NOT NULL DEFAULT 0
+   );
+   CREATE INDEX entries_lru ON entries(last_access);`,
+];
+export const SCHEMA_VERSION = MIGRATIONS.length;
+
+interface Row {
+  path: string;
+  dev: bigint;
+  ino: bigint;
+  size: bigint;
+  mtime_ns: bigint;
+  hash: string;
+  filled_at: bigint;
+  last_access: bigint;
+  hits: bigint;
+}
+
+function fromRow(r: Row): IndexEntry {
+  return {
+    path: r.path, dev: r.dev, ino: r.ino, size: r.size, mtimeNs: r.mtime_ns, hash: r.hash,
+    filledAt: Number(r.filled_at), lastAccess: Number(r.last_access), hits: Number(r.hits),
+  };
+}
+
+export class StoreIndex {
+  private readonly db: Database.Database;
+  private pendingAccess = new Map<string, { at: number; hits: number }>();
+  private readonly stmt;
+
+  private constructor(db: Database.Database) {
+    this.db = db;
+    db.defaultSafeIntegers(true);
+    this.stmt = {
+      get: db.prepare('SELECT * FROM entries WHERE path = ?'),
+      put: db.prepare(
+        `INSERT INTO entries (path, dev, ino, size, mtime_ns, hash, filled_at, last_access, hits)
+         VALUES (@path, @dev, @ino, @size, @mtimeNs, @hash, @filledAt, @lastAccess, @hits)
+         ON CONFLICT(path) DO UPDATE SET dev=@dev, ino=@ino, size=@size, mtime_ns=@mtimeNs, hash=@hash,
+           filled_at=@filledAt, last_access=@lastAccess`,
+      ),
+      remove: db.prepare('DELETE FROM entries WHERE path = ?'),
+      touch: db.prepare('UPDATE entries SET last_access = MAX(last_access, ?), hits = hits + ? WHERE path = ?'),
+      lru: db.prepare('SELECT * FROM entries ORDER BY last_access ASC, path ASC LIMIT ?'),
+      totals: db.prepare('SELECT COUNT(*) AS n, COALESCE(SUM(size), 0) AS bytes, COALESCE(SUM(hits), 0) AS hits FROM entries'),
+      all: db.prepare('SELECT * FROM entries ORDER BY path'),
+    };
+  }
+
+  /**
+   * Opens (creating or migrating) the index at `file`. If it cannot be read as a
+   * database of ours, it is renamed to `file.corrupt-<time>` and a new one is made.
+   */
+  static open(file: string, log: Logger, options: { readonly?: boolean } = {}): StoreIndex {
+    if (options.readonly) return new StoreIndex(new Database(file, { readonly: true, fileMustExist: true }));
+    try {
+      return new StoreIndex(StoreIndex.openChecked(file));
+    } catch (err) {
+      const aside = `${file}.corrupt-${Date.now()}`;
+      log.warn(`index ${file} is unreadable (${(err as Error).message}); moved aside to ${aside} and rebuilt`);
+      for (const suffix of ['', '-wal', '-shm']) {
+        try {
+          fs.renameSync(file + suffix, aside + suffix);
+        } catch {
+          // a missing -wal or -shm is normal
+        }
+      }
+      return new StoreIndex(StoreIndex.openChecked(file));
+    }
+  }
+
+  private static openChecked(file: string): Database.Database {
+    const db = new Database(file);
+    try {
+      db.pragma('journal_mode = WAL');
+      db.pragma('synchronous = NORMAL');
+      const check = db.pragma('quick_check', { simple: true });
+      if (check !== 'ok') throw new Error(`quick_check: ${String(check)}`);
+      const version = Number(db.pragma('user_version', { simple: true }));
+      if (version > SCHEMA_VERSION) throw new Error(`schema version ${version} is newer than this fscache (${SCHEMA_VERSION})`);
+      db.transaction(() => {
+        for (let v = version; v < SCHEMA_VERSION; v++) db.exec(MIGRATIONS[v]);
+        db.pragma(`user_version = ${SCHEMA_VERSION}`);
+      })();
+      return db;
+    } catch (err) {
+      db.close();
+      throw err;
+    }
+  }
+
+  get(path: string): IndexEntry | undefined {
+    const row = this.stmt.get.get(path) as Row | undefined;
+    return row && fromRow(row);
+  }
+
+  put(entry: IndexEntry): void {
+    this.stmt.put.run({ ...entry, dev: entry.dev, ino: entry.ino, size: entry.size, mtimeNs: entry.mtimeNs, hits: entry.hits });
+  }
+
+  remove(path: string): void {
+    this.pendingAccess.delete(path);
+    this.stmt.remove.run(path);
+  }
+
+  /** Remembers a use; written with the next flush, not per read. */
+  recordAccess(path: string, hit: boolean, at = Date.now()): void {
+    const pending = this.pendingAccess.get(path);
+    if (pending) {
+      pending.at = at;
+      pending.hits += hit ? 1 : 0;
+    } else {
+      this.pendingAccess.set(path, { at, hits: hit ? 1 : 0 });
+    }
+  }
+
+  /** Writes the batched access times and hit counts in one transaction. */
+  flushAccess(): void {
+    if (this.pendingAccess.size === 0) return;
+    const batch = this.pendingAccess;
+    this.pendingAccess = new Map();
+    this.db.transaction(() => {
+      for (const [path, { at, hits }] of batch) this.stmt.touch.run(at, hits, path);
+    })();
+  }
+
+  leastRecentlyUsed(limit: number): IndexEntry[] {
+    return (this.stmt.lru.all(limit) as Row[]).map(fromRow);
+  }
+
+  totals(): { entries: number; bytes: number; hits: number } {
+    const t = this.stmt.totals.get() as { n: bigint; bytes: bigint; hits: bigint };
+    return { entries: Number(t.n), bytes: Number(t.bytes), hits: Number(t.hits) };
+  }
+
+  all(): IndexEntry[] {
+    return (this.stmt.all.all() as Row[]).map(fromRow);
+  }
+
+  close(): void {
+    this.flushAccess();
+    this.db.close();
+  }
+}

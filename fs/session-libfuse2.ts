@@ -1,0 +1,96 @@
+/**
+ * The libfuse2 session: fuse-native (libfuse2's high-level, path-based API; a native
+ * loop thread hands each request to the JS main thread). It cannot negotiate
+ * NO_OPEN or CACHE_SYMLINKS, so every open, release and readlink reaches the view.
+ */
+import Fuse from 'fuse-native';
+import { execFile } from 'child_process';
+import { Attr, errnoOf, FuseSession, SessionOptions, ViewHandlers } from './session';
+import { fuseDescriptors } from './fuse-fd';
+
+type Cb = (code: number, ...values: unknown[]) => void;
+
+export class Libfuse2Session implements FuseSession {
+  readonly name = 'libfuse2';
+  private readonly counts: Record<string, number> = {};
+  private connectionFds = new Set<number>();
+
+  constructor(
+    private readonly handlers: ViewHandlers,
+    private readonly options: SessionOptions,
+  ) {}
+
+  requestCounts(): Record<string, number> {
+    return { ...this.counts };
+  }
+
+  private count(op: string): void {
+    this.counts[op] = (this.counts[op] ?? 0) + 1;
+  }
+
+  /** Runs a handler and answers the kernel; a handler failure is always an errno, never a crash. */
+  private answer<T>(op: string, cb: Cb, work: () => Promise<T>, reply: (value: T) => void): void {
+    this.count(op);
+    let promise: Promise<T>;
+    try {
+      promise = work();
+    } catch (err) {
+      cb(errnoOf(err));
+      return;
+    }
+    promise.then(reply, (err) => cb(errnoOf(err)));
+  }
+
+  async mount(): Promise<void> {
+    const h = this.handlers;
+    const o = this.options;
+    const ops = {
+      getattr: (p: string, cb: Cb) => this.answer('getattr', cb, () => h.getattr(p), (a: Attr) => cb(0, a)),
+      readdir: (p: string, cb: Cb) => this.answer('readdir', cb, () => h.readdir(p), (names) => cb(0, names)),
+      readlink: (p: string, cb: Cb) => this.answer('readlink', cb, () => h.readlink(p), (t) => cb(0, t)),
+      open: (p: string, flags: number, cb: Cb) => this.answer('open', cb, () => h.open(p, flags), (fh) => cb(0, fh)),
+      read: (_p: string, fh: number, buf: Buffer, len: number, pos: number, cb: Cb) =>
+        this.answer('read', cb, () => h.read(fh, buf, len, pos), (n) => cb(n)),
+      release: (_p: string, fh: number, cb: Cb) => this.answer('release', cb, () => h.release(fh), () => cb(0)),
+      statfs: (p: string, cb: Cb) => this.answer('statfs', cb, () => h.statfs(p), (s) => cb(0, s)),
+      access: (p: string, mode: number, cb: Cb) => this.answer('access', cb, () => h.access(p, mode), () => cb(0)),
+      getxattr: (p: string, name: string, _pos: number, cb: Cb) =>
+        this.answer('getxattr', cb, () => h.getxattr(p, name), (v) => (v ? cb(0, v) : cb(Fuse.ENODATA))),
+      listxattr: (p: string, cb: Cb) => this.answer('listxattr', cb, () => h.listxattr(p), (names) => cb(0, names)),
+    };
+    // fuse-native has no option for these, but joins its options into one -o string;
+    // fsname is placed so that the extra libfuse2 options follow it.
+    const extra = [`negative_timeout=${o.negativeTimeout}`, 'ro', 'subtype=fscache'].join(',');
+    const fuse = new Fuse(o.mountpoint, ops, {
+      fsname: `${o.fsname},${extra}`,
+      // auto_cache: libfuse2 keeps page cache across opens only while mtime and size are unchanged.
+      autoCache: true,
+      attrTimeout: o.attrTimeout,
+      entryTimeout: o.entryTimeout,
+      acAttrTimeout: o.attrTimeout,
+      // Other users launch programs through the view; the kernel checks their permissions
+      // against the real tree's modes (default_permissions), not this root process.
+      allowOther: true,
+      defaultPermissions: true,
+      // Answers slow handlers (a slow real disk) late rather than with a 15 s EIO.
+      timeout: false,
+    } as Record<string, unknown>);
+    const before = fuseDescriptors();
+    await new Promise<void>((resolve, reject) => fuse.mount((err?: Error | null) => (err ? reject(err) : resolve())));
+    this.connectionFds = new Set([...fuseDescriptors()].filter((fd) => !before.has(fd)));
+  }
+
+  async detach(): Promise<void> {
+    // fusermount -uz: a lazy unmount; users keep the files they have open or mapped.
+    await new Promise<void>((resolve) =>
+      execFile('fusermount', ['-uz', this.options.mountpoint], () => resolve()),
+    );
+  }
+
+  async closed(): Promise<void> {
+    // libfuse2's loop thread closes the /dev/fuse descriptor when the kernel ends the connection.
+    while ([...this.connectionFds].some((fd) => fuseDescriptors().has(fd))) {
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+}

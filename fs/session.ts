@@ -1,0 +1,87 @@
+/**
+ * The narrow interface between the view and a FUSE binding. The view implements
+ * ViewHandlers (path-based, promise-returning, errors as errno codes); a session
+ * mounts them and delivers the kernel's requests. Bindings: libfuse2 (fuse-native)
+ * now; a session speaking the kernel protocol itself can sit behind the same interface.
+ */
+import * as os from 'os';
+
+export interface Attr {
+  mode: number;
+  uid: number;
+  gid: number;
+  size: number;
+  dev: number;
+  ino: number;
+  nlink: number;
+  rdev: number;
+  blksize: number;
+  blocks: number;
+  atime: Date;
+  mtime: Date;
+  ctime: Date;
+}
+
+export interface FsStats {
+  bsize: number;
+  frsize: number;
+  blocks: number;
+  bfree: number;
+  bavail: number;
+  files: number;
+  ffree: number;
+  favail: number;
+  fsid: number;
+  flag: number;
+  namemax: number;
+}
+
+/** File handle numbers are the view's own, not descriptors. */
+export type Handle = number;
+
+export interface ViewHandlers {
+  getattr(path: string): Promise<Attr>;
+  readdir(path: string): Promise<string[]>;
+  readlink(path: string): Promise<string>;
+  open(path: string, flags: number): Promise<Handle>;
+  read(handle: Handle, into: Buffer, length: number, position: number): Promise<number>;
+  release(handle: Handle): Promise<void>;
+  statfs(path: string): Promise<FsStats>;
+  access(path: string, mode: number): Promise<void>;
+  getxattr(path: string, name: string): Promise<Buffer | undefined>;
+  listxattr(path: string): Promise<string[]>;
+}
+
+export interface SessionOptions {
+  mountpoint: string;
+  /** Seconds the kernel may cache attributes, lookups, and failed lookups. */
+  attrTimeout: number;
+  entryTimeout: number;
+  negativeTimeout: number;
+  fsname: string;
+}
+
+export interface FuseSession {
+  readonly name: string;
+  mount(): Promise<void>;
+  /** Detaches the mount lazily; the session keeps serving whoever still uses it. */
+  detach(): Promise<void>;
+  /** Resolves when the kernel has closed the connection (last user gone after detach). */
+  closed(): Promise<void>;
+  /** Requests delivered to the view, by operation name, since mount. */
+  requestCounts(): Record<string, number>;
+}
+
+/** An error a handler throws to answer with an errno. */
+export class Errno extends Error {
+  constructor(readonly code: keyof typeof os.constants.errno) {
+    super(code);
+  }
+}
+
+/** The negative errno a handler's failure should be answered with (EIO when unknown). */
+export function errnoOf(err: unknown): number {
+  const code = typeof err === 'object' && err !== null && 'code' in err ? (err as { code: unknown }).code : undefined;
+  const n = typeof code === 'string' ? (os.constants.errno as Record<string, number>)[code] : undefined;
+  return -(n ?? os.constants.errno.EIO);
+}

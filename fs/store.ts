@@ -1,0 +1,301 @@
+/**
+ * The flash store: copies of real files under R/fscache/store, laid out as in the
+ * real tree, each described by an index row.
+ *
+ * Never torn: a copy is written under .partial/, fsynced, checked against the real
+ * file's identity taken before and after the copy from the same descriptor, then
+ * renamed into place, its directory fsynced, and only then indexed. A copy is served
+ * only while the real file's current identity equals the indexed one and the copy's
+ * size matches. Recovery at start removes partial files, copies without a row and
+ * rows without a whole copy, so a kill at any instant leaves nothing servable torn.
+ */
+import { createHash, randomBytes } from 'crypto';
+import * as fs from 'fs';
+import * as path from 'path';
+import { errnoCode } from './errors';
+import { compileGlobs, PathMatcher } from './glob';
+import { identityOf, RealIdentity, sameIdentity } from './identity';
+import type { IndexEntry, StoreIndex } from './index-db';
+import type { Logger } from './log';
+import type { Paths } from './paths';
+import type { Config } from './config';
+
+const COPY_CHUNK = 1 << 20;
+
+export interface StoreCounters {
+  fills: number;
+  fillBytes: number;
+  fillFailures: number;
+  evictions: number;
+  evictedBytes: number;
+  lastFillError?: string;
+  /** Set when the flash device said ENOSPC or EROFS, cleared by the next good fill. */
+  flashTrouble?: string;
+}
+
+export class Store {
+  readonly counters: StoreCounters = { fills: 0, fillBytes: 0, fillFailures: 0, evictions: 0, evictedBytes: 0 };
+  private readonly wantsFill: PathMatcher;
+  private readonly inFlight = new Map<string, Promise<boolean>>();
+  private readonly queue: Array<() => void> = [];
+  private running = 0;
+  private usedBytes: number;
+  /** Bytes of copies being written: counted against the quota before they land. */
+  private reservedBytes = 0;
+  /** Paths whose copy is open through the view: eviction takes others first. */
+  readonly inUse = new Map<string, number>();
+  private stopped = false;
+  /** Called after a copy lands (the watcher starts watching its directory). */
+  onFilled?: (relPath: string) => void;
+
+  constructor(
+    private readonly paths: Paths,
+    readonly index: StoreIndex,
+    private readonly config: Config,
+    private readonly log: Logger,
+  ) {
+    this.wantsFill = compileGlobs(config.fillGlobs);
+    this.usedBytes = index.totals().bytes;
+  }
+
+  /** Creates the store directories. The store holds copies of files that may be secret: root only. */
+  static prepare(paths: Paths): void {
+    fs.mkdirSync(paths.flash, { recursive: true, mode: 0o700 });
+    fs.mkdirSync(paths.store, { recursive: true, mode: 0o700 });
+    fs.mkdirSync(paths.storePartial, { recursive: true, mode: 0o700 });
+  }
+
+  copyPath(relPath: string): string {
+    return path.join(this.paths.store, relPath);
+  }
+
+  get bytes(): number {
+    return this.usedBytes;
+  }
+
+  /**
+   * Makes store and index agree after any stop, clean or not: partial copies are
+   * deleted, rows whose copy is missing or of the wrong size are dropped, copies
+   * without a row are deleted.
+   */
+  recover(): { partial: number; droppedRows: number; orphans: number } {
+    const result = { partial: 0, droppedRows: 0, orphans: 0 };
+    for (const name of fs.readdirSync(this.paths.storePartial)) {
+      fs.rmSync(path.join(this.paths.storePartial, name), { force: true, recursive: true });
+      result.partial++;
+    }
+    const indexed = new Set<string>();
+    for (const entry of this.index.all()) {
+      let size: bigint | undefined;
+      try {
+        size = fs.lstatSync(this.copyPath(entry.path), { bigint: true }).size;
+      } catch {
+        size = undefined;
+      }
+      if (size !== entry.size) {
+        this.index.remove(entry.path);
+        result.droppedRows++;
+      } else {
+        indexed.add(entry.path);
+      }
+    }
+    const walk = (dir: string, rel: string): void => {
+      for (const d of fs.readdirSync(dir, { withFileTypes: true })) {
+        const childRel = rel === '' ? d.name : `${rel}/${d.name}`;
+        if (childRel === '.partial') continue;
+        if (d.isDirectory()) walk(path.join(dir, d.name), childRel);
+        else if (!indexed.has(childRel)) {
+          fs.rmSync(path.join(dir, d.name), { force: true });
+          result.orphans++;
+        }
+      }
+    };
+    walk(this.paths.store, '');
+    this.usedBytes = this.index.totals().bytes;
+    return result;
+  }
+
+  /**
+   * Opens the copy of `relPath` if it may be served for a real file whose identity
+   * (from fstat of the descriptor the view opened) is `real`; otherwise undefined.
+   */
+  openCopy(relPath: string, real: RealIdentity): number | undefined {
+    const entry = this.index.get(relPath);
+    if (!entry || !sameIdentity(entry, real)) return undefined;
+    let fd: number | undefined;
+    try {
+      fd = fs.openSync(this.copyPath(relPath), fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
+      if (fs.fstatSync(fd, { bigint: true }).size === real.size) return fd;
+      this.log.warn(`copy of ${relPath} has the wrong size; dropped`);
+    } catch (err) {
+      this.log.warn(`copy of ${relPath} cannot be opened (${errnoCode(err) ?? err}); dropped`);
+    }
+    if (fd !== undefined) fs.closeSync(fd);
+    this.drop(relPath);
+    return undefined;
+  }
+
+  /** Whether the `fill` globs and size limits select this file for flash. */
+  wants(relPath: string, size: bigint): boolean {
+    return size <= BigInt(this.config.fillMaxFileBytes) && size <= BigInt(this.config.quotaBytes) && this.wantsFill(relPath);
+  }
+
+  /** Starts a background copy unless one is running; resolves true when a copy was stored. */
+  fill(relPath: string): Promise<boolean> {
+    const running = this.inFlight.get(relPath);
+    if (running) return running;
+    const job = new Promise<boolean>((resolve) => {
+      this.queue.push(() => {
+        this.copyToFlash(relPath)
+          .then(resolve, (err) => {
+            this.log.error(`fill of ${relPath} crashed: ${err}`);
+            resolve(false);
+          })
+          .finally(() => {
+            this.inFlight.delete(relPath);
+            this.running--;
+            this.pump();
+          });
+      });
+    });
+    this.inFlight.set(relPath, job);
+    this.pump();
+    return job;
+  }
+
+  private pump(): void {
+    while (!this.stopped && this.running < this.config.fillConcurrency && this.queue.length > 0) {
+      this.running++;
+      this.queue.shift()!();
+    }
+  }
+
+  /** Waits for the fills in flight; queued ones are dropped. */
+  async stop(): Promise<void> {
+    this.stopped = true;
+    this.queue.length = 0;
+    await Promise.all([...this.inFlight.values()]);
+  }
+
+  /** Removes a copy and its row (the kernel keeps an unlinked copy alive for whoever has it open). */
+  drop(relPath: string): void {
+    const entry = this.index.get(relPath);
+    fs.rmSync(this.copyPath(relPath), { force: true });
+    this.index.remove(relPath);
+    if (entry) this.usedBytes -= Number(entry.size);
+  }
+
+  /** Evicts least recently used copies until `incoming` more bytes fit the quota. */
+  makeRoom(incoming: number): boolean {
+    const fits = () => this.usedBytes + this.reservedBytes + incoming <= this.config.quotaBytes;
+    if (fits()) return true;
+    this.index.flushAccess();
+    const candidates = this.index.leastRecentlyUsed(this.index.totals().entries);
+    // Copies open through the view go last: unlinking them is safe, but they are in use.
+    const ordered = [...candidates.filter((e) => !this.inUse.has(e.path)), ...candidates.filter((e) => this.inUse.has(e.path))];
+    for (const victim of ordered) {
+      if (fits()) break;
+      this.drop(victim.path);
+      this.counters.evictions++;
+      this.counters.evictedBytes += Number(victim.size);
+      this.log.debug(`evicted ${victim.path} (${victim.size} bytes)`);
+    }
+    return fits();
+  }
+
+  private async copyToFlash(relPath: string): Promise<boolean> {
+    const realPath = path.join(this.paths.realTree, relPath);
+    const partial = path.join(this.paths.storePartial, randomBytes(8).toString('hex'));
+    let real: fs.promises.FileHandle | undefined;
+    let out: fs.promises.FileHandle | undefined;
+    let reserved = 0;
+    try {
+      real = await fs.promises.open(realPath, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
+      const before = identityOf(await real.stat({ bigint: true }));
+      const existing = this.index.get(relPath);
+      if (existing && sameIdentity(existing, before)) return true;
+      if (!this.wants(relPath, before.size)) return false;
+      if (!this.makeRoom(Number(before.size))) return false;
+      reserved = Number(before.size);
+      this.reservedBytes += reserved;
+
+      out = await fs.promises.open(partial, 'wx', 0o600);
+      const hash = createHash('sha256');
+      const buf = Buffer.allocUnsafe(COPY_CHUNK);
+      let pos = 0;
+      for (;;) {
+        const { bytesRead } = await real.read(buf, 0, COPY_CHUNK, pos);
+        if (bytesRead === 0) break;
+        hash.update(buf.subarray(0, bytesRead));
+        await out.write(buf, 0, bytesRead, pos);
+        pos += bytesRead;
+      }
+      await out.sync();
+      await out.close();
+      out = undefined;
+      // The same descriptor, before and after: if the file changed while we copied, the copy may mix versions.
+      const after = identityOf(await real.stat({ bigint: true }));
+      if (!sameIdentity(before, after) || BigInt(pos) !== before.size) {
+        this.log.info(`${relPath} changed while being copied; not stored`);
+        return false;
+      }
+      const dest = this.copyPath(relPath);
+      fs.mkdirSync(path.dirname(dest), { recursive: true, mode: 0o700 });
+      await fs.promises.rename(partial, dest);
+      await syncDirectory(path.dirname(dest));
+      if (existing) this.drop(relPath);
+      const now = Date.now();
+      const entry: IndexEntry = { path: relPath, ...before, hash: hash.digest('hex'), filledAt: now, lastAccess: now, hits: 0 };
+      this.index.put(entry);
+      this.usedBytes += pos;
+      this.counters.fills++;
+      this.counters.fillBytes += pos;
+      this.counters.flashTrouble = undefined;
+      this.onFilled?.(relPath);
+      return true;
+    } catch (err) {
+      const code = errnoCode(err);
+      this.counters.fillFailures++;
+      this.counters.lastFillError = `${relPath}: ${code ?? (err as Error).message}`;
+      if (code === 'ENOSPC' || code === 'EROFS' || code === 'EDQUOT' || code === 'EIO') {
+        this.counters.flashTrouble = `flash store ${code} while copying ${relPath}`;
+        this.log.warn(`${this.counters.flashTrouble}; serving from the real tree`);
+      } else if (code !== 'ENOENT') {
+        this.log.info(`fill of ${relPath} failed: ${code ?? (err as Error).message}`);
+      }
+      return false;
+    } finally {
+      this.reservedBytes -= reserved;
+      await out?.close().catch(() => undefined);
+      await real?.close().catch(() => undefined);
+      await fs.promises.rm(partial, { force: true }).catch(() => undefined);
+    }
+  }
+
+  /** Drops every copy whose real file no longer has the indexed identity. */
+  revalidateAll(): number {
+    let dropped = 0;
+    for (const entry of this.index.all()) {
+      let current: RealIdentity | undefined;
+      try {
+        current = identityOf(fs.lstatSync(path.join(this.paths.realTree, entry.path), { bigint: true }));
+      } catch {
+        current = undefined;
+      }
+      if (!current || !sameIdentity(entry, current)) {
+        this.drop(entry.path);
+        dropped++;
+      }
+    }
+    return dropped;
+  }
+}
+
+async function syncDirectory(dir: string): Promise<void> {
+  const handle = await fs.promises.open(dir, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY);
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}

@@ -1,0 +1,63 @@
+/**
+ * Starting and stopping the view as its own process (`fscache mount`). The view must
+ * never be touched by its own process, so whoever launches programs through it
+ * (demo, tests, start) runs it as a child.
+ */
+import { ChildProcess, spawn } from 'child_process';
+import * as fs from 'fs';
+import * as path from 'path';
+import { isMountPoint } from './preflight';
+import type { ViewState } from './view-service';
+
+export const CLI_ENTRY = path.resolve(__dirname, '..', 'cli', 'main.js');
+
+export interface ViewProcess {
+  child: ChildProcess;
+  mountpoint: string;
+  stateFile: string;
+  /** stderr of the view so far (its log). */
+  log(): string;
+  state(): ViewState | undefined;
+  /** SIGTERM, then wait for it to exit (it waits for the last user of the mount). */
+  stop(timeoutMs?: number): Promise<number | null>;
+}
+
+export async function startViewProcess(root: string, mountpoint: string, stateFile: string, extraArgs: string[] = []): Promise<ViewProcess> {
+  const child = spawn(process.execPath, [CLI_ENTRY, '--root', root, ...extraArgs, 'mount'], {
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  let stderr = '';
+  child.stderr!.on('data', (d) => (stderr += d));
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  const deadline = Date.now() + 15000;
+  while (!(isMountPoint(mountpoint) && fs.existsSync(stateFile))) {
+    if (child.exitCode !== null || child.signalCode !== null) {
+      throw new Error(`the view exited with ${child.exitCode ?? child.signalCode}: ${stderr.trim()}`);
+    }
+    if (Date.now() > deadline) {
+      child.kill('SIGKILL');
+      throw new Error(`the view did not mount within 15 s: ${stderr.trim()}`);
+    }
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  return {
+    child,
+    mountpoint,
+    stateFile,
+    log: () => stderr,
+    state: () => {
+      try {
+        return JSON.parse(fs.readFileSync(stateFile, 'utf8')) as ViewState;
+      } catch {
+        return undefined;
+      }
+    },
+    stop: async (timeoutMs = 20000) => {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');
+      const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+      const code = await exited;
+      clearTimeout(timer);
+      return code;
+    },
+  };
+}

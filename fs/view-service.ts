@@ -1,0 +1,151 @@
+/**
+ * Runs the view: preflight, index and store recovery, the FUSE session, the watcher,
+ * periodic index flushes and the state file that `fscache status` reads.
+ *
+ * Stopping detaches the mount lazily and keeps serving until the kernel closes the
+ * connection: a process that mapped a library through the view keeps faulting pages
+ * in through it, and would die of SIGBUS if this process left first.
+ */
+import * as fs from 'fs';
+import type { Config } from './config';
+import { FsCacheError } from './errors';
+import { StoreIndex } from './index-db';
+import type { Logger } from './log';
+import type { Paths } from './paths';
+import { checkFuseDevice, checkRealTree, prepareMountPoint } from './preflight';
+import type { FuseSession } from './session';
+import { Libfuse2Session } from './session-libfuse2';
+import { Store, StoreCounters } from './store';
+import { View, ViewCounters } from './view';
+import { Watcher, WatcherState } from './watcher';
+
+export interface ViewState {
+  pid: number;
+  startedAt: number;
+  updatedAt: number;
+  session: string;
+  mountpoint: string;
+  realTree: string;
+  /** Why the view runs without flash copies, if it does. */
+  storeTrouble?: string;
+  view: ViewCounters;
+  store?: StoreCounters & { bytes: number; quota: number };
+  watcher?: WatcherState;
+  requests: Record<string, number>;
+  detached?: boolean;
+}
+
+export class RunningView {
+  private flushTimer?: NodeJS.Timeout;
+  private stopping?: Promise<void>;
+  readonly startedAt = Date.now();
+  private detached = false;
+
+  private constructor(
+    private readonly paths: Paths,
+    private readonly config: Config,
+    private readonly log: Logger,
+    readonly view: View,
+    readonly session: FuseSession,
+    readonly store: Store | undefined,
+    readonly watcher: Watcher | undefined,
+    private readonly storeTrouble: string | undefined,
+  ) {}
+
+  static async start(paths: Paths, config: Config, log: Logger): Promise<RunningView> {
+    checkFuseDevice();
+    checkRealTree(paths);
+    if (config.mode !== 'view') throw new FsCacheError('usage', `mode is '${config.mode}': the FUSE view runs only in mode view`);
+    prepareMountPoint(paths.viewMount);
+
+    let store: Store | undefined;
+    let storeTrouble: string | undefined;
+    try {
+      Store.prepare(paths);
+      fs.accessSync(paths.storePartial, fs.constants.W_OK);
+      const index = StoreIndex.open(paths.index, log);
+      store = new Store(paths, index, config, log);
+      const recovered = store.recover();
+      if (recovered.partial + recovered.droppedRows + recovered.orphans > 0) {
+        log.info(`store recovered: ${recovered.partial} partial copies removed, ${recovered.droppedRows} rows without a whole copy dropped, ${recovered.orphans} copies without a row removed`);
+      }
+    } catch (err) {
+      // Fail open: without a usable store the view still serves the real tree.
+      storeTrouble = `flash store ${paths.flash} unusable (${(err as Error).message}); serving the real tree only`;
+      log.warn(storeTrouble);
+      store = undefined;
+    }
+
+    const view = new View(paths.realTree, store, log);
+    const session = new Libfuse2Session(view, {
+      mountpoint: paths.viewMount,
+      attrTimeout: config.attrTimeout,
+      entryTimeout: config.entryTimeout,
+      negativeTimeout: config.negativeTimeout,
+      fsname: 'fscache',
+    });
+    await session.mount();
+    let watcher: Watcher | undefined;
+    if (store) {
+      watcher = new Watcher(paths, config, store, log);
+      store.onFilled = (rel) => watcher!.watchFileDir(rel);
+      watcher.start();
+    }
+    const running = new RunningView(paths, config, log, view, session, store, watcher, storeTrouble);
+    running.flushTimer = setInterval(() => running.flush(), config.accessFlushMs);
+    running.flush();
+    log.info(`view of ${paths.realTree} mounted at ${paths.viewMount} (session ${session.name})`);
+    return running;
+  }
+
+  state(): ViewState {
+    return {
+      pid: process.pid,
+      startedAt: this.startedAt,
+      updatedAt: Date.now(),
+      session: this.session.name,
+      mountpoint: this.paths.viewMount,
+      realTree: this.paths.realTree,
+      storeTrouble: this.storeTrouble,
+      view: { ...this.view.counters },
+      store: this.store && { ...this.store.counters, bytes: this.store.bytes, quota: this.config.quotaBytes },
+      watcher: this.watcher && { ...this.watcher.status },
+      requests: this.session.requestCounts(),
+      detached: this.detached,
+    };
+  }
+
+  /** Writes batched index updates and the state file. Never throws: the view must not die of it. */
+  flush(): void {
+    try {
+      this.store?.index.flushAccess();
+    } catch (err) {
+      this.log.warn(`index flush failed: ${err}`);
+    }
+    try {
+      const tmp = `${this.paths.viewState}.${process.pid}.tmp`;
+      fs.writeFileSync(tmp, JSON.stringify(this.state(), null, 2));
+      fs.renameSync(tmp, this.paths.viewState);
+    } catch (err) {
+      this.log.warn(`state file ${this.paths.viewState} not written: ${err}`);
+    }
+  }
+
+  /** Detaches the mount and resolves once the last user is gone and everything is written. */
+  stop(): Promise<void> {
+    this.stopping ??= (async () => {
+      this.log.info('stopping: detaching the view; serving until its last user is gone');
+      await this.session.detach();
+      this.detached = true;
+      this.flush();
+      await this.session.closed();
+      clearInterval(this.flushTimer);
+      await this.watcher?.stop();
+      await this.store?.stop();
+      this.store?.index.close();
+      fs.rmSync(this.paths.viewState, { force: true });
+      this.log.info('view stopped');
+    })();
+    return this.stopping;
+  }
+}
