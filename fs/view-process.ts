@@ -9,7 +9,13 @@ import * as path from 'path';
 import { isMountPoint } from './preflight';
 import type { ViewState } from './view-service';
 
-export const CLI_ENTRY = path.resolve(__dirname, '..', 'cli', 'main.js');
+/** The compiled CLI, found from the package root (this module also runs from source under jest). */
+function packageRoot(): string {
+  let dir = __dirname;
+  while (!fs.existsSync(path.join(dir, 'package.json'))) dir = path.dirname(dir);
+  return dir;
+}
+export const CLI_ENTRY = path.join(packageRoot(), 'dist', 'cli', 'main.js');
 
 export interface ViewProcess {
   child: ChildProcess;
