@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(libfuse2 fuse rsync bindfs hyperfine attr nbdkit libnbd-bin gdb dpkg-dev
               build-essential python3 perl time)
 
-if [ ! -f /etc/apt/sources.list.d/fscache-deb-src.sources ]; then
+if ! grep -rqsE '^(Types: *deb-src|deb-src )' /etc/apt/sources.list /etc/apt/sources.list.d/; then
   cat > /etc/apt/sources.list.d/fscache-deb-src.sources <<'SRC'
 Types: deb-src
 URIs: http://deb.debian.org/debian
