@@ -9,10 +9,12 @@ import { FsCacheError, errnoCode } from './errors';
 
 export type Mode = 'view' | 'mirror';
 export type WatchMode = 'cached-dirs' | 'off';
+export type SessionKind = 'libfuse2' | 'kernel';
 export type LogLevel = 'error' | 'warn' | 'info' | 'debug';
 
 export interface Config {
   mode: Mode;
+  fuseSession: SessionKind;
   realTree: string;
   usrLink: string;
   storeDir: string;
@@ -81,6 +83,10 @@ export const CONFIG_KEYS = {
   mode: {
     field: 'mode', default: 'view', allowed: 'view, mirror', parse: oneOf<Mode>('view', 'mirror'),
     doc: 'view: R/usr points at the FUSE view of the real tree, contents from flash. mirror: R/usr points at a full copy on flash kept by `fscache sync`, no FUSE in the data path.',
+  },
+  fuse_session: {
+    field: 'fuseSession', default: 'libfuse2', allowed: 'libfuse2, kernel', parse: oneOf<SessionKind>('libfuse2', 'kernel'),
+    doc: 'How the view talks to the kernel. libfuse2: fuse-native; every open, release and readlink reaches the view. kernel: the FUSE protocol spoken directly over /dev/fuse, negotiating no-open, cached symlinks and invalidation notices, so warm launches are answered by the kernel alone.',
   },
   real_tree: {
     field: 'realTree', default: 'usr.real', allowed: 'a path relative to the root, without ..', parse: relPath,

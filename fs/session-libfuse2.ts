@@ -80,6 +80,11 @@ export class Libfuse2Session implements FuseSession {
     this.connectionFds = new Set([...fuseDescriptors()].filter((fd) => !before.has(fd)));
   }
 
+  invalidate(): void {
+    // libfuse2's high-level API cannot send invalidation notifications; auto_cache
+    // and the 1 s attribute/entry timeouts bound how long the kernel shows the old file.
+  }
+
   async detach(): Promise<void> {
     // fusermount -uz: a lazy unmount; users keep the files they have open or mapped.
     await new Promise<void>((resolve) =>

@@ -70,6 +70,12 @@ export interface FuseSession {
   closed(): Promise<void>;
   /** Requests delivered to the view, by operation name, since mount. */
   requestCounts(): Record<string, number>;
+  /**
+   * The real file at `path` (view path, leading slash) changed or went away: drop what
+   * the session and the kernel cached for it. Sessions that cannot notify the kernel
+   * rely on their cache timeouts (libfuse2: attr_timeout, auto_cache at open).
+   */
+  invalidate(path: string): void;
 }
 
 /** An error a handler throws to answer with an errno. */

@@ -272,9 +272,9 @@ export class Store {
     }
   }
 
-  /** Drops every copy whose real file no longer has the indexed identity. */
-  revalidateAll(): number {
-    let dropped = 0;
+  /** Drops every copy whose real file no longer has the indexed identity; returns their paths. */
+  revalidateAll(): string[] {
+    const dropped: string[] = [];
     for (const entry of this.index.all()) {
       let current: RealIdentity | undefined;
       try {
@@ -284,7 +284,7 @@ export class Store {
       }
       if (!current || !sameIdentity(entry, current)) {
         this.drop(entry.path);
-        dropped++;
+        dropped.push(entry.path);
       }
     }
     return dropped;

@@ -14,7 +14,7 @@ import type { Logger } from './log';
 import type { Paths } from './paths';
 import { checkFuseDevice, checkRealTree, prepareMountPoint } from './preflight';
 import type { FuseSession } from './session';
-import { Libfuse2Session } from './session-libfuse2';
+import { createSession } from './sessions';
 import { Store, StoreCounters } from './store';
 import { View, ViewCounters } from './view';
 import { Watcher, WatcherState } from './watcher';
@@ -77,7 +77,7 @@ export class RunningView {
     }
 
     const view = new View(paths.realTree, store, log);
-    const session = new Libfuse2Session(view, {
+    const session = createSession(config.fuseSession, view, {
       mountpoint: paths.viewMount,
       attrTimeout: config.attrTimeout,
       entryTimeout: config.entryTimeout,
@@ -89,6 +89,7 @@ export class RunningView {
     if (store) {
       watcher = new Watcher(paths, config, store, log);
       store.onFilled = (rel) => watcher!.watchFileDir(rel);
+      watcher.onInvalidate = (rel) => session.invalidate('/' + rel);
       watcher.start();
     }
     const running = new RunningView(paths, config, log, view, session, store, watcher, storeTrouble);

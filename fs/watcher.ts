@@ -31,6 +31,8 @@ export class Watcher {
   private watcher?: FSWatcher;
   private readonly dirs = new Set<string>();
   private revalidateTimer?: NodeJS.Timeout;
+  /** Told of every real file whose copy was dropped, so the FUSE session can invalidate the kernel's cache. */
+  onInvalidate?: (relPath: string) => void;
 
   constructor(
     private readonly paths: Paths,
@@ -86,13 +88,16 @@ export class Watcher {
       clearTimeout(this.revalidateTimer);
       this.revalidateTimer = setTimeout(() => {
         const dropped = this.store.revalidateAll();
-        this.status.invalidations += dropped;
-        if (dropped) this.log.info(`package database changed: dropped ${dropped} stale copies`);
+        this.status.invalidations += dropped.length;
+        for (const relPath of dropped) this.onInvalidate?.(relPath);
+        if (dropped.length) this.log.info(`package database changed: dropped ${dropped.length} stale copies`);
       }, 300);
       return;
     }
     if (event !== 'change' && event !== 'unlink' && event !== 'add') return;
     const relPath = path.relative(this.paths.realTree, file);
+    // Every change in a watched directory reaches the session (a new or replaced name too).
+    this.onInvalidate?.(relPath);
     if (this.store.index.get(relPath)) {
       this.store.drop(relPath);
       this.status.invalidations++;
