@@ -5,6 +5,7 @@ import { EXIT_CODES, FsCacheError } from '../fs/errors';
 import { contextFrom, GlobalOptions } from './context';
 import { demoVerb } from './demo';
 import { mountVerb } from './mount';
+import { configArgs, setupVerb, startVerb, stopVerb, syncVerb } from './ops';
 import { collectStatus, renderStatus, statusExitCode } from './status';
 import { verifyStore } from './verify';
 
@@ -36,6 +37,34 @@ program
   .command('mount')
   .description('run the FUSE view of the real tree at R/run/fscache/view in the foreground (SIGTERM: detach, serve until the last user is gone)')
   .action(async () => mountVerb(contextFrom(globals())));
+
+program
+  .command('setup')
+  .description('one time: move R/usr to R/usr.real and make R/usr a link to it (rolled back on failure)')
+  .option('--yes', 'do it (without: only say what would be done)')
+  .action((opts: { yes?: boolean }) => setupVerb(contextFrom(globals()), !!opts.yes));
+
+program
+  .command('start')
+  .description('mount the view, check it, switch R/usr to it (mirror mode: to the flash copy); idempotent')
+  .option('--foreground', 'run the supervisor in the foreground (what init systems use)')
+  .action(async (opts: { foreground?: boolean }) => {
+    const ctx = contextFrom(globals());
+    exitCode = await startVerb(ctx, !!opts.foreground, configArgs(ctx, globals().config));
+  });
+
+program
+  .command('stop')
+  .description('switch R/usr back to the real tree, then detach the view; programs using it keep running; idempotent')
+  .action(async () => stopVerb(contextFrom(globals())));
+
+program
+  .command('sync')
+  .description('rsync the real tree to flash: the cached files (view mode) or the whole tree (mirror mode)')
+  .option('--dry-run', 'show what would be transferred')
+  .action(async (opts: { dryRun?: boolean }) => {
+    exitCode = await syncVerb(contextFrom(globals()), !!opts.dryRun);
+  });
 
 program
   .command('status')

@@ -3,7 +3,10 @@ import * as fs from 'fs';
 import { EXIT_CODES } from '../fs/errors';
 import { StoreIndex } from '../fs/index-db';
 import { silentLogger } from '../fs/log';
+import { LinkState, readLinkState } from '../fs/link';
 import { isMountPoint } from '../fs/preflight';
+import { readSupervisorState, SupervisorState } from '../fs/supervisor';
+import { mirrorMarker } from '../fs/sync';
 import type { ViewState } from '../fs/view-service';
 import type { Context } from './context';
 
@@ -12,7 +15,9 @@ export interface StatusReport {
   problems: string[];
   mode: string;
   root: string;
-  link: { path: string; target: string | null };
+  link: { path: string; target: string | null; state: LinkState };
+  supervisor: Pick<SupervisorState, 'pid' | 'state' | 'restarts' | 'lastFailure' | 'nextRetryAt'> | null;
+  mirror: { complete: boolean } | null;
   view: { mounted: boolean; pid: number | null; running: boolean; uptimeSeconds: number | null; session: string | null; requests: Record<string, number> };
   store: { entries: number; bytes: number; quota: number; hits: number } | null;
   counters: ViewState['view'] | null;
@@ -40,12 +45,9 @@ export function collectStatus(ctx: Context): StatusReport {
   }
   const running = !!state && alive(state.pid);
   const mounted = isMountPoint(paths.viewMount);
-  let target: string | null = null;
-  try {
-    target = fs.readlinkSync(paths.usrLink);
-  } catch {
-    target = null;
-  }
+  const link = { path: paths.usrLink, ...readLinkState(paths) };
+  const supervisor = readSupervisorState(paths);
+  const mirrorComplete = fs.existsSync(mirrorMarker(paths));
   let store: StatusReport['store'] = null;
   if (fs.existsSync(paths.index)) {
     try {
@@ -56,15 +58,23 @@ export function collectStatus(ctx: Context): StatusReport {
       problems.push(`index unreadable: ${(err as Error).message}`);
     }
   }
-  if (running && !mounted) problems.push('the view process runs but nothing is mounted');
+  if (running && !mounted && !state?.detached) problems.push('the view process runs but nothing is mounted');
   if (mounted && !running) problems.push('the view is mounted but its process is gone');
+  if (link.state === 'view' && !(running && mounted)) problems.push(`${paths.usrLink} points at the view, but the view is not serving`);
+  if (link.state === 'mirror' && !mirrorComplete) problems.push('the link points at an incomplete mirror');
+  if (link.state === 'directory' || link.state === 'foreign' || link.state === 'missing') problems.push(`${paths.usrLink} is ${link.state === 'foreign' ? `a foreign link (${link.target})` : link.state}: run 'fscache setup'`);
+  if (supervisor?.state === 'retrying') problems.push(`the view failed (${supervisor.lastFailure?.reason}); retrying`);
+  if (supervisor?.state === 'serving' && link.state !== 'view') problems.push('the supervisor is serving but the link is not on the view');
   if (state?.storeTrouble) problems.push(state.storeTrouble);
   if (state?.store?.flashTrouble) problems.push(state.store.flashTrouble);
   if (state?.watcher?.trouble) problems.push(state.watcher.trouble);
-  const health = !running && !mounted ? 'stopped' : problems.length ? 'degraded' : 'healthy';
+  const active = running || mounted || !!supervisor || link.state === 'view' || link.state === 'mirror';
+  const health = !active && problems.length === 0 ? 'stopped' : problems.length ? 'degraded' : 'healthy';
   return {
     health, problems, mode: config.mode, root: paths.root,
-    link: { path: paths.usrLink, target },
+    link,
+    supervisor: supervisor ? { pid: supervisor.pid, state: supervisor.state, restarts: supervisor.restarts, lastFailure: supervisor.lastFailure, nextRetryAt: supervisor.nextRetryAt } : null,
+    mirror: config.mode === 'mirror' ? { complete: mirrorComplete } : null,
     view: {
       mounted, running, pid: state?.pid ?? null, session: state?.session ?? null,
       uptimeSeconds: state && running ? Math.round((Date.now() - state.startedAt) / 1000) : null,
@@ -85,9 +95,11 @@ export function renderStatus(r: StatusReport): string {
     ['health', r.health],
     ['mode', r.mode],
     ['root', r.root],
-    ['link', `${r.link.path} -> ${r.link.target ?? '(not a link)'}`],
+    ['link', `${r.link.path} -> ${r.link.target ?? `(${r.link.state})`} (${r.link.state})`],
+    ['supervisor', r.supervisor ? `pid ${r.supervisor.pid}, ${r.supervisor.state}, ${r.supervisor.restarts} restarts${r.supervisor.lastFailure ? `, last failure: ${r.supervisor.lastFailure.reason}` : ''}` : 'not running'],
     ['view', r.view.mounted ? `mounted, pid ${r.view.pid}, up ${r.view.uptimeSeconds ?? '?'} s, session ${r.view.session}` : 'not mounted'],
   ];
+  if (r.mirror) rows.push(['mirror', r.mirror.complete ? 'complete' : 'incomplete']);
   if (r.store) rows.push(['store', `${r.store.entries} files, ${MiB(r.store.bytes)} of ${MiB(r.store.quota)}, ${r.store.hits} hits recorded`]);
   if (r.counters) {
     const ratio = r.counters.opens ? ((100 * r.counters.hits) / r.counters.opens).toFixed(1) : '0.0';

@@ -33,9 +33,19 @@ export function checkRealTree(paths: Paths): void {
   }
 }
 
+function mountPoints(): string[] {
+  return fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n').filter(Boolean).map((line) => unescapeMount(line.split(' ')[4] ?? ''));
+}
+
 export function isMountPoint(dir: string): boolean {
   const wanted = path.resolve(dir);
-  return fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n').some((line) => unescapeMount(line.split(' ')[4] ?? '') === wanted);
+  return mountPoints().includes(wanted);
+}
+
+/** Mount points at or below `dir`, deepest first. */
+export function mountsBelow(dir: string): string[] {
+  const base = path.resolve(dir);
+  return mountPoints().filter((m) => m === base || m.startsWith(base + '/')).sort((a, b) => b.length - a.length);
 }
 
 function unescapeMount(s: string): string {

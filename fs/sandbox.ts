@@ -8,13 +8,15 @@ import { execFileSync } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { isMountPoint } from './preflight';
+import { mountsBelow } from './preflight';
 
 export interface Sandbox {
   root: string;
   realTree: string;
   /** Runs a program inside a chroot of the sandbox root. */
   chrootArgs(argv: string[]): [string, string[]];
+  /** Binds `source` read-only at `dest` (inside the sandbox); undone by cleanup(). */
+  bindReadOnly(source: string, dest: string): void;
   cleanup(): void;
 }
 
@@ -32,25 +34,24 @@ export function makeSandbox(options: { hostUsr?: string; copy?: boolean; prefix?
   const root = fs.mkdtempSync(path.join(os.tmpdir(), options.prefix ?? 'fscache-sandbox-'));
   const realTree = path.join(root, 'usr.real');
   fs.mkdirSync(realTree);
-  const mounts: string[] = [];
   const sandbox: Sandbox = {
     root,
     realTree,
     chrootArgs: (argv) => [CHROOT, [root, ...argv]],
+    bindReadOnly: (source, dest) => {
+      execFileSync('mount', ['--bind', '-o', 'ro', source, dest]);
+      // Older mount(8) ignores ro on the first bind: remount to be sure.
+      execFileSync('mount', ['-o', 'remount,bind,ro', dest]);
+    },
     cleanup: () => {
-      for (const m of mounts.reverse()) {
-        if (isMountPoint(m)) execFileSync('umount', ['-l', m], { stdio: 'ignore' });
-      }
+      // Everything mounted below the root (binds, views, dead views), deepest first.
+      for (const m of mountsBelow(root)) execFileSync('umount', ['-l', m], { stdio: 'ignore' });
       // Never remove through a mount that is still there.
-      if (!isMountPoint(realTree)) fs.rmSync(root, { recursive: true, force: true });
+      if (mountsBelow(root).length === 0) fs.rmSync(root, { recursive: true, force: true });
     },
   };
   try {
-    if (!options.copy) {
-      execFileSync('mount', ['--bind', '-o', 'ro', options.hostUsr ?? '/usr', realTree]);
-      mounts.push(realTree);
-      execFileSync('mount', ['-o', 'remount,bind,ro', realTree]);
-    }
+    if (!options.copy) sandbox.bindReadOnly(options.hostUsr ?? '/usr', realTree);
     fs.symlinkSync('run/fscache/view', path.join(root, 'usr'));
     for (const dir of ['bin', 'sbin', 'lib', 'lib64']) fs.symlinkSync(`usr/${dir}`, path.join(root, dir));
     fs.mkdirSync(path.join(root, 'etc'));

@@ -28,15 +28,35 @@ export interface ViewProcess {
   stop(timeoutMs?: number): Promise<number | null>;
 }
 
-export async function startViewProcess(root: string, mountpoint: string, stateFile: string, extraArgs: string[] = []): Promise<ViewProcess> {
+export async function startViewProcess(
+  root: string,
+  mountpoint: string,
+  stateFile: string,
+  extraArgs: string[] = [],
+  onLog?: (text: string) => void,
+): Promise<ViewProcess> {
   const child = spawn(process.execPath, [CLI_ENTRY, '--root', root, ...extraArgs, 'mount'], {
     stdio: ['ignore', 'ignore', 'pipe'],
+    // Its own process group: a signal meant for the caller's group must not stop a view that still has users.
+    detached: true,
   });
+  // The view's log, kept to its last 64 KiB (a long-running view logs forever).
   let stderr = '';
-  child.stderr!.on('data', (d) => (stderr += d));
+  child.stderr!.on('data', (d) => {
+    stderr = (stderr + d).slice(-65536);
+    onLog?.(String(d));
+  });
   const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
   const deadline = Date.now() + 15000;
-  while (!(isMountPoint(mountpoint) && fs.existsSync(stateFile))) {
+  // Ready when this child has written its state (a killed predecessor may have left a dead mount and its state file).
+  const ready = () => {
+    try {
+      return isMountPoint(mountpoint) && (JSON.parse(fs.readFileSync(stateFile, 'utf8')) as ViewState).pid === child.pid;
+    } catch {
+      return false;
+    }
+  };
+  while (!ready()) {
     if (child.exitCode !== null || child.signalCode !== null) {
       throw new Error(`the view exited with ${child.exitCode ?? child.signalCode}: ${stderr.trim()}`);
     }

@@ -1,0 +1,49 @@
+/**
+ * Cold launches with the real tree on the emulated slow disk: natively from the slow
+ * disk vs through the view with a filled flash store (on this machine's disk), page
+ * cache dropped before every run. The same programs cold from the local disk give the
+ * limit. Run: node dist/bench/cold.js
+ */
+import { execFileSync } from 'child_process';
+import { attachSlowDisk, SlowDisk } from './slow-disk';
+import { BenchRoot, chrootCommand, hyperfine, LAUNCHES, makeBenchRoot, ms, ratio } from './harness';
+
+const SESSION_CONFIG = process.env.FSCACHE_BENCH_SESSION ? `fuse_session = ${process.env.FSCACHE_BENCH_SESSION}\n` : '';
+const DROP = "sh -c 'sync; echo 3 > /proc/sys/vm/drop_caches'";
+
+async function main(): Promise<void> {
+  let disk: SlowDisk | undefined;
+  const roots: BenchRoot[] = [];
+  try {
+    disk = await attachSlowDisk();
+    const slowNative = await makeBenchRoot('native', { hostUsr: disk.usr });
+    roots.push(slowNative);
+    const localNative = await makeBenchRoot('native');
+    roots.push(localNative);
+    const view = await makeBenchRoot('view', { hostUsr: disk.usr, config: SESSION_CONFIG });
+    roots.push(view);
+    for (const l of LAUNCHES) execFileSync('sh', ['-c', chrootCommand(view.sandbox.root, l.argv) + ' >/dev/null']);
+    let last = -1;
+    for (let i = 0; i < 60; i++) {
+      await new Promise((r) => setTimeout(r, 2500));
+      const s = view.view!.state()!.store!;
+      if (s.fills === last) break;
+      last = s.fills;
+    }
+    const lines = [`Store filled with ${view.view!.state()!.store!.fills} copies. Page cache dropped before every run (\`${DROP}\`), 5 runs each.`, ''];
+    lines.push('| program | slow disk, native | slow disk, through the view | local disk, native | native / view (speed-up) |', '|---|---|---|---|---|');
+    for (const l of LAUNCHES) {
+      const [n, v, loc] = hyperfine([slowNative, view, localNative].map((r) => chrootCommand(r.sandbox.root, l.argv)), { runs: 5, warmup: 0, prepare: DROP });
+      lines.push(`| \`${l.label}\` | ${ms(n.median)} | ${ms(v.median)} | ${ms(loc.median)} | ${ratio(n.median, v.median)} |`);
+    }
+    process.stdout.write(lines.join('\n') + '\n');
+  } finally {
+    for (const r of roots.reverse()) await r.dispose().catch((e) => process.stderr.write(`cleanup: ${e}\n`));
+    disk?.detach();
+  }
+}
+
+main().catch((err) => {
+  process.stderr.write(`${err.stack ?? err}\n`);
+  process.exit(1);
+});

@@ -1,0 +1,72 @@
+/**
+ * A sandbox root as an administrator finds it before `fscache setup`: R/usr a real
+ * directory. After setup, the host's /usr is bound read-only at R/usr.real (a bind
+ * mount point cannot be renamed, so setup runs on the empty directory first), or the
+ * tree of copies stays (copy: true).
+ */
+import { spawnSync } from 'child_process';
+import * as fs from 'fs';
+import * as path from 'path';
+import { defaultConfig, parseConfig } from '../../fs/config';
+import { derivePaths, Paths } from '../../fs/paths';
+import { isMountPoint } from '../../fs/preflight';
+import { makeSandbox, Sandbox } from '../../fs/sandbox';
+import { CLI_ENTRY } from '../../fs/view-process';
+import { readSupervisorState } from '../../fs/supervisor';
+
+export interface CliResult {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+export interface OpsSandbox {
+  sandbox: Sandbox;
+  paths: Paths;
+  root: string;
+  cli(args: string[]): CliResult;
+  /** Binds the host's /usr read-only at R/usr.real (after setup). */
+  bindHostUsr(): void;
+  dispose(): Promise<void>;
+}
+
+export function createOpsSandbox(options: { config?: string } = {}): OpsSandbox {
+  const sandbox = makeSandbox({ copy: true, prefix: 'fscache-ops-' });
+  const config = options.config ? parseConfig(options.config, 'test config') : defaultConfig();
+  if (options.config) fs.writeFileSync(path.join(sandbox.root, 'etc', 'fscache.conf'), options.config);
+  const paths = derivePaths(sandbox.root, config);
+  // Undo the sandbox's ready-made link: R/usr becomes the directory setup expects.
+  fs.unlinkSync(paths.usrLink);
+  fs.rmdirSync(paths.realTree);
+  fs.mkdirSync(paths.usrLink);
+  const ops: OpsSandbox = {
+    sandbox,
+    paths,
+    root: sandbox.root,
+    cli(args) {
+      const r = spawnSync(process.execPath, [CLI_ENTRY, '--root', sandbox.root, ...args], { encoding: 'utf8', timeout: 60000 });
+      return { code: r.status, stdout: r.stdout, stderr: r.stderr };
+    },
+    bindHostUsr: () => sandbox.bindReadOnly('/usr', paths.realTree),
+    async dispose() {
+      const sup = readSupervisorState(paths);
+      if (sup) ops.cli(['stop']);
+      let view: number | undefined;
+      try {
+        view = JSON.parse(fs.readFileSync(paths.viewState, 'utf8')).pid;
+      } catch {
+        view = undefined;
+      }
+      if (view) {
+        try {
+          process.kill(view, 'SIGKILL');
+        } catch {
+          // gone
+        }
+      }
+      if (isMountPoint(paths.viewMount)) spawnSync('fusermount', ['-uz', paths.viewMount]);
+      sandbox.cleanup();
+    },
+  };
+  return ops;
+}
