@@ -1,11 +1,11 @@
 /**
- * `fscache demo`: the whole system in a sandbox root under a temporary directory,
- * whose real tree is this machine's /usr bound read-only. Starts the view, launches
- * real programs through it in a chroot twice (the first run fills the flash store,
- * the second is served from it), prints what happened, and cleans up everything,
- * also on Ctrl-C.
+ * `fscache demo`: the whole system in a sandbox root under a temporary directory:
+ * setup (R/usr moved to R/usr.real), then this machine's /usr bound read-only there as
+ * the real tree, start (view mounted, link switched), real programs launched in a
+ * chroot twice (the first run fills the flash store, the second is served from it),
+ * status, stop; then everything is cleaned up, also on Ctrl-C.
  */
-import { execFile } from 'child_process';
+import { execFile, spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as path from 'path';
 import { defaultConfig } from '../fs/config';
@@ -13,7 +13,8 @@ import { StoreIndex } from '../fs/index-db';
 import { silentLogger } from '../fs/log';
 import { derivePaths } from '../fs/paths';
 import { makeSandbox, Sandbox } from '../fs/sandbox';
-import { startViewProcess, ViewProcess } from '../fs/view-process';
+import { CLI_ENTRY } from '../fs/view-process';
+import type { ViewState } from '../fs/view-service';
 import { checkFuseDevice } from '../fs/preflight';
 
 export const DEMO_PROGRAMS: Array<{ label: string; argv: string[] }> = [
@@ -42,12 +43,20 @@ export async function demoVerb(): Promise<number> {
   checkFuseDevice();
   const say = (s: string) => process.stdout.write(s + '\n');
   let sandbox: Sandbox | undefined;
-  let view: ViewProcess | undefined;
   let cleaning: Promise<void> | undefined;
+  const cli = (args: string[]) => {
+    const r = spawnSync(process.execPath, [CLI_ENTRY, '--root', sandbox!.root, ...args], { encoding: 'utf8', timeout: 60000 });
+    return { code: r.status, out: (r.stdout + r.stderr).trim() };
+  };
   const cleanup = () =>
     (cleaning ??= (async () => {
-      await view?.stop().catch(() => undefined);
-      sandbox?.cleanup();
+      if (sandbox) {
+        cli(['stop']);
+        // The stopped view exits once its last user is gone; wait for it before unmounting the real tree.
+        const pid = viewPid(sandbox.root);
+        if (pid) await waitForExit(pid, 10000);
+        sandbox.cleanup();
+      }
     })());
   const onSignal = () => {
     say('\ninterrupted: cleaning up');
@@ -56,19 +65,26 @@ export async function demoVerb(): Promise<number> {
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);
   try {
-    sandbox = makeSandbox({ prefix: 'fscache-demo-' });
+    sandbox = makeSandbox({ prefix: 'fscache-demo-', beforeSetup: true });
     const paths = derivePaths(sandbox.root, defaultConfig());
-    say(`sandbox root ${sandbox.root}`);
-    say(`  real tree  ${paths.realTree}  (this machine's /usr, bound read-only)`);
-    say(`  usr link   ${paths.usrLink} -> ${fs.readlinkSync(paths.usrLink)}`);
-    view = await startViewProcess(sandbox.root, paths.viewMount, paths.viewState);
-    say(`view mounted at ${paths.viewMount} (pid ${view.child.pid})\n`);
-    say(`${'program'.padEnd(44)} ${'1st run (fills)'.padStart(16)} ${'2nd run (flash)'.padStart(16)}`);
+    say(`sandbox root ${sandbox.root} (R/usr is a directory, as on a system before fscache)`);
+    const step = (title: string, args: string[]) => {
+      const r = cli(args);
+      say(`\n$ fscache ${args.join(' ')}   # ${title}\n${r.out.replace(/^/gm, '  ')}`);
+      return r;
+    };
+    step('refused: R/usr is still a directory', ['start']);
+    step('one-time move of R/usr to R/usr.real', ['setup', '--yes']);
+    sandbox.bindReadOnly('/usr', paths.realTree);
+    say(`  (the demo now binds this machine's /usr read-only at ${paths.realTree} as the real tree)`);
+    if (step('mount the view, check it, switch the link', ['start']).code !== 0) return 1;
+
+    say(`\n${'program, launched in a chroot of R'.padEnd(44)} ${'1st run (fills)'.padStart(16)} ${'2nd run (flash)'.padStart(16)}`);
     let failures = 0;
     for (const program of DEMO_PROGRAMS) {
       const first = await runInChroot(sandbox, program.argv);
       // Let the background copies of this program's files land before the second run.
-      await waitForFills(view);
+      await waitForFills(paths.viewState);
       const second = await runInChroot(sandbox, program.argv);
       const fmt = (r: { ms: number; code: number }) => (r.code === 0 ? `${r.ms.toFixed(0)} ms` : `FAILED (${r.code})`);
       say(`${program.label.padEnd(44)} ${fmt(first).padStart(16)} ${fmt(second).padStart(16)}`);
@@ -78,21 +94,19 @@ export async function demoVerb(): Promise<number> {
       }
     }
     await new Promise((r) => setTimeout(r, 2200)); // one index flush
-    const state = view.state();
-    await view.stop();
-    view = undefined;
-    const index = StoreIndex.open(paths.index, silentLogger, { readonly: true });
-    const totals = index.totals();
-    const top = index.all().sort((a, b) => b.hits - a.hits).slice(0, 5);
-    index.close();
-    say('');
+    const state = readViewState(paths.viewState);
+    step('what is running, and how well', ['status']);
     if (state) {
-      say(`opens through the view: ${state.view.opens}; served from flash: ${state.view.hits}; from the real tree: ${state.view.misses}`);
+      say(`\nopens through the view: ${state.view.opens}; from flash: ${state.view.hits}; from the real tree: ${state.view.misses}`);
       say(`bytes read from flash: ${state.view.bytesFromStore}; from the real tree: ${state.view.bytesFromReal}`);
       say(`requests that reached the view: ${Object.entries(state.requests).map(([k, v]) => `${k} ${v}`).join(', ')}`);
     }
-    say(`flash store: ${totals.entries} files, ${(totals.bytes / 1048576).toFixed(1)} MiB, ${totals.hits} hits recorded in the index`);
+    const index = StoreIndex.open(paths.index, silentLogger, { readonly: true });
+    const top = index.all().sort((a, b) => b.hits - a.hits).slice(0, 5);
+    index.close();
+    say('most used copies on flash:');
     for (const e of top) say(`  ${String(e.hits).padStart(4)} hits  ${path.join('/usr', e.path)}`);
+    step('the link goes back first; the view serves its last users, then exits', ['stop']);
     say(failures ? `\n${failures} program(s) failed` : '\nall programs ran through the view; cleaning up');
     return failures ? 1 : 0;
   } finally {
@@ -102,13 +116,37 @@ export async function demoVerb(): Promise<number> {
   }
 }
 
+function readViewState(file: string): ViewState | undefined {
+  try {
+    return JSON.parse(fs.readFileSync(file, 'utf8')) as ViewState;
+  } catch {
+    return undefined;
+  }
+}
+
+function viewPid(root: string): number | undefined {
+  return readViewState(derivePaths(root, defaultConfig()).viewState)?.pid;
+}
+
+async function waitForExit(pid: number, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    try {
+      process.kill(pid, 0);
+    } catch {
+      return;
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
 /** Waits until the view reports no fill in progress for a moment (bounded). */
-async function waitForFills(view: ViewProcess): Promise<void> {
+async function waitForFills(stateFile: string): Promise<void> {
   const deadline = Date.now() + 10000;
   let last = -1;
   while (Date.now() < deadline) {
     await new Promise((r) => setTimeout(r, 300));
-    const s = view.state();
+    const s = readViewState(stateFile);
     const fills = (s?.store?.fills ?? 0) + (s?.store?.fillFailures ?? 0);
     if (fills === last) return;
     last = fills;

@@ -69,7 +69,8 @@ export function collectStatus(ctx: Context): StatusReport {
   if (state?.store?.flashTrouble) problems.push(state.store.flashTrouble);
   if (state?.watcher?.trouble) problems.push(state.watcher.trouble);
   const active = running || mounted || !!supervisor || link.state === 'view' || link.state === 'mirror';
-  const health = !active && problems.length === 0 ? 'stopped' : problems.length ? 'degraded' : 'healthy';
+  // Nothing of fscache running is 'stopped' (problems are still listed, e.g. R/usr a directory).
+  const health = !active ? 'stopped' : problems.length ? 'degraded' : 'healthy';
   return {
     health, problems, mode: config.mode, root: paths.root,
     link,

@@ -28,9 +28,10 @@ const DEVICES: Array<[string, number, number]> = [['null', 1, 3], ['zero', 1, 5]
 /**
  * Builds R with R/usr.real (read-only bind of `hostUsr`, or an empty directory when
  * `copy` is set), R/usr -> run/fscache/view, and the merged-/usr links, /etc basics,
- * device nodes and /tmp that programs need in a chroot.
+ * device nodes and /tmp that programs need in a chroot. With `beforeSetup`, R/usr is
+ * an empty directory and there is no R/usr.real, as before `fscache setup`.
  */
-export function makeSandbox(options: { hostUsr?: string; copy?: boolean; prefix?: string } = {}): Sandbox {
+export function makeSandbox(options: { hostUsr?: string; copy?: boolean; prefix?: string; beforeSetup?: boolean } = {}): Sandbox {
   const root = fs.mkdtempSync(path.join(os.tmpdir(), options.prefix ?? 'fscache-sandbox-'));
   const realTree = path.join(root, 'usr.real');
   fs.mkdirSync(realTree);
@@ -51,8 +52,14 @@ export function makeSandbox(options: { hostUsr?: string; copy?: boolean; prefix?
     },
   };
   try {
-    if (!options.copy) sandbox.bindReadOnly(options.hostUsr ?? '/usr', realTree);
-    fs.symlinkSync('run/fscache/view', path.join(root, 'usr'));
+    if (options.beforeSetup) {
+      // As an administrator finds a system: R/usr a directory, no R/usr.real yet.
+      fs.rmdirSync(realTree);
+      fs.mkdirSync(path.join(root, 'usr'));
+    } else {
+      if (!options.copy) sandbox.bindReadOnly(options.hostUsr ?? '/usr', realTree);
+      fs.symlinkSync('run/fscache/view', path.join(root, 'usr'));
+    }
     for (const dir of ['bin', 'sbin', 'lib', 'lib64']) fs.symlinkSync(`usr/${dir}`, path.join(root, dir));
     fs.mkdirSync(path.join(root, 'etc'));
     for (const f of HOST_ETC_FILES) {

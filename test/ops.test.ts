@@ -152,7 +152,9 @@ maybe('operations', () => {
     expect(r.code).toBe(3);
     expect(r.stderr).toMatch(/is a directory, not fscache's link; nothing changed. Run 'fscache setup'/);
     expect(execFileSync('ls', ['-laR', ops.root], { encoding: 'utf8' })).toBe(before);
-    expect(statusJson(ops).code).toBe(4); // degraded: usr is a directory
+    const { code, report } = statusJson(ops);
+    expect(code).toBe(7); // stopped, and it says why it cannot start
+    expect(report.problems.join()).toMatch(/is directory: run 'fscache setup'/);
   });
 
   test('a failure midway through setup (R/usr is a mount point: rename fails) is rolled back', () => {

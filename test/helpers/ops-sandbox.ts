@@ -31,14 +31,10 @@ export interface OpsSandbox {
 }
 
 export function createOpsSandbox(options: { config?: string } = {}): OpsSandbox {
-  const sandbox = makeSandbox({ copy: true, prefix: 'fscache-ops-' });
+  const sandbox = makeSandbox({ beforeSetup: true, prefix: 'fscache-ops-' });
   const config = options.config ? parseConfig(options.config, 'test config') : defaultConfig();
   if (options.config) fs.writeFileSync(path.join(sandbox.root, 'etc', 'fscache.conf'), options.config);
   const paths = derivePaths(sandbox.root, config);
-  // Undo the sandbox's ready-made link: R/usr becomes the directory setup expects.
-  fs.unlinkSync(paths.usrLink);
-  fs.rmdirSync(paths.realTree);
-  fs.mkdirSync(paths.usrLink);
   const ops: OpsSandbox = {
     sandbox,
     paths,
