@@ -3,11 +3,12 @@ import { Command, CommanderError } from 'commander';
 import { renderDefaultConfig } from '../fs/config';
 import { EXIT_CODES, FsCacheError } from '../fs/errors';
 import { contextFrom, GlobalOptions } from './context';
-import { demoVerb } from './demo';
-import { mountVerb } from './mount';
-import { configArgs, setupVerb, startVerb, stopVerb, syncVerb } from './ops';
-import { collectStatus, renderStatus, statusExitCode } from './status';
-import { verifyStore } from './verify';
+
+// Each verb loads its own modules when it runs: start-up stays short for sync, status
+// and the init scripts. The view (mount) loads everything before it serves, never later.
+const demo = () => import('./demo');
+const ops = () => import('./ops');
+const status = () => import('./status');
 
 const program = new Command();
 program
@@ -30,19 +31,19 @@ program
   .command('demo')
   .description('build a sandbox root from this machine\'s /usr (read-only), run programs through the view, show what happened, clean up')
   .action(async () => {
-    exitCode = await demoVerb();
+    exitCode = await (await demo()).demoVerb();
   });
 
 program
   .command('mount')
   .description('run the FUSE view of the real tree at R/run/fscache/view in the foreground (SIGTERM: detach, serve until the last user is gone)')
-  .action(async () => mountVerb(contextFrom(globals())));
+  .action(async () => (await import('./mount')).mountVerb(contextFrom(globals())));
 
 program
   .command('setup')
   .description('one time: move R/usr to R/usr.real and make R/usr a link to it (rolled back on failure)')
   .option('--yes', 'do it (without: only say what would be done)')
-  .action((opts: { yes?: boolean }) => setupVerb(contextFrom(globals()), !!opts.yes));
+  .action(async (opts: { yes?: boolean }) => (await ops()).setupVerb(contextFrom(globals()), !!opts.yes));
 
 program
   .command('start')
@@ -50,27 +51,29 @@ program
   .option('--foreground', 'run the supervisor in the foreground (what init systems use)')
   .action(async (opts: { foreground?: boolean }) => {
     const ctx = contextFrom(globals());
+    const { startVerb, configArgs } = await ops();
     exitCode = await startVerb(ctx, !!opts.foreground, configArgs(ctx, globals().config));
   });
 
 program
   .command('stop')
   .description('switch R/usr back to the real tree, then detach the view; programs using it keep running; idempotent')
-  .action(async () => stopVerb(contextFrom(globals())));
+  .action(async () => (await ops()).stopVerb(contextFrom(globals())));
 
 program
   .command('sync')
   .description('rsync the real tree to flash: the cached files (view mode) or the whole tree (mirror mode)')
   .option('--dry-run', 'show what would be transferred')
   .action(async (opts: { dryRun?: boolean }) => {
-    exitCode = await syncVerb(contextFrom(globals()), !!opts.dryRun);
+    exitCode = await (await ops()).syncVerb(contextFrom(globals()), !!opts.dryRun);
   });
 
 program
   .command('status')
   .description('show mode, link, view, store, watcher; exit 0 healthy, 4 degraded, 7 stopped')
   .option('--json', 'machine-readable output')
-  .action((opts: { json?: boolean }) => {
+  .action(async (opts: { json?: boolean }) => {
+    const { collectStatus, renderStatus, statusExitCode } = await status();
     const report = collectStatus(contextFrom(globals()));
     process.stdout.write((opts.json ? JSON.stringify(report, null, 2) : renderStatus(report)) + '\n');
     exitCode = statusExitCode(report);
@@ -81,8 +84,8 @@ program
   .description('hash every flash copy and compare it with the index and the real file; exit 4 if any is corrupt or stale')
   .option('--fix', 'drop corrupt and stale copies')
   .option('--json', 'machine-readable output')
-  .action((opts: { fix?: boolean; json?: boolean }) => {
-    const r = verifyStore(contextFrom(globals()), !!opts.fix);
+  .action(async (opts: { fix?: boolean; json?: boolean }) => {
+    const r = (await import('./verify')).verifyStore(contextFrom(globals()), !!opts.fix);
     if (opts.json) process.stdout.write(JSON.stringify(r, null, 2) + '\n');
     else {
       process.stdout.write(`${r.checked} copies checked: ${r.good} good, ${r.corrupt.length} corrupt, ${r.stale.length} stale${opts.fix ? `, ${r.dropped} dropped` : ''}\n`);

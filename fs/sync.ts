@@ -52,7 +52,7 @@ export function mirrorMarker(paths: Paths): string {
 
 /** Runs rsync, reporting progress, and turns its exit code into a clear error. */
 async function rsync(args: string[], options: SyncOptions, log: Logger): Promise<{ exit: number; itemized: string[]; warning?: string }> {
-  const child = execa('rsync', ['--info=progress2', '--no-inc-recursive', '--itemize-changes', '--out-format=%i %n', ...args], {
+  const child = execa('rsync', ['--info=progress2', '--out-format=%i %n', ...args], {
     reject: false,
     all: false,
     buffer: false,
