@@ -29,6 +29,7 @@ export interface Config {
   watch: WatchMode;
   watchPackageDb: string[];
   watchMaxDirs: number;
+  metadataTrustSeconds: number;
   accessFlushMs: number;
   logLevel: LogLevel;
 }
@@ -135,15 +136,19 @@ export const CONFIG_KEYS = {
   },
   watch: {
     field: 'watch', default: 'cached-dirs', allowed: 'cached-dirs, off', parse: oneOf<WatchMode>('cached-dirs', 'off'),
-    doc: 'cached-dirs: watch (not recursively) the directories that hold cached files, and the package databases; drop changed copies at once. The identity check at open is what guarantees freshness either way.',
+    doc: 'cached-dirs: watch with inotify (each non-recursively) the directories the view reads and those holding cached files, and the package databases; drop changed copies and cached metadata at once. off: no watching; every name and every open reads the real tree.',
   },
   watch_package_db: {
     field: 'watchPackageDb', default: 'var/lib/dpkg/info, var/db/pkg, var/lib/opkg/info', allowed: 'comma-separated paths relative to the root', parse: list(relPath),
     doc: 'Package-manager databases whose change makes the view re-check every cached copy (those that exist are watched).',
   },
   watch_max_dirs: {
-    field: 'watchMaxDirs', default: '2048', allowed: 'an integer from 1 to 65536', parse: intIn(1, 65536),
-    doc: 'Most directories watched at once; beyond it, freshness rests on the identity check at open.',
+    field: 'watchMaxDirs', default: '16384', allowed: 'an integer from 1 to 1048576', parse: intIn(1, 1048576),
+    doc: 'Most directories under inotify watch (about 1.4 KiB each); names in other directories are read from the real tree every time.',
+  },
+  metadata_trust_seconds: {
+    field: 'metadataTrustSeconds', default: '60', allowed: 'whole seconds from 0 to 86400 (0: always read metadata from the real tree)', parse: intIn(0, 86400),
+    doc: 'How long metadata read from a watched directory is answered from memory without reading the real tree again (any change in the directory forgets it at once).',
   },
   access_flush_ms: {
     field: 'accessFlushMs', default: '2000', allowed: 'milliseconds from 100 to 600000', parse: intIn(100, 600000),

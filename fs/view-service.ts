@@ -7,6 +7,7 @@
  * in through it, and would die of SIGBUS if this process left first.
  */
 import * as fs from 'fs';
+import * as path from 'path';
 import type { Config } from './config';
 import { FsCacheError } from './errors';
 import { StoreIndex } from './index-db';
@@ -17,6 +18,7 @@ import type { FuseSession } from './session';
 import { createSession } from './sessions';
 import { Store, StoreCounters } from './store';
 import { View, ViewCounters } from './view';
+import { VouchedMeta } from './vouched-meta';
 import { Watcher, WatcherState } from './watcher';
 
 export interface ViewState {
@@ -48,7 +50,7 @@ export class RunningView {
     readonly view: View,
     readonly session: FuseSession,
     readonly store: Store | undefined,
-    readonly watcher: Watcher | undefined,
+    readonly watcher: Watcher,
     private readonly storeTrouble: string | undefined,
   ) {}
 
@@ -76,7 +78,11 @@ export class RunningView {
       store = undefined;
     }
 
-    const view = new View(paths.realTree, store, log);
+    const watcher = new Watcher(paths, config, store, log);
+    const meta = new VouchedMeta(config.watch === 'off' ? 0 : config.metadataTrustSeconds * 1000);
+    watcher.onChange = (abs, subtree) => meta.forget(abs, subtree);
+    watcher.onForgetAll = () => meta.forgetAll();
+    const view = new View(paths.realTree, store, log, watcher, meta);
     const session = createSession(config.fuseSession, view, {
       mountpoint: paths.viewMount,
       attrTimeout: config.attrTimeout,
@@ -84,14 +90,10 @@ export class RunningView {
       negativeTimeout: config.negativeTimeout,
       fsname: 'fscache',
     });
+    watcher.onInvalidate = (rel) => session.invalidate('/' + rel);
+    if (store) store.onFilled = (rel) => watcher.watchDir(path.dirname(path.join(paths.realTree, rel)));
+    watcher.start();
     await session.mount();
-    let watcher: Watcher | undefined;
-    if (store) {
-      watcher = new Watcher(paths, config, store, log);
-      store.onFilled = (rel) => watcher!.watchFileDir(rel);
-      watcher.onInvalidate = (rel) => session.invalidate('/' + rel);
-      watcher.start();
-    }
     const running = new RunningView(paths, config, log, view, session, store, watcher, storeTrouble);
     running.flushTimer = setInterval(() => running.flush(), config.accessFlushMs);
     running.flush();
@@ -110,7 +112,7 @@ export class RunningView {
       storeTrouble: this.storeTrouble,
       view: { ...this.view.counters },
       store: this.store && { ...this.store.counters, bytes: this.store.bytes, quota: this.config.quotaBytes },
-      watcher: this.watcher && { ...this.watcher.status },
+      watcher: this.watcher.active ? { ...this.watcher.status } : undefined,
       requests: this.session.requestCounts(),
       detached: this.detached,
     };
@@ -141,7 +143,7 @@ export class RunningView {
       this.flush();
       await this.session.closed();
       clearInterval(this.flushTimer);
-      await this.watcher?.stop();
+      await this.watcher.stop();
       await this.store?.stop();
       this.store?.index.close();
       fs.rmSync(this.paths.viewState, { force: true });

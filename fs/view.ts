@@ -2,21 +2,28 @@
  * The view: a read-only FUSE file system presenting the real tree (R/usr.real).
  *
  * Promises:
- * - Metadata, names and link targets always come from the real tree.
- * - Never stale, never torn: at every open the real file is opened and fstat'ed, and
- *   its flash copy is served only if the copy was made from a file of exactly that
- *   identity (dev, inode, size, mtime); otherwise the real file is served and a
- *   background copy is started. The kernel keeps pages across opens only while mtime
+ * - Metadata, names and link targets come from the real tree: read from it, or
+ *   answered from memory for a path whose directory was under an inotify watch before
+ *   it was read, until any change in that directory or metadata_trust_seconds
+ *   (VouchedMeta). On a cold launch from a slow disk that saves a disk read per name.
+ * - Never stale, never torn: at every open the flash copy is served only if it was
+ *   made from a file of exactly the real file's current identity (dev, inode, size,
+ *   mtime in ns) — taken from fstat of the real file opened now, or from vouched
+ *   metadata; otherwise the real file is served and a background copy is started. The kernel keeps pages across opens only while mtime
  *   and size are unchanged (auto_cache), and attributes for attr_timeout seconds.
  * - Fail open: every handler answers with an errno on failure; a fill or index error
  *   falls back to the real file.
  * - The view never touches its own mount: every path below is under the real tree.
  */
 import * as fs from 'fs';
+import * as path from 'path';
+import { errnoCode } from './errors';
 import { identityOf } from './identity';
 import type { Logger } from './log';
 import { Attr, Errno, FsStats, Handle, ViewHandlers } from './session';
 import type { Store } from './store';
+import type { VouchedMeta } from './vouched-meta';
+import type { Watcher } from './watcher';
 import { XattrReader } from './xattr';
 
 const WRITE_FLAGS = fs.constants.O_WRONLY | fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_TRUNC | fs.constants.O_APPEND;
@@ -35,17 +42,22 @@ export interface ViewCounters {
   misses: number;
   bytesFromStore: number;
   bytesFromReal: number;
+  /** Metadata answers (lookups, listings, link targets) read from the real tree, and from vouched memory. */
+  metaFromReal: number;
+  metaFromMemory: number;
 }
 
-function toAttr(st: fs.Stats): Attr {
+function toAttr(st: fs.BigIntStats): Attr {
+  const date = (ns: bigint) => new Date(Number(ns / 1000000n));
   return {
-    mode: st.mode, uid: st.uid, gid: st.gid, size: st.size, dev: st.dev, ino: st.ino, nlink: st.nlink,
-    rdev: st.rdev, blksize: st.blksize, blocks: st.blocks, atime: st.atime, mtime: st.mtime, ctime: st.ctime,
+    mode: Number(st.mode), uid: Number(st.uid), gid: Number(st.gid), size: Number(st.size), dev: Number(st.dev),
+    ino: Number(st.ino), nlink: Number(st.nlink), rdev: Number(st.rdev), blksize: Number(st.blksize),
+    blocks: Number(st.blocks), atime: date(st.atimeNs), mtime: date(st.mtimeNs), ctime: date(st.ctimeNs),
   };
 }
 
 export class View implements ViewHandlers {
-  readonly counters: ViewCounters = { opens: 0, hits: 0, misses: 0, bytesFromStore: 0, bytesFromReal: 0 };
+  readonly counters: ViewCounters = { opens: 0, hits: 0, misses: 0, bytesFromStore: 0, bytesFromReal: 0, metaFromReal: 0, metaFromMemory: 0 };
   private readonly open_ = new Map<Handle, OpenFile>();
   private nextHandle = 1;
   private readonly xattrs = new XattrReader();
@@ -54,7 +66,31 @@ export class View implements ViewHandlers {
     private readonly realTree: string,
     private readonly store: Store | undefined,
     private readonly log: Logger,
+    private readonly watcher?: Watcher,
+    private readonly meta?: VouchedMeta,
   ) {}
+
+  /** Whether what is read now about entries of `dir` may be kept: its watch is live first. */
+  private vouches(dir: string): boolean {
+    return !!this.meta?.enabled && !!this.watcher?.watchDir(dir);
+  }
+
+  private lstat(real: string): fs.BigIntStats {
+    const known = this.meta?.attr(real);
+    if (known !== undefined) this.counters.metaFromMemory++;
+    if (known === null) throw new Errno('ENOENT');
+    if (known) return known;
+    this.counters.metaFromReal++;
+    const vouched = this.vouches(path.dirname(real));
+    try {
+      const st = fs.lstatSync(real, { bigint: true });
+      if (vouched) this.meta!.recordAttr(real, st);
+      return st;
+    } catch (err) {
+      if (vouched && errnoCode(err) === 'ENOENT') this.meta!.recordAttr(real, null);
+      throw err;
+    }
+  }
 
   /** The real path for a view path; the kernel sends normalized absolute paths. */
   private real(p: string): string {
@@ -64,20 +100,46 @@ export class View implements ViewHandlers {
   // Metadata calls are synchronous: on a warm tree each is a few microseconds, less
   // than a hop through libuv's thread pool, and warm launches are made of them.
   async getattr(p: string): Promise<Attr> {
-    return toAttr(fs.lstatSync(this.real(p)));
+    return toAttr(this.lstat(this.real(p)));
   }
 
   async readdir(p: string): Promise<string[]> {
-    return fs.readdirSync(this.real(p));
+    const real = this.real(p);
+    const known = this.meta?.listing(real);
+    if (known) {
+      this.counters.metaFromMemory++;
+      return known;
+    }
+    this.counters.metaFromReal++;
+    const vouched = this.vouches(real);
+    const names = fs.readdirSync(real);
+    if (vouched) this.meta!.recordListing(real, names);
+    return names;
   }
 
   async readlink(p: string): Promise<string> {
-    return fs.readlinkSync(this.real(p));
+    const real = this.real(p);
+    const known = this.meta?.link(real);
+    if (known !== undefined) {
+      this.counters.metaFromMemory++;
+      return known;
+    }
+    this.counters.metaFromReal++;
+    const vouched = this.vouches(path.dirname(real));
+    const target = fs.readlinkSync(real);
+    if (vouched) this.meta!.recordLink(real, target);
+    return target;
   }
 
   async open(p: string, flags: number): Promise<Handle> {
     if (flags & WRITE_FLAGS) throw new Errno('EROFS');
     const relPath = p.slice(1);
+    const vouched = this.store ? this.meta?.attr(this.real(p)) : undefined;
+    if (vouched?.isFile()) {
+      // The watcher vouches for this identity: the copy can be served without touching the real tree.
+      const copyFd = this.store!.openCopy(relPath, identityOf(vouched));
+      if (copyFd !== undefined) return this.opened({ fd: copyFd, relPath, fromStore: true });
+    }
     const realFd = fs.openSync(this.real(p), fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
     let file: OpenFile = { fd: realFd, relPath, fromStore: false };
     try {
@@ -86,11 +148,17 @@ export class View implements ViewHandlers {
       this.log.warn(`store lookup for ${relPath} failed (${err}); serving the real file`);
     }
     if (file.fd !== realFd) fs.closeSync(realFd);
+    return this.opened(file);
+  }
+
+  private opened(file: OpenFile): Handle {
+    const { relPath } = file;
     const handle = this.nextHandle++;
     this.open_.set(handle, file);
     this.counters.opens++;
     if (file.fromStore) {
       this.counters.hits++;
+      this.store!.index.recordAccess(relPath, true);
       this.store!.inUse.set(relPath, (this.store!.inUse.get(relPath) ?? 0) + 1);
     } else {
       this.counters.misses++;
@@ -104,10 +172,7 @@ export class View implements ViewHandlers {
     if (!st.isFile()) return { fd: realFd, relPath, fromStore: false };
     const identity = identityOf(st);
     const copyFd = this.store!.openCopy(relPath, identity);
-    if (copyFd !== undefined) {
-      this.store!.index.recordAccess(relPath, true);
-      return { fd: copyFd, relPath, fromStore: true };
-    }
+    if (copyFd !== undefined) return { fd: copyFd, relPath, fromStore: true };
     if (this.store!.wants(relPath, identity.size)) void this.store!.fill(relPath);
     return { fd: realFd, relPath, fromStore: false };
   }
