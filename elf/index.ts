@@ -1,0 +1,7 @@
+/** Public surface of elf/: the reader, the randomizer, inspect, and the error classes. */
+export * from './errors';
+export { readElf, readSymbols, readRelas, readDynamic, readNotes, sectionByName } from './reader';
+export { randomizeBytes, randomizeFile, parseSeed } from './randomize';
+export type { RandomizeResult } from './randomize';
+export { inspectBytes } from './inspect';
+export type { InspectReport } from './inspect';

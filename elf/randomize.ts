@@ -1,0 +1,81 @@
+/**
+ * The randomizer pipeline: read → find units → plan layout → move code → patch references →
+ * rebuild metadata → verify → write. Each phase lives in its own module; this one only
+ * sequences them and reports.
+ */
+import { randomBytes } from 'crypto';
+import * as fs from 'fs';
+import * as path from 'path';
+import { ElfRefusal } from './errors';
+import { Image, loadImage } from './image';
+import { entropyBits, Layout, planLayout, ShuffleRng } from './layout';
+import { moveCodeAndPatch, PatchStats } from './patch';
+import { findUnits, UnitPlan } from './units';
+import { verifyImage, VerifyReport } from './verify';
+import { rebuildFile, WriteReport } from './writer';
+
+export interface RandomizeResult {
+  readonly bytes: Uint8Array;
+  readonly seed: Uint8Array;
+  readonly units: number;
+  readonly entropyBits: number;
+  readonly textBytes: number;
+  readonly patch: PatchStats;
+  readonly verify: VerifyReport;
+  readonly write: WriteReport;
+  /** Unit index order, for tests and the bench (which unit was placed first, ...). */
+  readonly layout: Layout;
+  readonly timingsMs: Record<string, number>;
+}
+
+/** Parses a --seed value: hex, 1..64 bytes. */
+export function parseSeed(hex: string): Uint8Array {
+  const h = hex.startsWith('0x') ? hex.slice(2) : hex;
+  if (!/^[0-9a-fA-F]+$/.test(h) || h.length % 2 !== 0 || h.length > 128) throw new ElfRefusal(`bad seed '${hex}': want an even number of hex digits (at most 64 bytes)`);
+  return Uint8Array.from(Buffer.from(h, 'hex'));
+}
+
+export function randomizeBytes(input: Uint8Array, seed: Uint8Array = randomBytes(32)): RandomizeResult {
+  const t: Record<string, number> = {};
+  let t0 = performance.now();
+  const lap = (name: string) => { const n = performance.now(); t[name] = n - t0; t0 = n; };
+  const img: Image = loadImage(input);
+  lap('read');
+  const plan: UnitPlan = findUnits(img);
+  lap('units');
+  if (plan.units.length < 2) throw new ElfRefusal(`only ${plan.units.length} movable unit(s): nothing to shuffle`);
+  const layout = planLayout(plan, img.textStart, img.textEnd, new ShuffleRng(seed, input));
+  lap('layout');
+  const patched = Uint8Array.from(input);
+  const patch = moveCodeAndPatch(img, layout, patched);
+  lap('patch');
+  const { bytes, report } = rebuildFile(img.elf, patched);
+  lap('write');
+  const verify = verifyImage(img, layout, bytes);
+  lap('verify');
+  return {
+    bytes, seed, units: plan.units.length, entropyBits: entropyBits(plan.units.length), textBytes: img.text.sh_size,
+    patch, verify, write: report, layout, timingsMs: t,
+  };
+}
+
+/**
+ * Randomizes IN into OUT. The image is written under a temporary name in OUT's directory and
+ * renamed only after verification, so a refusal never leaves a file behind and readers never see
+ * a partial image.
+ */
+export function randomizeFile(inPath: string, outPath: string, seed?: Uint8Array): RandomizeResult {
+  const input = fs.readFileSync(inPath);
+  const res = randomizeBytes(input, seed);
+  const dir = path.dirname(path.resolve(outPath));
+  const tmp = path.join(dir, `.${path.basename(outPath)}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`);
+  try {
+    const mode = fs.statSync(inPath).mode & 0o755;
+    fs.writeFileSync(tmp, res.bytes, { mode });
+    fs.renameSync(tmp, outPath);
+  } catch (e) {
+    fs.rmSync(tmp, { force: true });
+    throw e;
+  }
+  return res;
+}
