@@ -5,7 +5,7 @@
  * `Code`, and — for PC-relative instructions — where the relative field sits, its size and the
  * absolute address it reaches. Typed arrays keep memory proportional to the code size.
  */
-import { Decoder, DecoderOptions, FlowControl, Instruction, Mnemonic, OpKind } from 'iced-x86';
+import { CodeExt, Decoder, DecoderOptions, FlowControl, Instruction, Mnemonic, OpCodeOperandKind, OpKind } from 'iced-x86';
 
 export const REF_NONE = 0;
 /** Near branch / call with a relative immediate (rel8 or rel32). */
@@ -38,8 +38,50 @@ export interface DecodedRange {
 
 let sharedInstr: Instruction | undefined;
 
+/** Per-`Code` facts, computed once per distinct instruction form (each getter is a wasm call). */
+interface CodeInfo { terminator: number; padding: number; branch: boolean; mayHaveMemory: boolean }
+
+/** Operand kinds of an opcode form that can be a ModRM memory operand (and so RIP-relative). */
+const MEMORY_KIND_NAMES = /mem/i;
+const codeInfo = new Map<number, CodeInfo>();
+function infoOf(ins: Instruction, c: number): CodeInfo {
+  let i = codeInfo.get(c);
+  if (i) return i;
+  const fc = ins.flowControl;
+  const mn = ins.mnemonic;
+  const k0 = ins.op0Kind;
+  // Whether this opcode form can address memory at all: only then ask the (costly) per-instance
+  // isIpRelMemoryOperand. Decided from iced's own opcode tables, not guessed.
+  const oc = CodeExt.opCode(c);
+  let mayHaveMemory = false;
+  for (let k = 0; k < oc.opCount; k++) {
+    const kind = oc.opKind(k);
+    if (kind !== OpCodeOperandKind.mem_offs && MEMORY_KIND_NAMES.test(OpCodeOperandKind[kind])) mayHaveMemory = true;
+  }
+  oc.free();
+  i = {
+    mayHaveMemory,
+    terminator: fc === FlowControl.Return || fc === FlowControl.UnconditionalBranch || fc === FlowControl.IndirectBranch ||
+      mn === Mnemonic.Ud2 || mn === Mnemonic.Hlt || mn === Mnemonic.Int3 ? 1 : 0,
+    padding: mn === Mnemonic.Nop || mn === Mnemonic.Int3 ? 1 : 0,
+    branch: (k0 === OpKind.NearBranch64 || k0 === OpKind.NearBranch32 || k0 === OpKind.NearBranch16) &&
+      (fc === FlowControl.UnconditionalBranch || fc === FlowControl.ConditionalBranch || fc === FlowControl.Call || fc === FlowControl.XbeginXabortXend),
+  };
+  codeInfo.set(c, i);
+  return i;
+}
+
 /** Decodes `bytes` as if loaded at `address`. Cost: one iced-x86 decodeOut per instruction. */
 export function decodeRange(bytes: Uint8Array, address: number): DecodedRange {
+  return decodePieces(bytes, address, [])[0];
+}
+
+/**
+ * Decodes `bytes` (loaded at `address`) in pieces: decoding restarts at every cut (an address
+ * inside the range), so that a function start is always an instruction start. One set of arrays
+ * is allocated for the whole range; each piece is a view into it.
+ */
+export function decodePieces(bytes: Uint8Array, address: number, cuts: number[]): DecodedRange[] {
   const cap = bytes.length; // at least one byte per instruction
   const ip = new Float64Array(cap);
   const len = new Uint8Array(cap);
@@ -51,56 +93,63 @@ export function decodeRange(bytes: Uint8Array, address: number): DecodedRange {
   const terminator = new Uint8Array(cap);
   const padding = new Uint8Array(cap);
   const invalid = new Uint8Array(cap);
-  const decoder = new Decoder(64, bytes, DecoderOptions.None);
-  decoder.ip = BigInt(address);
   const ins = sharedInstr ?? (sharedInstr = new Instruction());
+  const bounds = [address, ...cuts.filter((c) => c > address && c < address + cap), address + cap];
+  const pieces: DecodedRange[] = [];
   let n = 0;
-  try {
-    while (decoder.canDecode) {
-      decoder.decodeOut(ins);
-      const l = ins.length;
-      ip[n] = address + decoder.position - l;
-      len[n] = l;
-      if (ins.isInvalid) {
-        invalid[n] = 1;
-        n++;
-        continue;
-      }
-      code[n] = ins.code;
-      const fc = ins.flowControl;
-      const mn = ins.mnemonic;
-      if (fc === FlowControl.Return || fc === FlowControl.UnconditionalBranch || fc === FlowControl.IndirectBranch ||
-          mn === Mnemonic.Ud2 || mn === Mnemonic.Hlt || mn === Mnemonic.Int3) terminator[n] = 1;
-      if (mn === Mnemonic.Nop || mn === Mnemonic.Int3) padding[n] = 1;
-      const k0 = ins.op0Kind;
-      const isBranch = (k0 === OpKind.NearBranch64 || k0 === OpKind.NearBranch32 || k0 === OpKind.NearBranch16) &&
-        (fc === FlowControl.UnconditionalBranch || fc === FlowControl.ConditionalBranch || fc === FlowControl.Call || fc === FlowControl.XbeginXabortXend);
-      if (isBranch || ins.isIpRelMemoryOperand) {
-        const co = decoder.getConstantOffsets(ins);
-        if (isBranch) {
-          refKind[n] = REF_BRANCH;
-          fieldOff[n] = co.immediateOffset;
-          fieldSize[n] = co.immediateSize;
-          target[n] = Number(ins.nearBranchTarget);
-        } else {
-          refKind[n] = REF_RIPREL;
-          fieldOff[n] = co.displacementOffset;
-          fieldSize[n] = co.displacementSize;
-          target[n] = Number(ins.ipRelMemoryAddress);
+  for (let p = 0; p + 1 < bounds.length; p++) {
+    const from = bounds[p] - address;
+    const to = bounds[p + 1] - address;
+    const first = n;
+    const decoder = new Decoder(64, bytes.subarray(from, to), DecoderOptions.None);
+    decoder.ip = BigInt(bounds[p]);
+    let pos = from;
+    try {
+      while (pos < to) {
+        decoder.decodeOut(ins);
+        const l = ins.length;
+        ip[n] = address + pos;
+        len[n] = l;
+        pos += l;
+        const c = ins.code;
+        if (c === 0 /* Code.INVALID */) {
+          invalid[n] = 1;
+          n++;
+          continue;
         }
-        co.free();
+        code[n] = c;
+        const info = infoOf(ins, c);
+        terminator[n] = info.terminator;
+        padding[n] = info.padding;
+        if (info.branch || (info.mayHaveMemory && ins.isIpRelMemoryOperand)) {
+          const co = decoder.getConstantOffsets(ins);
+          if (info.branch) {
+            refKind[n] = REF_BRANCH;
+            fieldOff[n] = co.immediateOffset;
+            fieldSize[n] = co.immediateSize;
+            target[n] = Number(ins.nearBranchTarget);
+          } else {
+            refKind[n] = REF_RIPREL;
+            fieldOff[n] = co.displacementOffset;
+            fieldSize[n] = co.displacementSize;
+            target[n] = Number(ins.ipRelMemoryAddress);
+          }
+          co.free();
+        }
+        n++;
       }
-      n++;
+    } finally {
+      decoder.free();
     }
-  } finally {
-    decoder.free();
+    const e = n;
+    pieces.push({
+      start: bounds[p], count: e - first, ip: ip.subarray(first, e), len: len.subarray(first, e), code: code.subarray(first, e),
+      refKind: refKind.subarray(first, e), fieldOff: fieldOff.subarray(first, e), fieldSize: fieldSize.subarray(first, e),
+      target: target.subarray(first, e), terminator: terminator.subarray(first, e), padding: padding.subarray(first, e),
+      invalid: invalid.subarray(first, e),
+    });
   }
-  return {
-    start: address, count: n, ip: ip.subarray(0, n), len: len.subarray(0, n), code: code.subarray(0, n),
-    refKind: refKind.subarray(0, n), fieldOff: fieldOff.subarray(0, n), fieldSize: fieldSize.subarray(0, n),
-    target: target.subarray(0, n), terminator: terminator.subarray(0, n), padding: padding.subarray(0, n),
-    invalid: invalid.subarray(0, n),
-  };
+  return pieces;
 }
 
 /** Index of the instruction that starts at or contains `addr`, or -1. Binary search over `ip`. */

@@ -12,7 +12,7 @@
  * A reference that cannot be re-applied and cannot be kept by joining is a refusal.
  */
 import { Code } from 'iced-x86';
-import { decodeRange, DecodedRange, REF_BRANCH, REF_NONE } from './disasm';
+import { decodePieces, decodeRange, DecodedRange, REF_BRANCH, REF_NONE } from './disasm';
 import { ElfRefusal } from './errors';
 import { Image, inText, StaticReloc } from './image';
 import { sectionData } from './reader';
@@ -107,11 +107,11 @@ export function findUnits(img: Image): UnitPlan {
   const starts = [...startSet].sort((a, b) => a - b);
   const textRelocs = fieldSet(img.staticRelocs.get(text.index));
   const atoms: Atom[] = [];
+  const pieces = decodePieces(textBytes, textStart, starts);
   for (let i = 0; i < starts.length; i++) {
     const start = starts[i];
     const end = i + 1 < starts.length ? starts[i + 1] : textEnd;
-    const decoded = decodeRange(textBytes.subarray(start - textStart, end - textStart), start);
-    atoms.push({ start, end, coreEnd: end, decoded, names: names.get(start) ?? [] });
+    atoms.push({ start, end, coreEnd: end, decoded: pieces[i], names: names.get(start) ?? [] });
   }
   const atomAt = (addr: number): number => {
     let lo = 0;
