@@ -18,8 +18,20 @@ import { Image, inText, StaticReloc } from './image';
 import { sectionData } from './reader';
 import {
   relocTypeName, R_X86_64_DTPOFF32, R_X86_64_NONE, R_X86_64_SIZE32, R_X86_64_SIZE64, R_X86_64_TLSDESC_CALL,
-  R_X86_64_TPOFF32, STT_FUNC, STT_GNU_IFUNC, SHF_ALLOC,
+  R_X86_64_TPOFF32, STT_FUNC, STT_GNU_IFUNC, R_X86_64_PC32, R_X86_64_PLT32, R_X86_64_GOTPCREL,
+  R_X86_64_GOTPCRELX, R_X86_64_REX_GOTPCRELX, R_X86_64_GOTPC32, R_X86_64_GOTTPOFF, R_X86_64_TLSGD,
+  R_X86_64_TLSLD, R_X86_64_GOTPC32_TLSDESC,
 } from './types';
+
+/**
+ * Relocation types accepted on a PC-relative operand in code: their field holds target − P
+ * (a function, the PLT, the GOT or a GOT slot for TLS), which is re-applied from the decoded
+ * operand. ld rewrites relaxed GOTPCRELX sites to PC32 and keeps PLT32 on calls made direct.
+ */
+const PC_RELATIVE_CODE_RELOCS = new Set([
+  R_X86_64_PC32, R_X86_64_PLT32, R_X86_64_GOTPCREL, R_X86_64_GOTPCRELX, R_X86_64_REX_GOTPCRELX, R_X86_64_GOTPC32,
+  R_X86_64_GOTTPOFF, R_X86_64_TLSGD, R_X86_64_TLSLD, R_X86_64_GOTPC32_TLSDESC,
+]);
 
 /** Relocation types in code that carry no PC-relative value and need nothing when code moves. */
 const POSITION_FREE_CODE_RELOCS = new Set([R_X86_64_NONE, R_X86_64_TPOFF32, R_X86_64_DTPOFF32, R_X86_64_SIZE32, R_X86_64_SIZE64, R_X86_64_TLSDESC_CALL]);
@@ -173,7 +185,9 @@ export function findUnits(img: Image): UnitPlan {
       if (kind === REF_NONE) continue;
       const field = d.ip[k] + d.fieldOff[k];
       const t = d.target[k];
-      const relocated = textRelocs.has(field);
+      const rel = textRelocs.get(field);
+      const relocated = rel !== undefined;
+      if (rel && !PC_RELATIVE_CODE_RELOCS.has(rel.rela.r_type)) throw new ElfRefusal(`unsupported relocation type ${relocTypeName(rel.rela.r_type)} on a code operand`, field);
       if (relocated && d.fieldSize[k] !== 4) throw new ElfRefusal('relocation on a short PC-relative field', field);
       if (inText(img, t)) {
         const j = atomAt(t);
@@ -216,7 +230,9 @@ export function findUnits(img: Image): UnitPlan {
     for (let k = 0; k < d.count; k++) {
       if (d.refKind[k] === REF_NONE || !inText(img, d.target[k])) continue;
       const field = d.ip[k] + d.fieldOff[k];
-      if (!rel.has(field) || d.fieldSize[k] !== 4) throw new ElfRefusal(`unrelocated reference from ${s.name} into .text`, d.ip[k]);
+      const r = rel.get(field);
+      if (!r || d.fieldSize[k] !== 4) throw new ElfRefusal(`unrelocated reference from ${s.name} into .text`, d.ip[k]);
+      if (!PC_RELATIVE_CODE_RELOCS.has(r.rela.r_type)) throw new ElfRefusal(`unsupported relocation type ${relocTypeName(r.rela.r_type)} on a code operand`, field);
       otherExecRefs.push({ ip: d.ip[k], len: d.len[k], fieldOff: d.fieldOff[k], target: d.target[k] });
     }
   }
@@ -247,8 +263,6 @@ export function findUnits(img: Image): UnitPlan {
     leaBases.set(t, set);
   }
   const joinedAtoms = atoms.length - units.length;
-  // Sanity: static relocations in allocated sections other than code/eh_frame are checked in patch.ts.
-  void SHF_ALLOC;
   return {
     units, starts: Float64Array.from(units.map((u) => u.start)), joined: { atoms: joinedAtoms, reasons }, leaBases,
     otherExecRefs, otherExecDecoded,

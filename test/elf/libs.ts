@@ -194,3 +194,23 @@ export function announceSkip(what: string, reason: string): void {
   // eslint-disable-next-line no-console
   console.warn(`SKIP ${what}: ${reason}`);
 }
+
+export interface SmallBuild { dir: string; lib: string }
+
+/**
+ * A small randomizable library for the fuzz test (interp.c: jump tables, computed goto, calls),
+ * built without -g so that each fuzz input is cheap to process.
+ */
+export function buildSmall(): Built<SmallBuild> {
+  try {
+    const src = path.join(FIXTURES, 'interp.c');
+    const key = keyOf(fs.readFileSync(src, 'utf8'), 'small-v1');
+    return { ok: true, ...cached('small', key, (dir) => {
+      const lib = path.join(dir, 'libsmall.so');
+      sh(`gcc -O2 -fPIC -ffunction-sections -I${FIXTURES} -shared ${LDFLAGS} -o ${lib} ${src}`, dir);
+      return { dir, lib };
+    }) };
+  } catch (e) {
+    return { ok: false, skip: `small fixture library could not be built: ${errText(e)}` };
+  }
+}
