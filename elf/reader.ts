@@ -71,8 +71,8 @@ export function readElf(input: Uint8Array): ElfFile {
   const bytes = input;
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const c = new Cursor(view);
-  if (bytes.length < ELF64_EHDR_SIZE) throw new ElfFormatError(0, 'file shorter than an ELF64 header', bytes.length);
   for (let i = 0; i < 4; i++) if (bytes[i] !== ELFMAG[i]) throw new ElfFormatError(0, 'bad magic number');
+  if (bytes.length < ELF64_EHDR_SIZE) throw new ElfFormatError(0, 'file shorter than an ELF64 header', bytes.length);
   if (bytes[EI_CLASS] !== ELFCLASS64) throw new ElfFormatError(EI_CLASS, 'not ELFCLASS64', bytes[EI_CLASS]);
   if (bytes[EI_DATA] !== ELFDATA2LSB) throw new ElfFormatError(EI_DATA, 'not ELFDATA2LSB', bytes[EI_DATA]);
 
