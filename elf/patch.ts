@@ -97,7 +97,7 @@ export function moveCodeAndPatch(img: Image, layout: Layout, out: Uint8Array): P
 function patchDataRelocs(img: Image, layout: Layout, view: DataView, stats: PatchStats): void {
   const dynAt = new Map<number, number>();
   img.dynRelocs.forEach((r, i) => dynAt.set(r.r_offset, i));
-  const bases = [...layout.plan.leaBases.keys()].sort((a, b) => a - b);
+  const jt = jumpTableIndex(img, layout);
   const fdeFields = new Set(img.fdes.map((f) => f.pcBeginField));
   for (const [secIndex, relocs] of img.staticRelocs) {
     const sec = img.elf.sections[secIndex];
@@ -125,10 +125,10 @@ function patchDataRelocs(img: Image, layout: Layout, view: DataView, stats: Patc
       if (type === R_X86_64_PC32 || type === R_X86_64_PLT32) {
         const off = fileOff(img, f, 4);
         const v = view.getInt32(off, true);
-        const jt = jumpTableBase(img, layout, bases, f, v);
-        if (jt !== undefined) {
+        const base = jumpTableBase(img, jt, f, v);
+        if (base !== undefined) {
           if (sr.target !== undefined && sr.target - f !== v) throw new ElfRefusal('jump-table entry does not match its relocation', f);
-          writeI32(view, off, mapCodeTarget(layout, jt + v, f) - jt, f);
+          writeI32(view, off, mapCodeTarget(layout, base + v, f) - base, f);
           stats.jumpTableEntries++;
           continue;
         }
@@ -145,12 +145,34 @@ function patchDataRelocs(img: Image, layout: Layout, view: DataView, stats: Patc
   }
 }
 
+/** What proves a jump table: lea-loaded bases, and runs of consecutive PC32 words in data. */
+export interface JumpTableIndex {
+  readonly bases: number[];
+  /** For each PC32/PLT32 data relocation offset, the first offset of the run of 4-byte-apart relocations it belongs to. */
+  readonly runStart: Map<number, number>;
+}
+
+export function jumpTableIndex(img: Image, layout: Layout): JumpTableIndex {
+  const offs: number[] = [];
+  for (const [secIndex, relocs] of img.staticRelocs) {
+    const sec = img.elf.sections[secIndex];
+    if (!(sec.sh_flags & SHF_ALLOC) || (sec.sh_flags & SHF_EXECINSTR)) continue;
+    for (const r of relocs) if (r.rela.r_type === R_X86_64_PC32 || r.rela.r_type === R_X86_64_PLT32) offs.push(r.rela.r_offset);
+  }
+  offs.sort((a, b) => a - b);
+  const runStart = new Map<number, number>();
+  for (const o of offs) runStart.set(o, runStart.get(o - 4) ?? o);
+  return { bases: [...layout.plan.leaBases.keys()].sort((a, b) => a - b), runStart };
+}
+
 /**
- * The base of the jump table holding the entry at `f`, if the code proves it: the nearest
- * `lea base(%rip)` target at or below the entry, used by exactly one unit, with base + entry
- * landing inside that same unit (GCC's `.long .Lcase - .Ltable`).
+ * The base of the jump table holding the entry at `f`, if the code and the relocations prove it:
+ * the nearest `lea base(%rip)` target at or below the entry, with an unbroken run of PC-relative
+ * relocations from the base to the entry (GCC's `.long .Lcase - .Ltable` array), and
+ * base + entry landing on code. The case may be in another unit (a `.cold` part).
  */
-export function jumpTableBase(img: Image, layout: Layout, bases: number[], f: number, v: number): number | undefined {
+export function jumpTableBase(img: Image, jt: JumpTableIndex, f: number, v: number): number | undefined {
+  const bases = jt.bases;
   let lo = 0;
   let hi = bases.length - 1;
   let best = -1;
@@ -160,11 +182,9 @@ export function jumpTableBase(img: Image, layout: Layout, bases: number[], f: nu
   }
   if (best < 0) return undefined;
   const b = bases[best];
-  const users = layout.plan.leaBases.get(b)!;
-  if (users.size !== 1) return undefined;
-  const u = [...users][0];
-  const t = b + v;
-  if (!inText(img, t) || unitIndexAt(layout.plan, t) !== u) return undefined;
+  const run = jt.runStart.get(f);
+  if (run === undefined || run > b || (f - b) % 4 !== 0 || !jt.runStart.has(b)) return undefined;
+  if (!inText(img, b + v)) return undefined;
   return b;
 }
 

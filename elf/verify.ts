@@ -19,7 +19,7 @@ import { parseEhFrame, parseEhFrameHdr } from './ehframe';
 import { VerifyError } from './errors';
 import { Image, inText } from './image';
 import { Layout, mapAddress } from './layout';
-import { jumpTableBase } from './patch';
+import { jumpTableBase, jumpTableIndex } from './patch';
 import { readDynamic, readElf, readRelaRange, readSymbols, sectionByName, vaddrToOffset, ElfFile, readNotes } from './reader';
 import {
   DT_FINI, DT_INIT, DT_JMPREL, DT_PLTRELSZ, DT_RELA, DT_RELASZ, ELF64_RELA_SIZE, NT_GNU_BUILD_ID,
@@ -150,7 +150,7 @@ export function verifyImage(img: Image, layout: Layout, output: Uint8Array): Ver
   }
 
   // PC-relative words in data (jump tables and the like) named by static relocations.
-  const bases = [...layout.plan.leaBases.keys()].sort((x, y) => x - y);
+  const jt = jumpTableIndex(img, layout);
   for (const [secIndex, relocs] of img.staticRelocs) {
     const sec = inp.sections[secIndex];
     if (!(sec.sh_flags & SHF_ALLOC) || (sec.sh_flags & SHF_EXECINSTR) || sec === img.ehFrame) continue;
@@ -163,7 +163,7 @@ export function verifyImage(img: Image, layout: Layout, output: Uint8Array): Ver
       if (sr.sym === undefined || sr.sym.st_shndx !== img.text.index) { if (vin !== vout) fail('PC-relative data word changed', sr.rela.r_offset); continue; }
       // Same reading of the word as the rewriter (jump-table base proven by a lea, else the field
       // itself); the output word must reach the moved counterpart of the input target.
-      const b = jumpTableBase(img, layout, bases, sr.rela.r_offset, vin) ?? sr.rela.r_offset;
+      const b = jumpTableBase(img, jt, sr.rela.r_offset, vin) ?? sr.rela.r_offset;
       if (vout !== mapT(b + vin) - b) fail('PC-relative data word does not reach the moved target', sr.rela.r_offset);
       allow(off, 4);
       rep.dataWords++;

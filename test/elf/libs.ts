@@ -148,9 +148,11 @@ export function buildCxx(): Built<CxxBuild> {
 export function buildLua(): Built<LuaBuild> {
   try {
     const version = srcVersion('lua5.4');
-    return { ok: true, ...cached('lua', keyOf(version, CFLAGS, LDFLAGS, 'v1'), (dir) => {
+    return { ok: true, ...cached('lua', keyOf(version, CFLAGS, LDFLAGS, 'v2'), (dir) => {
       const src = aptSource('lua5.4', dir);
       const srcDir = path.join(src, 'src');
+      // Debian's luaconf.h includes a header debian/rules generates.
+      fs.writeFileSync(path.join(srcDir, 'lua5.4-deb-multiarch.h'), '#define DEB_HOST_MULTIARCH "x86_64-linux-gnu"\n');
       const cs = fs.readdirSync(srcDir).filter((f) => f.endsWith('.c') && f !== 'lua.c' && f !== 'luac.c' && f !== 'onelua.c');
       const flags = `${CFLAGS} -DLUA_COMPAT_5_3 -DLUA_USE_LINUX`;
       const objs = cs.map((f) => ({ src: path.join(srcDir, f), obj: path.join(dir, f.replace(/\.c$/, '.o')), cc: 'gcc', flags }));
