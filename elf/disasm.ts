@@ -94,7 +94,8 @@ export function decodePieces(bytes: Uint8Array, address: number, cuts: number[])
   const padding = new Uint8Array(cap);
   const invalid = new Uint8Array(cap);
   const ins = sharedInstr ?? (sharedInstr = new Instruction());
-  const bounds = [address, ...cuts.filter((c) => c > address && c < address + cap), address + cap];
+  const inner = [...new Set(cuts.filter((c) => c > address && c < address + cap))].sort((a, b) => a - b);
+  const bounds = [address, ...inner, address + cap];
   const pieces: DecodedRange[] = [];
   let n = 0;
   for (let p = 0; p + 1 < bounds.length; p++) {

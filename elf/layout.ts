@@ -20,6 +20,7 @@ export class ShuffleRng {
   private pos = 0;
 
   constructor(seed: Uint8Array, input: Uint8Array) {
+    // `input` is the loadable part of the library (what ends up mapped), not its debug info.
     // Binding the key to the input hash: one seed never yields correlated orders across libraries.
     const inputHash = createHash('sha256').update(input).digest();
     this.key = createHmac('sha256', Buffer.from(seed)).update('fscache/elf-shuffle/v1').update(inputHash).digest();

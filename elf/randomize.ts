@@ -35,6 +35,13 @@ export function parseSeed(hex: string): Uint8Array {
   return Uint8Array.from(Buffer.from(h, 'hex'));
 }
 
+/** The bytes the loader maps (headers to the end of the last segment): what the RNG is bound to. */
+function loadablePart(img: Image): Uint8Array {
+  let end = 0;
+  for (const p of img.elf.segments) end = Math.max(end, p.p_offset + p.p_filesz);
+  return img.elf.bytes.subarray(0, Math.max(end, 64));
+}
+
 export function randomizeBytes(input: Uint8Array, seed: Uint8Array = randomBytes(32)): RandomizeResult {
   const t: Record<string, number> = {};
   let t0 = performance.now();
@@ -44,9 +51,9 @@ export function randomizeBytes(input: Uint8Array, seed: Uint8Array = randomBytes
   const plan: UnitPlan = findUnits(img);
   lap('units');
   if (plan.units.length < 2) throw new ElfRefusal(`only ${plan.units.length} movable unit(s): nothing to shuffle`);
-  const layout = planLayout(plan, img.textStart, img.textEnd, new ShuffleRng(seed, input));
+  const layout = planLayout(plan, img.textStart, img.textEnd, new ShuffleRng(seed, loadablePart(img)));
   lap('layout');
-  const patched = Uint8Array.from(input);
+  const patched = new Uint8Array(input); // a copy (memcpy), same size and layout
   const patch = moveCodeAndPatch(img, layout, patched);
   lap('patch');
   const { bytes, report } = rebuildFile(img.elf, patched);

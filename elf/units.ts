@@ -200,13 +200,13 @@ export function findUnits(img: Image): UnitPlan {
     }
   }
   // Every relocation in .text must sit on an operand we decoded, or need nothing when code moves.
-  const fieldsSeen = new Set<number>();
+  const fieldsSeen = new Uint8Array(textEnd - textStart);
   for (const a of atoms) {
     const d = a.decoded;
-    for (let k = 0; k < d.count; k++) if (d.refKind[k] !== REF_NONE) fieldsSeen.add(d.ip[k] + d.fieldOff[k]);
+    for (let k = 0; k < d.count; k++) if (d.refKind[k] !== REF_NONE) fieldsSeen[d.ip[k] + d.fieldOff[k] - textStart] = 1;
   }
   for (const [off, r] of textRelocs) {
-    if (fieldsSeen.has(off) || POSITION_FREE_CODE_RELOCS.has(r.rela.r_type)) continue;
+    if (fieldsSeen[off - textStart] === 1 || POSITION_FREE_CODE_RELOCS.has(r.rela.r_type)) continue;
     throw new ElfRefusal(`${relocTypeName(r.rela.r_type)} relocation does not match a PC-relative operand (unresolvable reference)`, off);
   }
 

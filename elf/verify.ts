@@ -14,7 +14,7 @@
  *    named by static relocations, symbol section indexes and the build-id.
  * Any failure throws VerifyError with the address; the image is then never written.
  */
-import { decodeRange, DecodedRange, REF_NONE } from './disasm';
+import { decodePieces, decodeRange, DecodedRange, REF_NONE } from './disasm';
 import { parseEhFrame, parseEhFrameHdr } from './ehframe';
 import { VerifyError } from './errors';
 import { Image, inText } from './image';
@@ -263,10 +263,16 @@ function verifyText(img: Image, layout: Layout, out: ElfFile, rep: VerifyReport)
   }
   for (let a = cur; a < img.textEnd; a++) if (outBytes[a - t0] !== 0xcc) fail('gap not filled with int3', a);
 
+  // One decoding pass over the output .text, restarting at every placed unit.
+  const pieces = decodePieces(outBytes, t0, placed.flatMap((p) => [p.s, p.e]));
+  const pieceAt = new Map<number, DecodedRange>();
+  for (const p of pieces) if (!pieceAt.has(p.start)) pieceAt.set(p.start, p);
   for (const u of units) {
     const ns = layout.newStart[u.index];
     const len = u.coreEnd - u.start;
-    const b = decodeRange(outBytes.subarray(ns - t0, ns - t0 + len), ns);
+    const b = len === 0 ? undefined : pieceAt.get(ns);
+    if (len === 0) continue;
+    if (!b || b.count === 0 || b.ip[b.count - 1] + b.len[b.count - 1] !== ns + len) fail('output unit does not decode to its own extent', ns);
     // The input is decoded per atom; walk the atoms' instructions that lie in the core, in order.
     let offset = 0;
     for (const a of u.atoms) {

@@ -12,11 +12,18 @@ import { createHash } from 'crypto';
 import * as fs from 'fs';
 import * as path from 'path';
 
-export const REPO = path.resolve(__dirname, '..', '..');
+/** The repository root (also when this file runs compiled from dist/ for the bench). */
+function findRepo(): string {
+  for (let d = __dirname; d !== path.dirname(d); d = path.dirname(d)) {
+    if (fs.existsSync(path.join(d, 'package.json')) && fs.existsSync(path.join(d, 'test', 'elf', 'fixtures'))) return d;
+  }
+  return path.resolve(__dirname, '..', '..');
+}
+export const REPO = findRepo();
 export const CACHE = process.env.FSCACHE_LIB_CACHE ?? path.join(REPO, '.cache', 'elf-libs');
 export const CFLAGS = '-O2 -fPIC -ffunction-sections -g';
 export const LDFLAGS = '-Wl,--emit-relocs';
-export const FIXTURES = path.join(__dirname, 'fixtures');
+export const FIXTURES = path.join(REPO, 'test', 'elf', 'fixtures');
 
 export type Built<T> = ({ ok: true } & T) | { ok: false; skip: string };
 
