@@ -69,7 +69,7 @@ export interface UnitPlan {
   readonly units: Unit[];
   /** Unit start addresses, sorted (for binary search). */
   readonly starts: Float64Array;
-  /** Number of atoms joined into another atom's unit, and why (for `inspect`). */
+  /** Number of atoms joined into another atom's unit, and the joins by reason (for `inspect`). */
   readonly joined: { atoms: number; reasons: Map<string, number> };
   /** RIP-relative `lea` targets outside .text, by target address -> unit indexes (jump-table bases). */
   readonly leaBases: Map<number, Set<number>>;
@@ -135,16 +135,17 @@ export function findUnits(img: Image): UnitPlan {
     return lo;
   };
 
-  // joinNext[i]: atom i and atom i+1 end up in one unit.
-  const joinNext = new Uint8Array(atoms.length);
+  // Joins are recorded as atom ranges and applied in one sweep at the end (a difference array),
+  // so that many long-range references cost O(n), not O(n * range), on hostile input.
+  const joinDiff = new Int32Array(atoms.length + 1);
   const reasons = new Map<string, number>();
   const join = (a: number, b: number, why: string) => {
     const lo = Math.min(a, b);
     const hi = Math.max(a, b);
-    for (let k = lo; k < hi; k++) {
-      if (!joinNext[k]) reasons.set(why, (reasons.get(why) ?? 0) + 1);
-      joinNext[k] = 1;
-    }
+    if (lo === hi) return;
+    joinDiff[lo]++;
+    joinDiff[hi]--;
+    reasons.set(why, (reasons.get(why) ?? 0) + 1);
   };
 
   for (let i = 0; i < atoms.length; i++) {
@@ -235,6 +236,13 @@ export function findUnits(img: Image): UnitPlan {
       if (!PC_RELATIVE_CODE_RELOCS.has(r.rela.r_type)) throw new ElfRefusal(`unsupported relocation type ${relocTypeName(r.rela.r_type)} on a code operand`, field);
       otherExecRefs.push({ ip: d.ip[k], len: d.len[k], fieldOff: d.fieldOff[k], target: d.target[k] });
     }
+  }
+
+  // joinNext[i]: atom i and atom i+1 end up in one unit.
+  const joinNext = new Uint8Array(atoms.length);
+  for (let i = 0, open = 0; i < atoms.length; i++) {
+    open += joinDiff[i];
+    joinNext[i] = open > 0 ? 1 : 0;
   }
 
   // Build units from runs of joined atoms.

@@ -182,24 +182,37 @@ export function verifyImage(img: Image, layout: Layout, output: Uint8Array): Ver
   }
 
   // Nothing else in the loadable non-code part changed.
-  const ranges = [...allowed.entries()].sort((a, b) => a[0] - b[0]);
-  let ri = 0;
+  const covered = coverage(allowed);
   for (const s of allocIn) {
     if ((s.sh_flags & SHF_EXECINSTR) || s.sh_type === SHT_NOBITS) continue;
     const end = s.sh_offset + s.sh_size;
     for (let o = s.sh_offset; o < end; o++) {
-      if (inp.bytes[o] === output[o]) continue;
-      while (ri < ranges.length && ranges[ri][0] + ranges[ri][1] <= o) ri++;
-      let ok = false;
-      for (let k = ri; k < ranges.length && ranges[k][0] <= o; k++) if (o < ranges[k][0] + ranges[k][1]) { ok = true; break; }
-      if (!ok) {
-        // Fall back to a full search (ranges were visited out of order for this section).
-        ok = ranges.some(([a, l]) => o >= a && o < a + l);
-        if (!ok) fail(`unexplained change in ${s.name}`, s.sh_addr + (o - s.sh_offset));
-      }
+      if (inp.bytes[o] !== output[o] && !covered(o)) fail(`unexplained change in ${s.name}`, s.sh_addr + (o - s.sh_offset));
     }
   }
   return rep;
+}
+
+/** Membership test over a set of (offset, length) ranges: merged, then binary search. */
+function coverage(ranges: Map<number, number>): (o: number) => boolean {
+  const sorted = [...ranges.entries()].sort((a, b) => a[0] - b[0]);
+  const starts: number[] = [];
+  const ends: number[] = [];
+  for (const [a, l] of sorted) {
+    if (starts.length && a <= ends[ends.length - 1]) ends[ends.length - 1] = Math.max(ends[ends.length - 1], a + l);
+    else { starts.push(a); ends.push(a + l); }
+  }
+  return (o) => {
+    let lo = 0;
+    let hi = starts.length - 1;
+    while (lo <= hi) {
+      const mid = (lo + hi) >> 1;
+      if (starts[mid] > o) hi = mid - 1;
+      else if (ends[mid] <= o) lo = mid + 1;
+      else return true;
+    }
+    return false;
+  };
 }
 
 function readDynRelocs(elf: ElfFile, dyn: { d_tag: number; d_val: number }[]) {
