@@ -39,13 +39,26 @@ export interface DecodedRange {
 let sharedInstr: Instruction | undefined;
 
 /** Per-`Code` facts, computed once per distinct instruction form (each getter is a wasm call). */
-interface CodeInfo { terminator: number; padding: number; branch: boolean; mayHaveMemory: boolean }
+interface CodeInfo {
+  terminator: number;
+  padding: number;
+  branch: boolean;
+  /** Branch with a 64-bit target (op0 NearBranch64): target = next ip + rel, no truncation. */
+  branch64: boolean;
+  mayHaveMemory: boolean;
+  /**
+   * Bytes from the start of the PC-relative field to the end of the instruction (field + any
+   * immediates after it); fixed for a given `Code`, learnt from iced's constant offsets on the
+   * first instance and reused, so that later instances need no getConstantOffsets call. -1: unknown.
+   */
+  tail: number;
+}
 
 /** Operand kinds of an opcode form that can be a ModRM memory operand (and so RIP-relative). */
 const MEMORY_KIND_NAMES = /mem/i;
-const codeInfo = new Map<number, CodeInfo>();
+const codeInfo: (CodeInfo | undefined)[] = [];
 function infoOf(ins: Instruction, c: number): CodeInfo {
-  let i = codeInfo.get(c);
+  let i = codeInfo[c];
   if (i) return i;
   const fc = ins.flowControl;
   const mn = ins.mnemonic;
@@ -61,14 +74,26 @@ function infoOf(ins: Instruction, c: number): CodeInfo {
   oc.free();
   i = {
     mayHaveMemory,
+    tail: -1,
+    branch64: k0 === OpKind.NearBranch64,
     terminator: fc === FlowControl.Return || fc === FlowControl.UnconditionalBranch || fc === FlowControl.IndirectBranch ||
       mn === Mnemonic.Ud2 || mn === Mnemonic.Hlt || mn === Mnemonic.Int3 ? 1 : 0,
     padding: mn === Mnemonic.Nop || mn === Mnemonic.Int3 ? 1 : 0,
     branch: (k0 === OpKind.NearBranch64 || k0 === OpKind.NearBranch32 || k0 === OpKind.NearBranch16) &&
       (fc === FlowControl.UnconditionalBranch || fc === FlowControl.ConditionalBranch || fc === FlowControl.Call || fc === FlowControl.XbeginXabortXend),
   };
-  codeInfo.set(c, i);
+  codeInfo[c] = i;
   return i;
+}
+
+/** True when an address-size override (0x67) is among the legacy prefixes before `fieldOff`. */
+function hasAddrSizePrefix(bytes: Uint8Array, start: number, fieldOff: number): boolean {
+  for (let k = start; k < start + fieldOff; k++) {
+    const b = bytes[k];
+    if (b === 0x67) return true;
+    if (!(b === 0xf0 || b === 0xf2 || b === 0xf3 || b === 0x2e || b === 0x36 || b === 0x3e || b === 0x26 || b === 0x64 || b === 0x65 || b === 0x66)) return false;
+  }
+  return false;
 }
 
 /** Decodes `bytes` as if loaded at `address`. Cost: one iced-x86 decodeOut per instruction. */
@@ -94,6 +119,7 @@ export function decodePieces(bytes: Uint8Array, address: number, cuts: number[])
   const padding = new Uint8Array(cap);
   const invalid = new Uint8Array(cap);
   const ins = sharedInstr ?? (sharedInstr = new Instruction());
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const inner = [...new Set(cuts.filter((c) => c > address && c < address + cap))].sort((a, b) => a - b);
   const bounds = [address, ...inner, address + cap];
   const pieces: DecodedRange[] = [];
@@ -123,19 +149,31 @@ export function decodePieces(bytes: Uint8Array, address: number, cuts: number[])
         terminator[n] = info.terminator;
         padding[n] = info.padding;
         if (info.branch || (info.mayHaveMemory && ins.isIpRelMemoryOperand)) {
-          const co = decoder.getConstantOffsets(ins);
-          if (info.branch) {
-            refKind[n] = REF_BRANCH;
-            fieldOff[n] = co.immediateOffset;
-            fieldSize[n] = co.immediateSize;
-            target[n] = Number(ins.nearBranchTarget);
-          } else {
-            refKind[n] = REF_RIPREL;
-            fieldOff[n] = co.displacementOffset;
-            fieldSize[n] = co.displacementSize;
-            target[n] = Number(ins.ipRelMemoryAddress);
+          refKind[n] = info.branch ? REF_BRANCH : REF_RIPREL;
+          if (info.tail < 0) {
+            const co = decoder.getConstantOffsets(ins);
+            const off = info.branch ? co.immediateOffset : co.displacementOffset;
+            co.free();
+            info.tail = l - off;
           }
-          co.free();
+          const off = l - info.tail;
+          fieldOff[n] = off;
+          fieldSize[n] = info.branch ? info.tail : 4; // a branch offset is the last field
+          // Targets computed from the field bytes (next ip + signed field), as the CPU does; iced
+          // is asked instead for the rare forms where that is not the whole story (16/32-bit
+          // branch targets, an address-size prefix on a RIP-relative operand).
+          const at = pos - l + off;
+          if (info.branch && info.branch64 && (info.tail === 1 || info.tail === 4)) {
+            target[n] = ip[n] + l + (info.tail === 1 ? view.getInt8(at) : view.getInt32(at, true));
+          } else if (!info.branch && !hasAddrSizePrefix(bytes, pos - l, off)) {
+            target[n] = ip[n] + l + view.getInt32(at, true);
+          } else {
+            const co = decoder.getConstantOffsets(ins);
+            fieldOff[n] = info.branch ? co.immediateOffset : co.displacementOffset;
+            fieldSize[n] = info.branch ? co.immediateSize : co.displacementSize;
+            co.free();
+            target[n] = Number(info.branch ? ins.nearBranchTarget : ins.ipRelMemoryAddress);
+          }
         }
         n++;
       }

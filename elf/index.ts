@@ -2,6 +2,7 @@
 export * from './errors';
 export { readElf, readSymbols, readRelas, readDynamic, readNotes, sectionByName } from './reader';
 export { randomizeBytes, randomizeFile, parseSeed } from './randomize';
-export type { RandomizeResult } from './randomize';
+export type { RandomizeResult, RandomizeOptions } from './randomize';
+export type { VerifyMode } from './verify';
 export { inspectBytes } from './inspect';
 export type { InspectReport } from './inspect';

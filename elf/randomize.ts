@@ -11,7 +11,7 @@ import { Image, loadImage } from './image';
 import { entropyBits, Layout, planLayout, ShuffleRng } from './layout';
 import { moveCodeAndPatch, PatchStats } from './patch';
 import { findUnits, UnitPlan } from './units';
-import { verifyImage, VerifyReport } from './verify';
+import { verifyImage, VerifyMode, VerifyReport } from './verify';
 import { rebuildFile, WriteReport } from './writer';
 
 export interface RandomizeResult {
@@ -42,7 +42,12 @@ function loadablePart(img: Image): Uint8Array {
   return img.elf.bytes.subarray(0, Math.max(end, 64));
 }
 
-export function randomizeBytes(input: Uint8Array, seed: Uint8Array = randomBytes(32)): RandomizeResult {
+export interface RandomizeOptions {
+  /** How the verifier reads the output code (see verify.ts); default 'decode'. */
+  readonly verify?: VerifyMode;
+}
+
+export function randomizeBytes(input: Uint8Array, seed: Uint8Array = randomBytes(32), opts: RandomizeOptions = {}): RandomizeResult {
   const t: Record<string, number> = {};
   let t0 = performance.now();
   const lap = (name: string) => { const n = performance.now(); t[name] = n - t0; t0 = n; };
@@ -53,12 +58,14 @@ export function randomizeBytes(input: Uint8Array, seed: Uint8Array = randomBytes
   if (plan.units.length < 2) throw new ElfRefusal(`only ${plan.units.length} movable unit(s): nothing to shuffle`);
   const layout = planLayout(plan, img.textStart, img.textEnd, new ShuffleRng(seed, loadablePart(img)));
   lap('layout');
-  const patched = new Uint8Array(input); // a copy (memcpy), same size and layout
+  // A copy with the same size and layout (typed-array set() is a memcpy; new Uint8Array(buf) is not).
+  const patched = new Uint8Array(input.length);
+  patched.set(input);
   const patch = moveCodeAndPatch(img, layout, patched);
   lap('patch');
   const { bytes, report } = rebuildFile(img.elf, patched);
   lap('write');
-  const verify = verifyImage(img, layout, bytes);
+  const verify = verifyImage(img, layout, bytes, opts.verify ?? 'decode');
   lap('verify');
   return {
     bytes, seed, units: plan.units.length, entropyBits: entropyBits(plan.units.length), textBytes: img.text.sh_size,
@@ -71,9 +78,9 @@ export function randomizeBytes(input: Uint8Array, seed: Uint8Array = randomBytes
  * renamed only after verification, so a refusal never leaves a file behind and readers never see
  * a partial image.
  */
-export function randomizeFile(inPath: string, outPath: string, seed?: Uint8Array): RandomizeResult {
+export function randomizeFile(inPath: string, outPath: string, seed?: Uint8Array, opts: RandomizeOptions = {}): RandomizeResult {
   const input = fs.readFileSync(inPath);
-  const res = randomizeBytes(input, seed);
+  const res = randomizeBytes(input, seed, opts);
   const dir = path.dirname(path.resolve(outPath));
   const tmp = path.join(dir, `.${path.basename(outPath)}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`);
   try {

@@ -40,7 +40,19 @@ function fail(msg: string, where?: number): never {
   throw new VerifyError(msg, where);
 }
 
-export function verifyImage(img: Image, layout: Layout, output: Uint8Array): VerifyReport {
+/**
+ * How the output code is checked:
+ *  - 'decode' (default): iced-x86 decodes the output .text itself, and every instruction is
+ *    compared with its input counterpart (same form, same bytes outside PC-relative fields,
+ *    operands reaching the moved targets).
+ *  - 'fields': the output is read at the instruction boundaries of the input decoding. Sound
+ *    because every byte outside the PC-relative fields is checked equal to the input, and the
+ *    value of a displacement or branch offset never changes how x86 decodes an instruction; the
+ *    operands are then recomputed from the output bytes. About half the cost.
+ */
+export type VerifyMode = 'decode' | 'fields';
+
+export function verifyImage(img: Image, layout: Layout, output: Uint8Array, mode: VerifyMode = 'decode'): VerifyReport {
   const out = readElf(output);
   const rep: VerifyReport = { instructions: 0, pcRelOperands: 0, symbols: 0, dynRelocs: 0, fdes: 0, dataWords: 0 };
   const mapT = (t: number) => mapAddress(layout, t);
@@ -63,8 +75,8 @@ export function verifyImage(img: Image, layout: Layout, output: Uint8Array): Ver
     if (o.name !== s.name || o.sh_addr !== s.sh_addr || o.sh_size !== s.sh_size || o.sh_offset !== s.sh_offset || o.sh_type !== s.sh_type) fail(`section ${s.name} moved or resized`);
   });
 
-  verifyText(img, layout, out, rep);
-  verifyOtherCode(img, layout, out, rep);
+  verifyText(img, layout, out, rep, mode);
+  verifyOtherCode(img, layout, out, rep, mode);
 
   // Fields allowed to differ in the loadable non-code part, by file offset -> length.
   const allowed = new Map<number, number>();
@@ -257,7 +269,7 @@ function compareCode(
   if (j !== b.count) fail('output code has extra instructions', b.ip[j]);
 }
 
-function verifyText(img: Image, layout: Layout, out: ElfFile, rep: VerifyReport): void {
+function verifyText(img: Image, layout: Layout, out: ElfFile, rep: VerifyReport, mode: VerifyMode): void {
   const { units } = layout.plan;
   const t0 = img.textStart;
   const inBytes = img.elf.bytes.subarray(img.text.sh_offset, img.text.sh_offset + img.text.sh_size);
@@ -277,14 +289,15 @@ function verifyText(img: Image, layout: Layout, out: ElfFile, rep: VerifyReport)
   for (let a = cur; a < img.textEnd; a++) if (outBytes[a - t0] !== 0xcc) fail('gap not filled with int3', a);
 
   // One decoding pass over the output .text, restarting at every placed unit.
-  const pieces = decodePieces(outBytes, t0, placed.flatMap((p) => [p.s, p.e]));
   const pieceAt = new Map<number, DecodedRange>();
-  for (const p of pieces) if (!pieceAt.has(p.start)) pieceAt.set(p.start, p);
+  if (mode === 'decode') {
+    for (const p of decodePieces(outBytes, t0, placed.flatMap((p) => [p.s, p.e]))) if (!pieceAt.has(p.start)) pieceAt.set(p.start, p);
+  }
   for (const u of units) {
     const ns = layout.newStart[u.index];
     const len = u.coreEnd - u.start;
-    const b = len === 0 ? undefined : pieceAt.get(ns);
     if (len === 0) continue;
+    const b = mode === 'decode' ? pieceAt.get(ns) : rereadUnit(u.atoms.map((a) => a.decoded), u.coreEnd, outBytes, t0, ns - u.start);
     if (!b || b.count === 0 || b.ip[b.count - 1] + b.len[b.count - 1] !== ns + len) fail('output unit does not decode to its own extent', ns);
     // The input is decoded per atom; walk the atoms' instructions that lie in the core, in order.
     let offset = 0;
@@ -299,6 +312,35 @@ function verifyText(img: Image, layout: Layout, out: ElfFile, rep: VerifyReport)
   }
 }
 
+/**
+ * The output instructions of a unit at the input's boundaries (mode 'fields'): same forms and
+ * lengths, PC-relative targets recomputed from the output's field bytes.
+ */
+function rereadUnit(atoms: DecodedRange[], coreEnd: number, outBytes: Uint8Array, outBase: number, delta: number): DecodedRange {
+  let n = 0;
+  for (const a of atoms) for (let k = 0; k < a.count && a.ip[k] < coreEnd; k++) n++;
+  const r = {
+    start: atoms[0].ip[0] + delta, count: n, ip: new Float64Array(n), len: new Uint8Array(n), code: new Uint16Array(n),
+    refKind: new Uint8Array(n), fieldOff: new Uint8Array(n), fieldSize: new Uint8Array(n), target: new Float64Array(n),
+    terminator: new Uint8Array(n), padding: new Uint8Array(n), invalid: new Uint8Array(n),
+  };
+  let j = 0;
+  const view = new DataView(outBytes.buffer, outBytes.byteOffset, outBytes.byteLength);
+  for (const a of atoms) {
+    for (let k = 0; k < a.count && a.ip[k] < coreEnd; k++, j++) {
+      const ip = a.ip[k] + delta;
+      r.ip[j] = ip; r.len[j] = a.len[k]; r.code[j] = a.code[k]; r.refKind[j] = a.refKind[k];
+      r.fieldOff[j] = a.fieldOff[k]; r.fieldSize[j] = a.fieldSize[k]; r.invalid[j] = a.invalid[k];
+      if (a.refKind[k] !== REF_NONE) {
+        const at = ip + a.fieldOff[k] - outBase;
+        const v = a.fieldSize[k] === 4 ? view.getInt32(at, true) : a.fieldSize[k] === 1 ? view.getInt8(at) : NaN;
+        r.target[j] = ip + a.len[k] + v;
+      }
+    }
+  }
+  return r;
+}
+
 /** A view of `count` instructions of `d` from index `from`, checking it starts at `addr`. */
 function sliceDecoded(d: DecodedRange, from: number, addr: number, count: number): DecodedRange {
   if (count > 0 && d.ip[from] !== addr) fail('instruction boundaries differ after moving', addr);
@@ -311,12 +353,12 @@ function sliceDecoded(d: DecodedRange, from: number, addr: number, count: number
   };
 }
 
-function verifyOtherCode(img: Image, layout: Layout, out: ElfFile, rep: VerifyReport): void {
+function verifyOtherCode(img: Image, layout: Layout, out: ElfFile, rep: VerifyReport, mode: VerifyMode): void {
   img.otherExec.forEach((s, i) => {
     const a = layout.plan.otherExecDecoded[i];
     const inBytes = img.elf.bytes.subarray(s.sh_offset, s.sh_offset + s.sh_size);
     const outBytes = out.bytes.subarray(s.sh_offset, s.sh_offset + s.sh_size);
-    const b = decodeRange(outBytes, s.sh_addr);
+    const b = mode === 'decode' ? decodeRange(outBytes, s.sh_addr) : rereadUnit([a], s.sh_addr + s.sh_size, outBytes, s.sh_addr, 0);
     compareCode(inBytes, s.sh_addr, a, 0, a.count, outBytes, s.sh_addr, b, 0, (t) => mapAddress(layout, t), rep);
   });
 }
