@@ -117,7 +117,10 @@ export function findUnits(img: Image): UnitPlan {
     }
   }
   const starts = [...startSet].sort((a, b) => a - b);
-  const textRelocs = fieldSet(img.staticRelocs.get(text.index));
+  // Relocations of .text indexed by offset in .text (a typed array: cheaper than a Map of 10^5 keys).
+  const textRelocList = img.staticRelocs.get(text.index) ?? [];
+  const relAt = new Int32Array(textEnd - textStart);
+  textRelocList.forEach((r, i) => { relAt[r.rela.r_offset - textStart] = i + 1; });
   const atoms: Atom[] = [];
   const pieces = decodePieces(textBytes, textStart, starts);
   for (let i = 0; i < starts.length; i++) {
@@ -186,7 +189,8 @@ export function findUnits(img: Image): UnitPlan {
       if (kind === REF_NONE) continue;
       const field = d.ip[k] + d.fieldOff[k];
       const t = d.target[k];
-      const rel = textRelocs.get(field);
+      const ri = field >= textStart && field < textEnd ? relAt[field - textStart] : 0;
+      const rel = ri ? textRelocList[ri - 1] : undefined;
       const relocated = rel !== undefined;
       if (rel && !PC_RELATIVE_CODE_RELOCS.has(rel.rela.r_type)) throw new ElfRefusal(`unsupported relocation type ${relocTypeName(rel.rela.r_type)} on a code operand`, field);
       if (relocated && d.fieldSize[k] !== 4) throw new ElfRefusal('relocation on a short PC-relative field', field);
@@ -206,7 +210,8 @@ export function findUnits(img: Image): UnitPlan {
     const d = a.decoded;
     for (let k = 0; k < d.count; k++) if (d.refKind[k] !== REF_NONE) fieldsSeen[d.ip[k] + d.fieldOff[k] - textStart] = 1;
   }
-  for (const [off, r] of textRelocs) {
+  for (const r of textRelocList) {
+    const off = r.rela.r_offset;
     if (fieldsSeen[off - textStart] === 1 || POSITION_FREE_CODE_RELOCS.has(r.rela.r_type)) continue;
     throw new ElfRefusal(`${relocTypeName(r.rela.r_type)} relocation does not match a PC-relative operand (unresolvable reference)`, off);
   }
