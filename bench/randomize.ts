@@ -2,7 +2,7 @@
  * Randomizer bench: time to randomize + verify per MB of code, entropy, gadget survival and
  * coverage (libraries that randomize and pass their own tests, libraries refused and why).
  *
- *   npx tsc -p . && node dist/bench/randomize.js [--seeds 5]
+ *   npx tsc -p . && node dist/bench/randomize.js [--seeds 5] [--verify decode|fields]
  *
  * Libraries come from the test builders (test/elf/libs.ts; cached under .cache/elf-libs).
  * Prints markdown for bench/RESULTS-randomizer.md. Nothing here asserts a time.
@@ -10,6 +10,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { inspectBytes, randomizeBytes, readElf, sectionByName } from '../elf';
+import type { VerifyMode } from '../elf';
 import { buildCxx, buildLua, buildSqlite, buildZlib, FIXTURES, runWith, tempDir } from '../test/elf/libs';
 
 interface Subject {
@@ -70,6 +71,8 @@ function zlibSuite(z: { example: string; minigzip: string; lib: string }): (dir:
 function main(): void {
   const seedsArg = process.argv.indexOf('--seeds');
   const nSeeds = seedsArg > 0 ? Number(process.argv[seedsArg + 1]) : 5;
+  const verifyArg = process.argv.indexOf('--verify');
+  const verify = (verifyArg > 0 ? process.argv[verifyArg + 1] : 'decode') as VerifyMode;
   const subjects: Subject[] = [];
   const z = buildZlib();
   if (z.ok) subjects.push({ name: 'zlib 1.2.13 (Debian source)', lib: z.lib, suite: zlibSuite(z) });
@@ -110,7 +113,7 @@ function main(): void {
       const seed = Buffer.from([0xbe, 0x0c, i]);
       const c0 = process.cpuUsage();
       const t0 = performance.now();
-      const r = randomizeBytes(input, seed);
+      const r = randomizeBytes(input, seed, { verify });
       wall.push(performance.now() - t0);
       const c1 = process.cpuUsage(c0);
       cpu.push((c1.user + c1.system) / 1000);
@@ -151,7 +154,7 @@ function main(): void {
   }
 
   const lines = [
-    `Seeds per library: ${nSeeds}. Machine: ${require('os').cpus().length} cores (shared), Node ${process.version}.`,
+    `Verifier mode: ${verify}. Seeds per library: ${nSeeds}. Machine: ${require('os').cpus().length} cores (shared), Node ${process.version}.`,
     '',
     '| library | .text | units | entropy bits | randomize+verify (median) | ms/MB wall | ms/MB CPU | gadgets surviving at the same address | own tests passed | file size (debug stripped) |',
     '|---|---|---|---|---|---|---|---|---|---|',

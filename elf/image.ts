@@ -5,7 +5,7 @@
  * with a precise reason otherwise, and gathers the tables later phases need (symbols, static and
  * dynamic relocations, dynamic entries, FDEs). Nothing here changes bytes.
  */
-import { ElfRefusal, hex } from './errors';
+import { ElfRefusal } from './errors';
 import { Fde, parseEhFrame, parseEhFrameHdr, EhFrameHdr } from './ehframe';
 import {
   ElfFile, readDynamic, readElf, readRelaRange, readRelas, readSymbols, sectionByName, vaddrToOffset,
@@ -159,4 +159,3 @@ export function loadImage(bytes: Uint8Array): Image {
   };
 }
 
-export { hex };

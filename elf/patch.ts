@@ -11,7 +11,7 @@
  */
 import { REF_NONE } from './disasm';
 import { ElfRefusal } from './errors';
-import { Image, inText, StaticReloc } from './image';
+import { Image, inText } from './image';
 import { inCore, Layout, mapAddress } from './layout';
 import { vaddrToOffset } from './reader';
 import {
@@ -242,4 +242,3 @@ function patchEhFrame(img: Image, layout: Layout, view: DataView, stats: PatchSt
   });
 }
 
-export type { StaticReloc };

@@ -17,7 +17,7 @@ import { ElfRefusal } from './errors';
 import { alignUp, readNotes, readSymbols, ElfFile } from './reader';
 import {
   ELF64_SHDR_SIZE, ELF64_SYM_SIZE, NT_GNU_BUILD_ID, SectionHeader, SHF_ALLOC, SHF_INFO_LINK, SHN_ABS,
-  SHN_LORESERVE, SHN_UNDEF, SHT_DYNSYM, SHT_NOBITS, SHT_NOTE, SHT_REL, SHT_RELA, SHT_SYMTAB, STT_SECTION,
+  SHN_LORESERVE, SHN_UNDEF, SHT_DYNSYM, SHT_NOBITS, SHT_NOTE, SHT_REL, SHT_RELA, SHT_SYMTAB,
 } from './types';
 
 export interface WriteReport {
@@ -91,8 +91,8 @@ export function rebuildFile(elf: ElfFile, patched: Uint8Array): { bytes: Uint8Ar
       const o = base + sym.index * ELF64_SYM_SIZE + 6;
       if (sym.st_shndx === SHN_UNDEF || sym.st_shndx >= SHN_LORESERVE) continue;
       const ni = newIndex[sym.st_shndx];
-      // A section symbol of a stripped section keeps no meaning: make it absolute.
-      view.setUint16(o, ni >= 0 ? ni : sym.type === STT_SECTION ? SHN_ABS : SHN_ABS, true);
+      // A symbol of a stripped section (debug section symbols) keeps no meaning there: make it absolute.
+      view.setUint16(o, ni >= 0 ? ni : SHN_ABS, true);
     }
   }
 
