@@ -47,15 +47,33 @@ export interface RandomizeOptions {
   readonly verify?: VerifyMode;
 }
 
-export function randomizeBytes(input: Uint8Array, seed: Uint8Array = randomBytes(32), opts: RandomizeOptions = {}): RandomizeResult {
-  const t: Record<string, number> = {};
+/**
+ * The seed-independent half of the pipeline (read, eligibility, decode, units). A daemon that
+ * re-randomizes the same library every epoch can keep this and pay only for the rest.
+ */
+export interface PreparedLibrary {
+  readonly img: Image;
+  readonly plan: UnitPlan;
+  readonly timingsMs: Readonly<Record<string, number>>;
+}
+
+export function prepareLibrary(input: Uint8Array): PreparedLibrary {
+  const t0 = performance.now();
+  const img: Image = loadImage(input);
+  const t1 = performance.now();
+  const plan: UnitPlan = findUnits(img);
+  const t2 = performance.now();
+  if (plan.units.length < 2) throw new ElfRefusal(`only ${plan.units.length} movable unit(s): nothing to shuffle`);
+  return { img, plan, timingsMs: { read: t1 - t0, units: t2 - t1 } };
+}
+
+/** The seed-dependent half: plan layout → move code → patch → rebuild → verify. */
+export function randomizePrepared(prep: PreparedLibrary, seed: Uint8Array = randomBytes(32), opts: RandomizeOptions = {}): RandomizeResult {
+  const { img, plan } = prep;
+  const input = img.elf.bytes;
+  const t: Record<string, number> = { ...prep.timingsMs };
   let t0 = performance.now();
   const lap = (name: string) => { const n = performance.now(); t[name] = n - t0; t0 = n; };
-  const img: Image = loadImage(input);
-  lap('read');
-  const plan: UnitPlan = findUnits(img);
-  lap('units');
-  if (plan.units.length < 2) throw new ElfRefusal(`only ${plan.units.length} movable unit(s): nothing to shuffle`);
   const layout = planLayout(plan, img.textStart, img.textEnd, new ShuffleRng(seed, loadablePart(img)));
   lap('layout');
   // A copy with the same size and layout (typed-array set() is a memcpy; new Uint8Array(buf) is not).
@@ -71,6 +89,10 @@ export function randomizeBytes(input: Uint8Array, seed: Uint8Array = randomBytes
     bytes, seed, units: plan.units.length, entropyBits: entropyBits(plan.units.length), textBytes: img.text.sh_size,
     patch, verify, write: report, layout, timingsMs: t,
   };
+}
+
+export function randomizeBytes(input: Uint8Array, seed: Uint8Array = randomBytes(32), opts: RandomizeOptions = {}): RandomizeResult {
+  return randomizePrepared(prepareLibrary(input), seed, opts);
 }
 
 /**
