@@ -1,0 +1,184 @@
+/**
+ * Randomizer bench: time to randomize + verify per MB of code, entropy, gadget survival and
+ * coverage (libraries that randomize and pass their own tests, libraries refused and why).
+ *
+ *   npx tsc -p . && node dist/bench/randomize.js [--seeds 5] [--verify decode|fields]
+ *
+ * Libraries come from the test builders (test/elf/libs.ts; cached under .cache/elf-libs).
+ * Prints markdown for bench/RESULTS-randomizer.md. Nothing here asserts a time.
+ */
+import * as fs from 'fs';
+import * as path from 'path';
+import { inspectBytes, prepareLibrary, randomizeBytes, randomizePrepared, readElf, sectionByName } from '../elf';
+import type { VerifyMode } from '../elf';
+import { buildCxx, buildLua, buildSqlite, buildZlib, FIXTURES, runWith, tempDir } from '../test/elf/libs';
+
+interface Subject {
+  name: string;
+  lib: string;
+  /** Runs the library's own tests against the randomized copy in `dir`; true when they pass. */
+  suite: (dir: string) => boolean;
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+}
+
+/**
+ * Return-ending gadgets: every byte sequence of 1..MAX_GADGET bytes of .text that ends with a
+ * `ret` (0xc3) or `ret imm16` (0xc2 xx xx) byte pattern, counted by its start offset. A gadget
+ * survives when the output has the same bytes at the same address (so an attacker who knows the
+ * original library could still use it). Counting byte patterns, not decoded instructions, gives
+ * an upper bound: unintended gadgets inside other instructions are included.
+ */
+const MAX_GADGET = 16;
+function gadgetSurvival(input: Uint8Array, output: Uint8Array, textOff: number, textSize: number): { gadgets: number; survived: number } {
+  let gadgets = 0;
+  let survived = 0;
+  for (let p = 0; p < textSize; p++) {
+    const b = input[textOff + p];
+    let end: number;
+    if (b === 0xc3) end = p + 1;
+    else if (b === 0xc2 && p + 3 <= textSize) end = p + 3;
+    else continue;
+    // Longest suffix (ending at `end`) that is unchanged at the same address in the output.
+    let same = 0;
+    while (same < MAX_GADGET && end - same - 1 >= 0 && input[textOff + end - same - 1] === output[textOff + end - same - 1]) same++;
+    const tail = end - p; // the ret itself
+    for (let len = tail; len <= MAX_GADGET && end - len >= 0; len++) {
+      gadgets++;
+      if (same >= len) survived++;
+    }
+  }
+  return { gadgets, survived };
+}
+
+function zlibSuite(z: { example: string; minigzip: string; lib: string }): (dir: string) => boolean {
+  return (dir) => {
+    const ex = runWith(dir, z.example, []);
+    if (ex.status !== 0) return false;
+    const data = Buffer.concat([fs.readFileSync(z.lib), Buffer.alloc(50000, 3)]);
+    const f = path.join(dir, 'payload');
+    fs.writeFileSync(f, data);
+    const gz = runWith(dir, z.minigzip, ['-c', f]);
+    fs.writeFileSync(f + '.gz', Buffer.from(gz.stdout, 'latin1'));
+    const back = runWith(dir, z.minigzip, ['-d', '-c', f + '.gz']);
+    return gz.status === 0 && back.status === 0 && Buffer.from(back.stdout, 'latin1').equals(data);
+  };
+}
+
+function main(): void {
+  const seedsArg = process.argv.indexOf('--seeds');
+  const nSeeds = seedsArg > 0 ? Number(process.argv[seedsArg + 1]) : 5;
+  const verifyArg = process.argv.indexOf('--verify');
+  const verify = (verifyArg > 0 ? process.argv[verifyArg + 1] : 'decode') as VerifyMode;
+  const subjects: Subject[] = [];
+  const z = buildZlib();
+  if (z.ok) subjects.push({ name: 'zlib 1.2.13 (Debian source)', lib: z.lib, suite: zlibSuite(z) });
+  const sq = buildSqlite();
+  if (sq.ok) {
+    const base = runWith(sq.dir, sq.driver, []).stdout;
+    subjects.push({ name: 'SQLite (better-sqlite3 amalgamation)', lib: sq.lib, suite: (d) => runWith(d, sq.driver, []).stdout === base });
+  }
+  const lua = buildLua();
+  if (lua.ok) {
+    const script = path.join(FIXTURES, 'workload.lua');
+    const base = runWith(lua.dir, lua.lua, [script]).stdout;
+    subjects.push({ name: 'Lua 5.4.4 (Debian source)', lib: lua.lib, suite: (d) => runWith(d, lua.lua, [script]).stdout === base });
+  }
+  const cxx = buildCxx();
+  if (cxx.ok) subjects.push({ name: 'C++ fixture (exceptions)', lib: cxx.lib, suite: (d) => runWith(d, cxx.test, []).status === 0 });
+
+  // Warm up iced-x86's wasm and the JIT once, outside the measurements.
+  randomizeBytes(fs.readFileSync(subjects[0].lib), Buffer.from('00', 'hex'));
+
+  const rows: string[] = [];
+  const phaseRows: string[] = [];
+  const out = tempDir('bench');
+  for (const s of subjects) {
+    const input = fs.readFileSync(s.lib);
+    const elf = readElf(input);
+    const text = sectionByName(elf, '.text')!;
+    const wall: number[] = [];
+    const cpu: number[] = [];
+    const phases: Record<string, number[]> = {};
+    let gadgets = 0;
+    let survived = 0;
+    let passed = 0;
+    let units = 0;
+    let bits = 0;
+    let outSize = 0;
+    for (let i = 0; i < nSeeds; i++) {
+      const seed = Buffer.from([0xbe, 0x0c, i]);
+      const c0 = process.cpuUsage();
+      const t0 = performance.now();
+      const r = randomizeBytes(input, seed, { verify });
+      wall.push(performance.now() - t0);
+      const c1 = process.cpuUsage(c0);
+      cpu.push((c1.user + c1.system) / 1000);
+      for (const [k, v] of Object.entries(r.timingsMs)) (phases[k] ??= []).push(v);
+      units = r.units;
+      bits = r.entropyBits;
+      outSize = r.bytes.length;
+      const g = gadgetSurvival(input, r.bytes, text.sh_offset, text.sh_size);
+      gadgets = g.gadgets;
+      survived += g.survived;
+      const dir = path.join(out, `${path.basename(s.lib)}-${i}`);
+      fs.mkdirSync(dir, { recursive: true });
+      fs.writeFileSync(path.join(dir, path.basename(s.lib)), r.bytes, { mode: 0o755 });
+      if (s.suite(dir)) passed++;
+    }
+    // Later epochs of the same library: the seed-independent analysis is kept (prepareLibrary).
+    const prep = prepareLibrary(input);
+    const epoch: number[] = [];
+    for (let i = 0; i < nSeeds; i++) {
+      const t0 = performance.now();
+      randomizePrepared(prep, Buffer.from([0xe0, i]), { verify });
+      epoch.push(performance.now() - t0);
+    }
+    const mb = text.sh_size / 1e6;
+    rows.push(`| ${s.name} | ${(text.sh_size / 1024).toFixed(0)} KiB | ${units} | ${bits.toFixed(0)} | ${median(wall).toFixed(0)} ms (best ${Math.min(...wall).toFixed(0)}) | ${(median(wall) / mb).toFixed(0)} (best ${(Math.min(...wall) / mb).toFixed(0)}) | ${(median(cpu) / mb).toFixed(0)} | ${(median(epoch) / mb).toFixed(0)} (best ${(Math.min(...epoch) / mb).toFixed(0)}) | ${((100 * survived) / (gadgets * nSeeds)).toFixed(3)}% of ${gadgets} | ${passed}/${nSeeds} | ${(input.length / 1024).toFixed(0)} → ${(outSize / 1024).toFixed(0)} KiB |`);
+    phaseRows.push(`| ${s.name} | ${Object.entries(phases).map(([k, v]) => `${k} ${median(v).toFixed(0)}`).join(', ')} |`);
+  }
+
+  // Coverage over this machine's own libraries: all must be refused, with the reason.
+  const dir = '/usr/lib/x86_64-linux-gnu';
+  const reasons = new Map<string, number>();
+  let tried = 0;
+  let randomizable = 0;
+  for (const n of fs.readdirSync(dir).filter((x) => /\.so(\.\d+)*$/.test(x))) {
+    const p = path.join(dir, n);
+    let st: fs.Stats;
+    try { st = fs.statSync(p); } catch { continue; }
+    if (!st.isFile()) continue;
+    const bytes = fs.readFileSync(p);
+    if (bytes.subarray(0, 4).toString('latin1') !== '\x7fELF') continue;
+    tried++;
+    const rep = inspectBytes(bytes);
+    if (rep.randomizable) { randomizable++; continue; }
+    const r = rep.reason!.replace(/ at 0x[0-9a-f]+$/, '');
+    reasons.set(r, (reasons.get(r) ?? 0) + 1);
+  }
+
+  const lines = [
+    `Verifier mode: ${verify}. Seeds per library: ${nSeeds}. Machine: ${require('os').cpus().length} cores (shared), Node ${process.version}.`,
+    '',
+    '| library | .text | units | entropy bits | randomize+verify, median | ms/MB wall, median | ms/MB CPU, median | ms/MB per later epoch (analysis kept) | ret-gadgets surviving at the same address | own tests passed | file size (debug stripped) |',
+    '|---|---|---|---|---|---|---|---|---|---|---|',
+    ...rows,
+    '',
+    'Median phase times (ms):',
+    '',
+    '| library | phases |',
+    '|---|---|',
+    ...phaseRows,
+    '',
+    `Host libraries in ${dir}: ${tried} ELF shared objects inspected, ${randomizable} randomizable, ${tried - randomizable} refused:`,
+    '',
+    ...[...reasons].sort((a, b) => b[1] - a[1]).map(([r, n]) => `- ${n} × ${r}`),
+  ];
+  process.stdout.write(lines.join('\n') + '\n');
+}
+
+main();

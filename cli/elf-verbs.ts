@@ -1,0 +1,54 @@
+/**
+ * The `randomize` and `inspect` verbs. Thin: parse arguments, call elf/, print one line.
+ * Exit codes are decided by the CLI main through `exitCodeFor`: refusals and malformed input
+ * are "refused" (3).
+ */
+import type { Command } from 'commander';
+import * as fs from 'fs';
+import { ElfFormatError, ElfRefusal, inspectBytes, parseSeed, randomizeFile } from '../elf';
+
+export const EXIT_REFUSED = 3;
+
+/** 3 for a refusal or a malformed ELF file, undefined for anything this module does not own. */
+export function exitCodeFor(err: unknown): number | undefined {
+  if (err instanceof ElfRefusal || err instanceof ElfFormatError) return EXIT_REFUSED;
+  return undefined;
+}
+
+export function registerElfVerbs(program: Command): void {
+  program
+    .command('randomize')
+    .description('write a copy of an x86-64 shared library with its functions in a random, verified order')
+    .argument('<in>', 'input shared library (linked with -Wl,--emit-relocs, built with -ffunction-sections)')
+    .argument('<out>', 'output path (written atomically; nothing is written on refusal)')
+    .option('--seed <hex>', 'seed in hex (default: 32 random bytes); same input and seed give the same bytes')
+    .action((inPath: string, outPath: string, opts: { seed?: string }) => {
+      const seed = opts.seed !== undefined ? parseSeed(opts.seed) : undefined;
+      const r = randomizeFile(inPath, outPath, seed);
+      const ms = Object.values(r.timingsMs).reduce((a, b) => a + b, 0);
+      process.stdout.write(
+        `randomized ${inPath} -> ${outPath}: ${r.units} units, ${r.entropyBits.toFixed(0)} bits, ` +
+        `${r.verify.pcRelOperands} operands verified, debug info stripped, build-id replaced, ${ms.toFixed(0)} ms` +
+        (opts.seed === undefined ? `, seed ${Buffer.from(r.seed).toString('hex')}` : '') + '\n',
+      );
+    });
+  program
+    .command('inspect')
+    .description('say whether a library can be randomized, and if not, why')
+    .argument('<lib>', 'shared library')
+    .option('--json', 'machine-readable output')
+    .action((lib: string, opts: { json?: boolean }) => {
+      const rep = inspectBytes(fs.readFileSync(lib));
+      if (opts.json) {
+        process.stdout.write(JSON.stringify({ path: lib, ...rep }, null, 2) + '\n');
+      } else if (rep.randomizable) {
+        process.stdout.write(
+          `${lib}: randomizable: ${rep.units} units (${rep.joinedSymbols} symbols kept with a neighbour), ` +
+          `${rep.entropyBits} bits of entropy, ${rep.textBytes} bytes of .text; touches ${rep.sectionsTouched!.join(' ')}\n`,
+        );
+      } else {
+        process.stdout.write(`${lib}: not randomizable: ${rep.reason}\n`);
+      }
+      // Not randomizable is an answer, not an error: exit 0 unless --json consumers want otherwise.
+    });
+}

@@ -1,0 +1,205 @@
+/**
+ * Linear-sweep decoding of x86-64 code with iced-x86 into compact arrays.
+ *
+ * Only what the randomizer and verifier need is kept per instruction: address, length, iced
+ * `Code`, and — for PC-relative instructions — where the relative field sits, its size and the
+ * absolute address it reaches. Typed arrays keep memory proportional to the code size.
+ */
+import { CodeExt, Decoder, DecoderOptions, FlowControl, Instruction, Mnemonic, OpCodeOperandKind, OpKind } from 'iced-x86';
+
+export const REF_NONE = 0;
+/** Near branch / call with a relative immediate (rel8 or rel32). */
+export const REF_BRANCH = 1;
+/** Memory operand addressed relative to RIP (disp32). */
+export const REF_RIPREL = 2;
+
+/** Decoded instructions of one contiguous code range. */
+export interface DecodedRange {
+  readonly start: number;
+  readonly count: number;
+  readonly ip: Float64Array;
+  readonly len: Uint8Array;
+  readonly code: Uint16Array;
+  /** REF_* kind of the PC-relative field, if any. */
+  readonly refKind: Uint8Array;
+  /** Offset of the PC-relative field inside the instruction. */
+  readonly fieldOff: Uint8Array;
+  /** Size in bytes of the PC-relative field (1 or 4). */
+  readonly fieldSize: Uint8Array;
+  /** Absolute address the PC-relative field reaches. */
+  readonly target: Float64Array;
+  /** 1 when the instruction cannot fall through (ret, jmp, ud2, hlt, int3 ...). */
+  readonly terminator: Uint8Array;
+  /** 1 for padding instructions (nop, int3). */
+  readonly padding: Uint8Array;
+  /** 1 when the bytes do not decode. */
+  readonly invalid: Uint8Array;
+}
+
+let sharedInstr: Instruction | undefined;
+
+/** Per-`Code` facts, computed once per distinct instruction form (each getter is a wasm call). */
+interface CodeInfo {
+  terminator: number;
+  padding: number;
+  branch: boolean;
+  /** Branch with a 64-bit target (op0 NearBranch64): target = next ip + rel, no truncation. */
+  branch64: boolean;
+  mayHaveMemory: boolean;
+  /**
+   * Bytes from the start of the PC-relative field to the end of the instruction (field + any
+   * immediates after it); fixed for a given `Code`, learnt from iced's constant offsets on the
+   * first instance and reused, so that later instances need no getConstantOffsets call. -1: unknown.
+   */
+  tail: number;
+}
+
+/** Operand kinds of an opcode form that can be a ModRM memory operand (and so RIP-relative). */
+const MEMORY_KIND_NAMES = /mem/i;
+const codeInfo: (CodeInfo | undefined)[] = [];
+function infoOf(ins: Instruction, c: number): CodeInfo {
+  let i = codeInfo[c];
+  if (i) return i;
+  const fc = ins.flowControl;
+  const mn = ins.mnemonic;
+  const k0 = ins.op0Kind;
+  // Whether this opcode form can address memory at all: only then ask the (costly) per-instance
+  // isIpRelMemoryOperand. Decided from iced's own opcode tables, not guessed.
+  const oc = CodeExt.opCode(c);
+  let mayHaveMemory = false;
+  for (let k = 0; k < oc.opCount; k++) {
+    const kind = oc.opKind(k);
+    if (kind !== OpCodeOperandKind.mem_offs && MEMORY_KIND_NAMES.test(OpCodeOperandKind[kind])) mayHaveMemory = true;
+  }
+  oc.free();
+  i = {
+    mayHaveMemory,
+    tail: -1,
+    branch64: k0 === OpKind.NearBranch64,
+    terminator: fc === FlowControl.Return || fc === FlowControl.UnconditionalBranch || fc === FlowControl.IndirectBranch ||
+      mn === Mnemonic.Ud2 || mn === Mnemonic.Hlt || mn === Mnemonic.Int3 ? 1 : 0,
+    padding: mn === Mnemonic.Nop || mn === Mnemonic.Int3 ? 1 : 0,
+    branch: (k0 === OpKind.NearBranch64 || k0 === OpKind.NearBranch32 || k0 === OpKind.NearBranch16) &&
+      (fc === FlowControl.UnconditionalBranch || fc === FlowControl.ConditionalBranch || fc === FlowControl.Call || fc === FlowControl.XbeginXabortXend),
+  };
+  codeInfo[c] = i;
+  return i;
+}
+
+/** True when an address-size override (0x67) is among the legacy prefixes before `fieldOff`. */
+function hasAddrSizePrefix(bytes: Uint8Array, start: number, fieldOff: number): boolean {
+  for (let k = start; k < start + fieldOff; k++) {
+    const b = bytes[k];
+    if (b === 0x67) return true;
+    if (!(b === 0xf0 || b === 0xf2 || b === 0xf3 || b === 0x2e || b === 0x36 || b === 0x3e || b === 0x26 || b === 0x64 || b === 0x65 || b === 0x66)) return false;
+  }
+  return false;
+}
+
+/** Decodes `bytes` as if loaded at `address`. Cost: one iced-x86 decodeOut per instruction. */
+export function decodeRange(bytes: Uint8Array, address: number): DecodedRange {
+  return decodePieces(bytes, address, [])[0];
+}
+
+/**
+ * Decodes `bytes` (loaded at `address`) in pieces: decoding restarts at every cut (an address
+ * inside the range), so that a function start is always an instruction start. One set of arrays
+ * is allocated for the whole range; each piece is a view into it.
+ */
+export function decodePieces(bytes: Uint8Array, address: number, cuts: number[]): DecodedRange[] {
+  const cap = bytes.length; // at least one byte per instruction
+  const ip = new Float64Array(cap);
+  const len = new Uint8Array(cap);
+  const code = new Uint16Array(cap);
+  const refKind = new Uint8Array(cap);
+  const fieldOff = new Uint8Array(cap);
+  const fieldSize = new Uint8Array(cap);
+  const target = new Float64Array(cap);
+  const terminator = new Uint8Array(cap);
+  const padding = new Uint8Array(cap);
+  const invalid = new Uint8Array(cap);
+  const ins = sharedInstr ?? (sharedInstr = new Instruction());
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const inner = [...new Set(cuts.filter((c) => c > address && c < address + cap))].sort((a, b) => a - b);
+  const bounds = [address, ...inner, address + cap];
+  const pieces: DecodedRange[] = [];
+  let n = 0;
+  for (let p = 0; p + 1 < bounds.length; p++) {
+    const from = bounds[p] - address;
+    const to = bounds[p + 1] - address;
+    const first = n;
+    const decoder = new Decoder(64, bytes.subarray(from, to), DecoderOptions.None);
+    decoder.ip = BigInt(bounds[p]);
+    let pos = from;
+    try {
+      while (pos < to) {
+        decoder.decodeOut(ins);
+        const l = ins.length;
+        ip[n] = address + pos;
+        len[n] = l;
+        pos += l;
+        const c = ins.code;
+        if (c === 0 /* Code.INVALID */) {
+          invalid[n] = 1;
+          n++;
+          continue;
+        }
+        code[n] = c;
+        const info = infoOf(ins, c);
+        terminator[n] = info.terminator;
+        padding[n] = info.padding;
+        if (info.branch || (info.mayHaveMemory && ins.isIpRelMemoryOperand)) {
+          refKind[n] = info.branch ? REF_BRANCH : REF_RIPREL;
+          if (info.tail < 0) {
+            const co = decoder.getConstantOffsets(ins);
+            const off = info.branch ? co.immediateOffset : co.displacementOffset;
+            co.free();
+            info.tail = l - off;
+          }
+          const off = l - info.tail;
+          fieldOff[n] = off;
+          fieldSize[n] = info.branch ? info.tail : 4; // a branch offset is the last field
+          // Targets computed from the field bytes (next ip + signed field), as the CPU does; iced
+          // is asked instead for the rare forms where that is not the whole story (16/32-bit
+          // branch targets, an address-size prefix on a RIP-relative operand).
+          const at = pos - l + off;
+          if (info.branch && info.branch64 && (info.tail === 1 || info.tail === 4)) {
+            target[n] = ip[n] + l + (info.tail === 1 ? view.getInt8(at) : view.getInt32(at, true));
+          } else if (!info.branch && !hasAddrSizePrefix(bytes, pos - l, off)) {
+            target[n] = ip[n] + l + view.getInt32(at, true);
+          } else {
+            const co = decoder.getConstantOffsets(ins);
+            fieldOff[n] = info.branch ? co.immediateOffset : co.displacementOffset;
+            fieldSize[n] = info.branch ? co.immediateSize : co.displacementSize;
+            co.free();
+            target[n] = Number(info.branch ? ins.nearBranchTarget : ins.ipRelMemoryAddress);
+          }
+        }
+        n++;
+      }
+    } finally {
+      decoder.free();
+    }
+    const e = n;
+    pieces.push({
+      start: bounds[p], count: e - first, ip: ip.subarray(first, e), len: len.subarray(first, e), code: code.subarray(first, e),
+      refKind: refKind.subarray(first, e), fieldOff: fieldOff.subarray(first, e), fieldSize: fieldSize.subarray(first, e),
+      target: target.subarray(first, e), terminator: terminator.subarray(first, e), padding: padding.subarray(first, e),
+      invalid: invalid.subarray(first, e),
+    });
+  }
+  return pieces;
+}
+
+/** Index of the instruction that starts at or contains `addr`, or -1. Binary search over `ip`. */
+export function instructionAt(d: DecodedRange, addr: number): number {
+  let lo = 0;
+  let hi = d.count - 1;
+  while (lo <= hi) {
+    const mid = (lo + hi) >> 1;
+    if (d.ip[mid] > addr) hi = mid - 1;
+    else if (d.ip[mid] + d.len[mid] <= addr) lo = mid + 1;
+    else return mid;
+  }
+  return -1;
+}

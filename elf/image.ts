@@ -1,0 +1,161 @@
+/**
+ * Phase 1 of the randomizer: read the file and decide whether it is eligible.
+ *
+ * `loadImage` parses the ELF file, checks every precondition the rewriter relies on and refuses
+ * with a precise reason otherwise, and gathers the tables later phases need (symbols, static and
+ * dynamic relocations, dynamic entries, FDEs). Nothing here changes bytes.
+ */
+import { ElfRefusal } from './errors';
+import { Fde, parseEhFrame, parseEhFrameHdr, EhFrameHdr } from './ehframe';
+import {
+  ElfFile, readDynamic, readElf, readRelaRange, readRelas, readSymbols, sectionByName, vaddrToOffset,
+} from './reader';
+import {
+  Dyn, DT_FLAGS, DF_TEXTREL, DT_JMPREL, DT_PLTREL, DT_PLTRELSZ, DT_REL, DT_RELA, DT_RELAENT, DT_RELASZ,
+  DT_RELR, DT_TEXTREL, ELF64_RELA_SIZE, EM_X86_64, ET_DYN, PT_LOAD, Rela, SectionHeader, SHF_ALLOC,
+  SHF_COMPRESSED, SHF_EXECINSTR, SHN_UNDEF, SHT_DYNSYM, SHT_NOBITS, SHT_RELA, SHT_REL, SHT_SYMTAB, Symbol,
+  STT_SECTION, SHN_LORESERVE,
+} from './types';
+
+/** A static relocation with its symbol resolved: `target` = S + A when S is defined locally. */
+export interface StaticReloc {
+  readonly rela: Rela;
+  readonly sym: Symbol | undefined;
+  /** S + A, or undefined when the symbol is undefined here (external). */
+  readonly target: number | undefined;
+  readonly sectionSymbol: boolean;
+}
+
+export interface SymbolTable {
+  readonly section: SectionHeader;
+  readonly symbols: Symbol[];
+}
+
+export interface Image {
+  readonly elf: ElfFile;
+  readonly text: SectionHeader;
+  readonly textStart: number;
+  readonly textEnd: number;
+  /** Executable allocated sections other than .text (.init, .plt, .plt.got, .fini ...): not moved. */
+  readonly otherExec: SectionHeader[];
+  readonly symtab: SymbolTable;
+  readonly dynsym: SymbolTable | undefined;
+  /** Static relocations (kept by --emit-relocs), by index of the section they apply to. */
+  readonly staticRelocs: Map<number, StaticReloc[]>;
+  /** Dynamic relocations (DT_RELA then DT_JMPREL), in file order. */
+  readonly dynRelocs: Rela[];
+  readonly dynamic: Dyn[];
+  readonly ehFrame: SectionHeader | undefined;
+  readonly fdes: Fde[];
+  readonly ehFrameHdr: SectionHeader | undefined;
+  readonly ehFrameHdrTable: EhFrameHdr | undefined;
+}
+
+export function inText(img: Image, addr: number): boolean {
+  return addr >= img.textStart && addr < img.textEnd;
+}
+
+/** Reads `bytes` and refuses unless every precondition of the rewriter holds. */
+export function loadImage(bytes: Uint8Array): Image {
+  const elf = readElf(bytes);
+  const h = elf.header;
+  if (h.e_machine !== EM_X86_64) throw new ElfRefusal(`not x86-64 (e_machine ${h.e_machine})`);
+  if (h.e_type !== ET_DYN) throw new ElfRefusal(`not a shared object (e_type ${h.e_type}, want ET_DYN)`);
+  if (elf.sections.length === 0) throw new ElfRefusal('no section headers');
+  const text = sectionByName(elf, '.text');
+  if (!text || text.sh_type === SHT_NOBITS || (text.sh_flags & (SHF_ALLOC | SHF_EXECINSTR)) !== (SHF_ALLOC | SHF_EXECINSTR)) {
+    throw new ElfRefusal('no allocated executable .text section');
+  }
+  if (text.sh_flags & SHF_COMPRESSED) throw new ElfRefusal('.text is compressed');
+  if (text.sh_size === 0) throw new ElfRefusal('.text is empty');
+  const load = elf.segments.find((p) => p.p_type === PT_LOAD && text.sh_addr >= p.p_vaddr && text.sh_addr + text.sh_size <= p.p_vaddr + p.p_filesz);
+  if (!load || load.p_offset + (text.sh_addr - load.p_vaddr) !== text.sh_offset) {
+    throw new ElfRefusal('.text is not mapped by one PT_LOAD segment at its file offset');
+  }
+  // Overlapping allocated sections would make "the bytes of .text" ambiguous.
+  for (const s of elf.sections) {
+    if (s === text || !(s.sh_flags & SHF_ALLOC) || s.sh_size === 0) continue;
+    if (s.sh_addr < text.sh_addr + text.sh_size && text.sh_addr < s.sh_addr + s.sh_size) {
+      throw new ElfRefusal(`section ${s.name} overlaps .text`, s.sh_addr);
+    }
+  }
+
+  const textRela = elf.sections.find((s) => s.sh_type === SHT_RELA && s.sh_info === text.index && !(s.sh_flags & SHF_ALLOC));
+  if (!textRela) {
+    throw new ElfRefusal('no static relocations for .text (no .rela.text: the library was not linked with -Wl,--emit-relocs)');
+  }
+  if (elf.sections.some((s) => s.sh_type === SHT_REL && !(s.sh_flags & SHF_ALLOC))) {
+    throw new ElfRefusal('SHT_REL static relocations (x86-64 uses SHT_RELA)');
+  }
+  const symtabSec = elf.sections.find((s) => s.sh_type === SHT_SYMTAB);
+  if (!symtabSec) throw new ElfRefusal('no .symtab (stripped): function boundaries are unknown');
+  const symtab: SymbolTable = { section: symtabSec, symbols: readSymbols(elf, symtabSec) };
+  const dynsymSec = elf.sections.find((s) => s.sh_type === SHT_DYNSYM);
+  const dynsym = dynsymSec ? { section: dynsymSec, symbols: readSymbols(elf, dynsymSec) } : undefined;
+
+  const dynamic = readDynamic(elf);
+  const dyn = (tag: number) => dynamic.find((d) => d.d_tag === tag)?.d_val;
+  if (dyn(DT_TEXTREL) !== undefined || ((dyn(DT_FLAGS) ?? 0) & DF_TEXTREL)) throw new ElfRefusal('library has text relocations (DT_TEXTREL)');
+  if (dyn(DT_RELR) !== undefined) throw new ElfRefusal('packed relative relocations (DT_RELR) are not supported');
+  if (dyn(DT_REL) !== undefined) throw new ElfRefusal('DT_REL dynamic relocations are not supported on x86-64');
+  if (dyn(DT_RELAENT) !== undefined && dyn(DT_RELAENT) !== ELF64_RELA_SIZE) throw new ElfRefusal('bad DT_RELAENT');
+  if (dyn(DT_JMPREL) !== undefined && dyn(DT_PLTREL) !== undefined && dyn(DT_PLTREL) !== DT_RELA) throw new ElfRefusal('DT_PLTREL is not DT_RELA');
+  const dynRelocs: Rela[] = [];
+  const addTable = (addr: number | undefined, size: number | undefined, what: string) => {
+    if (addr === undefined || !size) return;
+    if (size % ELF64_RELA_SIZE !== 0) throw new ElfRefusal(`${what} size is not a multiple of Elf64_Rela`);
+    const off = vaddrToOffset(elf, addr, size);
+    if (off === undefined) throw new ElfRefusal(`${what} table is not inside a loaded segment`, addr);
+    dynRelocs.push(...readRelaRange(elf, off, size / ELF64_RELA_SIZE));
+  };
+  addTable(dyn(DT_RELA), dyn(DT_RELASZ), 'DT_RELA');
+  // DT_JMPREL usually follows DT_RELA; read it only if it is a separate range.
+  const rela = dyn(DT_RELA);
+  const relasz = dyn(DT_RELASZ) ?? 0;
+  const jmprel = dyn(DT_JMPREL);
+  if (jmprel !== undefined && !(rela !== undefined && jmprel >= rela && jmprel < rela + relasz)) addTable(jmprel, dyn(DT_PLTRELSZ), 'DT_JMPREL');
+  const execRanges = elf.sections.filter((s) => (s.sh_flags & SHF_EXECINSTR) && (s.sh_flags & SHF_ALLOC));
+  for (const r of dynRelocs) {
+    const s = execRanges.find((x) => r.r_offset >= x.sh_addr && r.r_offset < x.sh_addr + x.sh_size);
+    if (s) throw new ElfRefusal(`dynamic relocation applies to code in ${s.name} (text relocation)`, r.r_offset);
+  }
+
+  const staticRelocs = new Map<number, StaticReloc[]>();
+  for (const rs of elf.sections) {
+    if (rs.sh_type !== SHT_RELA || (rs.sh_flags & SHF_ALLOC)) continue;
+    const target = elf.sections[rs.sh_info];
+    if (!target || rs.sh_info === 0) continue;
+    if (!(target.sh_flags & SHF_ALLOC)) continue; // debug sections: stripped from the output
+    if (rs.sh_link !== symtabSec.index) throw new ElfRefusal(`${rs.name} does not use .symtab`, rs.headerOffset);
+    const list: StaticReloc[] = [];
+    for (const r of readRelas(elf, rs)) {
+      if (r.r_offset < target.sh_addr || r.r_offset >= target.sh_addr + Math.max(target.sh_size, 1)) {
+        throw new ElfRefusal(`${rs.name}: relocation offset outside ${target.name}`, r.r_offset);
+      }
+      if (r.r_sym >= symtab.symbols.length) throw new ElfRefusal(`${rs.name}: symbol index ${r.r_sym} out of range`, r.r_offset);
+      const sym = r.r_sym === 0 ? undefined : symtab.symbols[r.r_sym];
+      const defined = sym !== undefined && sym.st_shndx !== SHN_UNDEF && sym.st_shndx < SHN_LORESERVE;
+      list.push({ rela: r, sym, target: defined ? sym.st_value + r.r_addend : r.r_sym === 0 ? r.r_addend : undefined, sectionSymbol: sym?.type === STT_SECTION });
+    }
+    const prev = staticRelocs.get(target.index);
+    staticRelocs.set(target.index, prev ? prev.concat(list) : list);
+  }
+
+  const ehFrame = sectionByName(elf, '.eh_frame');
+  const fdes = ehFrame && ehFrame.sh_type !== SHT_NOBITS ? parseEhFrame(elf.view, ehFrame.sh_offset, ehFrame.sh_size, ehFrame.sh_addr) : [];
+  const ehFrameHdr = sectionByName(elf, '.eh_frame_hdr');
+  const ehFrameHdrTable = ehFrameHdr ? parseEhFrameHdr(elf.view, ehFrameHdr.sh_offset, ehFrameHdr.sh_size, ehFrameHdr.sh_addr) : undefined;
+  if (ehFrameHdrTable) {
+    const fdeAt = new Set(fdes.map((f) => f.address));
+    for (const e of ehFrameHdrTable.entries) {
+      if (!fdeAt.has(e.fdeAddress)) throw new ElfRefusal('.eh_frame_hdr entry points to no FDE', e.fdeAddress);
+    }
+  }
+
+  const otherExec = elf.sections.filter((s) => s !== text && (s.sh_flags & SHF_EXECINSTR) && (s.sh_flags & SHF_ALLOC) && s.sh_type !== SHT_NOBITS && s.sh_size > 0);
+  return {
+    elf, text, textStart: text.sh_addr, textEnd: text.sh_addr + text.sh_size, otherExec, symtab, dynsym,
+    staticRelocs, dynRelocs, dynamic, ehFrame, fdes, ehFrameHdr, ehFrameHdrTable,
+  };
+}
+

@@ -1,0 +1,121 @@
+/**
+ * Phase 3: plan the new layout.
+ *
+ * The order of units is a uniformly random permutation drawn from a deterministic CSPRNG
+ * (HMAC-SHA256 in counter mode), keyed by the seed and bound to the input's SHA-256, so the same
+ * input and seed always give the same bytes, and one epoch seed gives unrelated orders to
+ * different libraries. Units are placed in that order inside the original .text extent, each at
+ * its alignment, so no section or segment moves and the library keeps its size.
+ */
+import { createHash, createHmac } from 'crypto';
+import { ElfRefusal } from './errors';
+import { alignUp } from './reader';
+import { Unit, UnitPlan, unitIndexAt } from './units';
+
+/** Deterministic byte stream: block i = HMAC-SHA256(key, "fscache-elf-shuffle" || u64 i). */
+export class ShuffleRng {
+  private readonly key: Buffer;
+  private counter = 0n;
+  private buf = Buffer.alloc(0);
+  private pos = 0;
+
+  constructor(seed: Uint8Array, input: Uint8Array) {
+    // `input` is the loadable part of the library (what ends up mapped), not its debug info.
+    // Binding the key to the input hash: one seed never yields correlated orders across libraries.
+    const inputHash = createHash('sha256').update(input).digest();
+    this.key = createHmac('sha256', Buffer.from(seed)).update('fscache/elf-shuffle/v1').update(inputHash).digest();
+  }
+
+  private bytes(n: number): Buffer {
+    const out = Buffer.alloc(n);
+    for (let i = 0; i < n; i++) {
+      if (this.pos >= this.buf.length) {
+        const ctr = Buffer.alloc(8);
+        ctr.writeBigUInt64BE(this.counter++);
+        this.buf = createHmac('sha256', this.key).update(ctr).digest();
+        this.pos = 0;
+      }
+      out[i] = this.buf[this.pos++];
+    }
+    return out;
+  }
+
+  /** Uniform integer in [0, n), by rejection sampling over 48-bit draws (no modulo bias). */
+  below(n: number): number {
+    if (n <= 1) return 0;
+    const range = 2 ** 48;
+    const limit = range - (range % n);
+    for (;;) {
+      const v = this.bytes(6).readUIntBE(0, 6);
+      if (v < limit) return v % n;
+    }
+  }
+}
+
+/** Fisher–Yates shuffle of 0..n-1. */
+export function permutation(n: number, rng: ShuffleRng): number[] {
+  const p = Array.from({ length: n }, (_, i) => i);
+  for (let i = n - 1; i > 0; i--) {
+    const j = rng.below(i + 1);
+    const t = p[i]; p[i] = p[j]; p[j] = t;
+  }
+  return p;
+}
+
+export interface Layout {
+  readonly plan: UnitPlan;
+  /** Order in which units are placed. */
+  readonly order: number[];
+  /** New start address of each unit, by unit index. */
+  readonly newStart: Float64Array;
+  readonly textStart: number;
+  readonly textEnd: number;
+  /** End of the last placed unit; [usedEnd, textEnd) is filled with int3. */
+  readonly usedEnd: number;
+}
+
+/** log2(n!) — entropy of a uniform permutation of n units, in bits. */
+export function entropyBits(n: number): number {
+  let s = 0;
+  for (let i = 2; i <= n; i++) s += Math.log2(i);
+  return s;
+}
+
+function place(units: Unit[], order: number[], textStart: number): { newStart: Float64Array; end: number } {
+  const newStart = new Float64Array(units.length);
+  let cur = textStart;
+  for (const ui of order) {
+    const u = units[ui];
+    cur = alignUp(cur, u.align);
+    newStart[ui] = cur;
+    cur += u.coreEnd - u.start;
+  }
+  return { newStart, end: cur };
+}
+
+/** Tries permutations from the stream until one fits the original extent (a few draws at most). */
+export function planLayout(plan: UnitPlan, textStart: number, textEnd: number, rng: ShuffleRng): Layout {
+  const MAX_DRAWS = 64;
+  for (let attempt = 0; attempt < MAX_DRAWS; attempt++) {
+    const order = permutation(plan.units.length, rng);
+    const { newStart, end } = place(plan.units, order, textStart);
+    if (end <= textEnd) return { plan, order, newStart, textStart, textEnd, usedEnd: end };
+  }
+  throw new ElfRefusal(`no permutation of ${plan.units.length} units fits in .text after ${MAX_DRAWS} draws (alignment padding)`);
+}
+
+/**
+ * Where an input address in .text is in the output: same offset inside its unit's new place.
+ * Addresses outside .text do not move.
+ */
+export function mapAddress(layout: Layout, addr: number): number {
+  if (addr < layout.textStart || addr >= layout.textEnd) return addr;
+  const u = unitIndexAt(layout.plan, addr);
+  return layout.newStart[u] + (addr - layout.plan.units[u].start);
+}
+
+/** True when `addr` lies in the copied bytes of its unit (a valid target for code references). */
+export function inCore(layout: Layout, addr: number): boolean {
+  const u = layout.plan.units[unitIndexAt(layout.plan, addr)];
+  return addr >= u.start && addr < u.coreEnd;
+}

@@ -1,0 +1,244 @@
+/**
+ * Phases 4–6: move code, patch references, rebuild metadata.
+ *
+ * Works on a copy of the input bytes of the same size (no section or segment moves): the units
+ * are copied to their new places inside .text, then every reference into moved code is
+ * re-applied — PC-relative operands in code, jump tables and other PC-relative words in data,
+ * dynamic relocations (RELATIVE / IRELATIVE addends and the link-time words they cover),
+ * .dynsym/.symtab values, DT_INIT/DT_FINI, FDE pc_begin and the sorted .eh_frame_hdr table.
+ * Static relocations are the evidence that a field is a reference; a code address in data that
+ * no relocation explains is a refusal.
+ */
+import { REF_NONE } from './disasm';
+import { ElfRefusal } from './errors';
+import { Image, inText } from './image';
+import { inCore, Layout, mapAddress } from './layout';
+import { vaddrToOffset } from './reader';
+import {
+  DT_FINI, DT_INIT, relocTypeName, R_X86_64_64, R_X86_64_IRELATIVE, R_X86_64_PC32, R_X86_64_PLT32,
+  R_X86_64_RELATIVE, R_X86_64_RELATIVE64, SHF_ALLOC, SHF_EXECINSTR, STT_SECTION,
+} from './types';
+import { unitIndexAt } from './units';
+
+/** int3: a stray jump into the gaps between moved functions traps instead of sliding into code. */
+const FILL_BYTE = 0xcc;
+
+export interface PatchStats {
+  codeRefs: number;
+  jumpTableEntries: number;
+  dataPcRel: number;
+  dynRelocs: number;
+  symbols: number;
+  fdes: number;
+}
+
+function fileOff(img: Image, addr: number, len: number): number {
+  const o = vaddrToOffset(img.elf, addr, len);
+  if (o === undefined) throw new ElfRefusal('address is not backed by file contents', addr);
+  return o;
+}
+
+function writeI32(out: DataView, off: number, v: number, where: number): void {
+  if (v < -0x80000000 || v > 0x7fffffff) throw new ElfRefusal('PC-relative value out of 32-bit range after moving code', where);
+  out.setInt32(off, v, true);
+}
+
+/** A code target must be inside the copied bytes of some unit; anything else is not a function. */
+function mapCodeTarget(layout: Layout, t: number, where: number): number {
+  if (!inCore(layout, t)) throw new ElfRefusal(`reference into padding or past the end of a function (target 0x${t.toString(16)})`, where);
+  return mapAddress(layout, t);
+}
+
+export function moveCodeAndPatch(img: Image, layout: Layout, out: Uint8Array): PatchStats {
+  const view = new DataView(out.buffer, out.byteOffset, out.byteLength);
+  const stats: PatchStats = { codeRefs: 0, jumpTableEntries: 0, dataPcRel: 0, dynRelocs: 0, symbols: 0, fdes: 0 };
+  const src = img.elf.bytes;
+  const textOff = img.text.sh_offset;
+  const plan = layout.plan;
+
+  // Move code.
+  out.fill(FILL_BYTE, textOff, textOff + img.text.sh_size);
+  for (const u of plan.units) {
+    const from = textOff + (u.start - img.textStart);
+    out.set(src.subarray(from, from + (u.coreEnd - u.start)), textOff + (layout.newStart[u.index] - img.textStart));
+  }
+
+  // PC-relative operands in moved code.
+  for (const u of plan.units) {
+    const delta = layout.newStart[u.index] - u.start;
+    for (const a of u.atoms) {
+      const d = a.decoded;
+      for (let k = 0; k < d.count; k++) {
+        if (d.refKind[k] === REF_NONE || d.ip[k] >= u.coreEnd) continue;
+        const t = d.target[k];
+        const sameUnit = t >= u.start && t < u.end;
+        if (sameUnit) continue; // moves with the instruction
+        const newT = inText(img, t) ? mapCodeTarget(layout, t, d.ip[k]) : t;
+        const newEnd = d.ip[k] + delta + d.len[k];
+        writeI32(view, textOff + (d.ip[k] + delta + d.fieldOff[k] - img.textStart), newT - newEnd, d.ip[k]);
+        stats.codeRefs++;
+      }
+    }
+  }
+  // References from code that stays (.init, .plt ...) into .text.
+  for (const r of plan.otherExecRefs) {
+    writeI32(view, fileOff(img, r.ip + r.fieldOff, 4), mapCodeTarget(layout, r.target, r.ip) - (r.ip + r.len), r.ip);
+    stats.codeRefs++;
+  }
+
+  patchDataRelocs(img, layout, view, stats);
+  patchDynamic(img, layout, view, stats);
+  patchSymbols(img, layout, view, stats);
+  patchEhFrame(img, layout, view, stats);
+  return stats;
+}
+
+/** Static relocations in allocated data: each one whose value depends on a code address. */
+function patchDataRelocs(img: Image, layout: Layout, view: DataView, stats: PatchStats): void {
+  const dynAt = new Map<number, number>();
+  img.dynRelocs.forEach((r, i) => dynAt.set(r.r_offset, i));
+  const jt = jumpTableIndex(img, layout);
+  const fdeFields = new Set(img.fdes.map((f) => f.pcBeginField));
+  for (const [secIndex, relocs] of img.staticRelocs) {
+    const sec = img.elf.sections[secIndex];
+    if (!(sec.sh_flags & SHF_ALLOC) || (sec.sh_flags & SHF_EXECINSTR)) continue;
+    const isEhFrame = img.ehFrame !== undefined && sec.index === img.ehFrame.index;
+    for (const sr of relocs) {
+      const f = sr.rela.r_offset;
+      const type = sr.rela.r_type;
+      const symInText = sr.sym !== undefined && sr.sym.st_shndx === img.text.index;
+      const targetInText = sr.target !== undefined && inText(img, sr.target);
+      if (!symInText && !targetInText) continue; // value does not depend on where code is
+      if (isEhFrame) {
+        // FDE pc_begin fields are re-applied from the parsed FDEs; any other code reference is unknown.
+        if (!fdeFields.has(f)) throw new ElfRefusal('.eh_frame reference to code that is not an FDE pc_begin', f);
+        continue;
+      }
+      if (type === R_X86_64_64) {
+        const t = sr.target!;
+        const i = dynAt.get(f);
+        const dr = i === undefined ? undefined : img.dynRelocs[i];
+        const ok = dr !== undefined && ((dr.r_type === R_X86_64_RELATIVE && dr.r_addend === t) || (dr.r_type !== R_X86_64_RELATIVE && dr.r_sym !== 0));
+        if (!ok) throw new ElfRefusal(`code address in ${sec.name} without a matching dynamic relocation`, f);
+        continue; // re-applied through the dynamic relocation (and its symbol)
+      }
+      if (type === R_X86_64_PC32 || type === R_X86_64_PLT32) {
+        const off = fileOff(img, f, 4);
+        const v = view.getInt32(off, true);
+        const base = jumpTableBase(img, jt, f, v);
+        if (base !== undefined) {
+          if (sr.target !== undefined && sr.target - f !== v) throw new ElfRefusal('jump-table entry does not match its relocation', f);
+          writeI32(view, off, mapCodeTarget(layout, base + v, f) - base, f);
+          stats.jumpTableEntries++;
+          continue;
+        }
+        // `.long func - .`: only when the relocation names the function itself, not a section.
+        if (sr.sectionSymbol || sr.sym?.type === STT_SECTION || sr.target === undefined || sr.target !== f + v || !inText(img, sr.target)) {
+          throw new ElfRefusal(`PC-relative reference to code in ${sec.name} with no known base`, f);
+        }
+        writeI32(view, off, mapCodeTarget(layout, sr.target, f) - f, f);
+        stats.dataPcRel++;
+        continue;
+      }
+      throw new ElfRefusal(`unsupported relocation type ${relocTypeName(type)} to code in ${sec.name}`, f);
+    }
+  }
+}
+
+/** What proves a jump table: lea-loaded bases, and runs of consecutive PC32 words in data. */
+export interface JumpTableIndex {
+  readonly bases: number[];
+  /** For each PC32/PLT32 data relocation offset, the first offset of the run of 4-byte-apart relocations it belongs to. */
+  readonly runStart: Map<number, number>;
+}
+
+export function jumpTableIndex(img: Image, layout: Layout): JumpTableIndex {
+  const offs: number[] = [];
+  for (const [secIndex, relocs] of img.staticRelocs) {
+    const sec = img.elf.sections[secIndex];
+    if (!(sec.sh_flags & SHF_ALLOC) || (sec.sh_flags & SHF_EXECINSTR)) continue;
+    for (const r of relocs) if (r.rela.r_type === R_X86_64_PC32 || r.rela.r_type === R_X86_64_PLT32) offs.push(r.rela.r_offset);
+  }
+  offs.sort((a, b) => a - b);
+  const runStart = new Map<number, number>();
+  for (const o of offs) runStart.set(o, runStart.get(o - 4) ?? o);
+  return { bases: [...layout.plan.leaBases.keys()].sort((a, b) => a - b), runStart };
+}
+
+/**
+ * The base of the jump table holding the entry at `f`, if the code and the relocations prove it:
+ * the nearest `lea base(%rip)` target at or below the entry, with an unbroken run of PC-relative
+ * relocations from the base to the entry (GCC's `.long .Lcase - .Ltable` array), and
+ * base + entry landing on code. The case may be in another unit (a `.cold` part).
+ */
+export function jumpTableBase(img: Image, jt: JumpTableIndex, f: number, v: number): number | undefined {
+  const bases = jt.bases;
+  let lo = 0;
+  let hi = bases.length - 1;
+  let best = -1;
+  while (lo <= hi) {
+    const mid = (lo + hi) >> 1;
+    if (bases[mid] <= f) { best = mid; lo = mid + 1; } else hi = mid - 1;
+  }
+  if (best < 0) return undefined;
+  const b = bases[best];
+  const run = jt.runStart.get(f);
+  if (run === undefined || run > b || (f - b) % 4 !== 0 || !jt.runStart.has(b)) return undefined;
+  if (!inText(img, b + v)) return undefined;
+  return b;
+}
+
+function patchDynamic(img: Image, layout: Layout, view: DataView, stats: PatchStats): void {
+  for (const r of img.dynRelocs) {
+    if (r.r_type === R_X86_64_RELATIVE64) throw new ElfRefusal('R_X86_64_RELATIVE64 is not supported', r.r_offset);
+    if (r.r_type !== R_X86_64_RELATIVE && r.r_type !== R_X86_64_IRELATIVE) continue;
+    if (!inText(img, r.r_addend)) continue;
+    const n = mapCodeTarget(layout, r.r_addend, r.r_offset);
+    view.setBigInt64(r.fileOffset + 16, BigInt(n), true);
+    // GNU ld also stores the link-time value in the word itself; keep it consistent.
+    const w = vaddrToOffset(img.elf, r.r_offset, 8);
+    if (w !== undefined && Number(view.getBigUint64(w, true)) === r.r_addend) view.setBigUint64(w, BigInt(n), true);
+    stats.dynRelocs++;
+  }
+  for (const d of img.dynamic) {
+    if ((d.d_tag === DT_INIT || d.d_tag === DT_FINI) && inText(img, d.d_val)) {
+      view.setBigUint64(d.fileOffset + 8, BigInt(mapCodeTarget(layout, d.d_val, d.d_val)), true);
+    }
+  }
+}
+
+function patchSymbols(img: Image, layout: Layout, view: DataView, stats: PatchStats): void {
+  for (const table of [img.symtab, img.dynsym]) {
+    if (!table) continue;
+    for (const s of table.symbols) {
+      if (s.st_shndx !== img.text.index || s.type === STT_SECTION || !inText(img, s.st_value)) continue;
+      view.setBigUint64(s.fileOffset + 8, BigInt(mapAddress(layout, s.st_value)), true);
+      stats.symbols++;
+    }
+  }
+}
+
+function patchEhFrame(img: Image, layout: Layout, view: DataView, stats: PatchStats): void {
+  const newBegin = new Map<number, number>(); // FDE address -> new pc_begin
+  for (const f of img.fdes) {
+    let nb = f.pcBegin;
+    if (inText(img, f.pcBegin)) {
+      nb = mapCodeTarget(layout, f.pcBegin, f.pcBeginField);
+      const u = layout.plan.units[unitIndexAt(layout.plan, f.pcBegin)];
+      if (f.pcBegin + f.pcRange > u.coreEnd) throw new ElfRefusal('FDE range runs past its function', f.address);
+      writeI32(view, f.pcBeginFileOffset, nb - f.pcBeginField, f.address);
+      stats.fdes++;
+    }
+    newBegin.set(f.address, nb);
+  }
+  const hdr = img.ehFrameHdrTable;
+  if (!hdr || !img.ehFrameHdr) return;
+  const base = img.ehFrameHdr.sh_addr;
+  const entries = hdr.entries.map((e) => ({ loc: newBegin.get(e.fdeAddress)!, fde: e.fdeAddress }));
+  entries.sort((a, b) => a.loc - b.loc || a.fde - b.fde);
+  entries.forEach((e, i) => {
+    writeI32(view, hdr.tableFileOffset + i * 8, e.loc - base, base);
+    writeI32(view, hdr.tableFileOffset + i * 8 + 4, e.fde - base, base);
+  });
+}
+

@@ -1,0 +1,117 @@
+/**
+ * The randomizer pipeline: read → find units → plan layout → move code → patch references →
+ * rebuild metadata → verify → write. Each phase lives in its own module; this one only
+ * sequences them and reports.
+ */
+import { randomBytes } from 'crypto';
+import * as fs from 'fs';
+import * as path from 'path';
+import { ElfRefusal } from './errors';
+import { Image, loadImage } from './image';
+import { entropyBits, Layout, planLayout, ShuffleRng } from './layout';
+import { moveCodeAndPatch, PatchStats } from './patch';
+import { findUnits, UnitPlan } from './units';
+import { verifyImage, VerifyMode, VerifyReport } from './verify';
+import { rebuildFile, WriteReport } from './writer';
+
+export interface RandomizeResult {
+  readonly bytes: Uint8Array;
+  readonly seed: Uint8Array;
+  readonly units: number;
+  readonly entropyBits: number;
+  readonly textBytes: number;
+  readonly patch: PatchStats;
+  readonly verify: VerifyReport;
+  readonly write: WriteReport;
+  /** Unit index order, for tests and the bench (which unit was placed first, ...). */
+  readonly layout: Layout;
+  readonly timingsMs: Record<string, number>;
+}
+
+/** Parses a --seed value: hex, 1..64 bytes. */
+export function parseSeed(hex: string): Uint8Array {
+  const h = hex.startsWith('0x') ? hex.slice(2) : hex;
+  if (!/^[0-9a-fA-F]+$/.test(h) || h.length % 2 !== 0 || h.length > 128) throw new ElfRefusal(`bad seed '${hex}': want an even number of hex digits (at most 64 bytes)`);
+  return Uint8Array.from(Buffer.from(h, 'hex'));
+}
+
+/** The bytes the loader maps (headers to the end of the last segment): what the RNG is bound to. */
+function loadablePart(img: Image): Uint8Array {
+  let end = 0;
+  for (const p of img.elf.segments) end = Math.max(end, p.p_offset + p.p_filesz);
+  return img.elf.bytes.subarray(0, Math.max(end, 64));
+}
+
+export interface RandomizeOptions {
+  /** How the verifier reads the output code (see verify.ts); default 'decode'. */
+  readonly verify?: VerifyMode;
+}
+
+/**
+ * The seed-independent half of the pipeline (read, eligibility, decode, units). A daemon that
+ * re-randomizes the same library every epoch can keep this and pay only for the rest.
+ */
+export interface PreparedLibrary {
+  readonly img: Image;
+  readonly plan: UnitPlan;
+  readonly timingsMs: Readonly<Record<string, number>>;
+}
+
+export function prepareLibrary(input: Uint8Array): PreparedLibrary {
+  const t0 = performance.now();
+  const img: Image = loadImage(input);
+  const t1 = performance.now();
+  const plan: UnitPlan = findUnits(img);
+  const t2 = performance.now();
+  if (plan.units.length < 2) throw new ElfRefusal(`only ${plan.units.length} movable unit(s): nothing to shuffle`);
+  return { img, plan, timingsMs: { read: t1 - t0, units: t2 - t1 } };
+}
+
+/** The seed-dependent half: plan layout → move code → patch → rebuild → verify. */
+export function randomizePrepared(prep: PreparedLibrary, seed: Uint8Array = randomBytes(32), opts: RandomizeOptions = {}): RandomizeResult {
+  const { img, plan } = prep;
+  const input = img.elf.bytes;
+  const t: Record<string, number> = { ...prep.timingsMs };
+  let t0 = performance.now();
+  const lap = (name: string) => { const n = performance.now(); t[name] = n - t0; t0 = n; };
+  const layout = planLayout(plan, img.textStart, img.textEnd, new ShuffleRng(seed, loadablePart(img)));
+  lap('layout');
+  // A copy with the same size and layout (typed-array set() is a memcpy; new Uint8Array(buf) is not).
+  const patched = new Uint8Array(input.length);
+  patched.set(input);
+  const patch = moveCodeAndPatch(img, layout, patched);
+  lap('patch');
+  const { bytes, report } = rebuildFile(img.elf, patched);
+  lap('write');
+  const verify = verifyImage(img, layout, bytes, opts.verify ?? 'decode');
+  lap('verify');
+  return {
+    bytes, seed, units: plan.units.length, entropyBits: entropyBits(plan.units.length), textBytes: img.text.sh_size,
+    patch, verify, write: report, layout, timingsMs: t,
+  };
+}
+
+export function randomizeBytes(input: Uint8Array, seed: Uint8Array = randomBytes(32), opts: RandomizeOptions = {}): RandomizeResult {
+  return randomizePrepared(prepareLibrary(input), seed, opts);
+}
+
+/**
+ * Randomizes IN into OUT. The image is written under a temporary name in OUT's directory and
+ * renamed only after verification, so a refusal never leaves a file behind and readers never see
+ * a partial image.
+ */
+export function randomizeFile(inPath: string, outPath: string, seed?: Uint8Array, opts: RandomizeOptions = {}): RandomizeResult {
+  const input = fs.readFileSync(inPath);
+  const res = randomizeBytes(input, seed, opts);
+  const dir = path.dirname(path.resolve(outPath));
+  const tmp = path.join(dir, `.${path.basename(outPath)}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`);
+  try {
+    const mode = fs.statSync(inPath).mode & 0o755;
+    fs.writeFileSync(tmp, res.bytes, { mode });
+    fs.renameSync(tmp, outPath);
+  } catch (e) {
+    fs.rmSync(tmp, { force: true });
+    throw e;
+  }
+  return res;
+}

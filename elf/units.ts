@@ -1,0 +1,283 @@
+/**
+ * Phase 2: find the movable units of .text.
+ *
+ * Input-section boundaries are gone after linking, so units are rebuilt from FUNC symbols: every
+ * FUNC/IFUNC symbol address in .text starts an "atom" that runs to the next one. Atoms are then
+ * joined into units whenever the code proves they must stay together — never guessed:
+ *  - a sized symbol that runs past the next atom start;
+ *  - an atom without size information whose last instruction can fall through;
+ *  - a PC-relative operand between two atoms with no relocation to re-apply it
+ *    (crtbeginS.o's deregister_tm_clones / __do_global_dtors_aux / frame_dummy call each other so);
+ *  - an FDE whose range covers more than one atom.
+ * A reference that cannot be re-applied and cannot be kept by joining is a refusal.
+ */
+import { Code } from 'iced-x86';
+import { decodePieces, decodeRange, DecodedRange, REF_BRANCH, REF_NONE } from './disasm';
+import { ElfRefusal } from './errors';
+import { Image, inText, StaticReloc } from './image';
+import { sectionData } from './reader';
+import {
+  relocTypeName, R_X86_64_DTPOFF32, R_X86_64_NONE, R_X86_64_SIZE32, R_X86_64_SIZE64, R_X86_64_TLSDESC_CALL,
+  R_X86_64_TPOFF32, STT_FUNC, STT_GNU_IFUNC, R_X86_64_PC32, R_X86_64_PLT32, R_X86_64_GOTPCREL,
+  R_X86_64_GOTPCRELX, R_X86_64_REX_GOTPCRELX, R_X86_64_GOTPC32, R_X86_64_GOTTPOFF, R_X86_64_TLSGD,
+  R_X86_64_TLSLD, R_X86_64_GOTPC32_TLSDESC,
+} from './types';
+
+/**
+ * Relocation types accepted on a PC-relative operand in code: their field holds target − P
+ * (a function, the PLT, the GOT or a GOT slot for TLS), which is re-applied from the decoded
+ * operand. ld rewrites relaxed GOTPCRELX sites to PC32 and keeps PLT32 on calls made direct.
+ */
+const PC_RELATIVE_CODE_RELOCS = new Set([
+  R_X86_64_PC32, R_X86_64_PLT32, R_X86_64_GOTPCREL, R_X86_64_GOTPCRELX, R_X86_64_REX_GOTPCRELX, R_X86_64_GOTPC32,
+  R_X86_64_GOTTPOFF, R_X86_64_TLSGD, R_X86_64_TLSLD, R_X86_64_GOTPC32_TLSDESC,
+]);
+
+/** Relocation types in code that carry no PC-relative value and need nothing when code moves. */
+const POSITION_FREE_CODE_RELOCS = new Set([R_X86_64_NONE, R_X86_64_TPOFF32, R_X86_64_DTPOFF32, R_X86_64_SIZE32, R_X86_64_SIZE64, R_X86_64_TLSDESC_CALL]);
+
+export interface Atom {
+  readonly start: number;
+  /** Start of the next atom (or end of .text). */
+  readonly end: number;
+  /** End of the bytes that belong to the code (trailing padding excluded when it is provably padding). */
+  coreEnd: number;
+  readonly decoded: DecodedRange;
+  readonly names: string[];
+}
+
+export interface Unit {
+  readonly index: number;
+  readonly start: number;
+  readonly end: number;
+  /** Bytes [start, coreEnd) are copied; the rest is alignment padding. */
+  readonly coreEnd: number;
+  readonly align: number;
+  readonly atoms: Atom[];
+  readonly names: string[];
+}
+
+export interface CodeRef {
+  /** Address of the instruction. */
+  readonly ip: number;
+  readonly len: number;
+  readonly fieldOff: number;
+  readonly target: number;
+}
+
+export interface UnitPlan {
+  readonly units: Unit[];
+  /** Unit start addresses, sorted (for binary search). */
+  readonly starts: Float64Array;
+  /** Number of atoms joined into another atom's unit, and the joins by reason (for `inspect`). */
+  readonly joined: { atoms: number; reasons: Map<string, number> };
+  /** RIP-relative `lea` targets outside .text, by target address -> unit indexes (jump-table bases). */
+  readonly leaBases: Map<number, Set<number>>;
+  /** PC-relative operands in other executable sections that reach into .text (all relocated). */
+  readonly otherExecRefs: CodeRef[];
+  /** Decoded other executable sections, for the verifier. */
+  readonly otherExecDecoded: DecodedRange[];
+}
+
+export function unitIndexAt(plan: UnitPlan, addr: number): number {
+  const s = plan.starts;
+  let lo = 0;
+  let hi = s.length - 1;
+  while (lo < hi) {
+    const mid = (lo + hi + 1) >> 1;
+    if (s[mid] <= addr) lo = mid; else hi = mid - 1;
+  }
+  return lo;
+}
+
+function fieldSet(relocs: StaticReloc[] | undefined): Map<number, StaticReloc> {
+  const m = new Map<number, StaticReloc>();
+  for (const r of relocs ?? []) m.set(r.rela.r_offset, r);
+  return m;
+}
+
+export function findUnits(img: Image): UnitPlan {
+  const { textStart, textEnd, text } = img;
+  const textBytes = sectionData(img.elf, text);
+
+  // Atom starts: FUNC/IFUNC symbols in .text, plus .text itself (code before the first symbol).
+  const sized = new Map<number, number>(); // start -> largest st_size
+  const names = new Map<number, string[]>();
+  const startSet = new Set<number>([textStart]);
+  for (const table of [img.symtab, img.dynsym]) {
+    if (!table) continue;
+    for (const s of table.symbols) {
+      if (s.type !== STT_FUNC && s.type !== STT_GNU_IFUNC) continue;
+      if (s.st_shndx !== text.index || s.st_value < textStart || s.st_value >= textEnd) continue;
+      startSet.add(s.st_value);
+      if (s.st_size > 0) sized.set(s.st_value, Math.max(sized.get(s.st_value) ?? 0, s.st_size));
+      const l = names.get(s.st_value) ?? [];
+      if (s.name && !l.includes(s.name)) l.push(s.name);
+      names.set(s.st_value, l);
+    }
+  }
+  const starts = [...startSet].sort((a, b) => a - b);
+  // Relocations of .text indexed by offset in .text (a typed array: cheaper than a Map of 10^5 keys).
+  const textRelocList = img.staticRelocs.get(text.index) ?? [];
+  const relAt = new Int32Array(textEnd - textStart);
+  textRelocList.forEach((r, i) => { relAt[r.rela.r_offset - textStart] = i + 1; });
+  const atoms: Atom[] = [];
+  const pieces = decodePieces(textBytes, textStart, starts);
+  for (let i = 0; i < starts.length; i++) {
+    const start = starts[i];
+    const end = i + 1 < starts.length ? starts[i + 1] : textEnd;
+    atoms.push({ start, end, coreEnd: end, decoded: pieces[i], names: names.get(start) ?? [] });
+  }
+  const atomAt = (addr: number): number => {
+    let lo = 0;
+    let hi = atoms.length - 1;
+    while (lo < hi) {
+      const mid = (lo + hi + 1) >> 1;
+      if (atoms[mid].start <= addr) lo = mid; else hi = mid - 1;
+    }
+    return lo;
+  };
+
+  // Joins are recorded as atom ranges and applied in one sweep at the end (a difference array),
+  // so that many long-range references cost O(n), not O(n * range), on hostile input.
+  const joinDiff = new Int32Array(atoms.length + 1);
+  const reasons = new Map<string, number>();
+  const join = (a: number, b: number, why: string) => {
+    const lo = Math.min(a, b);
+    const hi = Math.max(a, b);
+    if (lo === hi) return;
+    joinDiff[lo]++;
+    joinDiff[hi]--;
+    reasons.set(why, (reasons.get(why) ?? 0) + 1);
+  };
+
+  for (let i = 0; i < atoms.length; i++) {
+    const a = atoms[i];
+    const d = a.decoded;
+    for (let k = 0; k < d.count; k++) {
+      if (d.invalid[k]) throw new ElfRefusal('bytes in .text that do not decode as instructions', d.ip[k]);
+    }
+    const size = sized.get(a.start);
+    let sizedEnd = false;
+    if (size !== undefined) {
+      const symEnd = a.start + size;
+      if (symEnd > a.end) {
+        join(i, atomAt(Math.min(symEnd - 1, textEnd - 1)), 'symbol extends over the next symbol');
+      } else {
+        // Trailing bytes after the symbol's end must be padding instructions starting at symEnd.
+        let k = 0;
+        while (k < d.count && d.ip[k] < symEnd) k++;
+        let pad = k === d.count || d.ip[k] === symEnd;
+        for (let j = k; pad && j < d.count; j++) if (!d.padding[j]) pad = false;
+        if (pad) { a.coreEnd = symEnd; sizedEnd = true; }
+      }
+    }
+    if (!sizedEnd) {
+      // No size to trust: if the last real instruction can fall through, keep the next atom after it.
+      let k = d.count - 1;
+      while (k >= 0 && d.padding[k]) k--;
+      if (k >= 0 && !d.terminator[k] && i + 1 < atoms.length) join(i, i + 1, 'code falls through into the next symbol');
+    }
+  }
+
+  const leaBases = new Map<number, Set<number>>();
+  const leaAtoms: [number, number][] = [];
+  for (let i = 0; i < atoms.length; i++) {
+    const d = atoms[i].decoded;
+    for (let k = 0; k < d.count; k++) {
+      const kind = d.refKind[k];
+      if (kind === REF_NONE) continue;
+      const field = d.ip[k] + d.fieldOff[k];
+      const t = d.target[k];
+      const ri = field >= textStart && field < textEnd ? relAt[field - textStart] : 0;
+      const rel = ri ? textRelocList[ri - 1] : undefined;
+      const relocated = rel !== undefined;
+      if (rel && !PC_RELATIVE_CODE_RELOCS.has(rel.rela.r_type)) throw new ElfRefusal(`unsupported relocation type ${relocTypeName(rel.rela.r_type)} on a code operand`, field);
+      if (relocated && d.fieldSize[k] !== 4) throw new ElfRefusal('relocation on a short PC-relative field', field);
+      if (inText(img, t)) {
+        const j = atomAt(t);
+        if (j !== i && !relocated) join(i, j, 'unrelocated reference between symbols');
+      } else if (!relocated) {
+        throw new ElfRefusal(`unrelocated PC-relative reference from .text to 0x${t.toString(16)} outside .text`, d.ip[k]);
+      } else if (kind !== REF_BRANCH && d.code[k] === Code.Lea_r64_m) {
+        leaAtoms.push([t, i]);
+      }
+    }
+  }
+  // Every relocation in .text must sit on an operand we decoded, or need nothing when code moves.
+  const fieldsSeen = new Uint8Array(textEnd - textStart);
+  for (const a of atoms) {
+    const d = a.decoded;
+    for (let k = 0; k < d.count; k++) if (d.refKind[k] !== REF_NONE) fieldsSeen[d.ip[k] + d.fieldOff[k] - textStart] = 1;
+  }
+  for (const r of textRelocList) {
+    const off = r.rela.r_offset;
+    if (fieldsSeen[off - textStart] === 1 || POSITION_FREE_CODE_RELOCS.has(r.rela.r_type)) continue;
+    throw new ElfRefusal(`${relocTypeName(r.rela.r_type)} relocation does not match a PC-relative operand (unresolvable reference)`, off);
+  }
+
+  // FDEs that cover several atoms keep them together.
+  for (const f of img.fdes) {
+    if (!inText(img, f.pcBegin)) continue;
+    const last = f.pcBegin + Math.max(f.pcRange, 1) - 1;
+    if (last >= img.textEnd) throw new ElfRefusal('FDE range runs past the end of .text', f.pcBegin);
+    const i = atomAt(f.pcBegin);
+    const j = atomAt(last);
+    if (i !== j) join(i, j, 'one FDE covers several symbols');
+  }
+
+  // Other executable sections stay in place; their references into .text must be relocated.
+  const otherExecRefs: CodeRef[] = [];
+  const otherExecDecoded: DecodedRange[] = [];
+  for (const s of img.otherExec) {
+    const d = decodeRange(sectionData(img.elf, s), s.sh_addr);
+    otherExecDecoded.push(d);
+    const rel = fieldSet(img.staticRelocs.get(s.index));
+    for (let k = 0; k < d.count; k++) {
+      if (d.refKind[k] === REF_NONE || !inText(img, d.target[k])) continue;
+      const field = d.ip[k] + d.fieldOff[k];
+      const r = rel.get(field);
+      if (!r || d.fieldSize[k] !== 4) throw new ElfRefusal(`unrelocated reference from ${s.name} into .text`, d.ip[k]);
+      if (!PC_RELATIVE_CODE_RELOCS.has(r.rela.r_type)) throw new ElfRefusal(`unsupported relocation type ${relocTypeName(r.rela.r_type)} on a code operand`, field);
+      otherExecRefs.push({ ip: d.ip[k], len: d.len[k], fieldOff: d.fieldOff[k], target: d.target[k] });
+    }
+  }
+
+  // joinNext[i]: atom i and atom i+1 end up in one unit.
+  const joinNext = new Uint8Array(atoms.length);
+  for (let i = 0, open = 0; i < atoms.length; i++) {
+    open += joinDiff[i];
+    joinNext[i] = open > 0 ? 1 : 0;
+  }
+
+  // Build units from runs of joined atoms.
+  const units: Unit[] = [];
+  const atomUnit = new Int32Array(atoms.length);
+  const textAlign = Math.max(1, Math.min(text.sh_addralign || 1, 4096));
+  for (let i = 0; i < atoms.length;) {
+    let j = i;
+    while (j < atoms.length - 1 && joinNext[j]) j++;
+    const group = atoms.slice(i, j + 1);
+    const start = group[0].start;
+    // Alignment the unit is known to need: never more than .text's (the largest input-section
+    // alignment) nor more than its current address provides.
+    let align = 1;
+    while (align < textAlign && start % (align * 2) === 0) align *= 2;
+    for (let k = i; k <= j; k++) atomUnit[k] = units.length;
+    units.push({
+      index: units.length, start, end: group[group.length - 1].end, coreEnd: group[group.length - 1].coreEnd,
+      align, atoms: group, names: group.flatMap((a) => a.names),
+    });
+    i = j + 1;
+  }
+  for (const [t, i] of leaAtoms) {
+    const set = leaBases.get(t) ?? new Set<number>();
+    set.add(atomUnit[i]);
+    leaBases.set(t, set);
+  }
+  const joinedAtoms = atoms.length - units.length;
+  return {
+    units, starts: Float64Array.from(units.map((u) => u.start)), joined: { atoms: joinedAtoms, reasons }, leaBases,
+    otherExecRefs, otherExecDecoded,
+  };
+}

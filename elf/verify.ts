@@ -1,0 +1,364 @@
+/**
+ * Phase 8: verify the output image against the input before anything is written.
+ *
+ * The verifier re-reads the output bytes with the reader and decodes the output code with
+ * iced-x86 itself; the only thing it takes from the rewriter is the unit layout (where each
+ * input unit went). It checks:
+ *  - units are placed without overlap, aligned, inside .text; the rest of .text is int3;
+ *  - every instruction of every unit decodes to the same instruction, byte-identical except for
+ *    PC-relative fields, and every branch, call and RIP-relative operand reaches the moved
+ *    counterpart of what it reached in the input (code outside .text likewise);
+ *  - .dynsym/.symtab values, dynamic relocations (and the words they cover), DT_INIT/DT_FINI,
+ *    FDE pc_begin, the .eh_frame_hdr table (sorted, one entry per FDE) follow the move;
+ *  - in the loadable non-code part, no byte changed except the fields above, PC-relative words
+ *    named by static relocations, symbol section indexes and the build-id.
+ * Any failure throws VerifyError with the address; the image is then never written.
+ */
+import { decodePieces, decodeRange, DecodedRange, REF_NONE } from './disasm';
+import { parseEhFrame, parseEhFrameHdr } from './ehframe';
+import { VerifyError } from './errors';
+import { Image, inText } from './image';
+import { Layout, mapAddress } from './layout';
+import { jumpTableBase, jumpTableIndex } from './patch';
+import { readDynamic, readElf, readRelaRange, readSymbols, sectionByName, vaddrToOffset, ElfFile, readNotes } from './reader';
+import {
+  DT_FINI, DT_INIT, DT_JMPREL, DT_PLTRELSZ, DT_RELA, DT_RELASZ, ELF64_RELA_SIZE, NT_GNU_BUILD_ID,
+  R_X86_64_IRELATIVE, R_X86_64_PC32, R_X86_64_PLT32, R_X86_64_RELATIVE, SHF_ALLOC, SHF_EXECINSTR,
+  SHT_DYNSYM, SHT_NOBITS, SHT_NOTE, SHT_SYMTAB,
+} from './types';
+
+export interface VerifyReport {
+  instructions: number;
+  pcRelOperands: number;
+  symbols: number;
+  dynRelocs: number;
+  fdes: number;
+  dataWords: number;
+}
+
+function fail(msg: string, where?: number): never {
+  throw new VerifyError(msg, where);
+}
+
+/**
+ * How the output code is checked:
+ *  - 'decode' (default): iced-x86 decodes the output .text itself, and every instruction is
+ *    compared with its input counterpart (same form, same bytes outside PC-relative fields,
+ *    operands reaching the moved targets).
+ *  - 'fields': the output is read at the instruction boundaries of the input decoding. Sound
+ *    because every byte outside the PC-relative fields is checked equal to the input, and the
+ *    value of a displacement or branch offset never changes how x86 decodes an instruction; the
+ *    operands are then recomputed from the output bytes. About half the cost.
+ */
+export type VerifyMode = 'decode' | 'fields';
+
+export function verifyImage(img: Image, layout: Layout, output: Uint8Array, mode: VerifyMode = 'decode'): VerifyReport {
+  const out = readElf(output);
+  const rep: VerifyReport = { instructions: 0, pcRelOperands: 0, symbols: 0, dynRelocs: 0, fdes: 0, dataWords: 0 };
+  const mapT = (t: number) => mapAddress(layout, t);
+  const inp = img.elf;
+
+  // Headers of the loadable part are unchanged.
+  if (out.segments.length !== inp.segments.length) fail('program header count changed');
+  for (let i = 0; i < inp.segments.length; i++) {
+    const a = inp.segments[i];
+    const b = out.segments[i];
+    if (a.p_type !== b.p_type || a.p_offset !== b.p_offset || a.p_vaddr !== b.p_vaddr || a.p_filesz !== b.p_filesz || a.p_memsz !== b.p_memsz || a.p_flags !== b.p_flags) {
+      fail(`program header ${i} changed`);
+    }
+  }
+  const allocIn = inp.sections.filter((s) => s.sh_flags & SHF_ALLOC);
+  const allocOut = out.sections.filter((s) => s.sh_flags & SHF_ALLOC);
+  if (allocIn.length !== allocOut.length) fail('allocated sections changed');
+  allocIn.forEach((s, i) => {
+    const o = allocOut[i];
+    if (o.name !== s.name || o.sh_addr !== s.sh_addr || o.sh_size !== s.sh_size || o.sh_offset !== s.sh_offset || o.sh_type !== s.sh_type) fail(`section ${s.name} moved or resized`);
+  });
+
+  verifyText(img, layout, out, rep, mode);
+  verifyOtherCode(img, layout, out, rep, mode);
+
+  // Fields allowed to differ in the loadable non-code part, by file offset -> length.
+  const allowed = new Map<number, number>();
+  const allow = (off: number, len: number) => allowed.set(off, Math.max(len, allowed.get(off) ?? 0));
+
+  // Symbols.
+  for (const type of [SHT_SYMTAB, SHT_DYNSYM]) {
+    const si = inp.sections.find((s) => s.sh_type === type);
+    const so = out.sections.find((s) => s.sh_type === type);
+    if (!si) continue;
+    if (!so) fail(`symbol table ${si.name} missing from output`);
+    const a = readSymbols(inp, si);
+    const b = readSymbols(out, so);
+    if (a.length !== b.length) fail(`${si.name} symbol count changed`);
+    for (let i = 0; i < a.length; i++) {
+      const x = a[i];
+      const y = b[i];
+      if (x.name !== y.name || x.st_info !== y.st_info || x.st_size !== y.st_size) fail(`${si.name} symbol ${x.name} changed`, x.st_value);
+      const moved = x.st_shndx === img.text.index && x.type !== 3 && inText(img, x.st_value);
+      const want = moved ? mapT(x.st_value) : x.st_value;
+      if (y.st_value !== want) fail(`symbol ${x.name} does not point to its moved body (0x${y.st_value.toString(16)}, want 0x${want.toString(16)})`, x.st_value);
+      if (si.sh_flags & SHF_ALLOC) { allow(x.fileOffset + 8, 8); allow(x.fileOffset + 6, 2); }
+      rep.symbols++;
+    }
+  }
+
+  // Dynamic relocations.
+  const dynOut = readDynamic(out);
+  const dynIn = img.dynamic;
+  if (dynOut.length !== dynIn.length) fail('dynamic section changed');
+  const outRelocs = readDynRelocs(out, dynOut);
+  if (outRelocs.length !== img.dynRelocs.length) fail('dynamic relocation count changed');
+  img.dynRelocs.forEach((r, i) => {
+    const o = outRelocs[i];
+    if (o.r_offset !== r.r_offset || o.r_type !== r.r_type || o.r_sym !== r.r_sym) fail('dynamic relocation changed', r.r_offset);
+    const isAddr = r.r_type === R_X86_64_RELATIVE || r.r_type === R_X86_64_IRELATIVE;
+    const want = isAddr && inText(img, r.r_addend) ? mapT(r.r_addend) : r.r_addend;
+    if (o.r_addend !== want) fail('dynamic relocation addend does not follow the moved code', r.r_offset);
+    if (want !== r.r_addend) {
+      allow(r.fileOffset + 16, 8);
+      const w = vaddrToOffset(inp, r.r_offset, 8);
+      if (w !== undefined) {
+        const before = Number(inp.view.getBigUint64(w, true));
+        const after = Number(out.view.getBigUint64(w, true));
+        if (before === r.r_addend && after !== want) fail('word under a RELATIVE relocation not updated', r.r_offset);
+        allow(w, 8);
+      }
+      rep.dynRelocs++;
+    }
+  });
+  dynIn.forEach((d, i) => {
+    const o = dynOut[i];
+    const want = (d.d_tag === DT_INIT || d.d_tag === DT_FINI) && inText(img, d.d_val) ? mapT(d.d_val) : d.d_val;
+    if (o.d_tag !== d.d_tag || o.d_val !== want) fail(`dynamic entry ${d.d_tag} wrong`, d.fileOffset);
+    allow(d.fileOffset + 8, 8);
+  });
+
+  // .eh_frame and .eh_frame_hdr.
+  if (img.ehFrame) {
+    const fo = parseEhFrame(out.view, img.ehFrame.sh_offset, img.ehFrame.sh_size, img.ehFrame.sh_addr);
+    if (fo.length !== img.fdes.length) fail('FDE count changed');
+    img.fdes.forEach((f, i) => {
+      const g = fo[i];
+      const want = inText(img, f.pcBegin) ? mapT(f.pcBegin) : f.pcBegin;
+      if (g.pcBegin !== want || g.pcRange !== f.pcRange) fail('FDE pc_begin does not follow its function', f.address);
+      allow(f.pcBeginFileOffset, 4);
+      rep.fdes++;
+    });
+    if (img.ehFrameHdr && img.ehFrameHdrTable) {
+      const h = parseEhFrameHdr(out.view, img.ehFrameHdr.sh_offset, img.ehFrameHdr.sh_size, img.ehFrameHdr.sh_addr);
+      if (h.fdeCount !== img.ehFrameHdrTable.fdeCount) fail('.eh_frame_hdr count changed');
+      const byAddr = new Map(fo.map((f) => [f.address, f]));
+      const seen = new Set<number>();
+      h.entries.forEach((e, i) => {
+        const f = byAddr.get(e.fdeAddress);
+        if (!f || f.pcBegin !== e.initialLoc) fail('.eh_frame_hdr entry does not match its FDE', e.fdeAddress);
+        if (i > 0 && h.entries[i - 1].initialLoc > e.initialLoc) fail('.eh_frame_hdr table not sorted', e.initialLoc);
+        seen.add(e.fdeAddress);
+      });
+      if (seen.size !== h.fdeCount) fail('.eh_frame_hdr lists an FDE twice');
+      allow(h.tableFileOffset, h.fdeCount * 8);
+    }
+  }
+
+  // PC-relative words in data (jump tables and the like) named by static relocations.
+  const jt = jumpTableIndex(img, layout);
+  for (const [secIndex, relocs] of img.staticRelocs) {
+    const sec = inp.sections[secIndex];
+    if (!(sec.sh_flags & SHF_ALLOC) || (sec.sh_flags & SHF_EXECINSTR) || sec === img.ehFrame) continue;
+    for (const sr of relocs) {
+      if (sr.rela.r_type !== R_X86_64_PC32 && sr.rela.r_type !== R_X86_64_PLT32) continue;
+      const off = vaddrToOffset(inp, sr.rela.r_offset, 4);
+      if (off === undefined) continue;
+      const vin = inp.view.getInt32(off, true);
+      const vout = out.view.getInt32(off, true);
+      if (sr.sym === undefined || sr.sym.st_shndx !== img.text.index) { if (vin !== vout) fail('PC-relative data word changed', sr.rela.r_offset); continue; }
+      // Same reading of the word as the rewriter (jump-table base proven by a lea, else the field
+      // itself); the output word must reach the moved counterpart of the input target.
+      const b = jumpTableBase(img, jt, sr.rela.r_offset, vin) ?? sr.rela.r_offset;
+      if (vout !== mapT(b + vin) - b) fail('PC-relative data word does not reach the moved target', sr.rela.r_offset);
+      allow(off, 4);
+      rep.dataWords++;
+    }
+  }
+
+  // Build-id must differ from the input's.
+  for (const s of out.sections) {
+    if (s.sh_type !== SHT_NOTE || !(s.sh_flags & SHF_ALLOC)) continue;
+    for (const n of readNotes(out, s)) {
+      if (n.n_type !== NT_GNU_BUILD_ID) continue;
+      const orig = inp.bytes.subarray(n.descOffset, n.descOffset + n.desc.length);
+      if (Buffer.compare(Buffer.from(orig), Buffer.from(n.desc)) === 0) fail('build-id unchanged');
+      allow(n.descOffset, n.desc.length);
+    }
+  }
+
+  // Nothing else in the loadable non-code part changed.
+  const covered = coverage(allowed);
+  for (const s of allocIn) {
+    if ((s.sh_flags & SHF_EXECINSTR) || s.sh_type === SHT_NOBITS) continue;
+    const end = s.sh_offset + s.sh_size;
+    for (let o = s.sh_offset; o < end; o++) {
+      if (inp.bytes[o] !== output[o] && !covered(o)) fail(`unexplained change in ${s.name}`, s.sh_addr + (o - s.sh_offset));
+    }
+  }
+  return rep;
+}
+
+/** Membership test over a set of (offset, length) ranges: merged, then binary search. */
+function coverage(ranges: Map<number, number>): (o: number) => boolean {
+  const sorted = [...ranges.entries()].sort((a, b) => a[0] - b[0]);
+  const starts: number[] = [];
+  const ends: number[] = [];
+  for (const [a, l] of sorted) {
+    if (starts.length && a <= ends[ends.length - 1]) ends[ends.length - 1] = Math.max(ends[ends.length - 1], a + l);
+    else { starts.push(a); ends.push(a + l); }
+  }
+  return (o) => {
+    let lo = 0;
+    let hi = starts.length - 1;
+    while (lo <= hi) {
+      const mid = (lo + hi) >> 1;
+      if (starts[mid] > o) hi = mid - 1;
+      else if (ends[mid] <= o) lo = mid + 1;
+      else return true;
+    }
+    return false;
+  };
+}
+
+function readDynRelocs(elf: ElfFile, dyn: { d_tag: number; d_val: number }[]) {
+  const get = (t: number) => dyn.find((d) => d.d_tag === t)?.d_val;
+  const res = [];
+  const rela = get(DT_RELA);
+  const relasz = get(DT_RELASZ) ?? 0;
+  if (rela !== undefined && relasz) res.push(...readRelaRange(elf, vaddrToOffset(elf, rela, relasz)!, relasz / ELF64_RELA_SIZE));
+  const jmp = get(DT_JMPREL);
+  const jsz = get(DT_PLTRELSZ) ?? 0;
+  if (jmp !== undefined && jsz && !(rela !== undefined && jmp >= rela && jmp < rela + relasz)) {
+    res.push(...readRelaRange(elf, vaddrToOffset(elf, jmp, jsz)!, jsz / ELF64_RELA_SIZE));
+  }
+  return res;
+}
+
+/** Lockstep comparison of two decodings; `expect(t)` gives where an input target must land. */
+function compareCode(
+  inBytes: Uint8Array, inBase: number, a: DecodedRange, aFrom: number, aTo: number,
+  outBytes: Uint8Array, outBase: number, b: DecodedRange, delta: number, mapT: (t: number) => number, rep: VerifyReport,
+): void {
+  let j = 0;
+  for (let i = aFrom; i < aTo; i++, j++) {
+    if (j >= b.count) fail('output code ends early', a.ip[i]);
+    if (a.len[i] !== b.len[j] || a.code[i] !== b.code[j] || b.ip[j] !== a.ip[i] + delta || b.invalid[j]) fail('instruction differs after moving', a.ip[i]);
+    const ia = a.ip[i] - inBase;
+    const ib = b.ip[j] - outBase;
+    const fs = a.refKind[i] === REF_NONE ? -1 : a.fieldOff[i];
+    const fe = fs + (a.refKind[i] === REF_NONE ? 0 : a.fieldSize[i]);
+    for (let k = 0; k < a.len[i]; k++) {
+      if (k >= fs && k < fe) continue;
+      if (inBytes[ia + k] !== outBytes[ib + k]) fail('instruction bytes differ after moving', a.ip[i]);
+    }
+    if (a.refKind[i] !== REF_NONE) {
+      if (b.refKind[j] !== a.refKind[i] || b.target[j] !== mapT(a.target[i])) {
+        fail(`operand reaches 0x${b.target[j].toString(16)}, want 0x${mapT(a.target[i]).toString(16)}`, a.ip[i]);
+      }
+      rep.pcRelOperands++;
+    }
+    rep.instructions++;
+  }
+  if (j !== b.count) fail('output code has extra instructions', b.ip[j]);
+}
+
+function verifyText(img: Image, layout: Layout, out: ElfFile, rep: VerifyReport, mode: VerifyMode): void {
+  const { units } = layout.plan;
+  const t0 = img.textStart;
+  const inBytes = img.elf.bytes.subarray(img.text.sh_offset, img.text.sh_offset + img.text.sh_size);
+  const outText = sectionByName(out, '.text')!;
+  const outBytes = out.bytes.subarray(outText.sh_offset, outText.sh_offset + outText.sh_size);
+  const mapT = (t: number) => mapAddress(layout, t);
+  // Placement: inside .text, aligned, no overlap; gaps are int3.
+  const placed = units.map((u) => ({ s: layout.newStart[u.index], e: layout.newStart[u.index] + (u.coreEnd - u.start), u }));
+  placed.sort((x, y) => x.s - y.s);
+  let cur = t0;
+  for (const p of placed) {
+    if (p.s < cur || p.e > img.textEnd) fail('units overlap or leave .text', p.s);
+    if (p.s % p.u.align !== 0) fail('unit misaligned', p.s);
+    for (let a = cur; a < p.s; a++) if (outBytes[a - t0] !== 0xcc) fail('gap not filled with int3', a);
+    cur = p.e;
+  }
+  for (let a = cur; a < img.textEnd; a++) if (outBytes[a - t0] !== 0xcc) fail('gap not filled with int3', a);
+
+  // One decoding pass over the output .text, restarting at every placed unit.
+  const pieceAt = new Map<number, DecodedRange>();
+  if (mode === 'decode') {
+    for (const p of decodePieces(outBytes, t0, placed.flatMap((p) => [p.s, p.e]))) if (!pieceAt.has(p.start)) pieceAt.set(p.start, p);
+  }
+  for (const u of units) {
+    const ns = layout.newStart[u.index];
+    const len = u.coreEnd - u.start;
+    if (len === 0) continue;
+    const b = mode === 'decode' ? pieceAt.get(ns) : rereadUnit(u.atoms.map((a) => a.decoded), u.coreEnd, outBytes, t0, ns - u.start);
+    if (!b || b.count === 0 || b.ip[b.count - 1] + b.len[b.count - 1] !== ns + len) fail('output unit does not decode to its own extent', ns);
+    // The input is decoded per atom; walk the atoms' instructions that lie in the core, in order.
+    let offset = 0;
+    for (const a of u.atoms) {
+      let to = 0;
+      while (to < a.decoded.count && a.decoded.ip[to] < u.coreEnd) to++;
+      const sub = sliceDecoded(b, offset, a.decoded.ip[0] - u.start + ns, to);
+      compareCode(inBytes, t0, a.decoded, 0, to, outBytes, t0, sub, ns - u.start, mapT, rep);
+      offset += to;
+    }
+    if (offset !== b.count) fail('output unit decodes to more instructions than the input', ns);
+  }
+}
+
+/**
+ * The output instructions of a unit at the input's boundaries (mode 'fields'): same forms and
+ * lengths, PC-relative targets recomputed from the output's field bytes.
+ */
+function rereadUnit(atoms: DecodedRange[], coreEnd: number, outBytes: Uint8Array, outBase: number, delta: number): DecodedRange {
+  let n = 0;
+  for (const a of atoms) for (let k = 0; k < a.count && a.ip[k] < coreEnd; k++) n++;
+  const r = {
+    start: atoms[0].ip[0] + delta, count: n, ip: new Float64Array(n), len: new Uint8Array(n), code: new Uint16Array(n),
+    refKind: new Uint8Array(n), fieldOff: new Uint8Array(n), fieldSize: new Uint8Array(n), target: new Float64Array(n),
+    terminator: new Uint8Array(n), padding: new Uint8Array(n), invalid: new Uint8Array(n),
+  };
+  let j = 0;
+  const view = new DataView(outBytes.buffer, outBytes.byteOffset, outBytes.byteLength);
+  for (const a of atoms) {
+    for (let k = 0; k < a.count && a.ip[k] < coreEnd; k++, j++) {
+      const ip = a.ip[k] + delta;
+      r.ip[j] = ip; r.len[j] = a.len[k]; r.code[j] = a.code[k]; r.refKind[j] = a.refKind[k];
+      r.fieldOff[j] = a.fieldOff[k]; r.fieldSize[j] = a.fieldSize[k]; r.invalid[j] = a.invalid[k];
+      if (a.refKind[k] !== REF_NONE) {
+        const at = ip + a.fieldOff[k] - outBase;
+        const v = a.fieldSize[k] === 4 ? view.getInt32(at, true) : a.fieldSize[k] === 1 ? view.getInt8(at) : NaN;
+        r.target[j] = ip + a.len[k] + v;
+      }
+    }
+  }
+  return r;
+}
+
+/** A view of `count` instructions of `d` from index `from`, checking it starts at `addr`. */
+function sliceDecoded(d: DecodedRange, from: number, addr: number, count: number): DecodedRange {
+  if (count > 0 && d.ip[from] !== addr) fail('instruction boundaries differ after moving', addr);
+  const e = from + count;
+  return {
+    start: addr, count: Math.min(count, d.count - from), ip: d.ip.subarray(from, e), len: d.len.subarray(from, e), code: d.code.subarray(from, e),
+    refKind: d.refKind.subarray(from, e), fieldOff: d.fieldOff.subarray(from, e), fieldSize: d.fieldSize.subarray(from, e),
+    target: d.target.subarray(from, e), terminator: d.terminator.subarray(from, e), padding: d.padding.subarray(from, e),
+    invalid: d.invalid.subarray(from, e),
+  };
+}
+
+function verifyOtherCode(img: Image, layout: Layout, out: ElfFile, rep: VerifyReport, mode: VerifyMode): void {
+  img.otherExec.forEach((s, i) => {
+    const a = layout.plan.otherExecDecoded[i];
+    const inBytes = img.elf.bytes.subarray(s.sh_offset, s.sh_offset + s.sh_size);
+    const outBytes = out.bytes.subarray(s.sh_offset, s.sh_offset + s.sh_size);
+    const b = mode === 'decode' ? decodeRange(outBytes, s.sh_addr) : rereadUnit([a], s.sh_addr + s.sh_size, outBytes, s.sh_addr, 0);
+    compareCode(inBytes, s.sh_addr, a, 0, a.count, outBytes, s.sh_addr, b, 0, (t) => mapAddress(layout, t), rep);
+  });
+}

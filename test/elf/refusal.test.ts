@@ -1,0 +1,131 @@
+/**
+ * Refuse, don't guess: this machine's own libraries carry no static relocations and must be
+ * refused with the reason, never mangled, and never leave an output file behind. Crafted
+ * variants exercise each eligibility reason.
+ */
+import * as fs from 'fs';
+import * as path from 'path';
+import { ElfFormatError, ElfRefusal, inspectBytes, randomizeBytes, randomizeFile } from '../../elf';
+import { announceSkip, buildZlib, tempDir } from './libs';
+
+const LIBDIR = '/usr/lib/x86_64-linux-gnu';
+
+function hostLibraries(max: number): string[] {
+  const names = fs.readdirSync(LIBDIR).filter((n) => /\.so(\.\d+)*$/.test(n)).sort();
+  const out: string[] = [];
+  for (const n of names) {
+    const p = path.join(LIBDIR, n);
+    try {
+      const st = fs.statSync(p);
+      if (!st.isFile() || st.size > 8 << 20) continue;
+      const fd = fs.openSync(p, 'r');
+      const magic = Buffer.alloc(4);
+      fs.readSync(fd, magic, 0, 4, 0);
+      fs.closeSync(fd);
+      if (magic.toString('latin1') === '\x7fELF') out.push(p);
+    } catch { /* unreadable: not a candidate */ }
+    if (out.length >= max) break;
+  }
+  return out;
+}
+
+describe('refusals', () => {
+  test('host libz.so.1 is refused because it has no static relocations', () => {
+    const rep = inspectBytes(fs.readFileSync(`${LIBDIR}/libz.so.1`));
+    expect(rep.randomizable).toBe(false);
+    expect(rep.reason).toMatch(/no static relocations.*--emit-relocs/);
+  });
+
+  test('60 host libraries are all refused with a reason, and no output file is left behind', () => {
+    const dir = tempDir('refuse');
+    const libs = hostLibraries(60);
+    expect(libs.length).toBeGreaterThan(20);
+    const reasons = new Map<string, number>();
+    for (const lib of libs) {
+      const out = path.join(dir, path.basename(lib));
+      let err: unknown;
+      try {
+        randomizeFile(lib, out);
+      } catch (e) {
+        err = e;
+      }
+      expect(err instanceof ElfRefusal || err instanceof ElfFormatError).toBe(true);
+      const reason = (err as Error).message.replace(/ at 0x[0-9a-f]+$/, '');
+      reasons.set(reason, (reasons.get(reason) ?? 0) + 1);
+    }
+    expect(fs.readdirSync(dir)).toEqual([]);
+    // eslint-disable-next-line no-console
+    console.log([...reasons].map(([r, n]) => `${n} × ${r}`).join('\n'));
+  });
+
+  test('not an ELF file, a 32-bit ELF, a truncated header: format errors with the offset', () => {
+    expect(() => randomizeBytes(Buffer.from('#!/bin/sh\necho hi\n'))).toThrow(/bad magic number in record at byte 0x0/);
+    const h = Buffer.alloc(64);
+    h.write('\x7fELF', 0, 'latin1');
+    h[4] = 1;
+    expect(() => randomizeBytes(h)).toThrow(/not ELFCLASS64 '0x1' in record at byte 0x4/);
+    expect(() => randomizeBytes(h.subarray(0, 30))).toThrow(ElfFormatError);
+  });
+
+  const z = buildZlib();
+  if (!z.ok) announceSkip('crafted refusals from zlib', z.skip);
+  (z.ok ? describe : describe.skip)('crafted from a randomizable library', () => {
+    if (!z.ok) return;
+    const orig = fs.readFileSync(z.lib);
+    const sections = () => {
+      const shoff = Number(orig.readBigUInt64LE(40));
+      const n = orig.readUInt16LE(60);
+      const strndx = orig.readUInt16LE(62);
+      const strOff = Number(orig.readBigUInt64LE(shoff + strndx * 64 + 24));
+      return Array.from({ length: n }, (_, i) => {
+        const o = shoff + i * 64;
+        const nameOff = strOff + orig.readUInt32LE(o);
+        return { i, o, name: orig.toString('latin1', nameOff, orig.indexOf(0, nameOff)), type: orig.readUInt32LE(o + 4), offset: Number(orig.readBigUInt64LE(o + 24)), size: Number(orig.readBigUInt64LE(o + 32)) };
+      });
+    };
+    const refused = (b: Buffer, re: RegExp) => {
+      let err: unknown;
+      try { randomizeBytes(b, Buffer.from('01', 'hex')); } catch (e) { err = e; }
+      expect(err).toBeInstanceOf(ElfRefusal);
+      expect((err as Error).message).toMatch(re);
+    };
+
+    test('not x86-64', () => {
+      const b = Buffer.from(orig);
+      b.writeUInt16LE(183, 18); // EM_AARCH64
+      refused(b, /not x86-64 \(e_machine 183\)/);
+    });
+    test('not a shared object', () => {
+      const b = Buffer.from(orig);
+      b.writeUInt16LE(2, 16); // ET_EXEC
+      refused(b, /not a shared object/);
+    });
+    test('no .rela.text', () => {
+      const b = Buffer.from(orig);
+      const s = sections().find((x) => x.name === '.rela.text')!;
+      b.writeUInt32LE(0, s.o + 4); // SHT_NULL
+      refused(b, /no static relocations for \.text/);
+    });
+    test('unsupported relocation type at its offset', () => {
+      const b = Buffer.from(orig);
+      const s = sections().find((x) => x.name === '.rela.text')!;
+      const off = Number(b.readBigUInt64LE(s.offset));
+      b.writeUInt32LE(10, s.offset + 8); // first relocation becomes R_X86_64_32
+      refused(b, new RegExp(`R_X86_64_32 .* at 0x${off.toString(16)}`));
+    });
+    test('a relocation that sits on no operand is an unresolvable reference', () => {
+      const b = Buffer.from(orig);
+      const s = sections().find((x) => x.name === '.rela.text')!;
+      const off = Number(b.readBigUInt64LE(s.offset));
+      b.writeBigUInt64LE(BigInt(off + 1), s.offset);
+      // The moved relocation sits on no operand, and the operand it left is now unrelocated.
+      refused(b, /does not match a PC-relative operand \(unresolvable reference\)|unrelocated PC-relative reference/);
+    });
+    test('stripped .symtab', () => {
+      const b = Buffer.from(orig);
+      const s = sections().find((x) => x.name === '.symtab')!;
+      b.writeUInt32LE(1, s.o + 4); // SHT_PROGBITS
+      expect(() => randomizeBytes(b)).toThrow(ElfRefusal);
+    });
+  });
+});
