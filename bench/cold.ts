@@ -22,7 +22,7 @@ async function main(): Promise<void> {
     roots.push(slowNative);
     const localNative = await makeBenchRoot('native');
     roots.push(localNative);
-    const view = await makeBenchRoot('view', { hostUsr: disk.usr, config: SESSION_CONFIG });
+    const view = await makeBenchRoot('view', { hostUsr: disk.usr, config: `fill = **\n${SESSION_CONFIG}` });
     roots.push(view);
     // Mirror mode: R/usr -> R/fscache/mirror, a full copy on the local disk (here the host's /usr,
     // which holds the same files as the slow image), no FUSE in the data path.
