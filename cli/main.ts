@@ -3,6 +3,7 @@ import { Command, CommanderError } from 'commander';
 import { renderDefaultConfig } from '../fs/config';
 import { EXIT_CODES, FsCacheError } from '../fs/errors';
 import { contextFrom, GlobalOptions } from './context';
+import { exitCodeFor as elfExitCode, registerElfVerbs } from './elf-verbs';
 
 // Each verb loads its own modules when it runs: start-up stays short for sync, status
 // and the init scripts. The view (mount) loads everything before it serves, never later.
@@ -95,6 +96,8 @@ program
     exitCode = r.corrupt.length + r.stale.length > r.dropped ? EXIT_CODES.degraded : EXIT_CODES.ok;
   });
 
+registerElfVerbs(program);
+
 program
   .command('config')
   .description('print the config file with every key, its default and allowed values')
@@ -107,6 +110,11 @@ function exitFor(err: unknown): number {
   if (err instanceof FsCacheError) {
     process.stderr.write(`fscache: ${err.message}\n`);
     return EXIT_CODES[err.kind];
+  }
+  const elfCode = elfExitCode(err);
+  if (elfCode !== undefined) {
+    process.stderr.write(`fscache: ${(err as Error).message}\n`);
+    return elfCode;
   }
   process.stderr.write(`fscache: ${(err as Error)?.stack ?? err}\n`);
   return EXIT_CODES.internal;
