@@ -5,7 +5,10 @@
  */
 import type { Command } from 'commander';
 import * as fs from 'fs';
-import { ElfFormatError, ElfRefusal, inspectBytes, parseSeed, randomizeFile } from '../elf';
+import { ElfFormatError, ElfRefusal } from '../elf/errors';
+
+// The randomizer (and iced-x86's wasm decoder, ~0.3 s to load) is loaded only by these verbs.
+const elf = () => import('../elf');
 
 export const EXIT_REFUSED = 3;
 
@@ -22,7 +25,8 @@ export function registerElfVerbs(program: Command): void {
     .argument('<in>', 'input shared library (linked with -Wl,--emit-relocs, built with -ffunction-sections)')
     .argument('<out>', 'output path (written atomically; nothing is written on refusal)')
     .option('--seed <hex>', 'seed in hex (default: 32 random bytes); same input and seed give the same bytes')
-    .action((inPath: string, outPath: string, opts: { seed?: string }) => {
+    .action(async (inPath: string, outPath: string, opts: { seed?: string }) => {
+      const { parseSeed, randomizeFile } = await elf();
       const seed = opts.seed !== undefined ? parseSeed(opts.seed) : undefined;
       const r = randomizeFile(inPath, outPath, seed);
       const ms = Object.values(r.timingsMs).reduce((a, b) => a + b, 0);
@@ -37,7 +41,8 @@ export function registerElfVerbs(program: Command): void {
     .description('say whether a library can be randomized, and if not, why')
     .argument('<lib>', 'shared library')
     .option('--json', 'machine-readable output')
-    .action((lib: string, opts: { json?: boolean }) => {
+    .action(async (lib: string, opts: { json?: boolean }) => {
+      const { inspectBytes } = await elf();
       const rep = inspectBytes(fs.readFileSync(lib));
       if (opts.json) {
         process.stdout.write(JSON.stringify({ path: lib, ...rep }, null, 2) + '\n');

@@ -1,7 +1,7 @@
 /** The `fscache` command: argument parsing and the verbs, each calling into fs/ or elf/. */
 import { Command, CommanderError } from 'commander';
 import { renderDefaultConfig } from '../fs/config';
-import { EXIT_CODES, FsCacheError } from '../fs/errors';
+import { errnoCode, EXIT_CODES, FsCacheError } from '../fs/errors';
 import { contextFrom, GlobalOptions } from './context';
 import { exitCodeFor as elfExitCode, registerElfVerbs } from './elf-verbs';
 
@@ -115,6 +115,12 @@ function exitFor(err: unknown): number {
   if (elfCode !== undefined) {
     process.stderr.write(`fscache: ${(err as Error).message}\n`);
     return elfCode;
+  }
+  // A file the user named that cannot be used: one line, a usage error.
+  const code = errnoCode(err);
+  if (code && ['ENOENT', 'ENOTDIR', 'EISDIR', 'EACCES', 'EPERM', 'ELOOP', 'ENAMETOOLONG'].includes(code)) {
+    process.stderr.write(`fscache: ${(err as Error).message}\n`);
+    return EXIT_CODES.usage;
   }
   process.stderr.write(`fscache: ${(err as Error)?.stack ?? err}\n`);
   return EXIT_CODES.internal;
