@@ -38,14 +38,19 @@ export function pendingLinkPath(paths: Paths): string {
   return `${paths.usrLink}.fscache-new`;
 }
 
-export function switchLink(paths: Paths, target: LinkTarget): void {
+/** Makes the new link under the temporary name; returns that name. */
+export function makePendingLink(paths: Paths, target: LinkTarget): string {
   const pending = pendingLinkPath(paths);
-  // A leftover from an interrupted switch is ours only if it is a symlink.
+  // A leftover from an interrupted switch or setup is ours only if it is a symlink.
   try {
     if (fs.lstatSync(pending).isSymbolicLink()) fs.unlinkSync(pending);
   } catch (err) {
     if (errnoCode(err) !== 'ENOENT') throw err;
   }
   fs.symlinkSync(linkTargetPath(paths, target), pending);
-  fs.renameSync(pending, paths.usrLink);
+  return pending;
+}
+
+export function switchLink(paths: Paths, target: LinkTarget): void {
+  fs.renameSync(makePendingLink(paths, target), paths.usrLink);
 }

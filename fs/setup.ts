@@ -9,7 +9,7 @@
  */
 import * as fs from 'fs';
 import { errnoCode, FsCacheError } from './errors';
-import { linkTargetPath, pendingLinkPath, readLinkState } from './link';
+import { linkTargetPath, makePendingLink, readLinkState } from './link';
 import type { Paths } from './paths';
 
 export interface SetupPlan {
@@ -38,8 +38,12 @@ export function planSetup(paths: Paths): SetupPlan {
 
 export function runSetup(paths: Paths): void {
   const { state } = readLinkState(paths);
-  const pending = pendingLinkPath(paths);
-  fs.symlinkSync(linkTargetPath(paths, 'real'), pending);
+  let pending: string;
+  try {
+    pending = makePendingLink(paths, 'real');
+  } catch (err) {
+    throw new FsCacheError('refused', `setup cannot make its link (${errnoCode(err) ?? (err as Error).message}); ${paths.usrLink} is unchanged`);
+  }
   let moved = false;
   try {
     if (state === 'directory') {

@@ -171,6 +171,19 @@ maybe('operations', () => {
     execFileSync('umount', [ops.paths.usrLink]);
   });
 
+  test('a setup killed between its two renames is finished by running setup again', () => {
+    ops = createOpsSandbox();
+    fs.writeFileSync(path.join(ops.paths.usrLink, 'keep'), 'x');
+    // The state a kill leaves after step 2: the new link made, the directory moved, the link not yet in place.
+    fs.symlinkSync('usr.real', `${ops.paths.usrLink}.fscache-new`);
+    fs.renameSync(ops.paths.usrLink, ops.paths.realTree);
+    expect(ops.cli(['setup']).stderr).toMatch(/finishing an interrupted setup/);
+    expect(ops.cli(['setup', '--yes']).code).toBe(0);
+    expect(fs.readlinkSync(ops.paths.usrLink)).toBe('usr.real');
+    expect(fs.readFileSync(path.join(ops.paths.usrLink, 'keep'), 'utf8')).toBe('x');
+    expect(fs.existsSync(`${ops.paths.usrLink}.fscache-new`)).toBe(false);
+  });
+
   test('a link pointing somewhere foreign is never touched', () => {
     ops = createOpsSandbox();
     fs.rmdirSync(ops.paths.usrLink);
