@@ -106,7 +106,7 @@ export function renderStatus(r: StatusReport): string {
     const ratio = r.counters.opens ? ((100 * r.counters.hits) / r.counters.opens).toFixed(1) : '0.0';
     rows.push(['opens', `${r.counters.opens} (${r.counters.hits} from flash, ${ratio}% since start)`]);
   }
-  if (r.fills) rows.push(['fills', `${r.fills.fills} copies, ${MiB(r.fills.fillBytes)}, ${r.fills.fillFailures} failed, ${r.fills.evictions} evicted`]);
+  if (r.fills) rows.push(['fills', `${r.fills.fills} copies, ${MiB(r.fills.fillBytes)}, ${r.fills.fillFailures} failed, ${r.fills.evictions} evicted, ${r.fills.staleFound} stale copies refused`]);
   if (r.watcher) rows.push(['watcher', `${r.watcher.state}, ${r.watcher.directories} directories, ${r.watcher.invalidations} invalidations`]);
   for (const p of r.problems) rows.push(['problem', p]);
   const width = Math.max(...rows.map(([k]) => k.length));

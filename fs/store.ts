@@ -28,13 +28,15 @@ export interface StoreCounters {
   fillFailures: number;
   evictions: number;
   evictedBytes: number;
+  /** Opens that found a copy made from an older version of the real file (not served). */
+  staleFound: number;
   lastFillError?: string;
   /** Set when the flash device said ENOSPC or EROFS, cleared by the next good fill. */
   flashTrouble?: string;
 }
 
 export class Store {
-  readonly counters: StoreCounters = { fills: 0, fillBytes: 0, fillFailures: 0, evictions: 0, evictedBytes: 0 };
+  readonly counters: StoreCounters = { fills: 0, fillBytes: 0, fillFailures: 0, evictions: 0, evictedBytes: 0, staleFound: 0 };
   private readonly wantsFill: PathMatcher;
   private readonly inFlight = new Map<string, Promise<boolean>>();
   private readonly queue: Array<() => void> = [];
@@ -121,7 +123,11 @@ export class Store {
    */
   openCopy(relPath: string, real: RealIdentity): number | undefined {
     const entry = this.index.get(relPath);
-    if (!entry || !sameIdentity(entry, real)) return undefined;
+    if (!entry) return undefined;
+    if (!sameIdentity(entry, real)) {
+      this.counters.staleFound++;
+      return undefined;
+    }
     let fd: number | undefined;
     try {
       fd = fs.openSync(this.copyPath(relPath), fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
