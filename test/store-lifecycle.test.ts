@@ -117,8 +117,12 @@ maybe('store lifecycle on a changing real tree', () => {
     const files = Array.from({ length: 24 }, (_, i) => [`lib/libk${i}.so`, randomBytes(4 * 1024 * 1024)] as const);
     for (const [rel, content] of files) writeReal(vs, rel, content);
     const view = await vs.startView();
-    // Open each file so that every one starts a background copy, then kill mid-copy.
-    for (const [rel] of files) fs.closeSync(fs.openSync(vs.inView(rel), 'r'));
+    // Read a byte of each file so that every one starts a background copy, then kill mid-copy.
+    for (const [rel] of files) {
+      const fd = fs.openSync(vs.inView(rel), 'r');
+      fs.readSync(fd, Buffer.alloc(1), 0, 1, 0);
+      fs.closeSync(fd);
+    }
     await new Promise((r) => setTimeout(r, 60));
     view.child.kill('SIGKILL');
     await new Promise((r) => view.child.once('exit', r));
