@@ -263,7 +263,8 @@ export class Store {
       const code = errnoCode(err);
       this.counters.fillFailures++;
       this.counters.lastFillError = `${relPath}: ${code ?? (err as Error).message}`;
-      if (code === 'ENOSPC' || code === 'EROFS' || code === 'EDQUOT' || code === 'EIO') {
+      // The index shares the flash device: SQLite says SQLITE_FULL or SQLITE_IOERR where the copy would say ENOSPC or EIO.
+      if (code === 'ENOSPC' || code === 'EROFS' || code === 'EDQUOT' || code === 'EIO' || code === 'SQLITE_FULL' || code?.startsWith('SQLITE_IOERR') || code === 'SQLITE_READONLY') {
         this.counters.flashTrouble = `flash store ${code} while copying ${relPath}`;
         this.log.warn(`${this.counters.flashTrouble}; serving from the real tree`);
       } else if (code !== 'ENOENT') {
