@@ -32,8 +32,10 @@ export interface OpsSandbox {
 
 export function createOpsSandbox(options: { config?: string } = {}): OpsSandbox {
   const sandbox = makeSandbox({ beforeSetup: true, prefix: 'fscache-ops-' });
-  const config = options.config ? parseConfig(options.config, 'test config') : defaultConfig();
-  if (options.config) fs.writeFileSync(path.join(sandbox.root, 'etc', 'fscache.conf'), options.config);
+  // FSCACHE_TEST_SESSION runs the same tests over another FUSE session (.ci/run does both).
+  const configText = (options.config ?? '') + (process.env.FSCACHE_TEST_SESSION ? `fuse_session = ${process.env.FSCACHE_TEST_SESSION}\n` : '');
+  const config = configText ? parseConfig(configText, 'test config') : defaultConfig();
+  if (configText) fs.writeFileSync(path.join(sandbox.root, 'etc', 'fscache.conf'), configText);
   const paths = derivePaths(sandbox.root, config);
   const ops: OpsSandbox = {
     sandbox,
