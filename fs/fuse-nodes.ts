@@ -28,6 +28,8 @@ export interface NodeFile {
   key: string | undefined;
   inflight: number;
   dropped: boolean;
+  /** Date.now() of the last READ through it, for closing idle handles. */
+  lastUsed: number;
 }
 
 export interface Node {

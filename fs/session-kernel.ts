@@ -63,13 +63,23 @@ const WANTED_FLAGS =
   InitFlag.MAX_PAGES |
   InitFlag.AUTO_INVAL_DATA; // refreshed attributes with another mtime/size drop cached pages
 const FUSE_DEVICE = '/dev/fuse';
+/**
+ * A node's view handle is closed after this long without a READ. The kernel may hold
+ * tens of thousands of inodes, and a descriptor each would run into the fd limit; and
+ * the next cold READ reopens, so the identity check runs again and a flash copy made
+ * meanwhile is used. Warm reads never reach us, so reopening costs only cold pages.
+ */
+const HANDLE_IDLE_MS = 3000;
+const TRAILING_INVALIDATION_MS = 150;
 const DT_DIR = 4;
 
 type Reply = Buffer | undefined;
 
 export class KernelSession implements FuseSession {
   readonly name = 'kernel';
-  private readonly log = makeLogger('info');
+  // FSCACHE_SESSION_DEBUG=1 logs every notification (the session has no logger of the view's).
+  private readonly debug = !!process.env.FSCACHE_SESSION_DEBUG;
+  private readonly log = makeLogger(this.debug ? 'debug' : 'info');
   private readonly nodes = new NodeTable();
   private readonly counts: Record<string, number> = {};
   private fd = -1;
@@ -84,8 +94,14 @@ export class KernelSession implements FuseSession {
   /** Handles given out by OPEN when the kernel cannot do without it (no NO_OPEN_SUPPORT). */
   private readonly openFiles = new Map<number, NodeFile>();
   private nextFh = 1;
-  private readonly notifications: Buffer[] = [];
+  private readonly notifications: Array<[string, Buffer]> = [];
+  private readonly queued = new Set<string>();
   private notifying = false;
+  /** Nodes holding a view handle, swept for idle ones. */
+  private readonly withFile = new Set<Node>();
+  /** Paths with a trailing invalidation pending (see invalidate). */
+  private readonly trailing = new Map<string, NodeJS.Timeout>();
+  private sweepTimer?: NodeJS.Timeout;
 
   constructor(
     readonly handlers: ViewHandlers,
@@ -129,6 +145,8 @@ export class KernelSession implements FuseSession {
     // Reads of a descriptor not yet attached to a mount fail (EPERM): read only now. The
     // kernel queued FUSE_INIT during the mount syscall and holds every other request until
     // it is answered.
+    this.sweepTimer = setInterval(() => this.closeIdleHandles(), HANDLE_IDLE_MS / 2);
+    this.sweepTimer.unref();
     for (let i = 0; i < READERS; i++) this.readNext(Buffer.allocUnsafe(Math.max(FUSE_MIN_READ_BUFFER, MAX_WRITE + 4096)));
     let timer: NodeJS.Timeout | undefined;
     const timeout = new Promise<never>((_r, reject) => (timer = setTimeout(() => reject(new Error('no FUSE_INIT from the kernel within 10 s')), 10000)));
@@ -185,6 +203,7 @@ export class KernelSession implements FuseSession {
     if (this.activeReads > 0 || this.fd < 0) return;
     fs.close(this.fd, () => undefined);
     this.fd = -1;
+    clearInterval(this.sweepTimer);
     for (const node of this.nodes.all()) this.dropFile(node);
     for (const file of this.openFiles.values()) this.dropNodeFile(file);
     this.openFiles.clear();
@@ -219,23 +238,32 @@ export class KernelSession implements FuseSession {
     this.write(unique, errno);
   }
 
-  /** Queues a notification; written off the main thread, one at a time (see the header). */
-  private notify(message: Buffer): void {
-    this.notifications.push(message);
+  /**
+   * Queues a notification; written off the main thread, one at a time (see the header).
+   * One already waiting in the queue is not queued twice: a directory's watcher events
+   * come in floods (every entry of a newly watched directory), each naming the parent.
+   */
+  private notify(key: string, message: Buffer): void {
+    if (this.queued.has(key)) return;
+    this.queued.add(key);
+    this.notifications.push([key, message]);
     if (!this.notifying) this.nextNotification();
   }
 
   private nextNotification(): void {
-    const message = this.notifications.shift();
-    if (!message || this.fd < 0) {
+    const next = this.notifications.shift();
+    if (!next || this.fd < 0) {
       this.notifying = false;
       return;
     }
+    const [key, message] = next;
+    this.queued.delete(key);
     this.notifying = true;
     fs.write(this.fd, message, 0, message.length, null, (err) => {
       const code = (err as NodeJS.ErrnoException | null)?.code;
       // ENOENT: the kernel holds nothing for that node or name, nothing to drop.
       if (code && code !== 'ENOENT' && code !== 'ENODEV') this.log.warn(`kernel session: notification not written: ${code}`);
+      this.log.debug(`kernel session: notification ${message.readInt32LE(4)} for node ${message.readBigUInt64LE(16)}: ${code ?? 'ok'}`);
       this.nextNotification();
     });
   }
@@ -320,7 +348,10 @@ export class KernelSession implements FuseSession {
 
   private node(id: number): Node {
     const node = this.nodes.get(id);
-    if (!node) throw Object.assign(new Error(`unknown node ${id}`), { code: 'ESTALE' });
+    if (!node) {
+      if (this.debug) this.log.debug(`kernel session: request for unknown node ${id}`);
+      throw Object.assign(new Error(`unknown node ${id}`), { code: 'ESTALE' });
+    }
     return node;
   }
 
@@ -367,6 +398,7 @@ export class KernelSession implements FuseSession {
   private async lookup(r: Request): Promise<Reply> {
     const parent = this.node(r.nodeid);
     const name = cString(r.body);
+    if (this.debug) this.log.debug(`kernel session: lookup ${NodeTable.childPath(parent, name)}`);
     let attr: Attr;
     try {
       attr = await this.handlers.getattr(NodeTable.childPath(parent, name));
@@ -390,6 +422,7 @@ export class KernelSession implements FuseSession {
 
   private forget(id: number, n: number): void {
     const gone = this.nodes.forget(id, n);
+    if (this.debug) this.log.debug(`kernel session: forget ${id} ${n}${gone ? ` (${gone.path} gone)` : ''}`);
     if (gone) this.dropFile(gone);
   }
 
@@ -409,6 +442,7 @@ export class KernelSession implements FuseSession {
 
   private async readlink(r: Request): Promise<Reply> {
     // Cached by the kernel (CACHE_SYMLINKS) until invalidated.
+    if (this.debug) this.log.debug(`kernel session: readlink ${this.node(r.nodeid).path}`);
     return Buffer.from(await this.handlers.readlink(this.node(r.nodeid).path));
   }
 
@@ -418,7 +452,7 @@ export class KernelSession implements FuseSession {
     const node = this.node(r.nodeid);
     const handle = await this.handlers.open(node.path, r.body.readUInt32LE(0));
     const fh = this.nextFh++;
-    this.openFiles.set(fh, { handle: Promise.resolve(handle), key: node.key, inflight: 0, dropped: false });
+    this.openFiles.set(fh, { handle: Promise.resolve(handle), key: node.key, inflight: 0, dropped: false, lastUsed: Date.now() });
     // Pages stay cached across opens; invalidate() and AUTO_INVAL_DATA drop changed ones.
     return encodeOpenOut(fh, FOPEN_KEEP_CACHE);
   }
@@ -448,6 +482,7 @@ export class KernelSession implements FuseSession {
     const node = this.node(r.nodeid);
     const file = fh !== 0 && this.openFiles.has(fh) ? this.openFiles.get(fh)! : this.nodeFile(node);
     file.inflight++;
+    file.lastUsed = Date.now();
     try {
       const handle = await file.handle;
       const out = Buffer.allocUnsafe(OUT_HEADER_SIZE + size);
@@ -463,19 +498,28 @@ export class KernelSession implements FuseSession {
 
   private nodeFile(node: Node): NodeFile {
     if (node.file) return node.file;
-    const file: NodeFile = { handle: this.handlers.open(node.path, fs.constants.O_RDONLY), key: node.key, inflight: 0, dropped: false };
+    const file: NodeFile = { handle: this.handlers.open(node.path, fs.constants.O_RDONLY), key: node.key, inflight: 0, dropped: false, lastUsed: Date.now() };
     // A failed open is not kept: the next READ tries again.
     file.handle.catch(() => {
-      if (node.file === file) node.file = undefined;
+      if (node.file === file) this.dropFile(node);
     });
     node.file = file;
+    this.withFile.add(node);
     return file;
   }
 
   private dropFile(node: Node): void {
     const file = node.file;
     node.file = undefined;
+    this.withFile.delete(node);
     if (file) this.dropNodeFile(file);
+  }
+
+  private closeIdleHandles(): void {
+    const before = Date.now() - HANDLE_IDLE_MS;
+    for (const node of this.withFile) {
+      if (!node.file || (node.file.inflight === 0 && node.file.lastUsed < before)) this.dropFile(node);
+    }
   }
 
   private dropNodeFile(file: NodeFile): void {
@@ -546,20 +590,35 @@ export class KernelSession implements FuseSession {
    * directory's cached listing.
    */
   invalidate(path: string): void {
+    this.invalidateNow(path);
+    // Once more a little later: file watchers coalesce events (chokidar drops a second
+    // 'change' of a path within 50 ms of the first), so a replacement right after a
+    // change could otherwise stay unseen for entry_timeout.
+    clearTimeout(this.trailing.get(path));
+    const timer = setTimeout(() => {
+      this.trailing.delete(path);
+      this.invalidateNow(path);
+    }, TRAILING_INVALIDATION_MS);
+    timer.unref();
+    this.trailing.set(path, timer);
+  }
+
+  private invalidateNow(path: string): void {
     if (!this.initialized || this.fd < 0) return;
     const node = this.nodes.byViewPath(path);
+    this.log.debug(`kernel session: invalidate ${path} (node ${node?.id ?? 'none'})`);
     if (node) {
       this.dropFile(node);
       node.listing = undefined;
-      this.notify(encodeInvalInode(node.id));
+      this.notify(`i${node.id}`, encodeInvalInode(node.id));
     }
     const slash = path.lastIndexOf('/');
     const name = path.slice(slash + 1);
     const parent = this.nodes.byViewPath(slash <= 0 ? '/' : path.slice(0, slash));
     if (parent && name) {
       parent.listing = undefined;
-      this.notify(encodeInvalEntry(parent.id, name));
-      this.notify(encodeInvalInode(parent.id));
+      this.notify(`e${parent.id}/${name}`, encodeInvalEntry(parent.id, name));
+      this.notify(`i${parent.id}`, encodeInvalInode(parent.id));
     }
   }
 }
