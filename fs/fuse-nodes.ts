@@ -46,6 +46,10 @@ export interface Node {
   file?: NodeFile;
   /** Names of the directory, read at READDIR offset 0 and served for the following offsets. */
   listing?: Buffer[];
+  /** getxattr answers (undefined: no such attribute) and when they were read (Date.now()). */
+  xattrs?: Map<string, { value: Buffer | undefined; at: number }>;
+  /** ctime last answered: setting an extended attribute changes only ctime. */
+  ctimeMs?: number;
 }
 
 export const GENERATION = 0;

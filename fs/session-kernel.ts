@@ -40,16 +40,14 @@ import { GENERATION, identityKey, Node, NodeFile, NodeTable } from './fuse-nodes
 import { makeLogger } from './log';
 import { Attr, errnoOf, FuseSession, SessionOptions, ViewHandlers } from './session';
 
-// Each outstanding read of /dev/fuse parks one libuv threadpool thread until a request
-// comes, and a notification write may wait for the kernel; the default pool of 4 would
-// leave the view's own file operations too few threads. Takes effect because the pool
-// starts lazily, after this module is loaded at start-up.
-process.env.UV_THREADPOOL_SIZE ??= '16';
-
 const E = os.constants.errno;
 /** Reads of /dev/fuse outstanding at once: one to take the next request while one is answered. */
 const READERS = 2;
-/** Largest WRITE the kernel may send (none on this read-only mount); sizes the read buffers. */
+/**
+ * Largest WRITE the kernel may send (none on this read-only mount). It sizes the read
+ * buffers: the kernel never queues a request larger than max_write plus its headers, and
+ * refuses (EINVAL) a read into a buffer smaller than that, so no request is ever split.
+ */
 const MAX_WRITE = 128 * 1024;
 /** READs of up to 1 MiB (MAX_PAGES): a large file streams in fewer round trips. */
 const MAX_PAGES = 256;
@@ -108,6 +106,11 @@ export class KernelSession implements FuseSession {
     readonly options: SessionOptions,
   ) {
     this.closedPromise = new Promise((resolve) => (this.resolveClosed = resolve));
+    // Each outstanding read of /dev/fuse parks one libuv threadpool thread until a request
+    // comes, and a notification write may wait for the kernel; the default pool of 4 would
+    // leave the view's own file operations too few. Takes effect because libuv starts the
+    // pool at its first use, which in the view comes after the session is made.
+    process.env.UV_THREADPOOL_SIZE ??= '16';
   }
 
   requestCounts(): Record<string, number> {
@@ -186,7 +189,7 @@ export class KernelSession implements FuseSession {
         }
         // EINTR/EAGAIN/ENOENT (a request interrupted before we read it): read again.
         if (code !== 'EINTR' && code !== 'EAGAIN' && code !== 'ENOENT') this.log.warn(`kernel session: /dev/fuse read failed: ${code}`);
-        setImmediate(() => this.readNext(buf));
+        setTimeout(() => this.readNext(buf), 10); // no hot loop on a persistent error
         return;
       }
       try {
@@ -306,6 +309,9 @@ export class KernelSession implements FuseSession {
         return this.replyError(req.unique, 0);
       case Op.DESTROY:
         return this.replyError(req.unique, 0);
+      case Op.GETXATTR:
+        if (this.getxattrCached(req)) return;
+        break;
     }
     if (WRITE_OPS.has(req.opcode)) return this.replyError(req.unique, -E.EROFS);
     // The body must outlive the read buffer, which is read into again right after this.
@@ -366,7 +372,7 @@ export class KernelSession implements FuseSession {
       return;
     }
     const minor = Math.min(k.minor, FUSE_KERNEL_MINOR_VERSION);
-    this.flags = (k.flags & WANTED_FLAGS) >>> 0;
+    this.flags = (k.flags & WANTED_FLAGS & ~refusedFlags()) >>> 0;
     const missing = initFlagNames(WANTED_FLAGS & ~this.flags);
     this.write(r.unique, 0, encodeInitOut({
       minor,
@@ -380,7 +386,7 @@ export class KernelSession implements FuseSession {
     this.initialized = true;
     this.log.info(
       `kernel session: FUSE ${k.major}.${k.minor} (speaking 7.${minor}), flags ${initFlagNames(this.flags).join(' ')}` +
-        (missing.length ? `; not offered: ${missing.join(' ')} (more requests reach the view)` : ''),
+        (missing.length ? `; without ${missing.join(' ')} (not offered or refused: more requests reach the view)` : ''),
     );
     this.onInit?.();
   }
@@ -438,6 +444,8 @@ export class KernelSession implements FuseSession {
     const key = identityKey(attr);
     if (node.file && node.file.key !== undefined && node.file.key !== key) this.dropFile(node);
     node.key = key;
+    if (node.ctimeMs !== attr.ctime.getTime()) node.xattrs = undefined;
+    node.ctimeMs = attr.ctime.getTime();
   }
 
   private async readlink(r: Request): Promise<Reply> {
@@ -566,13 +574,34 @@ export class KernelSession implements FuseSession {
     return undefined;
   }
 
-  /** GETXATTR: size 0 is a probe answered with the value's size; a too small buffer is ERANGE. */
+  /**
+   * GETXATTR: size 0 is a probe answered with the value's size; a too small buffer is
+   * ERANGE. Every exec asks for security.capability, and the kernel does not cache the
+   * answer, so answers are kept on the node like attributes (attr_timeout, dropped by
+   * invalidate) and a repeated question is answered at once, without a view round trip.
+   */
   private async getxattr(r: Request): Promise<Reply> {
     const size = r.body.readUInt32LE(0);
     const name = cString(r.body, 8);
-    const value = await this.handlers.getxattr(this.node(r.nodeid).path, name);
-    if (!value) throw errno('ENODATA');
-    return sized(value, size);
+    const node = this.node(r.nodeid);
+    const value = await this.handlers.getxattr(node.path, name);
+    (node.xattrs ??= new Map()).set(name, { value, at: Date.now() });
+    return xattrReply(value, size);
+  }
+
+  /** Answers a GETXATTR from the node's cache; false when it must ask the view. */
+  private getxattrCached(req: Request): boolean {
+    const cached = this.nodes.get(req.nodeid)?.xattrs?.get(cString(req.body, 8));
+    if (!cached || Date.now() - cached.at >= this.options.attrTimeout * 1000) return false;
+    let body: Buffer;
+    try {
+      body = xattrReply(cached.value, req.body.readUInt32LE(0));
+    } catch (err) {
+      this.replyError(req.unique, errnoOf(err));
+      return true;
+    }
+    this.write(req.unique, 0, body);
+    return true;
   }
 
   private async listxattr(r: Request): Promise<Reply> {
@@ -610,6 +639,7 @@ export class KernelSession implements FuseSession {
     if (node) {
       this.dropFile(node);
       node.listing = undefined;
+      node.xattrs = undefined;
       this.notify(`i${node.id}`, encodeInvalInode(node.id));
     }
     const slash = path.lastIndexOf('/');
@@ -623,11 +653,25 @@ export class KernelSession implements FuseSession {
   }
 }
 
+/**
+ * Flags named in FSCACHE_SESSION_REFUSE (comma-separated InitFlag names) are not asked
+ * for: how the tests see the session on a kernel that offers fewer flags.
+ */
+function refusedFlags(): number {
+  const names = (process.env.FSCACHE_SESSION_REFUSE ?? '').split(',').filter(Boolean);
+  return names.reduce((acc, n) => acc | ((InitFlag as Record<string, number>)[n] ?? 0), 0);
+}
+
 /** Returned by operations that wrote their reply themselves (compared by identity). */
 const NO_REPLY: Buffer = Buffer.alloc(0);
 
 function errno(code: keyof typeof os.constants.errno): Error {
   return Object.assign(new Error(code), { code });
+}
+
+function xattrReply(value: Buffer | undefined, size: number): Buffer {
+  if (!value) throw errno('ENODATA');
+  return sized(value, size);
 }
 
 function sized(value: Buffer, size: number): Buffer {
