@@ -1,24 +1,696 @@
-/** The FUSE kernel protocol spoken directly over /dev/fuse (not written yet). */
+/**
+ * The kernel session: the FUSE protocol spoken directly over /dev/fuse, so that the
+ * view can negotiate what libfuse2 cannot and the kernel answers warm launches alone.
+ *
+ * Promises and the choices they rest on:
+ * - No OPEN, OPENDIR, RELEASE or READLINK on a warm launch: NO_OPEN_SUPPORT and
+ *   NO_OPENDIR_SUPPORT (the first OPEN/OPENDIR is answered ENOSYS and the kernel
+ *   stops sending them, keeping pages and directory listings across opens),
+ *   CACHE_SYMLINKS (link targets kept in the page cache), and failed lookups answered
+ *   as cached negative entries. A kernel that offers fewer flags gets the same view
+ *   with more requests: OPEN is then served with a handle of its own.
+ * - Never stale: with no OPEN reaching userspace, the view's identity check (real file
+ *   vs flash copy) runs at the first READ of a node, i.e. at the first read of a cold
+ *   page. invalidate() (the watcher, within a second of a change) drops the node's
+ *   handle and tells the kernel to drop the node's pages and attributes
+ *   (FUSE_NOTIFY_INVAL_INODE) and the name (FUSE_NOTIFY_INVAL_ENTRY). Where the watcher
+ *   does not look (unwatched directory, inotify limits), AUTO_INVAL_DATA makes the
+ *   kernel drop a file's pages once refreshed attributes show another mtime or size,
+ *   so staleness is bounded by attr_timeout; `fscache verify` checks the store.
+ * - Never blocks the JS main thread on the device: requests are read with fs.read on
+ *   libuv's threadpool (READERS reads outstanding); replies are written with writeSync
+ *   (the kernel takes them without waiting); notifications, which may wait for page
+ *   locks held by a READ we have yet to answer, are written asynchronously, one at a time.
+ * - Every request gets exactly one reply (FORGET, BATCH_FORGET and INTERRUPT get none,
+ *   as the protocol says); a handler error becomes its errno; an unknown opcode ENOSYS.
+ * - The view outlives its users: detach() is a lazy unmount and the session keeps
+ *   serving until the kernel ends the connection (reads return ENODEV).
+ */
+import { execFile, spawn } from 'child_process';
+import * as fs from 'fs';
+import * as os from 'os';
 import { FsCacheError } from './errors';
-import type { FuseSession, SessionOptions, ViewHandlers } from './session';
+import {
+  cString, direntSize, DT_UNKNOWN, encodeAttrOut, encodeEntryOut, encodeInitOut, encodeInvalEntry, encodeInvalInode,
+  encodeOpenOut, encodeStatfsOut, encodeXattrSize, FOPEN_KEEP_CACHE, FUSE_KERNEL_MINOR_VERSION, FUSE_KERNEL_VERSION,
+  FUSE_MIN_READ_BUFFER, FUSE_UNKNOWN_INO, InitFlag, initFlagNames, Op, opName, OUT_HEADER_SIZE, parseBatchForget,
+  parseInitIn, parseReadIn, parseRequest, Request, WRITE_OPS, writeDirent, writeOutHeader,
+} from './fuse-protocol';
+import { GENERATION, identityKey, Node, NodeFile, NodeTable } from './fuse-nodes';
+import { makeLogger } from './log';
+import { Attr, errnoOf, FuseSession, SessionOptions, ViewHandlers } from './session';
+
+const E = os.constants.errno;
+/** Reads of /dev/fuse outstanding at once: one to take the next request while one is answered. */
+const READERS = 2;
+/**
+ * Largest WRITE the kernel may send (none on this read-only mount). It sizes the read
+ * buffers: the kernel never queues a request larger than max_write plus its headers, and
+ * refuses (EINVAL) a read into a buffer smaller than that, so no request is ever split.
+ */
+const MAX_WRITE = 128 * 1024;
+/** READs of up to 1 MiB (MAX_PAGES): a large file streams in fewer round trips. */
+const MAX_PAGES = 256;
+/** What we ask for at INIT; each is kept only if the kernel offers it. */
+const WANTED_FLAGS =
+  InitFlag.ASYNC_READ | // several READs of one file in flight (readahead and faults together)
+  InitFlag.NO_OPEN_SUPPORT |
+  InitFlag.NO_OPENDIR_SUPPORT |
+  InitFlag.CACHE_SYMLINKS |
+  InitFlag.PARALLEL_DIROPS | // lookups in one directory do not wait for each other
+  InitFlag.MAX_PAGES |
+  InitFlag.AUTO_INVAL_DATA; // refreshed attributes with another mtime/size drop cached pages
+const FUSE_DEVICE = '/dev/fuse';
+/**
+ * A node's view handle is closed after this long without a READ. The kernel may hold
+ * tens of thousands of inodes, and a descriptor each would run into the fd limit; and
+ * the next cold READ reopens, so the identity check runs again and a flash copy made
+ * meanwhile is used. Warm reads never reach us, so reopening costs only cold pages.
+ */
+const HANDLE_IDLE_MS = 3000;
+const TRAILING_INVALIDATION_MS = 150;
+const DT_DIR = 4;
+
+type Reply = Buffer | undefined;
 
 export class KernelSession implements FuseSession {
   readonly name = 'kernel';
+  // FSCACHE_SESSION_DEBUG=1 logs every notification (the session has no logger of the view's).
+  private readonly debug = !!process.env.FSCACHE_SESSION_DEBUG;
+  private readonly log = makeLogger(this.debug ? 'debug' : 'info');
+  private readonly nodes = new NodeTable();
+  private readonly counts: Record<string, number> = {};
+  private fd = -1;
+  /** Flags granted at INIT (offered ∩ wanted). */
+  private flags = 0;
+  private initialized = false;
+  private onInit?: (err?: Error) => void;
+  private closing = false;
+  private activeReads = 0;
+  private resolveClosed?: () => void;
+  private readonly closedPromise: Promise<void>;
+  /** Handles given out by OPEN when the kernel cannot do without it (no NO_OPEN_SUPPORT). */
+  private readonly openFiles = new Map<number, NodeFile>();
+  private nextFh = 1;
+  private readonly notifications: Array<[string, Buffer]> = [];
+  private readonly queued = new Set<string>();
+  private notifying = false;
+  /** Nodes holding a view handle, swept for idle ones. */
+  private readonly withFile = new Set<Node>();
+  /** Paths with a trailing invalidation pending (see invalidate). */
+  private readonly trailing = new Map<string, NodeJS.Timeout>();
+  private sweepTimer?: NodeJS.Timeout;
+
   constructor(
     readonly handlers: ViewHandlers,
     readonly options: SessionOptions,
-  ) {}
-  mount(): Promise<void> {
-    return Promise.reject(new FsCacheError('usage', 'fuse_session = kernel is not implemented yet; use libfuse2'));
+  ) {
+    this.closedPromise = new Promise((resolve) => (this.resolveClosed = resolve));
+    // Each outstanding read of /dev/fuse parks one libuv threadpool thread until a request
+    // comes, and a notification write may wait for the kernel; the default pool of 4 would
+    // leave the view's own file operations too few. Takes effect because libuv starts the
+    // pool at its first use, which in the view comes after the session is made.
+    process.env.UV_THREADPOOL_SIZE ??= '16';
   }
-  detach(): Promise<void> {
-    return Promise.resolve();
-  }
-  closed(): Promise<void> {
-    return Promise.resolve();
-  }
+
   requestCounts(): Record<string, number> {
-    return {};
+    return { ...this.counts };
   }
-  invalidate(): void {}
+
+  // ---------------------------------------------------------------- mount and connection
+
+  async mount(): Promise<void> {
+    const o = this.options;
+    this.fd = fs.openSync(FUSE_DEVICE, 'r+');
+    const uid = process.getuid?.() ?? 0;
+    const gid = process.getgid?.() ?? 0;
+    const options = [
+      'fd=3', // the descriptor below, inherited by mount(8) as its fd 3
+      'rootmode=40000',
+      `user_id=${uid}`,
+      `group_id=${gid}`,
+      // Other users launch programs through the view; the kernel checks their permissions
+      // against the real tree's modes (default_permissions), not this root process.
+      'allow_other',
+      'default_permissions',
+      // Read-only at the VFS: writes fail with EROFS before they reach us.
+      'ro',
+    ].join(',');
+    const inited = new Promise<void>((resolve, reject) => (this.onInit = (err) => (err ? reject(err) : resolve())));
+    try {
+      // -i: no /sbin/mount.fuse.fscache helper; the mount syscall itself with our descriptor.
+      await runMount(['-i', '-t', 'fuse.fscache', '-o', options, o.fsname, o.mountpoint], this.fd);
+    } catch (err) {
+      fs.closeSync(this.fd);
+      this.fd = -1;
+      throw new FsCacheError('environment', `mounting the view at ${o.mountpoint} failed: ${(err as Error).message}`);
+    }
+    // Reads of a descriptor not yet attached to a mount fail (EPERM): read only now. The
+    // kernel queued FUSE_INIT during the mount syscall and holds every other request until
+    // it is answered.
+    this.sweepTimer = setInterval(() => this.closeIdleHandles(), HANDLE_IDLE_MS / 2);
+    this.sweepTimer.unref();
+    for (let i = 0; i < READERS; i++) this.readNext(Buffer.allocUnsafe(Math.max(FUSE_MIN_READ_BUFFER, MAX_WRITE + 4096)));
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<never>((_r, reject) => (timer = setTimeout(() => reject(new Error('no FUSE_INIT from the kernel within 10 s')), 10000)));
+    try {
+      await Promise.race([inited, timeout]);
+    } catch (err) {
+      await this.detach();
+      throw new FsCacheError('environment', `the kernel did not start the FUSE connection: ${(err as Error).message}`);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  async detach(): Promise<void> {
+    // A lazy unmount: the name goes now, users keep the files they have open or mapped,
+    // and the kernel ends the connection when the last one is gone.
+    const ok = await run('umount', ['-l', this.options.mountpoint]);
+    if (!ok) await run('fusermount', ['-uz', this.options.mountpoint]);
+  }
+
+  closed(): Promise<void> {
+    return this.fd < 0 && !this.initialized ? Promise.resolve() : this.closedPromise;
+  }
+
+  private readNext(buf: Buffer): void {
+    if (this.closing) return this.readerDone();
+    this.activeReads++;
+    fs.read(this.fd, buf, 0, buf.length, null, (err, n) => {
+      this.activeReads--;
+      if (err) {
+        const code = (err as NodeJS.ErrnoException).code;
+        // ENODEV: the connection is gone (last user after a lazy unmount, or aborted).
+        if (code === 'ENODEV' || code === 'ECONNABORTED' || code === 'EBADF' || code === 'EPERM') {
+          this.closing = true;
+          if (code !== 'ENODEV') this.log.warn(`kernel session: /dev/fuse read ended with ${code}`);
+          return this.readerDone();
+        }
+        // EINTR/EAGAIN/ENOENT (a request interrupted before we read it): read again.
+        if (code !== 'EINTR' && code !== 'EAGAIN' && code !== 'ENOENT') this.log.warn(`kernel session: /dev/fuse read failed: ${code}`);
+        setTimeout(() => this.readNext(buf), 10); // no hot loop on a persistent error
+        return;
+      }
+      try {
+        this.dispatch(buf, n);
+      } catch (e) {
+        this.log.error(`kernel session: request not handled: ${(e as Error).stack ?? e}`);
+      }
+      this.readNext(buf);
+    });
+  }
+
+  /** The last reader returned after the connection closed: release everything. */
+  private readerDone(): void {
+    if (this.activeReads > 0 || this.fd < 0) return;
+    fs.close(this.fd, () => undefined);
+    this.fd = -1;
+    clearInterval(this.sweepTimer);
+    for (const node of this.nodes.all()) this.dropFile(node);
+    for (const file of this.openFiles.values()) this.dropNodeFile(file);
+    this.openFiles.clear();
+    this.onInit?.(new Error('the connection closed before FUSE_INIT'));
+    this.resolveClosed?.();
+  }
+
+  // ---------------------------------------------------------------- replies
+
+  private write(unique: bigint, error: number, body?: Reply): boolean {
+    const len = OUT_HEADER_SIZE + (body?.length ?? 0);
+    const out = Buffer.allocUnsafe(len);
+    writeOutHeader(out, len, error, unique);
+    body?.copy(out, OUT_HEADER_SIZE);
+    return this.writeRaw(out);
+  }
+
+  private writeRaw(out: Buffer): boolean {
+    if (this.fd < 0) return false;
+    try {
+      fs.writeSync(this.fd, out);
+      return true;
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      // ENOENT: the request was interrupted or aborted meanwhile; ENODEV: the connection is gone.
+      if (code !== 'ENOENT' && code !== 'ENODEV') this.log.warn(`kernel session: reply not written: ${code}`);
+      return false;
+    }
+  }
+
+  private replyError(unique: bigint, errno: number): void {
+    this.write(unique, errno);
+  }
+
+  /**
+   * Queues a notification; written off the main thread, one at a time (see the header).
+   * One already waiting in the queue is not queued twice: a directory's watcher events
+   * come in floods (every entry of a newly watched directory), each naming the parent.
+   */
+  private notify(key: string, message: Buffer): void {
+    if (this.queued.has(key)) return;
+    this.queued.add(key);
+    this.notifications.push([key, message]);
+    if (!this.notifying) this.nextNotification();
+  }
+
+  private nextNotification(): void {
+    const next = this.notifications.shift();
+    if (!next || this.fd < 0) {
+      this.notifying = false;
+      return;
+    }
+    const [key, message] = next;
+    this.queued.delete(key);
+    this.notifying = true;
+    fs.write(this.fd, message, 0, message.length, null, (err) => {
+      const code = (err as NodeJS.ErrnoException | null)?.code;
+      // ENOENT: the kernel holds nothing for that node or name, nothing to drop.
+      if (code && code !== 'ENOENT' && code !== 'ENODEV') this.log.warn(`kernel session: notification not written: ${code}`);
+      this.log.debug(`kernel session: notification ${message.readInt32LE(4)} for node ${message.readBigUInt64LE(16)}: ${code ?? 'ok'}`);
+      this.nextNotification();
+    });
+  }
+
+  // ---------------------------------------------------------------- dispatch
+
+  private count(name: string): void {
+    this.counts[name] = (this.counts[name] ?? 0) + 1;
+  }
+
+  private dispatch(buf: Buffer, n: number): void {
+    const req = parseRequest(buf, n);
+    if (!req) {
+      this.log.warn(`kernel session: malformed request of ${n} bytes ignored`);
+      return;
+    }
+    this.count(opName(req.opcode));
+    switch (req.opcode) {
+      case Op.INIT:
+        return this.init(req);
+      case Op.FORGET:
+        return this.forget(req.nodeid, Number(req.body.readBigUInt64LE(0)));
+      case Op.BATCH_FORGET:
+        for (const [id, n2] of parseBatchForget(req.body)) this.forget(id, n2);
+        return;
+      case Op.INTERRUPT:
+        // No reply. Our handlers finish quickly and answer the interrupted request then.
+        return;
+      case Op.NOTIFY_REPLY:
+        return; // answers a retrieve we never send
+      case Op.IOCTL:
+        // Python's isatty (TCGETS) on every file it opens; the kernel does not remember
+        // ENOSYS for ioctl, so answer what a regular file would, before anything else.
+        return this.replyError(req.unique, -E.ENOTTY);
+      case Op.FLUSH:
+      case Op.FSYNC:
+      case Op.FSYNCDIR:
+        return this.replyError(req.unique, -E.ENOSYS); // remembered: never sent again
+      case Op.RELEASEDIR:
+        return this.replyError(req.unique, 0);
+      case Op.DESTROY:
+        return this.replyError(req.unique, 0);
+      case Op.GETXATTR:
+        if (this.getxattrCached(req)) return;
+        break;
+    }
+    if (WRITE_OPS.has(req.opcode)) return this.replyError(req.unique, -E.EROFS);
+    // The body must outlive the read buffer, which is read into again right after this.
+    const r: Request = { ...req, body: Buffer.from(req.body) };
+    const work = this.operation(r);
+    if (!work) return this.replyError(req.unique, -E.ENOSYS);
+    work.then(
+      (body) => {
+        if (body !== NO_REPLY) this.write(r.unique, 0, body);
+      },
+      (err) => this.replyError(r.unique, errnoOf(err)),
+    );
+  }
+
+  /** The handler of an operation that needs the view, or undefined when we do not implement it. */
+  private operation(r: Request): Promise<Reply> | undefined {
+    const run = (fn: (r: Request) => Promise<Reply>): Promise<Reply> => {
+      try {
+        return fn.call(this, r);
+      } catch (err) {
+        return Promise.reject(err);
+      }
+    };
+    switch (r.opcode) {
+      case Op.LOOKUP: return run(this.lookup);
+      case Op.GETATTR: return run(this.getattr);
+      case Op.READLINK: return run(this.readlink);
+      case Op.OPEN: return run(this.open);
+      case Op.OPENDIR: return run(this.opendir);
+      case Op.READ: return run(this.read);
+      case Op.RELEASE: return run(this.release);
+      case Op.READDIR: return run(this.readdir);
+      case Op.STATFS: return run(this.statfs);
+      case Op.ACCESS: return run(this.access);
+      case Op.GETXATTR: return run(this.getxattr);
+      case Op.LISTXATTR: return run(this.listxattr);
+      default: return undefined;
+    }
+  }
+
+  private node(id: number): Node {
+    const node = this.nodes.get(id);
+    if (!node) {
+      if (this.debug) this.log.debug(`kernel session: request for unknown node ${id}`);
+      throw Object.assign(new Error(`unknown node ${id}`), { code: 'ESTALE' });
+    }
+    return node;
+  }
+
+  // ---------------------------------------------------------------- operations
+
+  private init(r: Request): void {
+    const k = parseInitIn(r.body);
+    if (k.major !== FUSE_KERNEL_VERSION) {
+      this.log.error(`kernel session: the kernel speaks FUSE ${k.major}.${k.minor}; only major ${FUSE_KERNEL_VERSION} is supported`);
+      this.replyError(r.unique, -E.EPROTO);
+      this.onInit?.(new Error(`unsupported FUSE protocol ${k.major}.${k.minor}`));
+      return;
+    }
+    const minor = Math.min(k.minor, FUSE_KERNEL_MINOR_VERSION);
+    this.flags = (k.flags & WANTED_FLAGS & ~refusedFlags()) >>> 0;
+    const missing = initFlagNames(WANTED_FLAGS & ~this.flags);
+    this.write(r.unique, 0, encodeInitOut({
+      minor,
+      maxReadahead: k.maxReadahead,
+      flags: this.flags,
+      maxBackground: 64,
+      congestionThreshold: 48,
+      maxWrite: MAX_WRITE,
+      maxPages: MAX_PAGES,
+    }));
+    this.initialized = true;
+    this.log.info(
+      `kernel session: FUSE ${k.major}.${k.minor} (speaking 7.${minor}), flags ${initFlagNames(this.flags).join(' ')}` +
+        (missing.length ? `; without ${missing.join(' ')} (not offered or refused: more requests reach the view)` : ''),
+    );
+    this.onInit?.();
+  }
+
+  private granted(flag: number): boolean {
+    return (this.flags & flag) !== 0;
+  }
+
+  /**
+   * Timeouts (seconds, from the config): the kernel keeps a name→node answer for
+   * entry_timeout, attributes for attr_timeout and a failed lookup for negative_timeout.
+   * The watcher's notifications make changes visible sooner in watched directories;
+   * elsewhere these bound how long a change can stay unseen.
+   */
+  private async lookup(r: Request): Promise<Reply> {
+    const parent = this.node(r.nodeid);
+    const name = cString(r.body);
+    if (this.debug) this.log.debug(`kernel session: lookup ${NodeTable.childPath(parent, name)}`);
+    let attr: Attr;
+    try {
+      attr = await this.handlers.getattr(NodeTable.childPath(parent, name));
+    } catch (err) {
+      const errno = errnoOf(err);
+      // A missing name as a successful entry with node id 0: the kernel caches it as a
+      // negative dentry (a launch probes dozens of absent library paths).
+      if ((errno === -E.ENOENT || errno === -E.ENOTDIR) && this.options.negativeTimeout > 0) {
+        return encodeEntryOut(0, 0, this.options.negativeTimeout, 0);
+      }
+      throw err;
+    }
+    const { node, replaced } = this.nodes.lookedUp(parent, name, attr);
+    if (replaced) this.dropFile(replaced);
+    this.sawAttr(node, attr);
+    const body = encodeEntryOut(node.id, GENERATION, this.options.entryTimeout, this.options.attrTimeout, attr);
+    // Written here, not by dispatch, so that a reply the kernel never took gives the reference back.
+    if (!this.write(r.unique, 0, body)) this.forget(node.id, 1);
+    return NO_REPLY;
+  }
+
+  private forget(id: number, n: number): void {
+    const gone = this.nodes.forget(id, n);
+    if (this.debug) this.log.debug(`kernel session: forget ${id} ${n}${gone ? ` (${gone.path} gone)` : ''}`);
+    if (gone) this.dropFile(gone);
+  }
+
+  private async getattr(r: Request): Promise<Reply> {
+    const node = this.node(r.nodeid);
+    const attr = await this.handlers.getattr(node.path);
+    this.sawAttr(node, attr);
+    return encodeAttrOut(this.options.attrTimeout, attr);
+  }
+
+  /** Attributes showing another identity than the one the node's handle was opened for drop the handle. */
+  private sawAttr(node: Node, attr: Attr): void {
+    const key = identityKey(attr);
+    if (node.file && node.file.key !== undefined && node.file.key !== key) this.dropFile(node);
+    node.key = key;
+    if (node.ctimeMs !== attr.ctime.getTime()) node.xattrs = undefined;
+    node.ctimeMs = attr.ctime.getTime();
+  }
+
+  private async readlink(r: Request): Promise<Reply> {
+    // Cached by the kernel (CACHE_SYMLINKS) until invalidated.
+    if (this.debug) this.log.debug(`kernel session: readlink ${this.node(r.nodeid).path}`);
+    return Buffer.from(await this.handlers.readlink(this.node(r.nodeid).path));
+  }
+
+  private async open(r: Request): Promise<Reply> {
+    // ENOSYS once: the kernel stops sending OPEN and RELEASE, and keeps pages across opens.
+    if (this.granted(InitFlag.NO_OPEN_SUPPORT)) throw errno('ENOSYS');
+    const node = this.node(r.nodeid);
+    const handle = await this.handlers.open(node.path, r.body.readUInt32LE(0));
+    const fh = this.nextFh++;
+    this.openFiles.set(fh, { handle: Promise.resolve(handle), key: node.key, inflight: 0, dropped: false, lastUsed: Date.now() });
+    // Pages stay cached across opens; invalidate() and AUTO_INVAL_DATA drop changed ones.
+    return encodeOpenOut(fh, FOPEN_KEEP_CACHE);
+  }
+
+  private async opendir(r: Request): Promise<Reply> {
+    if (this.granted(InitFlag.NO_OPENDIR_SUPPORT)) throw errno('ENOSYS'); // once; listings then cached
+    this.node(r.nodeid);
+    return encodeOpenOut(0, 0);
+  }
+
+  private async release(r: Request): Promise<Reply> {
+    const fh = Number(r.body.readBigUInt64LE(0));
+    const file = this.openFiles.get(fh);
+    if (file) {
+      this.openFiles.delete(fh);
+      this.dropNodeFile(file);
+    }
+    return undefined;
+  }
+
+  /**
+   * READ by node: the node's view handle is opened at its first READ (the view's
+   * identity check runs there) and kept until FORGET, invalidate() or a changed identity.
+   */
+  private async read(r: Request): Promise<Reply> {
+    const { fh, offset, size } = parseReadIn(r.body);
+    const node = this.node(r.nodeid);
+    const file = fh !== 0 && this.openFiles.has(fh) ? this.openFiles.get(fh)! : this.nodeFile(node);
+    file.inflight++;
+    file.lastUsed = Date.now();
+    try {
+      const handle = await file.handle;
+      const out = Buffer.allocUnsafe(OUT_HEADER_SIZE + size);
+      const n = await this.handlers.read(handle, out.subarray(OUT_HEADER_SIZE), size, offset);
+      writeOutHeader(out, OUT_HEADER_SIZE + n, 0, r.unique);
+      this.writeRaw(out.subarray(0, OUT_HEADER_SIZE + n));
+      return NO_REPLY;
+    } finally {
+      file.inflight--;
+      if (file.dropped && file.inflight === 0) this.releaseHandle(file);
+    }
+  }
+
+  private nodeFile(node: Node): NodeFile {
+    if (node.file) return node.file;
+    const file: NodeFile = { handle: this.handlers.open(node.path, fs.constants.O_RDONLY), key: node.key, inflight: 0, dropped: false, lastUsed: Date.now() };
+    // A failed open is not kept: the next READ tries again.
+    file.handle.catch(() => {
+      if (node.file === file) this.dropFile(node);
+    });
+    node.file = file;
+    this.withFile.add(node);
+    return file;
+  }
+
+  private dropFile(node: Node): void {
+    const file = node.file;
+    node.file = undefined;
+    this.withFile.delete(node);
+    if (file) this.dropNodeFile(file);
+  }
+
+  private closeIdleHandles(): void {
+    const before = Date.now() - HANDLE_IDLE_MS;
+    for (const node of this.withFile) {
+      if (!node.file || (node.file.inflight === 0 && node.file.lastUsed < before)) this.dropFile(node);
+    }
+  }
+
+  private dropNodeFile(file: NodeFile): void {
+    if (file.dropped) return;
+    file.dropped = true;
+    if (file.inflight === 0) this.releaseHandle(file);
+  }
+
+  private releaseHandle(file: NodeFile): void {
+    file.handle.then((h) => this.handlers.release(h)).catch(() => undefined);
+  }
+
+  /**
+   * READDIR: names read at offset 0 and kept on the node for the following offsets (the
+   * offset is the index of the next name). d_type is DT_UNKNOWN (callers that need the
+   * type stat the name; we do not stat every entry of a /usr-sized directory for them).
+   */
+  private async readdir(r: Request): Promise<Reply> {
+    const { offset, size } = parseReadIn(r.body);
+    const node = this.node(r.nodeid);
+    if (offset === 0 || !node.listing) {
+      const names = await this.handlers.readdir(node.path);
+      node.listing = ['.', '..', ...names].map((n) => Buffer.from(n));
+    }
+    const listing = node.listing;
+    const out = Buffer.alloc(size);
+    let pos = 0;
+    let i = offset;
+    for (; i < listing.length; i++) {
+      const need = direntSize(listing[i].length);
+      if (pos + need > size) break;
+      pos += writeDirent(out, pos, FUSE_UNKNOWN_INO, i + 1, i < 2 ? DT_DIR : DT_UNKNOWN, listing[i]);
+    }
+    if (i >= listing.length && pos === 0) node.listing = undefined; // the end was read
+    return out.subarray(0, pos);
+  }
+
+  private async statfs(r: Request): Promise<Reply> {
+    return encodeStatfsOut(await this.handlers.statfs(this.node(r.nodeid).path));
+  }
+
+  private async access(r: Request): Promise<Reply> {
+    await this.handlers.access(this.node(r.nodeid).path, r.body.readUInt32LE(0));
+    return undefined;
+  }
+
+  /**
+   * GETXATTR: size 0 is a probe answered with the value's size; a too small buffer is
+   * ERANGE. Every exec asks for security.capability, and the kernel does not cache the
+   * answer, so answers are kept on the node like attributes (attr_timeout, dropped by
+   * invalidate) and a repeated question is answered at once, without a view round trip.
+   */
+  private async getxattr(r: Request): Promise<Reply> {
+    const size = r.body.readUInt32LE(0);
+    const name = cString(r.body, 8);
+    const node = this.node(r.nodeid);
+    const value = await this.handlers.getxattr(node.path, name);
+    (node.xattrs ??= new Map()).set(name, { value, at: Date.now() });
+    return xattrReply(value, size);
+  }
+
+  /** Answers a GETXATTR from the node's cache; false when it must ask the view. */
+  private getxattrCached(req: Request): boolean {
+    const cached = this.nodes.get(req.nodeid)?.xattrs?.get(cString(req.body, 8));
+    if (!cached || Date.now() - cached.at >= this.options.attrTimeout * 1000) return false;
+    let body: Buffer;
+    try {
+      body = xattrReply(cached.value, req.body.readUInt32LE(0));
+    } catch (err) {
+      this.replyError(req.unique, errnoOf(err));
+      return true;
+    }
+    this.write(req.unique, 0, body);
+    return true;
+  }
+
+  private async listxattr(r: Request): Promise<Reply> {
+    const size = r.body.readUInt32LE(0);
+    const names = await this.handlers.listxattr(this.node(r.nodeid).path);
+    return sized(Buffer.concat(names.map((n) => Buffer.from(n + '\0'))), size);
+  }
+
+  // ---------------------------------------------------------------- invalidation
+
+  /**
+   * The real file at `path` changed, appeared or went away: drop the node's handle (the
+   * next READ reopens it and re-checks identity), and tell the kernel to drop the node's
+   * pages and attributes, the name in its directory (positive or negative), and the
+   * directory's cached listing.
+   */
+  invalidate(path: string): void {
+    this.invalidateNow(path);
+    // Once more a little later: file watchers coalesce events (chokidar drops a second
+    // 'change' of a path within 50 ms of the first), so a replacement right after a
+    // change could otherwise stay unseen for entry_timeout.
+    clearTimeout(this.trailing.get(path));
+    const timer = setTimeout(() => {
+      this.trailing.delete(path);
+      this.invalidateNow(path);
+    }, TRAILING_INVALIDATION_MS);
+    timer.unref();
+    this.trailing.set(path, timer);
+  }
+
+  private invalidateNow(path: string): void {
+    if (!this.initialized || this.fd < 0) return;
+    const node = this.nodes.byViewPath(path);
+    this.log.debug(`kernel session: invalidate ${path} (node ${node?.id ?? 'none'})`);
+    if (node) {
+      this.dropFile(node);
+      node.listing = undefined;
+      node.xattrs = undefined;
+      this.notify(`i${node.id}`, encodeInvalInode(node.id));
+    }
+    const slash = path.lastIndexOf('/');
+    const name = path.slice(slash + 1);
+    const parent = this.nodes.byViewPath(slash <= 0 ? '/' : path.slice(0, slash));
+    if (parent && name) {
+      parent.listing = undefined;
+      this.notify(`e${parent.id}/${name}`, encodeInvalEntry(parent.id, name));
+      this.notify(`i${parent.id}`, encodeInvalInode(parent.id));
+    }
+  }
+}
+
+/**
+ * Flags named in FSCACHE_SESSION_REFUSE (comma-separated InitFlag names) are not asked
+ * for: how the tests see the session on a kernel that offers fewer flags.
+ */
+function refusedFlags(): number {
+  const names = (process.env.FSCACHE_SESSION_REFUSE ?? '').split(',').filter(Boolean);
+  return names.reduce((acc, n) => acc | ((InitFlag as Record<string, number>)[n] ?? 0), 0);
+}
+
+/** Returned by operations that wrote their reply themselves (compared by identity). */
+const NO_REPLY: Buffer = Buffer.alloc(0);
+
+function errno(code: keyof typeof os.constants.errno): Error {
+  return Object.assign(new Error(code), { code });
+}
+
+function xattrReply(value: Buffer | undefined, size: number): Buffer {
+  if (!value) throw errno('ENODATA');
+  return sized(value, size);
+}
+
+function sized(value: Buffer, size: number): Buffer {
+  if (size === 0) return encodeXattrSize(value.length);
+  if (value.length > size) throw errno('ERANGE');
+  return value;
+}
+
+/** mount(8) with `fd` as its descriptor 3; rejects with its stderr. */
+function runMount(args: string[], fd: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const child = spawn('mount', args, { stdio: ['ignore', 'ignore', 'pipe', fd] });
+    let stderr = '';
+    child.stderr!.on('data', (d) => (stderr += d));
+    child.on('error', reject);
+    child.on('exit', (code) => (code === 0 ? resolve() : reject(new Error(`mount exited with ${code}: ${stderr.trim()}`))));
+  });
+}
+
+function run(cmd: string, args: string[]): Promise<boolean> {
+  return new Promise((resolve) => execFile(cmd, args, (err) => resolve(!err)));
 }

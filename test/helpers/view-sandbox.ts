@@ -30,7 +30,10 @@ export function fuseAvailable(): string | undefined {
 
 export function createViewSandbox(options: { copy?: boolean; config?: string } = {}): ViewSandbox {
   const sandbox = makeSandbox({ copy: options.copy, prefix: 'fscache-test-' });
-  const configText = options.config ?? '';
+  // FSCACHE_TEST_SESSION=kernel|libfuse2 runs the same tests over another FUSE session.
+  const session = process.env.FSCACHE_TEST_SESSION;
+  const base = options.config ?? '';
+  const configText = session && !/^\s*fuse_session\s*=/m.test(base) ? `${base}fuse_session = ${session}\n` : base;
   if (configText) fs.writeFileSync(path.join(sandbox.root, 'etc', 'fscache.conf'), configText);
   const config = configText ? parseConfig(configText, 'test config') : defaultConfig();
   const paths = derivePaths(sandbox.root, config);
