@@ -190,6 +190,7 @@ static struct {
   unsigned long wait_ms;
   char epoch_dir[PATH_MAX_];    /* R/<images>/<epoch> */
   char sock[108];               /* R/run/fscache/hook.sock, empty if too long */
+  char libdirs[1024];           /* "dir1:dir2:..." relative to R: only these are worth asking about */
 } g;
 
 /* The loader copies what we return before its next la_objsearch call under the same lock,
@@ -202,7 +203,8 @@ static int trusted(const struct kstat *st, unsigned int type) {
   return (st->mode & S_IFMT) == type && st->uid == 0 && (st->mode & 022) == 0;
 }
 
-/* Reads R/run/fscache/epoch: "<epoch> <wait|original> <wait_ms> <images dir relative to R>\n". */
+/* Reads R/run/fscache/epoch:
+   "<epoch> <wait|original> <wait_ms> <images dir relative to R> <library dirs relative to R, ':'-joined>\n". */
 static void load_epoch(void) {
   char path[PATH_MAX_];
   unsigned long at = 0;
@@ -217,17 +219,17 @@ static void load_epoch(void) {
   sys_close(fd);
   if (n <= 0) return;
   buf[n] = 0;
-  char *f[4];
+  char *f[5];
   int nf = 0;
   char *p = buf;
-  while (nf < 4) {
+  while (nf < 5) {
     while (*p == ' ') p++;
     if (!*p || *p == '\n') break;
     f[nf++] = p;
     while (*p && *p != ' ' && *p != '\n') p++;
     if (*p) *p++ = 0;
   }
-  if (nf != 4) return;
+  if (nf != 5) return;
   /* Epoch and images dir: no "..", no absolute path, so the state cannot leave R. */
   for (char *c = f[0]; *c; c++) if (!((*c >= '0' && *c <= '9') || (*c >= 'a' && *c <= 'z'))) return;
   if (f[3][0] == '/' || has_sub(f[3], slen(f[3]), "..")) return;
@@ -240,6 +242,8 @@ static void load_epoch(void) {
       !put(g.epoch_dir, sizeof g.epoch_dir, &at, f[3]) || !put(g.epoch_dir, sizeof g.epoch_dir, &at, "/") ||
       !put(g.epoch_dir, sizeof g.epoch_dir, &at, f[0]))
     return;
+  at = 0;
+  if (!put(g.libdirs, sizeof g.libdirs, &at, f[4])) g.libdirs[0] = 0;
   at = 0;
   if (!put(g.sock, sizeof g.sock, &at, FSCACHE_HOOK_ROOT) || !put(g.sock, sizeof g.sock, &at, "/run/fscache/hook.sock")) g.sock[0] = 0;
   g.ok = 1;
@@ -370,6 +374,28 @@ out:
   return ready;
 }
 
+/* Is `path` under R/<one of the library dirs>/? A gate for asking only (the daemon decides on its
+   own descriptor): system libraries outside them would otherwise cost a round trip per launch. */
+static int in_library_dirs(const char *path) {
+  const char *r = FSCACHE_HOOK_ROOT;
+  unsigned long rl = slen(r);
+  while (rl > 0 && r[rl - 1] == '/') rl--;
+  for (unsigned long i = 0; i < rl; i++) if (path[i] != r[i]) return 0;
+  const char *rest = path + rl;
+  if (*rest != '/') return 0;
+  rest++;
+  for (const char *d = g.libdirs; *d;) {
+    unsigned long n = 0;
+    while (d[n] && d[n] != ':') n++;
+    unsigned long j = 0;
+    while (j < n && rest[j] == d[j]) j++;
+    if (n > 0 && j == n && rest[n] == '/') return 1;
+    d += n;
+    if (*d == ':') d++;
+  }
+  return 0;
+}
+
 /* The image path for the library named `path`, copied into `out`, or 0 for "load the original". */
 static char *image_for(const char *path, char *out, int at_orig) {
   int fd = sys_open(path, O_RDONLY | O_CLOEXEC);
@@ -391,7 +417,7 @@ static char *image_for(const char *path, char *out, int at_orig) {
     /* A library the daemon refused is marked so that launches do not ask again. */
     int pass = open_trusted_image(key, ".pass");
     if (pass >= 0) { sys_close(pass); return 0; }
-    if (!ask_daemon(path, &st)) return 0;
+    if (!in_library_dirs(path) || !ask_daemon(path, &st)) return 0;
     img = open_trusted_image(key, ".so");
     if (img < 0) return 0;
   }

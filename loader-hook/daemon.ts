@@ -100,7 +100,8 @@ export class HookDaemon {
       const req = parseRequest(buf.slice(0, nl));
       if (!req) return reply('ERR bad request\n');
       this.request(req).then(
-        (r) => reply(r.kind === 'image' ? 'OK\n' : `PASS ${r.reason.replace(/\n/g, ' ')}\n`),
+        // The requester learns only yes or no: details of why go to the log and `fscache images`.
+        (r) => reply(r.kind === 'image' ? 'OK\n' : r.kind === 'pass' ? 'PASS refused by the randomizer\n' : 'PASS not eligible\n'),
         (e) => {
           this.log.warn(`hook: ${req.path}: ${(e as Error).message}`);
           reply(`ERR ${String((e as Error).message).replace(/\n/g, ' ')}\n`);

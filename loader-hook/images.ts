@@ -4,7 +4,7 @@
  * Layout (all root-owned): R/fscache/images/<epoch>/<key>.so (0444, in a 0755 directory),
  * R/fscache/images/<epoch>/<key>.pass (a refused library: the hook loads the original without
  * asking), R/run/fscache/epoch (what the hook reads once per process: "<epoch> <on_miss>
- * <miss_wait_ms> <images dir relative to R>"). The key is the identity of the library file
+ * <miss_wait_ms> <images dir relative to R> <library dirs relative to R, ':'-joined>"). The key is the identity of the library file
  * (dev, ino, size, mtime ns, in hex, joined by '-') exactly as audit.c computes it from fstat.
  *
  * Promises kept here: an image is written under a temporary name, synced, then renamed, so the
@@ -213,7 +213,9 @@ export class ImageStore {
   writeEpochFile(epoch: Epoch): void {
     ensureRootDir(path.dirname(this.hp.epochFile));
     const rel = path.relative(this.paths.root, this.hp.images);
-    writeAtomic(this.hp.epochFile, `${epoch} ${this.config.onMiss} ${this.config.missWaitMs} ${rel}\n`, 0o644);
+    // The hook asks the daemon only about paths under these (a gate, not a trust decision).
+    const dirs = this.config.libraryDirs.join(':');
+    writeAtomic(this.hp.epochFile, `${epoch} ${this.config.onMiss} ${this.config.missWaitMs} ${rel} ${dirs}\n`, 0o644);
   }
 
   /** Removes the directories of past epochs that no process maps any more. */
@@ -253,9 +255,18 @@ export class ImageStore {
   makeImage(source: string, expected?: RealIdentity): MakeResult {
     const cur = this.currentEpoch();
     if (!cur) return { kind: 'refused', reason: 'no active epoch' };
+    // By name first, before opening anything as root (a device or FIFO elsewhere must not be opened);
+    // then again on the descriptor, which is what decides.
+    let byName: string;
+    try {
+      byName = fs.realpathSync(source);
+    } catch (e) {
+      return { kind: 'refused', reason: `cannot resolve: ${errnoCode(e) ?? (e as Error).message}` };
+    }
+    if (!this.insideLibraryDirs(byName)) return { kind: 'refused', reason: `outside the configured library directories (${byName})` };
     let fd: number;
     try {
-      fd = fs.openSync(source, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
+      fd = fs.openSync(byName, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK | O_NOFOLLOW);
     } catch (e) {
       return { kind: 'refused', reason: `cannot open: ${errnoCode(e) ?? (e as Error).message}` };
     }
@@ -264,13 +275,19 @@ export class ImageStore {
       const st = fs.fstatSync(fd, { bigint: true });
       const id = identityOf(st);
       if (!st.isFile()) return { kind: 'refused', reason: 'not a regular file' };
-      if (expected && !sameIdentity(id, expected)) return { kind: 'refused', reason: 'file is not the one the hook opened (changed?)' };
-      // Asking must disclose nothing and poison nothing: only files everyone may read and only root may change.
-      if (st.uid !== 0n) return { kind: 'refused', reason: 'not owned by root' };
-      if ((st.mode & 0o004n) === 0n) return { kind: 'refused', reason: 'not readable by others' };
-      if ((st.mode & 0o022n) !== 0n) return { kind: 'refused', reason: 'writable by group or others' };
       const real = fs.readlinkSync(`/proc/self/fd/${fd}`);
       if (!this.insideLibraryDirs(real)) return { kind: 'refused', reason: `outside the configured library directories (${real})` };
+      // Asking must disclose nothing and poison nothing: only files everyone may read and only root may change.
+      const policy = st.uid !== 0n ? 'not owned by root'
+        : (st.mode & 0o004n) === 0n ? 'not readable by others'
+        : (st.mode & 0o022n) !== 0n ? 'writable by group or others' : undefined;
+      if (policy) {
+        // Marked for this epoch only (no index row): a later chmod is picked up by the next epoch.
+        this.markPass(cur.epoch, keyOf(id), `not eligible: ${policy}`);
+        return { kind: 'refused', reason: policy };
+      }
+      // Compared only now, for a file anyone may stat anyway: no oracle about unreadable files.
+      if (expected && !sameIdentity(id, expected)) return { kind: 'refused', reason: 'file is not the one the hook opened (changed?)' };
       const key = keyOf(id);
       const image = path.join(this.hp.images, cur.epoch, `${key}.so`);
       if (fs.existsSync(image)) return { kind: 'image', key, image, made: false, ms: 0 };
@@ -313,7 +330,12 @@ export class ImageStore {
 
   private markPass(epoch: Epoch, key: ImageKey, reason: string): void {
     const marker = path.join(this.hp.images, epoch, `${key}.pass`);
-    if (!fs.existsSync(marker)) writeAtomic(marker, reason + '\n', 0o444);
+    try {
+      if (!fs.existsSync(marker)) writeAtomic(marker, reason + '\n', 0o444);
+    } catch (e) {
+      // Without the marker launches ask again: slower, never wrong.
+      this.log.warn(`hook: cannot write ${marker}: ${(e as Error).message}`);
+    }
   }
 
   /**
