@@ -105,6 +105,7 @@ static inline long sc6(long n, long a, long b, long c, long d, long e, long f) {
 }
 
 #define AT_FDCWD (-100)
+#define ELOOP_ 40
 #define O_RDONLY 0
 #define O_DIRECTORY 0200000
 #define O_NOFOLLOW 0400000
@@ -295,27 +296,33 @@ static int uses_origin(int fd) {
   return 0;
 }
 
-/* Opens R/.../<epoch>/<key><suffix> if it and its directory are trusted; returns its fd or -1. */
-static int open_trusted_image(const char *key, const char *suffix) {
+/* Looks up <key>.so, then <key>.pass, in the epoch directory, trusting only what is root-owned and
+   not writable by others. IMAGE: a trusted image; PASS: a trusted pass-through marker; UNTRUSTED:
+   something is there but not trusted (planted): load the original without asking; NONE: a miss. */
+enum { NONE = 0, IMAGE = 1, PASS = 2, UNTRUSTED = 3 };
+static int lookup(const char *key) {
   int dfd = sys_open(g.epoch_dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-  if (dfd < 0) return -1;
+  if (dfd < 0) return NONE;
   struct kstat st;
-  int fd = -1;
+  int found = NONE;
   /* A directory others can write to could hold a planted image under a valid key. */
-  if (sys_fstat(dfd, &st) == 0 && trusted(&st, S_IFDIR)) {
-    char name[128];
-    unsigned long at = 0;
-    if (put(name, sizeof name, &at, key) && put(name, sizeof name, &at, suffix)) {
-      fd = sys_openat(dfd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+  if (!(sys_fstat(dfd, &st) == 0 && trusted(&st, S_IFDIR))) {
+    found = UNTRUSTED;
+  } else {
+    for (int i = 0; i < 2 && found == NONE; i++) {
+      char name[128];
+      unsigned long at = 0;
+      if (!put(name, sizeof name, &at, key) || !put(name, sizeof name, &at, i == 0 ? ".so" : ".pass")) break;
+      int fd = sys_openat(dfd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+      if (fd == -ELOOP_) { found = UNTRUSTED; break; } /* a symlink planted under the key */
+      if (fd < 0) continue;
       /* Not a symlink (O_NOFOLLOW), a regular file, root-owned, not writable by others. */
-      if (fd >= 0 && !(sys_fstat(fd, &st) == 0 && trusted(&st, S_IFREG))) {
-        sys_close(fd);
-        fd = -1;
-      }
+      found = sys_fstat(fd, &st) == 0 && trusted(&st, S_IFREG) ? (i == 0 ? IMAGE : PASS) : UNTRUSTED;
+      sys_close(fd);
     }
   }
   sys_close(dfd);
-  return fd;
+  return found;
 }
 
 /*
@@ -398,6 +405,10 @@ static int in_library_dirs(const char *path) {
 
 /* The image path for the library named `path`, copied into `out`, or 0 for "load the original". */
 static char *image_for(const char *path, char *out, int at_orig) {
+  /* Images exist only for libraries in the library dirs (the daemon's rule): the system's other
+     libraries (libc, ...) then cost no syscall at all. A name outside them that is a symlink into
+     them loads the original: fail open. */
+  if (!in_library_dirs(path)) return 0;
   int fd = sys_open(path, O_RDONLY | O_CLOEXEC);
   if (fd < 0) return 0; /* the loader will not find it either: nothing to say */
   struct kstat st;
@@ -412,16 +423,10 @@ static char *image_for(const char *path, char *out, int at_orig) {
   put_hex(key, sizeof key, &k, st.ino); put(key, sizeof key, &k, "-");
   put_hex(key, sizeof key, &k, (unsigned long)st.size); put(key, sizeof key, &k, "-");
   put_hex(key, sizeof key, &k, st.mtime * 1000000000ul + st.mtime_ns);
-  int img = open_trusted_image(key, ".so");
-  if (img < 0) {
-    /* A library the daemon refused is marked so that launches do not ask again. */
-    int pass = open_trusted_image(key, ".pass");
-    if (pass >= 0) { sys_close(pass); return 0; }
-    if (!in_library_dirs(path) || !ask_daemon(path, &st)) return 0;
-    img = open_trusted_image(key, ".so");
-    if (img < 0) return 0;
-  }
-  sys_close(img);
+  int found = lookup(key);
+  /* PASS: a library the daemon refused is marked so that launches do not ask again. UNTRUSTED:
+     planted state is never an occasion to ask (nor to wait). */
+  if (found != IMAGE && !(found == NONE && ask_daemon(path, &st) && lookup(key) == IMAGE)) return 0;
   unsigned long at = 0;
   if (!put(out, PATH_MAX_, &at, g.epoch_dir) || !put(out, PATH_MAX_, &at, "/") || !put(out, PATH_MAX_, &at, key) ||
       !put(out, PATH_MAX_, &at, ".so"))

@@ -344,6 +344,11 @@ export class ImageStore {
    * Unlinking is safe while mapped: the kernel frees an image when its last user unmaps it.
    */
   evict(incoming = 0): string[] {
+    const over = () => {
+      const t = this.db.prepare('SELECT COUNT(*) AS n, COALESCE(SUM(size), 0) AS b FROM hook_images').get() as { n: number; b: number };
+      return t.b + incoming > this.config.imagesMaxBytes || t.n + (incoming > 0 ? 1 : 0) > this.config.imagesMaxCount;
+    };
+    if (!over()) return []; // reading every process's maps is not free: only when something must go
     const now = Date.now();
     const touch = this.db.prepare('UPDATE hook_images SET last_access = ? WHERE epoch = ? AND key = ?');
     for (const m of mappedUnder(this.hp.images)) {
