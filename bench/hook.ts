@@ -108,15 +108,21 @@ async function main(): Promise<void> {
     say(`three variants interleaved (rotating order), ${ROUNDS} launches each per round, and records wall time and the child's`);
     say('user+system CPU time (wait4 rusage). Medians; ratios against no hook in the same round.');
     say('');
-    say('| round | no hook wall / cpu | libc-free hook wall / cpu | libc-linked hook wall / cpu | libc-free ratio wall / cpu | libc-linked ratio wall / cpu |');
-    say('|---|---|---|---|---|---|');
+    say('"idle hook": the libc-free hook built for a root with no epoch file, so it redirects nothing: the fixed cost of');
+    say('LD_AUDIT itself (loading the auditor, ld.so\'s audit paths), without any per-library work.');
+    say('');
+    say('| round | no hook wall / cpu | libc-free hook wall / cpu | libc-linked hook wall / cpu | idle hook wall / cpu | libc-free ratio wall / cpu | libc-linked ratio wall / cpu | idle ratio wall / cpu |');
+    say('|---|---|---|---|---|---|---|---|');
+    const idleHook = path.join(sb.root, 'audit-idle.so');
+    execFileSync('make', ['-s', '-C', path.join(REPO, 'loader-hook'), `ROOT=${path.join(sb.root, 'nothing-here')}`, `OUT=${idleHook}`]);
     const timer = path.join(sb.root, 'launchtimer');
     execFileSync('gcc', ['-O2', '-o', timer, path.join(REPO, 'bench', 'fixtures', 'launchtimer.c')]);
     for (let round = 1; round <= 3; round++) {
-      const text = execFileSync(timer, [String(ROUNDS), '-', '--', prog, ';;', `LD_AUDIT=${sb.auditor}`, '--', prog, ';;', `LD_AUDIT=${libcHook}`, '--', prog],
+      const text = execFileSync(timer, [String(ROUNDS), '-', '--', prog, ';;', `LD_AUDIT=${sb.auditor}`, '--', prog, ';;', `LD_AUDIT=${libcHook}`, '--', prog,
+        ';;', `LD_AUDIT=${idleHook}`, '--', prog],
         { maxBuffer: 64 << 20 }).toString();
-      const wall: number[][] = [[], [], []];
-      const cpu: number[][] = [[], [], []];
+      const wall: number[][] = [[], [], [], []];
+      const cpu: number[][] = [[], [], [], []];
       for (const line of text.trim().split('\n')) {
         const [v, w, c] = line.split(' ').map(Number);
         wall[v].push(w / 1000);
@@ -124,12 +130,20 @@ async function main(): Promise<void> {
       }
       const mw = wall.map(median);
       const mc = cpu.map(median);
-      say(`| ${round} | ${ms(mw[0])} / ${ms(mc[0])} | ${ms(mw[1])} / ${ms(mc[1])} | ${ms(mw[2])} / ${ms(mc[2])} | ` +
-        `${ratio(mw[1], mw[0])} / ${ratio(mc[1], mc[0])} | ${ratio(mw[2], mw[0])} / ${ratio(mc[2], mc[0])} |`);
+      say(`| ${round} | ${ms(mw[0])} / ${ms(mc[0])} | ${ms(mw[1])} / ${ms(mc[1])} | ${ms(mw[2])} / ${ms(mc[2])} | ${ms(mw[3])} / ${ms(mc[3])} | ` +
+        `${ratio(mw[1], mw[0])} / ${ratio(mc[1], mc[0])} | ${ratio(mw[2], mw[0])} / ${ratio(mc[2], mc[0])} | ${ratio(mw[3], mw[0])} / ${ratio(mc[3], mc[0])} |`);
     }
     say('');
     say(`Load average during the run: ${fs.readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ')} (2 cores shared with other work).`);
     const rss = (hook: string) => execFileSync('sh', ['-c', `LD_AUDIT=${hook} cat /proc/self/status | grep VmRSS | tr -s ' \t' ' '`]).toString().trim();
+    say('');
+    const sys = (extra: string[]) => {
+      const f = path.join(sb.root, 'strace.out');
+      execFileSync('strace', ['-f', '-o', f, ...extra, prog]);
+      return fs.readFileSync(f, 'utf8').trim().split('\n').length;
+    };
+    say(`System calls of one launch (strace): no hook ${sys([])}, libc-free hook ${sys(['-E', `LD_AUDIT=${sb.auditor}`])}, ` +
+      `libc-linked hook ${sys(['-E', `LD_AUDIT=${libcHook}`])}, idle hook ${sys(['-E', `LD_AUDIT=${idleHook}`])}.`);
     say('');
     say(`RSS of \`cat /proc/self/status\` with the hook: none: ${rss('')}; libc-free: ${rss(sb.auditor)}; libc-linked: ${rss(libcHook)}.`);
 

@@ -315,6 +315,29 @@ run('loader hook', () => {
     expect(imagePaths(r, sb)).toHaveLength(2); // the process mapped both before one was unlinked
   });
 
+  test('threads dlopen concurrently while the process forks: every library is its image', () => {
+    const dir = path.join(sb.lib, 'many');
+    fs.mkdirSync(dir, { mode: 0o755 });
+    const names = Array.from({ length: 8 }, (_, i) => path.join(dir, `libt${i}.so`));
+    for (const [i, n] of names.entries()) {
+      // Distinct bytes per library (a different constant), so each is its own image.
+      fs.writeFileSync(path.join(dir, `t${i}.c`), fs.readFileSync(path.join(FIX, 'libb.c'), 'utf8') + `int lib_t${i}_id(void) { return ${i}; }\n`);
+      execFileSync('gcc', [...CFLAGS.split(' '), '-fno-inline', '-shared', '-Wl,--emit-relocs', path.join(dir, `t${i}.c`), '-o', n]);
+      fs.chmodSync(n, 0o644);
+    }
+    const prog = path.join(sb.root, 'threads');
+    execFileSync('gcc', ['-O2', '-pthread', path.join(FIX, 'threads.c'), '-o', prog, '-ldl']);
+    writeConf(sb, { on_miss: 'original' });
+    expect(cli(sb, 'warm').status).toBe(0);
+    const e = currentEpoch(sb);
+    for (let round = 0; round < 5; round++) {
+      const r = launch(sb, {}, names, prog);
+      expect(r.status).toBe(0);
+      expect(r.out).toMatch(/^good 8/);
+      for (const n of names) expect(r.out).toContain(imageFor(sb, n, e));
+    }
+  });
+
   test('warm makes every eligible library an image and reports the rest', () => {
     fs.writeFileSync(path.join(sb.lib, 'libjunk.so.1'), 'not an ELF file at all');
     fs.chmodSync(path.join(sb.lib, 'libjunk.so.1'), 0o644);
