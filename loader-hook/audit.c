@@ -25,14 +25,16 @@
  *     dladdr and /proc/PID/maps all name the image (symbols read from the image: correct).
  *     Exception: a library whose DT_RUNPATH/DT_RPATH uses $ORIGIN is not redirected at
  *     LA_SER_ORIG, since $ORIGIN would then resolve to the images directory (refuse, don't guess).
- *   - A bare name is left alone at LA_SER_ORIG: resolving it exactly as the loader would
- *     (requester RUNPATH/RPATH, LD_LIBRARY_PATH, ld.so.cache with hwcaps subdirectories) is not
- *     attempted. Each candidate path the loader then tries (LA_SER_LIBPATH, _RUNPATH, _CONFIG,
- *     _DEFAULT) is redirected instead. The loader maps the image but keeps l_name (and $ORIGIN)
- *     at the original path: dependencies through $ORIGIN resolve as before; /proc/PID/maps and
- *     perf (which read maps) name and symbolize the image correctly; gdb and dladdr's
- *     dli_fname name the original file, so gdb reads the original's symbols (wrong function
- *     names inside that library).
+ *   - A bare name is resolved at LA_SER_ORIG only where the loader's answer is certainly the single
+ *     ld.so.cache entry (see resolve_bare: no LD_LIBRARY_PATH, no DT_RPATH in the namespace, no
+ *     DT_RUNPATH/NODEFLIB on the requester found through the audit cookie = its link_map, one
+ *     plain x86-64 cache entry); then it is redirected there, with the same effect as above.
+ *   - Otherwise the bare name goes on unchanged and each candidate path the loader then tries
+ *     (LA_SER_LIBPATH, _RUNPATH, _CONFIG, _DEFAULT) is redirected instead. The loader maps the
+ *     image but keeps l_name (and $ORIGIN) at the original path: dependencies through $ORIGIN
+ *     resolve as before; /proc/PID/maps and perf (which read maps) name and symbolize the image;
+ *     gdb and dladdr's dli_fname name the original file, so gdb reads the original's symbols
+ *     (wrong function names inside that library).
  *
  * Concurrency: la_objsearch runs with the loader's dl_load_lock held (initial load is single-
  * threaded; dlopen serializes), so the two static return buffers are never written by two
@@ -65,6 +67,8 @@
 #define SYS_setsockopt 54
 #define SYS_getsockopt 55
 #define SYS_openat 257
+#define SYS_mmap 9
+#define SYS_newfstatat 262
 
 static inline long sc1(long n, long a) {
   unsigned long r;
@@ -121,6 +125,8 @@ static inline long sc6(long n, long a, long b, long c, long d, long e, long f) {
 #define SO_RCVTIMEO 20
 #define SO_SNDTIMEO 21
 #define MSG_NOSIGNAL 0x4000
+#define PROT_READ 1
+#define MAP_PRIVATE 2
 
 /* The kernel's struct stat on x86-64. */
 struct kstat {
@@ -147,7 +153,27 @@ static long sys_read(int fd, void *b, unsigned long n) { return sc3(SYS_read, fd
 
 static unsigned long slen(const char *s) { unsigned long n = 0; while (s[n]) n++; return n; }
 
-/* Appends s to buf at *at; 0 when it does not fit (the caller then falls back to the original). */
+/* Length of R without trailing slashes: paths sent to the daemon are relative to R ("/lib/x.so"), so
+   one daemon outside a chroot of R serves the processes inside it. */
+static unsigned long root_len(void) {
+  const char *r = FSCACHE_HOOK_ROOT;
+  unsigned long rl = slen(r);
+  while (rl > 0 && r[rl - 1] == '/') rl--;
+  return rl;
+}
+
+/* Appends s (at most n bytes of it) to buf at *at; 0 when it does not fit (the caller then falls
+   back to the original). */
+static int put_n(char *buf, unsigned long cap, unsigned long *at, const char *s, unsigned long n) {
+  for (unsigned long i = 0; i < n && s[i]; i++) {
+    if (*at + 1 >= cap) return 0;
+    buf[(*at)++] = s[i];
+  }
+  buf[*at] = 0;
+  return 1;
+}
+
+/* Appends s to buf at *at; 0 when it does not fit. */
 static int put(char *buf, unsigned long cap, unsigned long *at, const char *s) {
   for (; *s; s++) {
     if (*at + 1 >= cap) return 0;
@@ -209,7 +235,7 @@ static int trusted(const struct kstat *st, unsigned int type) {
 static void load_epoch(void) {
   char path[PATH_MAX_];
   unsigned long at = 0;
-  if (!put(path, sizeof path, &at, FSCACHE_HOOK_ROOT) || !put(path, sizeof path, &at, "/run/fscache/epoch")) return;
+  if (!put_n(path, sizeof path, &at, FSCACHE_HOOK_ROOT, root_len()) || !put(path, sizeof path, &at, "/run/fscache/epoch")) return;
   int fd = sys_open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
   if (fd < 0) return;
   struct kstat st;
@@ -239,19 +265,132 @@ static void load_epoch(void) {
   for (char *c = f[2]; *c >= '0' && *c <= '9'; c++) ms = ms * 10 + (unsigned long)(*c - '0');
   g.wait_ms = ms > 60000 ? 60000 : ms;
   at = 0;
-  if (!put(g.epoch_dir, sizeof g.epoch_dir, &at, FSCACHE_HOOK_ROOT) || !put(g.epoch_dir, sizeof g.epoch_dir, &at, "/") ||
+  if (!put_n(g.epoch_dir, sizeof g.epoch_dir, &at, FSCACHE_HOOK_ROOT, root_len()) || !put(g.epoch_dir, sizeof g.epoch_dir, &at, "/") ||
       !put(g.epoch_dir, sizeof g.epoch_dir, &at, f[3]) || !put(g.epoch_dir, sizeof g.epoch_dir, &at, "/") ||
       !put(g.epoch_dir, sizeof g.epoch_dir, &at, f[0]))
     return;
   at = 0;
   if (!put(g.libdirs, sizeof g.libdirs, &at, f[4])) g.libdirs[0] = 0;
   at = 0;
-  if (!put(g.sock, sizeof g.sock, &at, FSCACHE_HOOK_ROOT) || !put(g.sock, sizeof g.sock, &at, "/run/fscache/hook.sock")) g.sock[0] = 0;
+  if (!put_n(g.sock, sizeof g.sock, &at, FSCACHE_HOOK_ROOT, root_len()) || !put(g.sock, sizeof g.sock, &at, "/run/fscache/hook.sock")) g.sock[0] = 0;
   g.ok = 1;
+}
+
+/* ---- resolving a bare name at LA_SER_ORIG exactly as the loader would, or not at all ----
+ * Only in the one case where the loader's answer is the ld.so.cache entry and nothing else can
+ * come first: LD_LIBRARY_PATH unset, no object of the namespace has DT_RPATH (the requester's
+ * loaders and the main program would be searched), the requester has no DT_RUNPATH and neither it
+ * nor the main program has DF_1_NODEFLIB, and the cache has exactly one entry for the name, for
+ * x86-64 libc6 and without hwcaps (a glibc-hwcaps subdirectory entry would depend on the CPU).
+ * Anything else: the name goes on unchanged and the candidate is redirected at a later stage. */
+static struct {
+  int usable;                   /* cache mapped, LD_LIBRARY_PATH known to be unset */
+  const unsigned char *map;
+  unsigned long len;
+  struct kstat id;              /* the cache file we mapped: a rewritten cache is not ours to read */
+} c;
+
+/* Is LD_LIBRARY_PATH in the process's initial environment (what ld.so read)? 1 yes/unknown, 0 no. */
+static int ld_library_path_set(void) {
+  int fd = sys_open("/proc/self/environ", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return 1;
+  static const char want[] = "LD_LIBRARY_PATH=";
+  unsigned long pos = 0;
+  int match = 1, found = 0;
+  char buf[4096];
+  long n;
+  while (!found && (n = sys_read(fd, buf, sizeof buf)) > 0) {
+    for (long i = 0; i < n; i++) {
+      if (buf[i] == 0) {
+        if (match && pos >= sizeof want - 1) { found = 1; break; }
+        pos = 0;
+        match = 1;
+      } else {
+        if (pos < sizeof want - 1 && buf[i] != want[pos]) match = 0;
+        pos++;
+      }
+    }
+  }
+  if (!found && match && pos >= sizeof want - 1) found = 1;
+  sys_close(fd);
+  return found;
+}
+
+static void load_cache(void) {
+  if (ld_library_path_set()) return;
+  int fd = sys_open("/etc/ld.so.cache", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return;
+  if (sys_fstat(fd, &c.id) == 0 && c.id.size >= 48 && c.id.size < (64l << 20)) {
+    long m = sc6(SYS_mmap, 0, c.id.size, PROT_READ, MAP_PRIVATE, fd, 0);
+    if (m > 0) {
+      c.map = (const unsigned char *)m;
+      c.len = (unsigned long)c.id.size;
+      c.usable = 1;
+    }
+  }
+  sys_close(fd);
+}
+
+static unsigned int rd32(const unsigned char *p) { return p[0] | p[1] << 8 | p[2] << 16 | (unsigned int)p[3] << 24; }
+
+/* The single ld.so.cache path for `name`, or 0. */
+static const char *cache_lookup(const char *name) {
+  if (!c.usable) return 0;
+  struct kstat now;
+  if (sc4(SYS_newfstatat, AT_FDCWD, (long)"/etc/ld.so.cache", (long)&now, 0) != 0 || now.ino != c.id.ino || now.dev != c.id.dev ||
+      now.size != c.id.size || now.mtime != c.id.mtime || now.mtime_ns != c.id.mtime_ns)
+    return 0;
+  const unsigned char *b = c.map;
+  static const char magic[] = "glibc-ld.so.cache1.1";
+  for (unsigned long i = 0; i < sizeof magic - 1; i++) if (b[i] != (unsigned char)magic[i]) return 0;
+  unsigned long n = rd32(b + 20);
+  if (n > (c.len - 48) / 24) return 0;
+  const char *found = 0;
+  for (unsigned long i = 0; i < n; i++) {
+    const unsigned char *e = b + 48 + 24 * i;
+    unsigned long key = rd32(e + 4), val = rd32(e + 8);
+    if (key >= c.len || val >= c.len) return 0;
+    unsigned long j = 0;
+    while (key + j < c.len && name[j] && b[key + j] == (unsigned char)name[j]) j++;
+    if (name[j] || key + j >= c.len || b[key + j]) continue;
+    /* 0x0303: FLAG_ELF_LIBC6 | FLAG_X8664_LIB64; any hwcap bits: CPU-dependent choice. */
+    if (rd32(e) != 0x0303 || rd32(e + 16) || rd32(e + 20) || found) return 0;
+    unsigned long k = val;
+    while (k < c.len && b[k]) k++;
+    if (k >= c.len || b[val] != '/') return 0;
+    found = (const char *)b + val;
+  }
+  return found;
+}
+
+struct lmap { unsigned long l_addr; char *l_name; Elf64_Dyn *l_ld; struct lmap *l_next, *l_prev; }; /* <link.h>'s public part */
+
+/* 1 if this object's dynamic section could make the loader look anywhere but the cache. */
+static int dyn_blocks(const Elf64_Dyn *d, int strict) {
+  for (int i = 0; d && i < 1024 && d[i].d_tag != DT_NULL; i++) {
+    if (d[i].d_tag == DT_RPATH) return 1;
+    if (strict && d[i].d_tag == DT_RUNPATH) return 1;
+    if (strict && d[i].d_tag == DT_FLAGS_1 && (d[i].d_un.d_val & DF_1_NODEFLIB)) return 1;
+  }
+  return 0;
+}
+
+static const char *resolve_bare(const char *name, const uintptr_t *cookie) {
+  if (!c.usable || !cookie || !*cookie) return 0;
+  for (const char *p = name; *p; p++) if (*p == '/' || *p == '$') return 0;
+  /* The audit cookie of an object is its link_map unless an auditor's la_objopen changed it (ours has none). */
+  const struct lmap *req = (const struct lmap *)*cookie, *head = req;
+  for (int i = 0; head->l_prev && i < 65536; i++) head = head->l_prev;
+  if (head->l_prev) return 0;
+  int i = 0;
+  for (const struct lmap *l = head; l; l = l->l_next)
+    if (++i > 65536 || dyn_blocks(l->l_ld, l == req || l == head)) return 0;
+  return cache_lookup(name);
 }
 
 EXPORT unsigned int la_version(unsigned int version) {
   load_epoch();
+  if (g.ok) load_cache();
   /* 0 would disable the auditor; we use nothing newer than version 2's la_objsearch. */
   return version < LAV_CURRENT_OURS ? version : LAV_CURRENT_OURS;
 }
@@ -261,7 +400,9 @@ static int uses_origin(int fd) {
   Elf64_Ehdr eh;
   if (sys_pread(fd, &eh, sizeof eh, 0) != (long)sizeof eh) return -1;
   if (eh.e_ident[0] != 0x7f || eh.e_ident[1] != 'E' || eh.e_ident[2] != 'L' || eh.e_ident[3] != 'F') return -1;
-  if (eh.e_ident[EI_CLASS] != ELFCLASS64 || eh.e_phentsize != sizeof(Elf64_Phdr) || eh.e_phnum > 64) return -1;
+  if (eh.e_ident[EI_CLASS] != ELFCLASS64 || eh.e_ident[EI_DATA] != ELFDATA2LSB || eh.e_machine != EM_X86_64 ||
+      eh.e_type != ET_DYN || eh.e_phentsize != sizeof(Elf64_Phdr) || eh.e_phnum > 64)
+    return -1;
   Elf64_Phdr ph[64];
   long want = (long)(eh.e_phnum * sizeof(Elf64_Phdr));
   if (sys_pread(fd, ph, (unsigned long)want, (long)eh.e_phoff) != want) return -1;
@@ -325,6 +466,7 @@ static int lookup(const char *key) {
   return found;
 }
 
+
 /*
  * Asks the daemon for an image of `path` (identity `st`). With on_miss=wait, waits at most
  * wait_ms for its answer and returns 1 when it says the image is ready; with on_miss=original,
@@ -357,7 +499,7 @@ static int ask_daemon(const char *path, const struct kstat *st) {
       !put_dec(req, sizeof req, &at, st->ino) || !put(req, sizeof req, &at, " ") ||
       !put_dec(req, sizeof req, &at, (unsigned long)st->size) || !put(req, sizeof req, &at, " ") ||
       !put_dec(req, sizeof req, &at, st->mtime * 1000000000ul + st->mtime_ns) || !put(req, sizeof req, &at, " ") ||
-      !put(req, sizeof req, &at, path) || !put(req, sizeof req, &at, "\n"))
+      !put(req, sizeof req, &at, path + root_len()) || !put(req, sizeof req, &at, "\n"))
     goto out;
   for (unsigned long sent = 0; sent < at;) {
     long n = sc6(SYS_sendto, s, (long)(req + sent), (long)(at - sent), MSG_NOSIGNAL, 0, 0);
@@ -385,8 +527,7 @@ out:
    own descriptor): system libraries outside them would otherwise cost a round trip per launch. */
 static int in_library_dirs(const char *path) {
   const char *r = FSCACHE_HOOK_ROOT;
-  unsigned long rl = slen(r);
-  while (rl > 0 && r[rl - 1] == '/') rl--;
+  unsigned long rl = root_len();
   for (unsigned long i = 0; i < rl; i++) if (path[i] != r[i]) return 0;
   const char *rest = path + rl;
   if (*rest != '/') return 0;
@@ -435,9 +576,14 @@ static char *image_for(const char *path, char *out, int at_orig) {
 }
 
 EXPORT char *la_objsearch(const char *name, uintptr_t *cookie, unsigned int flag) {
-  (void)cookie;
-  if (!g.ok || !name || name[0] != '/') return (char *)name; /* bare or relative names: see header */
+  if (!g.ok || !name) return (char *)name;
   int orig = (flag & LA_SER_ORIG) != 0;
-  char *img = image_for(name, orig ? ret_orig : ret_later, orig);
+  const char *path = name;
+  if (name[0] != '/') {
+    /* A bare name: only at LA_SER_ORIG and only when the cache alone decides (see resolve_bare). */
+    path = orig ? resolve_bare(name, cookie) : 0;
+    if (!path) return (char *)name;
+  }
+  char *img = image_for(path, orig ? ret_orig : ret_later, orig);
   return img ? img : (char *)name;
 }

@@ -3,7 +3,7 @@
  * R/run/fscache/hook.sock.
  *
  * Protocol (one request per connection, text, newline-terminated, at most 8 KiB):
- *   hook -> daemon   "Q <dev> <ino> <size> <mtime_ns> <absolute path>\n"   (decimal)
+ *   hook -> daemon   "Q <dev> <ino> <size> <mtime_ns> <path relative to R, starting with />\n"   (decimal)
  *   daemon -> hook   "OK\n"            the current epoch's image of that file exists now
  *                    "PASS <reason>\n" refused; the original loads
  *                    "ERR <reason>\n"  bad request or failure; the original loads
@@ -16,6 +16,7 @@
  */
 import * as fs from 'fs';
 import * as net from 'net';
+import * as path from 'path';
 import type { Config } from '../fs/config';
 import type { Logger } from '../fs/log';
 import type { Paths } from '../fs/paths';
@@ -121,7 +122,8 @@ export class HookDaemon {
       // setImmediate: let the sockets that arrived meanwhile join this job before it blocks the loop.
       setImmediate(() => {
         try {
-          resolve(this.store.makeImage(req.path, { dev: req.dev, ino: req.ino, size: req.size, mtimeNs: req.mtimeNs }));
+          // The hook names files as seen from R (it may run in a chroot of R).
+          resolve(this.store.makeImage(path.join(this.paths.root, req.path), { dev: req.dev, ino: req.ino, size: req.size, mtimeNs: req.mtimeNs }));
         } catch (e) {
           reject(e);
         }
