@@ -43,7 +43,7 @@ const MIGRATIONS: string[] = [
    );
    CREATE INDEX hook_images_lru ON hook_images(last_access);
    CREATE TABLE hook_passthrough (
-     key TEXT PRIMARY KEY, source TEXT NOT NULL, reason TEXT NOT NULL, at INTEGER NOT NULL
+     key TEXT PRIMARY KEY, source TEXT NOT NULL, reason TEXT NOT NULL, epoch TEXT NOT NULL, at INTEGER NOT NULL
    );`,
 ];
 export const SCHEMA_VERSION = MIGRATIONS.length;

@@ -10,7 +10,8 @@
  * Promises kept here: an image is written under a temporary name, synced, then renamed, so the
  * hook never sees a torn image; only root-owned, world-readable, not-writable-by-others regular
  * files inside the configured library directories are randomized, decided on the opened
- * descriptor; a library the randomizer refuses is remembered with its reason.
+ * descriptor; a library the randomizer refuses is remembered with its reason (and tried once more
+ * in the next epoch, since a refusal can depend on the seed).
  */
 import Database from 'better-sqlite3';
 import { createHash, randomBytes } from 'crypto';
@@ -61,7 +62,7 @@ export type MakeResult =
   | { kind: 'refused'; reason: string };
 
 export interface ImageRow { epoch: Epoch; key: ImageKey; source: string; size: number; madeMs: number; created: number; lastAccess: number }
-export interface PassRow { key: ImageKey; source: string; reason: string; at: number }
+export interface PassRow { key: ImageKey; source: string; reason: string; epoch: Epoch; at: number }
 
 const O_NOFOLLOW = fs.constants.O_NOFOLLOW;
 
@@ -202,8 +203,8 @@ export class ImageStore {
     ensureRootDir(dir);
     this.db.prepare('INSERT INTO hook_epochs (epoch, seed, boot_id, created) VALUES (?, ?, ?, ?)')
       .run(epoch, randomBytes(32).toString('hex'), bootId(), Date.now());
-    // Libraries refused before are refused again: mark them so launches do not ask.
-    for (const p of this.passThroughs()) writeAtomic(path.join(dir, `${p.key}.pass`), p.reason + '\n', 0o444);
+    // Refusals are not carried over: some depend on the seed (no layout fitting the alignment
+    // padding), so each library refused before is tried once more in the new epoch.
     this.writeEpochFile(epoch);
     this.log.info(`hook: epoch ${epoch} started`);
     this.gcEpochs();
@@ -235,6 +236,7 @@ export class ImageStore {
       if ([...mapped].some((m) => m.startsWith(dir + '/'))) continue;
       fs.rmSync(dir, { recursive: true, force: true });
       this.db.prepare('DELETE FROM hook_images WHERE epoch = ?').run(name);
+      this.db.prepare('DELETE FROM hook_passthrough WHERE epoch = ?').run(name);
       this.db.prepare('DELETE FROM hook_epochs WHERE epoch = ?').run(name);
       removed.push(name);
     }
@@ -291,7 +293,7 @@ export class ImageStore {
       const key = keyOf(id);
       const image = path.join(this.hp.images, cur.epoch, `${key}.so`);
       if (fs.existsSync(image)) return { kind: 'image', key, image, made: false, ms: 0 };
-      const known = this.db.prepare('SELECT reason FROM hook_passthrough WHERE key = ?').get(key) as { reason: string } | undefined;
+      const known = this.db.prepare('SELECT reason FROM hook_passthrough WHERE key = ? AND epoch = ?').get(key, cur.epoch) as { reason: string } | undefined;
       if (known) {
         this.markPass(cur.epoch, key, known.reason);
         return { kind: 'pass', key, reason: known.reason };
@@ -309,7 +311,7 @@ export class ImageStore {
       } catch (e) {
         if (!(e instanceof ElfRefusal || e instanceof ElfFormatError)) throw e;
         const reason = e instanceof ElfFormatError ? `malformed: ${e.message}` : e.message;
-        this.db.prepare('INSERT OR REPLACE INTO hook_passthrough (key, source, reason, at) VALUES (?, ?, ?, ?)').run(key, real, reason, Date.now());
+        this.db.prepare('INSERT OR REPLACE INTO hook_passthrough (key, source, reason, epoch, at) VALUES (?, ?, ?, ?, ?)').run(key, real, reason, cur.epoch, Date.now());
         this.markPass(cur.epoch, key, reason);
         this.log.info(`hook: passing through ${real}: ${reason}`);
         return { kind: 'pass', key, reason };
@@ -383,7 +385,7 @@ export class ImageStore {
 
   passThroughs(): PassRow[] {
     return (this.db.prepare('SELECT * FROM hook_passthrough ORDER BY source').all() as Record<string, number | string>[]).map((r) => ({
-      key: String(r.key), source: String(r.source), reason: String(r.reason), at: Number(r.at),
+      key: String(r.key), source: String(r.source), reason: String(r.reason), epoch: String(r.epoch), at: Number(r.at),
     }));
   }
 
