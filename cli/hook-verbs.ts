@@ -65,16 +65,17 @@ export function registerHookVerbs(program: Command): void {
     .option('--json', 'machine-readable output')
     .action(async (opts: { json?: boolean }) => {
       const c = ctx();
-      const { ImageStore } = await import('../loader-hook/images');
+      const { ImageStore, readFailures } = await import('../loader-hook/images');
       const { daemonPid } = await import('../loader-hook/control');
       const store = new ImageStore(c.paths, c.config, c.log);
       try {
-        const report = { epoch: store.currentEpoch()?.epoch ?? null, daemonPid: daemonPid(c.paths) ?? null, images: store.images(), passThroughs: store.passThroughs() };
+        const report = { epoch: store.currentEpoch()?.epoch ?? null, daemonPid: daemonPid(c.paths) ?? null, images: store.images(), passThroughs: store.passThroughs(), failures: readFailures(store.hp) };
         if (opts.json) process.stdout.write(JSON.stringify(report, null, 2) + '\n');
         else {
           process.stdout.write(`epoch ${report.epoch ?? 'none'}, daemon ${report.daemonPid ? `pid ${report.daemonPid}` : 'not running'}\n`);
           for (const i of report.images) process.stdout.write(`image  ${i.source}  epoch ${i.epoch}  ${i.size} bytes  made in ${i.madeMs} ms\n`);
           for (const p of report.passThroughs) process.stdout.write(`pass   ${p.source}  ${p.reason}\n`);
+          for (const f of report.failures) process.stdout.write(`failed ${f.source}  ${new Date(f.at).toISOString()}  ${f.message}\n`);
         }
       } finally {
         store.close();

@@ -20,7 +20,7 @@ import * as path from 'path';
 import type { Config } from '../fs/config';
 import type { Logger } from '../fs/log';
 import type { Paths } from '../fs/paths';
-import { ImageStore, MakeResult } from './images';
+import { HookFailure, ImageStore, MakeResult } from './images';
 
 const MAX_REQUEST = 8192;
 const CONN_TIMEOUT_MS = 30_000;
@@ -105,10 +105,28 @@ export class HookDaemon {
         (r) => reply(r.kind === 'image' ? 'OK\n' : r.kind === 'pass' ? 'PASS refused by the randomizer\n' : 'PASS not eligible\n'),
         (e) => {
           this.log.warn(`hook: ${req.path}: ${(e as Error).message}`);
+          this.recordFailure(path.join(this.paths.root, req.path), (e as Error).message);
           reply(`ERR ${String((e as Error).message).replace(/\n/g, ' ')}\n`);
         },
       );
     });
+  }
+
+  /** The last failures (a full images directory, an unwritable index...), for `fscache images`. */
+  private recordFailure(source: string, message: string): void {
+    const file = this.store.hp.failuresFile;
+    let list: HookFailure[] = [];
+    try {
+      list = JSON.parse(fs.readFileSync(file, 'utf8')) as HookFailure[];
+    } catch {
+      // none yet, or unreadable: start again
+    }
+    list = [{ at: Date.now(), source, message }, ...list.filter((f) => f.source !== source)].slice(0, 20);
+    try {
+      fs.writeFileSync(file, JSON.stringify(list, null, 2) + '\n', { mode: 0o644 });
+    } catch {
+      // the log line above still says it
+    }
   }
 
   /** Single flight per identity: concurrent requests for one file share one job. */

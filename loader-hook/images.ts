@@ -37,6 +37,18 @@ export interface HookPaths {
   socket: string;
   pidFile: string;
   logFile: string;
+  /** The daemon's last failures (JSON list of HookFailure). */
+  failuresFile: string;
+}
+
+export interface HookFailure { at: number; source: string; message: string }
+
+export function readFailures(hp: HookPaths): HookFailure[] {
+  try {
+    return JSON.parse(fs.readFileSync(hp.failuresFile, 'utf8')) as HookFailure[];
+  } catch {
+    return [];
+  }
 }
 
 export function hookPaths(paths: Paths): HookPaths {
@@ -47,6 +59,7 @@ export function hookPaths(paths: Paths): HookPaths {
     socket: path.join(paths.runDir, 'hook.sock'),
     pidFile: path.join(paths.runDir, 'hook-daemon.pid'),
     logFile: path.join(paths.runDir, 'hook-daemon.log'),
+    failuresFile: path.join(paths.runDir, 'hook-failures.json'),
   };
 }
 

@@ -338,6 +338,28 @@ run('loader hook', () => {
     }
   });
 
+  test('a full images directory: the original loads, the daemon lives on, `images` says why', async () => {
+    const images = path.join(sb.root, 'fscache', 'images');
+    fs.mkdirSync(images, { recursive: true, mode: 0o755 });
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=600k,mode=0755', 'tmpfs', images]);
+    try {
+      await startDaemon(sb);
+      const r = launch(sb);
+      expect(r.status).toBe(0);
+      expect(r.out).toMatch(/^ok 200 /);
+      const e = currentEpoch(sb);
+      expect(r.maps.has(sqlite)).toBe(true); // 1.4 MB image: no room
+      expect(r.maps.has(imageFor(sb, zlib, e))).toBe(true); // 109 KB: fits
+      expect(fs.readdirSync(path.join(images, e)).filter((n) => n.includes('.tmp'))).toEqual([]);
+      const listed = JSON.parse(cli(sb, 'images', '--json').stdout) as { failures: { source: string; message: string }[] };
+      expect(listed.failures).toEqual([expect.objectContaining({ source: sqlite, message: expect.stringMatching(/ENOSPC/) })]);
+      expect(launch(sb).out).toMatch(/^ok 200 /); // and the daemon still answers
+    } finally {
+      await stopDaemon(sb, 'SIGKILL');
+      execFileSync('umount', ['-l', images]);
+    }
+  });
+
   test('warm makes every eligible library an image and reports the rest', () => {
     fs.writeFileSync(path.join(sb.lib, 'libjunk.so.1'), 'not an ELF file at all');
     fs.chmodSync(path.join(sb.lib, 'libjunk.so.1'), 0o644);
