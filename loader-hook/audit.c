@@ -401,23 +401,29 @@ static int uses_origin(int fd) {
   if (sys_pread(fd, &eh, sizeof eh, 0) != (long)sizeof eh) return -1;
   if (eh.e_ident[0] != 0x7f || eh.e_ident[1] != 'E' || eh.e_ident[2] != 'L' || eh.e_ident[3] != 'F') return -1;
   if (eh.e_ident[EI_CLASS] != ELFCLASS64 || eh.e_ident[EI_DATA] != ELFDATA2LSB || eh.e_machine != EM_X86_64 ||
-      eh.e_type != ET_DYN || eh.e_phentsize != sizeof(Elf64_Phdr) || eh.e_phnum > 64)
+      eh.e_type != ET_DYN || eh.e_phentsize != sizeof(Elf64_Phdr) || eh.e_phnum > 32)
     return -1;
-  Elf64_Phdr ph[64];
+  /* Small buffers: la_objsearch may run on a thread with a small stack (dlopen from a thread). */
+  Elf64_Phdr ph[32];
   long want = (long)(eh.e_phnum * sizeof(Elf64_Phdr));
   if (sys_pread(fd, ph, (unsigned long)want, (long)eh.e_phoff) != want) return -1;
   const Elf64_Phdr *dyn = 0;
   for (int i = 0; i < eh.e_phnum; i++) if (ph[i].p_type == PT_DYNAMIC) dyn = &ph[i];
   if (!dyn) return 0;
-  Elf64_Dyn d[256];
   unsigned long dn = dyn->p_filesz / sizeof(Elf64_Dyn);
-  if (dn > 256) return -1;
-  if (sys_pread(fd, d, dn * sizeof(Elf64_Dyn), (long)dyn->p_offset) != (long)(dn * sizeof(Elf64_Dyn))) return -1;
+  if (dn > 1024) return -1;
   unsigned long strtab = 0, paths[2];
-  int np = 0;
-  for (unsigned long i = 0; i < dn && d[i].d_tag != DT_NULL; i++) {
-    if (d[i].d_tag == DT_STRTAB) strtab = d[i].d_un.d_ptr;
-    else if ((d[i].d_tag == DT_RUNPATH || d[i].d_tag == DT_RPATH) && np < 2) paths[np++] = d[i].d_un.d_val;
+  int np = 0, end = 0;
+  for (unsigned long base = 0; base < dn && !end; base += 32) {
+    Elf64_Dyn d[32];
+    unsigned long k = dn - base < 32 ? dn - base : 32;
+    long want_d = (long)(k * sizeof(Elf64_Dyn));
+    if (sys_pread(fd, d, (unsigned long)want_d, (long)(dyn->p_offset + base * sizeof(Elf64_Dyn))) != want_d) return -1;
+    for (unsigned long i = 0; i < k; i++) {
+      if (d[i].d_tag == DT_NULL) { end = 1; break; }
+      if (d[i].d_tag == DT_STRTAB) strtab = d[i].d_un.d_ptr;
+      else if ((d[i].d_tag == DT_RUNPATH || d[i].d_tag == DT_RPATH) && np < 2) paths[np++] = d[i].d_un.d_val;
+    }
   }
   if (np == 0) return 0;
   long stroff = -1;
@@ -426,7 +432,7 @@ static int uses_origin(int fd) {
       stroff = (long)(strtab - ph[i].p_vaddr + ph[i].p_offset);
   if (stroff < 0) return -1;
   for (int k = 0; k < np; k++) {
-    char s[1024];
+    char s[512];
     long n = sys_pread(fd, s, sizeof s, stroff + (long)paths[k]);
     if (n <= 0) return -1;
     unsigned long len = 0;
@@ -467,6 +473,15 @@ static int lookup(const char *key) {
 }
 
 
+static int send_all(int s, const char *b, unsigned long n) {
+  for (unsigned long sent = 0; sent < n;) {
+    long k = sc6(SYS_sendto, s, (long)(b + sent), (long)(n - sent), MSG_NOSIGNAL, 0, 0);
+    if (k <= 0) return 0;
+    sent += (unsigned long)k;
+  }
+  return 1;
+}
+
 /*
  * Asks the daemon for an image of `path` (identity `st`). With on_miss=wait, waits at most
  * wait_ms for its answer and returns 1 when it says the image is ready; with on_miss=original,
@@ -487,7 +502,7 @@ static int ask_daemon(const char *path, const struct kstat *st) {
   sa.path[i] = 0;
   struct kucred cred;
   unsigned int credlen = sizeof cred;
-  char req[PATH_MAX_ + 128];
+  char req[128]; /* the numbers; the path is sent from where it is (no copy on a small stack) */
   unsigned long at = 0;
   if (sc5(SYS_setsockopt, s, SOL_SOCKET, SO_RCVTIMEO, (long)&tv, sizeof tv) != 0 ||
       sc5(SYS_setsockopt, s, SOL_SOCKET, SO_SNDTIMEO, (long)&tv, sizeof tv) != 0 ||
@@ -498,14 +513,10 @@ static int ask_daemon(const char *path, const struct kstat *st) {
   if (!put(req, sizeof req, &at, "Q ") || !put_dec(req, sizeof req, &at, st->dev) || !put(req, sizeof req, &at, " ") ||
       !put_dec(req, sizeof req, &at, st->ino) || !put(req, sizeof req, &at, " ") ||
       !put_dec(req, sizeof req, &at, (unsigned long)st->size) || !put(req, sizeof req, &at, " ") ||
-      !put_dec(req, sizeof req, &at, st->mtime * 1000000000ul + st->mtime_ns) || !put(req, sizeof req, &at, " ") ||
-      !put(req, sizeof req, &at, path + root_len()) || !put(req, sizeof req, &at, "\n"))
+      !put_dec(req, sizeof req, &at, st->mtime * 1000000000ul + st->mtime_ns) || !put(req, sizeof req, &at, " "))
     goto out;
-  for (unsigned long sent = 0; sent < at;) {
-    long n = sc6(SYS_sendto, s, (long)(req + sent), (long)(at - sent), MSG_NOSIGNAL, 0, 0);
-    if (n <= 0) goto out;
-    sent += (unsigned long)n;
-  }
+  const char *rel = path + root_len();
+  if (!send_all(s, req, at) || !send_all(s, rel, slen(rel)) || !send_all(s, "\n", 1)) goto out;
   if (g.on_miss == MISS_WAIT) {
     /* Anything but a complete "OK\n" (garbage, a timeout, a refusal) means the original. */
     char rep[64];
