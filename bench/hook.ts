@@ -104,7 +104,7 @@ async function main(): Promise<void> {
     say('## Launch time, 10 libraries, all hits');
     say('');
     say(`Program \`ten\` linked (-z now) against SQLite, zlib and ${N_SMALL} generated libraries (41 functions each), all built`);
-    say(`with -ffunction-sections and --emit-relocs; \`fscache warm\` made ${hits}/10 images. bench/fixtures/launchtimer.c runs the`);
+    say(`with -ffunction-sections and --emit-relocs; \`fscache warm\` made ${hits}/10 images. loader-hook/launchtimer.c runs the`);
     say(`three variants interleaved (rotating order), ${ROUNDS} launches each per round, and records wall time and the child's`);
     say('user+system CPU time (wait4 rusage). Medians; ratios against no hook in the same round.');
     say('');
@@ -116,7 +116,7 @@ async function main(): Promise<void> {
     const idleHook = path.join(sb.root, 'audit-idle.so');
     execFileSync('make', ['-s', '-C', path.join(REPO, 'loader-hook'), `ROOT=${path.join(sb.root, 'nothing-here')}`, `OUT=${idleHook}`]);
     const timer = path.join(sb.root, 'launchtimer');
-    execFileSync('gcc', ['-O2', '-o', timer, path.join(REPO, 'bench', 'fixtures', 'launchtimer.c')]);
+    execFileSync('gcc', ['-O2', '-o', timer, path.join(REPO, 'loader-hook', 'launchtimer.c')]);
     for (let round = 1; round <= 3; round++) {
       const text = execFileSync(timer, [String(ROUNDS), '-', '--', prog, ';;', `LD_AUDIT=${sb.auditor}`, '--', prog, ';;', `LD_AUDIT=${libcHook}`, '--', prog,
         ';;', `LD_AUDIT=${idleHook}`, '--', prog],
