@@ -105,7 +105,7 @@ async function main(): Promise<void> {
     say('');
     say(`Program \`ten\` linked (-z now) against SQLite, zlib and ${N_SMALL} generated libraries (41 functions each), all built`);
     say(`with -ffunction-sections and --emit-relocs; \`fscache warm\` made ${hits}/10 images. loader-hook/launchtimer.c runs the`);
-    say(`three variants interleaved (rotating order), ${ROUNDS} launches each per round, and records wall time and the child's`);
+    say(`four variants interleaved (rotating order), ${ROUNDS} launches each per round, and records wall time and the child's`);
     say('user+system CPU time (wait4 rusage). Medians; ratios against no hook in the same round.');
     say('');
     say('"idle hook": the libc-free hook built for a root with no epoch file, so it redirects nothing: the fixed cost of');
