@@ -24,6 +24,7 @@ import { HookFailure, ImageStore, MakeResult } from './images';
 
 const MAX_REQUEST = 8192;
 const CONN_TIMEOUT_MS = 30_000;
+const MAX_CONNECTIONS = 256;
 const GC_INTERVAL_MS = 30_000;
 
 export interface Request { dev: bigint; ino: bigint; size: bigint; mtimeNs: bigint; path: string }
@@ -53,6 +54,8 @@ export class HookDaemon {
     const sock = this.store.hp.socket;
     fs.rmSync(sock, { force: true }); // a stale socket from a crashed daemon
     this.server = net.createServer((c) => this.onConnection(c));
+    // Anyone may connect: bound the descriptors idle or slow clients can hold (the hook then loads originals).
+    this.server.maxConnections = MAX_CONNECTIONS;
     await new Promise<void>((resolve, reject) => {
       this.server!.once('error', reject);
       this.server!.listen(sock, () => resolve());

@@ -78,6 +78,8 @@ export interface ImageRow { epoch: Epoch; key: ImageKey; source: string; size: n
 export interface PassRow { key: ImageKey; source: string; reason: string; epoch: Epoch; at: number }
 
 const O_NOFOLLOW = fs.constants.O_NOFOLLOW;
+/** Larger files are not read into memory: any user can ask for any library. */
+const MAX_LIBRARY_BYTES = 512n << 20n;
 
 function bootId(): string {
   try {
@@ -301,6 +303,7 @@ export class ImageStore {
         this.markPass(cur.epoch, keyOf(id), `not eligible: ${policy}`);
         return { kind: 'refused', reason: policy };
       }
+      if (st.size > MAX_LIBRARY_BYTES) return { kind: 'refused', reason: `larger than ${MAX_LIBRARY_BYTES >> 20n} MiB` };
       // Compared only now, for a file anyone may stat anyway: no oracle about unreadable files.
       if (expected && !sameIdentity(id, expected)) return { kind: 'refused', reason: 'file is not the one the hook opened (changed?)' };
       const key = keyOf(id);
