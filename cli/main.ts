@@ -4,6 +4,7 @@ import { renderDefaultConfig } from '../fs/config';
 import { errnoCode, EXIT_CODES, FsCacheError } from '../fs/errors';
 import { contextFrom, GlobalOptions } from './context';
 import { exitCodeFor as elfExitCode, registerElfVerbs } from './elf-verbs';
+import { registerHookVerbs } from './hook-verbs';
 
 // Each verb loads its own modules when it runs: start-up stays short for sync, status
 // and the init scripts. The view (mount) loads everything before it serves, never later.
@@ -97,6 +98,7 @@ program
   });
 
 registerElfVerbs(program);
+registerHookVerbs(program);
 
 program
   .command('config')

@@ -11,6 +11,7 @@ export type Mode = 'view' | 'mirror';
 export type WatchMode = 'cached-dirs' | 'off';
 export type SessionKind = 'libfuse2' | 'kernel';
 export type LogLevel = 'error' | 'warn' | 'info' | 'debug';
+export type OnMiss = 'wait' | 'original';
 
 export interface Config {
   mode: Mode;
@@ -32,6 +33,11 @@ export interface Config {
   metadataTrustSeconds: number;
   accessFlushMs: number;
   logLevel: LogLevel;
+  libraryDirs: string[];
+  imagesMaxBytes: number;
+  imagesMaxCount: number;
+  onMiss: OnMiss;
+  missWaitMs: number;
 }
 
 interface KeySpec<K extends keyof Config> {
@@ -157,6 +163,27 @@ export const CONFIG_KEYS = {
   log_level: {
     field: 'logLevel', default: 'info', allowed: 'error, warn, info, debug', parse: oneOf<LogLevel>('error', 'warn', 'info', 'debug'),
     doc: 'Least severe log line written.',
+  },
+  library_dirs: {
+    field: 'libraryDirs', default: 'lib, lib64, usr/lib, usr/lib64, usr/local/lib', allowed: 'comma-separated paths relative to the root',
+    parse: list(relPath),
+    doc: 'The randomization daemon makes images only of libraries inside these directories (root-owned, world-readable, not writable by others).',
+  },
+  images_max_bytes: {
+    field: 'imagesMaxBytes', default: '1G', allowed: 'a size in bytes with an optional K, M, G or T suffix', parse: parseSize,
+    doc: 'Most bytes of randomized images kept; least recently used images are unlinked beyond it (processes mapping them keep them).',
+  },
+  images_max_count: {
+    field: 'imagesMaxCount', default: '4096', allowed: 'an integer from 1 to 1048576', parse: intIn(1, 1048576),
+    doc: 'Most randomized images kept; least recently used images are unlinked beyond it.',
+  },
+  on_miss: {
+    field: 'onMiss', default: 'original', allowed: 'wait, original', parse: oneOf<OnMiss>('wait', 'original'),
+    doc: 'When a launch finds no image: wait (ask the daemon and wait up to miss_wait_ms for the image) or original (ask without waiting and load the original; the next launch hits).',
+  },
+  miss_wait_ms: {
+    field: 'missWaitMs', default: '3000', allowed: 'milliseconds from 0 to 60000', parse: intIn(0, 60000),
+    doc: 'Longest a launch waits for the daemon per missing library with on_miss = wait; then the original loads.',
   },
 } satisfies { [key: string]: KeySpec<keyof Config> };
 

@@ -32,6 +32,19 @@ const MIGRATIONS: string[] = [
      hits INTEGER NOT NULL DEFAULT 0
    );
    CREATE INDEX entries_lru ON entries(last_access);`,
+  // Loader hook (loader-hook/): epochs with their seeds, randomized images, refused libraries.
+  `CREATE TABLE hook_epochs (
+     epoch TEXT PRIMARY KEY, seed TEXT NOT NULL, boot_id TEXT NOT NULL, created INTEGER NOT NULL
+   );
+   CREATE TABLE hook_images (
+     epoch TEXT NOT NULL, key TEXT NOT NULL, source TEXT NOT NULL, size INTEGER NOT NULL,
+     made_ms INTEGER NOT NULL, created INTEGER NOT NULL, last_access INTEGER NOT NULL,
+     PRIMARY KEY (epoch, key)
+   );
+   CREATE INDEX hook_images_lru ON hook_images(last_access);
+   CREATE TABLE hook_passthrough (
+     key TEXT PRIMARY KEY, source TEXT NOT NULL, reason TEXT NOT NULL, epoch TEXT NOT NULL, at INTEGER NOT NULL
+   );`,
 ];
 export const SCHEMA_VERSION = MIGRATIONS.length;
 

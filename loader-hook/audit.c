@@ -1,0 +1,600 @@
+/*
+ * loader-hook/audit.c — the fscache LD_AUDIT library.
+ *
+ * For each library the dynamic loader is about to open, hand it the current epoch's
+ * randomized image of that library (R/fscache/images/<epoch>/<key>.so) when a trusted
+ * one exists, otherwise the original. Promises (DESIGN.md):
+ *   - Fail open: every error path returns the loader's own name unchanged.
+ *   - One image per library per epoch: the key is the identity of the file actually
+ *     opened (fstat of our own descriptor: dev, ino, size, mtime ns), so every name of one
+ *     file maps to one image and a changed file never maps to an old image.
+ *   - Trust only root-owned state: the epoch file, the epoch directory and the image are
+ *     opened with O_NOFOLLOW and checked with fstat on those descriptors (root-owned, not
+ *     writable by group or others, right file type); the daemon's socket must have a root peer.
+ *
+ * Freestanding: -nostdlib -ffreestanding, raw syscalls (musl's syscall_arch.h style), no
+ * allocation. The audit namespace then loads nothing but this file (no second libc).
+ *
+ * The root prefix R is compiled in (-DFSCACHE_HOOK_ROOT="/..."; "/" for a system install).
+ * Deliberately not an environment variable: nothing an unprivileged user controls can point
+ * the hook at another images directory (the ownership checks are the second line).
+ *
+ * Stages (FINDINGS.md "The loader hook"):
+ *   - A name containing '/' (dlopen("/abs/path"), DT_NEEDED with a slash) is seen only at
+ *     LA_SER_ORIG; if absolute it is redirected there, so l_name becomes the image and gdb,
+ *     dladdr and /proc/PID/maps all name the image (symbols read from the image: correct).
+ *     Exception: a library whose DT_RUNPATH/DT_RPATH uses $ORIGIN is not redirected at
+ *     LA_SER_ORIG, since $ORIGIN would then resolve to the images directory (refuse, don't guess).
+ *   - A bare name is resolved at LA_SER_ORIG only where the loader's answer is certainly the single
+ *     ld.so.cache entry (see resolve_bare: no LD_LIBRARY_PATH, no DT_RPATH in the namespace, no
+ *     DT_RUNPATH/NODEFLIB on the requester found through the audit cookie = its link_map, one
+ *     plain x86-64 cache entry); then it is redirected there, with the same effect as above.
+ *   - Otherwise the bare name goes on unchanged and each candidate path the loader then tries
+ *     (LA_SER_LIBPATH, _RUNPATH, _CONFIG, _DEFAULT) is redirected instead. The loader maps the
+ *     image but keeps l_name (and $ORIGIN) at the original path: dependencies through $ORIGIN
+ *     resolve as before; /proc/PID/maps and perf (which read maps) name and symbolize the image;
+ *     gdb and dladdr's dli_fname name the original file, so gdb reads the original's symbols
+ *     (wrong function names inside that library).
+ *
+ * Concurrency: la_objsearch runs with the loader's dl_load_lock held (initial load is single-
+ * threaded; dlopen serializes), so the two static return buffers are never written by two
+ * threads at once. The epoch state is written once in la_version, before any thread exists,
+ * and only read afterwards. No descriptor outlives a call (a program that closes all
+ * descriptors cannot make us use a reused number), and nothing holds a lock across fork.
+ */
+#include <stddef.h>
+#include <stdint.h>
+#include <elf.h>
+
+#ifndef FSCACHE_HOOK_ROOT
+#define FSCACHE_HOOK_ROOT "/"
+#endif
+
+#define EXPORT __attribute__((visibility("default")))
+
+/* rtld-audit(7) */
+#define LAV_CURRENT_OURS 2u
+#define LA_SER_ORIG 0x01u
+
+/* ---- raw syscalls (x86-64) ---- */
+#define SYS_read 0
+#define SYS_close 3
+#define SYS_fstat 5
+#define SYS_pread64 17
+#define SYS_socket 41
+#define SYS_connect 42
+#define SYS_sendto 44
+#define SYS_setsockopt 54
+#define SYS_getsockopt 55
+#define SYS_openat 257
+#define SYS_mmap 9
+#define SYS_newfstatat 262
+
+static inline long sc1(long n, long a) {
+  unsigned long r;
+  __asm__ volatile("syscall" : "=a"(r) : "a"(n), "D"(a) : "rcx", "r11", "memory");
+  return (long)r;
+}
+static inline long sc2(long n, long a, long b) {
+  unsigned long r;
+  __asm__ volatile("syscall" : "=a"(r) : "a"(n), "D"(a), "S"(b) : "rcx", "r11", "memory");
+  return (long)r;
+}
+static inline long sc3(long n, long a, long b, long c) {
+  unsigned long r;
+  __asm__ volatile("syscall" : "=a"(r) : "a"(n), "D"(a), "S"(b), "d"(c) : "rcx", "r11", "memory");
+  return (long)r;
+}
+static inline long sc4(long n, long a, long b, long c, long d) {
+  unsigned long r;
+  register long r10 __asm__("r10") = d;
+  __asm__ volatile("syscall" : "=a"(r) : "a"(n), "D"(a), "S"(b), "d"(c), "r"(r10) : "rcx", "r11", "memory");
+  return (long)r;
+}
+static inline long sc5(long n, long a, long b, long c, long d, long e) {
+  unsigned long r;
+  register long r10 __asm__("r10") = d;
+  register long r8 __asm__("r8") = e;
+  __asm__ volatile("syscall" : "=a"(r) : "a"(n), "D"(a), "S"(b), "d"(c), "r"(r10), "r"(r8) : "rcx", "r11", "memory");
+  return (long)r;
+}
+static inline long sc6(long n, long a, long b, long c, long d, long e, long f) {
+  unsigned long r;
+  register long r10 __asm__("r10") = d;
+  register long r8 __asm__("r8") = e;
+  register long r9 __asm__("r9") = f;
+  __asm__ volatile("syscall" : "=a"(r) : "a"(n), "D"(a), "S"(b), "d"(c), "r"(r10), "r"(r8), "r"(r9)
+                   : "rcx", "r11", "memory");
+  return (long)r;
+}
+
+#define AT_FDCWD (-100)
+#define ELOOP_ 40
+#define O_RDONLY 0
+#define O_DIRECTORY 0200000
+#define O_NOFOLLOW 0400000
+#define O_CLOEXEC 02000000
+#define S_IFMT 0170000
+#define S_IFREG 0100000
+#define S_IFDIR 0040000
+#define AF_UNIX 1
+#define SOCK_STREAM 1
+#define SOCK_CLOEXEC O_CLOEXEC
+#define SOL_SOCKET 1
+#define SO_PEERCRED 17
+#define SO_RCVTIMEO 20
+#define SO_SNDTIMEO 21
+#define MSG_NOSIGNAL 0x4000
+#define PROT_READ 1
+#define MAP_PRIVATE 2
+
+/* The kernel's struct stat on x86-64. */
+struct kstat {
+  unsigned long dev, ino, nlink;
+  unsigned int mode, uid, gid, pad0;
+  unsigned long rdev;
+  long size, blksize, blocks;
+  unsigned long atime, atime_ns, mtime, mtime_ns, ctime, ctime_ns;
+  long unused[3];
+};
+struct ktimeval { long sec, usec; };
+struct kucred { int pid; unsigned int uid, gid; };
+struct ksockaddr_un { unsigned short family; char path[108]; };
+
+static int sys_open(const char *p, int flags) { return (int)sc4(SYS_openat, AT_FDCWD, (long)p, flags, 0); }
+static int sys_openat(int dfd, const char *p, int flags) { return (int)sc4(SYS_openat, dfd, (long)p, flags, 0); }
+static void sys_close(int fd) { sc1(SYS_close, fd); }
+static int sys_fstat(int fd, struct kstat *st) { return (int)sc2(SYS_fstat, fd, (long)st); }
+static long sys_pread(int fd, void *b, unsigned long n, long off) { return sc4(SYS_pread64, fd, (long)b, (long)n, off); }
+static long sys_read(int fd, void *b, unsigned long n) { return sc3(SYS_read, fd, (long)b, (long)n); }
+
+/* ---- small string helpers (no libc) ---- */
+#define PATH_MAX_ 4096
+
+static unsigned long slen(const char *s) { unsigned long n = 0; while (s[n]) n++; return n; }
+
+/* Length of R without trailing slashes: paths sent to the daemon are relative to R ("/lib/x.so"), so
+   one daemon outside a chroot of R serves the processes inside it. */
+static unsigned long root_len(void) {
+  const char *r = FSCACHE_HOOK_ROOT;
+  unsigned long rl = slen(r);
+  while (rl > 0 && r[rl - 1] == '/') rl--;
+  return rl;
+}
+
+/* Appends s (at most n bytes of it) to buf at *at; 0 when it does not fit (the caller then falls
+   back to the original). */
+static int put_n(char *buf, unsigned long cap, unsigned long *at, const char *s, unsigned long n) {
+  for (unsigned long i = 0; i < n && s[i]; i++) {
+    if (*at + 1 >= cap) return 0;
+    buf[(*at)++] = s[i];
+  }
+  buf[*at] = 0;
+  return 1;
+}
+
+/* Appends s to buf at *at; 0 when it does not fit. */
+static int put(char *buf, unsigned long cap, unsigned long *at, const char *s) {
+  for (; *s; s++) {
+    if (*at + 1 >= cap) return 0;
+    buf[(*at)++] = *s;
+  }
+  buf[*at] = 0;
+  return 1;
+}
+
+static int put_dec(char *buf, unsigned long cap, unsigned long *at, unsigned long v) {
+  char t[24];
+  int i = 23;
+  t[i] = 0;
+  do { t[--i] = (char)('0' + v % 10); v /= 10; } while (v);
+  return put(buf, cap, at, t + i);
+}
+
+static int put_hex(char *buf, unsigned long cap, unsigned long *at, unsigned long v) {
+  char t[20];
+  int i = 19;
+  t[i] = 0;
+  do { t[--i] = "0123456789abcdef"[v & 15]; v >>= 4; } while (v);
+  return put(buf, cap, at, t + i);
+}
+
+static int has_sub(const char *s, unsigned long n, const char *needle) {
+  unsigned long m = slen(needle);
+  for (unsigned long i = 0; i + m <= n; i++) {
+    unsigned long j = 0;
+    while (j < m && s[i + j] == needle[j]) j++;
+    if (j == m) return 1;
+  }
+  return 0;
+}
+
+/* ---- state written once by la_version, read-only afterwards ---- */
+enum miss_mode { MISS_ORIGINAL = 0, MISS_WAIT = 1 };
+static struct {
+  int ok;                       /* 1: an epoch is active and its file was trusted */
+  enum miss_mode on_miss;
+  unsigned long wait_ms;
+  char epoch_dir[PATH_MAX_];    /* R/<images>/<epoch> */
+  char sock[108];               /* R/run/fscache/hook.sock, empty if too long */
+  char libdirs[1024];           /* "dir1:dir2:..." relative to R: only these are worth asking about */
+} g;
+
+/* The loader copies what we return before its next la_objsearch call under the same lock,
+   but the name returned at LA_SER_ORIG stays in use while later stages run: keep them apart. */
+static char ret_orig[PATH_MAX_];
+static char ret_later[PATH_MAX_];
+
+/* Root-owned and not writable by group or others: the whole trust rule, on a descriptor. */
+static int trusted(const struct kstat *st, unsigned int type) {
+  return (st->mode & S_IFMT) == type && st->uid == 0 && (st->mode & 022) == 0;
+}
+
+/* Reads R/run/fscache/epoch:
+   "<epoch> <wait|original> <wait_ms> <images dir relative to R> <library dirs relative to R, ':'-joined>\n". */
+static void load_epoch(void) {
+  char path[PATH_MAX_];
+  unsigned long at = 0;
+  if (!put_n(path, sizeof path, &at, FSCACHE_HOOK_ROOT, root_len()) || !put(path, sizeof path, &at, "/run/fscache/epoch")) return;
+  int fd = sys_open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+  if (fd < 0) return;
+  struct kstat st;
+  char buf[512];
+  long n = -1;
+  /* A non-root writer could otherwise choose which directory we look in. */
+  if (sys_fstat(fd, &st) == 0 && trusted(&st, S_IFREG)) n = sys_read(fd, buf, sizeof buf - 1);
+  sys_close(fd);
+  if (n <= 0) return;
+  buf[n] = 0;
+  char *f[5];
+  int nf = 0;
+  char *p = buf;
+  while (nf < 5) {
+    while (*p == ' ') p++;
+    if (!*p || *p == '\n') break;
+    f[nf++] = p;
+    while (*p && *p != ' ' && *p != '\n') p++;
+    if (*p) *p++ = 0;
+  }
+  if (nf != 5) return;
+  /* Epoch and images dir: no "..", no absolute path, so the state cannot leave R. */
+  for (char *c = f[0]; *c; c++) if (!((*c >= '0' && *c <= '9') || (*c >= 'a' && *c <= 'z'))) return;
+  if (f[3][0] == '/' || has_sub(f[3], slen(f[3]), "..")) return;
+  g.on_miss = (f[1][0] == 'w') ? MISS_WAIT : MISS_ORIGINAL;
+  unsigned long ms = 0;
+  for (char *c = f[2]; *c >= '0' && *c <= '9'; c++) ms = ms * 10 + (unsigned long)(*c - '0');
+  g.wait_ms = ms > 60000 ? 60000 : ms;
+  at = 0;
+  if (!put_n(g.epoch_dir, sizeof g.epoch_dir, &at, FSCACHE_HOOK_ROOT, root_len()) || !put(g.epoch_dir, sizeof g.epoch_dir, &at, "/") ||
+      !put(g.epoch_dir, sizeof g.epoch_dir, &at, f[3]) || !put(g.epoch_dir, sizeof g.epoch_dir, &at, "/") ||
+      !put(g.epoch_dir, sizeof g.epoch_dir, &at, f[0]))
+    return;
+  at = 0;
+  if (!put(g.libdirs, sizeof g.libdirs, &at, f[4])) g.libdirs[0] = 0;
+  at = 0;
+  if (!put_n(g.sock, sizeof g.sock, &at, FSCACHE_HOOK_ROOT, root_len()) || !put(g.sock, sizeof g.sock, &at, "/run/fscache/hook.sock")) g.sock[0] = 0;
+  g.ok = 1;
+}
+
+/* ---- resolving a bare name at LA_SER_ORIG exactly as the loader would, or not at all ----
+ * Only in the one case where the loader's answer is the ld.so.cache entry and nothing else can
+ * come first: LD_LIBRARY_PATH unset, no object of the namespace has DT_RPATH (the requester's
+ * loaders and the main program would be searched), the requester has no DT_RUNPATH and neither it
+ * nor the main program has DF_1_NODEFLIB, and the cache has exactly one entry for the name, for
+ * x86-64 libc6 and without hwcaps (a glibc-hwcaps subdirectory entry would depend on the CPU).
+ * Anything else: the name goes on unchanged and the candidate is redirected at a later stage. */
+static struct {
+  int usable;                   /* cache mapped, LD_LIBRARY_PATH known to be unset */
+  const unsigned char *map;
+  unsigned long len;
+  struct kstat id;              /* the cache file we mapped: a rewritten cache is not ours to read */
+} c;
+
+/* Is LD_LIBRARY_PATH in the process's initial environment (what ld.so read)? 1 yes/unknown, 0 no. */
+static int ld_library_path_set(void) {
+  int fd = sys_open("/proc/self/environ", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return 1;
+  static const char want[] = "LD_LIBRARY_PATH=";
+  unsigned long pos = 0;
+  int match = 1, found = 0;
+  char buf[4096];
+  long n;
+  while (!found && (n = sys_read(fd, buf, sizeof buf)) > 0) {
+    for (long i = 0; i < n; i++) {
+      if (buf[i] == 0) {
+        if (match && pos >= sizeof want - 1) { found = 1; break; }
+        pos = 0;
+        match = 1;
+      } else {
+        if (pos < sizeof want - 1 && buf[i] != want[pos]) match = 0;
+        pos++;
+      }
+    }
+  }
+  if (!found && match && pos >= sizeof want - 1) found = 1;
+  sys_close(fd);
+  return found;
+}
+
+static void load_cache(void) {
+  if (ld_library_path_set()) return;
+  int fd = sys_open("/etc/ld.so.cache", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return;
+  if (sys_fstat(fd, &c.id) == 0 && c.id.size >= 48 && c.id.size < (64l << 20)) {
+    long m = sc6(SYS_mmap, 0, c.id.size, PROT_READ, MAP_PRIVATE, fd, 0);
+    if (m > 0) {
+      c.map = (const unsigned char *)m;
+      c.len = (unsigned long)c.id.size;
+      c.usable = 1;
+    }
+  }
+  sys_close(fd);
+}
+
+static unsigned int rd32(const unsigned char *p) { return p[0] | p[1] << 8 | p[2] << 16 | (unsigned int)p[3] << 24; }
+
+/* The single ld.so.cache path for `name`, or 0. */
+static const char *cache_lookup(const char *name) {
+  if (!c.usable) return 0;
+  struct kstat now;
+  if (sc4(SYS_newfstatat, AT_FDCWD, (long)"/etc/ld.so.cache", (long)&now, 0) != 0 || now.ino != c.id.ino || now.dev != c.id.dev ||
+      now.size != c.id.size || now.mtime != c.id.mtime || now.mtime_ns != c.id.mtime_ns)
+    return 0;
+  const unsigned char *b = c.map;
+  static const char magic[] = "glibc-ld.so.cache1.1";
+  for (unsigned long i = 0; i < sizeof magic - 1; i++) if (b[i] != (unsigned char)magic[i]) return 0;
+  unsigned long n = rd32(b + 20);
+  if (n > (c.len - 48) / 24) return 0;
+  const char *found = 0;
+  for (unsigned long i = 0; i < n; i++) {
+    const unsigned char *e = b + 48 + 24 * i;
+    unsigned long key = rd32(e + 4), val = rd32(e + 8);
+    if (key >= c.len || val >= c.len) return 0;
+    unsigned long j = 0;
+    while (key + j < c.len && name[j] && b[key + j] == (unsigned char)name[j]) j++;
+    if (name[j] || key + j >= c.len || b[key + j]) continue;
+    /* 0x0303: FLAG_ELF_LIBC6 | FLAG_X8664_LIB64; any hwcap bits: CPU-dependent choice. */
+    if (rd32(e) != 0x0303 || rd32(e + 16) || rd32(e + 20) || found) return 0;
+    unsigned long k = val;
+    while (k < c.len && b[k]) k++;
+    if (k >= c.len || b[val] != '/') return 0;
+    found = (const char *)b + val;
+  }
+  return found;
+}
+
+struct lmap { unsigned long l_addr; char *l_name; Elf64_Dyn *l_ld; struct lmap *l_next, *l_prev; }; /* <link.h>'s public part */
+
+/* 1 if this object's dynamic section could make the loader look anywhere but the cache. */
+static int dyn_blocks(const Elf64_Dyn *d, int strict) {
+  for (int i = 0; d && i < 1024 && d[i].d_tag != DT_NULL; i++) {
+    if (d[i].d_tag == DT_RPATH) return 1;
+    if (strict && d[i].d_tag == DT_RUNPATH) return 1;
+    if (strict && d[i].d_tag == DT_FLAGS_1 && (d[i].d_un.d_val & DF_1_NODEFLIB)) return 1;
+  }
+  return 0;
+}
+
+static const char *resolve_bare(const char *name, const uintptr_t *cookie) {
+  if (!c.usable || !cookie || !*cookie) return 0;
+  for (const char *p = name; *p; p++) if (*p == '/' || *p == '$') return 0;
+  /* The audit cookie of an object is its link_map unless an auditor's la_objopen changed it (ours has none). */
+  const struct lmap *req = (const struct lmap *)*cookie, *head = req;
+  for (int i = 0; head->l_prev && i < 65536; i++) head = head->l_prev;
+  if (head->l_prev) return 0;
+  int i = 0;
+  for (const struct lmap *l = head; l; l = l->l_next)
+    if (++i > 65536 || dyn_blocks(l->l_ld, l == req || l == head)) return 0;
+  return cache_lookup(name);
+}
+
+EXPORT unsigned int la_version(unsigned int version) {
+  load_epoch();
+  if (g.ok) load_cache();
+  /* 0 would disable the auditor; we use nothing newer than version 2's la_objsearch. */
+  return version < LAV_CURRENT_OURS ? version : LAV_CURRENT_OURS;
+}
+
+/* Does the library on fd use $ORIGIN in DT_RUNPATH/DT_RPATH? 1 yes, 0 no, -1 cannot tell. */
+static int uses_origin(int fd) {
+  Elf64_Ehdr eh;
+  if (sys_pread(fd, &eh, sizeof eh, 0) != (long)sizeof eh) return -1;
+  if (eh.e_ident[0] != 0x7f || eh.e_ident[1] != 'E' || eh.e_ident[2] != 'L' || eh.e_ident[3] != 'F') return -1;
+  if (eh.e_ident[EI_CLASS] != ELFCLASS64 || eh.e_ident[EI_DATA] != ELFDATA2LSB || eh.e_machine != EM_X86_64 ||
+      eh.e_type != ET_DYN || eh.e_phentsize != sizeof(Elf64_Phdr) || eh.e_phnum > 32)
+    return -1;
+  /* Small buffers: la_objsearch may run on a thread with a small stack (dlopen from a thread). */
+  Elf64_Phdr ph[32];
+  long want = (long)(eh.e_phnum * sizeof(Elf64_Phdr));
+  if (sys_pread(fd, ph, (unsigned long)want, (long)eh.e_phoff) != want) return -1;
+  const Elf64_Phdr *dyn = 0;
+  for (int i = 0; i < eh.e_phnum; i++) if (ph[i].p_type == PT_DYNAMIC) dyn = &ph[i];
+  if (!dyn) return 0;
+  unsigned long dn = dyn->p_filesz / sizeof(Elf64_Dyn);
+  if (dn > 1024) return -1;
+  unsigned long strtab = 0, paths[2];
+  int np = 0, end = 0;
+  for (unsigned long base = 0; base < dn && !end; base += 32) {
+    Elf64_Dyn d[32];
+    unsigned long k = dn - base < 32 ? dn - base : 32;
+    long want_d = (long)(k * sizeof(Elf64_Dyn));
+    if (sys_pread(fd, d, (unsigned long)want_d, (long)(dyn->p_offset + base * sizeof(Elf64_Dyn))) != want_d) return -1;
+    for (unsigned long i = 0; i < k; i++) {
+      if (d[i].d_tag == DT_NULL) { end = 1; break; }
+      if (d[i].d_tag == DT_STRTAB) strtab = d[i].d_un.d_ptr;
+      else if ((d[i].d_tag == DT_RUNPATH || d[i].d_tag == DT_RPATH) && np < 2) paths[np++] = d[i].d_un.d_val;
+    }
+  }
+  if (np == 0) return 0;
+  long stroff = -1;
+  for (int i = 0; i < eh.e_phnum; i++)
+    if (ph[i].p_type == PT_LOAD && strtab >= ph[i].p_vaddr && strtab < ph[i].p_vaddr + ph[i].p_filesz)
+      stroff = (long)(strtab - ph[i].p_vaddr + ph[i].p_offset);
+  if (stroff < 0) return -1;
+  for (int k = 0; k < np; k++) {
+    char s[512];
+    long n = sys_pread(fd, s, sizeof s, stroff + (long)paths[k]);
+    if (n <= 0) return -1;
+    unsigned long len = 0;
+    while (len < (unsigned long)n && s[len]) len++;
+    if (len == (unsigned long)n) return -1; /* longer than we read: cannot tell */
+    if (has_sub(s, len, "$ORIGIN") || has_sub(s, len, "${ORIGIN}")) return 1;
+  }
+  return 0;
+}
+
+/* Looks up <key>.so, then <key>.pass, in the epoch directory, trusting only what is root-owned and
+   not writable by others. IMAGE: a trusted image; PASS: a trusted pass-through marker; UNTRUSTED:
+   something is there but not trusted (planted): load the original without asking; NONE: a miss. */
+enum { NONE = 0, IMAGE = 1, PASS = 2, UNTRUSTED = 3 };
+static int lookup(const char *key) {
+  int dfd = sys_open(g.epoch_dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+  if (dfd < 0) return NONE;
+  struct kstat st;
+  int found = NONE;
+  /* A directory others can write to could hold a planted image under a valid key. */
+  if (!(sys_fstat(dfd, &st) == 0 && trusted(&st, S_IFDIR))) {
+    found = UNTRUSTED;
+  } else {
+    for (int i = 0; i < 2 && found == NONE; i++) {
+      char name[128];
+      unsigned long at = 0;
+      if (!put(name, sizeof name, &at, key) || !put(name, sizeof name, &at, i == 0 ? ".so" : ".pass")) break;
+      int fd = sys_openat(dfd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+      if (fd == -ELOOP_) { found = UNTRUSTED; break; } /* a symlink planted under the key */
+      if (fd < 0) continue;
+      /* Not a symlink (O_NOFOLLOW), a regular file, root-owned, not writable by others. */
+      found = sys_fstat(fd, &st) == 0 && trusted(&st, S_IFREG) ? (i == 0 ? IMAGE : PASS) : UNTRUSTED;
+      sys_close(fd);
+    }
+  }
+  sys_close(dfd);
+  return found;
+}
+
+
+static int send_all(int s, const char *b, unsigned long n) {
+  for (unsigned long sent = 0; sent < n;) {
+    long k = sc6(SYS_sendto, s, (long)(b + sent), (long)(n - sent), MSG_NOSIGNAL, 0, 0);
+    if (k <= 0) return 0;
+    sent += (unsigned long)k;
+  }
+  return 1;
+}
+
+/*
+ * Asks the daemon for an image of `path` (identity `st`). With on_miss=wait, waits at most
+ * wait_ms for its answer and returns 1 when it says the image is ready; with on_miss=original,
+ * sends the request and returns 0 at once (the next launch hits).
+ */
+static int ask_daemon(const char *path, const struct kstat *st) {
+  if (!g.sock[0]) return 0;
+  int s = (int)sc3(SYS_socket, AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (s < 0) return 0;
+  int ready = 0;
+  unsigned long ms = g.on_miss == MISS_WAIT ? g.wait_ms : 50; /* bounded even when just sending */
+  struct ktimeval tv = { (long)(ms / 1000), (long)((ms % 1000) * 1000) };
+  if (tv.sec == 0 && tv.usec == 0) tv.usec = 1000;
+  struct ksockaddr_un sa;
+  sa.family = AF_UNIX;
+  unsigned long i = 0;
+  for (; g.sock[i] && i < sizeof sa.path - 1; i++) sa.path[i] = g.sock[i];
+  sa.path[i] = 0;
+  struct kucred cred;
+  unsigned int credlen = sizeof cred;
+  char req[128]; /* the numbers; the path is sent from where it is (no copy on a small stack) */
+  unsigned long at = 0;
+  if (sc5(SYS_setsockopt, s, SOL_SOCKET, SO_RCVTIMEO, (long)&tv, sizeof tv) != 0 ||
+      sc5(SYS_setsockopt, s, SOL_SOCKET, SO_SNDTIMEO, (long)&tv, sizeof tv) != 0 ||
+      sc3(SYS_connect, s, (long)&sa, (long)(2 + i + 1)) != 0 ||
+      /* Only a root daemon may make us wait or tell us an image is ready. */
+      sc5(SYS_getsockopt, s, SOL_SOCKET, SO_PEERCRED, (long)&cred, (long)&credlen) != 0 || cred.uid != 0)
+    goto out;
+  if (!put(req, sizeof req, &at, "Q ") || !put_dec(req, sizeof req, &at, st->dev) || !put(req, sizeof req, &at, " ") ||
+      !put_dec(req, sizeof req, &at, st->ino) || !put(req, sizeof req, &at, " ") ||
+      !put_dec(req, sizeof req, &at, (unsigned long)st->size) || !put(req, sizeof req, &at, " ") ||
+      !put_dec(req, sizeof req, &at, st->mtime * 1000000000ul + st->mtime_ns) || !put(req, sizeof req, &at, " "))
+    goto out;
+  const char *rel = path + root_len();
+  if (!send_all(s, req, at) || !send_all(s, rel, slen(rel)) || !send_all(s, "\n", 1)) goto out;
+  if (g.on_miss == MISS_WAIT) {
+    /* Anything but a complete "OK\n" (garbage, a timeout, a refusal) means the original. */
+    char rep[64];
+    unsigned long got = 0;
+    while (got < sizeof rep) {
+      long n = sys_read(s, rep + got, sizeof rep - got);
+      if (n <= 0) break;
+      got += (unsigned long)n;
+      if (rep[got - 1] == '\n') break;
+    }
+    ready = got == 3 && rep[0] == 'O' && rep[1] == 'K' && rep[2] == '\n';
+  }
+out:
+  sys_close(s);
+  return ready;
+}
+
+/* Is `path` under R/<one of the library dirs>/? A gate for asking only (the daemon decides on its
+   own descriptor): system libraries outside them would otherwise cost a round trip per launch. */
+static int in_library_dirs(const char *path) {
+  const char *r = FSCACHE_HOOK_ROOT;
+  unsigned long rl = root_len();
+  for (unsigned long i = 0; i < rl; i++) if (path[i] != r[i]) return 0;
+  const char *rest = path + rl;
+  if (*rest != '/') return 0;
+  rest++;
+  for (const char *d = g.libdirs; *d;) {
+    unsigned long n = 0;
+    while (d[n] && d[n] != ':') n++;
+    unsigned long j = 0;
+    while (j < n && rest[j] == d[j]) j++;
+    if (n > 0 && j == n && rest[n] == '/') return 1;
+    d += n;
+    if (*d == ':') d++;
+  }
+  return 0;
+}
+
+/* The image path for the library named `path`, copied into `out`, or 0 for "load the original". */
+static char *image_for(const char *path, char *out, int at_orig) {
+  /* Images exist only for libraries in the library dirs (the daemon's rule): the system's other
+     libraries (libc, ...) then cost no syscall at all. A name outside them that is a symlink into
+     them loads the original: fail open. */
+  if (!in_library_dirs(path)) return 0;
+  int fd = sys_open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return 0; /* the loader will not find it either: nothing to say */
+  struct kstat st;
+  int ok = sys_fstat(fd, &st) == 0 && (st.mode & S_IFMT) == S_IFREG;
+  /* At LA_SER_ORIG l_name becomes the image; $ORIGIN would then point into the images dir. */
+  if (ok && at_orig && uses_origin(fd) != 0) ok = 0;
+  sys_close(fd);
+  if (!ok) return 0;
+  char key[96];
+  unsigned long k = 0;
+  put_hex(key, sizeof key, &k, st.dev); put(key, sizeof key, &k, "-");
+  put_hex(key, sizeof key, &k, st.ino); put(key, sizeof key, &k, "-");
+  put_hex(key, sizeof key, &k, (unsigned long)st.size); put(key, sizeof key, &k, "-");
+  put_hex(key, sizeof key, &k, st.mtime * 1000000000ul + st.mtime_ns);
+  int found = lookup(key);
+  /* PASS: a library the daemon refused is marked so that launches do not ask again. UNTRUSTED:
+     planted state is never an occasion to ask (nor to wait). */
+  if (found != IMAGE && !(found == NONE && ask_daemon(path, &st) && lookup(key) == IMAGE)) return 0;
+  unsigned long at = 0;
+  if (!put(out, PATH_MAX_, &at, g.epoch_dir) || !put(out, PATH_MAX_, &at, "/") || !put(out, PATH_MAX_, &at, key) ||
+      !put(out, PATH_MAX_, &at, ".so"))
+    return 0;
+  return out;
+}
+
+EXPORT char *la_objsearch(const char *name, uintptr_t *cookie, unsigned int flag) {
+  if (!g.ok || !name) return (char *)name;
+  int orig = (flag & LA_SER_ORIG) != 0;
+  const char *path = name;
+  if (name[0] != '/') {
+    /* A bare name: only at LA_SER_ORIG and only when the cache alone decides (see resolve_bare). */
+    path = orig ? resolve_bare(name, cookie) : 0;
+    if (!path) return (char *)name;
+  }
+  char *img = image_for(path, orig ? ret_orig : ret_later, orig);
+  return img ? img : (char *)name;
+}

@@ -1,0 +1,71 @@
+/**
+ * Starting and stopping the randomization daemon as a background process, for `fscache start`
+ * and `stop`: `startDaemon` spawns `fscache daemon` in its own process group with its log in
+ * R/run/fscache/hook-daemon.log and its pid in R/run/fscache/hook-daemon.pid, and returns once
+ * its socket answers; `stopDaemon` sends SIGTERM and waits. Both idempotent.
+ */
+import { spawn } from 'child_process';
+import * as fs from 'fs';
+import * as net from 'net';
+import * as path from 'path';
+import { FsCacheError } from '../fs/errors';
+import type { Paths } from '../fs/paths';
+import { hookPaths } from './images';
+
+function packageRoot(): string {
+  let dir = __dirname;
+  while (!fs.existsSync(path.join(dir, 'package.json'))) dir = path.dirname(dir);
+  return dir;
+}
+const CLI_ENTRY = path.join(packageRoot(), 'dist', 'cli', 'main.js');
+
+/** The daemon's pid if it runs (pid file names a live `fscache ... daemon` process). */
+export function daemonPid(paths: Paths): number | undefined {
+  try {
+    const pid = Number(fs.readFileSync(hookPaths(paths).pidFile, 'utf8').trim());
+    const cmd = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
+    return cmd.includes('daemon') && cmd.some((a) => a.endsWith('main.js')) ? pid : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+function answers(sock: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const c = net.connect(sock);
+    c.once('connect', () => { c.destroy(); resolve(true); });
+    c.once('error', () => resolve(false));
+  });
+}
+
+export async function startDaemon(paths: Paths, configFile?: string, timeoutMs = 10_000): Promise<number> {
+  const running = daemonPid(paths);
+  if (running) return running;
+  const hp = hookPaths(paths);
+  fs.mkdirSync(path.dirname(hp.pidFile), { recursive: true, mode: 0o755 });
+  const log = fs.openSync(hp.logFile, 'a', 0o640);
+  const args = [CLI_ENTRY, '--root', paths.root, ...(configFile ? ['--config', configFile] : []), 'daemon'];
+  const child = spawn(process.execPath, args, { detached: true, stdio: ['ignore', log, log] });
+  fs.closeSync(log);
+  child.unref();
+  fs.writeFileSync(hp.pidFile, `${child.pid}\n`);
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    if (child.exitCode !== null) break;
+    if (await answers(hp.socket)) return child.pid!;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new FsCacheError('degraded', `the hook daemon did not start; see ${hp.logFile}`);
+}
+
+export async function stopDaemon(paths: Paths, timeoutMs = 10_000): Promise<void> {
+  const pid = daemonPid(paths);
+  const hp = hookPaths(paths);
+  if (pid) {
+    process.kill(pid, 'SIGTERM');
+    const deadline = Date.now() + timeoutMs;
+    while (Date.now() < deadline && fs.existsSync(`/proc/${pid}`)) await new Promise((r) => setTimeout(r, 50));
+    if (fs.existsSync(`/proc/${pid}`)) process.kill(pid, 'SIGKILL');
+  }
+  fs.rmSync(hp.pidFile, { force: true });
+}

@@ -1,0 +1,120 @@
+/**
+ * Transparent launches: `enableHook` makes new processes load the auditor through the
+ * environment the init systems read, `disableHook` takes it out again. Everything under R:
+ *   R/etc/environment                         LD_AUDIT=... (pam_env: logins, cron, sshd, su)
+ *   R/etc/systemd/system.conf.d/fscache.conf  [Manager] DefaultEnvironment=LD_AUDIT=...
+ *   R/etc/env.d/99fscache                     LD_AUDIT="..." (Gentoo; only if R/etc/env.d exists)
+ * Idempotent, every file written atomically, other lines never touched (an existing LD_AUDIT
+ * list is extended and later shrunk by our entry only).
+ *
+ * Not covered: setuid/setgid programs (ld.so ignores LD_AUDIT in secure mode unless the
+ * auditor sits in a system directory and is itself setuid), static programs (no loader),
+ * programs started with a cleared or rebuilt environment (env -i, some daemons), processes
+ * already running. Those load the original libraries: the worst case is a system without fscache.
+ */
+import * as fs from 'fs';
+import * as path from 'path';
+import { FsCacheError } from '../fs/errors';
+import type { Paths } from '../fs/paths';
+import { writeAtomic } from './images';
+
+function packageRoot(): string {
+  let dir = __dirname;
+  while (!fs.existsSync(path.join(dir, 'package.json'))) dir = path.dirname(dir);
+  return dir;
+}
+
+/** The auditor built by `npm run build` (make -C loader-hook), compiled for root "/". */
+export const BUILT_AUDITOR = path.join(packageRoot(), 'loader-hook', 'fscache-audit.so');
+
+/** Where enableHook installs the auditor, and the LD_AUDIT value naming it as seen from R. */
+export function installedAuditor(paths: Paths): { file: string; ldAudit: string } {
+  const file = path.join(paths.flash, 'hook', 'fscache-audit.so');
+  return { file, ldAudit: '/' + path.relative(paths.root, file) };
+}
+
+const MARK = '# fscache: the loader hook (fscache stop removes it)';
+
+function readOr(file: string, dflt: string): string {
+  try {
+    return fs.readFileSync(file, 'utf8');
+  } catch {
+    return dflt;
+  }
+}
+
+function modeOr(file: string, dflt: number): number {
+  try {
+    return fs.statSync(file).mode & 0o7777;
+  } catch {
+    return dflt;
+  }
+}
+
+/** Adds or removes `value` in the LD_AUDIT line of an /etc/environment text; other lines untouched. */
+export function editEnvironment(text: string, value: string, add: boolean): string {
+  const lines = text === '' ? [] : text.replace(/\n$/, '').split('\n');
+  const out: string[] = [];
+  let found = false;
+  for (const line of lines) {
+    if (line === MARK) continue;
+    const m = /^(\s*(?:export\s+)?LD_AUDIT=)(["']?)(.*?)\2\s*$/.exec(line);
+    if (!m) {
+      out.push(line);
+      continue;
+    }
+    found = true;
+    const list = m[3].split(/[:\s]/).filter((s) => s !== '' && s !== value);
+    if (add) list.push(value);
+    if (list.length === 0) continue; // only ours: the line goes
+    if (add && list.length === 1) out.push(MARK);
+    out.push(`${m[1]}${m[2]}${list.join(':')}${m[2]}`);
+  }
+  if (add && !found) out.push(MARK, `LD_AUDIT=${value}`);
+  return out.length ? out.join('\n') + '\n' : '';
+}
+
+function systemdDropIn(paths: Paths): string {
+  return path.join(paths.root, 'etc', 'systemd', 'system.conf.d', 'fscache.conf');
+}
+function gentooEnvD(paths: Paths): string {
+  return path.join(paths.root, 'etc', 'env.d', '99fscache');
+}
+
+export function enableHook(paths: Paths): void {
+  if (!fs.existsSync(BUILT_AUDITOR)) throw new FsCacheError('environment', `${BUILT_AUDITOR} is not built: run npm run build`);
+  const { file, ldAudit } = installedAuditor(paths);
+  fs.mkdirSync(path.dirname(file), { recursive: true, mode: 0o755 });
+  // Root-owned and not writable by others: every process on the system will map it.
+  writeAtomic(file, fs.readFileSync(BUILT_AUDITOR), 0o755);
+
+  const envFile = path.join(paths.root, 'etc', 'environment');
+  fs.mkdirSync(path.dirname(envFile), { recursive: true });
+  const before = readOr(envFile, '');
+  const after = editEnvironment(before, ldAudit, true);
+  if (after !== before) writeAtomic(envFile, after, modeOr(envFile, 0o644));
+
+  const dropIn = systemdDropIn(paths);
+  fs.mkdirSync(path.dirname(dropIn), { recursive: true });
+  const unit = `${MARK}\n[Manager]\nDefaultEnvironment=LD_AUDIT=${ldAudit}\n`;
+  if (readOr(dropIn, '') !== unit) writeAtomic(dropIn, unit, 0o644);
+
+  const envd = gentooEnvD(paths);
+  if (fs.existsSync(path.dirname(envd))) {
+    const text = `${MARK}\nLD_AUDIT="${ldAudit}"\n`;
+    if (readOr(envd, '') !== text) writeAtomic(envd, text, 0o644);
+  }
+}
+
+export function disableHook(paths: Paths): void {
+  const { ldAudit } = installedAuditor(paths);
+  const envFile = path.join(paths.root, 'etc', 'environment');
+  if (fs.existsSync(envFile)) {
+    const before = readOr(envFile, '');
+    const after = editEnvironment(before, ldAudit, false);
+    if (after !== before) writeAtomic(envFile, after, modeOr(envFile, 0o644));
+  }
+  fs.rmSync(systemdDropIn(paths), { force: true });
+  fs.rmSync(gentooEnvD(paths), { force: true });
+  // The installed auditor stays: processes started with the old environment still name it.
+}

@@ -1,0 +1,431 @@
+/**
+ * The image store of the loader hook: epochs, randomized images and refused libraries.
+ *
+ * Layout (all root-owned): R/fscache/images/<epoch>/<key>.so (0444, in a 0755 directory),
+ * R/fscache/images/<epoch>/<key>.pass (a refused library: the hook loads the original without
+ * asking), R/run/fscache/epoch (what the hook reads once per process: "<epoch> <on_miss>
+ * <miss_wait_ms> <images dir relative to R> <library dirs relative to R, ':'-joined>"). The key is the identity of the library file
+ * (dev, ino, size, mtime ns, in hex, joined by '-') exactly as audit.c computes it from fstat.
+ *
+ * Promises kept here: an image is written under a temporary name, synced, then renamed, so the
+ * hook never sees a torn image; only root-owned, world-readable, not-writable-by-others regular
+ * files inside the configured library directories are randomized, decided on the opened
+ * descriptor; a library the randomizer refuses is remembered with its reason (and tried once more
+ * in the next epoch, since a refusal can depend on the seed).
+ */
+import Database from 'better-sqlite3';
+import { createHash, randomBytes } from 'crypto';
+import * as fs from 'fs';
+import * as path from 'path';
+import { ElfFormatError, ElfRefusal, prepareLibrary, randomizePrepared } from '../elf';
+import type { Config } from '../fs/config';
+import { errnoCode } from '../fs/errors';
+import { identityOf, RealIdentity, sameIdentity } from '../fs/identity';
+import { StoreIndex } from '../fs/index-db';
+import type { Logger } from '../fs/log';
+import type { Paths } from '../fs/paths';
+
+export type ImageKey = string;
+export type Epoch = string;
+
+export interface HookPaths {
+  /** R/fscache/images */
+  images: string;
+  /** R/run/fscache/epoch: the hook's only configuration. */
+  epochFile: string;
+  /** R/run/fscache/hook.sock */
+  socket: string;
+  pidFile: string;
+  logFile: string;
+  /** The daemon's last failures (JSON list of HookFailure). */
+  failuresFile: string;
+}
+
+export interface HookFailure { at: number; source: string; message: string }
+
+export function readFailures(hp: HookPaths): HookFailure[] {
+  try {
+    return JSON.parse(fs.readFileSync(hp.failuresFile, 'utf8')) as HookFailure[];
+  } catch {
+    return [];
+  }
+}
+
+export function hookPaths(paths: Paths): HookPaths {
+  // audit.c looks for R/run/fscache/{epoch,hook.sock}: the hook works with the default run_dir only.
+  return {
+    images: paths.images,
+    epochFile: path.join(paths.runDir, 'epoch'),
+    socket: path.join(paths.runDir, 'hook.sock'),
+    pidFile: path.join(paths.runDir, 'hook-daemon.pid'),
+    logFile: path.join(paths.runDir, 'hook-daemon.log'),
+    failuresFile: path.join(paths.runDir, 'hook-failures.json'),
+  };
+}
+
+export function keyOf(id: RealIdentity): ImageKey {
+  return [id.dev, id.ino, id.size, id.mtimeNs].map((v) => v.toString(16)).join('-');
+}
+
+export type MakeResult =
+  | { kind: 'image'; key: ImageKey; image: string; made: boolean; ms: number }
+  /** The randomizer refused the library: remembered, marked for the hook, not retried. */
+  | { kind: 'pass'; key: ImageKey; reason: string }
+  /** Not eligible (policy) or the file changed: not remembered, the original loads. */
+  | { kind: 'refused'; reason: string };
+
+export interface ImageRow { epoch: Epoch; key: ImageKey; source: string; size: number; madeMs: number; created: number; lastAccess: number }
+export interface PassRow { key: ImageKey; source: string; reason: string; epoch: Epoch; at: number }
+
+const O_NOFOLLOW = fs.constants.O_NOFOLLOW;
+/** Larger files are not read into memory: any user can ask for any library. */
+const MAX_LIBRARY_BYTES = 512n << 20n;
+
+function bootId(): string {
+  try {
+    return fs.readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim();
+  } catch {
+    return 'unknown';
+  }
+}
+
+/** Writes `data` to `file` atomically: temporary name in the same directory, fsync, rename, fsync dir. */
+export function writeAtomic(file: string, data: Uint8Array | string, mode: number): void {
+  const dir = path.dirname(file);
+  const tmp = path.join(dir, `.${path.basename(file)}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`);
+  let fd = -1;
+  try {
+    fd = fs.openSync(tmp, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL | O_NOFOLLOW, mode);
+    const bytes = typeof data === 'string' ? Buffer.from(data) : data;
+    for (let off = 0; off < bytes.length; ) off += fs.writeSync(fd, bytes, off, bytes.length - off);
+    fs.fchmodSync(fd, mode); // the umask must not decide what the hook trusts
+    fs.fchownSync(fd, 0, 0);
+    fs.fsyncSync(fd);
+    fs.closeSync(fd);
+    fd = -1;
+    fs.renameSync(tmp, file);
+  } catch (e) {
+    if (fd >= 0) fs.closeSync(fd);
+    fs.rmSync(tmp, { force: true });
+    throw e;
+  }
+  try {
+    const dfd = fs.openSync(dir, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY);
+    fs.fsyncSync(dfd);
+    fs.closeSync(dfd);
+  } catch {
+    // a directory fsync failing loses durability, not correctness
+  }
+}
+
+/** A root-owned 0755 directory (created or fixed), refusing a symlink in its place. */
+function ensureRootDir(dir: string): void {
+  fs.mkdirSync(dir, { recursive: true, mode: 0o755 });
+  const st = fs.lstatSync(dir);
+  if (!st.isDirectory()) throw new Error(`${dir} is not a directory`);
+  fs.chownSync(dir, 0, 0);
+  fs.chmodSync(dir, 0o755);
+}
+
+/** Absolute paths of every file under `prefix` that some process maps now (from /proc/PID/maps). */
+export function mappedUnder(prefix: string): Set<string> {
+  const out = new Set<string>();
+  const want = prefix.endsWith('/') ? prefix : prefix + '/';
+  for (const pid of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(pid)) continue;
+    let text: string;
+    try {
+      text = fs.readFileSync(`/proc/${pid}/maps`, 'utf8');
+    } catch {
+      continue; // gone, or not ours to read
+    }
+    if (!text.includes(want)) continue;
+    for (const line of text.split('\n')) {
+      const at = line.indexOf(want);
+      if (at >= 0) out.add(line.slice(at).replace(/ \(deleted\)$/, ''));
+    }
+  }
+  return out;
+}
+
+export class ImageStore {
+  readonly hp: HookPaths;
+  private readonly db: Database.Database;
+  private readonly libraryDirs: string[];
+  /** Randomizations done by this process (tests count them). */
+  randomizations = 0;
+
+  constructor(readonly paths: Paths, readonly config: Config, readonly log: Logger) {
+    this.hp = hookPaths(paths);
+    fs.mkdirSync(paths.flash, { recursive: true });
+    StoreIndex.open(paths.index, log).close(); // creates or migrates the schema
+    this.db = new Database(paths.index);
+    this.db.pragma('journal_mode = WAL');
+    this.db.pragma('busy_timeout = 5000');
+    this.libraryDirs = config.libraryDirs.map((d) => {
+      try {
+        return fs.realpathSync(path.join(paths.root, d));
+      } catch {
+        return path.join(paths.root, d);
+      }
+    });
+  }
+
+  close(): void {
+    this.db.close();
+  }
+
+  // ---- epochs ----
+
+  /** The epoch named by the epoch file, if its directory and seed exist. */
+  currentEpoch(): { epoch: Epoch; seed: Buffer } | undefined {
+    let text: string;
+    try {
+      text = fs.readFileSync(this.hp.epochFile, 'utf8');
+    } catch {
+      return undefined;
+    }
+    const epoch = text.split(' ')[0];
+    const row = this.db.prepare('SELECT seed FROM hook_epochs WHERE epoch = ?').get(epoch) as { seed: string } | undefined;
+    if (!row || !fs.existsSync(path.join(this.hp.images, epoch))) return undefined;
+    return { epoch, seed: Buffer.from(row.seed, 'hex') };
+  }
+
+  /**
+   * Makes sure an epoch is active: a new one when there is none, or when the current one was
+   * made before this boot (R/run is normally a tmpfs, but do not rely on it).
+   */
+  ensureEpoch(): Epoch {
+    const cur = this.currentEpoch();
+    if (cur) {
+      const row = this.db.prepare('SELECT boot_id FROM hook_epochs WHERE epoch = ?').get(cur.epoch) as { boot_id: string };
+      if (row.boot_id === bootId()) {
+        this.writeEpochFile(cur.epoch); // on_miss/miss_wait_ms may have changed
+        return cur.epoch;
+      }
+    }
+    return this.newEpoch();
+  }
+
+  /** A new epoch with a fresh random seed; older epochs are removed once no process maps them. */
+  newEpoch(): Epoch {
+    ensureRootDir(this.hp.images);
+    const max = this.db.prepare('SELECT MAX(CAST(epoch AS INTEGER)) AS m FROM hook_epochs').get() as { m: number | null };
+    let n = (max.m ?? 0) + 1;
+    while (fs.existsSync(path.join(this.hp.images, String(n)))) n++;
+    const epoch = String(n);
+    const dir = path.join(this.hp.images, epoch);
+    ensureRootDir(dir);
+    this.db.prepare('INSERT INTO hook_epochs (epoch, seed, boot_id, created) VALUES (?, ?, ?, ?)')
+      .run(epoch, randomBytes(32).toString('hex'), bootId(), Date.now());
+    // Refusals are not carried over: some depend on the seed (no layout fitting the alignment
+    // padding), so each library refused before is tried once more in the new epoch.
+    this.writeEpochFile(epoch);
+    this.log.info(`hook: epoch ${epoch} started`);
+    this.gcEpochs();
+    return epoch;
+  }
+
+  writeEpochFile(epoch: Epoch): void {
+    ensureRootDir(path.dirname(this.hp.epochFile));
+    const rel = path.relative(this.paths.root, this.hp.images);
+    // The hook asks the daemon only about paths under these (a gate, not a trust decision).
+    const dirs = this.config.libraryDirs.join(':');
+    writeAtomic(this.hp.epochFile, `${epoch} ${this.config.onMiss} ${this.config.missWaitMs} ${rel} ${dirs}\n`, 0o644);
+  }
+
+  /** Removes the directories of past epochs that no process maps any more. */
+  gcEpochs(): string[] {
+    const cur = this.currentEpoch()?.epoch;
+    let names: string[];
+    try {
+      names = fs.readdirSync(this.hp.images);
+    } catch {
+      return [];
+    }
+    const mapped = mappedUnder(this.hp.images);
+    const removed: string[] = [];
+    for (const name of names) {
+      if (name === cur) continue;
+      const dir = path.join(this.hp.images, name);
+      if ([...mapped].some((m) => m.startsWith(dir + '/'))) continue;
+      fs.rmSync(dir, { recursive: true, force: true });
+      this.db.prepare('DELETE FROM hook_images WHERE epoch = ?').run(name);
+      this.db.prepare('DELETE FROM hook_passthrough WHERE epoch = ?').run(name);
+      this.db.prepare('DELETE FROM hook_epochs WHERE epoch = ?').run(name);
+      removed.push(name);
+    }
+    if (removed.length) this.log.info(`hook: removed unused epochs ${removed.join(', ')}`);
+    return removed;
+  }
+
+  // ---- eligibility and randomization ----
+
+  private insideLibraryDirs(real: string): boolean {
+    return this.libraryDirs.some((d) => real.startsWith(d + '/'));
+  }
+
+  /**
+   * Makes (or finds) the current epoch's image of the library at `source`. `expected` is the
+   * identity the hook saw; if the file we open is not that file, nothing is made.
+   */
+  makeImage(source: string, expected?: RealIdentity): MakeResult {
+    const cur = this.currentEpoch();
+    if (!cur) return { kind: 'refused', reason: 'no active epoch' };
+    // By name first, before opening anything as root (a device or FIFO elsewhere must not be opened);
+    // then again on the descriptor, which is what decides.
+    let byName: string;
+    try {
+      byName = fs.realpathSync(source);
+    } catch (e) {
+      return { kind: 'refused', reason: `cannot resolve: ${errnoCode(e) ?? (e as Error).message}` };
+    }
+    if (!this.insideLibraryDirs(byName)) return { kind: 'refused', reason: `outside the configured library directories (${byName})` };
+    let fd: number;
+    try {
+      fd = fs.openSync(byName, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK | O_NOFOLLOW);
+    } catch (e) {
+      return { kind: 'refused', reason: `cannot open: ${errnoCode(e) ?? (e as Error).message}` };
+    }
+    try {
+      // Every decision below is about this descriptor, never about the name.
+      const st = fs.fstatSync(fd, { bigint: true });
+      const id = identityOf(st);
+      if (!st.isFile()) return { kind: 'refused', reason: 'not a regular file' };
+      const real = fs.readlinkSync(`/proc/self/fd/${fd}`);
+      if (!this.insideLibraryDirs(real)) return { kind: 'refused', reason: `outside the configured library directories (${real})` };
+      // Asking must disclose nothing and poison nothing: only files everyone may read and only root may change.
+      const policy = st.uid !== 0n ? 'not owned by root'
+        : (st.mode & 0o004n) === 0n ? 'not readable by others'
+        : (st.mode & 0o022n) !== 0n ? 'writable by group or others' : undefined;
+      if (policy) {
+        // Marked for this epoch only (no index row): a later chmod is picked up by the next epoch.
+        this.markPass(cur.epoch, keyOf(id), `not eligible: ${policy}`);
+        return { kind: 'refused', reason: policy };
+      }
+      if (st.size > MAX_LIBRARY_BYTES) return { kind: 'refused', reason: `larger than ${MAX_LIBRARY_BYTES >> 20n} MiB` };
+      // Compared only now, for a file anyone may stat anyway: no oracle about unreadable files.
+      if (expected && !sameIdentity(id, expected)) return { kind: 'refused', reason: 'file is not the one the hook opened (changed?)' };
+      const key = keyOf(id);
+      const image = path.join(this.hp.images, cur.epoch, `${key}.so`);
+      if (fs.existsSync(image)) return { kind: 'image', key, image, made: false, ms: 0 };
+      const known = this.db.prepare('SELECT reason FROM hook_passthrough WHERE key = ? AND epoch = ?').get(key, cur.epoch) as { reason: string } | undefined;
+      if (known) {
+        this.markPass(cur.epoch, key, known.reason);
+        return { kind: 'pass', key, reason: known.reason };
+      }
+      const t0 = performance.now();
+      const bytes = fs.readFileSync(fd);
+      // A library swapped or rewritten while we read it: its bytes are not those of `key`.
+      if (!sameIdentity(identityOf(fs.fstatSync(fd, { bigint: true })), id) || BigInt(bytes.length) !== id.size) {
+        return { kind: 'refused', reason: 'changed while being read' };
+      }
+      let out: Uint8Array;
+      try {
+        const seed = createHash('sha256').update(cur.seed).update(key).digest();
+        out = randomizePrepared(prepareLibrary(bytes), seed).bytes;
+      } catch (e) {
+        if (!(e instanceof ElfRefusal || e instanceof ElfFormatError)) throw e;
+        const reason = e instanceof ElfFormatError ? `malformed: ${e.message}` : e.message;
+        this.db.prepare('INSERT OR REPLACE INTO hook_passthrough (key, source, reason, epoch, at) VALUES (?, ?, ?, ?, ?)').run(key, real, reason, cur.epoch, Date.now());
+        this.markPass(cur.epoch, key, reason);
+        this.log.info(`hook: passing through ${real}: ${reason}`);
+        return { kind: 'pass', key, reason };
+      }
+      this.randomizations++;
+      this.evict(out.length);
+      writeAtomic(image, out, 0o444);
+      const ms = Math.round(performance.now() - t0);
+      const now = Date.now();
+      this.db.prepare(`INSERT OR REPLACE INTO hook_images (epoch, key, source, size, made_ms, created, last_access)
+        VALUES (?, ?, ?, ?, ?, ?, ?)`).run(cur.epoch, key, real, out.length, ms, now, now);
+      this.log.info(`hook: randomized ${real} -> ${image} in ${ms} ms`);
+      return { kind: 'image', key, image, made: true, ms };
+    } finally {
+      fs.closeSync(fd);
+    }
+  }
+
+  private markPass(epoch: Epoch, key: ImageKey, reason: string): void {
+    const marker = path.join(this.hp.images, epoch, `${key}.pass`);
+    try {
+      if (!fs.existsSync(marker)) writeAtomic(marker, reason + '\n', 0o444);
+    } catch (e) {
+      // Without the marker launches ask again: slower, never wrong.
+      this.log.warn(`hook: cannot write ${marker}: ${(e as Error).message}`);
+    }
+  }
+
+  /**
+   * Keeps the images within images_max_bytes/images_max_count, making room for `incoming` bytes:
+   * least recently used first, where "used" is refreshed from the processes mapping images now.
+   * Unlinking is safe while mapped: the kernel frees an image when its last user unmaps it.
+   */
+  evict(incoming = 0): string[] {
+    const over = () => {
+      const t = this.db.prepare('SELECT COUNT(*) AS n, COALESCE(SUM(size), 0) AS b FROM hook_images').get() as { n: number; b: number };
+      return t.b + incoming > this.config.imagesMaxBytes || t.n + (incoming > 0 ? 1 : 0) > this.config.imagesMaxCount;
+    };
+    if (!over()) return []; // reading every process's maps is not free: only when something must go
+    const now = Date.now();
+    const touch = this.db.prepare('UPDATE hook_images SET last_access = ? WHERE epoch = ? AND key = ?');
+    for (const m of mappedUnder(this.hp.images)) {
+      const rel = path.relative(this.hp.images, m).split('/');
+      if (rel.length === 2 && rel[1].endsWith('.so')) touch.run(now, rel[0], rel[1].slice(0, -3));
+    }
+    const rows = this.images().sort((a, b) => a.lastAccess - b.lastAccess);
+    let bytes = rows.reduce((s, r) => s + r.size, 0) + incoming;
+    let count = rows.length + (incoming > 0 ? 1 : 0);
+    const evicted: string[] = [];
+    for (const r of rows) {
+      if (bytes <= this.config.imagesMaxBytes && count <= this.config.imagesMaxCount) break;
+      const file = path.join(this.hp.images, r.epoch, `${r.key}.so`);
+      fs.rmSync(file, { force: true });
+      this.db.prepare('DELETE FROM hook_images WHERE epoch = ? AND key = ?').run(r.epoch, r.key);
+      bytes -= r.size;
+      count--;
+      evicted.push(file);
+    }
+    if (evicted.length) this.log.info(`hook: evicted ${evicted.length} image(s) (LRU)`);
+    return evicted;
+  }
+
+  // ---- listing ----
+
+  images(): ImageRow[] {
+    return (this.db.prepare('SELECT * FROM hook_images ORDER BY source').all() as Record<string, number | string>[]).map((r) => ({
+      epoch: String(r.epoch), key: String(r.key), source: String(r.source), size: Number(r.size),
+      madeMs: Number(r.made_ms), created: Number(r.created), lastAccess: Number(r.last_access),
+    }));
+  }
+
+  passThroughs(): PassRow[] {
+    return (this.db.prepare('SELECT * FROM hook_passthrough ORDER BY source').all() as Record<string, number | string>[]).map((r) => ({
+      key: String(r.key), source: String(r.source), reason: String(r.reason), epoch: String(r.epoch), at: Number(r.at),
+    }));
+  }
+
+  /** Every regular file named like a shared library under the configured directories (for warm). */
+  candidates(): string[] {
+    const out: string[] = [];
+    const seen = new Set<string>();
+    const walk = (dir: string, depth: number) => {
+      let ents: fs.Dirent[];
+      try {
+        ents = fs.readdirSync(dir, { withFileTypes: true });
+      } catch {
+        return;
+      }
+      for (const e of ents) {
+        const p = path.join(dir, e.name);
+        if (e.isDirectory() && depth < 4) walk(p, depth + 1);
+        else if (e.isFile() && /\.so(\.\d+)*$/.test(e.name) && !seen.has(p)) {
+          seen.add(p);
+          out.push(p);
+        }
+      }
+    };
+    for (const d of this.libraryDirs) walk(d, 0);
+    return out.sort();
+  }
+}

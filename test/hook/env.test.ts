@@ -1,0 +1,79 @@
+/** enableHook/disableHook (LD_AUDIT through the init systems' environment, all under R) and startDaemon/stopDaemon. */
+import * as fs from 'fs';
+import * as os from 'os';
+import * as path from 'path';
+import { defaultConfig } from '../../fs/config';
+import { derivePaths, Paths } from '../../fs/paths';
+import { daemonPid, startDaemon, stopDaemon } from '../../loader-hook/control';
+import { parseRequest } from '../../loader-hook/daemon';
+import { BUILT_AUDITOR, disableHook, editEnvironment, enableHook, installedAuditor } from '../../loader-hook/env';
+
+let root: string;
+let paths: Paths;
+beforeEach(() => {
+  root = fs.mkdtempSync(path.join(os.tmpdir(), 'fscache-env-'));
+  paths = derivePaths(root, defaultConfig());
+});
+afterEach(async () => {
+  await stopDaemon(paths);
+  fs.rmSync(root, { recursive: true, force: true });
+});
+
+const read = (rel: string) => fs.readFileSync(path.join(root, rel), 'utf8');
+
+test('the auditor is built (npm run build / make -C loader-hook)', () => {
+  expect(fs.existsSync(BUILT_AUDITOR)).toBe(true);
+});
+
+test('enable is idempotent and keeps other lines; disable restores the file exactly', () => {
+  fs.mkdirSync(path.join(root, 'etc', 'env.d'), { recursive: true });
+  const original = 'PATH="/usr/local/bin:/usr/bin:/bin"\nLANG=C.UTF-8\n';
+  fs.writeFileSync(path.join(root, 'etc', 'environment'), original);
+  enableHook(paths);
+  enableHook(paths);
+  const { file, ldAudit } = installedAuditor(paths);
+  expect(ldAudit).toBe('/fscache/hook/fscache-audit.so');
+  const st = fs.statSync(file);
+  expect([st.uid, st.mode & 0o022]).toEqual([0, 0]);
+  const env = read('etc/environment');
+  expect(env.startsWith(original)).toBe(true);
+  expect(env.match(/^LD_AUDIT=/gm)).toHaveLength(1);
+  expect(env).toContain(`LD_AUDIT=${ldAudit}\n`);
+  expect(read('etc/systemd/system.conf.d/fscache.conf')).toContain(`DefaultEnvironment=LD_AUDIT=${ldAudit}`);
+  expect(read('etc/env.d/99fscache')).toContain(`LD_AUDIT="${ldAudit}"`);
+  disableHook(paths);
+  disableHook(paths);
+  expect(read('etc/environment')).toBe(original);
+  expect(fs.existsSync(path.join(root, 'etc/systemd/system.conf.d/fscache.conf'))).toBe(false);
+  expect(fs.existsSync(path.join(root, 'etc/env.d/99fscache'))).toBe(false);
+});
+
+test('an existing LD_AUDIT list is extended and shrunk by our entry only; no env.d without Gentoo', () => {
+  fs.mkdirSync(path.join(root, 'etc'), { recursive: true });
+  fs.writeFileSync(path.join(root, 'etc', 'environment'), 'LD_AUDIT="/opt/other.so"\n');
+  enableHook(paths);
+  expect(read('etc/environment')).toBe('LD_AUDIT="/opt/other.so:/fscache/hook/fscache-audit.so"\n');
+  expect(fs.existsSync(path.join(root, 'etc/env.d'))).toBe(false);
+  disableHook(paths);
+  expect(read('etc/environment')).toBe('LD_AUDIT="/opt/other.so"\n');
+  expect(editEnvironment('', '/x.so', false)).toBe('');
+});
+
+test('requests: only well-formed lines with an absolute path are accepted', () => {
+  expect(parseRequest('Q 1 2 3 4 /lib/libz.so.1')).toEqual({ dev: 1n, ino: 2n, size: 3n, mtimeNs: 4n, path: '/lib/libz.so.1' });
+  for (const bad of ['', 'Q 1 2 3 /x', 'Q 1 2 3 4 lib/x', 'Q -1 2 3 4 /x', 'Q 1 2 3 4 /x\0y', `Q 1 2 3 4 /${'a'.repeat(5000)}`, 'GET / HTTP/1.0']) {
+    expect(parseRequest(bad)).toBeUndefined();
+  }
+});
+
+test('startDaemon and stopDaemon: idempotent, pid file, socket', async () => {
+  const pid = await startDaemon(paths);
+  expect(await startDaemon(paths)).toBe(pid);
+  expect(daemonPid(paths)).toBe(pid);
+  expect(fs.existsSync(path.join(paths.runDir, 'hook.sock'))).toBe(true);
+  expect(read('run/fscache/epoch')).toMatch(/^1 original 3000 fscache\/images lib:lib64:usr\/lib:usr\/lib64:usr\/local\/lib\n$/);
+  await stopDaemon(paths);
+  await stopDaemon(paths);
+  expect(daemonPid(paths)).toBeUndefined();
+  expect(fs.existsSync(`/proc/${pid}`)).toBe(false);
+});
