@@ -183,6 +183,30 @@ maybe('kernel session on a changing real tree', () => {
     fs.writeFileSync(file, content);
   };
 
+  test('kill -9 of the view during fills started by first reads, then remount: the new view serves every file whole', async () => {
+    vs = createViewSandbox({ copy: true, config: 'fuse_session = kernel\naccess_flush_ms = 100\nfill_concurrency = 4\n' });
+    const files = Array.from({ length: 12 }, (_, i) => [`lib/libk${i}.so`, randomBytes(2 * 1024 * 1024)] as const);
+    for (const [rel, content] of files) writeReal(rel, content);
+    const view = await vs.startView();
+    // With no OPEN reaching the view, a file's copy starts at its first READ.
+    const one = Buffer.alloc(1);
+    for (const [rel] of files) {
+      const fd = fs.openSync(vs.inView(rel), 'r');
+      fs.readSync(fd, one, 0, 1, 0);
+      fs.closeSync(fd);
+    }
+    await new Promise((r) => setTimeout(r, 40));
+    view.child.kill('SIGKILL');
+    await new Promise((r) => view.child.once('exit', r));
+    expect(isMountPoint(vs.paths.viewMount)).toBe(true); // dead, still in the mount table
+    await vs.startView(); // clears the dead mount, recovers the store
+    // The dead mount and the old state file satisfy startView at once: wait for the new mount.
+    expect(await waitFor(() => /mounted at/.test(vs!.view!.log()), 10000)).toBeGreaterThanOrEqual(0);
+    for (const [rel, content] of files) expect({ rel, hash: sha(fs.readFileSync(vs.inView(rel))) }).toEqual({ rel, hash: sha(content) });
+    expect(await waitFor(() => (vs!.view!.state()?.store?.fills ?? 0) > 0, 20000, 100)).toBeGreaterThanOrEqual(0);
+    for (const [rel, content] of files) expect(sha(fs.readFileSync(vs.inView(rel)))).toBe(sha(content));
+  });
+
   test('with 600 s cache timeouts, a changed, replaced or new file is seen within a second (the watcher invalidates)', async () => {
     vs = createViewSandbox({ copy: true, config: LONG });
     const rel = 'lib/libfresh.so.1';
