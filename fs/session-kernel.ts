@@ -207,6 +207,7 @@ export class KernelSession implements FuseSession {
     fs.close(this.fd, () => undefined);
     this.fd = -1;
     clearInterval(this.sweepTimer);
+    this.log.info(`kernel session: the kernel closed the connection (${this.nodes.size} nodes were held)`);
     for (const node of this.nodes.all()) this.dropFile(node);
     for (const file of this.openFiles.values()) this.dropNodeFile(file);
     this.openFiles.clear();

@@ -4,7 +4,7 @@
  * alone (request counts from the view's state file), freshness through invalidation
  * notices with long cache timeouts, mmap, and stop while a process holds a mapping.
  */
-import { ChildProcessWithoutNullStreams, spawn } from 'child_process';
+import { ChildProcessWithoutNullStreams, execFileSync, spawn } from 'child_process';
 import { createHash, randomBytes } from 'crypto';
 import * as fs from 'fs';
 import * as os from 'os';
@@ -135,6 +135,28 @@ maybe('kernel session over the host /usr', () => {
     expect(counts.readlink).toBeGreaterThan(0);
     // Every handle given out by OPEN was given back: the view holds no more than the node handles.
     expect(vs.view!.state()!.view.opens).toBeGreaterThan(10);
+  });
+
+  test('an aborted connection (fusectl abort): the mount answers ENOTCONN and stop returns at once', async () => {
+    vs = createViewSandbox({ config: 'fuse_session = kernel\n' });
+    await vs.startView();
+    expect(fs.readdirSync(vs.inView('bin')).length).toBeGreaterThan(10);
+    // The connection's number is the mount's device minor; fusectl is mounted privately here.
+    const dev = fs.statSync(vs.paths.viewMount).dev;
+    const minor = (dev & 0xff) | ((dev >> 12) & 0xfff00);
+    const ctl = fs.mkdtempSync(path.join(os.tmpdir(), 'fscache-fusectl-'));
+    try {
+      execFileSync('mount', ['-t', 'fusectl', 'fscache-test-fusectl', ctl]);
+      fs.writeFileSync(path.join(ctl, String(minor), 'abort'), '1');
+    } finally {
+      if (isMountPoint(ctl)) execFileSync('umount', [ctl]);
+      fs.rmdirSync(ctl);
+    }
+    expect(await waitFor(() => /closed the connection/.test(vs!.view!.log()), 5000)).toBeGreaterThanOrEqual(0);
+    expect(() => fs.readdirSync(vs!.paths.viewMount)).toThrow(/ENOTCONN/); // not listed before: no cache
+    const t0 = Date.now();
+    expect(await vs.view!.stop(10000)).toBe(0);
+    expect(Date.now() - t0).toBeLessThan(5000);
   });
 
   test('mmap through the view, and stop while a process holds a mapping: it keeps faulting pages in, then the view exits', async () => {
