@@ -11,6 +11,8 @@ import * as os from 'os';
 import * as path from 'path';
 import { runInChroot } from '../cli/demo';
 import { InitFlag, Op } from '../fs/fuse-protocol';
+import { StoreIndex } from '../fs/index-db';
+import { silentLogger } from '../fs/log';
 import { isMountPoint } from '../fs/preflight';
 import type { Attr, ViewHandlers } from '../fs/session';
 import { KernelSession } from '../fs/session-kernel';
@@ -229,7 +231,17 @@ maybe('kernel session on a changing real tree', () => {
     // The dead mount and the old state file satisfy startView at once: wait for the new mount.
     expect(await waitFor(() => /mounted at/.test(vs!.view!.log()), 10000)).toBeGreaterThanOrEqual(0);
     for (const [rel, content] of files) expect({ rel, hash: sha(fs.readFileSync(vs.inView(rel))) }).toEqual({ rel, hash: sha(content) });
-    expect(await waitFor(() => (vs!.view!.state()?.store?.fills ?? 0) > 0, 20000, 100)).toBeGreaterThanOrEqual(0);
+    // Every file gets a whole copy (some may have landed before the kill), and the index agrees.
+    const indexed = () => {
+      const ix = StoreIndex.open(vs!.paths.index, silentLogger, { readonly: true });
+      try {
+        return ix.all();
+      } finally {
+        ix.close();
+      }
+    };
+    expect(await waitFor(() => indexed().length === files.length, 20000, 100)).toBeGreaterThanOrEqual(0);
+    for (const e of indexed()) expect({ path: e.path, hash: sha(fs.readFileSync(path.join(vs.paths.store, e.path))) }).toEqual({ path: e.path, hash: e.hash });
     for (const [rel, content] of files) expect(sha(fs.readFileSync(vs.inView(rel)))).toBe(sha(content));
   });
 
