@@ -546,6 +546,8 @@ describe('kernel session protocol, without a mount', () => {
       expect(replies).toHaveLength(1);
       expect(replies[0].error).toBeLessThan(0);
     }
+    expect(await send(Op.FORGET, 1)).toEqual([]); // no body, no reply, no throw
+    expect((await send(Op.INIT, 0, Buffer.alloc(4)))[0].error).toBe(-E.EIO);
     const [s] = await send(Op.STATFS, 1);
     expect([Number(s.body.readBigUInt64LE(0)), s.body.readUInt32LE(40)]).toEqual([10, 4096]);
     expect((await send(Op.READLINK, 1))[0].body.toString()).toBe('target');
