@@ -14,9 +14,14 @@
  *   page. invalidate() (the watcher, within a second of a change) drops the node's
  *   handle and tells the kernel to drop the node's pages and attributes
  *   (FUSE_NOTIFY_INVAL_INODE) and the name (FUSE_NOTIFY_INVAL_ENTRY). Where the watcher
- *   does not look (unwatched directory, inotify limits), AUTO_INVAL_DATA makes the
- *   kernel drop a file's pages once refreshed attributes show another mtime or size,
- *   so staleness is bounded by attr_timeout; `fscache verify` checks the store.
+ *   does not look (a directory holding no cached file, inotify limits reached), names
+ *   and attributes are re-checked after entry_timeout/attr_timeout, and AUTO_INVAL_DATA
+ *   makes the kernel drop a file's pages when refreshed attributes show another mtime
+ *   or size: a new open-and-read then sees the new file within those timeouts, but a
+ *   process that keeps the old file mapped may keep its cached pages until the watcher
+ *   or an admin (`fscache stop`/`start`) drops them. `fscache verify` checks the store.
+ *   The timeouts are the config's (1 s by default); they can be long with this session
+ *   as long as the watcher covers what changes (bench/RESULTS-kernel.md).
  * - Never blocks the JS main thread on the device: requests are read with fs.read on
  *   libuv's threadpool (READERS reads outstanding); replies are written with writeSync
  *   (the kernel takes them without waiting); notifications, which may wait for page
