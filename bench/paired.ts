@@ -7,6 +7,7 @@
  * rounds of each round's view/native ratio.
  *
  * Run: node dist/bench/paired.js [rounds]   (prints a Markdown section for bench/RESULTS-kernel.md)
+ *      node dist/bench/paired.js timeouts   (requests of a launch after idleness, per timeout)
  */
 import { execFileSync } from 'child_process';
 import * as fs from 'fs';
@@ -33,7 +34,40 @@ async function settleFills(root: BenchRoot): Promise<number> {
   return last;
 }
 
+/**
+ * `paired.js timeouts`: what the entry/attr timeouts cost the kernel view. A launch more
+ * than a timeout after the last one re-validates every path it resolves (LOOKUP each);
+ * with long timeouts it sends none. Requests and time of one launch after 2 s idle.
+ */
+async function timeouts(): Promise<void> {
+  const lines = ['| timeouts | program | ms after 2 s idle | requests of that launch |', '|---|---|---|---|'];
+  const programs = [LAUNCHES[0], LAUNCHES[4]];
+  for (const t of [1, 60, 600]) {
+    const root = await makeBenchRoot('view', { config: `fuse_session = kernel\nentry_timeout = ${t}\nattr_timeout = ${t}\nnegative_timeout = ${t}\naccess_flush_ms = 100\n` });
+    try {
+      for (const l of programs) for (let i = 0; i < 3; i++) execFileSync('sh', ['-c', chrootCommand(root.sandbox.root, l.argv) + ' >/dev/null']);
+      await settleFills(root);
+      for (const l of programs) execFileSync('sh', ['-c', chrootCommand(root.sandbox.root, l.argv) + ' >/dev/null']);
+      for (const l of programs) {
+        await new Promise((r) => setTimeout(r, 2000));
+        const before = root.view!.state()!.requests;
+        const t0 = process.hrtime.bigint();
+        execFileSync('sh', ['-c', chrootCommand(root.sandbox.root, l.argv) + ' >/dev/null']);
+        const took = Number(process.hrtime.bigint() - t0) / 1e6;
+        await new Promise((r) => setTimeout(r, 300));
+        const after = root.view!.state()!.requests;
+        const d = Object.entries(after).filter(([k, v]) => v !== (before[k] ?? 0)).map(([k, v]) => `${k} ${v - (before[k] ?? 0)}`);
+        lines.push(`| ${t} s | \`${l.label}\` | ${ms(took)} | ${d.join(', ') || 'none'} |`);
+      }
+    } finally {
+      await root.dispose();
+    }
+  }
+  process.stdout.write(lines.join('\n') + '\n');
+}
+
 async function main(): Promise<void> {
+  if (process.argv[2] === 'timeouts') return timeouts();
   const rounds = Number(process.argv[2] ?? 15);
   const flavours: Flavour[] = [];
   try {

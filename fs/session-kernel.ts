@@ -14,9 +14,14 @@
  *   page. invalidate() (the watcher, within a second of a change) drops the node's
  *   handle and tells the kernel to drop the node's pages and attributes
  *   (FUSE_NOTIFY_INVAL_INODE) and the name (FUSE_NOTIFY_INVAL_ENTRY). Where the watcher
- *   does not look (unwatched directory, inotify limits), AUTO_INVAL_DATA makes the
- *   kernel drop a file's pages once refreshed attributes show another mtime or size,
- *   so staleness is bounded by attr_timeout; `fscache verify` checks the store.
+ *   does not look (a directory holding no cached file, inotify limits reached), names
+ *   and attributes are re-checked after entry_timeout/attr_timeout, and AUTO_INVAL_DATA
+ *   makes the kernel drop a file's pages when refreshed attributes show another mtime
+ *   or size: a new open-and-read then sees the new file within those timeouts, but a
+ *   process that keeps the old file mapped may keep its cached pages until the watcher
+ *   or an admin (`fscache stop`/`start`) drops them. `fscache verify` checks the store.
+ *   The timeouts are the config's (1 s by default); they can be long with this session
+ *   as long as the watcher covers what changes (bench/RESULTS-kernel.md).
  * - Never blocks the JS main thread on the device: requests are read with fs.read on
  *   libuv's threadpool (READERS reads outstanding); replies are written with writeSync
  *   (the kernel takes them without waiting); notifications, which may wait for page
@@ -207,6 +212,7 @@ export class KernelSession implements FuseSession {
     fs.close(this.fd, () => undefined);
     this.fd = -1;
     clearInterval(this.sweepTimer);
+    this.log.info(`kernel session: the kernel closed the connection (${this.nodes.size} nodes were held)`);
     for (const node of this.nodes.all()) this.dropFile(node);
     for (const file of this.openFiles.values()) this.dropNodeFile(file);
     this.openFiles.clear();
@@ -266,7 +272,7 @@ export class KernelSession implements FuseSession {
       const code = (err as NodeJS.ErrnoException | null)?.code;
       // ENOENT: the kernel holds nothing for that node or name, nothing to drop.
       if (code && code !== 'ENOENT' && code !== 'ENODEV') this.log.warn(`kernel session: notification not written: ${code}`);
-      this.log.debug(`kernel session: notification ${message.readInt32LE(4)} for node ${message.readBigUInt64LE(16)}: ${code ?? 'ok'}`);
+      if (this.debug) this.log.debug(`kernel session: notification ${message.readInt32LE(4)} for node ${message.readBigUInt64LE(16)}: ${code ?? 'ok'}`);
       this.nextNotification();
     });
   }
@@ -284,6 +290,16 @@ export class KernelSession implements FuseSession {
       return;
     }
     this.count(opName(req.opcode));
+    try {
+      this.route(req);
+    } catch (err) {
+      // A request whose body is too short for its opcode: still exactly one reply.
+      this.log.warn(`kernel session: ${opName(req.opcode)} request not understood: ${(err as Error).message}`);
+      if (!NO_REPLY_OPS.has(req.opcode)) this.replyError(req.unique, -E.EIO);
+    }
+  }
+
+  private route(req: Request): void {
     switch (req.opcode) {
       case Op.INIT:
         return this.init(req);
@@ -328,7 +344,7 @@ export class KernelSession implements FuseSession {
 
   /** The handler of an operation that needs the view, or undefined when we do not implement it. */
   private operation(r: Request): Promise<Reply> | undefined {
-    const run = (fn: (r: Request) => Promise<Reply>): Promise<Reply> => {
+    const call = (fn: (r: Request) => Promise<Reply>): Promise<Reply> => {
       try {
         return fn.call(this, r);
       } catch (err) {
@@ -336,18 +352,18 @@ export class KernelSession implements FuseSession {
       }
     };
     switch (r.opcode) {
-      case Op.LOOKUP: return run(this.lookup);
-      case Op.GETATTR: return run(this.getattr);
-      case Op.READLINK: return run(this.readlink);
-      case Op.OPEN: return run(this.open);
-      case Op.OPENDIR: return run(this.opendir);
-      case Op.READ: return run(this.read);
-      case Op.RELEASE: return run(this.release);
-      case Op.READDIR: return run(this.readdir);
-      case Op.STATFS: return run(this.statfs);
-      case Op.ACCESS: return run(this.access);
-      case Op.GETXATTR: return run(this.getxattr);
-      case Op.LISTXATTR: return run(this.listxattr);
+      case Op.LOOKUP: return call(this.lookup);
+      case Op.GETATTR: return call(this.getattr);
+      case Op.READLINK: return call(this.readlink);
+      case Op.OPEN: return call(this.open);
+      case Op.OPENDIR: return call(this.opendir);
+      case Op.READ: return call(this.read);
+      case Op.RELEASE: return call(this.release);
+      case Op.READDIR: return call(this.readdir);
+      case Op.STATFS: return call(this.statfs);
+      case Op.ACCESS: return call(this.access);
+      case Op.GETXATTR: return call(this.getxattr);
+      case Op.LISTXATTR: return call(this.listxattr);
       default: return undefined;
     }
   }
@@ -661,6 +677,9 @@ function refusedFlags(): number {
   const names = (process.env.FSCACHE_SESSION_REFUSE ?? '').split(',').filter(Boolean);
   return names.reduce((acc, n) => acc | ((InitFlag as Record<string, number>)[n] ?? 0), 0);
 }
+
+/** Requests the protocol has no reply for. */
+const NO_REPLY_OPS = new Set<number>([Op.FORGET, Op.BATCH_FORGET, Op.INTERRUPT, Op.NOTIFY_REPLY]);
 
 /** Returned by operations that wrote their reply themselves (compared by identity). */
 const NO_REPLY: Buffer = Buffer.alloc(0);

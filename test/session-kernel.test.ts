@@ -4,12 +4,18 @@
  * alone (request counts from the view's state file), freshness through invalidation
  * notices with long cache timeouts, mmap, and stop while a process holds a mapping.
  */
-import { ChildProcessWithoutNullStreams, spawn } from 'child_process';
+import { ChildProcessWithoutNullStreams, execFileSync, spawn } from 'child_process';
 import { createHash, randomBytes } from 'crypto';
 import * as fs from 'fs';
+import * as os from 'os';
 import * as path from 'path';
 import { runInChroot } from '../cli/demo';
+import { InitFlag, Op } from '../fs/fuse-protocol';
+import { StoreIndex } from '../fs/index-db';
+import { silentLogger } from '../fs/log';
 import { isMountPoint } from '../fs/preflight';
+import type { Attr, ViewHandlers } from '../fs/session';
+import { KernelSession } from '../fs/session-kernel';
 import { CLI_ENTRY, ViewProcess } from '../fs/view-process';
 import { createViewSandbox, fuseAvailable, ViewSandbox, waitFor } from './helpers/view-sandbox';
 
@@ -133,6 +139,28 @@ maybe('kernel session over the host /usr', () => {
     expect(vs.view!.state()!.view.opens).toBeGreaterThan(10);
   });
 
+  test('an aborted connection (fusectl abort): the mount answers ENOTCONN and stop returns at once', async () => {
+    vs = createViewSandbox({ config: 'fuse_session = kernel\n' });
+    await vs.startView();
+    expect(fs.readdirSync(vs.inView('bin')).length).toBeGreaterThan(10);
+    // The connection's number is the mount's device minor; fusectl is mounted privately here.
+    const dev = fs.statSync(vs.paths.viewMount).dev;
+    const minor = (dev & 0xff) | ((dev >> 12) & 0xfff00);
+    const ctl = fs.mkdtempSync(path.join(os.tmpdir(), 'fscache-fusectl-'));
+    try {
+      execFileSync('mount', ['-t', 'fusectl', 'fscache-test-fusectl', ctl]);
+      fs.writeFileSync(path.join(ctl, String(minor), 'abort'), '1');
+    } finally {
+      if (isMountPoint(ctl)) execFileSync('umount', [ctl]);
+      fs.rmdirSync(ctl);
+    }
+    expect(await waitFor(() => /closed the connection/.test(vs!.view!.log()), 5000)).toBeGreaterThanOrEqual(0);
+    expect(() => fs.readdirSync(vs!.paths.viewMount)).toThrow(/ENOTCONN/); // not listed before: no cache
+    const t0 = Date.now();
+    expect(await vs.view!.stop(10000)).toBe(0);
+    expect(Date.now() - t0).toBeLessThan(5000);
+  });
+
   test('mmap through the view, and stop while a process holds a mapping: it keeps faulting pages in, then the view exits', async () => {
     vs = createViewSandbox({ config: 'fuse_session = kernel\n' });
     await vs.startView();
@@ -182,6 +210,40 @@ maybe('kernel session on a changing real tree', () => {
     fs.mkdirSync(path.dirname(file), { recursive: true });
     fs.writeFileSync(file, content);
   };
+
+  test('kill -9 of the view during fills started by first reads, then remount: the new view serves every file whole', async () => {
+    vs = createViewSandbox({ copy: true, config: 'fuse_session = kernel\naccess_flush_ms = 100\nfill_concurrency = 4\n' });
+    const files = Array.from({ length: 12 }, (_, i) => [`lib/libk${i}.so`, randomBytes(2 * 1024 * 1024)] as const);
+    for (const [rel, content] of files) writeReal(rel, content);
+    const view = await vs.startView();
+    // With no OPEN reaching the view, a file's copy starts at its first READ.
+    const one = Buffer.alloc(1);
+    for (const [rel] of files) {
+      const fd = fs.openSync(vs.inView(rel), 'r');
+      fs.readSync(fd, one, 0, 1, 0);
+      fs.closeSync(fd);
+    }
+    await new Promise((r) => setTimeout(r, 40));
+    view.child.kill('SIGKILL');
+    await new Promise((r) => view.child.once('exit', r));
+    expect(isMountPoint(vs.paths.viewMount)).toBe(true); // dead, still in the mount table
+    await vs.startView(); // clears the dead mount, recovers the store
+    // The dead mount and the old state file satisfy startView at once: wait for the new mount.
+    expect(await waitFor(() => /mounted at/.test(vs!.view!.log()), 10000)).toBeGreaterThanOrEqual(0);
+    for (const [rel, content] of files) expect({ rel, hash: sha(fs.readFileSync(vs.inView(rel))) }).toEqual({ rel, hash: sha(content) });
+    // Every file gets a whole copy (some may have landed before the kill), and the index agrees.
+    const indexed = () => {
+      const ix = StoreIndex.open(vs!.paths.index, silentLogger, { readonly: true });
+      try {
+        return ix.all();
+      } finally {
+        ix.close();
+      }
+    };
+    expect(await waitFor(() => indexed().length === files.length, 20000, 100)).toBeGreaterThanOrEqual(0);
+    for (const e of indexed()) expect({ path: e.path, hash: sha(fs.readFileSync(path.join(vs.paths.store, e.path))) }).toEqual({ path: e.path, hash: e.hash });
+    for (const [rel, content] of files) expect(sha(fs.readFileSync(vs.inView(rel)))).toBe(sha(content));
+  });
 
   test('with 600 s cache timeouts, a changed, replaced or new file is seen within a second (the watcher invalidates)', async () => {
     vs = createViewSandbox({ copy: true, config: LONG });
@@ -277,3 +339,218 @@ function largestFile(realTree: string, dir: string): string {
   }
   return best;
 }
+
+/**
+ * The protocol server without a mount: requests built byte by byte are handed to the
+ * session's dispatcher and its replies read back from a file standing in for /dev/fuse.
+ * Every request gets exactly one reply (none for FORGET, BATCH_FORGET, INTERRUPT), and
+ * nothing it is sent makes it throw.
+ */
+describe('kernel session protocol, without a mount', () => {
+  const E = os.constants.errno;
+  const fileAttr: Attr = {
+    mode: 0o100644, uid: 0, gid: 0, size: 12, dev: 1, ino: 77, nlink: 1, rdev: 0, blksize: 4096, blocks: 1,
+    atime: new Date(1e12), mtime: new Date(1e12 + 123), ctime: new Date(1e12),
+  };
+  const dirAttr: Attr = { ...fileAttr, mode: 0o040755, ino: 2 };
+  const names = Array.from({ length: 40 }, (_, i) => `entry-${i}-${'x'.repeat(i)}`);
+  let opens = 0;
+  const handlers: ViewHandlers = {
+    getattr: async (p) => {
+      if (p === '/' || p === '/dir') return dirAttr;
+      if (p === '/a') return fileAttr;
+      if (p === '/denied') throw Object.assign(new Error('no'), { code: 'EACCES' });
+      throw Object.assign(new Error('none'), { code: 'ENOENT' });
+    },
+    readdir: async () => names,
+    readlink: async () => 'target',
+    open: async () => ++opens,
+    read: async (_h, into, length, position) => {
+      const data = Buffer.from('hello, world');
+      return data.copy(into, 0, position, Math.min(data.length, position + length));
+    },
+    release: async () => undefined,
+    statfs: async () => ({ bsize: 4096, frsize: 4096, blocks: 10, bfree: 5, bavail: 5, files: 9, ffree: 3, favail: 3, fsid: 0, flag: 1, namemax: 255 }),
+    access: async () => undefined,
+    getxattr: async (_p, name) => (name === 'user.x' ? Buffer.from('val') : undefined),
+    listxattr: async () => ['user.x', 'user.yy'],
+  };
+  let dir: string;
+  let file: string;
+  let read = 0;
+  let session: KernelSession;
+  let unique = 100n;
+  // The dispatcher is private: the test drives it as the read loop would.
+  const internals = () => session as unknown as { fd: number; dispatch(buf: Buffer, n: number): void };
+
+  beforeEach(() => {
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'fscache-proto-'));
+    file = path.join(dir, 'dev-fuse');
+    session = new KernelSession(handlers, { mountpoint: dir, attrTimeout: 2, entryTimeout: 3, negativeTimeout: 4, fsname: 'fscache' });
+    internals().fd = fs.openSync(file, 'w+');
+    read = 0;
+  });
+  afterEach(() => {
+    fs.closeSync(internals().fd);
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  /** Sends one request; returns the replies written since the last call. */
+  async function send(opcode: number, nodeid: number, body: Buffer = Buffer.alloc(0)): Promise<Array<{ error: number; unique: bigint; body: Buffer }>> {
+    const u = unique++;
+    const buf = Buffer.alloc(40 + body.length);
+    buf.writeUInt32LE(buf.length, 0);
+    buf.writeUInt32LE(opcode, 4);
+    buf.writeBigUInt64LE(u, 8);
+    buf.writeBigUInt64LE(BigInt(nodeid), 16);
+    body.copy(buf, 40);
+    internals().dispatch(buf, buf.length);
+    for (let i = 0; i < 5; i++) await new Promise((r) => setImmediate(r));
+    const all = fs.readFileSync(file);
+    const out = [];
+    while (read < all.length) {
+      const len = all.readUInt32LE(read);
+      out.push({ error: all.readInt32LE(read + 4), unique: all.readBigUInt64LE(read + 8), body: all.subarray(read + 16, read + len) });
+      read += len;
+    }
+    for (const r of out) expect(r.unique).toBe(u);
+    return out;
+  }
+  const name = (s: string) => Buffer.from(s + '\0');
+  const u32s = (...xs: number[]) => {
+    const b = Buffer.alloc(xs.length * 4);
+    xs.forEach((x, i) => b.writeUInt32LE(x >>> 0, i * 4));
+    return b;
+  };
+  const readIn = (offset: number, size: number, fh = 0) => {
+    const b = Buffer.alloc(40);
+    b.writeBigUInt64LE(BigInt(fh), 0);
+    b.writeBigUInt64LE(BigInt(offset), 8);
+    b.writeUInt32LE(size, 16);
+    return b;
+  };
+  const init = () => send(Op.INIT, 0, Buffer.concat([u32s(7, 45, 131072, 0xffffffff, 0), Buffer.alloc(44)]));
+
+  test('INIT grants what the kernel offers of what we want, at our minor', async () => {
+    const [r] = await init();
+    expect(r.error).toBe(0);
+    expect([r.body.readUInt32LE(0), r.body.readUInt32LE(4)]).toEqual([7, 31]);
+    const flags = r.body.readUInt32LE(12);
+    for (const f of [InitFlag.NO_OPEN_SUPPORT, InitFlag.NO_OPENDIR_SUPPORT, InitFlag.CACHE_SYMLINKS, InitFlag.ASYNC_READ, InitFlag.MAX_PAGES]) {
+      expect(flags & f).toBe(f);
+    }
+    expect(flags & InitFlag.DO_READDIRPLUS).toBe(0);
+  });
+
+  test('a kernel offering fewer flags gets only those; OPEN is then served with a handle', async () => {
+    const [r] = await send(Op.INIT, 0, Buffer.concat([u32s(7, 26, 131072, InitFlag.ASYNC_READ, 0), Buffer.alloc(44)]));
+    expect(r.body.readUInt32LE(4)).toBe(26);
+    expect(r.body.readUInt32LE(12)).toBe(InitFlag.ASYNC_READ);
+    const [e] = await send(Op.LOOKUP, 1, name('a'));
+    const id = Number(e.body.readBigUInt64LE(0));
+    const [o] = await send(Op.OPEN, id, u32s(0, 0));
+    expect(o.error).toBe(0);
+    const fh = Number(o.body.readBigUInt64LE(0));
+    expect(fh).toBeGreaterThan(0);
+    const [d] = await send(Op.READ, id, readIn(7, 100, fh));
+    expect(d.body.toString()).toBe('world');
+    expect(await send(Op.RELEASE, id, Buffer.concat([Buffer.alloc(8), u32s(0, 0, 0, 0)]))).toEqual([expect.objectContaining({ error: 0 })]);
+  });
+
+  test('LOOKUP: entries with the configured timeouts, a missing name as a cached negative entry, errors as errno', async () => {
+    await init();
+    const [e] = await send(Op.LOOKUP, 1, name('a'));
+    expect(e.error).toBe(0);
+    expect(Number(e.body.readBigUInt64LE(0))).toBeGreaterThan(1);
+    expect([Number(e.body.readBigUInt64LE(16)), Number(e.body.readBigUInt64LE(24))]).toEqual([3, 2]);
+    expect(Number(e.body.readBigUInt64LE(40))).toBe(77); // attr.ino
+    expect(e.body.readUInt32LE(40 + 60)).toBe(0o100644); // attr.mode
+    expect(e.body.readUInt32LE(40 + 52)).toBe(123e6); // mtime nanoseconds
+    const [n] = await send(Op.LOOKUP, 1, name('missing'));
+    expect([n.error, Number(n.body.readBigUInt64LE(0)), Number(n.body.readBigUInt64LE(16))]).toEqual([0, 0, 4]);
+    expect((await send(Op.LOOKUP, 1, name('denied')))[0].error).toBe(-E.EACCES);
+    expect((await send(Op.LOOKUP, 9999, name('a')))[0].error).toBe(-E.ESTALE);
+  });
+
+  test('FORGET and BATCH_FORGET give lookups back without a reply; the node goes at zero', async () => {
+    await init();
+    const id = Number((await send(Op.LOOKUP, 1, name('a')))[0].body.readBigUInt64LE(0));
+    expect(Number((await send(Op.LOOKUP, 1, name('a')))[0].body.readBigUInt64LE(0))).toBe(id);
+    const forget = (n: number) => {
+      const b = Buffer.alloc(8);
+      b.writeBigUInt64LE(BigInt(n));
+      return b;
+    };
+    expect(await send(Op.FORGET, id, forget(1))).toEqual([]);
+    expect((await send(Op.GETATTR, id, Buffer.alloc(16)))[0].error).toBe(0);
+    const batch = Buffer.alloc(8 + 16);
+    batch.writeUInt32LE(1, 0);
+    batch.writeBigUInt64LE(BigInt(id), 8);
+    batch.writeBigUInt64LE(1n, 16);
+    expect(await send(Op.BATCH_FORGET, 0, batch)).toEqual([]);
+    expect((await send(Op.GETATTR, id, Buffer.alloc(16)))[0].error).toBe(-E.ESTALE);
+    // A new lookup of the same path gets a new id: ids are never reused.
+    expect(Number((await send(Op.LOOKUP, 1, name('a')))[0].body.readBigUInt64LE(0))).toBeGreaterThan(id);
+  });
+
+  test('READ by node opens the view handle once; READDIR continues at the offsets it gave', async () => {
+    await init();
+    const id = Number((await send(Op.LOOKUP, 1, name('a')))[0].body.readBigUInt64LE(0));
+    const before = opens;
+    expect((await send(Op.READ, id, readIn(0, 5)))[0].body.toString()).toBe('hello');
+    expect((await send(Op.READ, id, readIn(7, 4096)))[0].body.toString()).toBe('world');
+    expect(opens - before).toBe(1);
+    const seen: string[] = [];
+    let offset = 0;
+    for (let i = 0; i < 100; i++) {
+      const [r] = await send(Op.READDIR, 1, readIn(offset, 256));
+      if (r.body.length === 0) break;
+      for (let p = 0; p < r.body.length; ) {
+        const len = r.body.readUInt32LE(p + 16);
+        seen.push(r.body.toString('utf8', p + 24, p + 24 + len));
+        offset = Number(r.body.readBigUInt64LE(p + 8));
+        p += (24 + len + 7) & ~7;
+      }
+    }
+    expect(seen).toEqual(['.', '..', ...names]);
+  });
+
+  test('xattrs: a size-0 probe gets the size, a short buffer ERANGE, a missing name ENODATA', async () => {
+    await init();
+    const id = Number((await send(Op.LOOKUP, 1, name('a')))[0].body.readBigUInt64LE(0));
+    const get = (size: number, n: string) => send(Op.GETXATTR, id, Buffer.concat([u32s(size, 0), name(n)]));
+    expect((await get(0, 'user.x'))[0].body.readUInt32LE(0)).toBe(3);
+    expect((await get(1, 'user.x'))[0].error).toBe(-E.ERANGE);
+    expect((await get(10, 'user.x'))[0].body.toString()).toBe('val');
+    expect((await get(10, 'user.x'))[0].body.toString()).toBe('val'); // from the node's cache
+    expect((await get(10, 'user.none'))[0].error).toBe(-E.ENODATA);
+    expect((await send(Op.LISTXATTR, id, u32s(0, 0)))[0].body.readUInt32LE(0)).toBe('user.x\0user.yy\0'.length);
+    expect((await send(Op.LISTXATTR, id, u32s(100, 0)))[0].body.toString()).toBe('user.x\0user.yy\0');
+  });
+
+  test('no-open answers, ioctl, write operations, unknown and malformed requests: one reply each, no throw', async () => {
+    await init();
+    expect((await send(Op.OPEN, 1, u32s(0, 0)))[0].error).toBe(-E.ENOSYS);
+    expect((await send(Op.OPENDIR, 1, u32s(0, 0)))[0].error).toBe(-E.ENOSYS);
+    expect((await send(Op.FLUSH, 1, Buffer.alloc(24)))[0].error).toBe(-E.ENOSYS);
+    expect((await send(Op.IOCTL, 1, Buffer.alloc(32)))[0].error).toBe(-E.ENOTTY);
+    for (const op of [Op.MKDIR, Op.WRITE, Op.SETATTR, Op.UNLINK, Op.CREATE, Op.SETXATTR, Op.RENAME2]) {
+      expect((await send(op, 1, Buffer.alloc(8)))[0].error).toBe(-E.EROFS);
+    }
+    expect(await send(Op.INTERRUPT, 0, Buffer.alloc(8))).toEqual([]);
+    expect((await send(99, 1))[0].error).toBe(-E.ENOSYS);
+    expect((await send(Op.STATX, 1, Buffer.alloc(32)))[0].error).toBe(-E.ENOSYS);
+    // Bodies too short for their opcode: an errno, not a crash.
+    for (const op of [Op.READ, Op.GETXATTR, Op.LISTXATTR, Op.ACCESS, Op.READDIR]) {
+      const replies = await send(op, 1);
+      expect(replies).toHaveLength(1);
+      expect(replies[0].error).toBeLessThan(0);
+    }
+    expect(await send(Op.FORGET, 1)).toEqual([]); // no body, no reply, no throw
+    expect((await send(Op.INIT, 0, Buffer.alloc(4)))[0].error).toBe(-E.EIO);
+    const [s] = await send(Op.STATFS, 1);
+    expect([Number(s.body.readBigUInt64LE(0)), s.body.readUInt32LE(40)]).toEqual([10, 4096]);
+    expect((await send(Op.READLINK, 1))[0].body.toString()).toBe('target');
+    expect((await send(Op.DESTROY, 0))[0].error).toBe(0);
+  });
+});
