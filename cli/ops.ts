@@ -10,6 +10,8 @@ import { readSupervisorState, Supervisor } from '../fs/supervisor';
 import { mirrorProblem, syncStore } from '../fs/sync';
 import { CLI_ENTRY } from '../fs/view-process';
 import type { ViewState } from '../fs/view-service';
+import { startDaemon, stopDaemon } from '../loader-hook/control';
+import { disableHook, enableHook } from '../loader-hook/env';
 import type { Context } from './context';
 
 const out = (s: string): void => void process.stdout.write(s + '\n');
@@ -42,8 +44,30 @@ export function configArgs(ctx: Context, explicitConfig: string | undefined): st
   return explicitConfig ? ['--config', ctx.configFile] : [];
 }
 
+/**
+ * The loader hook: the daemon first (it makes the epoch), then LD_AUDIT for new processes.
+ * Fail open: a hook that cannot start leaves launches as they were, and start goes on.
+ */
+async function startHook(ctx: Context): Promise<void> {
+  if (ctx.config.hook !== 'on') return;
+  try {
+    await startDaemon(ctx.paths, ctx.configFile);
+    enableHook(ctx.paths);
+  } catch (err) {
+    ctx.log.warn(`loader hook not enabled: ${(err as Error).message}`);
+    disableHook(ctx.paths);
+  }
+}
+
+async function stopHook(ctx: Context): Promise<void> {
+  // New processes first lose LD_AUDIT; processes already running keep the images they mapped.
+  disableHook(ctx.paths);
+  await stopDaemon(ctx.paths);
+}
+
 export async function startVerb(ctx: Context, foreground: boolean, extraArgs: string[]): Promise<number> {
   checkLinkIsOurs(ctx);
+  await startHook(ctx);
   if (ctx.config.mode === 'mirror') {
     const problem = await mirrorProblem(ctx.paths, ctx.log);
     if (problem) throw new FsCacheError('refused', `${problem}; ${ctx.paths.usrLink} stays on the real tree`);
@@ -89,6 +113,7 @@ export async function stopVerb(ctx: Context): Promise<void> {
   const { state } = readLinkState(ctx.paths);
   // The link first: new launches go to the real tree before anything else changes.
   if (state === 'view' || state === 'mirror') switchLink(ctx.paths, 'real');
+  await stopHook(ctx);
   const supervisor = readSupervisorState(ctx.paths);
   let viewPid: number | undefined;
   try {

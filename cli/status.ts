@@ -1,6 +1,11 @@
 /** `fscache status`: what is running and how well, as a table or JSON; exit code for monitoring. */
 import * as fs from 'fs';
+import * as path from 'path';
+import Database from 'better-sqlite3';
 import { EXIT_CODES } from '../fs/errors';
+import { daemonPid } from '../loader-hook/control';
+import { installedAuditor } from '../loader-hook/env';
+import { hookPaths, readFailures } from '../loader-hook/images';
 import { StoreIndex } from '../fs/index-db';
 import { silentLogger } from '../fs/log';
 import { LinkState, readLinkState } from '../fs/link';
@@ -23,6 +28,58 @@ export interface StatusReport {
   counters: ViewState['view'] | null;
   fills: ViewState['store'] | null;
   watcher: ViewState['watcher'] | null;
+  hook: HookStatus;
+}
+
+export interface HookStatus {
+  enabled: boolean;
+  daemonPid: number | null;
+  epoch: string | null;
+  images: { count: number; bytes: number };
+  passThroughs: Array<{ source: string; reason: string }>;
+  failures: Array<{ source: string; message: string }>;
+}
+
+function hookEnabled(ctx: Context): boolean {
+  try {
+    return fs.readFileSync(path.join(ctx.paths.root, 'etc', 'environment'), 'utf8').includes(installedAuditor(ctx.paths).ldAudit);
+  } catch {
+    return false;
+  }
+}
+
+/** The loader hook's state, read without changing anything (the index opened read-only). */
+function hookStatus(ctx: Context): HookStatus {
+  const hp = hookPaths(ctx.paths);
+  let epoch: string | null = null;
+  try {
+    epoch = fs.readFileSync(hp.epochFile, 'utf8').split(' ')[0] || null;
+  } catch {
+    epoch = null;
+  }
+  const status: HookStatus = {
+    enabled: hookEnabled(ctx), daemonPid: daemonPid(ctx.paths) ?? null, epoch,
+    images: { count: 0, bytes: 0 }, passThroughs: [], failures: readFailures(hp).map(({ source, message }) => ({ source, message })),
+  };
+  if (!fs.existsSync(ctx.paths.index)) return status;
+  try {
+    const db = new Database(ctx.paths.index, { readonly: true, fileMustExist: true });
+    try {
+      const tables = new Set((db.prepare("SELECT name FROM sqlite_master WHERE type = 'table'").all() as Array<{ name: string }>).map((t) => t.name));
+      if (tables.has('hook_images')) {
+        const row = db.prepare('SELECT COUNT(*) AS n, COALESCE(SUM(size), 0) AS bytes FROM hook_images WHERE epoch = ?').get(epoch) as { n: number; bytes: number };
+        status.images = { count: Number(row.n), bytes: Number(row.bytes) };
+      }
+      if (tables.has('hook_passthrough')) {
+        status.passThroughs = db.prepare('SELECT source, reason FROM hook_passthrough WHERE epoch = ? ORDER BY source').all(epoch) as HookStatus['passThroughs'];
+      }
+    } finally {
+      db.close();
+    }
+  } catch {
+    // an unreadable index is reported by the store part of status
+  }
+  return status;
 }
 
 function alive(pid: number): boolean {
@@ -46,6 +103,8 @@ export function collectStatus(ctx: Context): StatusReport {
   const running = !!state && alive(state.pid);
   const mounted = isMountPoint(paths.viewMount);
   const link = { path: paths.usrLink, ...readLinkState(paths) };
+  const hook = hookStatus(ctx);
+  if (hook.enabled && !hook.daemonPid) problems.push('LD_AUDIT is set but the randomization daemon is not running (launches load originals)');
   const supervisor = readSupervisorState(paths);
   const mirrorComplete = fs.existsSync(mirrorMarker(paths));
   let store: StatusReport['store'] = null;
@@ -68,7 +127,7 @@ export function collectStatus(ctx: Context): StatusReport {
   if (state?.storeTrouble) problems.push(state.storeTrouble);
   if (state?.store?.flashTrouble) problems.push(state.store.flashTrouble);
   if (state?.watcher?.trouble) problems.push(state.watcher.trouble);
-  const active = running || mounted || !!supervisor || link.state === 'view' || link.state === 'mirror';
+  const active = running || mounted || !!supervisor || link.state === 'view' || link.state === 'mirror' || hook.enabled || !!hook.daemonPid;
   // Nothing of fscache running is 'stopped' (problems are still listed, e.g. R/usr a directory).
   const health = !active ? 'stopped' : problems.length ? 'degraded' : 'healthy';
   return {
@@ -82,6 +141,7 @@ export function collectStatus(ctx: Context): StatusReport {
       requests: state?.requests ?? {},
     },
     store, counters: state?.view ?? null, fills: state?.store ?? null, watcher: state?.watcher ?? null,
+    hook: hook,
   };
 }
 
@@ -108,6 +168,9 @@ export function renderStatus(r: StatusReport): string {
   }
   if (r.fills) rows.push(['fills', `${r.fills.fills} copies, ${MiB(r.fills.fillBytes)}, ${r.fills.fillFailures} failed, ${r.fills.evictions} evicted, ${r.fills.staleFound} stale copies refused`]);
   if (r.watcher) rows.push(['watcher', `${r.watcher.state}, ${r.watcher.directories} directories, ${r.watcher.invalidations} invalidations`]);
+  rows.push(['hook', r.hook.enabled ? `LD_AUDIT set, daemon ${r.hook.daemonPid ? `pid ${r.hook.daemonPid}` : 'not running'}, epoch ${r.hook.epoch ?? 'none'}, ${r.hook.images.count} images (${MiB(r.hook.images.bytes)}), ${r.hook.passThroughs.length} passed through` : 'off']);
+  for (const p of r.hook.passThroughs.slice(0, 10)) rows.push(['passed', `${p.source}: ${p.reason}`]);
+  for (const f of r.hook.failures.slice(-3)) rows.push(['hook error', `${f.source}: ${f.message}`]);
   for (const p of r.problems) rows.push(['problem', p]);
   const width = Math.max(...rows.map(([k]) => k.length));
   return rows.map(([k, v]) => `${k.padEnd(width)}  ${v}`).join('\n');

@@ -15,6 +15,7 @@ export type OnMiss = 'wait' | 'original';
 
 export interface Config {
   mode: Mode;
+  hook: 'on' | 'off';
   fuseSession: SessionKind;
   realTree: string;
   usrLink: string;
@@ -90,6 +91,10 @@ export const CONFIG_KEYS = {
   mode: {
     field: 'mode', default: 'view', allowed: 'view, mirror', parse: oneOf<Mode>('view', 'mirror'),
     doc: 'view: R/usr points at the FUSE view of the real tree, contents from flash. mirror: R/usr points at a full copy on flash kept by `fscache sync`, no FUSE in the data path.',
+  },
+  hook: {
+    field: 'hook', default: 'on', allowed: 'on, off', parse: oneOf<'on' | 'off'>('on', 'off'),
+    doc: 'on: start runs the randomization daemon and sets LD_AUDIT for new processes (R/etc/environment, the systemd drop-in, Gentoo env.d), so they load shared randomized libraries; stop removes it. off: no loader hook.',
   },
   fuse_session: {
     field: 'fuseSession', default: 'libfuse2', allowed: 'libfuse2, kernel', parse: oneOf<SessionKind>('libfuse2', 'kernel'),
