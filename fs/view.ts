@@ -100,7 +100,11 @@ export class View implements ViewHandlers {
   // Metadata calls are synchronous: on a warm tree each is a few microseconds, less
   // than a hop through libuv's thread pool, and warm launches are made of them.
   async getattr(p: string): Promise<Attr> {
-    return toAttr(this.lstat(this.real(p)));
+    const st = this.lstat(this.real(p));
+    // A session without OPEN (kernel) sees a warm launch only as lookups: count them as use,
+    // so that eviction keeps what is used (batched; a path without a copy is a no-op).
+    if (this.store && st.isFile()) this.store.index.recordAccess(p.slice(1), false);
+    return toAttr(st);
   }
 
   async readdir(p: string): Promise<string[]> {
