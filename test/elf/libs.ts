@@ -31,6 +31,7 @@ export interface ZlibBuild { dir: string; lib: string; example: string; minigzip
 export interface SqliteBuild { dir: string; lib: string; driver: string }
 export interface CxxBuild { dir: string; lib: string; test: string }
 export interface LuaBuild { dir: string; lib: string; lua: string }
+export interface Bzip2Build { dir: string; lib: string; bzip2: string; src: string }
 
 const quiet: ExecFileSyncOptions = { stdio: ['ignore', 'pipe', 'pipe'], maxBuffer: 64 << 20 };
 
@@ -221,5 +222,27 @@ export function buildSmall(): Built<SmallBuild> {
     }) };
   } catch (e) {
     return { ok: false, skip: `small fixture library could not be built: ${errText(e)}` };
+  }
+}
+
+/** bzip2 1.0.8 from Debian's source package: libbz2.so.1.0 and the `bzip2` program linked against it. */
+export function buildBzip2(): Built<Bzip2Build> {
+  try {
+    const version = srcVersion('bzip2');
+    return { ok: true, ...cached('bzip2', keyOf(version, CFLAGS, LDFLAGS, 'v1'), (dir) => {
+      const src = aptSource('bzip2', dir);
+      const names = ['blocksort', 'huffman', 'crctable', 'randtable', 'compress', 'decompress', 'bzlib'];
+      const flags = `${CFLAGS} -D_FILE_OFFSET_BITS=64 -I${src}`;
+      const objs = names.map((n) => ({ src: path.join(src, `${n}.c`), obj: path.join(dir, `${n}.o`), cc: 'gcc', flags }));
+      const lib = path.join(dir, 'libbz2.so.1.0');
+      fs.writeFileSync(path.join(dir, 'Makefile'), makefile(objs, [
+        { out: lib, deps: objs.map((o) => o.obj), cmd: `gcc -shared ${LDFLAGS} -Wl,-soname,libbz2.so.1.0 -o $@ $^` },
+        { out: path.join(dir, 'bzip2'), deps: [lib], cmd: `gcc -O2 -g -D_FILE_OFFSET_BITS=64 -I${src} ${src}/bzip2.c -o $@ -L${dir} -l:libbz2.so.1.0` },
+      ]));
+      sh('make -j2', dir);
+      return { dir, lib, bzip2: path.join(dir, 'bzip2'), src };
+    }) };
+  } catch (e) {
+    return { ok: false, skip: `bzip2 could not be built from its Debian source package: ${errText(e)}` };
   }
 }
