@@ -1,0 +1,89 @@
+/**
+ * Coverage beyond the test suite: autotools libraries from Debian source packages, built with the
+ * randomization flags, whose own `make check` suites run against randomized copies (the randomized
+ * .so is swapped in place of the built one, libtool's wrappers then load it; restored afterwards).
+ *
+ *   npx tsc -p . && node dist/bench/randomize-coverage.js [--seeds 2]
+ *
+ * Slow (configure + build + make check per package, a few minutes each on 2 cores): not part of
+ * the jest run. Prints markdown for bench/RESULTS-randomizer.md.
+ */
+import { execFileSync } from 'child_process';
+import * as fs from 'fs';
+import * as path from 'path';
+import { ElfFormatError, ElfRefusal, randomizeBytes } from '../elf';
+import { CACHE, CFLAGS, LDFLAGS } from '../test/elf/libs';
+
+interface Pkg { source: string; subdir: string; libDir: string; libPattern: RegExp; configure: string }
+
+const PKGS: Pkg[] = [
+  { source: 'xz-utils', subdir: '', libDir: 'src/liblzma/.libs', libPattern: /^liblzma\.so\.\d+\.\d+\.\d+$/, configure: '--disable-static --disable-nls --disable-doc' },
+  { source: 'expat', subdir: 'expat', libDir: 'lib/.libs', libPattern: /^libexpat\.so\.\d+\.\d+\.\d+$/, configure: '--disable-static --without-docbook --without-examples' },
+];
+
+function sh(cmd: string, cwd: string): { ok: boolean; out: string } {
+  try {
+    return { ok: true, out: execFileSync('sh', ['-c', cmd], { cwd, stdio: ['ignore', 'pipe', 'pipe'], maxBuffer: 256 << 20, timeout: 1_800_000 }).toString() };
+  } catch (e) {
+    const x = e as { stdout?: Buffer; stderr?: Buffer };
+    return { ok: false, out: (x.stdout?.toString() ?? '') + (x.stderr?.toString() ?? '') };
+  }
+}
+
+/** "# PASS: 18" style automake summaries, summed over the run. */
+function summary(out: string): string {
+  const n = (k: string) => [...out.matchAll(new RegExp(`^# ${k}: +(\\d+)`, 'gm'))].reduce((a, m) => a + Number(m[1]), 0);
+  return `${n('PASS')}/${n('TOTAL')} passed, ${n('FAIL') + n('ERROR')} failed`;
+}
+
+function main(): void {
+  const si = process.argv.indexOf('--seeds');
+  const seeds = si > 0 ? Number(process.argv[si + 1]) : 2;
+  const rows: string[] = [];
+  for (const p of PKGS) {
+    const dir = path.join(CACHE, `cov-${p.source}`);
+    fs.mkdirSync(dir, { recursive: true });
+    let src = fs.readdirSync(dir).find((n) => n.startsWith(p.source.split('-')[0]) && fs.statSync(path.join(dir, n)).isDirectory());
+    if (!src) {
+      const r = sh(`apt-get source ${p.source}`, dir);
+      if (!r.ok) { rows.push(`| ${p.source} | apt-get source failed | | | |`); continue; }
+      src = fs.readdirSync(dir).find((n) => fs.statSync(path.join(dir, n)).isDirectory())!;
+    }
+    const root = path.join(dir, src, p.subdir);
+    if (!fs.existsSync(path.join(root, 'Makefile'))) {
+      const c = sh(`./configure CFLAGS="${CFLAGS}" CXXFLAGS="${CFLAGS}" LDFLAGS="${LDFLAGS}" ${p.configure}`, root);
+      if (!c.ok) { rows.push(`| ${p.source} | configure failed | | | |`); continue; }
+    }
+    if (!sh('make -j2', root).ok) { rows.push(`| ${p.source} | build failed | | | |`); continue; }
+    const base = sh('make -j2 check', root);
+    const libDir = path.join(root, p.libDir);
+    const libName = fs.readdirSync(libDir).find((n) => p.libPattern.test(n))!;
+    const lib = path.join(libDir, libName);
+    const orig = fs.readFileSync(lib);
+    const results: string[] = [];
+    let units = 0;
+    let bits = 0;
+    try {
+      for (let i = 0; i < seeds; i++) {
+        let r;
+        try {
+          r = randomizeBytes(orig, Buffer.from([0xc0, i]));
+        } catch (e) {
+          if (e instanceof ElfRefusal || e instanceof ElfFormatError) { results.push(`refused: ${e.message}`); break; }
+          throw e;
+        }
+        units = r.units;
+        bits = r.entropyBits;
+        fs.writeFileSync(lib, r.bytes);
+        const chk = sh('make -j2 check', root);
+        results.push(`seed ${i}: ${summary(chk.out)}${chk.ok ? '' : ' (make check failed)'}`);
+      }
+    } finally {
+      fs.writeFileSync(lib, orig);
+    }
+    rows.push(`| ${p.source} ${src.replace(/^[^-]+-/, '')} (${libName}) | ${units} units, ${bits.toFixed(0)} bits | original: ${summary(base.out)} | ${results.join('; ')} |`);
+  }
+  process.stdout.write(['| library | randomized | own `make check`, original | own `make check`, randomized |', '|---|---|---|---|', ...rows].join('\n') + '\n');
+}
+
+main();
