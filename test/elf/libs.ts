@@ -246,3 +246,28 @@ export function buildBzip2(): Built<Bzip2Build> {
     return { ok: false, skip: `bzip2 could not be built from its Debian source package: ${errText(e)}` };
   }
 }
+
+export interface FixtureBuild { dir: string; lib: string; main?: string }
+
+/**
+ * A small library from fixture sources (and optionally a main program linked against it), with
+ * the randomization flags plus `extraFlags`.
+ */
+export function buildFixture(name: string, sources: string[], mainSource?: string, extraFlags = ''): Built<FixtureBuild> {
+  try {
+    const files = [...sources, ...(mainSource ? [mainSource] : [])].map((f) => path.join(FIXTURES, f));
+    const key = keyOf(...files.map((f) => fs.readFileSync(f, 'utf8')), CFLAGS, LDFLAGS, extraFlags, 'fx-v1');
+    return { ok: true, ...cached(`fx-${name}`, key, (dir) => {
+      const lib = path.join(dir, `lib${name}.so`);
+      sh(`gcc ${CFLAGS} ${extraFlags} -shared ${LDFLAGS} -o ${lib} ${files.slice(0, sources.length).join(' ')}`, dir);
+      let main: string | undefined;
+      if (mainSource) {
+        main = path.join(dir, `${name}_main`);
+        sh(`gcc -O2 -o ${main} ${files[files.length - 1]} -L${dir} -l${name}`, dir);
+      }
+      return { dir, lib, main };
+    }) };
+  } catch (e) {
+    return { ok: false, skip: `fixture ${name} could not be built: ${errText(e)}` };
+  }
+}
