@@ -59,12 +59,36 @@ function cursorOf(elf: ElfFile): Cursor {
   return new Cursor(elf.view);
 }
 
-/** Reads a NUL-terminated string of `table` (a section's byte range) at index `idx`. */
-function readString(bytes: Uint8Array, tableOff: number, tableSize: number, idx: number, recordOff: number, what: string): string {
-  if (idx >= tableSize) throw new ElfFormatError(recordOff, `bad ${what} name index`, idx);
-  const end = bytes.indexOf(0, tableOff + idx);
-  if (end < 0 || end >= tableOff + tableSize) throw new ElfFormatError(recordOff, `unterminated ${what} name`, idx);
-  return Buffer.from(bytes.buffer, bytes.byteOffset + tableOff + idx, end - tableOff - idx).toString('latin1');
+/**
+ * Names are kept to this many bytes. Longer names (possible in C++) are truncated for display and
+ * comparison only; the cap keeps a crafted string table (one huge string referenced at every
+ * offset) from costing time quadratic in the file size.
+ */
+export const MAX_NAME = 1024;
+
+/**
+ * A string table (a section's byte range) with the position of the NUL ending each string,
+ * computed once: every lookup is then O(name length) however the table is built.
+ */
+class StringTable {
+  private nulAt: Int32Array | undefined;
+  constructor(private readonly bytes: Uint8Array, private readonly off: number, private readonly size: number) {}
+  get(idx: number, recordOff: number, what: string): string {
+    if (idx >= this.size) throw new ElfFormatError(recordOff, `bad ${what} name index`, idx);
+    if (!this.nulAt) {
+      const t = new Int32Array(this.size);
+      let next = -1;
+      for (let i = this.size - 1; i >= 0; i--) {
+        if (this.bytes[this.off + i] === 0) next = i;
+        t[i] = next;
+      }
+      this.nulAt = t;
+    }
+    const end = this.nulAt[idx];
+    if (end < 0) throw new ElfFormatError(recordOff, `unterminated ${what} name`, idx);
+    const len = Math.min(end - idx, MAX_NAME);
+    return Buffer.from(this.bytes.buffer, this.bytes.byteOffset + this.off + idx, len).toString('latin1');
+  }
 }
 
 export function readElf(input: Uint8Array): ElfFile {
@@ -143,8 +167,9 @@ export function readElf(input: Uint8Array): ElfFile {
   if (e_shnum > 0) {
     const strtab = raw[e_shstrndx];
     if (strtab.sh_type !== SHT_STRTAB) throw new ElfFormatError(strtab.headerOffset, 'section name table is not SHT_STRTAB', strtab.sh_type);
+    const names = new StringTable(bytes, strtab.sh_offset, strtab.sh_size);
     for (const sh of raw) {
-      const name = sh.index === 0 ? '' : readString(bytes, strtab.sh_offset, strtab.sh_size, sh.sh_name, sh.headerOffset, 'section');
+      const name = sh.index === 0 ? '' : names.get(sh.sh_name, sh.headerOffset, 'section');
       sections.push({ ...sh, name });
     }
   }
@@ -188,6 +213,7 @@ export function readSymbols(elf: ElfFile, sh: SectionHeader): Symbol[] {
   const str = elf.sections[sh.sh_link];
   if (!str || str.sh_type !== SHT_STRTAB) throw new ElfFormatError(sh.headerOffset + 40, 'symbol table sh_link is not a string table', sh.sh_link);
   const c = cursorOf(elf);
+  const names = new StringTable(elf.bytes, str.sh_offset, str.sh_size);
   const out: Symbol[] = new Array(n);
   for (let i = 0; i < n; i++) {
     const o = sh.sh_offset + i * ELF64_SYM_SIZE;
@@ -197,7 +223,7 @@ export function readSymbols(elf: ElfFile, sh: SectionHeader): Symbol[] {
       index: i, fileOffset: o, st_name, st_info, st_other: c.u8(o + 5, 'st_other'), st_shndx: c.u16(o + 6, 'st_shndx'),
       st_value: c.u64(o + 8, 'st_value'), st_size: c.u64(o + 16, 'st_size'),
       bind: st_info >> 4, type: st_info & 0xf,
-      name: st_name === 0 ? '' : readString(elf.bytes, str.sh_offset, str.sh_size, st_name, o, 'symbol'),
+      name: st_name === 0 ? '' : names.get(st_name, o, 'symbol'),
     };
   }
   return out;

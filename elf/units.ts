@@ -111,8 +111,9 @@ export function findUnits(img: Image): UnitPlan {
       if (s.st_shndx !== text.index || s.st_value < textStart || s.st_value >= textEnd) continue;
       startSet.add(s.st_value);
       if (s.st_size > 0) sized.set(s.st_value, Math.max(sized.get(s.st_value) ?? 0, s.st_size));
+      // Names are for reports only; a few per address is enough (and keeps aliases cheap).
       const l = names.get(s.st_value) ?? [];
-      if (s.name && !l.includes(s.name)) l.push(s.name);
+      if (s.name && l.length < 8 && !l.includes(s.name)) l.push(s.name);
       names.set(s.st_value, l);
     }
   }
