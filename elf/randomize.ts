@@ -106,8 +106,10 @@ export function randomizeFile(inPath: string, outPath: string, seed?: Uint8Array
   const dir = path.dirname(path.resolve(outPath));
   const tmp = path.join(dir, `.${path.basename(outPath)}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`);
   try {
+    // Never group/world-writable, whatever the input's mode: images are shared by every process.
     const mode = fs.statSync(inPath).mode & 0o755;
-    fs.writeFileSync(tmp, res.bytes, { mode });
+    // 'wx' (O_CREAT|O_EXCL): never write through a file or symlink someone planted at the temp name.
+    fs.writeFileSync(tmp, res.bytes, { mode, flag: 'wx' });
     fs.renameSync(tmp, outPath);
   } catch (e) {
     fs.rmSync(tmp, { force: true });
