@@ -109,7 +109,13 @@ export function randomizeFile(inPath: string, outPath: string, seed?: Uint8Array
     // Never group/world-writable, whatever the input's mode: images are shared by every process.
     const mode = fs.statSync(inPath).mode & 0o755;
     // 'wx' (O_CREAT|O_EXCL): never write through a file or symlink someone planted at the temp name.
-    fs.writeFileSync(tmp, res.bytes, { mode, flag: 'wx' });
+    const fd = fs.openSync(tmp, 'wx', mode);
+    try {
+      fs.writeSync(fd, res.bytes);
+      fs.fsyncSync(fd); // durable before it becomes visible under its name
+    } finally {
+      fs.closeSync(fd);
+    }
     fs.renameSync(tmp, outPath);
   } catch (e) {
     fs.rmSync(tmp, { force: true });
