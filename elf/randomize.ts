@@ -111,7 +111,7 @@ export function randomizeFile(inPath: string, outPath: string, seed?: Uint8Array
     // 'wx' (O_CREAT|O_EXCL): never write through a file or symlink someone planted at the temp name.
     const fd = fs.openSync(tmp, 'wx', mode);
     try {
-      fs.writeSync(fd, res.bytes);
+      for (let off = 0; off < res.bytes.length;) off += fs.writeSync(fd, res.bytes, off);
       fs.fsyncSync(fd); // durable before it becomes visible under its name
     } finally {
       fs.closeSync(fd);
