@@ -1,7 +1,8 @@
 /**
- * Coverage beyond the test suite: autotools libraries from Debian source packages, built with the
+ * Coverage beyond the test suite: libraries from Debian source packages (autotools or CMake), built with the
  * randomization flags, whose own `make check` suites run against randomized copies (the randomized
- * .so is swapped in place of the built one, libtool's wrappers then load it; restored afterwards).
+ * .so is swapped in place of the built one, which libtool's wrappers or CMake's build RPATH then
+ * load; the original is restored afterwards).
  *
  *   npx tsc -p . && node dist/bench/randomize-coverage.js [--seeds 2]
  *
@@ -14,11 +15,12 @@ import * as path from 'path';
 import { ElfFormatError, ElfRefusal, randomizeBytes } from '../elf';
 import { CACHE, CFLAGS, LDFLAGS } from '../test/elf/libs';
 
-interface Pkg { source: string; subdir: string; libDir: string; libPattern: RegExp; configure: string }
+interface Pkg { source: string; subdir: string; libDir: string; libPattern: RegExp; configure: string; kind: 'autotools' | 'cmake' }
 
 const PKGS: Pkg[] = [
-  { source: 'xz-utils', subdir: '', libDir: 'src/liblzma/.libs', libPattern: /^liblzma\.so\.\d+\.\d+\.\d+$/, configure: '--disable-static --disable-nls --disable-doc' },
-  { source: 'expat', subdir: 'expat', libDir: 'lib/.libs', libPattern: /^libexpat\.so\.\d+\.\d+\.\d+$/, configure: '--disable-static --without-docbook --without-examples' },
+  { kind: 'autotools', source: 'xz-utils', subdir: '', libDir: 'src/liblzma/.libs', libPattern: /^liblzma\.so\.\d+\.\d+\.\d+$/, configure: '--disable-static --disable-nls --disable-doc' },
+  // Debian's expat source is the upstream git tree (no configure script): built with CMake, tests run by ctest.
+  { kind: 'cmake', source: 'expat', subdir: 'expat', libDir: 'build', libPattern: /^libexpat\.so\.\d+\.\d+\.\d+$/, configure: '-DEXPAT_BUILD_TESTS=ON -DEXPAT_BUILD_EXAMPLES=OFF -DEXPAT_BUILD_DOCS=OFF' },
 ];
 
 function sh(cmd: string, cwd: string): { ok: boolean; out: string } {
@@ -30,8 +32,10 @@ function sh(cmd: string, cwd: string): { ok: boolean; out: string } {
   }
 }
 
-/** "# PASS: 18" style automake summaries, summed over the run. */
+/** "# PASS: 18" style automake summaries (or ctest's "N% tests passed, F tests failed out of T"). */
 function summary(out: string): string {
+  const ct = /(\d+)% tests passed, (\d+) tests failed out of (\d+)/.exec(out);
+  if (ct) return `${Number(ct[3]) - Number(ct[2])}/${ct[3]} passed, ${ct[2]} failed`;
   const n = (k: string) => [...out.matchAll(new RegExp(`^# ${k}: +(\\d+)`, 'gm'))].reduce((a, m) => a + Number(m[1]), 0);
   return `${n('PASS')}/${n('TOTAL')} passed, ${n('FAIL') + n('ERROR')} failed`;
 }
@@ -43,19 +47,24 @@ function main(): void {
   for (const p of PKGS) {
     const dir = path.join(CACHE, `cov-${p.source}`);
     fs.mkdirSync(dir, { recursive: true });
-    let src = fs.readdirSync(dir).find((n) => n.startsWith(p.source.split('-')[0]) && fs.statSync(path.join(dir, n)).isDirectory());
+    let src = fs.readdirSync(dir).find((n) => fs.statSync(path.join(dir, n)).isDirectory());
     if (!src) {
       const r = sh(`apt-get source ${p.source}`, dir);
       if (!r.ok) { rows.push(`| ${p.source} | apt-get source failed | | | |`); continue; }
       src = fs.readdirSync(dir).find((n) => fs.statSync(path.join(dir, n)).isDirectory())!;
     }
-    const root = path.join(dir, src, p.subdir);
+    const srcRoot = path.join(dir, src, p.subdir);
+    const root = p.kind === 'cmake' ? path.join(srcRoot, 'build') : srcRoot;
+    fs.mkdirSync(root, { recursive: true });
     if (!fs.existsSync(path.join(root, 'Makefile'))) {
-      const c = sh(`./configure CFLAGS="${CFLAGS}" CXXFLAGS="${CFLAGS}" LDFLAGS="${LDFLAGS}" ${p.configure}`, root);
-      if (!c.ok) { rows.push(`| ${p.source} | configure failed | | | |`); continue; }
+      const c = p.kind === 'cmake'
+        ? sh(`cmake .. -DCMAKE_BUILD_TYPE=None -DCMAKE_C_FLAGS="${CFLAGS}" -DCMAKE_CXX_FLAGS="${CFLAGS}" -DCMAKE_SHARED_LINKER_FLAGS="${LDFLAGS}" ${p.configure}`, root)
+        : sh(`./configure CFLAGS="${CFLAGS}" CXXFLAGS="${CFLAGS}" LDFLAGS="${LDFLAGS}" ${p.configure}`, root);
+      if (!c.ok) { rows.push(`| ${p.source} | configure failed: ${c.out.trim().split('\n').slice(-1)[0]} | | |`); continue; }
     }
-    if (!sh('make -j2', root).ok) { rows.push(`| ${p.source} | build failed | | | |`); continue; }
-    const base = sh('make -j2 check', root);
+    if (!sh('make -j2', root).ok) { rows.push(`| ${p.source} | build failed | | |`); continue; }
+    const check = p.kind === 'cmake' ? 'ctest -j2' : 'make -j2 check';
+    const base = sh(check, root);
     const libDir = path.join(root, p.libDir);
     const libName = fs.readdirSync(libDir).find((n) => p.libPattern.test(n))!;
     const lib = path.join(libDir, libName);
@@ -75,13 +84,13 @@ function main(): void {
         units = r.units;
         bits = r.entropyBits;
         fs.writeFileSync(lib, r.bytes);
-        const chk = sh('make -j2 check', root);
+        const chk = sh(check, root);
         results.push(`seed ${i}: ${summary(chk.out)}${chk.ok ? '' : ' (make check failed)'}`);
       }
     } finally {
       fs.writeFileSync(lib, orig);
     }
-    rows.push(`| ${p.source} ${src.replace(/^[^-]+-/, '')} (${libName}) | ${units} units, ${bits.toFixed(0)} bits | original: ${summary(base.out)} | ${results.join('; ')} |`);
+    rows.push(`| ${src} (${libName}) | ${units} units, ${bits.toFixed(0)} bits | original: ${summary(base.out)} | ${results.join('; ')} |`);
   }
   process.stdout.write(['| library | randomized | own `make check`, original | own `make check`, randomized |', '|---|---|---|---|', ...rows].join('\n') + '\n');
 }
