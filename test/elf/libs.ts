@@ -177,11 +177,14 @@ export function buildLua(): Built<LuaBuild> {
   }
 }
 
-/** Runs a program with LD_LIBRARY_PATH pointing at `libDir` (so it loads the randomized copy). */
+/**
+ * Runs a program with LD_LIBRARY_PATH pointing at `libDir` (so it loads the randomized copy), in
+ * `libDir` as working directory (zlib's `example` writes foo.gz there, not in the repository).
+ */
 export function runWith(libDir: string, file: string, args: string[], input?: Buffer | string, extraEnv: Record<string, string> = {}): { stdout: string; status: number } {
   try {
     const out = execFileSync(file, args, {
-      env: { ...process.env, LD_LIBRARY_PATH: libDir, ...extraEnv }, input, maxBuffer: 256 << 20, timeout: 120_000,
+      cwd: libDir, env: { ...process.env, LD_LIBRARY_PATH: libDir, ...extraEnv }, input, maxBuffer: 256 << 20, timeout: 120_000,
       stdio: ['pipe', 'pipe', 'pipe'],
     });
     return { stdout: out.toString('latin1'), status: 0 };
