@@ -124,14 +124,16 @@ export function decodePieces(bytes: Uint8Array, address: number, cuts: number[])
   const bounds = [address, ...inner, address + cap];
   const pieces: DecodedRange[] = [];
   let n = 0;
-  for (let p = 0; p + 1 < bounds.length; p++) {
-    const from = bounds[p] - address;
-    const to = bounds[p + 1] - address;
-    const first = n;
-    const decoder = new Decoder(64, bytes.subarray(from, to), DecoderOptions.None);
-    decoder.ip = BigInt(bounds[p]);
-    let pos = from;
-    try {
+  // One decoder over the whole range, repositioned at each cut (cheaper than one per piece).
+  const decoder = new Decoder(64, bytes, DecoderOptions.None);
+  try {
+    for (let p = 0; p + 1 < bounds.length; p++) {
+      const from = bounds[p] - address;
+      const to = bounds[p + 1] - address;
+      const first = n;
+      decoder.position = from;
+      decoder.ip = BigInt(bounds[p]);
+      let pos = from;
       while (pos < to) {
         decoder.decodeOut(ins);
         const l = ins.length;
@@ -139,7 +141,8 @@ export function decodePieces(bytes: Uint8Array, address: number, cuts: number[])
         len[n] = l;
         pos += l;
         const c = ins.code;
-        if (c === 0 /* Code.INVALID */) {
+        // An instruction running across the cut (into the next function) counts as undecodable.
+        if (c === 0 /* Code.INVALID */ || pos > to) {
           invalid[n] = 1;
           n++;
           continue;
@@ -177,16 +180,16 @@ export function decodePieces(bytes: Uint8Array, address: number, cuts: number[])
         }
         n++;
       }
-    } finally {
-      decoder.free();
+      const e = n;
+      pieces.push({
+        start: bounds[p], count: e - first, ip: ip.subarray(first, e), len: len.subarray(first, e), code: code.subarray(first, e),
+        refKind: refKind.subarray(first, e), fieldOff: fieldOff.subarray(first, e), fieldSize: fieldSize.subarray(first, e),
+        target: target.subarray(first, e), terminator: terminator.subarray(first, e), padding: padding.subarray(first, e),
+        invalid: invalid.subarray(first, e),
+      });
     }
-    const e = n;
-    pieces.push({
-      start: bounds[p], count: e - first, ip: ip.subarray(first, e), len: len.subarray(first, e), code: code.subarray(first, e),
-      refKind: refKind.subarray(first, e), fieldOff: fieldOff.subarray(first, e), fieldSize: fieldSize.subarray(first, e),
-      target: target.subarray(first, e), terminator: terminator.subarray(first, e), padding: padding.subarray(first, e),
-      invalid: invalid.subarray(first, e),
-    });
+  } finally {
+    decoder.free();
   }
   return pieces;
 }
