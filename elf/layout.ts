@@ -72,6 +72,8 @@ export interface Layout {
   readonly textEnd: number;
   /** End of the last placed unit; [usedEnd, textEnd) is filled with int3. */
   readonly usedEnd: number;
+  /** Permutations drawn until one fitted (1 = the first one did). */
+  readonly draws: number;
 }
 
 /** log2(n!) — entropy of a uniform permutation of n units, in bits. */
@@ -81,14 +83,40 @@ export function entropyBits(n: number): number {
   return s;
 }
 
+/** Holes searched per unit: bounds the work on inputs with very many units. */
+const MAX_HOLES_SEARCHED = 64;
+
+/**
+ * Places units in the permuted order. Alignment padding in front of a unit leaves a hole; a later
+ * unit (in permutation order) that fits a hole with its own alignment goes there instead of the
+ * end. This keeps the order random while wasting little more padding than the linker did, so the
+ * permutation fits the original .text extent.
+ */
 function place(units: Unit[], order: number[], textStart: number): { newStart: Float64Array; end: number } {
   const newStart = new Float64Array(units.length);
+  const holes: { s: number; e: number }[] = [];
   let cur = textStart;
   for (const ui of order) {
     const u = units[ui];
-    cur = alignUp(cur, u.align);
-    newStart[ui] = cur;
-    cur += u.coreEnd - u.start;
+    const size = u.coreEnd - u.start;
+    let placed = false;
+    for (let h = 0; h < holes.length && h < MAX_HOLES_SEARCHED; h++) {
+      const hole = holes[h];
+      const s = alignUp(hole.s, u.align);
+      if (s + size > hole.e) continue;
+      newStart[ui] = s;
+      const rest: { s: number; e: number }[] = [];
+      if (s > hole.s) rest.push({ s: hole.s, e: s });
+      if (s + size < hole.e) rest.push({ s: s + size, e: hole.e });
+      holes.splice(h, 1, ...rest);
+      placed = true;
+      break;
+    }
+    if (placed) continue;
+    const s = alignUp(cur, u.align);
+    if (s > cur) holes.push({ s: cur, e: s });
+    newStart[ui] = s;
+    cur = s + size;
   }
   return { newStart, end: cur };
 }
@@ -99,7 +127,7 @@ export function planLayout(plan: UnitPlan, textStart: number, textEnd: number, r
   for (let attempt = 0; attempt < MAX_DRAWS; attempt++) {
     const order = permutation(plan.units.length, rng);
     const { newStart, end } = place(plan.units, order, textStart);
-    if (end <= textEnd) return { plan, order, newStart, textStart, textEnd, usedEnd: end };
+    if (end <= textEnd) return { plan, order, newStart, textStart, textEnd, usedEnd: end, draws: attempt + 1 };
   }
   throw new ElfRefusal(`no permutation of ${plan.units.length} units fits in .text after ${MAX_DRAWS} draws (alignment padding)`);
 }
