@@ -28,7 +28,9 @@ export function registerElfVerbs(program: Command): void {
       const ms = Object.values(r.timingsMs).reduce((a, b) => a + b, 0);
       process.stdout.write(
         `randomized ${inPath} -> ${outPath}: ${r.units} units, ${r.entropyBits.toFixed(0)} bits, ` +
-        `${r.verify.pcRelOperands} operands verified, debug info stripped, build-id replaced, ${ms.toFixed(0)} ms` +
+        `${r.verify.pcRelOperands} operands verified` +
+        (r.write.droppedSections.some((n) => n.startsWith('.debug_')) ? ', debug info stripped' : '') +
+        (r.write.buildIdReplaced ? ', build-id replaced' : '') + `, ${ms.toFixed(0)} ms` +
         (opts.seed === undefined ? `, seed ${Buffer.from(r.seed).toString('hex')}` : '') + '\n',
       );
     });
