@@ -57,8 +57,12 @@ if (!cxx.ok) announceSkip('CLI randomize test', cxx.skip);
   expect(r.err).toBeUndefined();
   expect(r.out).toMatch(/randomized .* units, \d+ bits/);
   const again = path.join(dir, 'again.so');
-  await run(['randomize', cxx.lib, again, '--seed', '00ff']);
+  await run(['randomize', cxx.lib, again, '--seed', '00ff', '--verify', 'fields']);
   expect(fs.readFileSync(out).equals(fs.readFileSync(again))).toBe(true);
+  const bad = await run(['randomize', cxx.lib, path.join(dir, 'bad.so'), '--verify', 'maybe']);
+  expect(bad.err).toBeDefined();
+  expect(exitCodeFor(bad.err)).toBeUndefined(); // a usage error: the CLI main's business (exit 2)
+  expect(fs.existsSync(path.join(dir, 'bad.so'))).toBe(false);
   const j = await run(['inspect', cxx.lib, '--json']);
   const rep = JSON.parse(j.out);
   expect(rep.randomizable).toBe(true);
