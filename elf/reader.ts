@@ -74,6 +74,11 @@ class StringTable {
   private nulAt: Int32Array | undefined;
   constructor(private readonly bytes: Uint8Array, private readonly off: number, private readonly size: number) {}
   get(idx: number, recordOff: number, what: string): string {
+    const len = this.check(idx, recordOff, what);
+    return Buffer.from(this.bytes.buffer, this.bytes.byteOffset + this.off + idx, len).toString('latin1');
+  }
+  /** Validates a name index (in range, NUL-terminated) in O(1); returns the kept name length. */
+  check(idx: number, recordOff: number, what: string): number {
     if (idx >= this.size) throw new ElfFormatError(recordOff, `bad ${what} name index`, idx);
     if (!this.nulAt) {
       const t = new Int32Array(this.size);
@@ -86,8 +91,7 @@ class StringTable {
     }
     const end = this.nulAt[idx];
     if (end < 0) throw new ElfFormatError(recordOff, `unterminated ${what} name`, idx);
-    const len = Math.min(end - idx, MAX_NAME);
-    return Buffer.from(this.bytes.buffer, this.bytes.byteOffset + this.off + idx, len).toString('latin1');
+    return Math.min(end - idx, MAX_NAME);
   }
 }
 
@@ -206,6 +210,28 @@ function checkEntSize(sh: SectionHeader, want: number, what: string): number {
   return sh.sh_size / want;
 }
 
+/**
+ * A symbol whose name is decoded on first use: tables can hold 10^5 symbols and only a few names
+ * are ever looked at (reports, tests), so reading stays linear in the table size.
+ */
+class SymbolRecord implements Symbol {
+  private cached: string | undefined;
+  readonly bind: number;
+  readonly type: number;
+  constructor(
+    readonly index: number, readonly fileOffset: number, readonly st_name: number, readonly st_info: number,
+    readonly st_other: number, readonly st_shndx: number, readonly st_value: number, readonly st_size: number,
+    private readonly strings: StringTable,
+  ) {
+    this.bind = st_info >> 4;
+    this.type = st_info & 0xf;
+  }
+  get name(): string {
+    if (this.cached === undefined) this.cached = this.st_name === 0 ? '' : this.strings.get(this.st_name, this.fileOffset, 'symbol');
+    return this.cached;
+  }
+}
+
 /** Symbols of a SHT_SYMTAB or SHT_DYNSYM section, names resolved through its sh_link string table. */
 export function readSymbols(elf: ElfFile, sh: SectionHeader): Symbol[] {
   if (sh.sh_type !== SHT_SYMTAB && sh.sh_type !== SHT_DYNSYM) throw new ElfFormatError(sh.headerOffset + 4, 'not a symbol table', sh.sh_type);
@@ -219,12 +245,10 @@ export function readSymbols(elf: ElfFile, sh: SectionHeader): Symbol[] {
     const o = sh.sh_offset + i * ELF64_SYM_SIZE;
     const st_name = c.u32(o, 'st_name');
     const st_info = c.u8(o + 4, 'st_info');
-    out[i] = {
-      index: i, fileOffset: o, st_name, st_info, st_other: c.u8(o + 5, 'st_other'), st_shndx: c.u16(o + 6, 'st_shndx'),
-      st_value: c.u64(o + 8, 'st_value'), st_size: c.u64(o + 16, 'st_size'),
-      bind: st_info >> 4, type: st_info & 0xf,
-      name: st_name === 0 ? '' : names.get(st_name, o, 'symbol'),
-    };
+    if (st_name !== 0) names.check(st_name, o, 'symbol'); // malformed names fail here, not later
+    out[i] = new SymbolRecord(
+      i, o, st_name, st_info, c.u8(o + 5, 'st_other'), c.u16(o + 6, 'st_shndx'), c.u64(o + 8, 'st_value'), c.u64(o + 16, 'st_size'), names,
+    );
   }
   return out;
 }

@@ -88,13 +88,14 @@ export function verifyImage(img: Image, layout: Layout, output: Uint8Array, mode
     const so = out.sections.find((s) => s.sh_type === type);
     if (!si) continue;
     if (!so) fail(`symbol table ${si.name} missing from output`);
-    const a = readSymbols(inp, si);
+    const a = si === img.symtab.section ? img.symtab.symbols : si === img.dynsym?.section ? img.dynsym.symbols : readSymbols(inp, si);
     const b = readSymbols(out, so);
     if (a.length !== b.length) fail(`${si.name} symbol count changed`);
     for (let i = 0; i < a.length; i++) {
       const x = a[i];
       const y = b[i];
-      if (x.name !== y.name || x.st_info !== y.st_info || x.st_size !== y.st_size) fail(`${si.name} symbol ${x.name} changed`, x.st_value);
+      // The string tables are copied unchanged, so the name index identifies the name.
+      if (x.st_name !== y.st_name || x.st_info !== y.st_info || x.st_size !== y.st_size) fail(`${si.name} symbol ${x.name} changed`, x.st_value);
       const moved = x.st_shndx === img.text.index && x.type !== STT_SECTION && inText(img, x.st_value);
       // Section indexes are renumbered by the writer: the symbol must still name the same section
       // (or be absolute when its section was stripped).
