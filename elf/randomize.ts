@@ -12,7 +12,7 @@ import { entropyBits, Layout, planLayout, ShuffleRng } from './layout';
 import { moveCodeAndPatch, PatchStats } from './patch';
 import { findUnits, UnitPlan } from './units';
 import { verifyImage, VerifyMode, VerifyReport } from './verify';
-import { rebuildFile, WriteReport } from './writer';
+import { keptRanges, rebuildFile, WriteReport } from './writer';
 
 export interface RandomizeResult {
   readonly bytes: Uint8Array;
@@ -76,9 +76,10 @@ export function randomizePrepared(prep: PreparedLibrary, seed: Uint8Array = rand
   const lap = (name: string) => { const n = performance.now(); t[name] = n - t0; t0 = n; };
   const layout = planLayout(plan, img.textStart, img.textEnd, new ShuffleRng(seed, loadablePart(img)));
   lap('layout');
-  // A copy with the same size and layout (typed-array set() is a memcpy; new Uint8Array(buf) is not).
+  // A copy with the same size and layout, filled only where the output is made from: the pages of
+  // stripped debug sections are never touched (first-touch page faults dominate copying here).
   const patched = new Uint8Array(input.length);
-  patched.set(input);
+  for (const [s, e] of keptRanges(img.elf)) patched.set(input.subarray(s, e), s);
   const patch = moveCodeAndPatch(img, layout, patched);
   lap('patch');
   const { bytes, report } = rebuildFile(img.elf, patched);
