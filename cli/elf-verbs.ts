@@ -25,7 +25,12 @@ export function registerElfVerbs(program: Command): void {
     .option('--verify <mode>', "'decode': iced-x86 decodes the output code (default); 'fields': checks it at the input's instruction boundaries (faster)", 'decode')
     .action((inPath: string, outPath: string, opts: { seed?: string; verify: string }) => {
       if (opts.verify !== 'decode' && opts.verify !== 'fields') throw new InvalidArgumentError(`--verify must be 'decode' or 'fields'`);
-      const seed = opts.seed !== undefined ? parseSeed(opts.seed) : undefined;
+      let seed: Uint8Array | undefined;
+      try {
+        seed = opts.seed !== undefined ? parseSeed(opts.seed) : undefined;
+      } catch (e) {
+        throw new InvalidArgumentError((e as Error).message); // usage error: the CLI main's exit 2
+      }
       const r = randomizeFile(inPath, outPath, seed, { verify: opts.verify });
       const ms = Object.values(r.timingsMs).reduce((a, b) => a + b, 0);
       process.stdout.write(

@@ -42,9 +42,12 @@ test('randomize of a host library refuses with exit code 3 and writes nothing', 
   expect(fs.readdirSync(dir)).toEqual([]);
 });
 
-test('a bad seed is refused', async () => {
-  const r = await run(['randomize', '/dev/null', '/tmp/x', '--seed', 'xyz']);
-  expect(exitCodeFor(r.err)).toBe(3);
+test('a bad seed is a usage error (not a refusal), and writes nothing', async () => {
+  const r = await run(['randomize', '/dev/null', '/tmp/fscache-never-written', '--seed', 'xyz']);
+  expect(r.err).toBeDefined();
+  expect((r.err as Error).message).toMatch(/bad seed/);
+  expect(exitCodeFor(r.err)).toBeUndefined();
+  expect(fs.existsSync('/tmp/fscache-never-written')).toBe(false);
 });
 
 const cxx = buildCxx();
