@@ -11,7 +11,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { inspectBytes, prepareLibrary, randomizeBytes, randomizePrepared, readElf, sectionByName } from '../elf';
 import type { VerifyMode } from '../elf';
-import { buildCxx, buildLua, buildSqlite, buildZlib, FIXTURES, runWith, tempDir } from '../test/elf/libs';
+import { buildBzip2, buildCxx, buildLua, buildSqlite, buildZlib, FIXTURES, runWith, tempDir } from '../test/elf/libs';
 
 interface Subject {
   name: string;
@@ -86,6 +86,19 @@ function main(): void {
     const script = path.join(FIXTURES, 'workload.lua');
     const base = runWith(lua.dir, lua.lua, [script]).stdout;
     subjects.push({ name: 'Lua 5.4.4 (Debian source)', lib: lua.lib, suite: (d) => runWith(d, lua.lua, [script]).stdout === base });
+  }
+  const bz = buildBzip2();
+  if (bz.ok) {
+    subjects.push({
+      name: 'bzip2 1.0.8 (Debian source)', lib: bz.lib,
+      suite: (d) => [1, 2, 3].every((n) => {
+        const ref = fs.readFileSync(path.join(bz.src, `sample${n}.ref`));
+        const packed = fs.readFileSync(path.join(bz.src, `sample${n}.bz2`));
+        const c = runWith(d, bz.bzip2, [`-${n}`, '-c'], ref);
+        const x = runWith(d, bz.bzip2, ['-d', '-c'], packed);
+        return c.status === 0 && Buffer.from(c.stdout, 'latin1').equals(packed) && x.status === 0 && Buffer.from(x.stdout, 'latin1').equals(ref);
+      }),
+    });
   }
   const cxx = buildCxx();
   if (cxx.ok) subjects.push({ name: 'C++ fixture (exceptions)', lib: cxx.lib, suite: (d) => runWith(d, cxx.test, []).status === 0 });

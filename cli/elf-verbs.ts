@@ -3,7 +3,7 @@
  * Exit codes are decided by the CLI main through `exitCodeFor`: refusals and malformed input
  * are "refused" (3).
  */
-import type { Command } from 'commander';
+import { Command, InvalidArgumentError } from 'commander';
 import * as fs from 'fs';
 import { ElfFormatError, ElfRefusal } from '../elf/errors';
 
@@ -25,14 +25,23 @@ export function registerElfVerbs(program: Command): void {
     .argument('<in>', 'input shared library (linked with -Wl,--emit-relocs, built with -ffunction-sections)')
     .argument('<out>', 'output path (written atomically; nothing is written on refusal)')
     .option('--seed <hex>', 'seed in hex (default: 32 random bytes); same input and seed give the same bytes')
-    .action(async (inPath: string, outPath: string, opts: { seed?: string }) => {
+    .option('--verify <mode>', "'decode': iced-x86 decodes the output code (default); 'fields': checks it at the input's instruction boundaries (faster)", 'decode')
+    .action(async (inPath: string, outPath: string, opts: { seed?: string; verify: string }) => {
+      if (opts.verify !== 'decode' && opts.verify !== 'fields') throw new InvalidArgumentError(`--verify must be 'decode' or 'fields'`);
       const { parseSeed, randomizeFile } = await elf();
-      const seed = opts.seed !== undefined ? parseSeed(opts.seed) : undefined;
-      const r = randomizeFile(inPath, outPath, seed);
+      let seed: Uint8Array | undefined;
+      try {
+        seed = opts.seed !== undefined ? parseSeed(opts.seed) : undefined;
+      } catch (e) {
+        throw new InvalidArgumentError((e as Error).message); // usage error: the CLI main's exit 2
+      }
+      const r = randomizeFile(inPath, outPath, seed, { verify: opts.verify });
       const ms = Object.values(r.timingsMs).reduce((a, b) => a + b, 0);
       process.stdout.write(
         `randomized ${inPath} -> ${outPath}: ${r.units} units, ${r.entropyBits.toFixed(0)} bits, ` +
-        `${r.verify.pcRelOperands} operands verified, debug info stripped, build-id replaced, ${ms.toFixed(0)} ms` +
+        `${r.verify.pcRelOperands} operands verified` +
+        (r.write.droppedSections.some((n) => n.startsWith('.debug_')) ? ', debug info stripped' : '') +
+        (r.write.buildIdReplaced ? ', build-id replaced' : '') + `, ${ms.toFixed(0)} ms` +
         (opts.seed === undefined ? `, seed ${Buffer.from(r.seed).toString('hex')}` : '') + '\n',
       );
     });

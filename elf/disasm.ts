@@ -107,39 +107,56 @@ export function decodeRange(bytes: Uint8Array, address: number): DecodedRange {
  * is allocated for the whole range; each piece is a view into it.
  */
 export function decodePieces(bytes: Uint8Array, address: number, cuts: number[]): DecodedRange[] {
-  const cap = bytes.length; // at least one byte per instruction
-  const ip = new Float64Array(cap);
-  const len = new Uint8Array(cap);
-  const code = new Uint16Array(cap);
-  const refKind = new Uint8Array(cap);
-  const fieldOff = new Uint8Array(cap);
-  const fieldSize = new Uint8Array(cap);
-  const target = new Float64Array(cap);
-  const terminator = new Uint8Array(cap);
-  const padding = new Uint8Array(cap);
-  const invalid = new Uint8Array(cap);
+  // x86-64 code averages about 4 bytes per instruction: start at a third of the byte count and
+  // grow if needed (fresh pages cost a page fault each here, so over-allocating is not free).
+  let cap = Math.ceil(bytes.length / 3) + 16;
+  let ip = new Float64Array(cap);
+  let len = new Uint8Array(cap);
+  let code = new Uint16Array(cap);
+  let refKind = new Uint8Array(cap);
+  let fieldOff = new Uint8Array(cap);
+  let fieldSize = new Uint8Array(cap);
+  let target = new Float64Array(cap);
+  let terminator = new Uint8Array(cap);
+  let padding = new Uint8Array(cap);
+  let invalid = new Uint8Array(cap);
+  const grow = () => {
+    cap = Math.min(cap * 2, bytes.length + 16);
+    const f64 = (a: Float64Array) => { const b = new Float64Array(cap); b.set(a); return b; };
+    const u8 = (a: Uint8Array) => { const b = new Uint8Array(cap); b.set(a); return b; };
+    const u16 = new Uint16Array(cap);
+    u16.set(code);
+    ip = f64(ip); target = f64(target); code = u16;
+    len = u8(len); refKind = u8(refKind); fieldOff = u8(fieldOff); fieldSize = u8(fieldSize);
+    terminator = u8(terminator); padding = u8(padding); invalid = u8(invalid);
+  };
   const ins = sharedInstr ?? (sharedInstr = new Instruction());
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  const inner = [...new Set(cuts.filter((c) => c > address && c < address + cap))].sort((a, b) => a - b);
-  const bounds = [address, ...inner, address + cap];
+  const inner = [...new Set(cuts.filter((c) => c > address && c < address + bytes.length))].sort((a, b) => a - b);
+  const bounds = [address, ...inner, address + bytes.length];
   const pieces: DecodedRange[] = [];
+  const spans: [number, number, number][] = [];
   let n = 0;
-  for (let p = 0; p + 1 < bounds.length; p++) {
-    const from = bounds[p] - address;
-    const to = bounds[p + 1] - address;
-    const first = n;
-    const decoder = new Decoder(64, bytes.subarray(from, to), DecoderOptions.None);
-    decoder.ip = BigInt(bounds[p]);
-    let pos = from;
-    try {
+  // One decoder over the whole range, repositioned at each cut (cheaper than one per piece).
+  const decoder = new Decoder(64, bytes, DecoderOptions.None);
+  try {
+    for (let p = 0; p + 1 < bounds.length; p++) {
+      const from = bounds[p] - address;
+      const to = bounds[p + 1] - address;
+      const first = n;
+      decoder.position = from;
+      decoder.ip = BigInt(bounds[p]);
+      let pos = from;
       while (pos < to) {
+        if (n >= cap) grow();
         decoder.decodeOut(ins);
         const l = ins.length;
         ip[n] = address + pos;
         len[n] = l;
         pos += l;
         const c = ins.code;
-        if (c === 0 /* Code.INVALID */) {
+        // An instruction running across the cut (into the next function) counts as undecodable.
+        if (c === 0 /* Code.INVALID */ || pos > to) {
           invalid[n] = 1;
           n++;
           continue;
@@ -177,12 +194,15 @@ export function decodePieces(bytes: Uint8Array, address: number, cuts: number[])
         }
         n++;
       }
-    } finally {
-      decoder.free();
+      spans.push([bounds[p], first, n]);
     }
-    const e = n;
+  } finally {
+    decoder.free();
+  }
+  // Views are made once decoding is done, so that they all look into the final (grown) arrays.
+  for (const [start, first, e] of spans) {
     pieces.push({
-      start: bounds[p], count: e - first, ip: ip.subarray(first, e), len: len.subarray(first, e), code: code.subarray(first, e),
+      start, count: e - first, ip: ip.subarray(first, e), len: len.subarray(first, e), code: code.subarray(first, e),
       refKind: refKind.subarray(first, e), fieldOff: fieldOff.subarray(first, e), fieldSize: fieldSize.subarray(first, e),
       target: target.subarray(first, e), terminator: terminator.subarray(first, e), padding: padding.subarray(first, e),
       invalid: invalid.subarray(first, e),

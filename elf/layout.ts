@@ -2,42 +2,45 @@
  * Phase 3: plan the new layout.
  *
  * The order of units is a uniformly random permutation drawn from a deterministic CSPRNG
- * (HMAC-SHA256 in counter mode), keyed by the seed and bound to the input's SHA-256, so the same
- * input and seed always give the same bytes, and one epoch seed gives unrelated orders to
- * different libraries. Units are placed in that order inside the original .text extent, each at
- * its alignment, so no section or segment moves and the library keeps its size.
+ * (AES-256-CTR under an HMAC-SHA256-derived key), keyed by the seed and bound to the SHA-256 of
+ * the library's loadable part, so the same input and seed always give the same bytes, and one
+ * epoch seed gives unrelated orders to different libraries. Units are placed in that order inside
+ * the original .text extent, each at its alignment (filling holes that alignment leaves), so no
+ * section or segment moves and the library keeps its size. A permutation that does not fit is
+ * redrawn from the stream: the order is uniform over the permutations that fit.
  */
-import { createHash, createHmac } from 'crypto';
+import { Cipher, createCipheriv, createHash, createHmac } from 'crypto';
 import { ElfRefusal } from './errors';
 import { alignUp } from './reader';
 import { Unit, UnitPlan, unitIndexAt } from './units';
 
-/** Deterministic byte stream: block i = HMAC-SHA256(key, "fscache-elf-shuffle" || u64 i). */
+/**
+ * Deterministic CSPRNG: AES-256-CTR keystream (counter from zero) under a key derived as
+ * HMAC-SHA256(seed, "fscache/elf-shuffle/v1" || SHA-256(input)). Same seed and input, same stream.
+ */
 export class ShuffleRng {
-  private readonly key: Buffer;
-  private counter = 0n;
+  private readonly cipher: Cipher;
   private buf = Buffer.alloc(0);
   private pos = 0;
+  private static readonly CHUNK = Buffer.alloc(4096);
 
   constructor(seed: Uint8Array, input: Uint8Array) {
     // `input` is the loadable part of the library (what ends up mapped), not its debug info.
     // Binding the key to the input hash: one seed never yields correlated orders across libraries.
     const inputHash = createHash('sha256').update(input).digest();
-    this.key = createHmac('sha256', Buffer.from(seed)).update('fscache/elf-shuffle/v1').update(inputHash).digest();
+    const key = createHmac('sha256', Buffer.from(seed)).update('fscache/elf-shuffle/v1').update(inputHash).digest();
+    this.cipher = createCipheriv('aes-256-ctr', key, Buffer.alloc(16));
   }
 
-  private bytes(n: number): Buffer {
-    const out = Buffer.alloc(n);
-    for (let i = 0; i < n; i++) {
-      if (this.pos >= this.buf.length) {
-        const ctr = Buffer.alloc(8);
-        ctr.writeBigUInt64BE(this.counter++);
-        this.buf = createHmac('sha256', this.key).update(ctr).digest();
-        this.pos = 0;
-      }
-      out[i] = this.buf[this.pos++];
+  /** Next 6 stream bytes as an integer below 2^48. */
+  private next48(): number {
+    if (this.pos + 6 > this.buf.length) {
+      this.buf = this.cipher.update(ShuffleRng.CHUNK); // keystream = AES-CTR over zeros
+      this.pos = 0;
     }
-    return out;
+    const v = this.buf.readUIntBE(this.pos, 6);
+    this.pos += 6;
+    return v;
   }
 
   /** Uniform integer in [0, n), by rejection sampling over 48-bit draws (no modulo bias). */
@@ -46,7 +49,7 @@ export class ShuffleRng {
     const range = 2 ** 48;
     const limit = range - (range % n);
     for (;;) {
-      const v = this.bytes(6).readUIntBE(0, 6);
+      const v = this.next48();
       if (v < limit) return v % n;
     }
   }
@@ -72,6 +75,8 @@ export interface Layout {
   readonly textEnd: number;
   /** End of the last placed unit; [usedEnd, textEnd) is filled with int3. */
   readonly usedEnd: number;
+  /** Permutations drawn until one fitted (1 = the first one did). */
+  readonly draws: number;
 }
 
 /** log2(n!) — entropy of a uniform permutation of n units, in bits. */
@@ -81,14 +86,40 @@ export function entropyBits(n: number): number {
   return s;
 }
 
+/** Holes searched per unit: bounds the work on inputs with very many units. */
+const MAX_HOLES_SEARCHED = 64;
+
+/**
+ * Places units in the permuted order. Alignment padding in front of a unit leaves a hole; a later
+ * unit (in permutation order) that fits a hole with its own alignment goes there instead of the
+ * end. This keeps the order random while wasting little more padding than the linker did, so the
+ * permutation fits the original .text extent.
+ */
 function place(units: Unit[], order: number[], textStart: number): { newStart: Float64Array; end: number } {
   const newStart = new Float64Array(units.length);
+  const holes: { s: number; e: number }[] = [];
   let cur = textStart;
   for (const ui of order) {
     const u = units[ui];
-    cur = alignUp(cur, u.align);
-    newStart[ui] = cur;
-    cur += u.coreEnd - u.start;
+    const size = u.coreEnd - u.start;
+    let placed = false;
+    for (let h = 0; h < holes.length && h < MAX_HOLES_SEARCHED; h++) {
+      const hole = holes[h];
+      const s = alignUp(hole.s, u.align);
+      if (s + size > hole.e) continue;
+      newStart[ui] = s;
+      const rest: { s: number; e: number }[] = [];
+      if (s > hole.s) rest.push({ s: hole.s, e: s });
+      if (s + size < hole.e) rest.push({ s: s + size, e: hole.e });
+      holes.splice(h, 1, ...rest);
+      placed = true;
+      break;
+    }
+    if (placed) continue;
+    const s = alignUp(cur, u.align);
+    if (s > cur) holes.push({ s: cur, e: s });
+    newStart[ui] = s;
+    cur = s + size;
   }
   return { newStart, end: cur };
 }
@@ -99,7 +130,7 @@ export function planLayout(plan: UnitPlan, textStart: number, textEnd: number, r
   for (let attempt = 0; attempt < MAX_DRAWS; attempt++) {
     const order = permutation(plan.units.length, rng);
     const { newStart, end } = place(plan.units, order, textStart);
-    if (end <= textEnd) return { plan, order, newStart, textStart, textEnd, usedEnd: end };
+    if (end <= textEnd) return { plan, order, newStart, textStart, textEnd, usedEnd: end, draws: attempt + 1 };
   }
   throw new ElfRefusal(`no permutation of ${plan.units.length} units fits in .text after ${MAX_DRAWS} draws (alignment padding)`);
 }

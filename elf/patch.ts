@@ -118,7 +118,9 @@ function patchDataRelocs(img: Image, layout: Layout, view: DataView, stats: Patc
         const t = sr.target!;
         const i = dynAt.get(f);
         const dr = i === undefined ? undefined : img.dynRelocs[i];
-        const ok = dr !== undefined && ((dr.r_type === R_X86_64_RELATIVE && dr.r_addend === t) || (dr.r_type !== R_X86_64_RELATIVE && dr.r_sym !== 0));
+        const byAddend = dr !== undefined && (dr.r_type === R_X86_64_RELATIVE || dr.r_type === R_X86_64_IRELATIVE) && dr.r_addend === t;
+        const bySymbol = dr !== undefined && dr.r_type !== R_X86_64_RELATIVE && dr.r_type !== R_X86_64_IRELATIVE && dr.r_sym !== 0;
+        const ok = byAddend || bySymbol;
         if (!ok) throw new ElfRefusal(`code address in ${sec.name} without a matching dynamic relocation`, f);
         continue; // re-applied through the dynamic relocation (and its symbol)
       }

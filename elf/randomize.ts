@@ -12,7 +12,7 @@ import { entropyBits, Layout, planLayout, ShuffleRng } from './layout';
 import { moveCodeAndPatch, PatchStats } from './patch';
 import { findUnits, UnitPlan } from './units';
 import { verifyImage, VerifyMode, VerifyReport } from './verify';
-import { rebuildFile, WriteReport } from './writer';
+import { keptRanges, rebuildFile, WriteReport } from './writer';
 
 export interface RandomizeResult {
   readonly bytes: Uint8Array;
@@ -28,10 +28,13 @@ export interface RandomizeResult {
   readonly timingsMs: Record<string, number>;
 }
 
-/** Parses a --seed value: hex, 1..64 bytes. */
+/**
+ * Parses a --seed value: hex, 1..64 bytes (a RangeError otherwise: a usage error, not a refusal).
+ * Short seeds are accepted for reproducible tests; the default (no seed) is 32 random bytes.
+ */
 export function parseSeed(hex: string): Uint8Array {
   const h = hex.startsWith('0x') ? hex.slice(2) : hex;
-  if (!/^[0-9a-fA-F]+$/.test(h) || h.length % 2 !== 0 || h.length > 128) throw new ElfRefusal(`bad seed '${hex}': want an even number of hex digits (at most 64 bytes)`);
+  if (!/^[0-9a-fA-F]+$/.test(h) || h.length % 2 !== 0 || h.length > 128) throw new RangeError(`bad seed '${hex}': want an even number of hex digits (at most 64 bytes)`);
   return Uint8Array.from(Buffer.from(h, 'hex'));
 }
 
@@ -76,9 +79,10 @@ export function randomizePrepared(prep: PreparedLibrary, seed: Uint8Array = rand
   const lap = (name: string) => { const n = performance.now(); t[name] = n - t0; t0 = n; };
   const layout = planLayout(plan, img.textStart, img.textEnd, new ShuffleRng(seed, loadablePart(img)));
   lap('layout');
-  // A copy with the same size and layout (typed-array set() is a memcpy; new Uint8Array(buf) is not).
+  // A copy with the same size and layout, filled only where the output is made from: the pages of
+  // stripped debug sections are never touched (first-touch page faults dominate copying here).
   const patched = new Uint8Array(input.length);
-  patched.set(input);
+  for (const [s, e] of keptRanges(img.elf)) patched.set(input.subarray(s, e), s);
   const patch = moveCodeAndPatch(img, layout, patched);
   lap('patch');
   const { bytes, report } = rebuildFile(img.elf, patched);
@@ -106,8 +110,16 @@ export function randomizeFile(inPath: string, outPath: string, seed?: Uint8Array
   const dir = path.dirname(path.resolve(outPath));
   const tmp = path.join(dir, `.${path.basename(outPath)}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`);
   try {
+    // Never group/world-writable, whatever the input's mode: images are shared by every process.
     const mode = fs.statSync(inPath).mode & 0o755;
-    fs.writeFileSync(tmp, res.bytes, { mode });
+    // 'wx' (O_CREAT|O_EXCL): never write through a file or symlink someone planted at the temp name.
+    const fd = fs.openSync(tmp, 'wx', mode);
+    try {
+      for (let off = 0; off < res.bytes.length;) off += fs.writeSync(fd, res.bytes, off);
+      fs.fsyncSync(fd); // durable before it becomes visible under its name
+    } finally {
+      fs.closeSync(fd);
+    }
     fs.renameSync(tmp, outPath);
   } catch (e) {
     fs.rmSync(tmp, { force: true });

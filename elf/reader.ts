@@ -59,12 +59,40 @@ function cursorOf(elf: ElfFile): Cursor {
   return new Cursor(elf.view);
 }
 
-/** Reads a NUL-terminated string of `table` (a section's byte range) at index `idx`. */
-function readString(bytes: Uint8Array, tableOff: number, tableSize: number, idx: number, recordOff: number, what: string): string {
-  if (idx >= tableSize) throw new ElfFormatError(recordOff, `bad ${what} name index`, idx);
-  const end = bytes.indexOf(0, tableOff + idx);
-  if (end < 0 || end >= tableOff + tableSize) throw new ElfFormatError(recordOff, `unterminated ${what} name`, idx);
-  return Buffer.from(bytes.buffer, bytes.byteOffset + tableOff + idx, end - tableOff - idx).toString('latin1');
+/**
+ * Names are kept to this many bytes. Longer names (possible in C++) are truncated for display and
+ * comparison only; the cap keeps a crafted string table (one huge string referenced at every
+ * offset) from costing time quadratic in the file size.
+ */
+export const MAX_NAME = 1024;
+
+/**
+ * A string table (a section's byte range) with the position of the NUL ending each string,
+ * computed once: every lookup is then O(name length) however the table is built.
+ */
+class StringTable {
+  private nulAt: Int32Array | undefined;
+  constructor(private readonly bytes: Uint8Array, private readonly off: number, private readonly size: number) {}
+  get(idx: number, recordOff: number, what: string): string {
+    const len = this.check(idx, recordOff, what);
+    return Buffer.from(this.bytes.buffer, this.bytes.byteOffset + this.off + idx, len).toString('latin1');
+  }
+  /** Validates a name index (in range, NUL-terminated) in O(1); returns the kept name length. */
+  check(idx: number, recordOff: number, what: string): number {
+    if (idx >= this.size) throw new ElfFormatError(recordOff, `bad ${what} name index`, idx);
+    if (!this.nulAt) {
+      const t = new Int32Array(this.size);
+      let next = -1;
+      for (let i = this.size - 1; i >= 0; i--) {
+        if (this.bytes[this.off + i] === 0) next = i;
+        t[i] = next;
+      }
+      this.nulAt = t;
+    }
+    const end = this.nulAt[idx];
+    if (end < 0) throw new ElfFormatError(recordOff, `unterminated ${what} name`, idx);
+    return Math.min(end - idx, MAX_NAME);
+  }
 }
 
 export function readElf(input: Uint8Array): ElfFile {
@@ -143,8 +171,9 @@ export function readElf(input: Uint8Array): ElfFile {
   if (e_shnum > 0) {
     const strtab = raw[e_shstrndx];
     if (strtab.sh_type !== SHT_STRTAB) throw new ElfFormatError(strtab.headerOffset, 'section name table is not SHT_STRTAB', strtab.sh_type);
+    const names = new StringTable(bytes, strtab.sh_offset, strtab.sh_size);
     for (const sh of raw) {
-      const name = sh.index === 0 ? '' : readString(bytes, strtab.sh_offset, strtab.sh_size, sh.sh_name, sh.headerOffset, 'section');
+      const name = sh.index === 0 ? '' : names.get(sh.sh_name, sh.headerOffset, 'section');
       sections.push({ ...sh, name });
     }
   }
@@ -181,6 +210,28 @@ function checkEntSize(sh: SectionHeader, want: number, what: string): number {
   return sh.sh_size / want;
 }
 
+/**
+ * A symbol whose name is decoded on first use: tables can hold 10^5 symbols and only a few names
+ * are ever looked at (reports, tests), so reading stays linear in the table size.
+ */
+class SymbolRecord implements Symbol {
+  private cached: string | undefined;
+  readonly bind: number;
+  readonly type: number;
+  constructor(
+    readonly index: number, readonly fileOffset: number, readonly st_name: number, readonly st_info: number,
+    readonly st_other: number, readonly st_shndx: number, readonly st_value: number, readonly st_size: number,
+    private readonly strings: StringTable,
+  ) {
+    this.bind = st_info >> 4;
+    this.type = st_info & 0xf;
+  }
+  get name(): string {
+    if (this.cached === undefined) this.cached = this.st_name === 0 ? '' : this.strings.get(this.st_name, this.fileOffset, 'symbol');
+    return this.cached;
+  }
+}
+
 /** Symbols of a SHT_SYMTAB or SHT_DYNSYM section, names resolved through its sh_link string table. */
 export function readSymbols(elf: ElfFile, sh: SectionHeader): Symbol[] {
   if (sh.sh_type !== SHT_SYMTAB && sh.sh_type !== SHT_DYNSYM) throw new ElfFormatError(sh.headerOffset + 4, 'not a symbol table', sh.sh_type);
@@ -188,17 +239,16 @@ export function readSymbols(elf: ElfFile, sh: SectionHeader): Symbol[] {
   const str = elf.sections[sh.sh_link];
   if (!str || str.sh_type !== SHT_STRTAB) throw new ElfFormatError(sh.headerOffset + 40, 'symbol table sh_link is not a string table', sh.sh_link);
   const c = cursorOf(elf);
+  const names = new StringTable(elf.bytes, str.sh_offset, str.sh_size);
   const out: Symbol[] = new Array(n);
   for (let i = 0; i < n; i++) {
     const o = sh.sh_offset + i * ELF64_SYM_SIZE;
     const st_name = c.u32(o, 'st_name');
     const st_info = c.u8(o + 4, 'st_info');
-    out[i] = {
-      index: i, fileOffset: o, st_name, st_info, st_other: c.u8(o + 5, 'st_other'), st_shndx: c.u16(o + 6, 'st_shndx'),
-      st_value: c.u64(o + 8, 'st_value'), st_size: c.u64(o + 16, 'st_size'),
-      bind: st_info >> 4, type: st_info & 0xf,
-      name: st_name === 0 ? '' : readString(elf.bytes, str.sh_offset, str.sh_size, st_name, o, 'symbol'),
-    };
+    if (st_name !== 0) names.check(st_name, o, 'symbol'); // malformed names fail here, not later
+    out[i] = new SymbolRecord(
+      i, o, st_name, st_info, c.u8(o + 5, 'st_other'), c.u16(o + 6, 'st_shndx'), c.u64(o + 8, 'st_value'), c.u64(o + 16, 'st_size'), names,
+    );
   }
   return out;
 }

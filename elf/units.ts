@@ -103,6 +103,7 @@ export function findUnits(img: Image): UnitPlan {
   // Atom starts: FUNC/IFUNC symbols in .text, plus .text itself (code before the first symbol).
   const sized = new Map<number, number>(); // start -> largest st_size
   const names = new Map<number, string[]>();
+  const namesLooked = new Map<number, number>();
   const startSet = new Set<number>([textStart]);
   for (const table of [img.symtab, img.dynsym]) {
     if (!table) continue;
@@ -111,9 +112,15 @@ export function findUnits(img: Image): UnitPlan {
       if (s.st_shndx !== text.index || s.st_value < textStart || s.st_value >= textEnd) continue;
       startSet.add(s.st_value);
       if (s.st_size > 0) sized.set(s.st_value, Math.max(sized.get(s.st_value) ?? 0, s.st_size));
-      const l = names.get(s.st_value) ?? [];
-      if (s.name && !l.includes(s.name)) l.push(s.name);
-      names.set(s.st_value, l);
+      // Names are for reports only: the first few symbols at an address are enough, and looking
+      // at no more than that keeps thousands of aliases cheap.
+      const looked = namesLooked.get(s.st_value) ?? 0;
+      if (looked < 8) {
+        namesLooked.set(s.st_value, looked + 1);
+        const l = names.get(s.st_value) ?? [];
+        if (s.name && !l.includes(s.name)) l.push(s.name);
+        names.set(s.st_value, l);
+      }
     }
   }
   const starts = [...startSet].sort((a, b) => a - b);

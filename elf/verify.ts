@@ -24,7 +24,7 @@ import { readDynamic, readElf, readRelaRange, readSymbols, sectionByName, vaddrT
 import {
   DT_FINI, DT_INIT, DT_JMPREL, DT_PLTRELSZ, DT_RELA, DT_RELASZ, ELF64_RELA_SIZE, NT_GNU_BUILD_ID,
   R_X86_64_IRELATIVE, R_X86_64_PC32, R_X86_64_PLT32, R_X86_64_RELATIVE, SHF_ALLOC, SHF_EXECINSTR,
-  SHT_DYNSYM, SHT_NOBITS, SHT_NOTE, SHT_SYMTAB,
+  SHT_DYNSYM, SHT_NOBITS, SHT_NOTE, SHT_SYMTAB, STT_SECTION, SHN_UNDEF, SHN_LORESERVE, SHN_ABS,
 } from './types';
 
 export interface VerifyReport {
@@ -88,14 +88,23 @@ export function verifyImage(img: Image, layout: Layout, output: Uint8Array, mode
     const so = out.sections.find((s) => s.sh_type === type);
     if (!si) continue;
     if (!so) fail(`symbol table ${si.name} missing from output`);
-    const a = readSymbols(inp, si);
+    const a = si === img.symtab.section ? img.symtab.symbols : si === img.dynsym?.section ? img.dynsym.symbols : readSymbols(inp, si);
     const b = readSymbols(out, so);
     if (a.length !== b.length) fail(`${si.name} symbol count changed`);
     for (let i = 0; i < a.length; i++) {
       const x = a[i];
       const y = b[i];
-      if (x.name !== y.name || x.st_info !== y.st_info || x.st_size !== y.st_size) fail(`${si.name} symbol ${x.name} changed`, x.st_value);
-      const moved = x.st_shndx === img.text.index && x.type !== 3 && inText(img, x.st_value);
+      // The string tables are copied unchanged, so the name index identifies the name.
+      if (x.st_name !== y.st_name || x.st_info !== y.st_info || x.st_size !== y.st_size) fail(`${si.name} symbol ${x.name} changed`, x.st_value);
+      const moved = x.st_shndx === img.text.index && x.type !== STT_SECTION && inText(img, x.st_value);
+      // Section indexes are renumbered by the writer: the symbol must still name the same section
+      // (or be absolute when its section was stripped).
+      const special = (n: number) => n === SHN_UNDEF || n >= SHN_LORESERVE;
+      const sameSection = special(x.st_shndx)
+        ? y.st_shndx === x.st_shndx
+        : (out.sections[y.st_shndx]?.name === inp.sections[x.st_shndx]?.name && !special(y.st_shndx)) ||
+          (y.st_shndx === SHN_ABS && !out.sections.some((o) => o.name === inp.sections[x.st_shndx]?.name));
+      if (!sameSection) fail(`symbol ${x.name} changed section`, x.st_value);
       const want = moved ? mapT(x.st_value) : x.st_value;
       if (y.st_value !== want) fail(`symbol ${x.name} does not point to its moved body (0x${y.st_value.toString(16)}, want 0x${want.toString(16)})`, x.st_value);
       if (si.sh_flags & SHF_ALLOC) { allow(x.fileOffset + 8, 8); allow(x.fileOffset + 6, 2); }
@@ -121,7 +130,7 @@ export function verifyImage(img: Image, layout: Layout, output: Uint8Array, mode
       if (w !== undefined) {
         const before = Number(inp.view.getBigUint64(w, true));
         const after = Number(out.view.getBigUint64(w, true));
-        if (before === r.r_addend && after !== want) fail('word under a RELATIVE relocation not updated', r.r_offset);
+        if (before === r.r_addend ? after !== want : after !== before) fail('word under a RELATIVE relocation not updated consistently', r.r_offset);
         allow(w, 8);
       }
       rep.dynRelocs++;

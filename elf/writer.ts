@@ -31,17 +31,37 @@ function dropped(s: SectionHeader): boolean {
   return s.name.startsWith('.debug_') || s.name.startsWith('.zdebug_') || s.name === '.gnu_debuglink' || s.name === '.gnu_debugaltlink';
 }
 
-/** `patched` has the input's size and layout; `elf` is the parsed input. */
+/** End of the loadable part: segments, allocated sections and the headers. */
+function loadableEnd(elf: ElfFile): number {
+  let end = elf.header.e_phoff + elf.header.e_phnum * 56;
+  for (const p of elf.segments) end = Math.max(end, p.p_offset + p.p_filesz);
+  for (const s of elf.sections) if ((s.sh_flags & SHF_ALLOC) && s.sh_type !== SHT_NOBITS) end = Math.max(end, s.sh_offset + s.sh_size);
+  return end;
+}
+
+/**
+ * The byte ranges of the input that the rebuilt file is made of (the loadable part, the kept
+ * non-allocated sections, the section headers). The randomizer copies only these: the stripped
+ * debug sections are often most of the file.
+ */
+export function keptRanges(elf: ElfFile): [number, number][] {
+  const r: [number, number][] = [[0, loadableEnd(elf)]];
+  for (const s of elf.sections) {
+    if (s.index === 0 || (s.sh_flags & SHF_ALLOC) || dropped(s) || s.sh_type === SHT_NOBITS) continue;
+    r.push([s.sh_offset, s.sh_offset + s.sh_size]);
+  }
+  if (elf.header.e_shnum > 0) r.push([elf.header.e_shoff, elf.header.e_shoff + elf.header.e_shnum * ELF64_SHDR_SIZE]);
+  return r;
+}
+
+/** `patched` has the input's size and layout (at least over keptRanges); `elf` is the parsed input. */
 export function rebuildFile(elf: ElfFile, patched: Uint8Array): { bytes: Uint8Array; report: WriteReport } {
   const keep = elf.sections.filter((s) => !dropped(s));
   if (keep.length >= SHN_LORESERVE) throw new ElfRefusal('too many sections to renumber');
   const newIndex = new Int32Array(elf.sections.length).fill(-1);
   keep.forEach((s, i) => { newIndex[s.index] = i; });
 
-  // End of the loadable part: segments, allocated sections and the headers.
-  let allocEnd = elf.header.e_phoff + elf.header.e_phnum * 56;
-  for (const p of elf.segments) allocEnd = Math.max(allocEnd, p.p_offset + p.p_filesz);
-  for (const s of elf.sections) if ((s.sh_flags & SHF_ALLOC) && s.sh_type !== SHT_NOBITS) allocEnd = Math.max(allocEnd, s.sh_offset + s.sh_size);
+  const allocEnd = loadableEnd(elf);
 
   // Place kept non-allocated sections after it.
   const newOffset = new Map<number, number>();

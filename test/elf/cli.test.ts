@@ -42,9 +42,12 @@ test('randomize of a host library refuses with exit code 3 and writes nothing', 
   expect(fs.readdirSync(dir)).toEqual([]);
 });
 
-test('a bad seed is refused', async () => {
-  const r = await run(['randomize', '/dev/null', '/tmp/x', '--seed', 'xyz']);
-  expect(exitCodeFor(r.err)).toBe(3);
+test('a bad seed is a usage error (not a refusal), and writes nothing', async () => {
+  const r = await run(['randomize', '/dev/null', '/tmp/fscache-never-written', '--seed', 'xyz']);
+  expect(r.err).toBeDefined();
+  expect((r.err as Error).message).toMatch(/bad seed/);
+  expect(exitCodeFor(r.err)).toBeUndefined();
+  expect(fs.existsSync('/tmp/fscache-never-written')).toBe(false);
 });
 
 const cxx = buildCxx();
@@ -57,8 +60,12 @@ if (!cxx.ok) announceSkip('CLI randomize test', cxx.skip);
   expect(r.err).toBeUndefined();
   expect(r.out).toMatch(/randomized .* units, \d+ bits/);
   const again = path.join(dir, 'again.so');
-  await run(['randomize', cxx.lib, again, '--seed', '00ff']);
+  await run(['randomize', cxx.lib, again, '--seed', '00ff', '--verify', 'fields']);
   expect(fs.readFileSync(out).equals(fs.readFileSync(again))).toBe(true);
+  const bad = await run(['randomize', cxx.lib, path.join(dir, 'bad.so'), '--verify', 'maybe']);
+  expect(bad.err).toBeDefined();
+  expect(exitCodeFor(bad.err)).toBeUndefined(); // a usage error: the CLI main's business (exit 2)
+  expect(fs.existsSync(path.join(dir, 'bad.so'))).toBe(false);
   const j = await run(['inspect', cxx.lib, '--json']);
   const rep = JSON.parse(j.out);
   expect(rep.randomizable).toBe(true);

@@ -55,6 +55,37 @@ export function oneInput(bytes: Buffer): 'ok' | 'refused' {
     fc.assert(fc.property(mutationArb(host.length), (m) => { expect(oneInput(applyMutation(host, m))).toBe('refused'); }), { numRuns: 1000, seed: 7 });
   }, 120_000);
 
+  test('a crafted 8 MB file with 170,000 aliases named by one huge string stays linear', () => {
+    // Symbol table and string table moved to appended regions: every symbol is a FUNC alias at the
+    // start of .text, and its name starts at a different offset inside one 4 MB unterminated-run
+    // string. Quadratic name resolution or alias handling would take minutes.
+    const shoff = Number(orig.readBigUInt64LE(40));
+    const shnum = orig.readUInt16LE(60);
+    const sec = (i: number) => ({ o: shoff + i * 64, type: orig.readUInt32LE(shoff + i * 64 + 4), link: orig.readUInt32LE(shoff + i * 64 + 40), addr: Number(orig.readBigUInt64LE(shoff + i * 64 + 16)), flags: Number(orig.readBigUInt64LE(shoff + i * 64 + 8)) });
+    const all = Array.from({ length: shnum }, (_, i) => ({ i, ...sec(i) }));
+    const symtab = all.find((x) => x.type === 2)!;
+    const text = all.find((x) => (x.flags & 6) === 6 && x.type === 1 && x.addr > 0 && orig.readBigUInt64LE(x.o + 32) > 64n)!;
+    const n = 170_000;
+    const strSize = 4 << 20;
+    const syms = Buffer.alloc(n * 24);
+    for (let i = 1; i < n; i++) {
+      syms.writeUInt32LE(i * 7 % (strSize - 1), i * 24);
+      syms[i * 24 + 4] = 0x12; // GLOBAL FUNC
+      syms.writeUInt16LE(text.i, i * 24 + 6);
+      syms.writeBigUInt64LE(BigInt(text.addr), i * 24 + 8);
+    }
+    const strs = Buffer.alloc(strSize, 0x41);
+    strs[strSize - 1] = 0;
+    const b = Buffer.concat([orig, syms, strs]);
+    b.writeBigUInt64LE(BigInt(orig.length), symtab.o + 24);
+    b.writeBigUInt64LE(BigInt(syms.length), symtab.o + 32);
+    b.writeBigUInt64LE(BigInt(orig.length + syms.length), shoff + symtab.link * 64 + 24);
+    b.writeBigUInt64LE(BigInt(strSize), shoff + symtab.link * 64 + 32);
+    const t0 = Date.now();
+    expect(['ok', 'refused']).toContain(oneInput(b));
+    expect(Date.now() - t0).toBeLessThan(5000);
+  });
+
   test('random bytes and tiny files are format errors with an offset', () => {
     fc.assert(fc.property(fc.uint8Array({ maxLength: 200 }), (a) => {
       expect(() => readElf(a)).toThrow(ElfFormatError);

@@ -31,6 +31,7 @@ export interface ZlibBuild { dir: string; lib: string; example: string; minigzip
 export interface SqliteBuild { dir: string; lib: string; driver: string }
 export interface CxxBuild { dir: string; lib: string; test: string }
 export interface LuaBuild { dir: string; lib: string; lua: string }
+export interface Bzip2Build { dir: string; lib: string; bzip2: string; src: string }
 
 const quiet: ExecFileSyncOptions = { stdio: ['ignore', 'pipe', 'pipe'], maxBuffer: 64 << 20 };
 
@@ -176,11 +177,14 @@ export function buildLua(): Built<LuaBuild> {
   }
 }
 
-/** Runs a program with LD_LIBRARY_PATH pointing at `libDir` (so it loads the randomized copy). */
+/**
+ * Runs a program with LD_LIBRARY_PATH pointing at `libDir` (so it loads the randomized copy), in
+ * `libDir` as working directory (zlib's `example` writes foo.gz there, not in the repository).
+ */
 export function runWith(libDir: string, file: string, args: string[], input?: Buffer | string, extraEnv: Record<string, string> = {}): { stdout: string; status: number } {
   try {
     const out = execFileSync(file, args, {
-      env: { ...process.env, LD_LIBRARY_PATH: libDir, ...extraEnv }, input, maxBuffer: 256 << 20, timeout: 120_000,
+      cwd: libDir, env: { ...process.env, LD_LIBRARY_PATH: libDir, ...extraEnv }, input, maxBuffer: 256 << 20, timeout: 120_000,
       stdio: ['pipe', 'pipe', 'pipe'],
     });
     return { stdout: out.toString('latin1'), status: 0 };
@@ -221,5 +225,52 @@ export function buildSmall(): Built<SmallBuild> {
     }) };
   } catch (e) {
     return { ok: false, skip: `small fixture library could not be built: ${errText(e)}` };
+  }
+}
+
+/** bzip2 1.0.8 from Debian's source package: libbz2.so.1.0 and the `bzip2` program linked against it. */
+export function buildBzip2(): Built<Bzip2Build> {
+  try {
+    const version = srcVersion('bzip2');
+    return { ok: true, ...cached('bzip2', keyOf(version, CFLAGS, LDFLAGS, 'v1'), (dir) => {
+      const src = aptSource('bzip2', dir);
+      const names = ['blocksort', 'huffman', 'crctable', 'randtable', 'compress', 'decompress', 'bzlib'];
+      const flags = `${CFLAGS} -D_FILE_OFFSET_BITS=64 -I${src}`;
+      const objs = names.map((n) => ({ src: path.join(src, `${n}.c`), obj: path.join(dir, `${n}.o`), cc: 'gcc', flags }));
+      const lib = path.join(dir, 'libbz2.so.1.0');
+      fs.writeFileSync(path.join(dir, 'Makefile'), makefile(objs, [
+        { out: lib, deps: objs.map((o) => o.obj), cmd: `gcc -shared ${LDFLAGS} -Wl,-soname,libbz2.so.1.0 -o $@ $^` },
+        { out: path.join(dir, 'bzip2'), deps: [lib], cmd: `gcc -O2 -g -D_FILE_OFFSET_BITS=64 -I${src} ${src}/bzip2.c -o $@ -L${dir} -l:libbz2.so.1.0` },
+      ]));
+      sh('make -j2', dir);
+      return { dir, lib, bzip2: path.join(dir, 'bzip2'), src };
+    }) };
+  } catch (e) {
+    return { ok: false, skip: `bzip2 could not be built from its Debian source package: ${errText(e)}` };
+  }
+}
+
+export interface FixtureBuild { dir: string; lib: string; main?: string }
+
+/**
+ * A small library from fixture sources (and optionally a main program linked against it), with
+ * the randomization flags plus `extraFlags`.
+ */
+export function buildFixture(name: string, sources: string[], mainSource?: string, extraFlags = ''): Built<FixtureBuild> {
+  try {
+    const files = [...sources, ...(mainSource ? [mainSource] : [])].map((f) => path.join(FIXTURES, f));
+    const key = keyOf(...files.map((f) => fs.readFileSync(f, 'utf8')), CFLAGS, LDFLAGS, extraFlags, 'fx-v1');
+    return { ok: true, ...cached(`fx-${name}`, key, (dir) => {
+      const lib = path.join(dir, `lib${name}.so`);
+      sh(`gcc ${CFLAGS} ${extraFlags} -shared ${LDFLAGS} -o ${lib} ${files.slice(0, sources.length).join(' ')}`, dir);
+      let main: string | undefined;
+      if (mainSource) {
+        main = path.join(dir, `${name}_main`);
+        sh(`gcc -O2 -o ${main} ${files[files.length - 1]} -L${dir} -l${name}`, dir);
+      }
+      return { dir, lib, main };
+    }) };
+  } catch (e) {
+    return { ok: false, skip: `fixture ${name} could not be built: ${errText(e)}` };
   }
 }

@@ -5,7 +5,7 @@
  */
 import * as fs from 'fs';
 import * as path from 'path';
-import { randomizeBytes } from '../../elf';
+import { prepareLibrary, randomizeBytes, randomizePrepared } from '../../elf';
 import { functionOrder, randomizeInto, SEEDS } from './helpers';
 import { announceSkip, buildZlib, runWith, tempDir } from './libs';
 
@@ -51,6 +51,22 @@ maybe('randomized zlib', () => {
     expect(Buffer.from(a.bytes).equals(Buffer.from(b.bytes))).toBe(true);
     expect(a.layout.order).not.toEqual(c.layout.order);
     expect(Buffer.from(a.bytes).equals(Buffer.from(c.bytes))).toBe(false);
+  });
+
+  test('a prepared library gives the same bytes per seed as a cold run, with either verifier mode', () => {
+    const input = fs.readFileSync(z.lib);
+    const prep = prepareLibrary(input);
+    for (const seed of ['03', '04']) {
+      const cold = randomizeBytes(input, Buffer.from(seed, 'hex'));
+      const warm = randomizePrepared(prep, Buffer.from(seed, 'hex'), { verify: 'fields' });
+      expect(Buffer.from(warm.bytes).equals(Buffer.from(cold.bytes))).toBe(true);
+      expect(warm.verify.pcRelOperands).toBe(cold.verify.pcRelOperands);
+    }
+  });
+
+  test('the randomized output is not randomizable again (its static relocations are stripped)', () => {
+    const r = randomizeBytes(fs.readFileSync(z.lib), Buffer.from('09', 'hex'));
+    expect(() => randomizeBytes(Buffer.from(r.bytes))).toThrow(/no static relocations/);
   });
 
   test('output keeps segments and the loadable size; debug info is stripped and build-id replaced', () => {
