@@ -108,7 +108,11 @@ program
   });
 
 function exitFor(err: unknown): number {
-  if (err instanceof CommanderError) return err.exitCode === 0 ? 0 : EXIT_CODES.usage;
+  if (err instanceof CommanderError) {
+    // Commander printed its own parse errors; one raised by a verb's action is printed here.
+    if (err.code === 'commander.invalidArgument' && !err.message.startsWith('error:')) process.stderr.write(`fscache: ${err.message}\n`);
+    return err.exitCode === 0 ? 0 : EXIT_CODES.usage;
+  }
   if (err instanceof FsCacheError) {
     process.stderr.write(`fscache: ${err.message}\n`);
     return EXIT_CODES[err.kind];
