@@ -33,7 +33,7 @@ function main(): void {
     };
     const rsync = () => execFileSync('rsync', ['-aHAX', '--delete', `${sandbox.realTree}/`, `${plain}/`]);
     const drop = (dir: string) => fs.rmSync(dir, { recursive: true, force: true });
-    const files = execFileSync('find', [sandbox.realTree, '-type', 'f'], { encoding: 'utf8' }).trim().split('\n');
+    const files = execFileSync('find', [sandbox.realTree, '-type', 'f'], { encoding: 'utf8', maxBuffer: 1 << 30 }).trim().split('\n');
     const kib = execFileSync('du', ['-sk', sandbox.realTree], { encoding: 'utf8' }).split('\t')[0];
 
     const first = { fscache: [] as number[], rsync: [] as number[] };
