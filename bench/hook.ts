@@ -1,5 +1,5 @@
 /**
- * The loader hook's costs and savings, one run (prints a Markdown section for bench/RESULTS-hook.md):
+ * The loader hook's costs and savings, one run (prints a Markdown section for bench/RESULTS.md):
  *  1. launch time of a program using 10 randomizable libraries (SQLite, zlib, 8 generated):
  *     no hook vs the libc-free hook on all hits vs a libc-linked build of the same hook;
  *  2. memory: total PSS of the SQLite image's mappings over 16 processes, one shared image vs

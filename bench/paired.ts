@@ -6,7 +6,7 @@
  * every flavour back to back (order reversed every other round), and the median over
  * rounds of each round's view/native ratio.
  *
- * Run: node dist/bench/paired.js [rounds]   (prints a Markdown section for bench/RESULTS-kernel.md)
+ * Run: node dist/bench/paired.js [rounds]   (prints a Markdown section for bench/RESULTS.md)
  *      node dist/bench/paired.js timeouts   (requests of a launch after idleness, per timeout)
  */
 import { execFileSync } from 'child_process';

@@ -7,7 +7,7 @@
  *   npx tsc -p . && node dist/bench/randomize-coverage.js [--seeds 2] [--only xz-utils|expat]
  *
  * Slow (configure + build + make check per package, a few minutes each on 2 cores): not part of
- * the jest run. Prints markdown for bench/RESULTS-randomizer.md.
+ * the jest run. Prints markdown for bench/RESULTS.md.
  */
 import { execFileSync } from 'child_process';
 import { createHash } from 'crypto';

@@ -5,7 +5,7 @@
  *   npx tsc -p . && node dist/bench/randomize.js [--seeds 5] [--verify decode|fields]
  *
  * Libraries come from the test builders (test/elf/libs.ts; cached under .cache/elf-libs).
- * Prints markdown for bench/RESULTS-randomizer.md. Nothing here asserts a time.
+ * Prints markdown for bench/RESULTS.md. Nothing here asserts a time.
  */
 import * as fs from 'fs';
 import * as path from 'path';

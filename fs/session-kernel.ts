@@ -21,7 +21,7 @@
  *   process that keeps the old file mapped may keep its cached pages until the watcher
  *   or an admin (`fscache stop`/`start`) drops them. `fscache verify` checks the store.
  *   The timeouts are the config's (1 s by default); they can be long with this session
- *   as long as the watcher covers what changes (bench/RESULTS-kernel.md).
+ *   as long as the watcher covers what changes (bench/RESULTS.md).
  * - Never blocks the JS main thread on the device: requests are read with fs.read on
  *   libuv's threadpool (READERS reads outstanding); replies are written with writeSync
  *   (the kernel takes them without waiting); notifications, which may wait for page
