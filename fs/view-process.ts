@@ -34,9 +34,11 @@ export async function startViewProcess(
   stateFile: string,
   extraArgs: string[] = [],
   onLog?: (text: string) => void,
+  env?: NodeJS.ProcessEnv,
 ): Promise<ViewProcess> {
   const child = spawn(process.execPath, [CLI_ENTRY, '--root', root, ...extraArgs, 'mount'], {
     stdio: ['ignore', 'ignore', 'pipe'],
+    env: env && { ...process.env, ...env },
     // Its own process group: a signal meant for the caller's group must not stop a view that still has users.
     detached: true,
   });

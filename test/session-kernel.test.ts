@@ -16,7 +16,7 @@ import { silentLogger } from '../fs/log';
 import { isMountPoint } from '../fs/preflight';
 import type { Attr, ViewHandlers } from '../fs/session';
 import { KernelSession } from '../fs/session-kernel';
-import { CLI_ENTRY, ViewProcess } from '../fs/view-process';
+import { startViewProcess } from '../fs/view-process';
 import { createViewSandbox, fuseAvailable, ViewSandbox, waitFor } from './helpers/view-sandbox';
 
 const skip = fuseAvailable();
@@ -121,7 +121,9 @@ maybe('kernel session over the host /usr', () => {
   test('on a kernel that offers fewer flags, OPEN and OPENDIR are served with handles and programs still run', async () => {
     vs = createViewSandbox({ config: 'fuse_session = kernel\naccess_flush_ms = 100\n' });
     // The view then asks the kernel only for the flags not named.
-    vs.view = await startViewWithEnv(vs, { FSCACHE_SESSION_REFUSE: 'NO_OPEN_SUPPORT,NO_OPENDIR_SUPPORT,CACHE_SYMLINKS' });
+    vs.view = await startViewProcess(vs.sandbox.root, vs.paths.viewMount, vs.paths.viewState, [], undefined, {
+      FSCACHE_SESSION_REFUSE: 'NO_OPEN_SUPPORT,NO_OPENDIR_SUPPORT,CACHE_SYMLINKS',
+    });
     expect(vs.view!.log()).toMatch(/without NO_OPEN_SUPPORT CACHE_SYMLINKS NO_OPENDIR_SUPPORT/);
     for (let i = 0; i < 2; i++) {
       const r = await runInChroot(vs.sandbox, LAUNCHES[2][1]);
@@ -286,45 +288,6 @@ maybe('kernel session on a changing real tree', () => {
   });
 });
 
-/**
- * startViewProcess with extra environment for the view (jest's process.env does not
- * reach child processes): the same CLI, the same wait for the mount and the state file.
- */
-async function startViewWithEnv(vs: ViewSandbox, env: Record<string, string>): Promise<ViewProcess> {
-  const child = spawn(process.execPath, [CLI_ENTRY, '--root', vs.sandbox.root, 'mount'], {
-    stdio: ['ignore', 'ignore', 'pipe'],
-    env: { ...process.env, ...env },
-  });
-  let stderr = '';
-  child.stderr!.on('data', (d) => (stderr += d));
-  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
-  const view: ViewProcess = {
-    child,
-    mountpoint: vs.paths.viewMount,
-    stateFile: vs.paths.viewState,
-    log: () => stderr,
-    state: () => {
-      try {
-        return JSON.parse(fs.readFileSync(vs.paths.viewState, 'utf8'));
-      } catch {
-        return undefined;
-      }
-    },
-    stop: async (timeoutMs = 20000) => {
-      if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');
-      const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
-      const code = await exited;
-      clearTimeout(timer);
-      return code;
-    },
-  };
-  const ms = await waitFor(() => isMountPoint(vs.paths.viewMount) && fs.existsSync(vs.paths.viewState), 15000, 50);
-  if (ms < 0) {
-    await view.stop(1000);
-    throw new Error(`the view did not mount: ${stderr}`);
-  }
-  return view;
-}
 
 /** The largest regular file directly under dir of the real tree (relative path), at most 256 MiB. */
 function largestFile(realTree: string, dir: string): string {
