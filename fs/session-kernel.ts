@@ -54,8 +54,13 @@ const READERS = 2;
  * refuses (EINVAL) a read into a buffer smaller than that, so no request is ever split.
  */
 const MAX_WRITE = 128 * 1024;
-/** READs of up to 1 MiB (MAX_PAGES): a large file streams in fewer round trips. */
-const MAX_PAGES = 256;
+/**
+ * READs of up to 128 KiB, as libfuse2's. Measured on cold launches from the slow disk
+ * (bench/cold.js, same run each): with 256 pages (1 MiB) the kernel's readahead fetched up
+ * to 1 MiB per fault of a sparsely used library, and launches were 9.5-19x faster than
+ * the disk; with 32 pages 17-21x.
+ */
+const MAX_PAGES = 32;
 /** What we ask for at INIT; each is kept only if the kernel offers it. */
 const WANTED_FLAGS =
   InitFlag.ASYNC_READ | // several READs of one file in flight (readahead and faults together)
