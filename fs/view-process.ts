@@ -5,17 +5,12 @@
  */
 import { ChildProcess, spawn } from 'child_process';
 import * as fs from 'fs';
-import * as path from 'path';
 import { isMountPoint } from './preflight';
 import type { ViewState } from './view-service';
 
-/** The compiled CLI, found from the package root (this module also runs from source under jest). */
-function packageRoot(): string {
-  let dir = __dirname;
-  while (!fs.existsSync(path.join(dir, 'package.json'))) dir = path.dirname(dir);
-  return dir;
-}
-export const CLI_ENTRY = path.join(packageRoot(), 'dist', 'cli', 'main.js');
+import { CLI_ENTRY } from './package-root';
+
+export { CLI_ENTRY };
 
 export interface ViewProcess {
   child: ChildProcess;

@@ -12,12 +12,7 @@ import { FsCacheError } from '../fs/errors';
 import type { Paths } from '../fs/paths';
 import { hookPaths } from './images';
 
-function packageRoot(): string {
-  let dir = __dirname;
-  while (!fs.existsSync(path.join(dir, 'package.json'))) dir = path.dirname(dir);
-  return dir;
-}
-const CLI_ENTRY = path.join(packageRoot(), 'dist', 'cli', 'main.js');
+import { CLI_ENTRY } from '../fs/package-root';
 
 /** The daemon's pid if it runs (pid file names a live `fscache ... daemon` process). */
 export function daemonPid(paths: Paths): number | undefined {

@@ -15,17 +15,13 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { FsCacheError } from '../fs/errors';
+import { PACKAGE_ROOT } from '../fs/package-root';
 import type { Paths } from '../fs/paths';
 import { writeAtomic } from './images';
 
-function packageRoot(): string {
-  let dir = __dirname;
-  while (!fs.existsSync(path.join(dir, 'package.json'))) dir = path.dirname(dir);
-  return dir;
-}
 
 /** The auditor built by `npm run build` (make -C loader-hook), compiled for root "/". */
-export const BUILT_AUDITOR = path.join(packageRoot(), 'loader-hook', 'fscache-audit.so');
+export const BUILT_AUDITOR = path.join(PACKAGE_ROOT, 'loader-hook', 'fscache-audit.so');
 
 /** Where enableHook installs the auditor, and the LD_AUDIT value naming it as seen from R. */
 export function installedAuditor(paths: Paths): { file: string; ldAudit: string } {
