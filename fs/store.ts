@@ -247,9 +247,17 @@ export class Store {
       }
       const dest = this.copyPath(relPath);
       fs.mkdirSync(path.dirname(dest), { recursive: true, mode: 0o700 });
+      // An older copy's row goes before its file is replaced: a row never names bytes that are not its copy.
+      this.drop(relPath);
       await fs.promises.rename(partial, dest);
       await syncDirectory(path.dirname(dest));
-      if (existing) this.drop(relPath);
+      // Decide on the real path as it is now, in the same tick as the index write: a replacement that happened
+      // while we copied is seen here, and one that happens later reaches the watcher after the row exists.
+      if (!this.stillNamesIdentity(realPath, before)) {
+        this.log.info(`${relPath} was replaced while being copied; not stored`);
+        fs.rmSync(dest, { force: true });
+        return false;
+      }
       const now = Date.now();
       const entry: IndexEntry = { path: relPath, ...before, hash: hash.digest('hex'), filledAt: now, lastAccess: now, hits: 0 };
       this.index.put(entry);
@@ -279,17 +287,19 @@ export class Store {
     }
   }
 
+  private stillNamesIdentity(realPath: string, identity: RealIdentity): boolean {
+    try {
+      return sameIdentity(identity, identityOf(fs.lstatSync(realPath, { bigint: true })));
+    } catch {
+      return false;
+    }
+  }
+
   /** Drops every copy whose real file no longer has the indexed identity; returns their paths. */
   revalidateAll(): string[] {
     const dropped: string[] = [];
     for (const entry of this.index.all()) {
-      let current: RealIdentity | undefined;
-      try {
-        current = identityOf(fs.lstatSync(path.join(this.paths.realTree, entry.path), { bigint: true }));
-      } catch {
-        current = undefined;
-      }
-      if (!current || !sameIdentity(entry, current)) {
+      if (!this.stillNamesIdentity(path.join(this.paths.realTree, entry.path), entry)) {
         this.drop(entry.path);
         dropped.push(entry.path);
       }
