@@ -20,8 +20,10 @@
  *   or size: a new open-and-read then sees the new file within those timeouts, but a
  *   process that keeps the old file mapped may keep its cached pages until the watcher
  *   or an admin (`fscache stop`/`start`) drops them. `fscache verify` checks the store.
- *   The timeouts are the config's (1 s by default); they can be long with this session
- *   as long as the watcher covers what changes (bench/RESULTS.md).
+ *   Answers about names in watched directories are kept by the kernel for
+ *   metadata_trust_seconds (the bound of the view's vouched memory, which also bounds
+ *   what a lost inotify event could leave stale); elsewhere the config's timeouts
+ *   (1 s by default) apply.
  * - Never blocks the JS main thread on the device: requests are read with fs.read on
  *   libuv's threadpool (READERS reads outstanding); replies are written with writeSync
  *   (the kernel takes them without waiting); notifications, which may wait for page
@@ -426,22 +428,23 @@ export class KernelSession implements FuseSession {
     const parent = this.node(r.nodeid);
     const name = cString(r.body);
     if (this.debug) this.log.debug(`kernel session: lookup ${NodeTable.childPath(parent, name)}`);
+    const childPath = NodeTable.childPath(parent, name);
     let attr: Attr;
     try {
-      attr = await this.handlers.getattr(NodeTable.childPath(parent, name));
+      attr = await this.handlers.getattr(childPath);
     } catch (err) {
       const errno = errnoOf(err);
       // A missing name as a successful entry with node id 0: the kernel caches it as a
       // negative dentry (a launch probes dozens of absent library paths).
-      if ((errno === -E.ENOENT || errno === -E.ENOTDIR) && this.options.negativeTimeout > 0) {
-        return encodeEntryOut(0, 0, this.options.negativeTimeout, 0);
-      }
+      const negative = Math.max(this.options.negativeTimeout, this.vouched(childPath));
+      if ((errno === -E.ENOENT || errno === -E.ENOTDIR) && negative > 0) return encodeEntryOut(0, 0, negative, 0);
       throw err;
     }
     const { node, replaced } = this.nodes.lookedUp(parent, name, attr);
     if (replaced) this.dropFile(replaced);
     this.sawAttr(node, attr);
-    const body = encodeEntryOut(node.id, GENERATION, this.options.entryTimeout, this.options.attrTimeout, attr);
+    const vouched = this.vouched(childPath);
+    const body = encodeEntryOut(node.id, GENERATION, Math.max(this.options.entryTimeout, vouched), Math.max(this.options.attrTimeout, vouched), attr);
     // Written here, not by dispatch, so that a reply the kernel never took gives the reference back.
     if (!this.write(r.unique, 0, body)) this.forget(node.id, 1);
     return NO_REPLY;
@@ -457,7 +460,18 @@ export class KernelSession implements FuseSession {
     const node = this.node(r.nodeid);
     const attr = await this.handlers.getattr(node.path);
     this.sawAttr(node, attr);
-    return encodeAttrOut(this.options.attrTimeout, attr);
+    return encodeAttrOut(Math.max(this.options.attrTimeout, this.vouched(node.path)), attr);
+  }
+
+  /**
+   * Seconds the kernel may keep an answer about `path` beyond the configured timeouts:
+   * as long as the view's watcher vouches for it, because invalidate() will tell the
+   * kernel of a change (its trailing repeat also covers a change that races the reply).
+   * Where nothing watches (watch = off, watch_max_dirs or inotify limits reached) this
+   * is 0 and the configured timeouts bound staleness.
+   */
+  private vouched(path: string): number {
+    return this.handlers.vouchedSeconds?.(path) ?? 0;
   }
 
   /** Attributes showing another identity than the one the node's handle was opened for drop the handle. */

@@ -50,6 +50,12 @@ export interface ViewHandlers {
   access(path: string, mode: number): Promise<void>;
   getxattr(path: string, name: string): Promise<Buffer | undefined>;
   listxattr(path: string): Promise<string[]>;
+  /**
+   * Seconds the kernel may keep what it was just told about `path` (its attributes, or
+   * its name's presence or absence) because a watcher will report a change sooner;
+   * 0 when nothing watches it. Sessions that can be told of changes may use it.
+   */
+  vouchedSeconds?(path: string): number;
 }
 
 export interface SessionOptions {

@@ -75,6 +75,16 @@ export class View implements ViewHandlers {
     return !!this.meta?.enabled && !!this.watcher?.watchDir(dir);
   }
 
+  /**
+   * The kernel session may let the kernel keep an answer about `p` as long as vouched
+   * memory would: its directory is under watch, so a change is reported and invalidated.
+   * Called right after the answer was read, so the watch was live before the read.
+   */
+  vouchedSeconds(p: string): number {
+    if (!this.meta?.enabled || !this.watcher || p === '/') return 0;
+    return this.watcher.isWatched(path.dirname(this.real(p))) ? Math.floor(this.meta.trustMs / 1000) : 0;
+  }
+
   private lstat(real: string): fs.BigIntStats {
     const known = this.meta?.attr(real);
     if (known !== undefined) this.counters.metaFromMemory++;

@@ -21,7 +21,7 @@ export class VouchedMeta {
   private readonly listings = new Map<string, Recorded<string[]>>();
 
   constructor(
-    private readonly trustMs: number,
+    readonly trustMs: number,
     private readonly maxEntries = 262144,
   ) {}
 
