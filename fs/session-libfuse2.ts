@@ -60,14 +60,18 @@ export class Libfuse2Session implements FuseSession {
     };
     // fuse-native has no option for these, but joins its options into one -o string;
     // fsname is placed so that the extra libfuse2 options follow it.
-    const extra = [`negative_timeout=${o.negativeTimeout}`, 'ro', 'subtype=fscache'].join(',');
+    // The kernel counts validity from its last answer, and a change just after that answer
+    // is seen only at the next request: 90% of each timeout keeps "seen within the configured
+    // time" true with room for that round trip (this session cannot tell the kernel sooner).
+    const within = (seconds: number) => seconds * 0.9;
+    const extra = [`negative_timeout=${within(o.negativeTimeout)}`, 'ro', 'subtype=fscache'].join(',');
     const fuse = new Fuse(o.mountpoint, ops, {
       fsname: `${o.fsname},${extra}`,
       // auto_cache: libfuse2 keeps page cache across opens only while mtime and size are unchanged.
       autoCache: true,
-      attrTimeout: o.attrTimeout,
-      entryTimeout: o.entryTimeout,
-      acAttrTimeout: o.attrTimeout,
+      attrTimeout: within(o.attrTimeout),
+      entryTimeout: within(o.entryTimeout),
+      acAttrTimeout: within(o.attrTimeout),
       // Other users launch programs through the view; the kernel checks their permissions
       // against the real tree's modes (default_permissions), not this root process.
       allowOther: true,

@@ -230,11 +230,26 @@ export class View implements ViewHandlers {
   }
 
   async getxattr(p: string, name: string): Promise<Buffer | undefined> {
-    return (await this.xattrs.list(this.real(p))).get(name);
+    return (await this.xattrList(p)).get(name);
   }
 
   async listxattr(p: string): Promise<string[]> {
-    return [...(await this.xattrs.list(this.real(p))).keys()];
+    return [...(await this.xattrList(p)).keys()];
+  }
+
+  /** A file's xattrs; from vouched memory when the watcher vouches (setting one is an IN_ATTRIB event). */
+  private async xattrList(p: string): Promise<Map<string, Buffer>> {
+    const real = this.real(p);
+    const known = this.meta?.xattrs(real);
+    if (known) {
+      this.counters.metaFromMemory++;
+      return known;
+    }
+    this.counters.metaFromReal++;
+    const vouched = this.vouches(path.dirname(real));
+    const attrs = await this.xattrs.list(real);
+    if (vouched) this.meta!.recordXattrs(real, attrs);
+    return attrs;
   }
 
   openHandles(): number {

@@ -19,6 +19,8 @@ export class VouchedMeta {
   private readonly attrs = new Map<string, Recorded<fs.BigIntStats | null>>();
   private readonly links = new Map<string, Recorded<string>>();
   private readonly listings = new Map<string, Recorded<string[]>>();
+  /** Extended attributes by name (an exec asks for security.capability every time). */
+  private readonly xattrLists = new Map<string, Recorded<Map<string, Buffer>>>();
 
   constructor(
     readonly trustMs: number,
@@ -40,7 +42,7 @@ export class VouchedMeta {
   }
 
   private put<T>(map: Map<string, Recorded<T>>, key: string, value: T): void {
-    if (this.attrs.size + this.links.size + this.listings.size >= this.maxEntries) this.forgetAll();
+    if (this.size >= this.maxEntries) this.forgetAll();
     map.set(key, { value, at: Date.now() });
   }
 
@@ -56,6 +58,10 @@ export class VouchedMeta {
     return this.fresh(this.listings, dir);
   }
 
+  xattrs(file: string): Map<string, Buffer> | undefined {
+    return this.fresh(this.xattrLists, file);
+  }
+
   recordAttr(file: string, st: fs.BigIntStats | null): void {
     this.put(this.attrs, file, st);
   }
@@ -68,6 +74,10 @@ export class VouchedMeta {
     this.put(this.listings, dir, names);
   }
 
+  recordXattrs(file: string, attrs: Map<string, Buffer>): void {
+    this.put(this.xattrLists, file, attrs);
+  }
+
   /**
    * Something changed at `file`: forget it and its directory's listing, and with
    * `subtree` (it is or was a watched directory) everything below it too. Only a
@@ -75,7 +85,7 @@ export class VouchedMeta {
    * costs a few map deletions even with many entries recorded.
    */
   forget(file: string, subtree: boolean): void {
-    for (const map of [this.attrs, this.links, this.listings] as Array<Map<string, unknown>>) {
+    for (const map of [this.attrs, this.links, this.listings, this.xattrLists] as Array<Map<string, unknown>>) {
       map.delete(file);
       if (subtree) {
         const below = file + '/';
@@ -89,9 +99,10 @@ export class VouchedMeta {
     this.attrs.clear();
     this.links.clear();
     this.listings.clear();
+    this.xattrLists.clear();
   }
 
   get size(): number {
-    return this.attrs.size + this.links.size + this.listings.size;
+    return this.attrs.size + this.links.size + this.listings.size + this.xattrLists.size;
   }
 }

@@ -13,6 +13,15 @@ const skip = fuseAvailable();
 const maybe = skip ? describe.skip : describe;
 if (skip) console.warn(`vouched metadata tests skipped: ${skip}`);
 
+/** One extended attribute as getfattr reads it through the view (undefined when absent). */
+function xattrOf(file: string, name: string): string | undefined {
+  try {
+    return execFileSync('getfattr', ['--only-values', '-n', name, file], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] });
+  } catch {
+    return undefined;
+  }
+}
+
 maybe('vouched metadata', () => {
   let vs: ViewSandbox | undefined;
   afterEach(async () => {
@@ -35,6 +44,7 @@ maybe('vouched metadata', () => {
     expect(fs.readlinkSync(v('lib/link.so'))).toBe('a.so');
     expect(fs.existsSync(v('lib/new.so'))).toBe(false);
     expect(fs.readFileSync(v('lib/sub/x'), 'utf8')).toBe('x');
+    expect(xattrOf(v('lib/a.so'), 'user.fscache')).toBeUndefined();
     const within = async (what: string, check: () => boolean) => {
       const ms = await waitFor(() => { try { return check(); } catch { return false; } }, 1500, 20);
       expect({ what, seen: ms >= 0 && ms <= 1050 }).toEqual({ what, seen: true });
@@ -42,6 +52,8 @@ maybe('vouched metadata', () => {
 
     fs.chmodSync(real('lib/a.so'), 0o600);
     await within('chmod', () => (fs.statSync(v('lib/a.so')).mode & 0o777) === 0o600);
+    execFileSync('setfattr', ['-n', 'user.fscache', '-v', 'set', real('lib/a.so')]);
+    await within('xattr set', () => xattrOf(v('lib/a.so'), 'user.fscache') === 'set');
     fs.writeFileSync(real('lib/new.so'), 'new');
     await within('new file', () => fs.readFileSync(v('lib/new.so'), 'utf8') === 'new');
     await within('new file listed', () => fs.readdirSync(v('lib')).includes('new.so'));
