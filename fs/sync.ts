@@ -13,7 +13,6 @@ import * as path from 'path';
 import type { Config } from './config';
 import { FsCacheError } from './errors';
 import { identityOf } from './identity';
-import { StoreIndex } from './index-db';
 import type { Logger } from './log';
 import type { Paths } from './paths';
 
@@ -104,6 +103,8 @@ async function syncMirror(paths: Paths, log: Logger, options: SyncOptions): Prom
 }
 
 async function syncViewStore(paths: Paths, log: Logger, options: SyncOptions): Promise<SyncResult> {
+  // Loaded here: a mirror sync has no index and need not load SQLite.
+  const { StoreIndex } = await import('./index-db');
   const index = StoreIndex.open(paths.index, log);
   try {
     const entries = index.all();
