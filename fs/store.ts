@@ -75,6 +75,11 @@ export class Store {
     return this.usedBytes;
   }
 
+  /** Takes the bytes in use from the index again: `fscache sync` changes rows from another process. */
+  refreshUsage(): void {
+    this.usedBytes = this.index.totals().bytes;
+  }
+
   /**
    * Makes store and index agree after any stop, clean or not: partial copies are
    * deleted, rows whose copy is missing or of the wrong size are dropped, copies

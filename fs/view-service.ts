@@ -122,6 +122,7 @@ export class RunningView {
   flush(): void {
     try {
       this.store?.index.flushAccess();
+      this.store?.refreshUsage();
     } catch (err) {
       this.log.warn(`index flush failed: ${err}`);
     }

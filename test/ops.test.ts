@@ -224,6 +224,22 @@ maybe('operations', () => {
     expect(ops.cli(['verify']).code).toBe(0);
   });
 
+  test('sync in view mode while the view runs: the view takes the new sizes for its quota', async () => {
+    // No watcher: the view does not see the change itself, only the sync's rows.
+    ops = createOpsSandbox({ config: 'access_flush_ms = 100\nwatch = off\n' });
+    ops.cli(['setup', '--yes']);
+    const lib = path.join(ops.paths.realTree, 'lib', 'libq.so');
+    fs.mkdirSync(path.dirname(lib));
+    fs.writeFileSync(lib, randomBytes(50000));
+    expect(ops.cli(['start']).code).toBe(0);
+    fs.readFileSync(path.join(ops.paths.viewMount, 'lib/libq.so'));
+    const viewBytes = () => JSON.parse(fs.readFileSync(ops!.paths.viewState, 'utf8')).store.bytes as number;
+    expect(await waitFor(() => viewBytes() === 50000, 5000)).toBeGreaterThanOrEqual(0);
+    fs.writeFileSync(lib, randomBytes(80000));
+    expect(ops.cli(['sync']).stdout).toMatch(/transferred 1 files, index: 1 updated/);
+    expect(await waitFor(() => viewBytes() === 80000, 2000)).toBeGreaterThanOrEqual(0);
+  });
+
   test('mirror mode end to end: refuses an incomplete or old copy, serves a synced one with no FUSE', async () => {
     ops = createOpsSandbox({ config: 'mode = mirror\n' });
     ops.cli(['setup', '--yes']);
