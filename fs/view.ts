@@ -119,30 +119,28 @@ export class View implements ViewHandlers {
 
   async readdir(p: string): Promise<string[]> {
     const real = this.real(p);
-    const known = this.meta?.listing(real);
-    if (known) {
-      this.counters.metaFromMemory++;
-      return known;
-    }
-    this.counters.metaFromReal++;
-    const vouched = this.vouches(real);
-    const names = fs.readdirSync(real);
-    if (vouched) this.meta!.recordListing(real, names);
-    return names;
+    return this.recall(this.meta?.listing(real), real, () => fs.readdirSync(real), (names) => this.meta!.recordListing(real, names));
   }
 
   async readlink(p: string): Promise<string> {
     const real = this.real(p);
-    const known = this.meta?.link(real);
+    return this.recall(this.meta?.link(real), path.dirname(real), () => fs.readlinkSync(real), (target) => this.meta!.recordLink(real, target));
+  }
+
+  /**
+   * What vouched memory holds (`known`), or what `read` finds in the real tree, kept
+   * when `dir` (the directory whose entries it describes) was under watch before the read.
+   */
+  private async recall<T>(known: T | undefined, dir: string, read: () => T | Promise<T>, record: (value: T) => void): Promise<T> {
     if (known !== undefined) {
       this.counters.metaFromMemory++;
       return known;
     }
     this.counters.metaFromReal++;
-    const vouched = this.vouches(path.dirname(real));
-    const target = fs.readlinkSync(real);
-    if (vouched) this.meta!.recordLink(real, target);
-    return target;
+    const vouched = this.vouches(dir);
+    const value = await read();
+    if (vouched) record(value);
+    return value;
   }
 
   async open(p: string, flags: number): Promise<Handle> {
@@ -238,18 +236,9 @@ export class View implements ViewHandlers {
   }
 
   /** A file's xattrs; from vouched memory when the watcher vouches (setting one is an IN_ATTRIB event). */
-  private async xattrList(p: string): Promise<Map<string, Buffer>> {
+  private xattrList(p: string): Promise<Map<string, Buffer>> {
     const real = this.real(p);
-    const known = this.meta?.xattrs(real);
-    if (known) {
-      this.counters.metaFromMemory++;
-      return known;
-    }
-    this.counters.metaFromReal++;
-    const vouched = this.vouches(path.dirname(real));
-    const attrs = await this.xattrs.list(real);
-    if (vouched) this.meta!.recordXattrs(real, attrs);
-    return attrs;
+    return this.recall(this.meta?.xattrs(real), path.dirname(real), () => this.xattrs.list(real), (attrs) => this.meta!.recordXattrs(real, attrs));
   }
 
   openHandles(): number {
