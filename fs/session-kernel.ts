@@ -63,6 +63,7 @@ const MAX_WRITE = 128 * 1024;
  * the disk; with 32 pages 17-21x.
  */
 const MAX_PAGES = 32;
+const READ_BUFFER_SIZE = OUT_HEADER_SIZE + MAX_PAGES * 4096;
 /** What we ask for at INIT; each is kept only if the kernel offers it. */
 const WANTED_FLAGS =
   InitFlag.ASYNC_READ | // several READs of one file in flight (readahead and faults together)
@@ -109,6 +110,7 @@ export class KernelSession implements FuseSession {
   private notifying = false;
   /** Nodes holding a view handle, swept for idle ones. */
   private readonly withFile = new Set<Node>();
+  private readonly readBuffers: Buffer[] = [];
   /** Paths with a trailing invalidation pending (see invalidate). */
   private readonly trailing = new Map<string, NodeJS.Timeout>();
   private sweepTimer?: NodeJS.Timeout;
@@ -526,17 +528,27 @@ export class KernelSession implements FuseSession {
     const file = fh !== 0 && this.openFiles.has(fh) ? this.openFiles.get(fh)! : this.nodeFile(node);
     file.inflight++;
     file.lastUsed = Date.now();
+    const out = this.takeReadBuffer(OUT_HEADER_SIZE + size);
     try {
       const handle = await file.handle;
-      const out = Buffer.allocUnsafe(OUT_HEADER_SIZE + size);
       const n = await this.handlers.read(handle, out.subarray(OUT_HEADER_SIZE), size, offset);
       writeOutHeader(out, OUT_HEADER_SIZE + n, 0, r.unique);
       this.writeRaw(out.subarray(0, OUT_HEADER_SIZE + n));
       return NO_REPLY;
     } finally {
+      this.readBuffers.push(out);
       file.inflight--;
       if (file.dropped && file.inflight === 0) this.releaseHandle(file);
     }
+  }
+
+  /**
+   * Reply buffers of READs are reused: a cold launch reads megabytes in 128 KiB replies,
+   * and a fresh buffer each is garbage the collector then stops the view to free.
+   */
+  private takeReadBuffer(length: number): Buffer {
+    const reused = length <= READ_BUFFER_SIZE ? this.readBuffers.pop() : undefined;
+    return reused ?? Buffer.allocUnsafe(Math.max(length, READ_BUFFER_SIZE));
   }
 
   private nodeFile(node: Node): NodeFile {
