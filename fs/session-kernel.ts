@@ -40,7 +40,7 @@ import { FsCacheError } from './errors';
 import {
   cString, direntSize, DT_UNKNOWN, encodeAttrOut, encodeEntryOut, encodeInitOut, encodeInvalEntry, encodeInvalInode,
   encodeOpenOut, encodeStatfsOut, encodeXattrSize, FOPEN_KEEP_CACHE, FUSE_KERNEL_MINOR_VERSION, FUSE_KERNEL_VERSION,
-  FUSE_MIN_READ_BUFFER, FUSE_UNKNOWN_INO, InitFlag, initFlagNames, Op, opName, OUT_HEADER_SIZE, parseBatchForget,
+  FUSE_MIN_READ_BUFFER, FUSE_ROOT_ID, FUSE_UNKNOWN_INO, InitFlag, initFlagNames, Op, opName, OUT_HEADER_SIZE, parseBatchForget,
   parseInitIn, parseReadIn, parseRequest, Request, WRITE_OPS, writeDirent, writeOutHeader,
 } from './fuse-protocol';
 import { GENERATION, identityKey, Node, NodeFile, NodeTable } from './fuse-nodes';
@@ -677,6 +677,14 @@ export class KernelSession implements FuseSession {
     }, TRAILING_INVALIDATION_MS);
     timer.unref();
     this.trailing.set(path, timer);
+  }
+
+  /**
+   * Drops every name the kernel holds below the root: invalidating a directory's entry
+   * drops the cached entries below it too (positive and negative), so the top level is enough.
+   */
+  invalidateAll(): void {
+    for (const node of this.nodes.all()) if (node.parent === FUSE_ROOT_ID && node.id !== FUSE_ROOT_ID) this.invalidateNow(node.path);
   }
 
   private invalidateNow(path: string): void {

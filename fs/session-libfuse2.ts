@@ -84,6 +84,10 @@ export class Libfuse2Session implements FuseSession {
     this.connectionFds = new Set([...fuseDescriptors()].filter((fd) => !before.has(fd)));
   }
 
+  invalidateAll(): void {
+    // As invalidate(): the timeouts bound it.
+  }
+
   invalidate(): void {
     // libfuse2's high-level API cannot send invalidation notifications; auto_cache
     // and the 1 s attribute/entry timeouts bound how long the kernel shows the old file.

@@ -82,6 +82,8 @@ export interface FuseSession {
    * rely on their cache timeouts (libfuse2: attr_timeout, auto_cache at open).
    */
   invalidate(path: string): void;
+  /** Anything the kernel caches may be stale (a package operation, a lost watch): drop it all. */
+  invalidateAll(): void;
 }
 
 /** An error a handler throws to answer with an errno. */

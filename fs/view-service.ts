@@ -81,7 +81,10 @@ export class RunningView {
     const watcher = new Watcher(paths, config, store, log);
     const meta = new VouchedMeta(config.watch === 'off' ? 0 : config.metadataTrustSeconds * 1000);
     watcher.onChange = (abs, subtree) => meta.forget(abs, subtree);
-    watcher.onForgetAll = () => meta.forgetAll();
+    watcher.onForgetAll = () => {
+      meta.forgetAll();
+      session.invalidateAll();
+    };
     const view = new View(paths.realTree, store, log, watcher, meta);
     const session = createSession(config.fuseSession, view, {
       mountpoint: paths.viewMount,

@@ -100,6 +100,9 @@ export class Watcher {
     watcher.on('error', () => {
       this.unwatch(dir);
       this.onChange?.(dir, true);
+      // The kernel may hold names this watch vouched for: they go too (all of them for the root).
+      if (dir === this.paths.realTree) this.onForgetAll?.();
+      else this.onInvalidate?.(path.relative(this.paths.realTree, dir));
     });
     this.dirs.set(dir, watcher);
     this.status.directories = this.dirs.size;

@@ -249,6 +249,29 @@ maybe('kernel session on a changing real tree', () => {
     for (const [rel, content] of files) expect(sha(fs.readFileSync(vs.inView(rel)))).toBe(sha(content));
   });
 
+  test('a package operation makes the kernel forget what the watcher vouched for: the next stat asks the real tree', async () => {
+    vs = createViewSandbox({ copy: true, config: 'fuse_session = kernel\naccess_flush_ms = 100\n' });
+    const dpkgInfo = path.join(vs.sandbox.root, 'var/lib/dpkg/info');
+    fs.mkdirSync(dpkgInfo, { recursive: true });
+    writeReal('lib/deep/libv.so.1', Buffer.from('v'));
+    await vs.startView();
+    const statAll = () => ['lib/deep/libv.so.1', 'lib/deep/absent.so'].forEach((rel) => fs.existsSync(vs!.inView(rel)));
+    statAll();
+    await new Promise((r) => setTimeout(r, 1500)); // past the 1 s timeouts: only vouching keeps them
+    const before = await countsNow(vs);
+    const metaBefore = vs.view!.state()!.view.metaFromReal;
+    statAll();
+    expect(delta(before, await countsNow(vs)).lookup ?? 0).toBe(0);
+
+    fs.writeFileSync(path.join(dpkgInfo, 'libv.list'), '/usr/lib/deep/libv.so.1\n'); // what dpkg writes on install
+    await new Promise((r) => setTimeout(r, 800)); // chokidar's report and the re-check after 300 ms
+    const afterOp = await countsNow(vs);
+    statAll();
+    // lib, deep, the file and the absent name: looked up again, and read from the real tree.
+    expect(delta(afterOp, await countsNow(vs)).lookup ?? 0).toBeGreaterThanOrEqual(4);
+    expect(vs.view!.state()!.view.metaFromReal - metaBefore).toBeGreaterThanOrEqual(2);
+  });
+
   test('with 600 s cache timeouts, a changed, replaced or new file is seen within a second (the watcher invalidates)', async () => {
     vs = createViewSandbox({ copy: true, config: LONG });
     const rel = 'lib/libfresh.so.1';
