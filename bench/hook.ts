@@ -11,7 +11,7 @@
  *     the same launch on hits, and the daemon's randomization time per library.
  * Run: npx tsc -p . && make -C loader-hook && node dist/bench/hook.js > section.md  (FSCACHE_BENCH_ROUNDS, default 300)
  */
-import { execFileSync, spawn, ChildProcess } from 'child_process';
+import { execFileSync, spawn, spawnSync, ChildProcess } from 'child_process';
 import * as fs from 'fs';
 import * as path from 'path';
 import { ms, ratio } from './harness';
@@ -168,11 +168,9 @@ async function main(): Promise<void> {
       return fs.readFileSync(f, 'utf8').trim().split('\n').length;
     };
     const faults = (env: string[]) => {
-      try {
-        return execFileSync('env', [...env, 'perf', 'stat', '-x,', '-r', '50', '-e', 'page-faults', prog], { stdio: ['ignore', 'ignore', 'pipe'] }).toString().split(',')[0];
-      } catch {
-        return 'n/a (no perf)';
-      }
+      // perf stat -x, writes "<count>,,page-faults,..." to stderr.
+      const r = spawnSync('env', [...env, 'perf', 'stat', '-x,', '-r', '50', '-e', 'page-faults', prog], { encoding: 'utf8' });
+      return /^([\d.]+),/m.exec(r.stderr ?? '')?.[1] ?? 'n/a (no perf)';
     };
     say(`System calls of one launch (strace): no hook ${sys([])}, minimal ${sys(['-E', `LD_AUDIT=${minimal}`])}, idle hook ${sys(['-E', `LD_AUDIT=${idleHook}`])}, ` +
       `hook ${sys(['-E', `LD_AUDIT=${sb.auditor}`])}, libc-linked hook ${sys(['-E', `LD_AUDIT=${libcHook}`])}. Page faults (perf stat, mean of 50): ` +
