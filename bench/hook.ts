@@ -1,7 +1,9 @@
 /**
  * The loader hook's costs and savings, one run (prints a Markdown section for bench/RESULTS.md):
  *  1. launch time of a program using 10 randomizable libraries (SQLite, zlib, 8 generated):
- *     no hook vs the libc-free hook on all hits vs a libc-linked build of the same hook;
+ *     no hook vs the minimal auditor (la_version only: LD_AUDIT's floor) vs the idle hook vs the
+ *     libc-free hook on all hits vs a libc-linked build of the same hook; and the floor alone on
+ *     an empty program (LD_AUDIT with the minimal auditor, the same file as LD_PRELOAD, a missing one);
  *  2. memory: total PSS of the SQLite image's mappings over 16 processes, one shared image vs
  *     a private copy per process (16 distinct files of the same bytes: no page is shared,
  *     exactly as with a per-process load-time randomization);
@@ -9,7 +11,7 @@
  *     the same launch on hits, and the daemon's randomization time per library.
  * Run: npx tsc -p . && make -C loader-hook && node dist/bench/hook.js > section.md  (FSCACHE_BENCH_ROUNDS, default 300)
  */
-import { execFileSync, spawn, ChildProcess } from 'child_process';
+import { execFileSync, spawn, spawnSync, ChildProcess } from 'child_process';
 import * as fs from 'fs';
 import * as path from 'path';
 import { ms, ratio } from './harness';
@@ -19,6 +21,20 @@ import { cli, currentEpoch, imageFor, launch, Libs, libs, makeSandbox, removeSan
 const N_SMALL = 8;
 const PROCS = 16;
 const ROUNDS = Number(process.env.FSCACHE_BENCH_ROUNDS ?? 300);
+
+/** Runs launchtimer over `variants` (env, argv) and returns the median wall and CPU ms of each. */
+function interleaved(timer: string, variants: Array<[string, string[]]>): { wall: number[]; cpu: number[] } {
+  const args = variants.flatMap(([env, argv], i) => [...(i ? [';;'] : []), env, '--', ...argv]);
+  const text = execFileSync(timer, [String(ROUNDS), ...args], { maxBuffer: 64 << 20, stdio: ['ignore', 'pipe', 'ignore'] }).toString();
+  const wall: number[][] = variants.map(() => []);
+  const cpu: number[][] = variants.map(() => []);
+  for (const line of text.trim().split('\n')) {
+    const [v, w, c] = line.split(' ').map(Number);
+    wall[v].push(w / 1000);
+    cpu[v].push(c / 1000);
+  }
+  return { wall: wall.map(median), cpu: cpu.map(median) };
+}
 
 function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
@@ -101,38 +117,47 @@ async function main(): Promise<void> {
     const check = launch(sb, {}, [], prog);
     if (check.status !== 0) throw new Error(`ten libraries program failed with the hook: ${check.out}`);
 
-    say('## Launch time, 10 libraries, all hits');
-    say('');
-    say(`Program \`ten\` linked (-z now) against SQLite, zlib and ${N_SMALL} generated libraries (41 functions each), all built`);
-    say(`with -ffunction-sections and --emit-relocs; \`fscache warm\` made ${hits}/10 images. loader-hook/launchtimer.c runs the`);
-    say(`four variants interleaved (rotating order), ${ROUNDS} launches each per round, and records wall time and the child's`);
-    say('user+system CPU time (wait4 rusage). Medians; ratios against no hook in the same round.');
-    say('');
-    say('"idle hook": the libc-free hook built for a root with no epoch file, so it redirects nothing: the fixed cost of');
-    say('LD_AUDIT itself (loading the auditor, ld.so\'s audit paths), without any per-library work.');
-    say('');
-    say('| round | no hook wall / cpu | libc-free hook wall / cpu | libc-linked hook wall / cpu | idle hook wall / cpu | libc-free ratio wall / cpu | libc-linked ratio wall / cpu | idle ratio wall / cpu |');
-    say('|---|---|---|---|---|---|---|---|');
+    const minimal = path.join(sb.root, 'audit-min.so');
+    execFileSync('gcc', ['-O2', '-fPIC', '-ffreestanding', '-nostdlib', '-fvisibility=hidden', '-shared', '-Wl,-z,now', '-o', minimal,
+      path.join(REPO, 'loader-hook', 'audit-min.c')]);
     const idleHook = path.join(sb.root, 'audit-idle.so');
     execFileSync('make', ['-s', '-C', path.join(REPO, 'loader-hook'), `ROOT=${path.join(sb.root, 'nothing-here')}`, `OUT=${idleHook}`]);
     const timer = path.join(sb.root, 'launchtimer');
     execFileSync('gcc', ['-O2', '-o', timer, path.join(REPO, 'loader-hook', 'launchtimer.c')]);
+
+    say('## Launch time, 10 libraries, all hits');
+    say('');
+    say(`Program \`ten\` linked (-z now) against SQLite, zlib and ${N_SMALL} generated libraries (41 functions each), all built`);
+    say(`with -ffunction-sections and --emit-relocs; \`fscache warm\` made ${hits}/10 images. loader-hook/launchtimer.c runs the`);
+    say(`five variants interleaved (rotating order), ${ROUNDS} launches each per round, and records wall time and the child's`);
+    say('user+system CPU time (wait4 rusage). Medians; ratios against no hook in the same round.');
+    say('');
+    say('"minimal": loader-hook/audit-min.c, an auditor exporting only la_version (returns LAV_CURRENT), freestanding:');
+    say('the floor of LD_AUDIT. "idle": our hook built for a root with no epoch file (la_version finds nothing, la_objsearch');
+    say('returns at once). "hook": our hook, every library a hit. "libc": the same hook linked against libc.');
+    say('');
+    say('| round | none wall / cpu | minimal wall / cpu | idle wall / cpu | hook wall / cpu | libc wall / cpu | minimal ratio | idle ratio | hook ratio | libc ratio | hook / minimal |');
+    say('|---|---|---|---|---|---|---|---|---|---|---|');
     for (let round = 1; round <= 3; round++) {
-      const text = execFileSync(timer, [String(ROUNDS), '-', '--', prog, ';;', `LD_AUDIT=${sb.auditor}`, '--', prog, ';;', `LD_AUDIT=${libcHook}`, '--', prog,
-        ';;', `LD_AUDIT=${idleHook}`, '--', prog],
-        { maxBuffer: 64 << 20 }).toString();
-      const wall: number[][] = [[], [], [], []];
-      const cpu: number[][] = [[], [], [], []];
-      for (const line of text.trim().split('\n')) {
-        const [v, w, c] = line.split(' ').map(Number);
-        wall[v].push(w / 1000);
-        cpu[v].push(c / 1000);
-      }
-      const mw = wall.map(median);
-      const mc = cpu.map(median);
-      say(`| ${round} | ${ms(mw[0])} / ${ms(mc[0])} | ${ms(mw[1])} / ${ms(mc[1])} | ${ms(mw[2])} / ${ms(mc[2])} | ${ms(mw[3])} / ${ms(mc[3])} | ` +
-        `${ratio(mw[1], mw[0])} / ${ratio(mc[1], mc[0])} | ${ratio(mw[2], mw[0])} / ${ratio(mc[2], mc[0])} | ${ratio(mw[3], mw[0])} / ${ratio(mc[3], mc[0])} |`);
+      const { wall: w, cpu: c } = interleaved(timer, [['-', [prog]], [`LD_AUDIT=${minimal}`, [prog]], [`LD_AUDIT=${idleHook}`, [prog]],
+        [`LD_AUDIT=${sb.auditor}`, [prog]], [`LD_AUDIT=${libcHook}`, [prog]]]);
+      const r = (i: number, base = 0) => `${ratio(w[i], w[base])} / ${ratio(c[i], c[base])}`;
+      say(`| ${round} | ${w.map((x, i) => `${ms(x)} / ${ms(c[i])}`).join(' | ')} | ${r(1)} | ${r(2)} | ${r(3)} | ${r(4)} | ${r(3, 1)} |`);
     }
+    say('');
+    say('The floor alone, on an empty program (`int main(void){return 0;}`), same interleaving: LD_AUDIT with the minimal');
+    say('auditor, the same file as LD_PRELOAD (one more object in the base namespace), and LD_AUDIT naming a missing file');
+    say('(ld.so tries, fails, prints a warning and goes on).');
+    say('');
+    const empty = path.join(sb.root, 'empty');
+    fs.writeFileSync(`${empty}.c`, 'int main(void) { return 0; }\n');
+    execFileSync('gcc', ['-O2', '-o', empty, `${empty}.c`]);
+    say('| none wall / cpu | LD_AUDIT minimal | LD_PRELOAD minimal | LD_AUDIT missing file |');
+    say('|---|---|---|---|');
+    const f = interleaved(timer, [['-', [empty]], [`LD_AUDIT=${minimal}`, [empty]], [`LD_PRELOAD=${minimal}`, [empty]],
+      [`LD_AUDIT=${path.join(sb.root, 'missing.so')}`, [empty]]]);
+    const d = (i: number) => `+${ms(f.wall[i] - f.wall[0])} / +${ms(f.cpu[i] - f.cpu[0])} (${ratio(f.wall[i], f.wall[0])} / ${ratio(f.cpu[i], f.cpu[0])})`;
+    say(`| ${ms(f.wall[0])} / ${ms(f.cpu[0])} | ${d(1)} | ${d(2)} | ${d(3)} |`);
     say('');
     say(`Load average during the run: ${fs.readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ')} (2 cores shared with other work).`);
     const rss = (hook: string) => execFileSync('sh', ['-c', `LD_AUDIT=${hook} cat /proc/self/status | grep VmRSS | tr -s ' \t' ' '`]).toString().trim();
@@ -142,8 +167,14 @@ async function main(): Promise<void> {
       execFileSync('strace', ['-f', '-o', f, ...extra, prog]);
       return fs.readFileSync(f, 'utf8').trim().split('\n').length;
     };
-    say(`System calls of one launch (strace): no hook ${sys([])}, libc-free hook ${sys(['-E', `LD_AUDIT=${sb.auditor}`])}, ` +
-      `libc-linked hook ${sys(['-E', `LD_AUDIT=${libcHook}`])}, idle hook ${sys(['-E', `LD_AUDIT=${idleHook}`])}.`);
+    const faults = (env: string[]) => {
+      // perf stat -x, writes "<count>,,page-faults,..." to stderr.
+      const r = spawnSync('env', [...env, 'perf', 'stat', '-x,', '-r', '50', '-e', 'page-faults', prog], { encoding: 'utf8' });
+      return /^([\d.]+),/m.exec(r.stderr ?? '')?.[1] ?? 'n/a (no perf)';
+    };
+    say(`System calls of one launch (strace): no hook ${sys([])}, minimal ${sys(['-E', `LD_AUDIT=${minimal}`])}, idle hook ${sys(['-E', `LD_AUDIT=${idleHook}`])}, ` +
+      `hook ${sys(['-E', `LD_AUDIT=${sb.auditor}`])}, libc-linked hook ${sys(['-E', `LD_AUDIT=${libcHook}`])}. Page faults (perf stat, mean of 50): ` +
+      `no hook ${faults([])}, minimal ${faults([`LD_AUDIT=${minimal}`])}, idle ${faults([`LD_AUDIT=${idleHook}`])}, hook ${faults([`LD_AUDIT=${sb.auditor}`])}.`);
     say('');
     say(`RSS of \`cat /proc/self/status\` with the hook: none: ${rss('')}; libc-free: ${rss(sb.auditor)}; libc-linked: ${rss(libcHook)}.`);
 

@@ -3,10 +3,11 @@
  * setup (R/usr moved to R/usr.real), then this machine's /usr bound read-only there as
  * the real tree, start (view mounted, link switched), real programs launched in a
  * chroot three times (the first run fills the flash store; the second, after the page
- * cache is dropped, reads from flash; the third is warm), status, stop; then everything
- * is cleaned up, also on Ctrl-C.
+ * cache is dropped, reads from flash; the third is warm), the loader hook (cli/demo-hook.ts:
+ * a library built now, launched with LD_AUDIT, mapped as one shared randomized image), status,
+ * stop; then everything is cleaned up, also on Ctrl-C.
  */
-import { execFile, execFileSync, spawnSync } from 'child_process';
+import { ChildProcess, execFile, execFileSync, spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as path from 'path';
 import { defaultConfig } from '../fs/config';
@@ -17,6 +18,7 @@ import { makeSandbox, Sandbox } from '../fs/sandbox';
 import { CLI_ENTRY } from '../fs/view-process';
 import type { ViewState } from '../fs/view-service';
 import { checkFuseDevice } from '../fs/preflight';
+import { DEMO_LIB_DIR, demoHook } from './demo-hook';
 
 export const DEMO_PROGRAMS: Array<{ label: string; argv: string[] }> = [
   { label: 'python3 -c "import json, zlib, sqlite3"', argv: ['/usr/bin/python3', '-c', 'import json, zlib, sqlite3; print(zlib.crc32(b"fscache"))'] },
@@ -45,12 +47,14 @@ export async function demoVerb(): Promise<number> {
   const say = (s: string) => process.stdout.write(s + '\n');
   let sandbox: Sandbox | undefined;
   let cleaning: Promise<void> | undefined;
+  const children = new Set<ChildProcess>(); // the hook part's held launches
   const cli = (args: string[]) => {
     const r = spawnSync(process.execPath, [CLI_ENTRY, '--root', sandbox!.root, ...args], { encoding: 'utf8', timeout: 60000 });
     return { code: r.status, out: (r.stdout + r.stderr).trim() };
   };
   const cleanup = () =>
     (cleaning ??= (async () => {
+      for (const c of children) c.kill('SIGKILL');
       if (sandbox) {
         cli(['stop']);
         // The stopped view exits once its last user is gone; wait for it before unmounting the real tree.
@@ -68,6 +72,8 @@ export async function demoVerb(): Promise<number> {
   try {
     sandbox = makeSandbox({ prefix: 'fscache-demo-', beforeSetup: true });
     const paths = derivePaths(sandbox.root, defaultConfig());
+    // The hook serves only the demo's own library: this machine's libraries are not built to be randomized.
+    fs.writeFileSync(path.join(sandbox.root, 'etc', 'fscache.conf'), `library_dirs = ${DEMO_LIB_DIR}\n`);
     say(`sandbox root ${sandbox.root} (R/usr is a directory, as on a system before fscache)`);
     const step = (title: string, args: string[]) => {
       const r = cli(args);
@@ -99,6 +105,7 @@ export async function demoVerb(): Promise<number> {
         say(`  ${failed.stderr.trim().split('\n').slice(-3).join('\n  ')}`);
       }
     }
+    if (!(await demoHook(sandbox, paths, say, children))) failures++;
     await new Promise((r) => setTimeout(r, 2200)); // one index flush
     const state = readViewState(paths.viewState);
     step('what is running, and how well', ['status']);
@@ -113,7 +120,7 @@ export async function demoVerb(): Promise<number> {
     say('most used copies on flash:');
     for (const e of top) say(`  ${String(e.hits).padStart(4)} hits  ${path.join('/usr', e.path)}`);
     step('the link goes back first; the view serves its last users, then exits', ['stop']);
-    say(failures ? `\n${failures} program(s) failed` : '\nall programs ran through the view; cleaning up');
+    say(failures ? `\n${failures} part(s) failed` : '\nall programs ran through the view, the hook served a shared randomized image; cleaning up');
     return failures ? 1 : 0;
   } finally {
     await cleanup();

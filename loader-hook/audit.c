@@ -8,9 +8,15 @@
  *   - One image per library per epoch: the key is the identity of the file actually
  *     opened (fstat of our own descriptor: dev, ino, size, mtime ns), so every name of one
  *     file maps to one image and a changed file never maps to an old image.
- *   - Trust only root-owned state: the epoch file, the epoch directory and the image are
- *     opened with O_NOFOLLOW and checked with fstat on those descriptors (root-owned, not
- *     writable by group or others, right file type); the daemon's socket must have a root peer.
+ *   - Trust only root-owned state: the epoch file (opened with O_NOFOLLOW, checked with fstat on
+ *     that descriptor), the epoch directory (once per process) and the image (at each use) checked
+ *     with lstat: root-owned, not writable by group or others, right file type, not a symlink. The
+ *     loader opens the returned path by name anyway, so a descriptor would prove no more.
+ *     The daemon's socket must have a root peer.
+ *
+ * Cost: a hit at a later stage is two stat calls (the candidate, the image); at LA_SER_ORIG the
+ * candidate is opened and its dynamic section read ($ORIGIN check). ld.so.cache is mapped only
+ * when a bare name first needs it. bench/RESULTS.md has what this costs above LD_AUDIT's own floor.
  *
  * Freestanding: -nostdlib -ffreestanding, raw syscalls (musl's syscall_arch.h style), no
  * allocation. The audit namespace then loads nothing but this file (no second libc).
@@ -109,9 +115,9 @@ static inline long sc6(long n, long a, long b, long c, long d, long e, long f) {
 }
 
 #define AT_FDCWD (-100)
-#define ELOOP_ 40
+#define AT_SYMLINK_NOFOLLOW 0x100
+#define ENOENT_ 2
 #define O_RDONLY 0
-#define O_DIRECTORY 0200000
 #define O_NOFOLLOW 0400000
 #define O_CLOEXEC 02000000
 #define S_IFMT 0170000
@@ -142,14 +148,19 @@ struct kucred { int pid; unsigned int uid, gid; };
 struct ksockaddr_un { unsigned short family; char path[108]; };
 
 static int sys_open(const char *p, int flags) { return (int)sc4(SYS_openat, AT_FDCWD, (long)p, flags, 0); }
-static int sys_openat(int dfd, const char *p, int flags) { return (int)sc4(SYS_openat, dfd, (long)p, flags, 0); }
 static void sys_close(int fd) { sc1(SYS_close, fd); }
+/* stat (flags 0) or lstat (AT_SYMLINK_NOFOLLOW) by name: 0 or -errno. */
+static int sys_stat(const char *p, struct kstat *st, int flags) { return (int)sc4(SYS_newfstatat, AT_FDCWD, (long)p, (long)st, flags); }
 static int sys_fstat(int fd, struct kstat *st) { return (int)sc2(SYS_fstat, fd, (long)st); }
 static long sys_pread(int fd, void *b, unsigned long n, long off) { return sc4(SYS_pread64, fd, (long)b, (long)n, off); }
 static long sys_read(int fd, void *b, unsigned long n) { return sc3(SYS_read, fd, (long)b, (long)n); }
 
 /* ---- small string helpers (no libc) ---- */
 #define PATH_MAX_ 4096
+/* Our own paths (epoch directory, images): small, so that all writable state fits in one page
+   (each page touched is a fault in every process); a longer R or images dir: the hook stays off. */
+#define DIR_MAX 448
+#define RET_MAX (DIR_MAX + 96) /* + "/" + key (at most 4 x 16 hex digits + 3) + ".pass" */
 
 static unsigned long slen(const char *s) { unsigned long n = 0; while (s[n]) n++; return n; }
 
@@ -211,23 +222,33 @@ static int has_sub(const char *s, unsigned long n, const char *needle) {
 
 /* ---- state written once by la_version, read-only afterwards ---- */
 enum miss_mode { MISS_ORIGINAL = 0, MISS_WAIT = 1 };
+enum dir_state { DIR_MISSING = 0, DIR_TRUSTED = 1, DIR_UNTRUSTED = 2 };
 static struct {
   int ok;                       /* 1: an epoch is active and its file was trusted */
+  enum dir_state dir;           /* the epoch directory, as found by la_version (or later, if missing then) */
   enum miss_mode on_miss;
   unsigned long wait_ms;
-  char epoch_dir[PATH_MAX_];    /* R/<images>/<epoch> */
+  char epoch_dir[DIR_MAX];      /* R/<images>/<epoch> */
   char sock[108];               /* R/run/fscache/hook.sock, empty if too long */
   char libdirs[1024];           /* "dir1:dir2:..." relative to R: only these are worth asking about */
 } g;
 
 /* The loader copies what we return before its next la_objsearch call under the same lock,
    but the name returned at LA_SER_ORIG stays in use while later stages run: keep them apart. */
-static char ret_orig[PATH_MAX_];
-static char ret_later[PATH_MAX_];
+static char ret_orig[RET_MAX];
+static char ret_later[RET_MAX];
 
 /* Root-owned and not writable by group or others: the whole trust rule, on a descriptor. */
 static int trusted(const struct kstat *st, unsigned int type) {
   return (st->mode & S_IFMT) == type && st->uid == 0 && (st->mode & 022) == 0;
+}
+
+/* Once per process (again only while it is missing): a directory others can write to could hold
+   a planted image under a valid key; lstat: a symlink in its place is not trusted either. */
+static void check_epoch_dir(void) {
+  struct kstat st;
+  int r = sys_stat(g.epoch_dir, &st, AT_SYMLINK_NOFOLLOW);
+  g.dir = r == -ENOENT_ ? DIR_MISSING : r == 0 && trusted(&st, S_IFDIR) ? DIR_TRUSTED : DIR_UNTRUSTED;
 }
 
 /* Reads R/run/fscache/epoch:
@@ -274,6 +295,7 @@ static void load_epoch(void) {
   at = 0;
   if (!put_n(g.sock, sizeof g.sock, &at, FSCACHE_HOOK_ROOT, root_len()) || !put(g.sock, sizeof g.sock, &at, "/run/fscache/hook.sock")) g.sock[0] = 0;
   g.ok = 1;
+  check_epoch_dir();
 }
 
 /* ---- resolving a bare name at LA_SER_ORIG exactly as the loader would, or not at all ----
@@ -284,6 +306,8 @@ static void load_epoch(void) {
  * x86-64 libc6 and without hwcaps (a glibc-hwcaps subdirectory entry would depend on the CPU).
  * Anything else: the name goes on unchanged and the candidate is redirected at a later stage. */
 static struct {
+  int env_ok;                   /* LD_LIBRARY_PATH known to be unset (read in la_version) */
+  int tried;                    /* load_cache ran (it maps the cache at the first bare name that needs it) */
   int usable;                   /* cache mapped, LD_LIBRARY_PATH known to be unset */
   const unsigned char *map;
   unsigned long len;
@@ -317,7 +341,8 @@ static int ld_library_path_set(void) {
 }
 
 static void load_cache(void) {
-  if (ld_library_path_set()) return;
+  c.tried = 1;
+  if (!c.env_ok) return;
   int fd = sys_open("/etc/ld.so.cache", O_RDONLY | O_CLOEXEC);
   if (fd < 0) return;
   if (sys_fstat(fd, &c.id) == 0 && c.id.size >= 48 && c.id.size < (64l << 20)) {
@@ -335,6 +360,7 @@ static unsigned int rd32(const unsigned char *p) { return p[0] | p[1] << 8 | p[2
 
 /* The single ld.so.cache path for `name`, or 0. */
 static const char *cache_lookup(const char *name) {
+  if (!c.tried) load_cache();
   if (!c.usable) return 0;
   struct kstat now;
   if (sc4(SYS_newfstatat, AT_FDCWD, (long)"/etc/ld.so.cache", (long)&now, 0) != 0 || now.ino != c.id.ino || now.dev != c.id.dev ||
@@ -376,7 +402,7 @@ static int dyn_blocks(const Elf64_Dyn *d, int strict) {
 }
 
 static const char *resolve_bare(const char *name, const uintptr_t *cookie) {
-  if (!c.usable || !cookie || !*cookie) return 0;
+  if (!c.env_ok || !cookie || !*cookie) return 0;
   for (const char *p = name; *p; p++) if (*p == '/' || *p == '$') return 0;
   /* The audit cookie of an object is its link_map unless an auditor's la_objopen changed it (ours has none). */
   const struct lmap *req = (const struct lmap *)*cookie, *head = req;
@@ -390,7 +416,8 @@ static const char *resolve_bare(const char *name, const uintptr_t *cookie) {
 
 EXPORT unsigned int la_version(unsigned int version) {
   load_epoch();
-  if (g.ok) load_cache();
+  /* Now, while the environment is the one ld.so read (a program may later overwrite it in place). */
+  if (g.ok) c.env_ok = !ld_library_path_set();
   /* 0 would disable the auditor; we use nothing newer than version 2's la_objsearch. */
   return version < LAV_CURRENT_OURS ? version : LAV_CURRENT_OURS;
 }
@@ -445,33 +472,26 @@ static int uses_origin(int fd) {
 
 /* Looks up <key>.so, then <key>.pass, in the epoch directory, trusting only what is root-owned and
    not writable by others. IMAGE: a trusted image; PASS: a trusted pass-through marker; UNTRUSTED:
-   something is there but not trusted (planted): load the original without asking; NONE: a miss. */
+   something is there but not trusted (planted): load the original without asking; NONE: a miss.
+   `out` (RET_MAX, static: no large buffer on a thread's small stack) holds the image's path on IMAGE. */
 enum { NONE = 0, IMAGE = 1, PASS = 2, UNTRUSTED = 3 };
-static int lookup(const char *key) {
-  int dfd = sys_open(g.epoch_dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-  if (dfd < 0) return NONE;
-  struct kstat st;
-  int found = NONE;
-  /* A directory others can write to could hold a planted image under a valid key. */
-  if (!(sys_fstat(dfd, &st) == 0 && trusted(&st, S_IFDIR))) {
-    found = UNTRUSTED;
-  } else {
-    for (int i = 0; i < 2 && found == NONE; i++) {
-      char name[128];
-      unsigned long at = 0;
-      if (!put(name, sizeof name, &at, key) || !put(name, sizeof name, &at, i == 0 ? ".so" : ".pass")) break;
-      int fd = sys_openat(dfd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
-      if (fd == -ELOOP_) { found = UNTRUSTED; break; } /* a symlink planted under the key */
-      if (fd < 0) continue;
-      /* Not a symlink (O_NOFOLLOW), a regular file, root-owned, not writable by others. */
-      found = sys_fstat(fd, &st) == 0 && trusted(&st, S_IFREG) ? (i == 0 ? IMAGE : PASS) : UNTRUSTED;
-      sys_close(fd);
-    }
+static int lookup(const char *key, char *out) {
+  if (g.dir == DIR_MISSING) check_epoch_dir();
+  if (g.dir == DIR_UNTRUSTED) return UNTRUSTED;
+  if (g.dir == DIR_MISSING) return NONE;
+  for (int i = 0; i < 2; i++) {
+    unsigned long at = 0;
+    if (!put(out, RET_MAX, &at, g.epoch_dir) || !put(out, RET_MAX, &at, "/") || !put(out, RET_MAX, &at, key) ||
+        !put(out, RET_MAX, &at, i == 0 ? ".so" : ".pass"))
+      return NONE;
+    struct kstat st;
+    int r = sys_stat(out, &st, AT_SYMLINK_NOFOLLOW);
+    if (r == -ENOENT_) continue;
+    /* A regular file (a symlink planted under the key is S_IFLNK here), root-owned, not writable by others. */
+    return r == 0 && trusted(&st, S_IFREG) ? (i == 0 ? IMAGE : PASS) : UNTRUSTED;
   }
-  sys_close(dfd);
-  return found;
+  return NONE;
 }
-
 
 static int send_all(int s, const char *b, unsigned long n) {
   for (unsigned long sent = 0; sent < n;) {
@@ -561,13 +581,20 @@ static char *image_for(const char *path, char *out, int at_orig) {
      libraries (libc, ...) then cost no syscall at all. A name outside them that is a symlink into
      them loads the original: fail open. */
   if (!in_library_dirs(path)) return 0;
-  int fd = sys_open(path, O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return 0; /* the loader will not find it either: nothing to say */
   struct kstat st;
-  int ok = sys_fstat(fd, &st) == 0 && (st.mode & S_IFMT) == S_IFREG;
-  /* At LA_SER_ORIG l_name becomes the image; $ORIGIN would then point into the images dir. */
-  if (ok && at_orig && uses_origin(fd) != 0) ok = 0;
-  sys_close(fd);
+  int ok;
+  if (at_orig) {
+    int fd = sys_open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return 0; /* the loader will not find it either: nothing to say */
+    ok = sys_fstat(fd, &st) == 0 && (st.mode & S_IFMT) == S_IFREG;
+    /* At LA_SER_ORIG l_name becomes the image; $ORIGIN would then point into the images dir. */
+    if (ok && uses_origin(fd) != 0) ok = 0;
+    sys_close(fd);
+  } else {
+    /* A search-path candidate: one stat, following links as the loader's open will (most candidates
+       are probes that do not exist). */
+    ok = sys_stat(path, &st, 0) == 0 && (st.mode & S_IFMT) == S_IFREG;
+  }
   if (!ok) return 0;
   char key[96];
   unsigned long k = 0;
@@ -575,15 +602,11 @@ static char *image_for(const char *path, char *out, int at_orig) {
   put_hex(key, sizeof key, &k, st.ino); put(key, sizeof key, &k, "-");
   put_hex(key, sizeof key, &k, (unsigned long)st.size); put(key, sizeof key, &k, "-");
   put_hex(key, sizeof key, &k, st.mtime * 1000000000ul + st.mtime_ns);
-  int found = lookup(key);
+  int found = lookup(key, out);
   /* PASS: a library the daemon refused is marked so that launches do not ask again. UNTRUSTED:
      planted state is never an occasion to ask (nor to wait). */
-  if (found != IMAGE && !(found == NONE && ask_daemon(path, &st) && lookup(key) == IMAGE)) return 0;
-  unsigned long at = 0;
-  if (!put(out, PATH_MAX_, &at, g.epoch_dir) || !put(out, PATH_MAX_, &at, "/") || !put(out, PATH_MAX_, &at, key) ||
-      !put(out, PATH_MAX_, &at, ".so"))
-    return 0;
-  return out;
+  if (found != IMAGE && !(found == NONE && ask_daemon(path, &st) && lookup(key, out) == IMAGE)) return 0;
+  return out; /* lookup left the image's path there */
 }
 
 EXPORT char *la_objsearch(const char *name, uintptr_t *cookie, unsigned int flag) {
