@@ -8,7 +8,7 @@ import { execFileSync } from 'child_process';
 import * as fs from 'fs';
 import * as path from 'path';
 import { attachSlowDisk, SlowDisk } from './slow-disk';
-import { BenchRoot, chrootCommand, hyperfine, LAUNCHES, makeBenchRoot, ms, ratio } from './harness';
+import { BenchRoot, chrootCommand, dropCaches, hyperfine, LAUNCHES, makeBenchRoot, ms, ratio } from './harness';
 
 const SESSION_CONFIG = process.env.FSCACHE_BENCH_SESSION ? `fuse_session = ${process.env.FSCACHE_BENCH_SESSION}\n` : '';
 const DROP = "sh -c 'sync; echo 3 > /proc/sys/vm/drop_caches'";
@@ -25,7 +25,7 @@ async function main(): Promise<void> {
     const view = await makeBenchRoot('view', { hostUsr: disk.usr, config: `fill = **\n${SESSION_CONFIG}` });
     roots.push(view);
     // The other session, same settings, for the comparison issue 5 asks for.
-    const otherSession = /kernel/.test(SESSION_CONFIG) || !SESSION_CONFIG ? 'libfuse2' : 'kernel';
+    const otherSession = /libfuse2/.test(SESSION_CONFIG) ? 'kernel' : 'libfuse2';
     const view2 = await makeBenchRoot('view', { hostUsr: disk.usr, config: `fill = **\nfuse_session = ${otherSession}\n` });
     roots.push(view2);
     // Mirror mode: R/usr -> R/fscache/mirror, a full copy on the local disk (here the host's /usr,
@@ -51,12 +51,53 @@ async function main(): Promise<void> {
       const [n, v, v2, m, loc] = hyperfine([slowNative, view, view2, mirror, localNative].map((r) => chrootCommand(r.sandbox.root, l.argv)), { runs: 5, warmup: 0, prepare: DROP });
       lines.push(`| \`${l.label}\` | ${ms(n.median)} | ${ms(v.median)} | ${ms(v2.median)} | ${ms(m.median)} | ${ms(loc.median)} | ${ratio(n.median, v.median)} | ${ratio(n.median, v2.median)} | ${ratio(n.median, m.median)} |`);
     }
+    lines.push('', ...pairedSessions(view, view2, s1, s2));
     process.stdout.write(lines.join('\n') + '\n');
   } finally {
     for (const r of roots.reverse()) await r.dispose().catch((e) => process.stderr.write(`cleanup: ${e}\n`));
     disk?.detach();
   }
 }
+
+/**
+ * The two sessions cold, paired: hyperfine runs each command's runs back to back, and this
+ * machine drifts between them; here each round launches through both views (caches dropped
+ * before each launch, order alternating), and the table gives the median over rounds of
+ * the ratio within a round.
+ */
+function pairedSessions(a: BenchRoot, b: BenchRoot, nameA: string, nameB: string): string[] {
+  const lines = [
+    `Sessions paired, ${PAIRED_ROUNDS} rounds (one cold launch through each view per round, order alternating, caches dropped before each):`,
+    '',
+    `| program | view (${nameA}), median | view (${nameB}), median | ${nameA} / ${nameB}, median of round ratios (min–max) |`,
+    '|---|---|---|---|',
+  ];
+  const launch = (r: BenchRoot, argv: string[]) => {
+    dropCaches();
+    const t0 = process.hrtime.bigint();
+    execFileSync('sh', ['-c', chrootCommand(r.sandbox.root, argv) + ' >/dev/null']);
+    return Number(process.hrtime.bigint() - t0) / 1e6;
+  };
+  for (const l of LAUNCHES) {
+    const ta: number[] = [];
+    const tb: number[] = [];
+    for (let round = 0; round < PAIRED_ROUNDS; round++) {
+      if (round % 2) {
+        tb.push(launch(b, l.argv));
+        ta.push(launch(a, l.argv));
+      } else {
+        ta.push(launch(a, l.argv));
+        tb.push(launch(b, l.argv));
+      }
+    }
+    const ratios = ta.map((t, i) => t / tb[i]);
+    lines.push(`| \`${l.label}\` | ${ms(median(ta))} | ${ms(median(tb))} | ${median(ratios).toFixed(3)} (${Math.min(...ratios).toFixed(2)}–${Math.max(...ratios).toFixed(2)}) |`);
+  }
+  return lines;
+}
+
+const PAIRED_ROUNDS = 9;
+const median = (xs: number[]) => [...xs].sort((x, y) => x - y)[Math.floor(xs.length / 2)];
 
 main().catch((err) => {
   process.stderr.write(`${err.stack ?? err}\n`);

@@ -97,8 +97,8 @@ export const CONFIG_KEYS = {
     doc: 'on: start runs the randomization daemon and sets LD_AUDIT for new processes (R/etc/environment, the systemd drop-in, Gentoo env.d), so they load shared randomized libraries; stop removes it. off: no loader hook.',
   },
   fuse_session: {
-    field: 'fuseSession', default: 'libfuse2', allowed: 'libfuse2, kernel', parse: oneOf<SessionKind>('libfuse2', 'kernel'),
-    doc: 'How the view talks to the kernel. libfuse2: fuse-native over libfuse 2.9; every open, release and readlink reaches the view (warm launches 1.4-3.3x native; cold launches from a slow disk 25-33x faster than the disk). kernel: the FUSE protocol spoken directly over /dev/fuse, negotiating no-open, cached symlinks and invalidation notices, so warm launches are answered by the kernel alone (about native speed) but cold launches are slower than with libfuse2 today (17-21x; bench/RESULTS.md).',
+    field: 'fuseSession', default: 'kernel', allowed: 'kernel, libfuse2', parse: oneOf<SessionKind>('libfuse2', 'kernel'),
+    doc: 'How the view talks to the kernel. kernel: the FUSE protocol spoken directly over /dev/fuse, negotiating no-open, cached symlinks and invalidation notices, so warm launches are answered by the kernel alone (about native speed). libfuse2: fuse-native over libfuse 2.9; every open, release and readlink reaches the view (warm launches 1.4-3.3x native), for kernels without those features. Cold launches are alike through both (bench/RESULTS.md).',
   },
   real_tree: {
     field: 'realTree', default: 'usr.real', allowed: 'a path relative to the root, without ..', parse: relPath,
