@@ -1,6 +1,7 @@
 /** The administrator's verbs: setup, start, stop, sync. */
 import { spawn } from 'child_process';
 import * as fs from 'fs';
+import * as path from 'path';
 import { FsCacheError } from '../fs/errors';
 import { readLinkState, switchLink } from '../fs/link';
 import { isMountPoint } from '../fs/preflight';
@@ -55,6 +56,11 @@ async function hookModules() {
  */
 async function startHook(ctx: Context): Promise<void> {
   if (ctx.config.hook !== 'on') return;
+  // audit.c reads R/run/fscache (compiled in; the loader gives it no config): elsewhere it would find no epoch.
+  if (ctx.paths.runDir !== path.join(ctx.paths.root, 'run', 'fscache')) {
+    ctx.log.warn(`loader hook not enabled: it works with the default run_dir (run/fscache) only, not ${path.relative(ctx.paths.root, ctx.paths.runDir)}`);
+    return;
+  }
   const { startDaemon, disableHook, enableHook } = await hookModules();
   try {
     await startDaemon(ctx.paths, ctx.configFile);

@@ -144,6 +144,18 @@ maybe('operations', () => {
     expect((await runInChroot(ops.sandbox, ['/usr/bin/git', '--version'])).code).toBe(0);
   });
 
+  test('with another run_dir the view starts but the loader hook stays off, and says why', async () => {
+    ops = createOpsSandbox({ config: 'run_dir = run/alt\n' });
+    ops.cli(['setup', '--yes']);
+    const r = ops.cli(['start']);
+    expect(r.code).toBe(0);
+    expect(r.stderr).toMatch(/loader hook not enabled: .*default run_dir .*not run\/alt/);
+    expect(mounted(path.join(ops.root, 'run/alt/view'))).toBe(true);
+    const env = path.join(ops.root, 'etc', 'environment');
+    expect(fs.existsSync(env) ? fs.readFileSync(env, 'utf8') : '').not.toMatch(/LD_AUDIT/);
+    expect(ops.cli(['stop']).code).toBe(0);
+  });
+
   test('start with R/usr a real directory is refused and changes nothing', () => {
     ops = createOpsSandbox();
     fs.writeFileSync(path.join(ops.paths.usrLink, 'keep'), 'x');
