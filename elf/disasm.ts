@@ -98,15 +98,40 @@ function hasAddrSizePrefix(bytes: Uint8Array, start: number, fieldOff: number): 
 
 /** Decodes `bytes` as if loaded at `address`. Cost: one iced-x86 decodeOut per instruction. */
 export function decodeRange(bytes: Uint8Array, address: number): DecodedRange {
-  return decodePieces(bytes, address, [])[0];
+  return decodePieces(bytes, address, []).code;
+}
+
+/**
+ * A range decoded in pieces: the instructions of piece p are indexes
+ * [pieceFirst[p], pieceFirst[p + 1]) of `code`, and the piece starts at address `pieceStart[p]`.
+ */
+export interface DecodedPieces {
+  readonly code: DecodedRange;
+  readonly pieceStart: Float64Array;
+  readonly pieceFirst: Int32Array;
+}
+
+/** Index of the piece that starts exactly at `addr`, or -1. Binary search over the piece starts. */
+export function pieceAt(p: DecodedPieces, addr: number): number {
+  let lo = 0;
+  let hi = p.pieceStart.length - 1;
+  while (lo <= hi) {
+    const mid = (lo + hi) >> 1;
+    const s = p.pieceStart[mid];
+    if (s === addr) return mid;
+    if (s < addr) lo = mid + 1; else hi = mid - 1;
+  }
+  return -1;
 }
 
 /**
  * Decodes `bytes` (loaded at `address`) in pieces: decoding restarts at every cut (an address
- * inside the range), so that a function start is always an instruction start. One set of arrays
- * is allocated for the whole range; each piece is a view into it.
+ * inside the range), so that a function start is always an instruction start. The result is one
+ * set of arrays for the whole range, in address order, with the index where each piece begins:
+ * callers walk index ranges instead of per-piece views (thousands of typed-array views cost more
+ * to create and collect than the loops that read them).
  */
-export function decodePieces(bytes: Uint8Array, address: number, cuts: number[]): DecodedRange[] {
+export function decodePieces(bytes: Uint8Array, address: number, cuts: number[]): DecodedPieces {
   // x86-64 code averages about 4 bytes per instruction: start at a third of the byte count and
   // grow if needed (fresh pages cost a page fault each here, so over-allocating is not free).
   let cap = Math.ceil(bytes.length / 3) + 16;
@@ -134,8 +159,8 @@ export function decodePieces(bytes: Uint8Array, address: number, cuts: number[])
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const inner = [...new Set(cuts.filter((c) => c > address && c < address + bytes.length))].sort((a, b) => a - b);
   const bounds = [address, ...inner, address + bytes.length];
-  const pieces: DecodedRange[] = [];
-  const spans: [number, number, number][] = [];
+  const pieceStart = new Float64Array(bounds.length - 1);
+  const pieceFirst = new Int32Array(bounds.length);
   let n = 0;
   // One decoder over the whole range, repositioned at each cut (cheaper than one per piece).
   const decoder = new Decoder(64, bytes, DecoderOptions.None);
@@ -143,7 +168,8 @@ export function decodePieces(bytes: Uint8Array, address: number, cuts: number[])
     for (let p = 0; p + 1 < bounds.length; p++) {
       const from = bounds[p] - address;
       const to = bounds[p + 1] - address;
-      const first = n;
+      pieceStart[p] = bounds[p];
+      pieceFirst[p] = n;
       decoder.position = from;
       decoder.ip = BigInt(bounds[p]);
       let pos = from;
@@ -194,21 +220,20 @@ export function decodePieces(bytes: Uint8Array, address: number, cuts: number[])
         }
         n++;
       }
-      spans.push([bounds[p], first, n]);
     }
   } finally {
     decoder.free();
   }
-  // Views are made once decoding is done, so that they all look into the final (grown) arrays.
-  for (const [start, first, e] of spans) {
-    pieces.push({
-      start, count: e - first, ip: ip.subarray(first, e), len: len.subarray(first, e), code: code.subarray(first, e),
-      refKind: refKind.subarray(first, e), fieldOff: fieldOff.subarray(first, e), fieldSize: fieldSize.subarray(first, e),
-      target: target.subarray(first, e), terminator: terminator.subarray(first, e), padding: padding.subarray(first, e),
-      invalid: invalid.subarray(first, e),
-    });
-  }
-  return pieces;
+  pieceFirst[bounds.length - 1] = n;
+  return {
+    code: {
+      start: address, count: n, ip: ip.subarray(0, n), len: len.subarray(0, n), code: code.subarray(0, n),
+      refKind: refKind.subarray(0, n), fieldOff: fieldOff.subarray(0, n), fieldSize: fieldSize.subarray(0, n),
+      target: target.subarray(0, n), terminator: terminator.subarray(0, n), padding: padding.subarray(0, n),
+      invalid: invalid.subarray(0, n),
+    },
+    pieceStart, pieceFirst,
+  };
 }
 
 /** Index of the instruction that starts at or contains `addr`, or -1. Binary search over `ip`. */

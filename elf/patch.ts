@@ -64,20 +64,18 @@ export function moveCodeAndPatch(img: Image, layout: Layout, out: Uint8Array): P
   }
 
   // PC-relative operands in moved code.
+  const d = plan.code;
   for (const u of plan.units) {
     const delta = layout.newStart[u.index] - u.start;
-    for (const a of u.atoms) {
-      const d = a.decoded;
-      for (let k = 0; k < d.count; k++) {
-        if (d.refKind[k] === REF_NONE || d.ip[k] >= u.coreEnd) continue;
-        const t = d.target[k];
-        const sameUnit = t >= u.start && t < u.end;
-        if (sameUnit) continue; // moves with the instruction
-        const newT = inText(img, t) ? mapCodeTarget(layout, t, d.ip[k]) : t;
-        const newEnd = d.ip[k] + delta + d.len[k];
-        writeI32(view, textOff + (d.ip[k] + delta + d.fieldOff[k] - img.textStart), newT - newEnd, d.ip[k]);
-        stats.codeRefs++;
-      }
+    for (let k = u.first; k < u.coreLast; k++) {
+      if (d.refKind[k] === REF_NONE) continue;
+      const t = d.target[k];
+      const sameUnit = t >= u.start && t < u.end;
+      if (sameUnit) continue; // moves with the instruction
+      const newT = inText(img, t) ? mapCodeTarget(layout, t, d.ip[k]) : t;
+      const newEnd = d.ip[k] + delta + d.len[k];
+      writeI32(view, textOff + (d.ip[k] + delta + d.fieldOff[k] - img.textStart), newT - newEnd, d.ip[k]);
+      stats.codeRefs++;
     }
   }
   // References from code that stays (.init, .plt ...) into .text.

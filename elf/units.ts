@@ -42,7 +42,9 @@ export interface Atom {
   readonly end: number;
   /** End of the bytes that belong to the code (trailing padding excluded when it is provably padding). */
   coreEnd: number;
-  readonly decoded: DecodedRange;
+  /** Its instructions: indexes [first, last) of the plan's `code`. */
+  readonly first: number;
+  readonly last: number;
   readonly names: string[];
 }
 
@@ -53,6 +55,9 @@ export interface Unit {
   /** Bytes [start, coreEnd) are copied; the rest is alignment padding. */
   readonly coreEnd: number;
   readonly align: number;
+  /** Its copied instructions (those in [start, coreEnd)): indexes [first, coreLast) of the plan's `code`. */
+  readonly first: number;
+  readonly coreLast: number;
   readonly atoms: Atom[];
   readonly names: string[];
 }
@@ -66,6 +71,8 @@ export interface CodeRef {
 }
 
 export interface UnitPlan {
+  /** The decoded .text, in address order (decoding restarted at every atom start). */
+  readonly code: DecodedRange;
   readonly units: Unit[];
   /** Unit start addresses, sorted (for binary search). */
   readonly starts: Float64Array;
@@ -124,16 +131,15 @@ export function findUnits(img: Image): UnitPlan {
     }
   }
   const starts = [...startSet].sort((a, b) => a - b);
-  // Relocations of .text indexed by offset in .text (a typed array: cheaper than a Map of 10^5 keys).
-  const textRelocList = img.staticRelocs.get(text.index) ?? [];
-  const relAt = new Int32Array(textEnd - textStart);
-  textRelocList.forEach((r, i) => { relAt[r.rela.r_offset - textStart] = i + 1; });
   const atoms: Atom[] = [];
-  const pieces = decodePieces(textBytes, textStart, starts);
+  const { code: d, pieceFirst } = decodePieces(textBytes, textStart, starts);
   for (let i = 0; i < starts.length; i++) {
     const start = starts[i];
     const end = i + 1 < starts.length ? starts[i + 1] : textEnd;
-    atoms.push({ start, end, coreEnd: end, decoded: pieces[i], names: names.get(start) ?? [] });
+    atoms.push({ start, end, coreEnd: end, first: pieceFirst[i], last: pieceFirst[i + 1], names: names.get(start) ?? [] });
+  }
+  for (let k = 0; k < d.count; k++) {
+    if (d.invalid[k]) throw new ElfRefusal('bytes in .text that do not decode as instructions', d.ip[k]);
   }
   const atomAt = (addr: number): number => {
     let lo = 0;
@@ -160,10 +166,6 @@ export function findUnits(img: Image): UnitPlan {
 
   for (let i = 0; i < atoms.length; i++) {
     const a = atoms[i];
-    const d = a.decoded;
-    for (let k = 0; k < d.count; k++) {
-      if (d.invalid[k]) throw new ElfRefusal('bytes in .text that do not decode as instructions', d.ip[k]);
-    }
     const size = sized.get(a.start);
     let sizedEnd = false;
     if (size !== undefined) {
@@ -172,32 +174,44 @@ export function findUnits(img: Image): UnitPlan {
         join(i, atomAt(Math.min(symEnd - 1, textEnd - 1)), 'symbol extends over the next symbol');
       } else {
         // Trailing bytes after the symbol's end must be padding instructions starting at symEnd.
-        let k = 0;
-        while (k < d.count && d.ip[k] < symEnd) k++;
-        let pad = k === d.count || d.ip[k] === symEnd;
-        for (let j = k; pad && j < d.count; j++) if (!d.padding[j]) pad = false;
+        let k = a.first;
+        while (k < a.last && d.ip[k] < symEnd) k++;
+        let pad = k === a.last || d.ip[k] === symEnd;
+        for (let j = k; pad && j < a.last; j++) if (!d.padding[j]) pad = false;
         if (pad) { a.coreEnd = symEnd; sizedEnd = true; }
       }
     }
     if (!sizedEnd) {
       // No size to trust: if the last real instruction can fall through, keep the next atom after it.
-      let k = d.count - 1;
-      while (k >= 0 && d.padding[k]) k--;
-      if (k >= 0 && !d.terminator[k] && i + 1 < atoms.length) join(i, i + 1, 'code falls through into the next symbol');
+      let k = a.last - 1;
+      while (k >= a.first && d.padding[k]) k--;
+      if (k >= a.first && !d.terminator[k] && i + 1 < atoms.length) join(i, i + 1, 'code falls through into the next symbol');
     }
   }
 
+  // Relocations of .text in offset order, walked in step with the operands (which come in address
+  // order): no per-byte index of .text is needed. `matched` records which ones sit on an operand.
+  const textRelocList = img.staticRelocs.get(text.index) ?? [];
+  const relOrder = Int32Array.from(textRelocList.keys());
+  const relSorted = textRelocList.every((r, q) => q === 0 || textRelocList[q - 1].rela.r_offset <= r.rela.r_offset);
+  if (!relSorted) relOrder.sort((x, y) => textRelocList[x].rela.r_offset - textRelocList[y].rela.r_offset || x - y);
+  const matched = new Uint8Array(textRelocList.length);
+  let ro = 0;
   const leaBases = new Map<number, Set<number>>();
   const leaAtoms: [number, number][] = [];
   for (let i = 0; i < atoms.length; i++) {
-    const d = atoms[i].decoded;
-    for (let k = 0; k < d.count; k++) {
+    for (let k = atoms[i].first; k < atoms[i].last; k++) {
       const kind = d.refKind[k];
       if (kind === REF_NONE) continue;
       const field = d.ip[k] + d.fieldOff[k];
       const t = d.target[k];
-      const ri = field >= textStart && field < textEnd ? relAt[field - textStart] : 0;
-      const rel = ri ? textRelocList[ri - 1] : undefined;
+      while (ro < relOrder.length && textRelocList[relOrder[ro]].rela.r_offset < field) ro++;
+      // Several relocations at one offset: all sit on the operand, the last one in the table applies.
+      let rel: StaticReloc | undefined;
+      for (let q = ro; q < relOrder.length && textRelocList[relOrder[q]].rela.r_offset === field; q++) {
+        rel = textRelocList[relOrder[q]];
+        matched[relOrder[q]] = 1;
+      }
       const relocated = rel !== undefined;
       if (rel && !PC_RELATIVE_CODE_RELOCS.has(rel.rela.r_type)) throw new ElfRefusal(`unsupported relocation type ${relocTypeName(rel.rela.r_type)} on a code operand`, field);
       if (relocated && d.fieldSize[k] !== 4) throw new ElfRefusal('relocation on a short PC-relative field', field);
@@ -212,14 +226,10 @@ export function findUnits(img: Image): UnitPlan {
     }
   }
   // Every relocation in .text must sit on an operand we decoded, or need nothing when code moves.
-  const fieldsSeen = new Uint8Array(textEnd - textStart);
-  for (const a of atoms) {
-    const d = a.decoded;
-    for (let k = 0; k < d.count; k++) if (d.refKind[k] !== REF_NONE) fieldsSeen[d.ip[k] + d.fieldOff[k] - textStart] = 1;
-  }
-  for (const r of textRelocList) {
+  for (let q = 0; q < textRelocList.length; q++) {
+    const r = textRelocList[q];
     const off = r.rela.r_offset;
-    if (fieldsSeen[off - textStart] === 1 || POSITION_FREE_CODE_RELOCS.has(r.rela.r_type)) continue;
+    if (matched[q] === 1 || POSITION_FREE_CODE_RELOCS.has(r.rela.r_type)) continue;
     throw new ElfRefusal(`${relocTypeName(r.rela.r_type)} relocation does not match a PC-relative operand (unresolvable reference)`, off);
   }
 
@@ -266,13 +276,16 @@ export function findUnits(img: Image): UnitPlan {
     while (j < atoms.length - 1 && joinNext[j]) j++;
     const group = atoms.slice(i, j + 1);
     const start = group[0].start;
+    const coreEnd = group[group.length - 1].coreEnd;
+    let coreLast = group[group.length - 1].last;
+    while (coreLast > group[0].first && d.ip[coreLast - 1] >= coreEnd) coreLast--;
     // Alignment the unit is known to need: never more than .text's (the largest input-section
     // alignment) nor more than its current address provides.
     let align = 1;
     while (align < textAlign && start % (align * 2) === 0) align *= 2;
     for (let k = i; k <= j; k++) atomUnit[k] = units.length;
     units.push({
-      index: units.length, start, end: group[group.length - 1].end, coreEnd: group[group.length - 1].coreEnd,
+      index: units.length, start, end: group[group.length - 1].end, coreEnd, first: group[0].first, coreLast,
       align, atoms: group, names: group.flatMap((a) => a.names),
     });
     i = j + 1;
@@ -284,7 +297,7 @@ export function findUnits(img: Image): UnitPlan {
   }
   const joinedAtoms = atoms.length - units.length;
   return {
-    units, starts: Float64Array.from(units.map((u) => u.start)), joined: { atoms: joinedAtoms, reasons }, leaBases,
+    code: d, units, starts: Float64Array.from(units.map((u) => u.start)), joined: { atoms: joinedAtoms, reasons }, leaBases,
     otherExecRefs, otherExecDecoded,
   };
 }

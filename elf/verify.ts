@@ -14,7 +14,7 @@
  *    named by static relocations, symbol section indexes and the build-id.
  * Any failure throws VerifyError with the address; the image is then never written.
  */
-import { decodePieces, decodeRange, DecodedRange, REF_NONE } from './disasm';
+import { decodePieces, decodeRange, DecodedRange, pieceAt, REF_NONE } from './disasm';
 import { parseEhFrame, parseEhFrameHdr } from './ehframe';
 import { VerifyError } from './errors';
 import { Image, inText } from './image';
@@ -250,36 +250,40 @@ function readDynRelocs(elf: ElfFile, dyn: { d_tag: number; d_val: number }[]) {
   return res;
 }
 
-/** Lockstep comparison of two decodings; `expect(t)` gives where an input target must land. */
+/**
+ * Lockstep comparison of input instructions [aFrom, aTo) of `a` with output instructions
+ * [bFrom, bTo) of `b`, moved by `delta`; `mapT(t)` gives where an input target must land.
+ */
 function compareCode(
   inBytes: Uint8Array, inBase: number, a: DecodedRange, aFrom: number, aTo: number,
-  outBytes: Uint8Array, outBase: number, b: DecodedRange, delta: number, mapT: (t: number) => number, rep: VerifyReport,
+  outBytes: Uint8Array, outBase: number, b: DecodedRange, bFrom: number, bTo: number,
+  delta: number, mapT: (t: number) => number, rep: VerifyReport,
 ): void {
-  let j = 0;
+  let j = bFrom;
   for (let i = aFrom; i < aTo; i++, j++) {
-    if (j >= b.count) fail('output code ends early', a.ip[i]);
-    if (a.len[i] !== b.len[j] || a.code[i] !== b.code[j] || b.ip[j] !== a.ip[i] + delta || b.invalid[j]) fail('instruction differs after moving', a.ip[i]);
+    if (j >= bTo) fail('output code ends early', a.ip[i]);
+    const l = a.len[i];
+    if (l !== b.len[j] || a.code[i] !== b.code[j] || b.ip[j] !== a.ip[i] + delta || b.invalid[j]) fail('instruction differs after moving', a.ip[i]);
     const ia = a.ip[i] - inBase;
     const ib = b.ip[j] - outBase;
-    const fs = a.refKind[i] === REF_NONE ? -1 : a.fieldOff[i];
-    const fe = fs + (a.refKind[i] === REF_NONE ? 0 : a.fieldSize[i]);
-    for (let k = 0; k < a.len[i]; k++) {
-      if (k >= fs && k < fe) continue;
-      if (inBytes[ia + k] !== outBytes[ib + k]) fail('instruction bytes differ after moving', a.ip[i]);
-    }
-    if (a.refKind[i] !== REF_NONE) {
-      if (b.refKind[j] !== a.refKind[i] || b.target[j] !== mapT(a.target[i])) {
+    const kind = a.refKind[i];
+    const fs = kind === REF_NONE ? l : a.fieldOff[i];
+    const fe = kind === REF_NONE ? l : fs + a.fieldSize[i];
+    for (let k = 0; k < fs; k++) if (inBytes[ia + k] !== outBytes[ib + k]) fail('instruction bytes differ after moving', a.ip[i]);
+    for (let k = fe; k < l; k++) if (inBytes[ia + k] !== outBytes[ib + k]) fail('instruction bytes differ after moving', a.ip[i]);
+    if (kind !== REF_NONE) {
+      if (b.refKind[j] !== kind || b.target[j] !== mapT(a.target[i])) {
         fail(`operand reaches 0x${b.target[j].toString(16)}, want 0x${mapT(a.target[i]).toString(16)}`, a.ip[i]);
       }
       rep.pcRelOperands++;
     }
     rep.instructions++;
   }
-  if (j !== b.count) fail('output code has extra instructions', b.ip[j]);
+  if (j !== bTo) fail('output code has extra instructions', b.ip[j]);
 }
 
 function verifyText(img: Image, layout: Layout, out: ElfFile, rep: VerifyReport, mode: VerifyMode): void {
-  const { units } = layout.plan;
+  const { units, code: inCode } = layout.plan;
   const t0 = img.textStart;
   const inBytes = img.elf.bytes.subarray(img.text.sh_offset, img.text.sh_offset + img.text.sh_size);
   const outText = sectionByName(out, '.text')!;
@@ -297,69 +301,55 @@ function verifyText(img: Image, layout: Layout, out: ElfFile, rep: VerifyReport,
   }
   for (let a = cur; a < img.textEnd; a++) if (outBytes[a - t0] !== 0xcc) fail('gap not filled with int3', a);
 
-  // One decoding pass over the output .text, restarting at every placed unit.
-  const pieceAt = new Map<number, DecodedRange>();
-  if (mode === 'decode') {
-    for (const p of decodePieces(outBytes, t0, placed.flatMap((p) => [p.s, p.e]))) if (!pieceAt.has(p.start)) pieceAt.set(p.start, p);
-  }
+  // 'decode': one decoding pass over the output .text, restarting at every placed unit. Each unit
+  // is then compared in one lockstep walk: the same instruction count, each at the input address
+  // plus the unit's shift, so every input atom start is an output instruction start too.
+  const outCode = mode === 'decode' ? decodePieces(outBytes, t0, placed.flatMap((p) => [p.s, p.e])) : undefined;
   for (const u of units) {
     const ns = layout.newStart[u.index];
     const len = u.coreEnd - u.start;
     if (len === 0) continue;
-    const b = mode === 'decode' ? pieceAt.get(ns) : rereadUnit(u.atoms.map((a) => a.decoded), u.coreEnd, outBytes, t0, ns - u.start);
-    if (!b || b.count === 0 || b.ip[b.count - 1] + b.len[b.count - 1] !== ns + len) fail('output unit does not decode to its own extent', ns);
-    // The input is decoded per atom; walk the atoms' instructions that lie in the core, in order.
-    let offset = 0;
-    for (const a of u.atoms) {
-      let to = 0;
-      while (to < a.decoded.count && a.decoded.ip[to] < u.coreEnd) to++;
-      const sub = sliceDecoded(b, offset, a.decoded.ip[0] - u.start + ns, to);
-      compareCode(inBytes, t0, a.decoded, 0, to, outBytes, t0, sub, ns - u.start, mapT, rep);
-      offset += to;
+    let b: DecodedRange;
+    let bFrom = 0;
+    let bTo: number;
+    if (outCode) {
+      const p = pieceAt(outCode, ns);
+      if (p < 0) fail('output unit does not decode to its own extent', ns);
+      b = outCode.code;
+      bFrom = outCode.pieceFirst[p];
+      bTo = outCode.pieceFirst[p + 1];
+    } else {
+      b = rereadUnit(inCode, u.first, u.coreLast, outBytes, t0, ns - u.start);
+      bTo = b.count;
     }
-    if (offset !== b.count) fail('output unit decodes to more instructions than the input', ns);
+    if (bTo <= bFrom || b.ip[bTo - 1] + b.len[bTo - 1] !== ns + len) fail('output unit does not decode to its own extent', ns);
+    compareCode(inBytes, t0, inCode, u.first, u.coreLast, outBytes, t0, b, bFrom, bTo, ns - u.start, mapT, rep);
   }
 }
 
 /**
- * The output instructions of a unit at the input's boundaries (mode 'fields'): same forms and
- * lengths, PC-relative targets recomputed from the output's field bytes.
+ * The output instructions [from, to) of `a` at the input's boundaries (mode 'fields'): same forms
+ * and lengths, PC-relative targets recomputed from the output's field bytes.
  */
-function rereadUnit(atoms: DecodedRange[], coreEnd: number, outBytes: Uint8Array, outBase: number, delta: number): DecodedRange {
-  let n = 0;
-  for (const a of atoms) for (let k = 0; k < a.count && a.ip[k] < coreEnd; k++) n++;
+function rereadUnit(a: DecodedRange, from: number, to: number, outBytes: Uint8Array, outBase: number, delta: number): DecodedRange {
+  const n = to - from;
   const r = {
-    start: atoms[0].ip[0] + delta, count: n, ip: new Float64Array(n), len: new Uint8Array(n), code: new Uint16Array(n),
+    start: a.ip[from] + delta, count: n, ip: new Float64Array(n), len: new Uint8Array(n), code: new Uint16Array(n),
     refKind: new Uint8Array(n), fieldOff: new Uint8Array(n), fieldSize: new Uint8Array(n), target: new Float64Array(n),
     terminator: new Uint8Array(n), padding: new Uint8Array(n), invalid: new Uint8Array(n),
   };
-  let j = 0;
   const view = new DataView(outBytes.buffer, outBytes.byteOffset, outBytes.byteLength);
-  for (const a of atoms) {
-    for (let k = 0; k < a.count && a.ip[k] < coreEnd; k++, j++) {
-      const ip = a.ip[k] + delta;
-      r.ip[j] = ip; r.len[j] = a.len[k]; r.code[j] = a.code[k]; r.refKind[j] = a.refKind[k];
-      r.fieldOff[j] = a.fieldOff[k]; r.fieldSize[j] = a.fieldSize[k]; r.invalid[j] = a.invalid[k];
-      if (a.refKind[k] !== REF_NONE) {
-        const at = ip + a.fieldOff[k] - outBase;
-        const v = a.fieldSize[k] === 4 ? view.getInt32(at, true) : a.fieldSize[k] === 1 ? view.getInt8(at) : NaN;
-        r.target[j] = ip + a.len[k] + v;
-      }
+  for (let k = from, j = 0; k < to; k++, j++) {
+    const ip = a.ip[k] + delta;
+    r.ip[j] = ip; r.len[j] = a.len[k]; r.code[j] = a.code[k]; r.refKind[j] = a.refKind[k];
+    r.fieldOff[j] = a.fieldOff[k]; r.fieldSize[j] = a.fieldSize[k]; r.invalid[j] = a.invalid[k];
+    if (a.refKind[k] !== REF_NONE) {
+      const at = ip + a.fieldOff[k] - outBase;
+      const v = a.fieldSize[k] === 4 ? view.getInt32(at, true) : a.fieldSize[k] === 1 ? view.getInt8(at) : NaN;
+      r.target[j] = ip + a.len[k] + v;
     }
   }
   return r;
-}
-
-/** A view of `count` instructions of `d` from index `from`, checking it starts at `addr`. */
-function sliceDecoded(d: DecodedRange, from: number, addr: number, count: number): DecodedRange {
-  if (count > 0 && d.ip[from] !== addr) fail('instruction boundaries differ after moving', addr);
-  const e = from + count;
-  return {
-    start: addr, count: Math.min(count, d.count - from), ip: d.ip.subarray(from, e), len: d.len.subarray(from, e), code: d.code.subarray(from, e),
-    refKind: d.refKind.subarray(from, e), fieldOff: d.fieldOff.subarray(from, e), fieldSize: d.fieldSize.subarray(from, e),
-    target: d.target.subarray(from, e), terminator: d.terminator.subarray(from, e), padding: d.padding.subarray(from, e),
-    invalid: d.invalid.subarray(from, e),
-  };
 }
 
 function verifyOtherCode(img: Image, layout: Layout, out: ElfFile, rep: VerifyReport, mode: VerifyMode): void {
@@ -367,7 +357,7 @@ function verifyOtherCode(img: Image, layout: Layout, out: ElfFile, rep: VerifyRe
     const a = layout.plan.otherExecDecoded[i];
     const inBytes = img.elf.bytes.subarray(s.sh_offset, s.sh_offset + s.sh_size);
     const outBytes = out.bytes.subarray(s.sh_offset, s.sh_offset + s.sh_size);
-    const b = mode === 'decode' ? decodeRange(outBytes, s.sh_addr) : rereadUnit([a], s.sh_addr + s.sh_size, outBytes, s.sh_addr, 0);
-    compareCode(inBytes, s.sh_addr, a, 0, a.count, outBytes, s.sh_addr, b, 0, (t) => mapAddress(layout, t), rep);
+    const b = mode === 'decode' ? decodeRange(outBytes, s.sh_addr) : rereadUnit(a, 0, a.count, outBytes, s.sh_addr, 0);
+    compareCode(inBytes, s.sh_addr, a, 0, a.count, outBytes, s.sh_addr, b, 0, b.count, 0, (t) => mapAddress(layout, t), rep);
   });
 }

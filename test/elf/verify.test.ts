@@ -34,9 +34,11 @@ if (!z.ok) announceSkip('verifier tests', z.skip);
 
   test('a call displacement off by one', () => {
     // First cross-unit call in the input, found from the decoded units.
-    const u = plan.units.find((x) => x.atoms[0].decoded.refKind.some((k, i) => k === REF_BRANCH && x.atoms[0].decoded.len[i] === 5))!;
-    const d = u.atoms[0].decoded;
-    const i = d.refKind.findIndex((k, j) => k === REF_BRANCH && d.len[j] === 5);
+    const d = plan.code;
+    const isCall = (k: number) => d.refKind[k] === REF_BRANCH && d.len[k] === 5;
+    const u = plan.units.find((x) => { for (let k = x.first; k < x.coreLast; k++) if (isCall(k)) return true; return false; })!;
+    let i = u.first;
+    while (!isCall(i)) i++;
     const field = mapAddress(layout, d.ip[i]) + d.fieldOff[i];
     const bad = Uint8Array.from(good);
     bad[textOff + field - img.textStart] ^= 1;
