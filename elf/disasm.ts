@@ -13,13 +13,25 @@ export const REF_BRANCH = 1;
 /** Memory operand addressed relative to RIP (disp32). */
 export const REF_RIPREL = 2;
 
+/** Bits of `DecodedRange.flags`. */
+/** The instruction cannot fall through (ret, jmp, ud2, hlt, int3 ...). */
+export const F_TERMINATOR = 1;
+/** A padding instruction (nop, int3). */
+export const F_PADDING = 2;
+
+/** iced's `Code.INVALID`: also given to an instruction that runs across a cut. */
+export const CODE_INVALID = 0;
+
 /** Decoded instructions of one contiguous code range. */
 export interface DecodedRange {
   readonly start: number;
   readonly count: number;
   readonly ip: Float64Array;
   readonly len: Uint8Array;
+  /** iced `Code` of the instruction; CODE_INVALID when the bytes do not decode. */
   readonly code: Uint16Array;
+  /** F_* bits. */
+  readonly flags: Uint8Array;
   /** REF_* kind of the PC-relative field, if any. */
   readonly refKind: Uint8Array;
   /** Offset of the PC-relative field inside the instruction. */
@@ -28,62 +40,54 @@ export interface DecodedRange {
   readonly fieldSize: Uint8Array;
   /** Absolute address the PC-relative field reaches. */
   readonly target: Float64Array;
-  /** 1 when the instruction cannot fall through (ret, jmp, ud2, hlt, int3 ...). */
-  readonly terminator: Uint8Array;
-  /** 1 for padding instructions (nop, int3). */
-  readonly padding: Uint8Array;
-  /** 1 when the bytes do not decode. */
-  readonly invalid: Uint8Array;
 }
 
 let sharedInstr: Instruction | undefined;
 
-/** Per-`Code` facts, computed once per distinct instruction form (each getter is a wasm call). */
-interface CodeInfo {
-  terminator: number;
-  padding: number;
-  branch: boolean;
-  /** Branch with a 64-bit target (op0 NearBranch64): target = next ip + rel, no truncation. */
-  branch64: boolean;
-  mayHaveMemory: boolean;
-  /**
-   * Bytes from the start of the PC-relative field to the end of the instruction (field + any
-   * immediates after it); fixed for a given `Code`, learnt from iced's constant offsets on the
-   * first instance and reused, so that later instances need no getConstantOffsets call. -1: unknown.
-   */
-  tail: number;
-}
+/**
+ * Per-`Code` facts, learnt from the first instance of each instruction form (each getter is a wasm
+ * call) and kept in flat tables indexed by Code, so that the decoding loop reads typed arrays only.
+ * Bits of `codeBits` (F_TERMINATOR and F_PADDING are also the per-instruction flags):
+ */
+const C_KNOWN = 4;
+/** Near branch/call with a relative target. */
+const C_BRANCH = 8;
+/** Branch with a 64-bit target (op0 NearBranch64): target = next ip + rel, no truncation. */
+const C_BRANCH64 = 16;
+/** The form can address memory (and so be RIP-relative): only then is isIpRelMemoryOperand asked. */
+const C_MEMORY = 32;
+const codeBits = new Uint8Array(0x10000);
+/**
+ * Bytes from the start of the PC-relative field to the end of the instruction (field + any
+ * immediates after it); fixed for a given `Code`, learnt from iced's constant offsets on the first
+ * instance and reused, so that later instances need no getConstantOffsets call. 0: not learnt yet.
+ */
+const codeTail = new Uint8Array(0x10000);
 
 /** Operand kinds of an opcode form that can be a ModRM memory operand (and so RIP-relative). */
 const MEMORY_KIND_NAMES = /mem/i;
-const codeInfo: (CodeInfo | undefined)[] = [];
-function infoOf(ins: Instruction, c: number): CodeInfo {
-  let i = codeInfo[c];
-  if (i) return i;
+function learnCode(ins: Instruction, c: number): number {
   const fc = ins.flowControl;
   const mn = ins.mnemonic;
   const k0 = ins.op0Kind;
-  // Whether this opcode form can address memory at all: only then ask the (costly) per-instance
-  // isIpRelMemoryOperand. Decided from iced's own opcode tables, not guessed.
+  // Whether this opcode form can address memory at all, from iced's own opcode tables.
   const oc = CodeExt.opCode(c);
-  let mayHaveMemory = false;
+  let bits = C_KNOWN;
   for (let k = 0; k < oc.opCount; k++) {
     const kind = oc.opKind(k);
-    if (kind !== OpCodeOperandKind.mem_offs && MEMORY_KIND_NAMES.test(OpCodeOperandKind[kind])) mayHaveMemory = true;
+    if (kind !== OpCodeOperandKind.mem_offs && MEMORY_KIND_NAMES.test(OpCodeOperandKind[kind])) bits |= C_MEMORY;
   }
   oc.free();
-  i = {
-    mayHaveMemory,
-    tail: -1,
-    branch64: k0 === OpKind.NearBranch64,
-    terminator: fc === FlowControl.Return || fc === FlowControl.UnconditionalBranch || fc === FlowControl.IndirectBranch ||
-      mn === Mnemonic.Ud2 || mn === Mnemonic.Hlt || mn === Mnemonic.Int3 ? 1 : 0,
-    padding: mn === Mnemonic.Nop || mn === Mnemonic.Int3 ? 1 : 0,
-    branch: (k0 === OpKind.NearBranch64 || k0 === OpKind.NearBranch32 || k0 === OpKind.NearBranch16) &&
-      (fc === FlowControl.UnconditionalBranch || fc === FlowControl.ConditionalBranch || fc === FlowControl.Call || fc === FlowControl.XbeginXabortXend),
-  };
-  codeInfo[c] = i;
-  return i;
+  if (fc === FlowControl.Return || fc === FlowControl.UnconditionalBranch || fc === FlowControl.IndirectBranch ||
+    mn === Mnemonic.Ud2 || mn === Mnemonic.Hlt || mn === Mnemonic.Int3) bits |= F_TERMINATOR;
+  if (mn === Mnemonic.Nop || mn === Mnemonic.Int3) bits |= F_PADDING;
+  if ((k0 === OpKind.NearBranch64 || k0 === OpKind.NearBranch32 || k0 === OpKind.NearBranch16) &&
+    (fc === FlowControl.UnconditionalBranch || fc === FlowControl.ConditionalBranch || fc === FlowControl.Call || fc === FlowControl.XbeginXabortXend)) {
+    bits |= C_BRANCH;
+    if (k0 === OpKind.NearBranch64) bits |= C_BRANCH64;
+  }
+  codeBits[c] = bits;
+  return bits;
 }
 
 /** True when an address-size override (0x67) is among the legacy prefixes before `fieldOff`. */
@@ -138,13 +142,11 @@ export function decodePieces(bytes: Uint8Array, address: number, cuts: number[])
   let ip = new Float64Array(cap);
   let len = new Uint8Array(cap);
   let code = new Uint16Array(cap);
+  let flags = new Uint8Array(cap);
   let refKind = new Uint8Array(cap);
   let fieldOff = new Uint8Array(cap);
   let fieldSize = new Uint8Array(cap);
   let target = new Float64Array(cap);
-  let terminator = new Uint8Array(cap);
-  let padding = new Uint8Array(cap);
-  let invalid = new Uint8Array(cap);
   const grow = () => {
     cap = Math.min(cap * 2, bytes.length + 16);
     const f64 = (a: Float64Array) => { const b = new Float64Array(cap); b.set(a); return b; };
@@ -152,8 +154,7 @@ export function decodePieces(bytes: Uint8Array, address: number, cuts: number[])
     const u16 = new Uint16Array(cap);
     u16.set(code);
     ip = f64(ip); target = f64(target); code = u16;
-    len = u8(len); refKind = u8(refKind); fieldOff = u8(fieldOff); fieldSize = u8(fieldSize);
-    terminator = u8(terminator); padding = u8(padding); invalid = u8(invalid);
+    len = u8(len); flags = u8(flags); refKind = u8(refKind); fieldOff = u8(fieldOff); fieldSize = u8(fieldSize);
   };
   const ins = sharedInstr ?? (sharedInstr = new Instruction());
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
@@ -177,47 +178,18 @@ export function decodePieces(bytes: Uint8Array, address: number, cuts: number[])
         if (n >= cap) grow();
         decoder.decodeOut(ins);
         const l = ins.length;
-        ip[n] = address + pos;
-        len[n] = l;
-        pos += l;
         const c = ins.code;
+        const at = pos;
+        pos += l;
+        ip[n] = address + at;
+        len[n] = l;
         // An instruction running across the cut (into the next function) counts as undecodable.
-        if (c === 0 /* Code.INVALID */ || pos > to) {
-          invalid[n] = 1;
-          n++;
-          continue;
-        }
+        if (c === CODE_INVALID || pos > to) { n++; continue; }
         code[n] = c;
-        const info = infoOf(ins, c);
-        terminator[n] = info.terminator;
-        padding[n] = info.padding;
-        if (info.branch || (info.mayHaveMemory && ins.isIpRelMemoryOperand)) {
-          refKind[n] = info.branch ? REF_BRANCH : REF_RIPREL;
-          if (info.tail < 0) {
-            const co = decoder.getConstantOffsets(ins);
-            const off = info.branch ? co.immediateOffset : co.displacementOffset;
-            co.free();
-            info.tail = l - off;
-          }
-          const off = l - info.tail;
-          fieldOff[n] = off;
-          fieldSize[n] = info.branch ? info.tail : 4; // a branch offset is the last field
-          // Targets computed from the field bytes (next ip + signed field), as the CPU does; iced
-          // is asked instead for the rare forms where that is not the whole story (16/32-bit
-          // branch targets, an address-size prefix on a RIP-relative operand).
-          const at = pos - l + off;
-          if (info.branch && info.branch64 && (info.tail === 1 || info.tail === 4)) {
-            target[n] = ip[n] + l + (info.tail === 1 ? view.getInt8(at) : view.getInt32(at, true));
-          } else if (!info.branch && !hasAddrSizePrefix(bytes, pos - l, off)) {
-            target[n] = ip[n] + l + view.getInt32(at, true);
-          } else {
-            const co = decoder.getConstantOffsets(ins);
-            fieldOff[n] = info.branch ? co.immediateOffset : co.displacementOffset;
-            fieldSize[n] = info.branch ? co.immediateSize : co.displacementSize;
-            co.free();
-            target[n] = Number(info.branch ? ins.nearBranchTarget : ins.ipRelMemoryAddress);
-          }
-        }
+        let bits = codeBits[c];
+        if (bits === 0) bits = learnCode(ins, c);
+        flags[n] = bits & (F_TERMINATOR | F_PADDING);
+        if ((bits & C_BRANCH) !== 0 || ((bits & C_MEMORY) !== 0 && ins.isIpRelMemoryOperand)) setRef(n, at, l, c, bits);
         n++;
       }
     }
@@ -225,12 +197,41 @@ export function decodePieces(bytes: Uint8Array, address: number, cuts: number[])
     decoder.free();
   }
   pieceFirst[bounds.length - 1] = n;
+
+  /** Records the PC-relative field of instruction `k` (at offset `at` of `bytes`, length `l`). */
+  function setRef(k: number, at: number, l: number, c: number, bits: number): void {
+    const branch = (bits & C_BRANCH) !== 0;
+    refKind[k] = branch ? REF_BRANCH : REF_RIPREL;
+    let tail = codeTail[c];
+    if (tail === 0) {
+      const co = decoder.getConstantOffsets(ins);
+      tail = codeTail[c] = l - (branch ? co.immediateOffset : co.displacementOffset);
+      co.free();
+    }
+    const off = l - tail;
+    fieldOff[k] = off;
+    fieldSize[k] = branch ? tail : 4; // a branch offset is the last field
+    // Targets computed from the field bytes (next ip + signed field), as the CPU does; iced is
+    // asked instead for the rare forms where that is not the whole story (16/32-bit branch
+    // targets, an address-size prefix on a RIP-relative operand).
+    if (branch && (bits & C_BRANCH64) !== 0 && (tail === 1 || tail === 4)) {
+      target[k] = ip[k] + l + (tail === 1 ? view.getInt8(at + off) : view.getInt32(at + off, true));
+    } else if (!branch && !hasAddrSizePrefix(bytes, at, off)) {
+      target[k] = ip[k] + l + view.getInt32(at + off, true);
+    } else {
+      const co = decoder.getConstantOffsets(ins);
+      fieldOff[k] = branch ? co.immediateOffset : co.displacementOffset;
+      fieldSize[k] = branch ? co.immediateSize : co.displacementSize;
+      co.free();
+      target[k] = Number(branch ? ins.nearBranchTarget : ins.ipRelMemoryAddress);
+    }
+  }
+
   return {
     code: {
       start: address, count: n, ip: ip.subarray(0, n), len: len.subarray(0, n), code: code.subarray(0, n),
-      refKind: refKind.subarray(0, n), fieldOff: fieldOff.subarray(0, n), fieldSize: fieldSize.subarray(0, n),
-      target: target.subarray(0, n), terminator: terminator.subarray(0, n), padding: padding.subarray(0, n),
-      invalid: invalid.subarray(0, n),
+      flags: flags.subarray(0, n), refKind: refKind.subarray(0, n), fieldOff: fieldOff.subarray(0, n),
+      fieldSize: fieldSize.subarray(0, n), target: target.subarray(0, n),
     },
     pieceStart, pieceFirst,
   };

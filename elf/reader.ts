@@ -17,8 +17,6 @@ import {
   SHT_RELA, SHT_STRTAB, SHT_SYMTAB, Symbol, DT_NULL, SHT_DYNAMIC,
 } from './types';
 
-const MAX_SAFE = BigInt(Number.MAX_SAFE_INTEGER);
-
 /** A parsed ELF file: the bytes plus the tables every later phase needs. */
 export interface ElfFile {
   readonly bytes: Uint8Array;
@@ -40,18 +38,24 @@ export class Cursor {
   u16(off: number, what: string): number { this.check(off, 2, what); return this.view.getUint16(off, true); }
   u32(off: number, what: string): number { this.check(off, 4, what); return this.view.getUint32(off, true); }
   i32(off: number, what: string): number { this.check(off, 4, what); return this.view.getInt32(off, true); }
+  // 64-bit fields are read as two 32-bit halves: tables hold 10^5 of them, and a BigInt per read
+  // costs an allocation. Anything outside ±(2^53 - 1) is refused, exactly as a BigInt check would.
   u64(off: number, what: string): number {
     this.check(off, 8, what);
-    const v = this.view.getBigUint64(off, true);
+    const hi = this.view.getUint32(off + 4, true);
     // Values above 2^53 cannot be addresses or sizes in a file we can hold in memory.
-    if (v > MAX_SAFE) throw new ElfFormatError(off, `${what}: value too large`, v.toString());
-    return Number(v);
+    if (hi >= 0x200000) throw new ElfFormatError(off, `${what}: value too large`, this.view.getBigUint64(off, true).toString());
+    return hi * 0x100000000 + this.view.getUint32(off, true);
   }
   i64(off: number, what: string): number {
     this.check(off, 8, what);
-    const v = this.view.getBigInt64(off, true);
-    if (v > MAX_SAFE || v < -MAX_SAFE) throw new ElfFormatError(off, `${what}: value out of range`, v.toString());
-    return Number(v);
+    const hi = this.view.getInt32(off + 4, true);
+    const lo = this.view.getUint32(off, true);
+    // In range when |value| <= 2^53 - 1: hi in [-2^21, 2^21), and not -2^53 itself.
+    if (hi >= 0x200000 || hi < -0x200000 || (hi === -0x200000 && lo === 0)) {
+      throw new ElfFormatError(off, `${what}: value out of range`, this.view.getBigInt64(off, true).toString());
+    }
+    return hi * 0x100000000 + lo;
   }
 }
 

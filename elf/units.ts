@@ -12,7 +12,7 @@
  * A reference that cannot be re-applied and cannot be kept by joining is a refusal.
  */
 import { Code } from 'iced-x86';
-import { decodePieces, decodeRange, DecodedRange, REF_BRANCH, REF_NONE } from './disasm';
+import { CODE_INVALID, decodePieces, decodeRange, DecodedRange, F_PADDING, F_TERMINATOR, REF_BRANCH, REF_NONE } from './disasm';
 import { ElfRefusal } from './errors';
 import { Image, inText, StaticReloc } from './image';
 import { sectionData } from './reader';
@@ -139,7 +139,7 @@ export function findUnits(img: Image): UnitPlan {
     atoms.push({ start, end, coreEnd: end, first: pieceFirst[i], last: pieceFirst[i + 1], names: names.get(start) ?? [] });
   }
   for (let k = 0; k < d.count; k++) {
-    if (d.invalid[k]) throw new ElfRefusal('bytes in .text that do not decode as instructions', d.ip[k]);
+    if (d.code[k] === CODE_INVALID) throw new ElfRefusal('bytes in .text that do not decode as instructions', d.ip[k]);
   }
   const atomAt = (addr: number): number => {
     let lo = 0;
@@ -177,15 +177,15 @@ export function findUnits(img: Image): UnitPlan {
         let k = a.first;
         while (k < a.last && d.ip[k] < symEnd) k++;
         let pad = k === a.last || d.ip[k] === symEnd;
-        for (let j = k; pad && j < a.last; j++) if (!d.padding[j]) pad = false;
+        for (let j = k; pad && j < a.last; j++) if (!(d.flags[j] & F_PADDING)) pad = false;
         if (pad) { a.coreEnd = symEnd; sizedEnd = true; }
       }
     }
     if (!sizedEnd) {
       // No size to trust: if the last real instruction can fall through, keep the next atom after it.
       let k = a.last - 1;
-      while (k >= a.first && d.padding[k]) k--;
-      if (k >= a.first && !d.terminator[k] && i + 1 < atoms.length) join(i, i + 1, 'code falls through into the next symbol');
+      while (k >= a.first && (d.flags[k] & F_PADDING)) k--;
+      if (k >= a.first && !(d.flags[k] & F_TERMINATOR) && i + 1 < atoms.length) join(i, i + 1, 'code falls through into the next symbol');
     }
   }
 

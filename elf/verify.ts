@@ -14,7 +14,7 @@
  *    named by static relocations, symbol section indexes and the build-id.
  * Any failure throws VerifyError with the address; the image is then never written.
  */
-import { decodePieces, decodeRange, DecodedRange, pieceAt, REF_NONE } from './disasm';
+import { CODE_INVALID, decodePieces, decodeRange, DecodedRange, pieceAt, REF_NONE } from './disasm';
 import { parseEhFrame, parseEhFrameHdr } from './ehframe';
 import { VerifyError } from './errors';
 import { Image, inText } from './image';
@@ -263,7 +263,7 @@ function compareCode(
   for (let i = aFrom; i < aTo; i++, j++) {
     if (j >= bTo) fail('output code ends early', a.ip[i]);
     const l = a.len[i];
-    if (l !== b.len[j] || a.code[i] !== b.code[j] || b.ip[j] !== a.ip[i] + delta || b.invalid[j]) fail('instruction differs after moving', a.ip[i]);
+    if (l !== b.len[j] || a.code[i] !== b.code[j] || b.ip[j] !== a.ip[i] + delta || b.code[j] === CODE_INVALID) fail('instruction differs after moving', a.ip[i]);
     const ia = a.ip[i] - inBase;
     const ib = b.ip[j] - outBase;
     const kind = a.refKind[i];
@@ -335,14 +335,13 @@ function rereadUnit(a: DecodedRange, from: number, to: number, outBytes: Uint8Ar
   const n = to - from;
   const r = {
     start: a.ip[from] + delta, count: n, ip: new Float64Array(n), len: new Uint8Array(n), code: new Uint16Array(n),
-    refKind: new Uint8Array(n), fieldOff: new Uint8Array(n), fieldSize: new Uint8Array(n), target: new Float64Array(n),
-    terminator: new Uint8Array(n), padding: new Uint8Array(n), invalid: new Uint8Array(n),
+    flags: new Uint8Array(n), refKind: new Uint8Array(n), fieldOff: new Uint8Array(n), fieldSize: new Uint8Array(n), target: new Float64Array(n),
   };
   const view = new DataView(outBytes.buffer, outBytes.byteOffset, outBytes.byteLength);
   for (let k = from, j = 0; k < to; k++, j++) {
     const ip = a.ip[k] + delta;
     r.ip[j] = ip; r.len[j] = a.len[k]; r.code[j] = a.code[k]; r.refKind[j] = a.refKind[k];
-    r.fieldOff[j] = a.fieldOff[k]; r.fieldSize[j] = a.fieldSize[k]; r.invalid[j] = a.invalid[k];
+    r.fieldOff[j] = a.fieldOff[k]; r.fieldSize[j] = a.fieldSize[k]; r.flags[j] = a.flags[k];
     if (a.refKind[k] !== REF_NONE) {
       const at = ip + a.fieldOff[k] - outBase;
       const v = a.fieldSize[k] === 4 ? view.getInt32(at, true) : a.fieldSize[k] === 1 ? view.getInt8(at) : NaN;
