@@ -9,7 +9,6 @@
  * Static relocations are the evidence that a field is a reference; a code address in data that
  * no relocation explains is a refusal.
  */
-import { REF_NONE } from './disasm';
 import { ElfRefusal } from './errors';
 import { Image, inText } from './image';
 import { inCore, Layout, mapAddress } from './layout';
@@ -64,11 +63,14 @@ export function moveCodeAndPatch(img: Image, layout: Layout, out: Uint8Array): P
   }
 
   // PC-relative operands in moved code.
+  // Units are in address order, and so are the instructions with a PC-relative field (d.refs).
   const d = plan.code;
+  let r = 0;
   for (const u of plan.units) {
     const delta = layout.newStart[u.index] - u.start;
-    for (let k = u.first; k < u.coreLast; k++) {
-      if (d.refKind[k] === REF_NONE) continue;
+    while (r < d.refs.length && d.refs[r] < u.first) r++;
+    for (; r < d.refs.length && d.refs[r] < u.coreLast; r++) {
+      const k = d.refs[r];
       const t = d.target[k];
       const sameUnit = t >= u.start && t < u.end;
       if (sameUnit) continue; // moves with the instruction

@@ -192,37 +192,41 @@ export function findUnits(img: Image): UnitPlan {
   // Relocations of .text in offset order, walked in step with the operands (which come in address
   // order): no per-byte index of .text is needed. `matched` records which ones sit on an operand.
   const textRelocList = img.staticRelocs.get(text.index) ?? [];
-  const relOrder = Int32Array.from(textRelocList.keys());
+  const relOrder = new Int32Array(textRelocList.length);
+  for (let q = 0; q < relOrder.length; q++) relOrder[q] = q;
   const relSorted = textRelocList.every((r, q) => q === 0 || textRelocList[q - 1].rela.r_offset <= r.rela.r_offset);
   if (!relSorted) relOrder.sort((x, y) => textRelocList[x].rela.r_offset - textRelocList[y].rela.r_offset || x - y);
   const matched = new Uint8Array(textRelocList.length);
   let ro = 0;
   const leaBases = new Map<number, Set<number>>();
   const leaAtoms: [number, number][] = [];
-  for (let i = 0; i < atoms.length; i++) {
-    for (let k = atoms[i].first; k < atoms[i].last; k++) {
-      const kind = d.refKind[k];
-      if (kind === REF_NONE) continue;
-      const field = d.ip[k] + d.fieldOff[k];
-      const t = d.target[k];
-      while (ro < relOrder.length && textRelocList[relOrder[ro]].rela.r_offset < field) ro++;
-      // Several relocations at one offset: all sit on the operand, the last one in the table applies.
-      let rel: StaticReloc | undefined;
-      for (let q = ro; q < relOrder.length && textRelocList[relOrder[q]].rela.r_offset === field; q++) {
-        rel = textRelocList[relOrder[q]];
-        matched[relOrder[q]] = 1;
-      }
-      const relocated = rel !== undefined;
-      if (rel && !PC_RELATIVE_CODE_RELOCS.has(rel.rela.r_type)) throw new ElfRefusal(`unsupported relocation type ${relocTypeName(rel.rela.r_type)} on a code operand`, field);
-      if (relocated && d.fieldSize[k] !== 4) throw new ElfRefusal('relocation on a short PC-relative field', field);
-      if (inText(img, t)) {
+  // Only the instructions with a PC-relative field are visited (d.refs), in address order; `i` is
+  // the atom that holds instruction k.
+  for (let r = 0, i = 0; r < d.refs.length; r++) {
+    const k = d.refs[r];
+    while (k >= atoms[i].last) i++;
+    const kind = d.refKind[k];
+    const field = d.ip[k] + d.fieldOff[k];
+    const t = d.target[k];
+    while (ro < relOrder.length && textRelocList[relOrder[ro]].rela.r_offset < field) ro++;
+    // Several relocations at one offset: all sit on the operand, the last one in the table applies.
+    let rel: StaticReloc | undefined;
+    for (let q = ro; q < relOrder.length && textRelocList[relOrder[q]].rela.r_offset === field; q++) {
+      rel = textRelocList[relOrder[q]];
+      matched[relOrder[q]] = 1;
+    }
+    const relocated = rel !== undefined;
+    if (rel && !PC_RELATIVE_CODE_RELOCS.has(rel.rela.r_type)) throw new ElfRefusal(`unsupported relocation type ${relocTypeName(rel.rela.r_type)} on a code operand`, field);
+    if (relocated && d.fieldSize[k] !== 4) throw new ElfRefusal('relocation on a short PC-relative field', field);
+    if (inText(img, t)) {
+      if (!relocated) {
         const j = atomAt(t);
-        if (j !== i && !relocated) join(i, j, 'unrelocated reference between symbols');
-      } else if (!relocated) {
-        throw new ElfRefusal(`unrelocated PC-relative reference from .text to 0x${t.toString(16)} outside .text`, d.ip[k]);
-      } else if (kind !== REF_BRANCH && d.code[k] === Code.Lea_r64_m) {
-        leaAtoms.push([t, i]);
+        if (j !== i) join(i, j, 'unrelocated reference between symbols');
       }
+    } else if (!relocated) {
+      throw new ElfRefusal(`unrelocated PC-relative reference from .text to 0x${t.toString(16)} outside .text`, d.ip[k]);
+    } else if (kind !== REF_BRANCH && d.code[k] === Code.Lea_r64_m) {
+      leaAtoms.push([t, i]);
     }
   }
   // Every relocation in .text must sit on an operand we decoded, or need nothing when code moves.
