@@ -264,6 +264,35 @@ export function readRelas(elf: ElfFile, sh: SectionHeader): Rela[] {
   return readRelaRange(elf, sh.sh_offset, n);
 }
 
+/** Relocations of a SHT_RELA section as flat arrays: `readRelas` without an object per entry. */
+export interface RelaTable {
+  readonly count: number;
+  /** File offset of entry 0; entry q is at fileOffset + q * ELF64_RELA_SIZE. */
+  readonly fileOffset: number;
+  readonly r_offset: Float64Array;
+  readonly r_type: Uint32Array;
+  readonly r_sym: Uint32Array;
+  readonly r_addend: Float64Array;
+}
+
+/** Same reads and checks as `readRelas`, into a RelaTable. */
+export function readRelaTable(elf: ElfFile, sh: SectionHeader): RelaTable {
+  if (sh.sh_type !== SHT_RELA) throw new ElfFormatError(sh.headerOffset + 4, 'not a SHT_RELA section', sh.sh_type);
+  const n = checkEntSize(sh, ELF64_RELA_SIZE, sh.name);
+  const off = sh.sh_offset;
+  if (off + n * ELF64_RELA_SIZE > elf.bytes.length) throw new ElfFormatError(off, 'relocation table past end of file', n);
+  const c = cursorOf(elf);
+  const t = { count: n, fileOffset: off, r_offset: new Float64Array(n), r_type: new Uint32Array(n), r_sym: new Uint32Array(n), r_addend: new Float64Array(n) };
+  for (let i = 0; i < n; i++) {
+    const o = off + i * ELF64_RELA_SIZE;
+    t.r_offset[i] = c.u64(o, 'r_offset');
+    t.r_type[i] = c.u32(o + 8, 'r_info');
+    t.r_sym[i] = c.u32(o + 12, 'r_info');
+    t.r_addend[i] = c.i64(o + 16, 'r_addend');
+  }
+  return t;
+}
+
 /** `n` Elf64_Rela records at file offset `off` (used for DT_RELA / DT_JMPREL tables too). */
 export function readRelaRange(elf: ElfFile, off: number, n: number): Rela[] {
   if (off + n * ELF64_RELA_SIZE > elf.bytes.length) throw new ElfFormatError(off, 'relocation table past end of file', n);

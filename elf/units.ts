@@ -14,8 +14,8 @@
 import { Code } from 'iced-x86';
 import { CODE_INVALID, decodePieces, decodeRange, DecodedRange, F_PADDING, F_TERMINATOR, REF_BRANCH, REF_NONE } from './disasm';
 import { ElfRefusal } from './errors';
-import { Image, inText, StaticReloc } from './image';
-import { sectionData } from './reader';
+import { Image, inText } from './image';
+import { RelaTable, sectionData } from './reader';
 import {
   relocTypeName, R_X86_64_DTPOFF32, R_X86_64_NONE, R_X86_64_SIZE32, R_X86_64_SIZE64, R_X86_64_TLSDESC_CALL,
   R_X86_64_TPOFF32, STT_FUNC, STT_GNU_IFUNC, R_X86_64_PC32, R_X86_64_PLT32, R_X86_64_GOTPCREL,
@@ -97,11 +97,16 @@ export function unitIndexAt(plan: UnitPlan, addr: number): number {
   return lo;
 }
 
-function fieldSet(relocs: StaticReloc[] | undefined): Map<number, StaticReloc> {
-  const m = new Map<number, StaticReloc>();
-  for (const r of relocs ?? []) m.set(r.rela.r_offset, r);
+/** Relocation type by offset (the last one in the table when several share an offset). */
+function fieldSet(t: RelaTable): Map<number, number> {
+  const m = new Map<number, number>();
+  for (let q = 0; q < t.count; q++) m.set(t.r_offset[q], t.r_type[q]);
   return m;
 }
+
+const NO_RELOCS: RelaTable = {
+  count: 0, fileOffset: 0, r_offset: new Float64Array(0), r_type: new Uint32Array(0), r_sym: new Uint32Array(0), r_addend: new Float64Array(0),
+};
 
 export function findUnits(img: Image): UnitPlan {
   const { textStart, textEnd, text } = img;
@@ -191,12 +196,15 @@ export function findUnits(img: Image): UnitPlan {
 
   // Relocations of .text in offset order, walked in step with the operands (which come in address
   // order): no per-byte index of .text is needed. `matched` records which ones sit on an operand.
-  const textRelocList = img.staticRelocs.get(text.index) ?? [];
-  const relOrder = new Int32Array(textRelocList.length);
-  for (let q = 0; q < relOrder.length; q++) relOrder[q] = q;
-  const relSorted = textRelocList.every((r, q) => q === 0 || textRelocList[q - 1].rela.r_offset <= r.rela.r_offset);
-  if (!relSorted) relOrder.sort((x, y) => textRelocList[x].rela.r_offset - textRelocList[y].rela.r_offset || x - y);
-  const matched = new Uint8Array(textRelocList.length);
+  const tr = img.codeRelocs.get(text.index) ?? NO_RELOCS;
+  const relOrder = new Int32Array(tr.count);
+  let relSorted = true;
+  for (let q = 0; q < tr.count; q++) {
+    relOrder[q] = q;
+    if (q > 0 && tr.r_offset[q - 1] > tr.r_offset[q]) relSorted = false;
+  }
+  if (!relSorted) relOrder.sort((x, y) => tr.r_offset[x] - tr.r_offset[y] || x - y);
+  const matched = new Uint8Array(tr.count);
   let ro = 0;
   const leaBases = new Map<number, Set<number>>();
   const leaAtoms: [number, number][] = [];
@@ -208,15 +216,15 @@ export function findUnits(img: Image): UnitPlan {
     const kind = d.refKind[k];
     const field = d.ip[k] + d.fieldOff[k];
     const t = d.target[k];
-    while (ro < relOrder.length && textRelocList[relOrder[ro]].rela.r_offset < field) ro++;
+    while (ro < relOrder.length && tr.r_offset[relOrder[ro]] < field) ro++;
     // Several relocations at one offset: all sit on the operand, the last one in the table applies.
-    let rel: StaticReloc | undefined;
-    for (let q = ro; q < relOrder.length && textRelocList[relOrder[q]].rela.r_offset === field; q++) {
-      rel = textRelocList[relOrder[q]];
-      matched[relOrder[q]] = 1;
+    let rel = -1;
+    for (let q = ro; q < relOrder.length && tr.r_offset[relOrder[q]] === field; q++) {
+      rel = relOrder[q];
+      matched[rel] = 1;
     }
-    const relocated = rel !== undefined;
-    if (rel && !PC_RELATIVE_CODE_RELOCS.has(rel.rela.r_type)) throw new ElfRefusal(`unsupported relocation type ${relocTypeName(rel.rela.r_type)} on a code operand`, field);
+    const relocated = rel >= 0;
+    if (relocated && !PC_RELATIVE_CODE_RELOCS.has(tr.r_type[rel])) throw new ElfRefusal(`unsupported relocation type ${relocTypeName(tr.r_type[rel])} on a code operand`, field);
     if (relocated && d.fieldSize[k] !== 4) throw new ElfRefusal('relocation on a short PC-relative field', field);
     if (inText(img, t)) {
       if (!relocated) {
@@ -230,11 +238,10 @@ export function findUnits(img: Image): UnitPlan {
     }
   }
   // Every relocation in .text must sit on an operand we decoded, or need nothing when code moves.
-  for (let q = 0; q < textRelocList.length; q++) {
-    const r = textRelocList[q];
-    const off = r.rela.r_offset;
-    if (matched[q] === 1 || POSITION_FREE_CODE_RELOCS.has(r.rela.r_type)) continue;
-    throw new ElfRefusal(`${relocTypeName(r.rela.r_type)} relocation does not match a PC-relative operand (unresolvable reference)`, off);
+  for (let q = 0; q < tr.count; q++) {
+    const off = tr.r_offset[q];
+    if (matched[q] === 1 || POSITION_FREE_CODE_RELOCS.has(tr.r_type[q])) continue;
+    throw new ElfRefusal(`${relocTypeName(tr.r_type[q])} relocation does not match a PC-relative operand (unresolvable reference)`, off);
   }
 
   // FDEs that cover several atoms keep them together.
@@ -253,13 +260,13 @@ export function findUnits(img: Image): UnitPlan {
   for (const s of img.otherExec) {
     const d = decodeRange(sectionData(img.elf, s), s.sh_addr);
     otherExecDecoded.push(d);
-    const rel = fieldSet(img.staticRelocs.get(s.index));
+    const rel = fieldSet(img.codeRelocs.get(s.index) ?? NO_RELOCS);
     for (let k = 0; k < d.count; k++) {
       if (d.refKind[k] === REF_NONE || !inText(img, d.target[k])) continue;
       const field = d.ip[k] + d.fieldOff[k];
-      const r = rel.get(field);
-      if (!r || d.fieldSize[k] !== 4) throw new ElfRefusal(`unrelocated reference from ${s.name} into .text`, d.ip[k]);
-      if (!PC_RELATIVE_CODE_RELOCS.has(r.rela.r_type)) throw new ElfRefusal(`unsupported relocation type ${relocTypeName(r.rela.r_type)} on a code operand`, field);
+      const type = rel.get(field);
+      if (type === undefined || d.fieldSize[k] !== 4) throw new ElfRefusal(`unrelocated reference from ${s.name} into .text`, d.ip[k]);
+      if (!PC_RELATIVE_CODE_RELOCS.has(type)) throw new ElfRefusal(`unsupported relocation type ${relocTypeName(type)} on a code operand`, field);
       otherExecRefs.push({ ip: d.ip[k], len: d.len[k], fieldOff: d.fieldOff[k], target: d.target[k] });
     }
   }
