@@ -140,6 +140,8 @@ export function pieceAt(p: DecodedPieces, addr: number): number {
 export function decodePieces(bytes: Uint8Array, address: number, cuts: number[]): DecodedPieces {
   // x86-64 code averages about 4 bytes per instruction: start at a third of the byte count and
   // grow if needed (fresh pages cost a page fault each here, so over-allocating is not free).
+  // The arrays are plain locals, not captured by any closure, so that the loop keeps them in
+  // registers: this loop runs once per instruction, twice per randomization.
   let cap = Math.ceil(bytes.length / 3) + 16;
   let ip = new Float64Array(cap);
   let len = new Uint8Array(cap);
@@ -150,26 +152,14 @@ export function decodePieces(bytes: Uint8Array, address: number, cuts: number[])
   let fieldSize = new Uint8Array(cap);
   let target = new Float64Array(cap);
   let refs = new Int32Array(cap >> 1);
+  let n = 0;
   let nRefs = 0;
-  const grow = () => {
-    cap = Math.min(cap * 2, bytes.length + 16);
-    const f64 = (a: Float64Array) => { const b = new Float64Array(cap); b.set(a); return b; };
-    const u8 = (a: Uint8Array) => { const b = new Uint8Array(cap); b.set(a); return b; };
-    const u16 = new Uint16Array(cap);
-    u16.set(code);
-    ip = f64(ip); target = f64(target); code = u16;
-    len = u8(len); flags = u8(flags); refKind = u8(refKind); fieldOff = u8(fieldOff); fieldSize = u8(fieldSize);
-    const r = new Int32Array(cap);
-    r.set(refs);
-    refs = r;
-  };
   const ins = sharedInstr ?? (sharedInstr = new Instruction());
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const inner = [...new Set(cuts.filter((c) => c > address && c < address + bytes.length))].sort((a, b) => a - b);
   const bounds = [address, ...inner, address + bytes.length];
   const pieceStart = new Float64Array(bounds.length - 1);
   const pieceFirst = new Int32Array(bounds.length);
-  let n = 0;
   // One decoder over the whole range, repositioned at each cut (cheaper than one per piece).
   const decoder = new Decoder(64, bytes, DecoderOptions.None);
   try {
@@ -182,7 +172,11 @@ export function decodePieces(bytes: Uint8Array, address: number, cuts: number[])
       decoder.ip = BigInt(bounds[p]);
       let pos = from;
       while (pos < to) {
-        if (n >= cap) grow();
+        if (n >= cap) {
+          cap = Math.min(cap * 2, bytes.length + 16);
+          ip = grown(ip, cap); len = grown(len, cap); code = grown(code, cap); flags = grown(flags, cap); refKind = grown(refKind, cap);
+          fieldOff = grown(fieldOff, cap); fieldSize = grown(fieldSize, cap); target = grown(target, cap);
+        }
         decoder.decodeOut(ins);
         const l = ins.length;
         const c = ins.code;
@@ -196,7 +190,29 @@ export function decodePieces(bytes: Uint8Array, address: number, cuts: number[])
         let bits = codeBits[c];
         if (bits === 0) bits = learnCode(ins, c);
         flags[n] = bits & (F_TERMINATOR | F_PADDING);
-        if ((bits & C_BRANCH) !== 0 || ((bits & C_MEMORY) !== 0 && ins.isIpRelMemoryOperand)) setRef(n, at, l, c, bits);
+        const branch = (bits & C_BRANCH) !== 0;
+        if (branch || ((bits & C_MEMORY) !== 0 && ins.isIpRelMemoryOperand)) {
+          if (nRefs >= refs.length) refs = grown(refs, cap);
+          refs[nRefs++] = n;
+          refKind[n] = branch ? REF_BRANCH : REF_RIPREL;
+          let tail = codeTail[c];
+          if (tail === 0) tail = learnTail(decoder, ins, c, l, branch);
+          const off = l - tail;
+          // Targets computed from the field bytes (next ip + signed field), as the CPU does; iced
+          // is asked instead for the rare forms where that is not the whole story (16/32-bit
+          // branch targets, an address-size prefix on a RIP-relative operand).
+          if (branch ? (bits & C_BRANCH64) !== 0 && (tail === 1 || tail === 4) : !hasAddrSizePrefix(bytes, at, off)) {
+            fieldOff[n] = off;
+            fieldSize[n] = branch ? tail : 4; // a branch offset is the last field
+            target[n] = address + pos + (tail === 1 && branch ? view.getInt8(at + off) : view.getInt32(at + off, true));
+          } else {
+            const co = decoder.getConstantOffsets(ins);
+            fieldOff[n] = branch ? co.immediateOffset : co.displacementOffset;
+            fieldSize[n] = branch ? co.immediateSize : co.displacementSize;
+            co.free();
+            target[n] = Number(branch ? ins.nearBranchTarget : ins.ipRelMemoryAddress);
+          }
+        }
         n++;
       }
     }
@@ -204,38 +220,6 @@ export function decodePieces(bytes: Uint8Array, address: number, cuts: number[])
     decoder.free();
   }
   pieceFirst[bounds.length - 1] = n;
-
-  /** Records the PC-relative field of instruction `k` (at offset `at` of `bytes`, length `l`). */
-  function setRef(k: number, at: number, l: number, c: number, bits: number): void {
-    const branch = (bits & C_BRANCH) !== 0;
-    if (nRefs >= refs.length) grow();
-    refs[nRefs++] = k;
-    refKind[k] = branch ? REF_BRANCH : REF_RIPREL;
-    let tail = codeTail[c];
-    if (tail === 0) {
-      const co = decoder.getConstantOffsets(ins);
-      tail = codeTail[c] = l - (branch ? co.immediateOffset : co.displacementOffset);
-      co.free();
-    }
-    const off = l - tail;
-    fieldOff[k] = off;
-    fieldSize[k] = branch ? tail : 4; // a branch offset is the last field
-    // Targets computed from the field bytes (next ip + signed field), as the CPU does; iced is
-    // asked instead for the rare forms where that is not the whole story (16/32-bit branch
-    // targets, an address-size prefix on a RIP-relative operand).
-    if (branch && (bits & C_BRANCH64) !== 0 && (tail === 1 || tail === 4)) {
-      target[k] = ip[k] + l + (tail === 1 ? view.getInt8(at + off) : view.getInt32(at + off, true));
-    } else if (!branch && !hasAddrSizePrefix(bytes, at, off)) {
-      target[k] = ip[k] + l + view.getInt32(at + off, true);
-    } else {
-      const co = decoder.getConstantOffsets(ins);
-      fieldOff[k] = branch ? co.immediateOffset : co.displacementOffset;
-      fieldSize[k] = branch ? co.immediateSize : co.displacementSize;
-      co.free();
-      target[k] = Number(branch ? ins.nearBranchTarget : ins.ipRelMemoryAddress);
-    }
-  }
-
   return {
     code: {
       start: address, count: n, ip: ip.subarray(0, n), len: len.subarray(0, n), code: code.subarray(0, n),
@@ -244,6 +228,22 @@ export function decodePieces(bytes: Uint8Array, address: number, cuts: number[])
     },
     pieceStart, pieceFirst,
   };
+}
+
+/** A copy of `a` with room for `cap` entries. */
+function grown<T extends Float64Array | Uint16Array | Uint8Array | Int32Array>(a: T, cap: number): T {
+  const b = new (a.constructor as new (n: number) => T)(cap);
+  b.set(a as ArrayLike<number> & T);
+  return b;
+}
+
+/** Learns `codeTail[c]` from iced's constant offsets of its first instance `ins` (length `l`). */
+function learnTail(decoder: Decoder, ins: Instruction, c: number, l: number, branch: boolean): number {
+  const co = decoder.getConstantOffsets(ins);
+  const tail = l - (branch ? co.immediateOffset : co.displacementOffset);
+  co.free();
+  codeTail[c] = tail;
+  return tail;
 }
 
 /** Index of the instruction that starts at or contains `addr`, or -1. Binary search over `ip`. */
