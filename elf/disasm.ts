@@ -32,7 +32,14 @@ export interface DecodedRange {
   readonly code: Uint16Array;
   /** F_* bits. */
   readonly flags: Uint8Array;
-  /** REF_* kind of the PC-relative field, if any. */
+  /**
+   * Indexes of the instructions with a PC-relative field, ascending (about one in four). The
+   * arrays below are indexed like `refs` (by operand, not by instruction): on this VM every fresh
+   * page costs a fault, and per-instruction arrays for one operand in four doubled the memory
+   * the decoding touches.
+   */
+  readonly refs: Int32Array;
+  /** REF_* kind of the PC-relative field. */
   readonly refKind: Uint8Array;
   /** Offset of the PC-relative field inside the instruction. */
   readonly fieldOff: Uint8Array;
@@ -40,8 +47,6 @@ export interface DecodedRange {
   readonly fieldSize: Uint8Array;
   /** Absolute address the PC-relative field reaches. */
   readonly target: Float64Array;
-  /** Indexes of the instructions with a PC-relative field, ascending (about one in four). */
-  readonly refs: Int32Array;
 }
 
 let sharedInstr: Instruction | undefined;
@@ -147,11 +152,12 @@ export function decodePieces(bytes: Uint8Array, address: number, cuts: number[])
   let len = new Uint8Array(cap);
   let code = new Uint16Array(cap);
   let flags = new Uint8Array(cap);
-  let refKind = new Uint8Array(cap);
-  let fieldOff = new Uint8Array(cap);
-  let fieldSize = new Uint8Array(cap);
-  let target = new Float64Array(cap);
-  let refs = new Int32Array(cap >> 1);
+  let refCap = (cap >> 2) + 16;
+  let refs = new Int32Array(refCap);
+  let refKind = new Uint8Array(refCap);
+  let fieldOff = new Uint8Array(refCap);
+  let fieldSize = new Uint8Array(refCap);
+  let target = new Float64Array(refCap);
   let n = 0;
   let nRefs = 0;
   const ins = sharedInstr ?? (sharedInstr = new Instruction());
@@ -174,8 +180,7 @@ export function decodePieces(bytes: Uint8Array, address: number, cuts: number[])
       while (pos < to) {
         if (n >= cap) {
           cap = Math.min(cap * 2, bytes.length + 16);
-          ip = grown(ip, cap); len = grown(len, cap); code = grown(code, cap); flags = grown(flags, cap); refKind = grown(refKind, cap);
-          fieldOff = grown(fieldOff, cap); fieldSize = grown(fieldSize, cap); target = grown(target, cap);
+          ip = grown(ip, cap); len = grown(len, cap); code = grown(code, cap); flags = grown(flags, cap);
         }
         decoder.decodeOut(ins);
         const l = ins.length;
@@ -192,9 +197,14 @@ export function decodePieces(bytes: Uint8Array, address: number, cuts: number[])
         flags[n] = bits & (F_TERMINATOR | F_PADDING);
         const branch = (bits & C_BRANCH) !== 0;
         if (branch || ((bits & C_MEMORY) !== 0 && ins.isIpRelMemoryOperand)) {
-          if (nRefs >= refs.length) refs = grown(refs, cap);
-          refs[nRefs++] = n;
-          refKind[n] = branch ? REF_BRANCH : REF_RIPREL;
+          if (nRefs >= refCap) {
+            refCap = Math.min(refCap * 2, cap);
+            refs = grown(refs, refCap); refKind = grown(refKind, refCap); fieldOff = grown(fieldOff, refCap);
+            fieldSize = grown(fieldSize, refCap); target = grown(target, refCap);
+          }
+          const r = nRefs++;
+          refs[r] = n;
+          refKind[r] = branch ? REF_BRANCH : REF_RIPREL;
           let tail = codeTail[c];
           if (tail === 0) tail = learnTail(decoder, ins, c, l, branch);
           const off = l - tail;
@@ -202,15 +212,15 @@ export function decodePieces(bytes: Uint8Array, address: number, cuts: number[])
           // is asked instead for the rare forms where that is not the whole story (16/32-bit
           // branch targets, an address-size prefix on a RIP-relative operand).
           if (branch ? (bits & C_BRANCH64) !== 0 && (tail === 1 || tail === 4) : !hasAddrSizePrefix(bytes, at, off)) {
-            fieldOff[n] = off;
-            fieldSize[n] = branch ? tail : 4; // a branch offset is the last field
-            target[n] = address + pos + (tail === 1 && branch ? view.getInt8(at + off) : view.getInt32(at + off, true));
+            fieldOff[r] = off;
+            fieldSize[r] = branch ? tail : 4; // a branch offset is the last field
+            target[r] = address + pos + (tail === 1 && branch ? view.getInt8(at + off) : view.getInt32(at + off, true));
           } else {
             const co = decoder.getConstantOffsets(ins);
-            fieldOff[n] = branch ? co.immediateOffset : co.displacementOffset;
-            fieldSize[n] = branch ? co.immediateSize : co.displacementSize;
+            fieldOff[r] = branch ? co.immediateOffset : co.displacementOffset;
+            fieldSize[r] = branch ? co.immediateSize : co.displacementSize;
             co.free();
-            target[n] = Number(branch ? ins.nearBranchTarget : ins.ipRelMemoryAddress);
+            target[r] = Number(branch ? ins.nearBranchTarget : ins.ipRelMemoryAddress);
           }
         }
         n++;
@@ -223,8 +233,8 @@ export function decodePieces(bytes: Uint8Array, address: number, cuts: number[])
   return {
     code: {
       start: address, count: n, ip: ip.subarray(0, n), len: len.subarray(0, n), code: code.subarray(0, n),
-      flags: flags.subarray(0, n), refKind: refKind.subarray(0, n), fieldOff: fieldOff.subarray(0, n),
-      fieldSize: fieldSize.subarray(0, n), target: target.subarray(0, n), refs: refs.subarray(0, nRefs),
+      flags: flags.subarray(0, n), refs: refs.subarray(0, nRefs), refKind: refKind.subarray(0, nRefs),
+      fieldOff: fieldOff.subarray(0, nRefs), fieldSize: fieldSize.subarray(0, nRefs), target: target.subarray(0, nRefs),
     },
     pieceStart, pieceFirst,
   };
@@ -244,6 +254,17 @@ function learnTail(decoder: Decoder, ins: Instruction, c: number, l: number, bra
   co.free();
   codeTail[c] = tail;
   return tail;
+}
+
+/** First index of the ascending array `xs` whose value is >= v (e.g. the first operand of an instruction range). */
+export function lowerBound(xs: Int32Array, v: number): number {
+  let lo = 0;
+  let hi = xs.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1;
+    if (xs[mid] < v) lo = mid + 1; else hi = mid;
+  }
+  return lo;
 }
 
 /** Index of the instruction that starts at or contains `addr`, or -1. Binary search over `ip`. */

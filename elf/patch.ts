@@ -71,12 +71,12 @@ export function moveCodeAndPatch(img: Image, layout: Layout, out: Uint8Array): P
     while (r < d.refs.length && d.refs[r] < u.first) r++;
     for (; r < d.refs.length && d.refs[r] < u.coreLast; r++) {
       const k = d.refs[r];
-      const t = d.target[k];
+      const t = d.target[r];
       const sameUnit = t >= u.start && t < u.end;
       if (sameUnit) continue; // moves with the instruction
       const newT = inText(img, t) ? mapCodeTarget(layout, t, d.ip[k]) : t;
       const newEnd = d.ip[k] + delta + d.len[k];
-      writeI32(view, textOff + (d.ip[k] + delta + d.fieldOff[k] - img.textStart), newT - newEnd, d.ip[k]);
+      writeI32(view, textOff + (d.ip[k] + delta + d.fieldOff[r] - img.textStart), newT - newEnd, d.ip[k]);
       stats.codeRefs++;
     }
   }

@@ -12,7 +12,7 @@
  * A reference that cannot be re-applied and cannot be kept by joining is a refusal.
  */
 import { Code } from 'iced-x86';
-import { CODE_INVALID, decodePieces, decodeRange, DecodedRange, F_PADDING, F_TERMINATOR, REF_BRANCH, REF_NONE } from './disasm';
+import { CODE_INVALID, decodePieces, decodeRange, DecodedRange, F_PADDING, F_TERMINATOR, REF_BRANCH } from './disasm';
 import { ElfRefusal } from './errors';
 import { Image, inText } from './image';
 import { RelaTable, sectionData } from './reader';
@@ -213,9 +213,9 @@ export function findUnits(img: Image): UnitPlan {
   for (let r = 0, i = 0; r < d.refs.length; r++) {
     const k = d.refs[r];
     while (k >= atoms[i].last) i++;
-    const kind = d.refKind[k];
-    const field = d.ip[k] + d.fieldOff[k];
-    const t = d.target[k];
+    const kind = d.refKind[r];
+    const field = d.ip[k] + d.fieldOff[r];
+    const t = d.target[r];
     while (ro < relOrder.length && tr.r_offset[relOrder[ro]] < field) ro++;
     // Several relocations at one offset: all sit on the operand, the last one in the table applies.
     let rel = -1;
@@ -225,7 +225,7 @@ export function findUnits(img: Image): UnitPlan {
     }
     const relocated = rel >= 0;
     if (relocated && !PC_RELATIVE_CODE_RELOCS.has(tr.r_type[rel])) throw new ElfRefusal(`unsupported relocation type ${relocTypeName(tr.r_type[rel])} on a code operand`, field);
-    if (relocated && d.fieldSize[k] !== 4) throw new ElfRefusal('relocation on a short PC-relative field', field);
+    if (relocated && d.fieldSize[r] !== 4) throw new ElfRefusal('relocation on a short PC-relative field', field);
     if (inText(img, t)) {
       if (!relocated) {
         const j = atomAt(t);
@@ -261,13 +261,14 @@ export function findUnits(img: Image): UnitPlan {
     const d = decodeRange(sectionData(img.elf, s), s.sh_addr);
     otherExecDecoded.push(d);
     const rel = fieldSet(img.codeRelocs.get(s.index) ?? NO_RELOCS);
-    for (let k = 0; k < d.count; k++) {
-      if (d.refKind[k] === REF_NONE || !inText(img, d.target[k])) continue;
-      const field = d.ip[k] + d.fieldOff[k];
+    for (let r = 0; r < d.refs.length; r++) {
+      const k = d.refs[r];
+      if (!inText(img, d.target[r])) continue;
+      const field = d.ip[k] + d.fieldOff[r];
       const type = rel.get(field);
-      if (type === undefined || d.fieldSize[k] !== 4) throw new ElfRefusal(`unrelocated reference from ${s.name} into .text`, d.ip[k]);
+      if (type === undefined || d.fieldSize[r] !== 4) throw new ElfRefusal(`unrelocated reference from ${s.name} into .text`, d.ip[k]);
       if (!PC_RELATIVE_CODE_RELOCS.has(type)) throw new ElfRefusal(`unsupported relocation type ${relocTypeName(type)} on a code operand`, field);
-      otherExecRefs.push({ ip: d.ip[k], len: d.len[k], fieldOff: d.fieldOff[k], target: d.target[k] });
+      otherExecRefs.push({ ip: d.ip[k], len: d.len[k], fieldOff: d.fieldOff[r], target: d.target[r] });
     }
   }
 

@@ -14,7 +14,7 @@
  *    named by static relocations, symbol section indexes and the build-id.
  * Any failure throws VerifyError with the address; the image is then never written.
  */
-import { CODE_INVALID, decodePieces, decodeRange, DecodedRange, pieceAt, REF_NONE } from './disasm';
+import { CODE_INVALID, decodePieces, decodeRange, DecodedRange, lowerBound, pieceAt } from './disasm';
 import { parseEhFrame, parseEhFrameHdr } from './ehframe';
 import { VerifyError } from './errors';
 import { Image, inText } from './image';
@@ -260,23 +260,31 @@ function compareCode(
   delta: number, mapT: (t: number) => number, rep: VerifyReport,
 ): void {
   let j = bFrom;
+  // ra / rb: the next operand (index into refs) of each side.
+  let ra = lowerBound(a.refs, aFrom);
+  let rb = lowerBound(b.refs, bFrom);
   for (let i = aFrom; i < aTo; i++, j++) {
     if (j >= bTo) fail('output code ends early', a.ip[i]);
     const l = a.len[i];
     if (l !== b.len[j] || a.code[i] !== b.code[j] || b.ip[j] !== a.ip[i] + delta || b.code[j] === CODE_INVALID) fail('instruction differs after moving', a.ip[i]);
     const ia = a.ip[i] - inBase;
     const ib = b.ip[j] - outBase;
-    const kind = a.refKind[i];
-    const fs = kind === REF_NONE ? l : a.fieldOff[i];
-    const fe = kind === REF_NONE ? l : fs + a.fieldSize[i];
+    const hasRef = ra < a.refs.length && a.refs[ra] === i;
+    const outRef = rb < b.refs.length && b.refs[rb] === j;
+    const fs = hasRef ? a.fieldOff[ra] : l;
+    const fe = hasRef ? fs + a.fieldSize[ra] : l;
     for (let k = 0; k < fs; k++) if (inBytes[ia + k] !== outBytes[ib + k]) fail('instruction bytes differ after moving', a.ip[i]);
     for (let k = fe; k < l; k++) if (inBytes[ia + k] !== outBytes[ib + k]) fail('instruction bytes differ after moving', a.ip[i]);
-    if (kind !== REF_NONE) {
-      if (b.refKind[j] !== kind || b.target[j] !== mapT(a.target[i])) {
-        fail(`operand reaches 0x${b.target[j].toString(16)}, want 0x${mapT(a.target[i]).toString(16)}`, a.ip[i]);
+    if (hasRef) {
+      if (!outRef || b.refKind[rb] !== a.refKind[ra] || b.target[rb] !== mapT(a.target[ra])) {
+        fail(`operand reaches 0x${outRef ? b.target[rb].toString(16) : '?'}, want 0x${mapT(a.target[ra]).toString(16)}`, a.ip[i]);
       }
       rep.pcRelOperands++;
+      ra++;
+    } else if (outRef) {
+      fail('instruction differs after moving', a.ip[i]);
     }
+    if (outRef) rb++;
     rep.instructions++;
   }
   if (j !== bTo) fail('output code has extra instructions', b.ip[j]);
@@ -294,7 +302,7 @@ function compareCode(
  */
 function rangeComparer(inBytes: Uint8Array, inBase: number, a: DecodedRange, outBytes: Uint8Array, outBase: number, b: DecodedRange, mapT: (t: number) => number, rep: VerifyReport) {
   const buf = (x: Uint8Array | Uint16Array) => Buffer.from(x.buffer, x.byteOffset, x.byteLength);
-  const aLen = buf(a.len), bLen = buf(b.len), aCode = buf(a.code), bCode = buf(b.code), aKind = buf(a.refKind), bKind = buf(b.refKind);
+  const aLen = buf(a.len), bLen = buf(b.len), aCode = buf(a.code), bCode = buf(b.code);
   const inBuf = buf(inBytes);
   const outBuf = buf(outBytes);
   // An undecodable instruction anywhere: leave every range to the detailed comparison.
@@ -305,37 +313,31 @@ function rangeComparer(inBytes: Uint8Array, inBase: number, a: DecodedRange, out
     if (!valid || bTo - bFrom !== n) return false;
     if (n === 0) return true;
     if (b.ip[bFrom] !== a.ip[aFrom] + delta || b.ip[bTo - 1] !== a.ip[aTo - 1] + delta) return false;
-    if (aLen.compare(bLen, bFrom, bTo, aFrom, aTo) !== 0 || aCode.compare(bCode, 2 * bFrom, 2 * bTo, 2 * aFrom, 2 * aTo) !== 0 ||
-      aKind.compare(bKind, bFrom, bTo, aFrom, aTo) !== 0) return false;
+    if (aLen.compare(bLen, bFrom, bTo, aFrom, aTo) !== 0 || aCode.compare(bCode, 2 * bFrom, 2 * bTo, 2 * aFrom, 2 * aTo) !== 0) return false;
+    // The same instructions carry operands, of the same kinds, reaching the moved targets.
+    const ra0 = lowerBound(a.refs, aFrom);
+    const refs = lowerBound(a.refs, aTo) - ra0;
+    const rb0 = lowerBound(b.refs, bFrom);
+    if (lowerBound(b.refs, bTo) - rb0 !== refs) return false;
     // Bytes: the output copy with the input's PC-relative fields put back must equal the input.
     const ia = a.ip[aFrom] - inBase;
     const ib = b.ip[bFrom] - outBase;
     const size = a.ip[aTo - 1] + a.len[aTo - 1] - a.ip[aFrom];
     if (scratch.length < size) scratch = Buffer.alloc(Math.max(size, 2 * scratch.length));
     outBuf.copy(scratch, 0, ib, ib + size);
-    let refs = 0;
-    for (let r = lowerBound(a.refs, aFrom); r < a.refs.length && a.refs[r] < aTo; r++, refs++) {
-      const i = a.refs[r];
-      if (b.target[bFrom + (i - aFrom)] !== mapT(a.target[i])) return false;
-      const f = a.ip[i] - a.ip[aFrom] + a.fieldOff[i];
-      for (let k = 0; k < a.fieldSize[i]; k++) scratch[f + k] = inBytes[ia + f + k];
+    for (let q = 0; q < refs; q++) {
+      const ra = ra0 + q;
+      const rb = rb0 + q;
+      const i = a.refs[ra];
+      if (b.refs[rb] - bFrom !== i - aFrom || b.refKind[rb] !== a.refKind[ra] || b.target[rb] !== mapT(a.target[ra])) return false;
+      const f = a.ip[i] - a.ip[aFrom] + a.fieldOff[ra];
+      for (let k = 0; k < a.fieldSize[ra]; k++) scratch[f + k] = inBytes[ia + f + k];
     }
     if (inBuf.compare(scratch, 0, size, ia, ia + size) !== 0) return false;
     rep.instructions += n;
     rep.pcRelOperands += refs;
     return true;
   };
-}
-
-/** First index of the ascending array `xs` whose value is >= v. */
-function lowerBound(xs: Int32Array, v: number): number {
-  let lo = 0;
-  let hi = xs.length;
-  while (lo < hi) {
-    const mid = (lo + hi) >> 1;
-    if (xs[mid] < v) lo = mid + 1; else hi = mid;
-  }
-  return lo;
 }
 
 function verifyText(img: Image, layout: Layout, out: ElfFile, rep: VerifyReport, mode: VerifyMode): void {
@@ -392,21 +394,20 @@ function verifyText(img: Image, layout: Layout, out: ElfFile, rep: VerifyReport,
  */
 function rereadUnit(a: DecodedRange, from: number, to: number, outBytes: Uint8Array, outBase: number, delta: number): DecodedRange {
   const n = to - from;
+  const r0 = lowerBound(a.refs, from);
+  const nr = lowerBound(a.refs, to) - r0;
   const r = {
-    start: a.ip[from] + delta, count: n, ip: new Float64Array(n), len: new Uint8Array(n), code: new Uint16Array(n),
-    flags: new Uint8Array(n), refKind: new Uint8Array(n), fieldOff: new Uint8Array(n), fieldSize: new Uint8Array(n), target: new Float64Array(n),
-    refs: a.refs.subarray(lowerBound(a.refs, from), lowerBound(a.refs, to)).map((k) => k - from),
+    start: a.ip[from] + delta, count: n, ip: new Float64Array(n), len: a.len.slice(from, to), code: a.code.slice(from, to), flags: a.flags.slice(from, to),
+    refs: a.refs.slice(r0, r0 + nr).map((k) => k - from), refKind: a.refKind.slice(r0, r0 + nr), fieldOff: a.fieldOff.slice(r0, r0 + nr),
+    fieldSize: a.fieldSize.slice(r0, r0 + nr), target: new Float64Array(nr),
   };
+  for (let k = from, j = 0; k < to; k++, j++) r.ip[j] = a.ip[k] + delta;
   const view = new DataView(outBytes.buffer, outBytes.byteOffset, outBytes.byteLength);
-  for (let k = from, j = 0; k < to; k++, j++) {
-    const ip = a.ip[k] + delta;
-    r.ip[j] = ip; r.len[j] = a.len[k]; r.code[j] = a.code[k]; r.refKind[j] = a.refKind[k];
-    r.fieldOff[j] = a.fieldOff[k]; r.fieldSize[j] = a.fieldSize[k]; r.flags[j] = a.flags[k];
-    if (a.refKind[k] !== REF_NONE) {
-      const at = ip + a.fieldOff[k] - outBase;
-      const v = a.fieldSize[k] === 4 ? view.getInt32(at, true) : a.fieldSize[k] === 1 ? view.getInt8(at) : NaN;
-      r.target[j] = ip + a.len[k] + v;
-    }
+  for (let q = 0; q < nr; q++) {
+    const ip = r.ip[r.refs[q]];
+    const at = ip + r.fieldOff[q] - outBase;
+    const v = r.fieldSize[q] === 4 ? view.getInt32(at, true) : r.fieldSize[q] === 1 ? view.getInt8(at) : NaN;
+    r.target[q] = ip + r.len[r.refs[q]] + v;
   }
   return r;
 }

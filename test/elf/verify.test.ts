@@ -35,11 +35,11 @@ if (!z.ok) announceSkip('verifier tests', z.skip);
   test('a call displacement off by one', () => {
     // First cross-unit call in the input, found from the decoded units.
     const d = plan.code;
-    const isCall = (k: number) => d.refKind[k] === REF_BRANCH && d.len[k] === 5;
-    const u = plan.units.find((x) => { for (let k = x.first; k < x.coreLast; k++) if (isCall(k)) return true; return false; })!;
-    let i = u.first;
-    while (!isCall(i)) i++;
-    const field = mapAddress(layout, d.ip[i]) + d.fieldOff[i];
+    const isCall = (r: number) => d.refKind[r] === REF_BRANCH && d.len[d.refs[r]] === 5;
+    const u = plan.units.find((x) => { for (let r = 0; r < d.refs.length; r++) if (d.refs[r] >= x.first && d.refs[r] < x.coreLast && isCall(r)) return true; return false; })!;
+    let r = 0;
+    while (!(d.refs[r] >= u.first && isCall(r))) r++;
+    const field = mapAddress(layout, d.ip[d.refs[r]]) + d.fieldOff[r];
     const bad = Uint8Array.from(good);
     bad[textOff + field - img.textStart] ^= 1;
     expect(() => verifyImage(img, layout, bad)).toThrow(VerifyError);
