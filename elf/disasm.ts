@@ -26,7 +26,11 @@ export const CODE_INVALID = 0;
 export interface DecodedRange {
   readonly start: number;
   readonly count: number;
-  readonly ip: Float64Array;
+  /**
+   * Address of each instruction: 32-bit when the whole range lies below 4 GiB (every real library:
+   * half the memory of doubles), doubles otherwise.
+   */
+  readonly ip: Uint32Array | Float64Array;
   readonly len: Uint8Array;
   /** iced `Code` of the instruction; CODE_INVALID when the bytes do not decode. */
   readonly code: Uint16Array;
@@ -142,22 +146,18 @@ export function pieceAt(p: DecodedPieces, addr: number): number {
  * callers walk index ranges instead of per-piece views (thousands of typed-array views cost more
  * to create and collect than the loops that read them).
  */
-export function decodePieces(bytes: Uint8Array, address: number, cuts: number[]): DecodedPieces {
+export function decodePieces(bytes: Uint8Array, address: number, cuts: number[], opts: { scratch?: boolean } = {}): DecodedPieces {
   // x86-64 code averages about 4 bytes per instruction: start at a third of the byte count and
   // grow if needed (fresh pages cost a page fault each here, so over-allocating is not free).
   // The arrays are plain locals, not captured by any closure, so that the loop keeps them in
   // registers: this loop runs once per instruction, twice per randomization.
   let cap = Math.ceil(bytes.length / 3) + 16;
-  let ip = new Float64Array(cap);
-  let len = new Uint8Array(cap);
-  let code = new Uint16Array(cap);
-  let flags = new Uint8Array(cap);
   let refCap = (cap >> 2) + 16;
-  let refs = new Int32Array(refCap);
-  let refKind = new Uint8Array(refCap);
-  let fieldOff = new Uint8Array(refCap);
-  let fieldSize = new Uint8Array(refCap);
-  let target = new Float64Array(refCap);
+  const wide = address + bytes.length > 2 ** 32;
+  const spare = opts.scratch ? scratchArrays : undefined;
+  const reuse = spare !== undefined && spare.ip.length >= cap && spare.refs.length >= refCap && (spare.ip instanceof Float64Array) === wide;
+  if (reuse) { cap = spare.ip.length; refCap = spare.refs.length; }
+  let { ip, len, code, flags, refs, refKind, fieldOff, fieldSize, target } = reuse ? spare : newArrays(cap, refCap, wide);
   let n = 0;
   let nRefs = 0;
   const ins = sharedInstr ?? (sharedInstr = new Instruction());
@@ -190,7 +190,12 @@ export function decodePieces(bytes: Uint8Array, address: number, cuts: number[])
         ip[n] = address + at;
         len[n] = l;
         // An instruction running across the cut (into the next function) counts as undecodable.
-        if (c === CODE_INVALID || pos > to) { n++; continue; }
+        if (c === CODE_INVALID || pos > to) {
+          code[n] = CODE_INVALID;
+          flags[n] = 0;
+          n++;
+          continue;
+        }
         code[n] = c;
         let bits = codeBits[c];
         if (bits === 0) bits = learnCode(ins, c);
@@ -230,6 +235,7 @@ export function decodePieces(bytes: Uint8Array, address: number, cuts: number[])
     decoder.free();
   }
   pieceFirst[bounds.length - 1] = n;
+  if (opts.scratch) scratchArrays = { ip, len, code, flags, refs, refKind, fieldOff, fieldSize, target };
   return {
     code: {
       start: address, count: n, ip: ip.subarray(0, n), len: len.subarray(0, n), code: code.subarray(0, n),
@@ -240,8 +246,36 @@ export function decodePieces(bytes: Uint8Array, address: number, cuts: number[])
   };
 }
 
+/** The arrays one decoding fills (sized for instructions, or for operands from `refs` on). */
+interface DecodeArrays {
+  ip: Uint32Array | Float64Array;
+  len: Uint8Array;
+  code: Uint16Array;
+  flags: Uint8Array;
+  refs: Int32Array;
+  refKind: Uint8Array;
+  fieldOff: Uint8Array;
+  fieldSize: Uint8Array;
+  target: Float64Array;
+}
+
+function newArrays(cap: number, refCap: number, wide: boolean): DecodeArrays {
+  return {
+    ip: wide ? new Float64Array(cap) : new Uint32Array(cap), len: new Uint8Array(cap), code: new Uint16Array(cap), flags: new Uint8Array(cap),
+    refs: new Int32Array(refCap), refKind: new Uint8Array(refCap), fieldOff: new Uint8Array(refCap), fieldSize: new Uint8Array(refCap),
+    target: new Float64Array(refCap),
+  };
+}
+
+/**
+ * Arrays of the last decoding made with `scratch: true`, reused by the next one: a decoding whose
+ * result is dropped right after use (the verifier's reading of the output) then touches no fresh
+ * memory once a process has randomized a library. Its result is valid until the next such call.
+ */
+let scratchArrays: DecodeArrays | undefined;
+
 /** A copy of `a` with room for `cap` entries. */
-function grown<T extends Float64Array | Uint16Array | Uint8Array | Int32Array>(a: T, cap: number): T {
+function grown<T extends Float64Array | Uint32Array | Uint16Array | Uint8Array | Int32Array>(a: T, cap: number): T {
   const b = new (a.constructor as new (n: number) => T)(cap);
   b.set(a as ArrayLike<number> & T);
   return b;

@@ -362,7 +362,8 @@ function verifyText(img: Image, layout: Layout, out: ElfFile, rep: VerifyReport,
   // 'decode': one decoding pass over the output .text, restarting at every placed unit. Each unit
   // is then compared in one lockstep walk: the same instruction count, each at the input address
   // plus the unit's shift, so every input atom start is an output instruction start too.
-  const outCode = mode === 'decode' ? decodePieces(outBytes, t0, placed.flatMap((p) => [p.s, p.e])) : undefined;
+  // The decoding is dropped when this function returns: it uses the decoder's scratch arrays.
+  const outCode = mode === 'decode' ? decodePieces(outBytes, t0, placed.flatMap((p) => [p.s, p.e]), { scratch: true }) : undefined;
   const same = outCode ? rangeComparer(inBytes, t0, inCode, outBytes, t0, outCode.code, mapT, rep) : undefined;
   for (const u of units) {
     const ns = layout.newStart[u.index];
@@ -397,11 +398,11 @@ function rereadUnit(a: DecodedRange, from: number, to: number, outBytes: Uint8Ar
   const r0 = lowerBound(a.refs, from);
   const nr = lowerBound(a.refs, to) - r0;
   const r = {
-    start: a.ip[from] + delta, count: n, ip: new Float64Array(n), len: a.len.slice(from, to), code: a.code.slice(from, to), flags: a.flags.slice(from, to),
+    start: a.ip[from] + delta, count: n, ip: a.ip.slice(from, to), len: a.len.slice(from, to), code: a.code.slice(from, to), flags: a.flags.slice(from, to),
     refs: a.refs.slice(r0, r0 + nr).map((k) => k - from), refKind: a.refKind.slice(r0, r0 + nr), fieldOff: a.fieldOff.slice(r0, r0 + nr),
     fieldSize: a.fieldSize.slice(r0, r0 + nr), target: new Float64Array(nr),
   };
-  for (let k = from, j = 0; k < to; k++, j++) r.ip[j] = a.ip[k] + delta;
+  for (let j = 0; j < n; j++) r.ip[j] += delta; // same section, so the same width fits
   const view = new DataView(outBytes.buffer, outBytes.byteOffset, outBytes.byteLength);
   for (let q = 0; q < nr; q++) {
     const ip = r.ip[r.refs[q]];
