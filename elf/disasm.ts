@@ -13,7 +13,7 @@ export const REF_BRANCH = 1;
 /** Memory operand addressed relative to RIP (disp32). */
 export const REF_RIPREL = 2;
 
-/** Bits of `DecodedRange.flags`. */
+// Bits of `DecodedRange.flags`.
 /** The instruction cannot fall through (ret, jmp, ud2, hlt, int3 ...). */
 export const F_TERMINATOR = 1;
 /** A padding instruction (nop, int3). */
@@ -55,11 +55,10 @@ export interface DecodedRange {
 
 let sharedInstr: Instruction | undefined;
 
-/**
- * Per-`Code` facts, learnt from the first instance of each instruction form (each getter is a wasm
- * call) and kept in flat tables indexed by Code, so that the decoding loop reads typed arrays only.
- * Bits of `codeBits` (F_TERMINATOR and F_PADDING are also the per-instruction flags):
- */
+// Per-`Code` facts, learnt from the first instance of each instruction form (each getter is a
+// wasm call) and kept in flat tables indexed by Code, so that the decoding loop reads typed arrays
+// only. Bits of `codeBits`, besides F_TERMINATOR and F_PADDING (copied to the instruction's flags):
+/** The form has been seen (0 in `codeBits`: not learnt yet). */
 const C_KNOWN = 4;
 /** Near branch/call with a relative target. */
 const C_BRANCH = 8;
