@@ -15,7 +15,7 @@ import { inCore, Layout, mapAddress } from './layout';
 import { vaddrToOffset } from './reader';
 import {
   DT_FINI, DT_INIT, relocTypeName, R_X86_64_64, R_X86_64_IRELATIVE, R_X86_64_PC32, R_X86_64_PLT32,
-  R_X86_64_RELATIVE, R_X86_64_RELATIVE64, SectionHeader, SHF_ALLOC, SHF_EXECINSTR, STT_SECTION,
+  R_X86_64_RELATIVE, R_X86_64_RELATIVE64, SHF_ALLOC, SHF_EXECINSTR, STT_SECTION,
 } from './types';
 import { unitIndexAt } from './units';
 
@@ -48,14 +48,7 @@ function mapCodeTarget(layout: Layout, t: number, where: number): number {
   return mapAddress(layout, t);
 }
 
-/**
- * `out` holds the input's bytes at the input's offsets, except that a non-allocated section may
- * have moved: `sectionOffset` gives where a section's contents are in `out` (only .symtab, which
- * is not loaded, is patched outside the loadable part, whose offsets never change).
- */
-export function moveCodeAndPatch(
-  img: Image, layout: Layout, out: Uint8Array, sectionOffset: (s: SectionHeader) => number = (s) => s.sh_offset,
-): PatchStats {
+export function moveCodeAndPatch(img: Image, layout: Layout, out: Uint8Array): PatchStats {
   const view = new DataView(out.buffer, out.byteOffset, out.byteLength);
   const stats: PatchStats = { codeRefs: 0, jumpTableEntries: 0, dataPcRel: 0, dynRelocs: 0, symbols: 0, fdes: 0 };
   const src = img.elf.bytes;
@@ -95,7 +88,7 @@ export function moveCodeAndPatch(
 
   patchDataRelocs(img, layout, view, stats);
   patchDynamic(img, layout, view, stats);
-  patchSymbols(img, layout, view, stats, sectionOffset);
+  patchSymbols(img, layout, view, stats);
   patchEhFrame(img, layout, view, stats);
   return stats;
 }
@@ -237,13 +230,12 @@ function patchDynamic(img: Image, layout: Layout, view: DataView, stats: PatchSt
   }
 }
 
-function patchSymbols(img: Image, layout: Layout, view: DataView, stats: PatchStats, sectionOffset: (s: SectionHeader) => number): void {
+function patchSymbols(img: Image, layout: Layout, view: DataView, stats: PatchStats): void {
   for (const table of [img.symtab, img.dynsym]) {
     if (!table) continue;
-    const shift = sectionOffset(table.section) - table.section.sh_offset;
     for (const s of table.symbols) {
       if (s.st_shndx !== img.text.index || s.type === STT_SECTION || !inText(img, s.st_value)) continue;
-      view.setBigUint64(s.fileOffset + shift + 8, BigInt(mapAddress(layout, s.st_value)), true);
+      view.setBigUint64(s.fileOffset + 8, BigInt(mapAddress(layout, s.st_value)), true);
       stats.symbols++;
     }
   }

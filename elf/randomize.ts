@@ -12,7 +12,7 @@ import { entropyBits, Layout, planLayout, ShuffleRng } from './layout';
 import { moveCodeAndPatch, PatchStats } from './patch';
 import { findUnits, UnitPlan } from './units';
 import { verifyImage, VerifyMode, VerifyReport } from './verify';
-import { finishOutput, outputSectionOffset, planOutput, startOutput, WriteReport } from './writer';
+import { keptRanges, rebuildFile, WriteReport } from './writer';
 
 export interface RandomizeResult {
   readonly bytes: Uint8Array;
@@ -73,18 +73,19 @@ export function prepareLibrary(input: Uint8Array): PreparedLibrary {
 /** The seed-dependent half: plan layout → move code → patch → rebuild → verify. */
 export function randomizePrepared(prep: PreparedLibrary, seed: Uint8Array = randomBytes(32), opts: RandomizeOptions = {}): RandomizeResult {
   const { img, plan } = prep;
+  const input = img.elf.bytes;
   const t: Record<string, number> = { ...prep.timingsMs };
   let t0 = performance.now();
   const lap = (name: string) => { const n = performance.now(); t[name] = n - t0; t0 = n; };
   const layout = planLayout(plan, img.textStart, img.textEnd, new ShuffleRng(seed, loadablePart(img)));
   lap('layout');
-  // The output file is laid out first and patched in place: no intermediate copy of the input
-  // (on this VM first-touch page faults dominate copying, so every fresh buffer counts).
-  const out = planOutput(img.elf);
-  const bytes = startOutput(img.elf, out);
-  const patch = moveCodeAndPatch(img, layout, bytes, (s) => outputSectionOffset(out, s));
+  // A copy with the same size and layout, filled only where the output is made from: the pages of
+  // stripped debug sections are never touched (first-touch page faults dominate copying here).
+  const patched = new Uint8Array(input.length);
+  for (const [s, e] of keptRanges(img.elf)) patched.set(input.subarray(s, e), s);
+  const patch = moveCodeAndPatch(img, layout, patched);
   lap('patch');
-  const report = finishOutput(img.elf, out, bytes);
+  const { bytes, report } = rebuildFile(img.elf, patched);
   lap('write');
   const verify = verifyImage(img, layout, bytes, opts.verify ?? 'decode');
   lap('verify');

@@ -39,25 +39,30 @@ function loadableEnd(elf: ElfFile): number {
   return end;
 }
 
-/** Where the kept parts of the input go in the rebuilt file. */
-export interface OutputPlan {
-  readonly keep: SectionHeader[];
-  /** Output index of each input section (-1: dropped). */
-  readonly newIndex: Int32Array;
-  /** Output file offset of each kept non-allocated section, by input index. */
-  readonly newOffset: Map<number, number>;
-  /** The loadable part [0, allocEnd) keeps its offsets. */
-  readonly allocEnd: number;
-  readonly shoff: number;
-  readonly size: number;
+/**
+ * The byte ranges of the input that the rebuilt file is made of (the loadable part, the kept
+ * non-allocated sections, the section headers). The randomizer copies only these: the stripped
+ * debug sections are often most of the file.
+ */
+export function keptRanges(elf: ElfFile): [number, number][] {
+  const r: [number, number][] = [[0, loadableEnd(elf)]];
+  for (const s of elf.sections) {
+    if (s.index === 0 || (s.sh_flags & SHF_ALLOC) || dropped(s) || s.sh_type === SHT_NOBITS) continue;
+    r.push([s.sh_offset, s.sh_offset + s.sh_size]);
+  }
+  if (elf.header.e_shnum > 0) r.push([elf.header.e_shoff, elf.header.e_shoff + elf.header.e_shnum * ELF64_SHDR_SIZE]);
+  return r;
 }
 
-export function planOutput(elf: ElfFile): OutputPlan {
+/** `patched` has the input's size and layout (at least over keptRanges); `elf` is the parsed input. */
+export function rebuildFile(elf: ElfFile, patched: Uint8Array): { bytes: Uint8Array; report: WriteReport } {
   const keep = elf.sections.filter((s) => !dropped(s));
   if (keep.length >= SHN_LORESERVE) throw new ElfRefusal('too many sections to renumber');
   const newIndex = new Int32Array(elf.sections.length).fill(-1);
   keep.forEach((s, i) => { newIndex[s.index] = i; });
+
   const allocEnd = loadableEnd(elf);
+
   // Place kept non-allocated sections after it.
   const newOffset = new Map<number, number>();
   let cur = allocEnd;
@@ -69,46 +74,20 @@ export function planOutput(elf: ElfFile): OutputPlan {
     cur += s.sh_size;
   }
   const shoff = alignUp(cur, 8);
-  return { keep, newIndex, newOffset, allocEnd, shoff, size: shoff + keep.length * ELF64_SHDR_SIZE };
-}
-
-/** Output file offset of the contents of kept section `s`. */
-export function outputSectionOffset(plan: OutputPlan, s: SectionHeader): number {
-  return (s.sh_flags & SHF_ALLOC) ? s.sh_offset : plan.newOffset.get(s.index) ?? -1;
-}
-
-/**
- * The output file with the kept bytes of `src` (the input, or a patched copy of it with the same
- * offsets) in their places: the loadable part, then the kept non-allocated sections. Only these
- * bytes are copied: the stripped debug sections are often most of the file.
- */
-export function startOutput(elf: ElfFile, plan: OutputPlan, src: Uint8Array = elf.bytes): Uint8Array {
-  const out = new Uint8Array(plan.size);
-  out.set(src.subarray(0, plan.allocEnd), 0);
-  for (const s of plan.keep) {
-    const o = plan.newOffset.get(s.index);
+  const total = shoff + keep.length * ELF64_SHDR_SIZE;
+  const out = new Uint8Array(total);
+  out.set(patched.subarray(0, allocEnd), 0);
+  for (const s of keep) {
+    const o = newOffset.get(s.index);
     if (o === undefined || s.sh_type === SHT_NOBITS) continue;
-    out.set(src.subarray(s.sh_offset, s.sh_offset + s.sh_size), o);
+    out.set(patched.subarray(s.sh_offset, s.sh_offset + s.sh_size), o);
   }
-  return out;
-}
-
-/** `patched` has the input's size and layout (at least over the kept parts); `elf` is the parsed input. */
-export function rebuildFile(elf: ElfFile, patched: Uint8Array): { bytes: Uint8Array; report: WriteReport } {
-  const plan = planOutput(elf);
-  const out = startOutput(elf, plan, patched);
-  return { bytes: out, report: finishOutput(elf, plan, out) };
-}
-
-/** Section headers, section indexes in both symbol tables, and a new build-id, in `out`. */
-export function finishOutput(elf: ElfFile, plan: OutputPlan, out: Uint8Array): WriteReport {
-  const { keep, newIndex, newOffset, shoff } = plan;
   const view = new DataView(out.buffer, out.byteOffset, out.byteLength);
 
   // Section headers.
   keep.forEach((s, i) => {
     const h = shoff + i * ELF64_SHDR_SIZE;
-    out.set(elf.bytes.subarray(s.headerOffset, s.headerOffset + ELF64_SHDR_SIZE), h);
+    out.set(patched.subarray(s.headerOffset, s.headerOffset + ELF64_SHDR_SIZE), h);
     if (i === 0) return;
     const o = newOffset.get(s.index);
     if (o !== undefined) view.setBigUint64(h + 24, BigInt(o), true);
@@ -150,5 +129,5 @@ export function finishOutput(elf: ElfFile, plan: OutputPlan, out: Uint8Array): W
     for (const id of ids) for (let i = 0; i < id.len; i++) out[id.off + i] = h[i % h.length];
     buildIdReplaced = true;
   }
-  return { droppedSections: elf.sections.filter(dropped).map((s) => s.name), buildIdReplaced };
+  return { bytes: out, report: { droppedSections: elf.sections.filter(dropped).map((s) => s.name), buildIdReplaced } };
 }
