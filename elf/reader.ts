@@ -45,7 +45,10 @@ export class Cursor {
     const hi = this.view.getUint32(off + 4, true);
     // Values above 2^53 cannot be addresses or sizes in a file we can hold in memory.
     if (hi >= 0x200000) throw new ElfFormatError(off, `${what}: value too large`, this.view.getBigUint64(off, true).toString());
-    return hi * 0x100000000 + this.view.getUint32(off, true);
+    const lo = this.view.getUint32(off, true);
+    // hi * 2^32 is a double even when hi is 0: return `lo` itself then, so that small values stay
+    // small integers (a double address makes every later sum with it allocate in unoptimized code).
+    return hi === 0 ? lo : hi * 0x100000000 + lo;
   }
   i64(off: number, what: string): number {
     this.check(off, 8, what);
@@ -55,6 +58,8 @@ export class Cursor {
     if (hi >= 0x200000 || hi < -0x200000 || (hi === -0x200000 && lo === 0)) {
       throw new ElfFormatError(off, `${what}: value out of range`, this.view.getBigInt64(off, true).toString());
     }
+    if (hi === 0) return lo;
+    if (hi === -1 && lo >= 0x80000000) return lo | 0; // a small negative value, as an int32
     return hi * 0x100000000 + lo;
   }
 }
