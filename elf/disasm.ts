@@ -6,6 +6,7 @@
  * absolute address it reaches. Typed arrays keep memory proportional to the code size.
  */
 import { CodeExt, Decoder, DecoderOptions, FlowControl, Instruction, Mnemonic, OpCodeOperandKind, OpKind } from 'iced-x86';
+import { narrowed } from './reader';
 
 export const REF_NONE = 0;
 /** Near branch / call with a relative immediate (rel8 or rel32). */
@@ -49,8 +50,8 @@ export interface DecodedRange {
   readonly fieldOff: Uint8Array;
   /** Size in bytes of the PC-relative field (1 or 4). */
   readonly fieldSize: Uint8Array;
-  /** Absolute address the PC-relative field reaches. */
-  readonly target: Float64Array;
+  /** Absolute address the PC-relative field reaches (32-bit when every target fits, see `narrowed`). */
+  readonly target: Int32Array | Uint32Array | Float64Array;
 }
 
 let sharedInstr: Instruction | undefined;
@@ -239,7 +240,7 @@ export function decodePieces(bytes: Uint8Array, address: number, cuts: number[],
     code: {
       start: address, count: n, ip: ip.subarray(0, n), len: len.subarray(0, n), code: code.subarray(0, n),
       flags: flags.subarray(0, n), refs: refs.subarray(0, nRefs), refKind: refKind.subarray(0, nRefs),
-      fieldOff: fieldOff.subarray(0, nRefs), fieldSize: fieldSize.subarray(0, nRefs), target: target.subarray(0, nRefs),
+      fieldOff: fieldOff.subarray(0, nRefs), fieldSize: fieldSize.subarray(0, nRefs), target: narrowed(target.subarray(0, nRefs)),
     },
     pieceStart, pieceFirst,
   };

@@ -8,7 +8,7 @@
 import { ElfRefusal } from './errors';
 import { Fde, parseEhFrame, parseEhFrameHdr, EhFrameHdr } from './ehframe';
 import {
-  ElfFile, readDynamic, readElf, readRelaRange, readRelaTable, readSymbols, RelaTable, sectionByName, vaddrToOffset,
+  ElfFile, narrowed, readDynamic, readElf, readRelaRange, readRelaTable, readSymbols, RelaTable, sectionByName, vaddrToOffset,
 } from './reader';
 import {
   Dyn, DT_FLAGS, DF_TEXTREL, DT_JMPREL, DT_PLTREL, DT_PLTRELSZ, DT_REL, DT_RELA, DT_RELAENT, DT_RELASZ,
@@ -60,11 +60,11 @@ export interface Image {
 }
 
 function concatRelaTables(a: RelaTable, b: RelaTable): RelaTable {
-  const f64 = (x: Float64Array, y: Float64Array) => { const r = new Float64Array(x.length + y.length); r.set(x); r.set(y, x.length); return r; };
+  const f64 = (x: ArrayLike<number>, y: ArrayLike<number>) => { const r = new Float64Array(x.length + y.length); r.set(x); r.set(y, x.length); return r; };
   const u32 = (x: Uint32Array, y: Uint32Array) => { const r = new Uint32Array(x.length + y.length); r.set(x); r.set(y, x.length); return r; };
   // fileOffset is only meaningful for a single table; nothing reads it for code relocations.
   return {
-    count: a.count + b.count, fileOffset: a.fileOffset, r_offset: f64(a.r_offset, b.r_offset), r_type: u32(a.r_type, b.r_type),
+    count: a.count + b.count, fileOffset: a.fileOffset, r_offset: narrowed(f64(a.r_offset, b.r_offset)), r_type: u32(a.r_type, b.r_type),
     r_sym: u32(a.r_sym, b.r_sym), r_addend: f64(a.r_addend, b.r_addend),
   };
 }

@@ -274,7 +274,8 @@ export interface RelaTable {
   readonly count: number;
   /** File offset of entry 0; entry q is at fileOffset + q * ELF64_RELA_SIZE. */
   readonly fileOffset: number;
-  readonly r_offset: Float64Array;
+  /** 32-bit when every offset fits (see `narrowed`). */
+  readonly r_offset: Uint32Array | Int32Array | Float64Array;
   readonly r_type: Uint32Array;
   readonly r_sym: Uint32Array;
   readonly r_addend: Float64Array;
@@ -295,7 +296,25 @@ export function readRelaTable(elf: ElfFile, sh: SectionHeader): RelaTable {
     t.r_sym[i] = c.u32(o + 12, 'r_info');
     t.r_addend[i] = c.i64(o + 16, 'r_addend');
   }
-  return t;
+  return { ...t, r_offset: narrowed(t.r_offset) };
+}
+
+/**
+ * `a` as 32-bit integers when every value fits (as in every real library), else `a` itself:
+ * reading an element of a Float64Array makes a heap number in unoptimized code, and the first
+ * randomizations in a process run much of their code unoptimized.
+ */
+export function narrowed(a: Float64Array): Int32Array | Uint32Array | Float64Array {
+  let min = 0;
+  let max = 0;
+  for (let i = 0; i < a.length; i++) {
+    const v = a[i];
+    if (v < min) min = v;
+    if (v > max) max = v;
+  }
+  if (min >= -0x80000000 && max <= 0x7fffffff) return Int32Array.from(a);
+  if (min >= 0 && max <= 0xffffffff) return Uint32Array.from(a);
+  return a;
 }
 
 /** `n` Elf64_Rela records at file offset `off` (used for DT_RELA / DT_JMPREL tables too). */
