@@ -6,6 +6,7 @@
  * absolute address it reaches. Typed arrays keep memory proportional to the code size.
  */
 import { CodeExt, Decoder, DecoderOptions, FlowControl, Instruction, Mnemonic, OpCodeOperandKind, OpKind } from 'iced-x86';
+import { narrowed } from './reader';
 
 export const REF_NONE = 0;
 /** Near branch / call with a relative immediate (rel8 or rel32). */
@@ -13,77 +14,91 @@ export const REF_BRANCH = 1;
 /** Memory operand addressed relative to RIP (disp32). */
 export const REF_RIPREL = 2;
 
+// Bits of `DecodedRange.flags`.
+/** The instruction cannot fall through (ret, jmp, ud2, hlt, int3 ...). */
+export const F_TERMINATOR = 1;
+/** A padding instruction (nop, int3). */
+export const F_PADDING = 2;
+
+/** iced's `Code.INVALID`: also given to an instruction that runs across a cut. */
+export const CODE_INVALID = 0;
+
 /** Decoded instructions of one contiguous code range. */
 export interface DecodedRange {
   readonly start: number;
   readonly count: number;
-  readonly ip: Float64Array;
+  /**
+   * Address of each instruction: 32-bit when the whole range lies below 4 GiB (every real library:
+   * half the memory of doubles), doubles otherwise.
+   */
+  readonly ip: Uint32Array | Float64Array;
   readonly len: Uint8Array;
+  /** iced `Code` of the instruction; CODE_INVALID when the bytes do not decode. */
   readonly code: Uint16Array;
-  /** REF_* kind of the PC-relative field, if any. */
+  /** F_* bits. */
+  readonly flags: Uint8Array;
+  /**
+   * Indexes of the instructions with a PC-relative field, ascending (about one in four). The
+   * arrays below are indexed like `refs` (by operand, not by instruction): on this VM every fresh
+   * page costs a fault, and per-instruction arrays for one operand in four doubled the memory
+   * the decoding touches.
+   */
+  readonly refs: Int32Array;
+  /** REF_* kind of the PC-relative field. */
   readonly refKind: Uint8Array;
   /** Offset of the PC-relative field inside the instruction. */
   readonly fieldOff: Uint8Array;
   /** Size in bytes of the PC-relative field (1 or 4). */
   readonly fieldSize: Uint8Array;
-  /** Absolute address the PC-relative field reaches. */
-  readonly target: Float64Array;
-  /** 1 when the instruction cannot fall through (ret, jmp, ud2, hlt, int3 ...). */
-  readonly terminator: Uint8Array;
-  /** 1 for padding instructions (nop, int3). */
-  readonly padding: Uint8Array;
-  /** 1 when the bytes do not decode. */
-  readonly invalid: Uint8Array;
+  /** Absolute address the PC-relative field reaches (32-bit when every target fits, see `narrowed`). */
+  readonly target: Int32Array | Uint32Array | Float64Array;
 }
 
 let sharedInstr: Instruction | undefined;
 
-/** Per-`Code` facts, computed once per distinct instruction form (each getter is a wasm call). */
-interface CodeInfo {
-  terminator: number;
-  padding: number;
-  branch: boolean;
-  /** Branch with a 64-bit target (op0 NearBranch64): target = next ip + rel, no truncation. */
-  branch64: boolean;
-  mayHaveMemory: boolean;
-  /**
-   * Bytes from the start of the PC-relative field to the end of the instruction (field + any
-   * immediates after it); fixed for a given `Code`, learnt from iced's constant offsets on the
-   * first instance and reused, so that later instances need no getConstantOffsets call. -1: unknown.
-   */
-  tail: number;
-}
+// Per-`Code` facts, learnt from the first instance of each instruction form (each getter is a
+// wasm call) and kept in flat tables indexed by Code, so that the decoding loop reads typed arrays
+// only. Bits of `codeBits`, besides F_TERMINATOR and F_PADDING (copied to the instruction's flags):
+/** The form has been seen (0 in `codeBits`: not learnt yet). */
+const C_KNOWN = 4;
+/** Near branch/call with a relative target. */
+const C_BRANCH = 8;
+/** Branch with a 64-bit target (op0 NearBranch64): target = next ip + rel, no truncation. */
+const C_BRANCH64 = 16;
+/** The form can address memory (and so be RIP-relative): only then is isIpRelMemoryOperand asked. */
+const C_MEMORY = 32;
+const codeBits = new Uint8Array(0x10000);
+/**
+ * Bytes from the start of the PC-relative field to the end of the instruction (field + any
+ * immediates after it); fixed for a given `Code`, learnt from iced's constant offsets on the first
+ * instance and reused, so that later instances need no getConstantOffsets call. 0: not learnt yet.
+ */
+const codeTail = new Uint8Array(0x10000);
 
 /** Operand kinds of an opcode form that can be a ModRM memory operand (and so RIP-relative). */
 const MEMORY_KIND_NAMES = /mem/i;
-const codeInfo: (CodeInfo | undefined)[] = [];
-function infoOf(ins: Instruction, c: number): CodeInfo {
-  let i = codeInfo[c];
-  if (i) return i;
+function learnCode(ins: Instruction, c: number): number {
   const fc = ins.flowControl;
   const mn = ins.mnemonic;
   const k0 = ins.op0Kind;
-  // Whether this opcode form can address memory at all: only then ask the (costly) per-instance
-  // isIpRelMemoryOperand. Decided from iced's own opcode tables, not guessed.
+  // Whether this opcode form can address memory at all, from iced's own opcode tables.
   const oc = CodeExt.opCode(c);
-  let mayHaveMemory = false;
+  let bits = C_KNOWN;
   for (let k = 0; k < oc.opCount; k++) {
     const kind = oc.opKind(k);
-    if (kind !== OpCodeOperandKind.mem_offs && MEMORY_KIND_NAMES.test(OpCodeOperandKind[kind])) mayHaveMemory = true;
+    if (kind !== OpCodeOperandKind.mem_offs && MEMORY_KIND_NAMES.test(OpCodeOperandKind[kind])) bits |= C_MEMORY;
   }
   oc.free();
-  i = {
-    mayHaveMemory,
-    tail: -1,
-    branch64: k0 === OpKind.NearBranch64,
-    terminator: fc === FlowControl.Return || fc === FlowControl.UnconditionalBranch || fc === FlowControl.IndirectBranch ||
-      mn === Mnemonic.Ud2 || mn === Mnemonic.Hlt || mn === Mnemonic.Int3 ? 1 : 0,
-    padding: mn === Mnemonic.Nop || mn === Mnemonic.Int3 ? 1 : 0,
-    branch: (k0 === OpKind.NearBranch64 || k0 === OpKind.NearBranch32 || k0 === OpKind.NearBranch16) &&
-      (fc === FlowControl.UnconditionalBranch || fc === FlowControl.ConditionalBranch || fc === FlowControl.Call || fc === FlowControl.XbeginXabortXend),
-  };
-  codeInfo[c] = i;
-  return i;
+  if (fc === FlowControl.Return || fc === FlowControl.UnconditionalBranch || fc === FlowControl.IndirectBranch ||
+    mn === Mnemonic.Ud2 || mn === Mnemonic.Hlt || mn === Mnemonic.Int3) bits |= F_TERMINATOR;
+  if (mn === Mnemonic.Nop || mn === Mnemonic.Int3) bits |= F_PADDING;
+  if ((k0 === OpKind.NearBranch64 || k0 === OpKind.NearBranch32 || k0 === OpKind.NearBranch16) &&
+    (fc === FlowControl.UnconditionalBranch || fc === FlowControl.ConditionalBranch || fc === FlowControl.Call || fc === FlowControl.XbeginXabortXend)) {
+    bits |= C_BRANCH;
+    if (k0 === OpKind.NearBranch64) bits |= C_BRANCH64;
+  }
+  codeBits[c] = bits;
+  return bits;
 }
 
 /** True when an address-size override (0x67) is among the legacy prefixes before `fieldOff`. */
@@ -98,117 +113,192 @@ function hasAddrSizePrefix(bytes: Uint8Array, start: number, fieldOff: number): 
 
 /** Decodes `bytes` as if loaded at `address`. Cost: one iced-x86 decodeOut per instruction. */
 export function decodeRange(bytes: Uint8Array, address: number): DecodedRange {
-  return decodePieces(bytes, address, [])[0];
+  return decodePieces(bytes, address, []).code;
+}
+
+/**
+ * A range decoded in pieces: the instructions of piece p are indexes
+ * [pieceFirst[p], pieceFirst[p + 1]) of `code`, and the piece starts at address `pieceStart[p]`.
+ */
+export interface DecodedPieces {
+  readonly code: DecodedRange;
+  readonly pieceStart: Float64Array;
+  readonly pieceFirst: Int32Array;
+}
+
+/** Index of the piece that starts exactly at `addr`, or -1. Binary search over the piece starts. */
+export function pieceAt(p: DecodedPieces, addr: number): number {
+  let lo = 0;
+  let hi = p.pieceStart.length - 1;
+  while (lo <= hi) {
+    const mid = (lo + hi) >> 1;
+    const s = p.pieceStart[mid];
+    if (s === addr) return mid;
+    if (s < addr) lo = mid + 1; else hi = mid - 1;
+  }
+  return -1;
 }
 
 /**
  * Decodes `bytes` (loaded at `address`) in pieces: decoding restarts at every cut (an address
- * inside the range), so that a function start is always an instruction start. One set of arrays
- * is allocated for the whole range; each piece is a view into it.
+ * inside the range), so that a function start is always an instruction start. The result is one
+ * set of arrays for the whole range, in address order, with the index where each piece begins:
+ * callers walk index ranges instead of per-piece views (thousands of typed-array views cost more
+ * to create and collect than the loops that read them).
  */
-export function decodePieces(bytes: Uint8Array, address: number, cuts: number[]): DecodedRange[] {
+export function decodePieces(bytes: Uint8Array, address: number, cuts: number[], opts: { scratch?: boolean } = {}): DecodedPieces {
   // x86-64 code averages about 4 bytes per instruction: start at a third of the byte count and
   // grow if needed (fresh pages cost a page fault each here, so over-allocating is not free).
+  // The arrays are plain locals, not captured by any closure, so that the loop keeps them in
+  // registers: this loop runs once per instruction, twice per randomization.
   let cap = Math.ceil(bytes.length / 3) + 16;
-  let ip = new Float64Array(cap);
-  let len = new Uint8Array(cap);
-  let code = new Uint16Array(cap);
-  let refKind = new Uint8Array(cap);
-  let fieldOff = new Uint8Array(cap);
-  let fieldSize = new Uint8Array(cap);
-  let target = new Float64Array(cap);
-  let terminator = new Uint8Array(cap);
-  let padding = new Uint8Array(cap);
-  let invalid = new Uint8Array(cap);
-  const grow = () => {
-    cap = Math.min(cap * 2, bytes.length + 16);
-    const f64 = (a: Float64Array) => { const b = new Float64Array(cap); b.set(a); return b; };
-    const u8 = (a: Uint8Array) => { const b = new Uint8Array(cap); b.set(a); return b; };
-    const u16 = new Uint16Array(cap);
-    u16.set(code);
-    ip = f64(ip); target = f64(target); code = u16;
-    len = u8(len); refKind = u8(refKind); fieldOff = u8(fieldOff); fieldSize = u8(fieldSize);
-    terminator = u8(terminator); padding = u8(padding); invalid = u8(invalid);
-  };
+  let refCap = (cap >> 2) + 16;
+  const wide = address + bytes.length > 2 ** 32;
+  const spare = opts.scratch ? scratchArrays : undefined;
+  const reuse = spare !== undefined && spare.ip.length >= cap && spare.refs.length >= refCap && (spare.ip instanceof Float64Array) === wide;
+  if (reuse) { cap = spare.ip.length; refCap = spare.refs.length; }
+  let { ip, len, code, flags, refs, refKind, fieldOff, fieldSize, target } = reuse ? spare : newArrays(cap, refCap, wide);
+  let n = 0;
+  let nRefs = 0;
   const ins = sharedInstr ?? (sharedInstr = new Instruction());
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const inner = [...new Set(cuts.filter((c) => c > address && c < address + bytes.length))].sort((a, b) => a - b);
   const bounds = [address, ...inner, address + bytes.length];
-  const pieces: DecodedRange[] = [];
-  const spans: [number, number, number][] = [];
-  let n = 0;
+  const pieceStart = new Float64Array(bounds.length - 1);
+  const pieceFirst = new Int32Array(bounds.length);
   // One decoder over the whole range, repositioned at each cut (cheaper than one per piece).
   const decoder = new Decoder(64, bytes, DecoderOptions.None);
   try {
     for (let p = 0; p + 1 < bounds.length; p++) {
       const from = bounds[p] - address;
       const to = bounds[p + 1] - address;
-      const first = n;
+      pieceStart[p] = bounds[p];
+      pieceFirst[p] = n;
       decoder.position = from;
       decoder.ip = BigInt(bounds[p]);
       let pos = from;
       while (pos < to) {
-        if (n >= cap) grow();
+        if (n >= cap) {
+          cap = Math.min(cap * 2, bytes.length + 16);
+          ip = grown(ip, cap); len = grown(len, cap); code = grown(code, cap); flags = grown(flags, cap);
+        }
         decoder.decodeOut(ins);
         const l = ins.length;
-        ip[n] = address + pos;
-        len[n] = l;
-        pos += l;
         const c = ins.code;
+        const at = pos;
+        pos += l;
+        ip[n] = address + at;
+        len[n] = l;
         // An instruction running across the cut (into the next function) counts as undecodable.
-        if (c === 0 /* Code.INVALID */ || pos > to) {
-          invalid[n] = 1;
+        if (c === CODE_INVALID || pos > to) {
+          code[n] = CODE_INVALID;
+          flags[n] = 0;
           n++;
           continue;
         }
         code[n] = c;
-        const info = infoOf(ins, c);
-        terminator[n] = info.terminator;
-        padding[n] = info.padding;
-        if (info.branch || (info.mayHaveMemory && ins.isIpRelMemoryOperand)) {
-          refKind[n] = info.branch ? REF_BRANCH : REF_RIPREL;
-          if (info.tail < 0) {
-            const co = decoder.getConstantOffsets(ins);
-            const off = info.branch ? co.immediateOffset : co.displacementOffset;
-            co.free();
-            info.tail = l - off;
+        let bits = codeBits[c];
+        if (bits === 0) bits = learnCode(ins, c);
+        flags[n] = bits & (F_TERMINATOR | F_PADDING);
+        const branch = (bits & C_BRANCH) !== 0;
+        if (branch || ((bits & C_MEMORY) !== 0 && ins.isIpRelMemoryOperand)) {
+          if (nRefs >= refCap) {
+            refCap = Math.min(refCap * 2, cap);
+            refs = grown(refs, refCap); refKind = grown(refKind, refCap); fieldOff = grown(fieldOff, refCap);
+            fieldSize = grown(fieldSize, refCap); target = grown(target, refCap);
           }
-          const off = l - info.tail;
-          fieldOff[n] = off;
-          fieldSize[n] = info.branch ? info.tail : 4; // a branch offset is the last field
+          const r = nRefs++;
+          refs[r] = n;
+          refKind[r] = branch ? REF_BRANCH : REF_RIPREL;
+          let tail = codeTail[c];
+          if (tail === 0) tail = learnTail(decoder, ins, c, l, branch);
+          const off = l - tail;
           // Targets computed from the field bytes (next ip + signed field), as the CPU does; iced
           // is asked instead for the rare forms where that is not the whole story (16/32-bit
           // branch targets, an address-size prefix on a RIP-relative operand).
-          const at = pos - l + off;
-          if (info.branch && info.branch64 && (info.tail === 1 || info.tail === 4)) {
-            target[n] = ip[n] + l + (info.tail === 1 ? view.getInt8(at) : view.getInt32(at, true));
-          } else if (!info.branch && !hasAddrSizePrefix(bytes, pos - l, off)) {
-            target[n] = ip[n] + l + view.getInt32(at, true);
+          if (branch ? (bits & C_BRANCH64) !== 0 && (tail === 1 || tail === 4) : !hasAddrSizePrefix(bytes, at, off)) {
+            fieldOff[r] = off;
+            fieldSize[r] = branch ? tail : 4; // a branch offset is the last field
+            target[r] = address + pos + (tail === 1 && branch ? view.getInt8(at + off) : view.getInt32(at + off, true));
           } else {
             const co = decoder.getConstantOffsets(ins);
-            fieldOff[n] = info.branch ? co.immediateOffset : co.displacementOffset;
-            fieldSize[n] = info.branch ? co.immediateSize : co.displacementSize;
+            fieldOff[r] = branch ? co.immediateOffset : co.displacementOffset;
+            fieldSize[r] = branch ? co.immediateSize : co.displacementSize;
             co.free();
-            target[n] = Number(info.branch ? ins.nearBranchTarget : ins.ipRelMemoryAddress);
+            target[r] = Number(branch ? ins.nearBranchTarget : ins.ipRelMemoryAddress);
           }
         }
         n++;
       }
-      spans.push([bounds[p], first, n]);
     }
   } finally {
     decoder.free();
   }
-  // Views are made once decoding is done, so that they all look into the final (grown) arrays.
-  for (const [start, first, e] of spans) {
-    pieces.push({
-      start, count: e - first, ip: ip.subarray(first, e), len: len.subarray(first, e), code: code.subarray(first, e),
-      refKind: refKind.subarray(first, e), fieldOff: fieldOff.subarray(first, e), fieldSize: fieldSize.subarray(first, e),
-      target: target.subarray(first, e), terminator: terminator.subarray(first, e), padding: padding.subarray(first, e),
-      invalid: invalid.subarray(first, e),
-    });
+  pieceFirst[bounds.length - 1] = n;
+  if (opts.scratch) scratchArrays = { ip, len, code, flags, refs, refKind, fieldOff, fieldSize, target };
+  return {
+    code: {
+      start: address, count: n, ip: ip.subarray(0, n), len: len.subarray(0, n), code: code.subarray(0, n),
+      flags: flags.subarray(0, n), refs: refs.subarray(0, nRefs), refKind: refKind.subarray(0, nRefs),
+      fieldOff: fieldOff.subarray(0, nRefs), fieldSize: fieldSize.subarray(0, nRefs), target: narrowed(target.subarray(0, nRefs)),
+    },
+    pieceStart, pieceFirst,
+  };
+}
+
+/** The arrays one decoding fills (sized for instructions, or for operands from `refs` on). */
+interface DecodeArrays {
+  ip: Uint32Array | Float64Array;
+  len: Uint8Array;
+  code: Uint16Array;
+  flags: Uint8Array;
+  refs: Int32Array;
+  refKind: Uint8Array;
+  fieldOff: Uint8Array;
+  fieldSize: Uint8Array;
+  target: Float64Array;
+}
+
+function newArrays(cap: number, refCap: number, wide: boolean): DecodeArrays {
+  return {
+    ip: wide ? new Float64Array(cap) : new Uint32Array(cap), len: new Uint8Array(cap), code: new Uint16Array(cap), flags: new Uint8Array(cap),
+    refs: new Int32Array(refCap), refKind: new Uint8Array(refCap), fieldOff: new Uint8Array(refCap), fieldSize: new Uint8Array(refCap),
+    target: new Float64Array(refCap),
+  };
+}
+
+/**
+ * Arrays of the last decoding made with `scratch: true`, reused by the next one: a decoding whose
+ * result is dropped right after use (the verifier's reading of the output) then touches no fresh
+ * memory once a process has randomized a library. Its result is valid until the next such call.
+ */
+let scratchArrays: DecodeArrays | undefined;
+
+/** A copy of `a` with room for `cap` entries. */
+function grown<T extends Float64Array | Uint32Array | Uint16Array | Uint8Array | Int32Array>(a: T, cap: number): T {
+  const b = new (a.constructor as new (n: number) => T)(cap);
+  b.set(a as ArrayLike<number> & T);
+  return b;
+}
+
+/** Learns `codeTail[c]` from iced's constant offsets of its first instance `ins` (length `l`). */
+function learnTail(decoder: Decoder, ins: Instruction, c: number, l: number, branch: boolean): number {
+  const co = decoder.getConstantOffsets(ins);
+  const tail = l - (branch ? co.immediateOffset : co.displacementOffset);
+  co.free();
+  codeTail[c] = tail;
+  return tail;
+}
+
+/** First index of the ascending array `xs` whose value is >= v (e.g. the first operand of an instruction range). */
+export function lowerBound(xs: Int32Array, v: number): number {
+  let lo = 0;
+  let hi = xs.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1;
+    if (xs[mid] < v) lo = mid + 1; else hi = mid;
   }
-  return pieces;
+  return lo;
 }
 
 /** Index of the instruction that starts at or contains `addr`, or -1. Binary search over `ip`. */

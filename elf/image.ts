@@ -8,7 +8,7 @@
 import { ElfRefusal } from './errors';
 import { Fde, parseEhFrame, parseEhFrameHdr, EhFrameHdr } from './ehframe';
 import {
-  ElfFile, readDynamic, readElf, readRelaRange, readRelas, readSymbols, sectionByName, vaddrToOffset,
+  ElfFile, narrowed, readDynamic, readElf, readRelaRange, readRelaTable, readSymbols, RelaTable, sectionByName, vaddrToOffset,
 } from './reader';
 import {
   Dyn, DT_FLAGS, DF_TEXTREL, DT_JMPREL, DT_PLTREL, DT_PLTRELSZ, DT_REL, DT_RELA, DT_RELAENT, DT_RELASZ,
@@ -40,8 +40,16 @@ export interface Image {
   readonly otherExec: SectionHeader[];
   readonly symtab: SymbolTable;
   readonly dynsym: SymbolTable | undefined;
-  /** Static relocations (kept by --emit-relocs), by index of the section they apply to. */
+  /**
+   * Static relocations (kept by --emit-relocs) of allocated non-code sections, by index of the
+   * section they apply to.
+   */
   readonly staticRelocs: Map<number, StaticReloc[]>;
+  /**
+   * Static relocations of executable sections, by section index, as flat arrays: a large library
+   * has tens of thousands, and unit finding needs only where each one sits and its type.
+   */
+  readonly codeRelocs: Map<number, RelaTable>;
   /** Dynamic relocations (DT_RELA then DT_JMPREL), in file order. */
   readonly dynRelocs: Rela[];
   readonly dynamic: Dyn[];
@@ -49,6 +57,16 @@ export interface Image {
   readonly fdes: Fde[];
   readonly ehFrameHdr: SectionHeader | undefined;
   readonly ehFrameHdrTable: EhFrameHdr | undefined;
+}
+
+function concatRelaTables(a: RelaTable, b: RelaTable): RelaTable {
+  const f64 = (x: ArrayLike<number>, y: ArrayLike<number>) => { const r = new Float64Array(x.length + y.length); r.set(x); r.set(y, x.length); return r; };
+  const u32 = (x: Uint32Array, y: Uint32Array) => { const r = new Uint32Array(x.length + y.length); r.set(x); r.set(y, x.length); return r; };
+  // fileOffset is only meaningful for a single table; nothing reads it for code relocations.
+  return {
+    count: a.count + b.count, fileOffset: a.fileOffset, r_offset: narrowed(f64(a.r_offset, b.r_offset)), r_type: u32(a.r_type, b.r_type),
+    r_sym: u32(a.r_sym, b.r_sym), r_addend: f64(a.r_addend, b.r_addend),
+  };
 }
 
 export function inText(img: Image, addr: number): boolean {
@@ -121,24 +139,36 @@ export function loadImage(bytes: Uint8Array): Image {
   }
 
   const staticRelocs = new Map<number, StaticReloc[]>();
+  const codeRelocs = new Map<number, RelaTable>();
   for (const rs of elf.sections) {
     if (rs.sh_type !== SHT_RELA || (rs.sh_flags & SHF_ALLOC)) continue;
     const target = elf.sections[rs.sh_info];
     if (!target || rs.sh_info === 0) continue;
     if (!(target.sh_flags & SHF_ALLOC)) continue; // debug sections: stripped from the output
     if (rs.sh_link !== symtabSec.index) throw new ElfRefusal(`${rs.name} does not use .symtab`, rs.headerOffset);
+    const t = readRelaTable(elf, rs);
+    const isCode = (target.sh_flags & SHF_EXECINSTR) !== 0;
     const list: StaticReloc[] = [];
-    for (const r of readRelas(elf, rs)) {
-      if (r.r_offset < target.sh_addr || r.r_offset >= target.sh_addr + Math.max(target.sh_size, 1)) {
-        throw new ElfRefusal(`${rs.name}: relocation offset outside ${target.name}`, r.r_offset);
+    for (let q = 0; q < t.count; q++) {
+      const off = t.r_offset[q];
+      const symIndex = t.r_sym[q];
+      if (off < target.sh_addr || off >= target.sh_addr + Math.max(target.sh_size, 1)) {
+        throw new ElfRefusal(`${rs.name}: relocation offset outside ${target.name}`, off);
       }
-      if (r.r_sym >= symtab.symbols.length) throw new ElfRefusal(`${rs.name}: symbol index ${r.r_sym} out of range`, r.r_offset);
-      const sym = r.r_sym === 0 ? undefined : symtab.symbols[r.r_sym];
+      if (symIndex >= symtab.symbols.length) throw new ElfRefusal(`${rs.name}: symbol index ${symIndex} out of range`, off);
+      if (isCode) continue; // code relocations stay flat (see codeRelocs)
+      const r: Rela = { fileOffset: t.fileOffset + q * ELF64_RELA_SIZE, r_offset: off, r_type: t.r_type[q], r_sym: symIndex, r_addend: t.r_addend[q] };
+      const sym = symIndex === 0 ? undefined : symtab.symbols[symIndex];
       const defined = sym !== undefined && sym.st_shndx !== SHN_UNDEF && sym.st_shndx < SHN_LORESERVE;
-      list.push({ rela: r, sym, target: defined ? sym.st_value + r.r_addend : r.r_sym === 0 ? r.r_addend : undefined, sectionSymbol: sym?.type === STT_SECTION });
+      list.push({ rela: r, sym, target: defined ? sym.st_value + r.r_addend : symIndex === 0 ? r.r_addend : undefined, sectionSymbol: sym?.type === STT_SECTION });
     }
-    const prev = staticRelocs.get(target.index);
-    staticRelocs.set(target.index, prev ? prev.concat(list) : list);
+    if (isCode) {
+      const prev = codeRelocs.get(target.index);
+      codeRelocs.set(target.index, prev ? concatRelaTables(prev, t) : t);
+    } else {
+      const prev = staticRelocs.get(target.index);
+      staticRelocs.set(target.index, prev ? prev.concat(list) : list);
+    }
   }
 
   const ehFrame = sectionByName(elf, '.eh_frame');
@@ -155,7 +185,7 @@ export function loadImage(bytes: Uint8Array): Image {
   const otherExec = elf.sections.filter((s) => s !== text && (s.sh_flags & SHF_EXECINSTR) && (s.sh_flags & SHF_ALLOC) && s.sh_type !== SHT_NOBITS && s.sh_size > 0);
   return {
     elf, text, textStart: text.sh_addr, textEnd: text.sh_addr + text.sh_size, otherExec, symtab, dynsym,
-    staticRelocs, dynRelocs, dynamic, ehFrame, fdes, ehFrameHdr, ehFrameHdrTable,
+    staticRelocs, codeRelocs, dynRelocs, dynamic, ehFrame, fdes, ehFrameHdr, ehFrameHdrTable,
   };
 }
 

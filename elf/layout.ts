@@ -97,27 +97,33 @@ const MAX_HOLES_SEARCHED = 64;
  */
 function place(units: Unit[], order: number[], textStart: number): { newStart: Float64Array; end: number } {
   const newStart = new Float64Array(units.length);
-  const holes: { s: number; e: number }[] = [];
+  // Holes in placement order, as parallel arrays of starts and ends (no object per hole).
+  const holeS: number[] = [];
+  const holeE: number[] = [];
   let cur = textStart;
   for (const ui of order) {
     const u = units[ui];
     const size = u.coreEnd - u.start;
     let placed = false;
-    for (let h = 0; h < holes.length && h < MAX_HOLES_SEARCHED; h++) {
-      const hole = holes[h];
-      const s = alignUp(hole.s, u.align);
-      if (s + size > hole.e) continue;
+    for (let h = 0; h < holeS.length && h < MAX_HOLES_SEARCHED; h++) {
+      const hs = holeS[h];
+      const he = holeE[h];
+      const s = alignUp(hs, u.align);
+      if (s + size > he) continue;
       newStart[ui] = s;
-      const rest: { s: number; e: number }[] = [];
-      if (s > hole.s) rest.push({ s: hole.s, e: s });
-      if (s + size < hole.e) rest.push({ s: s + size, e: hole.e });
-      holes.splice(h, 1, ...rest);
+      // The hole is replaced, in place, by what is left of it before and after the unit.
+      const restS: number[] = [];
+      const restE: number[] = [];
+      if (s > hs) { restS.push(hs); restE.push(s); }
+      if (s + size < he) { restS.push(s + size); restE.push(he); }
+      holeS.splice(h, 1, ...restS);
+      holeE.splice(h, 1, ...restE);
       placed = true;
       break;
     }
     if (placed) continue;
     const s = alignUp(cur, u.align);
-    if (s > cur) holes.push({ s: cur, e: s });
+    if (s > cur) { holeS.push(cur); holeE.push(s); }
     newStart[ui] = s;
     cur = s + size;
   }

@@ -9,7 +9,6 @@
  * Static relocations are the evidence that a field is a reference; a code address in data that
  * no relocation explains is a refusal.
  */
-import { REF_NONE } from './disasm';
 import { ElfRefusal } from './errors';
 import { Image, inText } from './image';
 import { inCore, Layout, mapAddress } from './layout';
@@ -64,20 +63,21 @@ export function moveCodeAndPatch(img: Image, layout: Layout, out: Uint8Array): P
   }
 
   // PC-relative operands in moved code.
+  // Units are in address order, and so are the instructions with a PC-relative field (d.refs).
+  const d = plan.code;
+  let r = 0;
   for (const u of plan.units) {
     const delta = layout.newStart[u.index] - u.start;
-    for (const a of u.atoms) {
-      const d = a.decoded;
-      for (let k = 0; k < d.count; k++) {
-        if (d.refKind[k] === REF_NONE || d.ip[k] >= u.coreEnd) continue;
-        const t = d.target[k];
-        const sameUnit = t >= u.start && t < u.end;
-        if (sameUnit) continue; // moves with the instruction
-        const newT = inText(img, t) ? mapCodeTarget(layout, t, d.ip[k]) : t;
-        const newEnd = d.ip[k] + delta + d.len[k];
-        writeI32(view, textOff + (d.ip[k] + delta + d.fieldOff[k] - img.textStart), newT - newEnd, d.ip[k]);
-        stats.codeRefs++;
-      }
+    while (r < d.refs.length && d.refs[r] < u.first) r++;
+    for (; r < d.refs.length && d.refs[r] < u.coreLast; r++) {
+      const k = d.refs[r];
+      const t = d.target[r];
+      const sameUnit = t >= u.start && t < u.end;
+      if (sameUnit) continue; // moves with the instruction
+      const newT = inText(img, t) ? mapCodeTarget(layout, t, d.ip[k]) : t;
+      const newEnd = d.ip[k] + delta + d.len[k];
+      writeI32(view, textOff + (d.ip[k] + delta + d.fieldOff[r] - img.textStart), newT - newEnd, d.ip[k]);
+      stats.codeRefs++;
     }
   }
   // References from code that stays (.init, .plt ...) into .text.
@@ -150,8 +150,24 @@ function patchDataRelocs(img: Image, layout: Layout, view: DataView, stats: Patc
 /** What proves a jump table: lea-loaded bases, and runs of consecutive PC32 words in data. */
 export interface JumpTableIndex {
   readonly bases: number[];
-  /** For each PC32/PLT32 data relocation offset, the first offset of the run of 4-byte-apart relocations it belongs to. */
-  readonly runStart: Map<number, number>;
+  /** Offsets of the PC32/PLT32 data relocations, ascending (duplicates kept). */
+  readonly offsets: Float64Array;
+  /** For each of them, the first offset of the run of 4-byte-apart relocations it belongs to. */
+  readonly runStart: Float64Array;
+}
+
+/** Start of the run holding a relocation at offset `f`, or undefined when none is there. */
+function runStartOf(jt: JumpTableIndex, f: number): number | undefined {
+  const o = jt.offsets;
+  let lo = 0;
+  let hi = o.length - 1;
+  while (lo <= hi) {
+    const mid = (lo + hi) >> 1;
+    if (o[mid] < f) lo = mid + 1;
+    else if (o[mid] > f) hi = mid - 1;
+    else return jt.runStart[mid];
+  }
+  return undefined;
 }
 
 export function jumpTableIndex(img: Image, layout: Layout): JumpTableIndex {
@@ -161,10 +177,15 @@ export function jumpTableIndex(img: Image, layout: Layout): JumpTableIndex {
     if (!(sec.sh_flags & SHF_ALLOC) || (sec.sh_flags & SHF_EXECINSTR)) continue;
     for (const r of relocs) if (r.rela.r_type === R_X86_64_PC32 || r.rela.r_type === R_X86_64_PLT32) offs.push(r.rela.r_offset);
   }
-  offs.sort((a, b) => a - b);
-  const runStart = new Map<number, number>();
-  for (const o of offs) runStart.set(o, runStart.get(o - 4) ?? o);
-  return { bases: [...layout.plan.leaBases.keys()].sort((a, b) => a - b), runStart };
+  const offsets = Float64Array.from(offs).sort();
+  // In ascending order, a relocation 4 bytes below (already done) continues its run.
+  const runStart = new Float64Array(offsets.length);
+  const jt = { bases: [...layout.plan.leaBases.keys()].sort((a, b) => a - b), offsets, runStart };
+  for (let i = 0; i < offsets.length; i++) {
+    const o = offsets[i];
+    runStart[i] = (o - 4 >= offsets[0] ? runStartOf(jt, o - 4) : undefined) ?? o;
+  }
+  return jt;
 }
 
 /**
@@ -184,8 +205,8 @@ export function jumpTableBase(img: Image, jt: JumpTableIndex, f: number, v: numb
   }
   if (best < 0) return undefined;
   const b = bases[best];
-  const run = jt.runStart.get(f);
-  if (run === undefined || run > b || (f - b) % 4 !== 0 || !jt.runStart.has(b)) return undefined;
+  const run = runStartOf(jt, f);
+  if (run === undefined || run > b || (f - b) % 4 !== 0 || runStartOf(jt, b) === undefined) return undefined;
   if (!inText(img, b + v)) return undefined;
   return b;
 }

@@ -70,6 +70,9 @@ export function prepareLibrary(input: Uint8Array): PreparedLibrary {
   return { img, plan, timingsMs: { read: t1 - t0, units: t2 - t1 } };
 }
 
+/** Working copy of the input, kept from one randomization to the next (see randomizePrepared). */
+let workCopy: Uint8Array | undefined;
+
 /** The seed-dependent half: plan layout → move code → patch → rebuild → verify. */
 export function randomizePrepared(prep: PreparedLibrary, seed: Uint8Array = randomBytes(32), opts: RandomizeOptions = {}): RandomizeResult {
   const { img, plan } = prep;
@@ -81,7 +84,10 @@ export function randomizePrepared(prep: PreparedLibrary, seed: Uint8Array = rand
   lap('layout');
   // A copy with the same size and layout, filled only where the output is made from: the pages of
   // stripped debug sections are never touched (first-touch page faults dominate copying here).
-  const patched = new Uint8Array(input.length);
+  // Only the kept ranges are ever read back, so the buffer is reused by the next randomization in
+  // the process (stale bytes elsewhere are never seen).
+  if (!workCopy || workCopy.length < input.length) workCopy = new Uint8Array(input.length);
+  const patched = workCopy.subarray(0, input.length);
   for (const [s, e] of keptRanges(img.elf)) patched.set(input.subarray(s, e), s);
   const patch = moveCodeAndPatch(img, layout, patched);
   lap('patch');

@@ -17,8 +17,6 @@ import {
   SHT_RELA, SHT_STRTAB, SHT_SYMTAB, Symbol, DT_NULL, SHT_DYNAMIC,
 } from './types';
 
-const MAX_SAFE = BigInt(Number.MAX_SAFE_INTEGER);
-
 /** A parsed ELF file: the bytes plus the tables every later phase needs. */
 export interface ElfFile {
   readonly bytes: Uint8Array;
@@ -40,18 +38,29 @@ export class Cursor {
   u16(off: number, what: string): number { this.check(off, 2, what); return this.view.getUint16(off, true); }
   u32(off: number, what: string): number { this.check(off, 4, what); return this.view.getUint32(off, true); }
   i32(off: number, what: string): number { this.check(off, 4, what); return this.view.getInt32(off, true); }
+  // 64-bit fields are read as two 32-bit halves: tables hold 10^5 of them, and a BigInt per read
+  // costs an allocation. Anything outside ±(2^53 - 1) is refused, exactly as a BigInt check would.
   u64(off: number, what: string): number {
     this.check(off, 8, what);
-    const v = this.view.getBigUint64(off, true);
+    const hi = this.view.getUint32(off + 4, true);
     // Values above 2^53 cannot be addresses or sizes in a file we can hold in memory.
-    if (v > MAX_SAFE) throw new ElfFormatError(off, `${what}: value too large`, v.toString());
-    return Number(v);
+    if (hi >= 0x200000) throw new ElfFormatError(off, `${what}: value too large`, this.view.getBigUint64(off, true).toString());
+    const lo = this.view.getUint32(off, true);
+    // hi * 2^32 is a double even when hi is 0: return `lo` itself then, so that small values stay
+    // small integers (a double address makes every later sum with it allocate in unoptimized code).
+    return hi === 0 ? lo : hi * 0x100000000 + lo;
   }
   i64(off: number, what: string): number {
     this.check(off, 8, what);
-    const v = this.view.getBigInt64(off, true);
-    if (v > MAX_SAFE || v < -MAX_SAFE) throw new ElfFormatError(off, `${what}: value out of range`, v.toString());
-    return Number(v);
+    const hi = this.view.getInt32(off + 4, true);
+    const lo = this.view.getUint32(off, true);
+    // In range when |value| <= 2^53 - 1: hi in [-2^21, 2^21), and not -2^53 itself.
+    if (hi >= 0x200000 || hi < -0x200000 || (hi === -0x200000 && lo === 0)) {
+      throw new ElfFormatError(off, `${what}: value out of range`, this.view.getBigInt64(off, true).toString());
+    }
+    if (hi === 0) return lo;
+    if (hi === -1 && lo >= 0x80000000) return lo | 0; // a small negative value, as an int32
+    return hi * 0x100000000 + lo;
   }
 }
 
@@ -258,6 +267,54 @@ export function readRelas(elf: ElfFile, sh: SectionHeader): Rela[] {
   if (sh.sh_type !== SHT_RELA) throw new ElfFormatError(sh.headerOffset + 4, 'not a SHT_RELA section', sh.sh_type);
   const n = checkEntSize(sh, ELF64_RELA_SIZE, sh.name);
   return readRelaRange(elf, sh.sh_offset, n);
+}
+
+/** Relocations of a SHT_RELA section as flat arrays: `readRelas` without an object per entry. */
+export interface RelaTable {
+  readonly count: number;
+  /** File offset of entry 0; entry q is at fileOffset + q * ELF64_RELA_SIZE. */
+  readonly fileOffset: number;
+  /** 32-bit when every offset fits (see `narrowed`). */
+  readonly r_offset: Uint32Array | Int32Array | Float64Array;
+  readonly r_type: Uint32Array;
+  readonly r_sym: Uint32Array;
+  readonly r_addend: Float64Array;
+}
+
+/** Same reads and checks as `readRelas`, into a RelaTable. */
+export function readRelaTable(elf: ElfFile, sh: SectionHeader): RelaTable {
+  if (sh.sh_type !== SHT_RELA) throw new ElfFormatError(sh.headerOffset + 4, 'not a SHT_RELA section', sh.sh_type);
+  const n = checkEntSize(sh, ELF64_RELA_SIZE, sh.name);
+  const off = sh.sh_offset;
+  if (off + n * ELF64_RELA_SIZE > elf.bytes.length) throw new ElfFormatError(off, 'relocation table past end of file', n);
+  const c = cursorOf(elf);
+  const t = { count: n, fileOffset: off, r_offset: new Float64Array(n), r_type: new Uint32Array(n), r_sym: new Uint32Array(n), r_addend: new Float64Array(n) };
+  for (let i = 0; i < n; i++) {
+    const o = off + i * ELF64_RELA_SIZE;
+    t.r_offset[i] = c.u64(o, 'r_offset');
+    t.r_type[i] = c.u32(o + 8, 'r_info');
+    t.r_sym[i] = c.u32(o + 12, 'r_info');
+    t.r_addend[i] = c.i64(o + 16, 'r_addend');
+  }
+  return { ...t, r_offset: narrowed(t.r_offset) };
+}
+
+/**
+ * `a` as 32-bit integers when every value fits (as in every real library), else `a` itself:
+ * reading an element of a Float64Array makes a heap number in unoptimized code, and the first
+ * randomizations in a process run much of their code unoptimized.
+ */
+export function narrowed(a: Float64Array): Int32Array | Uint32Array | Float64Array {
+  let min = 0;
+  let max = 0;
+  for (let i = 0; i < a.length; i++) {
+    const v = a[i];
+    if (v < min) min = v;
+    if (v > max) max = v;
+  }
+  if (min >= -0x80000000 && max <= 0x7fffffff) return Int32Array.from(a);
+  if (min >= 0 && max <= 0xffffffff) return Uint32Array.from(a);
+  return a;
 }
 
 /** `n` Elf64_Rela records at file offset `off` (used for DT_RELA / DT_JMPREL tables too). */

@@ -12,10 +12,10 @@
  * A reference that cannot be re-applied and cannot be kept by joining is a refusal.
  */
 import { Code } from 'iced-x86';
-import { decodePieces, decodeRange, DecodedRange, REF_BRANCH, REF_NONE } from './disasm';
+import { CODE_INVALID, decodePieces, decodeRange, DecodedRange, F_PADDING, F_TERMINATOR, REF_BRANCH } from './disasm';
 import { ElfRefusal } from './errors';
-import { Image, inText, StaticReloc } from './image';
-import { sectionData } from './reader';
+import { Image, inText } from './image';
+import { RelaTable, sectionData } from './reader';
 import {
   relocTypeName, R_X86_64_DTPOFF32, R_X86_64_NONE, R_X86_64_SIZE32, R_X86_64_SIZE64, R_X86_64_TLSDESC_CALL,
   R_X86_64_TPOFF32, STT_FUNC, STT_GNU_IFUNC, R_X86_64_PC32, R_X86_64_PLT32, R_X86_64_GOTPCREL,
@@ -42,7 +42,9 @@ export interface Atom {
   readonly end: number;
   /** End of the bytes that belong to the code (trailing padding excluded when it is provably padding). */
   coreEnd: number;
-  readonly decoded: DecodedRange;
+  /** Its instructions: indexes [first, last) of the plan's `code`. */
+  readonly first: number;
+  readonly last: number;
   readonly names: string[];
 }
 
@@ -53,6 +55,9 @@ export interface Unit {
   /** Bytes [start, coreEnd) are copied; the rest is alignment padding. */
   readonly coreEnd: number;
   readonly align: number;
+  /** Its copied instructions (those in [start, coreEnd)): indexes [first, coreLast) of the plan's `code`. */
+  readonly first: number;
+  readonly coreLast: number;
   readonly atoms: Atom[];
   readonly names: string[];
 }
@@ -66,6 +71,8 @@ export interface CodeRef {
 }
 
 export interface UnitPlan {
+  /** The decoded .text, in address order (decoding restarted at every atom start). */
+  readonly code: DecodedRange;
   readonly units: Unit[];
   /** Unit start addresses, sorted (for binary search). */
   readonly starts: Float64Array;
@@ -90,11 +97,16 @@ export function unitIndexAt(plan: UnitPlan, addr: number): number {
   return lo;
 }
 
-function fieldSet(relocs: StaticReloc[] | undefined): Map<number, StaticReloc> {
-  const m = new Map<number, StaticReloc>();
-  for (const r of relocs ?? []) m.set(r.rela.r_offset, r);
+/** Relocation type by offset (the last one in the table when several share an offset). */
+function fieldSet(t: RelaTable): Map<number, number> {
+  const m = new Map<number, number>();
+  for (let q = 0; q < t.count; q++) m.set(t.r_offset[q], t.r_type[q]);
   return m;
 }
+
+const NO_RELOCS: RelaTable = {
+  count: 0, fileOffset: 0, r_offset: new Float64Array(0), r_type: new Uint32Array(0), r_sym: new Uint32Array(0), r_addend: new Float64Array(0),
+};
 
 export function findUnits(img: Image): UnitPlan {
   const { textStart, textEnd, text } = img;
@@ -124,16 +136,15 @@ export function findUnits(img: Image): UnitPlan {
     }
   }
   const starts = [...startSet].sort((a, b) => a - b);
-  // Relocations of .text indexed by offset in .text (a typed array: cheaper than a Map of 10^5 keys).
-  const textRelocList = img.staticRelocs.get(text.index) ?? [];
-  const relAt = new Int32Array(textEnd - textStart);
-  textRelocList.forEach((r, i) => { relAt[r.rela.r_offset - textStart] = i + 1; });
   const atoms: Atom[] = [];
-  const pieces = decodePieces(textBytes, textStart, starts);
+  const { code: d, pieceFirst } = decodePieces(textBytes, textStart, starts);
   for (let i = 0; i < starts.length; i++) {
     const start = starts[i];
     const end = i + 1 < starts.length ? starts[i + 1] : textEnd;
-    atoms.push({ start, end, coreEnd: end, decoded: pieces[i], names: names.get(start) ?? [] });
+    atoms.push({ start, end, coreEnd: end, first: pieceFirst[i], last: pieceFirst[i + 1], names: names.get(start) ?? [] });
+  }
+  for (let k = 0; k < d.count; k++) {
+    if (d.code[k] === CODE_INVALID) throw new ElfRefusal('bytes in .text that do not decode as instructions', d.ip[k]);
   }
   const atomAt = (addr: number): number => {
     let lo = 0;
@@ -160,10 +171,6 @@ export function findUnits(img: Image): UnitPlan {
 
   for (let i = 0; i < atoms.length; i++) {
     const a = atoms[i];
-    const d = a.decoded;
-    for (let k = 0; k < d.count; k++) {
-      if (d.invalid[k]) throw new ElfRefusal('bytes in .text that do not decode as instructions', d.ip[k]);
-    }
     const size = sized.get(a.start);
     let sizedEnd = false;
     if (size !== undefined) {
@@ -172,55 +179,69 @@ export function findUnits(img: Image): UnitPlan {
         join(i, atomAt(Math.min(symEnd - 1, textEnd - 1)), 'symbol extends over the next symbol');
       } else {
         // Trailing bytes after the symbol's end must be padding instructions starting at symEnd.
-        let k = 0;
-        while (k < d.count && d.ip[k] < symEnd) k++;
-        let pad = k === d.count || d.ip[k] === symEnd;
-        for (let j = k; pad && j < d.count; j++) if (!d.padding[j]) pad = false;
+        let k = a.first;
+        while (k < a.last && d.ip[k] < symEnd) k++;
+        let pad = k === a.last || d.ip[k] === symEnd;
+        for (let j = k; pad && j < a.last; j++) if (!(d.flags[j] & F_PADDING)) pad = false;
         if (pad) { a.coreEnd = symEnd; sizedEnd = true; }
       }
     }
     if (!sizedEnd) {
       // No size to trust: if the last real instruction can fall through, keep the next atom after it.
-      let k = d.count - 1;
-      while (k >= 0 && d.padding[k]) k--;
-      if (k >= 0 && !d.terminator[k] && i + 1 < atoms.length) join(i, i + 1, 'code falls through into the next symbol');
+      let k = a.last - 1;
+      while (k >= a.first && (d.flags[k] & F_PADDING)) k--;
+      if (k >= a.first && !(d.flags[k] & F_TERMINATOR) && i + 1 < atoms.length) join(i, i + 1, 'code falls through into the next symbol');
     }
   }
 
+  // Relocations of .text in offset order, walked in step with the operands (which come in address
+  // order): no per-byte index of .text is needed. `matched` records which ones sit on an operand.
+  const tr = img.codeRelocs.get(text.index) ?? NO_RELOCS;
+  const relOrder = new Int32Array(tr.count);
+  let relSorted = true;
+  for (let q = 0; q < tr.count; q++) {
+    relOrder[q] = q;
+    if (q > 0 && tr.r_offset[q - 1] > tr.r_offset[q]) relSorted = false;
+  }
+  if (!relSorted) relOrder.sort((x, y) => tr.r_offset[x] - tr.r_offset[y] || x - y);
+  const matched = new Uint8Array(tr.count);
+  let ro = 0;
   const leaBases = new Map<number, Set<number>>();
   const leaAtoms: [number, number][] = [];
-  for (let i = 0; i < atoms.length; i++) {
-    const d = atoms[i].decoded;
-    for (let k = 0; k < d.count; k++) {
-      const kind = d.refKind[k];
-      if (kind === REF_NONE) continue;
-      const field = d.ip[k] + d.fieldOff[k];
-      const t = d.target[k];
-      const ri = field >= textStart && field < textEnd ? relAt[field - textStart] : 0;
-      const rel = ri ? textRelocList[ri - 1] : undefined;
-      const relocated = rel !== undefined;
-      if (rel && !PC_RELATIVE_CODE_RELOCS.has(rel.rela.r_type)) throw new ElfRefusal(`unsupported relocation type ${relocTypeName(rel.rela.r_type)} on a code operand`, field);
-      if (relocated && d.fieldSize[k] !== 4) throw new ElfRefusal('relocation on a short PC-relative field', field);
-      if (inText(img, t)) {
+  // Only the instructions with a PC-relative field are visited (d.refs), in address order; `i` is
+  // the atom that holds instruction k.
+  for (let r = 0, i = 0; r < d.refs.length; r++) {
+    const k = d.refs[r];
+    while (k >= atoms[i].last) i++;
+    const kind = d.refKind[r];
+    const field = d.ip[k] + d.fieldOff[r];
+    const t = d.target[r];
+    while (ro < relOrder.length && tr.r_offset[relOrder[ro]] < field) ro++;
+    // Several relocations at one offset: all sit on the operand, the last one in the table applies.
+    let rel = -1;
+    for (let q = ro; q < relOrder.length && tr.r_offset[relOrder[q]] === field; q++) {
+      rel = relOrder[q];
+      matched[rel] = 1;
+    }
+    const relocated = rel >= 0;
+    if (relocated && !PC_RELATIVE_CODE_RELOCS.has(tr.r_type[rel])) throw new ElfRefusal(`unsupported relocation type ${relocTypeName(tr.r_type[rel])} on a code operand`, field);
+    if (relocated && d.fieldSize[r] !== 4) throw new ElfRefusal('relocation on a short PC-relative field', field);
+    if (inText(img, t)) {
+      if (!relocated) {
         const j = atomAt(t);
-        if (j !== i && !relocated) join(i, j, 'unrelocated reference between symbols');
-      } else if (!relocated) {
-        throw new ElfRefusal(`unrelocated PC-relative reference from .text to 0x${t.toString(16)} outside .text`, d.ip[k]);
-      } else if (kind !== REF_BRANCH && d.code[k] === Code.Lea_r64_m) {
-        leaAtoms.push([t, i]);
+        if (j !== i) join(i, j, 'unrelocated reference between symbols');
       }
+    } else if (!relocated) {
+      throw new ElfRefusal(`unrelocated PC-relative reference from .text to 0x${t.toString(16)} outside .text`, d.ip[k]);
+    } else if (kind !== REF_BRANCH && d.code[k] === Code.Lea_r64_m) {
+      leaAtoms.push([t, i]);
     }
   }
   // Every relocation in .text must sit on an operand we decoded, or need nothing when code moves.
-  const fieldsSeen = new Uint8Array(textEnd - textStart);
-  for (const a of atoms) {
-    const d = a.decoded;
-    for (let k = 0; k < d.count; k++) if (d.refKind[k] !== REF_NONE) fieldsSeen[d.ip[k] + d.fieldOff[k] - textStart] = 1;
-  }
-  for (const r of textRelocList) {
-    const off = r.rela.r_offset;
-    if (fieldsSeen[off - textStart] === 1 || POSITION_FREE_CODE_RELOCS.has(r.rela.r_type)) continue;
-    throw new ElfRefusal(`${relocTypeName(r.rela.r_type)} relocation does not match a PC-relative operand (unresolvable reference)`, off);
+  for (let q = 0; q < tr.count; q++) {
+    const off = tr.r_offset[q];
+    if (matched[q] === 1 || POSITION_FREE_CODE_RELOCS.has(tr.r_type[q])) continue;
+    throw new ElfRefusal(`${relocTypeName(tr.r_type[q])} relocation does not match a PC-relative operand (unresolvable reference)`, off);
   }
 
   // FDEs that cover several atoms keep them together.
@@ -239,14 +260,15 @@ export function findUnits(img: Image): UnitPlan {
   for (const s of img.otherExec) {
     const d = decodeRange(sectionData(img.elf, s), s.sh_addr);
     otherExecDecoded.push(d);
-    const rel = fieldSet(img.staticRelocs.get(s.index));
-    for (let k = 0; k < d.count; k++) {
-      if (d.refKind[k] === REF_NONE || !inText(img, d.target[k])) continue;
-      const field = d.ip[k] + d.fieldOff[k];
-      const r = rel.get(field);
-      if (!r || d.fieldSize[k] !== 4) throw new ElfRefusal(`unrelocated reference from ${s.name} into .text`, d.ip[k]);
-      if (!PC_RELATIVE_CODE_RELOCS.has(r.rela.r_type)) throw new ElfRefusal(`unsupported relocation type ${relocTypeName(r.rela.r_type)} on a code operand`, field);
-      otherExecRefs.push({ ip: d.ip[k], len: d.len[k], fieldOff: d.fieldOff[k], target: d.target[k] });
+    const rel = fieldSet(img.codeRelocs.get(s.index) ?? NO_RELOCS);
+    for (let r = 0; r < d.refs.length; r++) {
+      const k = d.refs[r];
+      if (!inText(img, d.target[r])) continue;
+      const field = d.ip[k] + d.fieldOff[r];
+      const type = rel.get(field);
+      if (type === undefined || d.fieldSize[r] !== 4) throw new ElfRefusal(`unrelocated reference from ${s.name} into .text`, d.ip[k]);
+      if (!PC_RELATIVE_CODE_RELOCS.has(type)) throw new ElfRefusal(`unsupported relocation type ${relocTypeName(type)} on a code operand`, field);
+      otherExecRefs.push({ ip: d.ip[k], len: d.len[k], fieldOff: d.fieldOff[r], target: d.target[r] });
     }
   }
 
@@ -266,13 +288,16 @@ export function findUnits(img: Image): UnitPlan {
     while (j < atoms.length - 1 && joinNext[j]) j++;
     const group = atoms.slice(i, j + 1);
     const start = group[0].start;
+    const coreEnd = group[group.length - 1].coreEnd;
+    let coreLast = group[group.length - 1].last;
+    while (coreLast > group[0].first && d.ip[coreLast - 1] >= coreEnd) coreLast--;
     // Alignment the unit is known to need: never more than .text's (the largest input-section
     // alignment) nor more than its current address provides.
     let align = 1;
     while (align < textAlign && start % (align * 2) === 0) align *= 2;
     for (let k = i; k <= j; k++) atomUnit[k] = units.length;
     units.push({
-      index: units.length, start, end: group[group.length - 1].end, coreEnd: group[group.length - 1].coreEnd,
+      index: units.length, start, end: group[group.length - 1].end, coreEnd, first: group[0].first, coreLast,
       align, atoms: group, names: group.flatMap((a) => a.names),
     });
     i = j + 1;
@@ -284,7 +309,7 @@ export function findUnits(img: Image): UnitPlan {
   }
   const joinedAtoms = atoms.length - units.length;
   return {
-    units, starts: Float64Array.from(units.map((u) => u.start)), joined: { atoms: joinedAtoms, reasons }, leaBases,
+    code: d, units, starts: Float64Array.from(units.map((u) => u.start)), joined: { atoms: joinedAtoms, reasons }, leaBases,
     otherExecRefs, otherExecDecoded,
   };
 }

@@ -14,7 +14,7 @@
  *    named by static relocations, symbol section indexes and the build-id.
  * Any failure throws VerifyError with the address; the image is then never written.
  */
-import { decodePieces, decodeRange, DecodedRange, REF_NONE } from './disasm';
+import { CODE_INVALID, decodePieces, decodeRange, DecodedRange, lowerBound, pieceAt } from './disasm';
 import { parseEhFrame, parseEhFrameHdr } from './ehframe';
 import { VerifyError } from './errors';
 import { Image, inText } from './image';
@@ -78,9 +78,10 @@ export function verifyImage(img: Image, layout: Layout, output: Uint8Array, mode
   verifyText(img, layout, out, rep, mode);
   verifyOtherCode(img, layout, out, rep, mode);
 
-  // Fields allowed to differ in the loadable non-code part, by file offset -> length.
-  const allowed = new Map<number, number>();
-  const allow = (off: number, len: number) => allowed.set(off, Math.max(len, allowed.get(off) ?? 0));
+  // Fields allowed to differ in the loadable non-code part: file offsets and lengths.
+  const allowedOff: number[] = [];
+  const allowedLen: number[] = [];
+  const allow = (off: number, len: number) => { allowedOff.push(off); allowedLen.push(len); };
 
   // Symbols.
   for (const type of [SHT_SYMTAB, SHT_DYNSYM]) {
@@ -203,23 +204,35 @@ export function verifyImage(img: Image, layout: Layout, output: Uint8Array, mode
   }
 
   // Nothing else in the loadable non-code part changed.
-  const covered = coverage(allowed);
+  const covered = coverage(allowedOff, allowedLen);
+  const inBuf = Buffer.from(inp.bytes.buffer, inp.bytes.byteOffset, inp.bytes.byteLength);
+  const outBuf = Buffer.from(output.buffer, output.byteOffset, output.byteLength);
+  const BLOCK = 256;
   for (const s of allocIn) {
     if ((s.sh_flags & SHF_EXECINSTR) || s.sh_type === SHT_NOBITS) continue;
     const end = s.sh_offset + s.sh_size;
-    for (let o = s.sh_offset; o < end; o++) {
-      if (inp.bytes[o] !== output[o] && !covered(o)) fail(`unexplained change in ${s.name}`, s.sh_addr + (o - s.sh_offset));
+    // Equal blocks are skipped by a native compare; a differing block is checked byte by byte.
+    for (let b = s.sh_offset; b < end; b += BLOCK) {
+      const e = Math.min(b + BLOCK, end);
+      if (inBuf.compare(outBuf, b, e, b, e) === 0) continue;
+      for (let o = b; o < e; o++) {
+        if (inp.bytes[o] !== output[o] && !covered(o)) fail(`unexplained change in ${s.name}`, s.sh_addr + (o - s.sh_offset));
+      }
     }
   }
   return rep;
 }
 
 /** Membership test over a set of (offset, length) ranges: merged, then binary search. */
-function coverage(ranges: Map<number, number>): (o: number) => boolean {
-  const sorted = [...ranges.entries()].sort((a, b) => a[0] - b[0]);
+function coverage(off: number[], len: number[]): (o: number) => boolean {
+  // The ranges come in a few ascending runs (symbols, relocations, FDEs ...): a merge sort of the
+  // indexes is nearly linear here.
+  const order = Array.from(off.keys()).sort((x, y) => off[x] - off[y]);
   const starts: number[] = [];
   const ends: number[] = [];
-  for (const [a, l] of sorted) {
+  for (const i of order) {
+    const a = off[i];
+    const l = len[i];
     if (starts.length && a <= ends[ends.length - 1]) ends[ends.length - 1] = Math.max(ends[ends.length - 1], a + l);
     else { starts.push(a); ends.push(a + l); }
   }
@@ -250,36 +263,98 @@ function readDynRelocs(elf: ElfFile, dyn: { d_tag: number; d_val: number }[]) {
   return res;
 }
 
-/** Lockstep comparison of two decodings; `expect(t)` gives where an input target must land. */
+/**
+ * Lockstep comparison of input instructions [aFrom, aTo) of `a` with output instructions
+ * [bFrom, bTo) of `b`, moved by `delta`; `mapT(t)` gives where an input target must land.
+ */
 function compareCode(
   inBytes: Uint8Array, inBase: number, a: DecodedRange, aFrom: number, aTo: number,
-  outBytes: Uint8Array, outBase: number, b: DecodedRange, delta: number, mapT: (t: number) => number, rep: VerifyReport,
+  outBytes: Uint8Array, outBase: number, b: DecodedRange, bFrom: number, bTo: number,
+  delta: number, mapT: (t: number) => number, rep: VerifyReport,
 ): void {
-  let j = 0;
+  let j = bFrom;
+  // ra / rb: the next operand (index into refs) of each side.
+  let ra = lowerBound(a.refs, aFrom);
+  let rb = lowerBound(b.refs, bFrom);
   for (let i = aFrom; i < aTo; i++, j++) {
-    if (j >= b.count) fail('output code ends early', a.ip[i]);
-    if (a.len[i] !== b.len[j] || a.code[i] !== b.code[j] || b.ip[j] !== a.ip[i] + delta || b.invalid[j]) fail('instruction differs after moving', a.ip[i]);
+    if (j >= bTo) fail('output code ends early', a.ip[i]);
+    const l = a.len[i];
+    if (l !== b.len[j] || a.code[i] !== b.code[j] || b.ip[j] !== a.ip[i] + delta || b.code[j] === CODE_INVALID) fail('instruction differs after moving', a.ip[i]);
     const ia = a.ip[i] - inBase;
     const ib = b.ip[j] - outBase;
-    const fs = a.refKind[i] === REF_NONE ? -1 : a.fieldOff[i];
-    const fe = fs + (a.refKind[i] === REF_NONE ? 0 : a.fieldSize[i]);
-    for (let k = 0; k < a.len[i]; k++) {
-      if (k >= fs && k < fe) continue;
-      if (inBytes[ia + k] !== outBytes[ib + k]) fail('instruction bytes differ after moving', a.ip[i]);
-    }
-    if (a.refKind[i] !== REF_NONE) {
-      if (b.refKind[j] !== a.refKind[i] || b.target[j] !== mapT(a.target[i])) {
-        fail(`operand reaches 0x${b.target[j].toString(16)}, want 0x${mapT(a.target[i]).toString(16)}`, a.ip[i]);
+    const hasRef = ra < a.refs.length && a.refs[ra] === i;
+    const outRef = rb < b.refs.length && b.refs[rb] === j;
+    const fs = hasRef ? a.fieldOff[ra] : l;
+    const fe = hasRef ? fs + a.fieldSize[ra] : l;
+    for (let k = 0; k < fs; k++) if (inBytes[ia + k] !== outBytes[ib + k]) fail('instruction bytes differ after moving', a.ip[i]);
+    for (let k = fe; k < l; k++) if (inBytes[ia + k] !== outBytes[ib + k]) fail('instruction bytes differ after moving', a.ip[i]);
+    if (hasRef) {
+      if (!outRef || b.refKind[rb] !== a.refKind[ra] || b.target[rb] !== mapT(a.target[ra])) {
+        fail(`operand reaches 0x${outRef ? b.target[rb].toString(16) : '?'}, want 0x${mapT(a.target[ra]).toString(16)}`, a.ip[i]);
       }
       rep.pcRelOperands++;
+      ra++;
+    } else if (outRef) {
+      fail('instruction differs after moving', a.ip[i]);
     }
+    if (outRef) rb++;
     rep.instructions++;
   }
-  if (j !== b.count) fail('output code has extra instructions', b.ip[j]);
+  if (j !== bTo) fail('output code has extra instructions', b.ip[j]);
+}
+
+/**
+ * compareCode's checks made with native compares over whole ranges: per instruction, only the
+ * ones with a PC-relative field are visited in JS. Returns false when anything differs, and
+ * compareCode then finds and reports the first difference. Made once per pair of decodings.
+ *
+ * Instruction addresses need no per-instruction check here: within one decoding piece (and
+ * within an input unit, whose atoms decode back to back: an instruction running across an atom
+ * start is a refusal) each instruction starts where the previous one ended, so equal lengths and
+ * equal first addresses give equal addresses throughout.
+ */
+function rangeComparer(inBytes: Uint8Array, inBase: number, a: DecodedRange, outBytes: Uint8Array, outBase: number, b: DecodedRange, mapT: (t: number) => number, rep: VerifyReport) {
+  const buf = (x: Uint8Array | Uint16Array) => Buffer.from(x.buffer, x.byteOffset, x.byteLength);
+  const aLen = buf(a.len), bLen = buf(b.len), aCode = buf(a.code), bCode = buf(b.code);
+  const inBuf = buf(inBytes);
+  const outBuf = buf(outBytes);
+  // An undecodable instruction anywhere: leave every range to the detailed comparison.
+  const valid = !a.code.includes(CODE_INVALID) && !b.code.includes(CODE_INVALID);
+  let scratch = Buffer.alloc(0);
+  return (aFrom: number, aTo: number, bFrom: number, bTo: number, delta: number): boolean => {
+    const n = aTo - aFrom;
+    if (!valid || bTo - bFrom !== n) return false;
+    if (n === 0) return true;
+    if (b.ip[bFrom] !== a.ip[aFrom] + delta || b.ip[bTo - 1] !== a.ip[aTo - 1] + delta) return false;
+    if (aLen.compare(bLen, bFrom, bTo, aFrom, aTo) !== 0 || aCode.compare(bCode, 2 * bFrom, 2 * bTo, 2 * aFrom, 2 * aTo) !== 0) return false;
+    // The same instructions carry operands, of the same kinds, reaching the moved targets.
+    const ra0 = lowerBound(a.refs, aFrom);
+    const refs = lowerBound(a.refs, aTo) - ra0;
+    const rb0 = lowerBound(b.refs, bFrom);
+    if (lowerBound(b.refs, bTo) - rb0 !== refs) return false;
+    // Bytes: the output copy with the input's PC-relative fields put back must equal the input.
+    const ia = a.ip[aFrom] - inBase;
+    const ib = b.ip[bFrom] - outBase;
+    const size = a.ip[aTo - 1] + a.len[aTo - 1] - a.ip[aFrom];
+    if (scratch.length < size) scratch = Buffer.alloc(Math.max(size, 2 * scratch.length));
+    outBuf.copy(scratch, 0, ib, ib + size);
+    for (let q = 0; q < refs; q++) {
+      const ra = ra0 + q;
+      const rb = rb0 + q;
+      const i = a.refs[ra];
+      if (b.refs[rb] - bFrom !== i - aFrom || b.refKind[rb] !== a.refKind[ra] || b.target[rb] !== mapT(a.target[ra])) return false;
+      const f = a.ip[i] - a.ip[aFrom] + a.fieldOff[ra];
+      for (let k = 0; k < a.fieldSize[ra]; k++) scratch[f + k] = inBytes[ia + f + k];
+    }
+    if (inBuf.compare(scratch, 0, size, ia, ia + size) !== 0) return false;
+    rep.instructions += n;
+    rep.pcRelOperands += refs;
+    return true;
+  };
 }
 
 function verifyText(img: Image, layout: Layout, out: ElfFile, rep: VerifyReport, mode: VerifyMode): void {
-  const { units } = layout.plan;
+  const { units, code: inCode } = layout.plan;
   const t0 = img.textStart;
   const inBytes = img.elf.bytes.subarray(img.text.sh_offset, img.text.sh_offset + img.text.sh_size);
   const outText = sectionByName(out, '.text')!;
@@ -297,69 +372,58 @@ function verifyText(img: Image, layout: Layout, out: ElfFile, rep: VerifyReport,
   }
   for (let a = cur; a < img.textEnd; a++) if (outBytes[a - t0] !== 0xcc) fail('gap not filled with int3', a);
 
-  // One decoding pass over the output .text, restarting at every placed unit.
-  const pieceAt = new Map<number, DecodedRange>();
-  if (mode === 'decode') {
-    for (const p of decodePieces(outBytes, t0, placed.flatMap((p) => [p.s, p.e]))) if (!pieceAt.has(p.start)) pieceAt.set(p.start, p);
-  }
+  // 'decode': one decoding pass over the output .text, restarting at every placed unit. Each unit
+  // is then compared in one lockstep walk: the same instruction count, each at the input address
+  // plus the unit's shift, so every input atom start is an output instruction start too.
+  // The decoding is dropped when this function returns: it uses the decoder's scratch arrays.
+  const outCode = mode === 'decode' ? decodePieces(outBytes, t0, placed.flatMap((p) => [p.s, p.e]), { scratch: true }) : undefined;
+  const same = outCode ? rangeComparer(inBytes, t0, inCode, outBytes, t0, outCode.code, mapT, rep) : undefined;
   for (const u of units) {
     const ns = layout.newStart[u.index];
     const len = u.coreEnd - u.start;
     if (len === 0) continue;
-    const b = mode === 'decode' ? pieceAt.get(ns) : rereadUnit(u.atoms.map((a) => a.decoded), u.coreEnd, outBytes, t0, ns - u.start);
-    if (!b || b.count === 0 || b.ip[b.count - 1] + b.len[b.count - 1] !== ns + len) fail('output unit does not decode to its own extent', ns);
-    // The input is decoded per atom; walk the atoms' instructions that lie in the core, in order.
-    let offset = 0;
-    for (const a of u.atoms) {
-      let to = 0;
-      while (to < a.decoded.count && a.decoded.ip[to] < u.coreEnd) to++;
-      const sub = sliceDecoded(b, offset, a.decoded.ip[0] - u.start + ns, to);
-      compareCode(inBytes, t0, a.decoded, 0, to, outBytes, t0, sub, ns - u.start, mapT, rep);
-      offset += to;
+    let b: DecodedRange;
+    let bFrom = 0;
+    let bTo: number;
+    if (outCode) {
+      const p = pieceAt(outCode, ns);
+      if (p < 0) fail('output unit does not decode to its own extent', ns);
+      b = outCode.code;
+      bFrom = outCode.pieceFirst[p];
+      bTo = outCode.pieceFirst[p + 1];
+    } else {
+      b = rereadUnit(inCode, u.first, u.coreLast, outBytes, t0, ns - u.start);
+      bTo = b.count;
     }
-    if (offset !== b.count) fail('output unit decodes to more instructions than the input', ns);
+    if (bTo <= bFrom || b.ip[bTo - 1] + b.len[bTo - 1] !== ns + len) fail('output unit does not decode to its own extent', ns);
+    const delta = ns - u.start;
+    if (same && same(u.first, u.coreLast, bFrom, bTo, delta)) continue;
+    compareCode(inBytes, t0, inCode, u.first, u.coreLast, outBytes, t0, b, bFrom, bTo, delta, mapT, rep);
   }
 }
 
 /**
- * The output instructions of a unit at the input's boundaries (mode 'fields'): same forms and
- * lengths, PC-relative targets recomputed from the output's field bytes.
+ * The output instructions [from, to) of `a` at the input's boundaries (mode 'fields'): same forms
+ * and lengths, PC-relative targets recomputed from the output's field bytes.
  */
-function rereadUnit(atoms: DecodedRange[], coreEnd: number, outBytes: Uint8Array, outBase: number, delta: number): DecodedRange {
-  let n = 0;
-  for (const a of atoms) for (let k = 0; k < a.count && a.ip[k] < coreEnd; k++) n++;
+function rereadUnit(a: DecodedRange, from: number, to: number, outBytes: Uint8Array, outBase: number, delta: number): DecodedRange {
+  const n = to - from;
+  const r0 = lowerBound(a.refs, from);
+  const nr = lowerBound(a.refs, to) - r0;
   const r = {
-    start: atoms[0].ip[0] + delta, count: n, ip: new Float64Array(n), len: new Uint8Array(n), code: new Uint16Array(n),
-    refKind: new Uint8Array(n), fieldOff: new Uint8Array(n), fieldSize: new Uint8Array(n), target: new Float64Array(n),
-    terminator: new Uint8Array(n), padding: new Uint8Array(n), invalid: new Uint8Array(n),
+    start: a.ip[from] + delta, count: n, ip: a.ip.slice(from, to), len: a.len.slice(from, to), code: a.code.slice(from, to), flags: a.flags.slice(from, to),
+    refs: a.refs.slice(r0, r0 + nr).map((k) => k - from), refKind: a.refKind.slice(r0, r0 + nr), fieldOff: a.fieldOff.slice(r0, r0 + nr),
+    fieldSize: a.fieldSize.slice(r0, r0 + nr), target: new Float64Array(nr),
   };
-  let j = 0;
+  for (let j = 0; j < n; j++) r.ip[j] += delta; // same section, so the same width fits
   const view = new DataView(outBytes.buffer, outBytes.byteOffset, outBytes.byteLength);
-  for (const a of atoms) {
-    for (let k = 0; k < a.count && a.ip[k] < coreEnd; k++, j++) {
-      const ip = a.ip[k] + delta;
-      r.ip[j] = ip; r.len[j] = a.len[k]; r.code[j] = a.code[k]; r.refKind[j] = a.refKind[k];
-      r.fieldOff[j] = a.fieldOff[k]; r.fieldSize[j] = a.fieldSize[k]; r.invalid[j] = a.invalid[k];
-      if (a.refKind[k] !== REF_NONE) {
-        const at = ip + a.fieldOff[k] - outBase;
-        const v = a.fieldSize[k] === 4 ? view.getInt32(at, true) : a.fieldSize[k] === 1 ? view.getInt8(at) : NaN;
-        r.target[j] = ip + a.len[k] + v;
-      }
-    }
+  for (let q = 0; q < nr; q++) {
+    const ip = r.ip[r.refs[q]];
+    const at = ip + r.fieldOff[q] - outBase;
+    const v = r.fieldSize[q] === 4 ? view.getInt32(at, true) : r.fieldSize[q] === 1 ? view.getInt8(at) : NaN;
+    r.target[q] = ip + r.len[r.refs[q]] + v;
   }
   return r;
-}
-
-/** A view of `count` instructions of `d` from index `from`, checking it starts at `addr`. */
-function sliceDecoded(d: DecodedRange, from: number, addr: number, count: number): DecodedRange {
-  if (count > 0 && d.ip[from] !== addr) fail('instruction boundaries differ after moving', addr);
-  const e = from + count;
-  return {
-    start: addr, count: Math.min(count, d.count - from), ip: d.ip.subarray(from, e), len: d.len.subarray(from, e), code: d.code.subarray(from, e),
-    refKind: d.refKind.subarray(from, e), fieldOff: d.fieldOff.subarray(from, e), fieldSize: d.fieldSize.subarray(from, e),
-    target: d.target.subarray(from, e), terminator: d.terminator.subarray(from, e), padding: d.padding.subarray(from, e),
-    invalid: d.invalid.subarray(from, e),
-  };
 }
 
 function verifyOtherCode(img: Image, layout: Layout, out: ElfFile, rep: VerifyReport, mode: VerifyMode): void {
@@ -367,7 +431,9 @@ function verifyOtherCode(img: Image, layout: Layout, out: ElfFile, rep: VerifyRe
     const a = layout.plan.otherExecDecoded[i];
     const inBytes = img.elf.bytes.subarray(s.sh_offset, s.sh_offset + s.sh_size);
     const outBytes = out.bytes.subarray(s.sh_offset, s.sh_offset + s.sh_size);
-    const b = mode === 'decode' ? decodeRange(outBytes, s.sh_addr) : rereadUnit([a], s.sh_addr + s.sh_size, outBytes, s.sh_addr, 0);
-    compareCode(inBytes, s.sh_addr, a, 0, a.count, outBytes, s.sh_addr, b, 0, (t) => mapAddress(layout, t), rep);
+    const b = mode === 'decode' ? decodeRange(outBytes, s.sh_addr) : rereadUnit(a, 0, a.count, outBytes, s.sh_addr, 0);
+    const mapT = (t: number) => mapAddress(layout, t);
+    if (rangeComparer(inBytes, s.sh_addr, a, outBytes, s.sh_addr, b, mapT, rep)(0, a.count, 0, b.count, 0)) return;
+    compareCode(inBytes, s.sh_addr, a, 0, a.count, outBytes, s.sh_addr, b, 0, b.count, 0, mapT, rep);
   });
 }

@@ -5,7 +5,7 @@
  */
 import * as fs from 'fs';
 import { Decoder, FlowControl, Instruction, OpKind } from 'iced-x86';
-import { decodeRange, REF_NONE } from '../../elf/disasm';
+import { decodeRange, REF_BRANCH, REF_RIPREL } from '../../elf/disasm';
 import { readElf, sectionByName } from '../../elf/reader';
 import { buildSqlite } from './libs';
 
@@ -26,21 +26,23 @@ function crossCheck(file: string): { instructions: number; refs: number; mismatc
     const fc = ins.flowControl;
     const isBranch = ins.op0Kind === OpKind.NearBranch64 && (fc === FlowControl.UnconditionalBranch || fc === FlowControl.ConditionalBranch || fc === FlowControl.Call || fc === FlowControl.XbeginXabortXend);
     if (r.ip[k] !== Number(ins.ip) || r.len[k] !== ins.length) mismatches++;
+    // The decoder lists operands by instruction index in r.refs; its per-operand arrays follow that list.
+    const listed = refs < r.refs.length && r.refs[refs] === k;
     if (isBranch || ins.isIpRelMemoryOperand) {
-      refs++;
       const co = d.getConstantOffsets(ins);
       const off = isBranch ? co.immediateOffset : co.displacementOffset;
       const size = isBranch ? co.immediateSize : co.displacementSize;
       co.free();
       const target = Number(isBranch ? ins.nearBranchTarget : ins.ipRelMemoryAddress);
-      if (r.refKind[k] === REF_NONE || r.fieldOff[k] !== off || r.fieldSize[k] !== size || r.target[k] !== target) mismatches++;
-    } else if (r.refKind[k] !== REF_NONE) {
+      if (!listed || r.refKind[refs] !== (isBranch ? REF_BRANCH : REF_RIPREL) || r.fieldOff[refs] !== off || r.fieldSize[refs] !== size || r.target[refs] !== target) mismatches++;
+      refs++;
+    } else if (listed) {
       mismatches++;
     }
     k++;
   }
   d.free();
-  if (k !== r.count) mismatches++;
+  if (k !== r.count || refs !== r.refs.length) mismatches++;
   return { instructions: k, refs, mismatches };
 }
 

@@ -34,10 +34,12 @@ if (!z.ok) announceSkip('verifier tests', z.skip);
 
   test('a call displacement off by one', () => {
     // First cross-unit call in the input, found from the decoded units.
-    const u = plan.units.find((x) => x.atoms[0].decoded.refKind.some((k, i) => k === REF_BRANCH && x.atoms[0].decoded.len[i] === 5))!;
-    const d = u.atoms[0].decoded;
-    const i = d.refKind.findIndex((k, j) => k === REF_BRANCH && d.len[j] === 5);
-    const field = mapAddress(layout, d.ip[i]) + d.fieldOff[i];
+    const d = plan.code;
+    const isCall = (r: number) => d.refKind[r] === REF_BRANCH && d.len[d.refs[r]] === 5;
+    const u = plan.units.find((x) => { for (let r = 0; r < d.refs.length; r++) if (d.refs[r] >= x.first && d.refs[r] < x.coreLast && isCall(r)) return true; return false; })!;
+    let r = 0;
+    while (!(d.refs[r] >= u.first && isCall(r))) r++;
+    const field = mapAddress(layout, d.ip[d.refs[r]]) + d.fieldOff[r];
     const bad = Uint8Array.from(good);
     bad[textOff + field - img.textStart] ^= 1;
     expect(() => verifyImage(img, layout, bad)).toThrow(VerifyError);
