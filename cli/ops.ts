@@ -149,19 +149,13 @@ export async function stopVerb(ctx: Context): Promise<void> {
 }
 
 export async function syncVerb(ctx: Context, dryRun: boolean): Promise<number> {
-  const tty = process.stdout.isTTY;
-  const bar = tty ? new (await import('cli-progress')).SingleBar({ format: 'sync [{bar}] {percentage}% {detail}', hideCursor: true }) : undefined;
+  // A progress bar on a terminal only: rsync's progress reports cost 3-5% of an unchanged sync
+  // of /usr (bench/RESULTS.md), and a timer's log needs the summary, not the percentages.
+  const bar = process.stdout.isTTY ? new (await import('cli-progress')).SingleBar({ format: 'sync [{bar}] {percentage}% {detail}', hideCursor: true }) : undefined;
   bar?.start(100, 0, { detail: '' });
-  let lastLogged = -10;
   const result = await syncStore(ctx.paths, ctx.config, ctx.log, {
     dryRun,
-    onProgress: (percent, detail) => {
-      if (bar) bar.update(percent, { detail });
-      else if (percent >= lastLogged + 10) {
-        lastLogged = percent - (percent % 10);
-        out(`sync: ${percent}% (${detail})`);
-      }
-    },
+    onProgress: bar && ((percent, detail) => bar.update(percent, { detail })),
   }).finally(() => bar?.stop());
   const verb = dryRun ? 'would transfer' : 'transferred';
   out(`sync (${result.mode}${dryRun ? ', dry run' : ''}): ${verb} ${result.transferred} files` +

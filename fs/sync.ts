@@ -18,7 +18,7 @@ import type { Paths } from './paths';
 
 export interface SyncOptions {
   dryRun: boolean;
-  /** Called with 0..100 as rsync reports progress. */
+  /** Called with 0..100 as rsync reports progress; without it rsync is not asked to report. */
   onProgress?: (percent: number, detail: string) => void;
 }
 
@@ -51,7 +51,7 @@ export function mirrorMarker(paths: Paths): string {
 
 /** Runs rsync, reporting progress, and turns its exit code into a clear error. */
 async function rsync(args: string[], options: SyncOptions, log: Logger): Promise<{ exit: number; itemized: string[]; warning?: string }> {
-  const child = execa('rsync', ['--info=progress2', '--out-format=%i %n', ...args], {
+  const child = execa('rsync', [...(options.onProgress ? ['--info=progress2'] : []), '--out-format=%i %n', ...args], {
     reject: false,
     all: false,
     buffer: false,
