@@ -104,6 +104,7 @@ maybe('kernel session over the host /usr', () => {
         expect(r.stdout).toMatch(expected);
       }
     }
+    const coldReads = (await countsNow(vs)).read ?? 0;
     // Let the copies land: a directory the watcher starts watching floods it with events
     // for every entry (chokidar), each one an invalidation. Then once more, warm.
     await settle(vs);
@@ -113,11 +114,16 @@ maybe('kernel session over the host /usr', () => {
     expect(before.open ?? 0).toBeLessThanOrEqual(1); // the one ENOSYS answer
     for (const [, argv] of LAUNCHES) expect((await runInChroot(vs.sandbox, argv)).code).toBe(0);
     const d = delta(before, await countsNow(vs));
-    for (const op of ['open', 'release', 'readlink', 'opendir', 'releasedir', 'flush', 'lookup', 'read', 'readdir']) {
+    for (const op of ['open', 'release', 'readlink', 'opendir', 'releasedir', 'flush', 'lookup', 'readdir']) {
       expect({ op, n: d[op] ?? 0 }).toEqual({ op, n: 0 });
     }
-    // What still reaches the view: security.capability at each exec and Python's TCGETS per file.
-    expect(Object.keys(d).filter((k) => !['getxattr', 'ioctl', 'getattr'].includes(k))).toEqual([]);
+    // A launch may touch a page no earlier launch did (Python's hash randomization changes its
+    // code paths): such a cold page is read. Every page read before comes from the kernel: a
+    // small fraction of what the first launches read.
+    expect(coldReads).toBeGreaterThan(100);
+    expect(d.read ?? 0).toBeLessThanOrEqual(coldReads / 20);
+    // What else still reaches the view: security.capability at each exec and Python's TCGETS per file.
+    expect(Object.keys(d).filter((k) => !['getxattr', 'ioctl', 'getattr', 'read'].includes(k))).toEqual([]);
   });
 
   test('on a kernel that offers fewer flags, OPEN and OPENDIR are served with handles and programs still run', async () => {
