@@ -8,7 +8,7 @@ import { execFileSync } from 'child_process';
 import * as fs from 'fs';
 import * as path from 'path';
 import { attachSlowDisk, SlowDisk } from './slow-disk';
-import { BenchRoot, chrootCommand, dropCaches, hyperfine, LAUNCHES, makeBenchRoot, ms, ratio } from './harness';
+import { alternating, BenchRoot, chrootCommand, dropCaches, hyperfine, LAUNCHES, makeBenchRoot, median, ms, ratio } from './harness';
 
 const SESSION_CONFIG = process.env.FSCACHE_BENCH_SESSION ? `fuse_session = ${process.env.FSCACHE_BENCH_SESSION}\n` : '';
 const DROP = "sh -c 'sync; echo 3 > /proc/sys/vm/drop_caches'";
@@ -81,15 +81,7 @@ function pairedSessions(a: BenchRoot, b: BenchRoot, nameA: string, nameB: string
   for (const l of LAUNCHES) {
     const ta: number[] = [];
     const tb: number[] = [];
-    for (let round = 0; round < PAIRED_ROUNDS; round++) {
-      if (round % 2) {
-        tb.push(launch(b, l.argv));
-        ta.push(launch(a, l.argv));
-      } else {
-        ta.push(launch(a, l.argv));
-        tb.push(launch(b, l.argv));
-      }
-    }
+    for (let round = 0; round < PAIRED_ROUNDS; round++) alternating(round, () => ta.push(launch(a, l.argv)), () => tb.push(launch(b, l.argv)));
     const ratios = ta.map((t, i) => t / tb[i]);
     lines.push(`| \`${l.label}\` | ${ms(median(ta))} | ${ms(median(tb))} | ${median(ratios).toFixed(3)} (${Math.min(...ratios).toFixed(2)}–${Math.max(...ratios).toFixed(2)}) |`);
   }
@@ -97,7 +89,6 @@ function pairedSessions(a: BenchRoot, b: BenchRoot, nameA: string, nameB: string
 }
 
 const PAIRED_ROUNDS = 9;
-const median = (xs: number[]) => [...xs].sort((x, y) => x - y)[Math.floor(xs.length / 2)];
 
 main().catch((err) => {
   process.stderr.write(`${err.stack ?? err}\n`);

@@ -77,6 +77,25 @@ export function hyperfine(commands: string[], options: { runs?: number; warmup?:
 }
 
 export const ms = (n: number) => `${n.toFixed(1)} ms`;
+
+export function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+}
+
+/**
+ * Runs both, `a` first in even rounds and `b` first in odd ones: the first of a pair pays for
+ * what the caches lost meanwhile, so each order runs equally often over an even number of rounds.
+ */
+export function alternating(round: number, a: () => void, b: () => void): void {
+  if (round % 2) {
+    b();
+    a();
+  } else {
+    a();
+    b();
+  }
+}
 export const ratio = (n: number, base: number) => `${(n / base).toFixed(2)}×`;
 
 export function dropCaches(): void {

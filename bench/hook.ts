@@ -14,7 +14,7 @@
 import { execFileSync, spawn, spawnSync, ChildProcess } from 'child_process';
 import * as fs from 'fs';
 import * as path from 'path';
-import { ms, ratio } from './harness';
+import { median, ms, ratio } from './harness';
 import { CFLAGS, LDFLAGS, REPO } from '../test/elf/libs';
 import { cli, currentEpoch, imageFor, launch, Libs, libs, makeSandbox, removeSandbox, Sandbox, startDaemon, stopDaemon, writeConf } from '../test/hook/sandbox';
 
@@ -34,11 +34,6 @@ function interleaved(timer: string, variants: Array<[string, string[]]>): { wall
     cpu[v].push(c / 1000);
   }
   return { wall: wall.map(median), cpu: cpu.map(median) };
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
 }
 
 function buildSmallLibs(sb: Sandbox): string[] {

@@ -11,17 +11,12 @@
  */
 import { execFileSync } from 'child_process';
 import * as fs from 'fs';
-import { BenchRoot, chrootCommand, hyperfine, LAUNCHES, makeBenchRoot, ms } from './harness';
+import { BenchRoot, chrootCommand, hyperfine, LAUNCHES, makeBenchRoot, median, ms } from './harness';
 
 interface Flavour {
   label: string;
   root: BenchRoot;
 }
-
-const median = (xs: number[]) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
-};
 
 async function settleFills(root: BenchRoot): Promise<number> {
   let last = -1;

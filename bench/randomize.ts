@@ -12,17 +12,13 @@ import * as path from 'path';
 import { inspectBytes, prepareLibrary, randomizeBytes, randomizePrepared, readElf, sectionByName } from '../elf';
 import type { VerifyMode } from '../elf';
 import { buildBzip2, buildCxx, buildLua, buildSqlite, buildZlib, FIXTURES, runWith, tempDir } from '../test/elf/libs';
+import { median } from './harness';
 
 interface Subject {
   name: string;
   lib: string;
   /** Runs the library's own tests against the randomized copy in `dir`; true when they pass. */
   suite: (dir: string) => boolean;
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
 }
 
 /**

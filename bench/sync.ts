@@ -9,7 +9,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { CLI_ENTRY } from '../fs/view-process';
 import { makeSandbox } from '../fs/sandbox';
-import { ms, ratio } from './harness';
+import { alternating, ms, ratio } from './harness';
 
 const TREE = process.argv[2] ?? '/usr/lib/python3.11';
 // Even counts: each order of a pair runs equally often.
@@ -21,7 +21,8 @@ function time(fn: () => void): number {
   fn();
   return Number(process.hrtime.bigint() - t0) / 1e6;
 }
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+// The upper of the two middle values for an even count (the runs in bench/RESULTS.md used this).
+const upperMedian = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
 function main(): void {
   const sandbox = makeSandbox({ copy: true, prefix: 'fscache-bench-sync-' });
@@ -40,19 +41,8 @@ function main(): void {
     const files = execFileSync('find', [sandbox.realTree, '-type', 'f'], { encoding: 'utf8', maxBuffer: 1 << 30 }).trim().split('\n');
     const kib = execFileSync('du', ['-sk', sandbox.realTree], { encoding: 'utf8' }).split('\t')[0];
 
-    // Each pair runs both; which goes first alternates, since the first of a pair pays for
-    // whatever the source tree's caches lost meanwhile.
-    const pair = (into: { fscache: number[]; rsync: number[] }, i: number) => {
-      const a = () => into.fscache.push(time(fscacheSync));
-      const b = () => into.rsync.push(time(rsync));
-      if (i % 2) {
-        b();
-        a();
-      } else {
-        a();
-        b();
-      }
-    };
+    const pair = (into: { fscache: number[]; rsync: number[] }, i: number) =>
+      alternating(i, () => into.fscache.push(time(fscacheSync)), () => into.rsync.push(time(rsync)));
     const first = { fscache: [] as number[], rsync: [] as number[] };
     for (let i = 0; i < 3; i++) {
       drop(mirror);
@@ -68,7 +58,7 @@ function main(): void {
       pair(touched, i);
     }
     const row = (label: string, x: { fscache: number[]; rsync: number[] }) =>
-      `| ${label} | ${ms(median(x.fscache))} | ${ms(median(x.rsync))} | ${ratio(median(x.fscache), median(x.rsync))} |`;
+      `| ${label} | ${ms(upperMedian(x.fscache))} | ${ms(upperMedian(x.rsync))} | ${ratio(upperMedian(x.fscache), upperMedian(x.rsync))} |`;
     process.stdout.write([
       `Tree: a copy of \`${TREE}\` (${files.length} files, ${(Number(kib) / 1024).toFixed(0)} MiB) on this machine's disk; mirror mode.`,
       '',

@@ -429,8 +429,8 @@ export class KernelSession implements FuseSession {
   private async lookup(r: Request): Promise<Reply> {
     const parent = this.node(r.nodeid);
     const name = cString(r.body);
-    if (this.debug) this.log.debug(`kernel session: lookup ${NodeTable.childPath(parent, name)}`);
     const childPath = NodeTable.childPath(parent, name);
+    if (this.debug) this.log.debug(`kernel session: lookup ${childPath}`);
     let attr: Attr;
     try {
       attr = await this.handlers.getattr(childPath);

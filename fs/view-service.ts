@@ -81,10 +81,6 @@ export class RunningView {
     const watcher = new Watcher(paths, config, store, log);
     const meta = new VouchedMeta(config.watch === 'off' ? 0 : config.metadataTrustSeconds * 1000);
     watcher.onChange = (abs, subtree) => meta.forget(abs, subtree);
-    watcher.onForgetAll = () => {
-      meta.forgetAll();
-      session.invalidateAll();
-    };
     const view = new View(paths.realTree, store, log, watcher, meta);
     const session = createSession(config.fuseSession, view, {
       mountpoint: paths.viewMount,
@@ -94,6 +90,10 @@ export class RunningView {
       fsname: 'fscache',
     });
     watcher.onInvalidate = (rel) => session.invalidate('/' + rel);
+    watcher.onForgetAll = () => {
+      meta.forgetAll();
+      session.invalidateAll();
+    };
     if (store) store.onFilled = (rel) => watcher.watchDir(path.dirname(path.join(paths.realTree, rel)));
     watcher.start();
     await session.mount();

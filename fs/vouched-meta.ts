@@ -21,6 +21,8 @@ export class VouchedMeta {
   private readonly listings = new Map<string, Recorded<string[]>>();
   /** Extended attributes by name (an exec asks for security.capability every time). */
   private readonly xattrLists = new Map<string, Recorded<Map<string, Buffer>>>();
+  /** Every kind of answer kept, for what is done to all of them alike. */
+  private readonly maps: ReadonlyArray<Map<string, unknown>> = [this.attrs, this.links, this.listings, this.xattrLists];
 
   constructor(
     readonly trustMs: number,
@@ -85,7 +87,7 @@ export class VouchedMeta {
    * costs a few map deletions even with many entries recorded.
    */
   forget(file: string, subtree: boolean): void {
-    for (const map of [this.attrs, this.links, this.listings, this.xattrLists] as Array<Map<string, unknown>>) {
+    for (const map of this.maps) {
       map.delete(file);
       if (subtree) {
         const below = file + '/';
@@ -96,13 +98,13 @@ export class VouchedMeta {
   }
 
   forgetAll(): void {
-    this.attrs.clear();
-    this.links.clear();
-    this.listings.clear();
-    this.xattrLists.clear();
+    for (const map of this.maps) map.clear();
   }
 
   get size(): number {
-    return this.attrs.size + this.links.size + this.listings.size + this.xattrLists.size;
+    let n = 0;
+    for (const map of this.maps) n += map.size;
+    return n;
   }
+
 }
