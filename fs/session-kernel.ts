@@ -24,10 +24,10 @@
  *   metadata_trust_seconds (the bound of the view's vouched memory, which also bounds
  *   what a lost inotify event could leave stale); elsewhere the config's timeouts
  *   (1 s by default) apply.
- * - Never blocks the JS main thread on the device: requests are read with fs.read on
- *   libuv's threadpool (READERS reads outstanding); replies are written with writeSync
- *   (the kernel takes them without waiting); notifications, which may wait for page
- *   locks held by a READ we have yet to answer, are written asynchronously, one at a time.
+ * - Never blocks the JS main thread on the device: requests are read on a thread of their
+ *   own (fuse-reader.ts, which also answers IOCTLs itself); replies are written with
+ *   writeSync (the kernel takes them without waiting); notifications, which may wait for
+ *   page locks held by a READ we have yet to answer, are written asynchronously, one at a time.
  * - Every request gets exactly one reply (FORGET, BATCH_FORGET and INTERRUPT get none,
  *   as the protocol says); a handler error becomes its errno; an unknown opcode ENOSYS.
  * - The view outlives its users: detach() is a lazy unmount and the session keeps
@@ -43,13 +43,12 @@ import {
   FUSE_MIN_READ_BUFFER, FUSE_ROOT_ID, FUSE_UNKNOWN_INO, InitFlag, initFlagNames, Op, opName, OUT_HEADER_SIZE, parseBatchForget,
   parseInitIn, parseReadIn, parseRequest, Request, WRITE_OPS, writeDirent, writeOutHeader,
 } from './fuse-protocol';
+import { FuseReader } from './fuse-reader';
 import { GENERATION, identityKey, Node, NodeFile, NodeTable } from './fuse-nodes';
 import { makeLogger } from './log';
 import { Attr, errnoOf, FuseSession, SessionOptions, ViewHandlers } from './session';
 
 const E = os.constants.errno;
-/** Reads of /dev/fuse outstanding at once: one to take the next request while one is answered. */
-const READERS = 2;
 /**
  * Largest WRITE the kernel may send (none on this read-only mount). It sizes the read
  * buffers: the kernel never queues a request larger than max_write plus its headers, and
@@ -98,8 +97,7 @@ export class KernelSession implements FuseSession {
   private flags = 0;
   private initialized = false;
   private onInit?: (err?: Error) => void;
-  private closing = false;
-  private activeReads = 0;
+  private reader?: FuseReader;
   private resolveClosed?: () => void;
   private readonly closedPromise: Promise<void>;
   /** Handles given out by OPEN when the kernel cannot do without it (no NO_OPEN_SUPPORT). */
@@ -120,15 +118,16 @@ export class KernelSession implements FuseSession {
     readonly options: SessionOptions,
   ) {
     this.closedPromise = new Promise((resolve) => (this.resolveClosed = resolve));
-    // Each outstanding read of /dev/fuse parks one libuv threadpool thread until a request
-    // comes, and a notification write may wait for the kernel; the default pool of 4 would
-    // leave the view's own file operations too few. Takes effect because libuv starts the
-    // pool at its first use, which in the view comes after the session is made.
+    // A notification write may wait for the kernel, parking a libuv threadpool thread; the
+    // default pool of 4 would leave the view's own file operations too few. Takes effect
+    // because libuv starts the pool at its first use, which in the view comes after this.
     process.env.UV_THREADPOOL_SIZE ??= '16';
   }
 
   requestCounts(): Record<string, number> {
-    return { ...this.counts };
+    const counts = { ...this.counts };
+    for (const [op, n] of Object.entries(this.reader?.answered() ?? {})) if (n) counts[op] = (counts[op] ?? 0) + n;
+    return counts;
   }
 
   // ---------------------------------------------------------------- mount and connection
@@ -164,7 +163,21 @@ export class KernelSession implements FuseSession {
     // it is answered.
     this.sweepTimer = setInterval(() => this.closeIdleHandles(), HANDLE_IDLE_MS / 2);
     this.sweepTimer.unref();
-    for (let i = 0; i < READERS; i++) this.readNext(Buffer.allocUnsafe(Math.max(FUSE_MIN_READ_BUFFER, MAX_WRITE + 4096)));
+    this.reader = new FuseReader(this.fd, Math.max(FUSE_MIN_READ_BUFFER, MAX_WRITE + 4096), o.mountpoint, {
+      request: (buf) => {
+        try {
+          this.dispatch(buf, buf.length);
+        } catch (e) {
+          this.log.error(`kernel session: request not handled: ${(e as Error).stack ?? e}`);
+        }
+      },
+      ended: (code) => {
+        // ENODEV: the connection is gone (last user after a lazy unmount, or aborted).
+        if (code !== 'ENODEV') this.log.warn(`kernel session: /dev/fuse read ended with ${code}`);
+        this.connectionClosed();
+      },
+      warning: (code) => this.log.warn(`kernel session: /dev/fuse read failed: ${code}`),
+    });
     let timer: NodeJS.Timeout | undefined;
     const timeout = new Promise<never>((_r, reject) => (timer = setTimeout(() => reject(new Error('no FUSE_INIT from the kernel within 10 s')), 10000)));
     try {
@@ -188,36 +201,9 @@ export class KernelSession implements FuseSession {
     return this.fd < 0 && !this.initialized ? Promise.resolve() : this.closedPromise;
   }
 
-  private readNext(buf: Buffer): void {
-    if (this.closing) return this.readerDone();
-    this.activeReads++;
-    fs.read(this.fd, buf, 0, buf.length, null, (err, n) => {
-      this.activeReads--;
-      if (err) {
-        const code = (err as NodeJS.ErrnoException).code;
-        // ENODEV: the connection is gone (last user after a lazy unmount, or aborted).
-        if (code === 'ENODEV' || code === 'ECONNABORTED' || code === 'EBADF' || code === 'EPERM') {
-          this.closing = true;
-          if (code !== 'ENODEV') this.log.warn(`kernel session: /dev/fuse read ended with ${code}`);
-          return this.readerDone();
-        }
-        // EINTR/EAGAIN/ENOENT (a request interrupted before we read it): read again.
-        if (code !== 'EINTR' && code !== 'EAGAIN' && code !== 'ENOENT') this.log.warn(`kernel session: /dev/fuse read failed: ${code}`);
-        setTimeout(() => this.readNext(buf), 10); // no hot loop on a persistent error
-        return;
-      }
-      try {
-        this.dispatch(buf, n);
-      } catch (e) {
-        this.log.error(`kernel session: request not handled: ${(e as Error).stack ?? e}`);
-      }
-      this.readNext(buf);
-    });
-  }
-
-  /** The last reader returned after the connection closed: release everything. */
-  private readerDone(): void {
-    if (this.activeReads > 0 || this.fd < 0) return;
+  /** The reader saw the connection close: release everything. */
+  private connectionClosed(): void {
+    if (this.fd < 0) return;
     fs.close(this.fd, () => undefined);
     this.fd = -1;
     clearInterval(this.sweepTimer);
@@ -324,7 +310,8 @@ export class KernelSession implements FuseSession {
         return; // answers a retrieve we never send
       case Op.IOCTL:
         // Python's isatty (TCGETS) on every file it opens; the kernel does not remember
-        // ENOSYS for ioctl, so answer what a regular file would, before anything else.
+        // ENOSYS for ioctl, so answer what a regular file would. The reader thread answers
+        // them before they get here; this is for any it passes on.
         return this.replyError(req.unique, -E.ENOTTY);
       case Op.FLUSH:
       case Op.FSYNC:
@@ -339,15 +326,14 @@ export class KernelSession implements FuseSession {
         break;
     }
     if (WRITE_OPS.has(req.opcode)) return this.replyError(req.unique, -E.EROFS);
-    // The body must outlive the read buffer, which is read into again right after this.
-    const r: Request = { ...req, body: Buffer.from(req.body) };
-    const work = this.operation(r);
+    // The request's buffer is its own (fuse-reader.ts): handlers may keep it past this call.
+    const work = this.operation(req);
     if (!work) return this.replyError(req.unique, -E.ENOSYS);
     work.then(
       (body) => {
-        if (body !== NO_REPLY) this.write(r.unique, 0, body);
+        if (body !== NO_REPLY) this.write(req.unique, 0, body);
       },
-      (err) => this.replyError(r.unique, errnoOf(err)),
+      (err) => this.replyError(req.unique, errnoOf(err)),
     );
   }
 
@@ -481,8 +467,13 @@ export class KernelSession implements FuseSession {
     const key = identityKey(attr);
     if (node.file && node.file.key !== undefined && node.file.key !== key) this.dropFile(node);
     node.key = key;
-    if (node.ctimeMs !== attr.ctime.getTime()) node.xattrs = undefined;
+    if (node.ctimeMs !== attr.ctime.getTime()) this.forgetXattrs(node);
     node.ctimeMs = attr.ctime.getTime();
+  }
+
+  private forgetXattrs(node: Node): void {
+    node.xattrs = undefined;
+    this.reader?.forgetCapability(node.id);
   }
 
   private async readlink(r: Request): Promise<Reply> {
@@ -633,6 +624,11 @@ export class KernelSession implements FuseSession {
     const node = this.node(r.nodeid);
     const value = await this.handlers.getxattr(node.path, name);
     (node.xattrs ??= new Map()).set(name, { value, at: Date.now() });
+    // Every exec asks this; the reader thread answers it while the watcher vouches (or
+    // for attr_timeout), and forgets it with the node's other xattrs (forgetXattrs).
+    if (name === 'security.capability' && value === undefined) {
+      this.reader?.vouchNoCapability(node.id, Math.max(this.options.attrTimeout, this.vouched(node.path)));
+    }
     return xattrReply(value, size);
   }
 
@@ -694,7 +690,7 @@ export class KernelSession implements FuseSession {
     if (node) {
       this.dropFile(node);
       node.listing = undefined;
-      node.xattrs = undefined;
+      this.forgetXattrs(node);
       this.notify(`i${node.id}`, encodeInvalInode(node.id));
     }
     const slash = path.lastIndexOf('/');

@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 # fuse (2.9) and libfuse2, not fuse3: fuse3 Breaks/Replaces fuse and would remove bindfs.
 APT_PACKAGES=(libfuse2 fuse rsync bindfs hyperfine attr nbdkit libnbd-bin gdb dpkg-dev
-              build-essential python3 perl time)
+              build-essential python3 perl time libcap2-bin)
 
 if ! grep -rqsE '^(Types: *deb-src|deb-src )' /etc/apt/sources.list /etc/apt/sources.list.d/; then
   cat > /etc/apt/sources.list.d/fscache-deb-src.sources <<'SRC'

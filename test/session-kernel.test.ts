@@ -16,7 +16,7 @@ import { silentLogger } from '../fs/log';
 import { isMountPoint } from '../fs/preflight';
 import type { Attr, ViewHandlers } from '../fs/session';
 import { KernelSession } from '../fs/session-kernel';
-import { startViewProcess } from '../fs/view-process';
+import { CLI_ENTRY, startViewProcess } from '../fs/view-process';
 import { createViewSandbox, fuseAvailable, ViewSandbox, waitFor } from './helpers/view-sandbox';
 
 const skip = fuseAvailable();
@@ -169,6 +169,46 @@ maybe('kernel session over the host /usr', () => {
     const t0 = Date.now();
     expect(await vs.view!.stop(10000)).toBe(0);
     expect(Date.now() - t0).toBeLessThan(5000);
+  });
+
+  test('a process exiting with its view mounted does not hang on the reader thread: its own exit code, or SIGKILL when detached and in use', async () => {
+    // Node joins worker threads at exit, and the reader thread sits in read(2) on /dev/fuse.
+    const sessionModule = path.join(path.dirname(path.dirname(CLI_ENTRY)), 'fs', 'session-kernel.js');
+    const script = `
+      const { KernelSession } = require(${JSON.stringify(sessionModule)});
+      const cp = require('child_process');
+      const [dir, how] = process.argv.slice(1);
+      const t = new Date();
+      const attr = { mode: 0o40755, size: 0, mtime: t, ctime: t, atime: t, nlink: 2, uid: 0, gid: 0, ino: 1, dev: 1, blocks: 0, blksize: 4096, rdev: 0 };
+      const s = new KernelSession({ getattr: async () => attr }, { mountpoint: dir, attrTimeout: 1, entryTimeout: 1, negativeTimeout: 1, fsname: 'fscache' });
+      s.mount().then(() => {
+        if (how === 'exit') return process.exit(3);
+        // A user keeps the connection alive past the lazy unmount (cd after exec: spawn
+        // itself waits for the child, which would wait for this thread to answer).
+        const user = cp.spawn('sh', ['-c', 'cd "$0" && echo in && sleep 30', dir], { stdio: ['ignore', 'pipe', 'ignore'] });
+        console.log('user', user.pid);
+        user.stdout.once('data', () => { cp.execFileSync('umount', ['-l', dir]); process.exit(4); });
+      });`;
+    for (const [how, expected] of [['exit', { code: 3, signal: null }], ['detached', { code: null, signal: 'SIGKILL' }]] as const) {
+      const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'fscache-exit-'));
+      const child = spawn(process.execPath, ['-e', script, dir, how], { stdio: ['ignore', 'pipe', 'pipe'] });
+      let out = '';
+      child.stdout.on('data', (d) => (out += d));
+      const t0 = Date.now();
+      const ended = await new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => {
+        const timer = setTimeout(() => child.kill('SIGKILL'), 15000);
+        child.on('exit', (code, signal) => {
+          clearTimeout(timer);
+          resolve({ code, signal });
+        });
+      });
+      const user = /user (\d+)/.exec(out);
+      if (user) process.kill(Number(user[1]), 'SIGKILL');
+      if (isMountPoint(dir)) execFileSync('umount', ['-l', dir]); // a dead view's mount stays until unmounted
+      fs.rmdirSync(dir);
+      expect({ how, ...ended }).toEqual({ how, ...expected });
+      expect(Date.now() - t0).toBeLessThan(10000);
+    }
   });
 
   test('mmap through the view, and stop while a process holds a mapping: it keeps faulting pages in, then the view exits', async () => {

@@ -45,11 +45,19 @@ maybe('vouched metadata', () => {
     expect(fs.existsSync(v('lib/new.so'))).toBe(false);
     expect(fs.readFileSync(v('lib/sub/x'), 'utf8')).toBe('x');
     expect(xattrOf(v('lib/a.so'), 'user.fscache')).toBeUndefined();
+    // Asked at every exec; the kernel session's reader thread answers the second ask itself.
+    expect(xattrOf(v('lib/a.so'), 'security.capability')).toBeUndefined();
+    expect(xattrOf(v('lib/a.so'), 'security.capability')).toBeUndefined();
     const within = async (what: string, check: () => boolean) => {
       const ms = await waitFor(() => { try { return check(); } catch { return false; } }, 1500, 20);
       expect({ what, seen: ms >= 0 && ms <= 1050 }).toEqual({ what, seen: true });
     };
 
+    // Held open, so that the kernel keeps the node (and its id) across the invalidation.
+    const held = fs.openSync(v('lib/a.so'), 'r');
+    execFileSync('setcap', ['cap_net_raw+ep', real('lib/a.so')]);
+    await within('file capability set', () => xattrOf(v('lib/a.so'), 'security.capability') !== undefined);
+    fs.closeSync(held);
     fs.chmodSync(real('lib/a.so'), 0o600);
     await within('chmod', () => (fs.statSync(v('lib/a.so')).mode & 0o777) === 0o600);
     execFileSync('setfattr', ['-n', 'user.fscache', '-v', 'set', real('lib/a.so')]);
