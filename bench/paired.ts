@@ -11,6 +11,8 @@
  */
 import { execFileSync } from 'child_process';
 import * as fs from 'fs';
+import * as path from 'path';
+import { PACKAGE_ROOT } from '../fs/package-root';
 import { BenchRoot, chrootCommand, hyperfine, LAUNCHES, makeBenchRoot, median, ms } from './harness';
 
 interface Flavour {
@@ -61,6 +63,30 @@ async function timeouts(): Promise<void> {
   process.stdout.write(lines.join('\n') + '\n');
 }
 
+/**
+ * What one request of each kind a warm launch still sends costs through each flavour
+ * (bench/request-latency.py: median and p90 of 300, back to back and 2 ms apart).
+ */
+function requestLatency(flavours: Flavour[]): string[] {
+  const file = 'usr/lib/python3.11/os.py';
+  const lines = [
+    'Latency of single requests (`python3 bench/request-latency.py FILE DIR GAP_MS`, 300 each; µs, median / p90; FILE = `/usr/lib/python3.11/os.py`, lookup of a new name in `/usr/lib`):',
+    '',
+    '| flavour | gap | ioctl TCGETS | getxattr security.capability | lookup of a new name |',
+    '|---|---|---|---|---|',
+  ];
+  for (const gap of [0, 2]) {
+    for (const f of flavours) {
+      const r = f.root.sandbox.root;
+      const out = execFileSync('python3', [path.join(PACKAGE_ROOT, 'bench', 'request-latency.py'), `${r}/${file}`, `${r}/usr/lib`, String(gap)], { encoding: 'utf8' });
+      const m = JSON.parse(out) as Record<string, { median: number; p90: number }>;
+      const cell = (k: string) => `${m[k].median.toFixed(0)} / ${m[k].p90.toFixed(0)}`;
+      lines.push(`| ${f.label} | ${gap} ms | ${cell('ioctl')} | ${cell('getxattr')} | ${cell('lookup')} |`);
+    }
+  }
+  return lines;
+}
+
 async function main(): Promise<void> {
   if (process.argv[2] === 'timeouts') return timeouts();
   const rounds = Number(process.argv[2] ?? 15);
@@ -100,6 +126,8 @@ async function main(): Promise<void> {
       perLaunch.push(`| \`${l.label}\` | ${d.join(', ') || 'none'} |`);
     }
 
+    const latency = requestLatency(flavours);
+
     // Paired rounds.
     const ratios = new Map<string, number[][]>(); // program -> per flavour (not native) -> ratios
     const absolute = new Map<string, number[][]>(); // program -> per flavour -> medians per round
@@ -137,6 +165,7 @@ async function main(): Promise<void> {
 
     lines.push('', 'Requests reaching the kernel view per warm launch (mean of 10 launches, from the view\'s request counts):', '');
     lines.push('| program | requests per launch |', '|---|---|', ...perLaunch);
+    lines.push('', ...latency);
     const total = kernel.view!.state()!.requests;
     lines.push('', `All requests the kernel view got during the whole run: ${Object.entries(total).map(([k, v]) => `${k} ${v}`).join(', ')}.`);
     lines.push('', `Load average at end: ${load()}.`);

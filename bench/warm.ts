@@ -4,11 +4,49 @@
  * Run: node dist/bench/warm.js  (prints a Markdown section for bench/RESULTS.md)
  */
 import { execFileSync } from 'child_process';
-import { BenchRoot, chrootCommand, hyperfine, LAUNCHES, makeBenchRoot, ms, ratio } from './harness';
+import * as path from 'path';
+import { PACKAGE_ROOT } from '../fs/package-root';
+import { alternating, BenchRoot, chrootCommand, hyperfine, LAUNCHES, makeBenchRoot, median, ms, ratio } from './harness';
 
 const SESSION_CONFIG = process.env.FSCACHE_BENCH_SESSION ? `fuse_session = ${process.env.FSCACHE_BENCH_SESSION}\n` : '';
 
 const LARGE_FILE = '/usr/lib/x86_64-linux-gnu/libLLVM-15.so.1';
+const READ_ROUNDS = 20;
+
+/**
+ * Sequential reads of LARGE_FILE through each flavour, warm page cache. dd runs on the host,
+ * outside the chroots, so that only the read goes through each file system. Paired rounds
+ * (native and each FUSE flavour back to back, order alternating), since single reads of
+ * ~20 ms drift with the machine; then where the pages sit (bench/folio-census.py).
+ */
+function largeFileRead([native, view, bindfs]: BenchRoot[]): string[] {
+  const rel = LARGE_FILE.replace(/^\/usr\//, '');
+  const files = [`${native.sandbox.realTree}/${rel}`, `${view.sandbox.root}/run/fscache/view/${rel}`, `${bindfs.sandbox.root}/run/fscache/view/${rel}`];
+  const size = Number(execFileSync('stat', ['-c', '%s', files[0]], { encoding: 'utf8' }));
+  const times: number[][] = [[], [], []];
+  const ratios: number[][] = [[], []];
+  for (let round = 0; round < READ_ROUNDS; round++) {
+    const t = files.map(() => 0);
+    const read = (i: number) => () => (t[i] = hyperfine([`dd if=${files[i]} of=/dev/null bs=1M status=none`], { runs: 5, warmup: 1 })[0].median);
+    alternating(round, read(0), () => alternating(round, read(1), read(2)));
+    t.forEach((x, i) => times[i].push(x));
+    ratios[0].push(t[0] / t[1]);
+    ratios[1].push(t[0] / t[2]);
+  }
+  const gibs = (t: number) => `${(size / (t / 1000) / 1024 ** 3).toFixed(2)} GiB/s`;
+  const spread = (xs: number[]) => `${Math.min(...xs).toFixed(2)}–${Math.max(...xs).toFixed(2)}`;
+  const census = execFileSync('python3', [path.join(PACKAGE_ROOT, 'bench', 'folio-census.py'), ...files], { encoding: 'utf8' });
+  const share = (i: number) => /\((\d+%)\)/.exec(census.split('\n')[i])?.[1] ?? '?';
+  return [
+    `Sequential read of \`${LARGE_FILE}\` (${(size / 1048576).toFixed(0)} MiB, cached on flash, warm page cache, \`dd bs=1M\`), ${READ_ROUNDS} paired rounds of 5 reads each:`,
+    '',
+    '| | native | view | bindfs |',
+    '|---|---|---|---|',
+    `| median of round medians | ${[0, 1, 2].map((i) => `${ms(median(times[i]))} (${gibs(median(times[i]))})`).join(' | ')} |`,
+    `| throughput vs native, median of rounds (min–max) | 1.00 | ${median(ratios[0]).toFixed(2)} (${spread(ratios[0])}) | ${median(ratios[1]).toFixed(2)} (${spread(ratios[1])}) |`,
+    `| page cache in large folios (bench/folio-census.py) | ${[0, 1, 2].map(share).join(' | ')} |`,
+  ];
+}
 
 async function main(): Promise<void> {
   const roots: BenchRoot[] = [];
@@ -39,20 +77,7 @@ async function main(): Promise<void> {
       const [n, v, b] = hyperfine([native, view, bindfs].map((r) => chrootCommand(r.sandbox.root, l.argv)), { runs: 40, warmup: 5 });
       lines.push(`| \`${l.label}\` | ${ms(n.median)} | ${ms(v.median)} | ${ms(b.median)} | ${ratio(v.median, n.median)} | ${ratio(b.median, n.median)} | ${ratio(v.median, b.median)} |`);
     }
-    const size = Number(execFileSync('stat', ['-c', '%s', LARGE_FILE], { encoding: 'utf8' }));
-    // dd runs on the host, outside the chroots, so that only the read goes through each file system.
-    const rel = LARGE_FILE.replace(/^\/usr\//, '');
-    const reads = hyperfine(
-      [`${native.sandbox.realTree}/${rel}`, `${view.sandbox.root}/run/fscache/view/${rel}`, `${bindfs.sandbox.root}/run/fscache/view/${rel}`].map(
-        (file) => `dd if=${file} of=/dev/null bs=1M status=none`,
-      ),
-      { runs: 15, warmup: 3 },
-    );
-    const gibs = (t: number) => `${(size / (t / 1000) / 1024 ** 3).toFixed(2)} GiB/s`;
-    lines.push('', `Sequential read of \`${LARGE_FILE}\` (${(size / 1048576).toFixed(0)} MiB, cached on flash, warm page cache, dd bs=1M):`, '');
-    lines.push('| | native | view | bindfs |', '|---|---|---|---|');
-    lines.push(`| median | ${ms(reads[0].median)} (${gibs(reads[0].median)}) | ${ms(reads[1].median)} (${gibs(reads[1].median)}) | ${ms(reads[2].median)} (${gibs(reads[2].median)}) |`);
-    lines.push(`| throughput vs native | 1.00 | ${(reads[0].median / reads[1].median).toFixed(2)} | ${(reads[0].median / reads[2].median).toFixed(2)} |`);
+    lines.push('', ...largeFileRead([native, view, bindfs]));
     const after = view.view!.state()!;
     lines.push('', `Requests that reached the view during the whole run: ${Object.entries(after.requests).map(([k, v]) => `${k} ${v}`).join(', ')}.`);
     process.stdout.write(lines.join('\n') + '\n');
