@@ -625,7 +625,8 @@ export class KernelSession implements FuseSession {
     const value = await this.handlers.getxattr(node.path, name);
     (node.xattrs ??= new Map()).set(name, { value, at: Date.now() });
     // Every exec asks this; the reader thread answers it while the watcher vouches (or
-    // for attr_timeout), and forgets it with the node's other xattrs (forgetXattrs).
+    // for attr_timeout), and forgets it with the node's other xattrs (forgetXattrs). Only
+    // "absent" is answered there: a stale answer could withhold a capability, never grant one.
     if (name === 'security.capability' && value === undefined) {
       this.reader?.vouchNoCapability(node.id, Math.max(this.options.attrTimeout, this.vouched(node.path)));
     }
