@@ -236,10 +236,12 @@ function decodeSpan(s: Sweep, from: number, to: number): void {
  * to create and collect than the loops that read them).
  */
 export function decodePieces(bytes: Uint8Array, address: number, cuts: number[]): DecodedPieces {
-  // x86-64 code averages about 4 bytes per instruction: start at a third of the byte count and
-  // grow if needed (fresh pages cost a page fault each here, so over-allocating is not free).
+  // Decoded into the process's reused arrays, then copied out at the exact size: fresh memory
+  // costs a page fault per page on this VM (about 20 µs), and the arrays sized before decoding
+  // (a third of the byte count: x86-64 code averages about 4 bytes per instruction) were a third
+  // larger than needed, their operand arrays doubles before narrowing.
   const cap = Math.ceil(bytes.length / 3) + 16;
-  const s = openSweep(bytes, address, newArrays(cap, (cap >> 2) + 16, address + bytes.length > 2 ** 32));
+  const s = openSweep(bytes, address, sweepArrays(cap, (cap >> 2) + 16, address + bytes.length > 2 ** 32));
   const inner = [...new Set(cuts.filter((c) => c > address && c < address + bytes.length))].sort((a, b) => a - b);
   const bounds = [address, ...inner, address + bytes.length];
   const pieceStart = new Float64Array(bounds.length - 1);
@@ -255,35 +257,32 @@ export function decodePieces(bytes: Uint8Array, address: number, cuts: number[])
   }
   const { n, nRefs } = s;
   pieceFirst[bounds.length - 1] = n;
+  scratch = s.arr;
   const { ip, len, code, flags, refs, refKind, fieldOff, fieldSize, target } = s.arr;
+  const targets = target.subarray(0, nRefs);
+  const narrow = narrowed(targets);
   return {
     code: {
-      start: address, count: n, ip: ip.subarray(0, n), len: len.subarray(0, n), code: code.subarray(0, n),
-      flags: flags.subarray(0, n), refs: refs.subarray(0, nRefs), refKind: refKind.subarray(0, nRefs),
-      fieldOff: fieldOff.subarray(0, nRefs), fieldSize: fieldSize.subarray(0, nRefs), target: narrowed(target.subarray(0, nRefs)),
+      start: address, count: n, ip: ip.slice(0, n), len: len.slice(0, n), code: code.slice(0, n),
+      flags: flags.slice(0, n), refs: refs.slice(0, nRefs), refKind: refKind.slice(0, nRefs),
+      fieldOff: fieldOff.slice(0, nRefs), fieldSize: fieldSize.slice(0, nRefs), target: narrow === targets ? targets.slice() : narrow,
     },
     pieceStart, pieceFirst,
   };
 }
 
 /**
- * Decodes one span of a range at a time into arrays reused from span to span and from one call
- * to the next in the process (the verifier's reading of the output, unit by unit): a decoding
- * that is dropped right after use then touches no fresh memory, and the little it touches stays
- * in cache. On this VM every page first written after the process forks or grows costs a fault
- * of about 20 µs, so a whole-range decoding (8 bytes per instruction) costs more in faults than
- * in decoding once a process has randomized a library.
+ * Decodes one span of a range at a time into the reused arrays (the verifier's reading of the
+ * output, unit by unit): a decoding that is dropped right after use then touches no fresh
+ * memory, and the little it touches per span stays in cache. On this VM every page first written
+ * after the process grows or forks costs a fault of about 20 µs.
  */
 export class SpanDecoder {
   private readonly s: Sweep;
   /** `maxSpan`: the largest span in bytes that will be decoded (larger ones grow the arrays). */
   constructor(bytes: Uint8Array, private readonly address: number, maxSpan: number) {
     const cap = maxSpan + 16; // at least one byte per instruction: never grows
-    const wide = address + bytes.length > 2 ** 32;
-    const spare = spanArrays;
-    const reuse = spare !== undefined && spare.ip.length >= cap && spare.refs.length >= cap && (spare.ip instanceof Float64Array) === wide;
-    this.s = openSweep(bytes, address, reuse ? spare : newArrays(cap, cap, wide));
-    spanArrays = this.s.arr;
+    this.s = openSweep(bytes, address, sweepArrays(cap, (cap >> 2) + 16, address + bytes.length > 2 ** 32));
   }
 
   /**
@@ -296,7 +295,7 @@ export class SpanDecoder {
     s.n = 0;
     s.nRefs = 0;
     decodeSpan(s, start - this.address, end - this.address);
-    spanArrays = s.arr;
+    scratch = s.arr;
     const { ip, len, code, flags, refs, refKind, fieldOff, fieldSize, target } = s.arr;
     return { start, count: s.n, ip, len, code, flags, refs: refs.subarray(0, s.nRefs), refKind, fieldOff, fieldSize, target };
   }
@@ -306,8 +305,17 @@ export class SpanDecoder {
   }
 }
 
-/** The arrays of the last SpanDecoder, reused by the next one. */
-let spanArrays: DecodeArrays | undefined;
+/**
+ * The decoding arrays of the process, reused by every decoding (decodePieces copies its result
+ * out of them; a SpanDecoder's results live in them until its next call).
+ */
+let scratch: DecodeArrays | undefined;
+
+/** The scratch arrays when they hold `cap` instructions of this width, else new ones (which become the scratch). */
+function sweepArrays(cap: number, refCap: number, wide: boolean): DecodeArrays {
+  if (scratch && scratch.ip.length >= cap && (scratch.ip instanceof Float64Array) === wide) return scratch;
+  return (scratch = newArrays(cap, refCap, wide));
+}
 
 /** The arrays one decoding fills (sized for instructions, or for operands from `refs` on). */
 interface DecodeArrays {
