@@ -84,10 +84,13 @@ export const MAX_NAME = 1024;
  */
 class StringTable {
   private lastNul = -2; // -2: not looked for yet; -1: the table has no NUL
+  /** The file as one Buffer, made on the first name read: names are sliced from it, no Buffer per name. */
+  private file: Buffer | undefined;
   constructor(private readonly bytes: Uint8Array, private readonly off: number, private readonly size: number) {}
   get(idx: number, recordOff: number, what: string): string {
     const len = this.check(idx, recordOff, what);
-    return Buffer.from(this.bytes.buffer, this.bytes.byteOffset + this.off + idx, len).toString('latin1');
+    const f = (this.file ??= Buffer.from(this.bytes.buffer, this.bytes.byteOffset, this.bytes.byteLength));
+    return f.toString('latin1', this.off + idx, this.off + idx + len);
   }
   /** Validates a name index (in range, NUL-terminated); returns the kept name length. */
   check(idx: number, recordOff: number, what: string): number {

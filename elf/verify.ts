@@ -227,7 +227,9 @@ export function verifyImage(img: Image, layout: Layout, output: Uint8Array, mode
 function coverage(off: number[], len: number[]): (o: number) => boolean {
   // The ranges come in a few ascending runs (symbols, relocations, FDEs ...): a merge sort of the
   // indexes is nearly linear here.
-  const order = Array.from(off.keys()).sort((x, y) => off[x] - off[y]);
+  const order = new Int32Array(off.length);
+  for (let i = 0; i < order.length; i++) order[i] = i;
+  order.sort((x, y) => off[x] - off[y]);
   const starts: number[] = [];
   const ends: number[] = [];
   for (const i of order) {
