@@ -6,6 +6,7 @@
  * absolute address it reaches. Typed arrays keep memory proportional to the code size.
  */
 import { CodeExt, Decoder, DecoderOptions, FlowControl, Instruction, Mnemonic, OpCodeOperandKind, OpKind } from 'iced-x86';
+import { icedCalls, IcedCalls } from './iced-calls';
 import { narrowed } from './reader';
 
 export const REF_NONE = 0;
@@ -111,7 +112,7 @@ function hasAddrSizePrefix(bytes: Uint8Array, start: number, fieldOff: number): 
   return false;
 }
 
-/** Decodes `bytes` as if loaded at `address`. Cost: one iced-x86 decodeOut per instruction. */
+/** Decodes `bytes` as if loaded at `address`. Cost: three or four iced-x86 calls per instruction. */
 export function decodeRange(bytes: Uint8Array, address: number): DecodedRange {
   return decodePieces(bytes, address, []).code;
 }
@@ -126,17 +127,105 @@ export interface DecodedPieces {
   readonly pieceFirst: Int32Array;
 }
 
-/** Index of the piece that starts exactly at `addr`, or -1. Binary search over the piece starts. */
-export function pieceAt(p: DecodedPieces, addr: number): number {
-  let lo = 0;
-  let hi = p.pieceStart.length - 1;
-  while (lo <= hi) {
-    const mid = (lo + hi) >> 1;
-    const s = p.pieceStart[mid];
-    if (s === addr) return mid;
-    if (s < addr) lo = mid + 1; else hi = mid - 1;
+/**
+ * A linear sweep in progress: one iced decoder over `bytes` (loaded at `address`), repositioned
+ * at each span, filling `arr` from instruction `n` and operand `nRefs` on.
+ */
+interface Sweep {
+  readonly bytes: Uint8Array;
+  readonly address: number;
+  readonly view: DataView;
+  readonly decoder: Decoder;
+  readonly ins: Instruction;
+  readonly calls: IcedCalls;
+  arr: DecodeArrays;
+  n: number;
+  nRefs: number;
+}
+
+function openSweep(bytes: Uint8Array, address: number, arr: DecodeArrays): Sweep {
+  const ins = sharedInstr ?? (sharedInstr = new Instruction());
+  const decoder = new Decoder(64, bytes, DecoderOptions.None);
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  return { bytes, address, view, decoder, ins, calls: icedCalls(decoder, ins), arr, n: 0, nRefs: 0 };
+}
+
+/**
+ * Decodes bytes [from, to) of the sweep's range (offsets), appending to its arrays (grown when
+ * full). An instruction running past `to` (into the next function) counts as undecodable.
+ */
+function decodeSpan(s: Sweep, from: number, to: number): void {
+  // The arrays are plain locals, not captured by any closure, so that the loop keeps them in
+  // registers: this loop runs once per instruction, twice per randomization.
+  let { ip, len, code, flags, refs, refKind, fieldOff, fieldSize, target } = s.arr;
+  let cap = ip.length;
+  let refCap = refs.length;
+  let grew = false;
+  let n = s.n;
+  let nRefs = s.nRefs;
+  const { bytes, address, view, decoder, ins } = s;
+  // The per-instruction calls (see iced-calls.ts): `dp`/`ih` are their handles.
+  const { d: dp, i: ih, decodeOut, length, code: codeOf, isIpRel } = s.calls;
+  decoder.position = from;
+  decoder.ip = BigInt(address + from);
+  let pos = from;
+  while (pos < to) {
+    if (n >= cap) {
+      cap = Math.min(cap * 2, bytes.length + 16);
+      ip = grown(ip, cap); len = grown(len, cap); code = grown(code, cap); flags = grown(flags, cap);
+      grew = true;
+    }
+    decodeOut(dp, ih);
+    const l = length(ih);
+    const c = codeOf(ih);
+    const at = pos;
+    pos += l;
+    ip[n] = address + at;
+    len[n] = l;
+    if (c === CODE_INVALID || pos > to) {
+      code[n] = CODE_INVALID;
+      flags[n] = 0;
+      n++;
+      continue;
+    }
+    code[n] = c;
+    let bits = codeBits[c];
+    if (bits === 0) bits = learnCode(ins, c);
+    flags[n] = bits & (F_TERMINATOR | F_PADDING);
+    const branch = (bits & C_BRANCH) !== 0;
+    if (branch || ((bits & C_MEMORY) !== 0 && isIpRel(ih) !== 0)) {
+      if (nRefs >= refCap) {
+        refCap = Math.min(refCap * 2, cap);
+        refs = grown(refs, refCap); refKind = grown(refKind, refCap); fieldOff = grown(fieldOff, refCap);
+        fieldSize = grown(fieldSize, refCap); target = grown(target, refCap);
+        grew = true;
+      }
+      const r = nRefs++;
+      refs[r] = n;
+      refKind[r] = branch ? REF_BRANCH : REF_RIPREL;
+      let tail = codeTail[c];
+      if (tail === 0) tail = learnTail(decoder, ins, c, l, branch);
+      const off = l - tail;
+      // Targets computed from the field bytes (next ip + signed field), as the CPU does; iced
+      // is asked instead for the rare forms where that is not the whole story (16/32-bit
+      // branch targets, an address-size prefix on a RIP-relative operand).
+      if (branch ? (bits & C_BRANCH64) !== 0 && (tail === 1 || tail === 4) : !hasAddrSizePrefix(bytes, at, off)) {
+        fieldOff[r] = off;
+        fieldSize[r] = branch ? tail : 4; // a branch offset is the last field
+        target[r] = address + pos + (tail === 1 && branch ? view.getInt8(at + off) : view.getInt32(at + off, true));
+      } else {
+        const co = decoder.getConstantOffsets(ins);
+        fieldOff[r] = branch ? co.immediateOffset : co.displacementOffset;
+        fieldSize[r] = branch ? co.immediateSize : co.displacementSize;
+        co.free();
+        target[r] = Number(branch ? ins.nearBranchTarget : ins.ipRelMemoryAddress);
+      }
+    }
+    n++;
   }
-  return -1;
+  if (grew) s.arr = { ip, len, code, flags, refs, refKind, fieldOff, fieldSize, target };
+  s.n = n;
+  s.nRefs = nRefs;
 }
 
 /**
@@ -146,104 +235,86 @@ export function pieceAt(p: DecodedPieces, addr: number): number {
  * callers walk index ranges instead of per-piece views (thousands of typed-array views cost more
  * to create and collect than the loops that read them).
  */
-export function decodePieces(bytes: Uint8Array, address: number, cuts: number[], opts: { scratch?: boolean } = {}): DecodedPieces {
-  // x86-64 code averages about 4 bytes per instruction: start at a third of the byte count and
-  // grow if needed (fresh pages cost a page fault each here, so over-allocating is not free).
-  // The arrays are plain locals, not captured by any closure, so that the loop keeps them in
-  // registers: this loop runs once per instruction, twice per randomization.
-  let cap = Math.ceil(bytes.length / 3) + 16;
-  let refCap = (cap >> 2) + 16;
-  const wide = address + bytes.length > 2 ** 32;
-  const spare = opts.scratch ? scratchArrays : undefined;
-  const reuse = spare !== undefined && spare.ip.length >= cap && spare.refs.length >= refCap && (spare.ip instanceof Float64Array) === wide;
-  if (reuse) { cap = spare.ip.length; refCap = spare.refs.length; }
-  let { ip, len, code, flags, refs, refKind, fieldOff, fieldSize, target } = reuse ? spare : newArrays(cap, refCap, wide);
-  let n = 0;
-  let nRefs = 0;
-  const ins = sharedInstr ?? (sharedInstr = new Instruction());
-  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+export function decodePieces(bytes: Uint8Array, address: number, cuts: number[]): DecodedPieces {
+  // Decoded into the process's reused arrays, then copied out at the exact size: fresh memory
+  // costs a page fault per page on this VM (about 20 µs), and the arrays sized before decoding
+  // (a third of the byte count: x86-64 code averages about 4 bytes per instruction) were a third
+  // larger than needed, their operand arrays doubles before narrowing.
+  const cap = Math.ceil(bytes.length / 3) + 16;
+  const s = openSweep(bytes, address, sweepArrays(cap, (cap >> 2) + 16, address + bytes.length > 2 ** 32));
   const inner = [...new Set(cuts.filter((c) => c > address && c < address + bytes.length))].sort((a, b) => a - b);
   const bounds = [address, ...inner, address + bytes.length];
   const pieceStart = new Float64Array(bounds.length - 1);
   const pieceFirst = new Int32Array(bounds.length);
-  // One decoder over the whole range, repositioned at each cut (cheaper than one per piece).
-  const decoder = new Decoder(64, bytes, DecoderOptions.None);
   try {
     for (let p = 0; p + 1 < bounds.length; p++) {
-      const from = bounds[p] - address;
-      const to = bounds[p + 1] - address;
       pieceStart[p] = bounds[p];
-      pieceFirst[p] = n;
-      decoder.position = from;
-      decoder.ip = BigInt(bounds[p]);
-      let pos = from;
-      while (pos < to) {
-        if (n >= cap) {
-          cap = Math.min(cap * 2, bytes.length + 16);
-          ip = grown(ip, cap); len = grown(len, cap); code = grown(code, cap); flags = grown(flags, cap);
-        }
-        decoder.decodeOut(ins);
-        const l = ins.length;
-        const c = ins.code;
-        const at = pos;
-        pos += l;
-        ip[n] = address + at;
-        len[n] = l;
-        // An instruction running across the cut (into the next function) counts as undecodable.
-        if (c === CODE_INVALID || pos > to) {
-          code[n] = CODE_INVALID;
-          flags[n] = 0;
-          n++;
-          continue;
-        }
-        code[n] = c;
-        let bits = codeBits[c];
-        if (bits === 0) bits = learnCode(ins, c);
-        flags[n] = bits & (F_TERMINATOR | F_PADDING);
-        const branch = (bits & C_BRANCH) !== 0;
-        if (branch || ((bits & C_MEMORY) !== 0 && ins.isIpRelMemoryOperand)) {
-          if (nRefs >= refCap) {
-            refCap = Math.min(refCap * 2, cap);
-            refs = grown(refs, refCap); refKind = grown(refKind, refCap); fieldOff = grown(fieldOff, refCap);
-            fieldSize = grown(fieldSize, refCap); target = grown(target, refCap);
-          }
-          const r = nRefs++;
-          refs[r] = n;
-          refKind[r] = branch ? REF_BRANCH : REF_RIPREL;
-          let tail = codeTail[c];
-          if (tail === 0) tail = learnTail(decoder, ins, c, l, branch);
-          const off = l - tail;
-          // Targets computed from the field bytes (next ip + signed field), as the CPU does; iced
-          // is asked instead for the rare forms where that is not the whole story (16/32-bit
-          // branch targets, an address-size prefix on a RIP-relative operand).
-          if (branch ? (bits & C_BRANCH64) !== 0 && (tail === 1 || tail === 4) : !hasAddrSizePrefix(bytes, at, off)) {
-            fieldOff[r] = off;
-            fieldSize[r] = branch ? tail : 4; // a branch offset is the last field
-            target[r] = address + pos + (tail === 1 && branch ? view.getInt8(at + off) : view.getInt32(at + off, true));
-          } else {
-            const co = decoder.getConstantOffsets(ins);
-            fieldOff[r] = branch ? co.immediateOffset : co.displacementOffset;
-            fieldSize[r] = branch ? co.immediateSize : co.displacementSize;
-            co.free();
-            target[r] = Number(branch ? ins.nearBranchTarget : ins.ipRelMemoryAddress);
-          }
-        }
-        n++;
-      }
+      pieceFirst[p] = s.n;
+      decodeSpan(s, bounds[p] - address, bounds[p + 1] - address);
     }
   } finally {
-    decoder.free();
+    s.decoder.free();
   }
+  const { n, nRefs } = s;
   pieceFirst[bounds.length - 1] = n;
-  if (opts.scratch) scratchArrays = { ip, len, code, flags, refs, refKind, fieldOff, fieldSize, target };
+  scratch = s.arr;
+  const { ip, len, code, flags, refs, refKind, fieldOff, fieldSize, target } = s.arr;
+  const targets = target.subarray(0, nRefs);
+  const narrow = narrowed(targets);
   return {
     code: {
-      start: address, count: n, ip: ip.subarray(0, n), len: len.subarray(0, n), code: code.subarray(0, n),
-      flags: flags.subarray(0, n), refs: refs.subarray(0, nRefs), refKind: refKind.subarray(0, nRefs),
-      fieldOff: fieldOff.subarray(0, nRefs), fieldSize: fieldSize.subarray(0, nRefs), target: narrowed(target.subarray(0, nRefs)),
+      start: address, count: n, ip: ip.slice(0, n), len: len.slice(0, n), code: code.slice(0, n),
+      flags: flags.slice(0, n), refs: refs.slice(0, nRefs), refKind: refKind.slice(0, nRefs),
+      fieldOff: fieldOff.slice(0, nRefs), fieldSize: fieldSize.slice(0, nRefs), target: narrow === targets ? targets.slice() : narrow,
     },
     pieceStart, pieceFirst,
   };
+}
+
+/**
+ * Decodes one span of a range at a time into the reused arrays (the verifier's reading of the
+ * output, unit by unit): a decoding that is dropped right after use then touches no fresh
+ * memory, and the little it touches per span stays in cache. On this VM every page first written
+ * after the process grows or forks costs a fault of about 20 µs.
+ */
+export class SpanDecoder {
+  private readonly s: Sweep;
+  /** `maxSpan`: the largest span in bytes that will be decoded (larger ones grow the arrays). */
+  constructor(bytes: Uint8Array, private readonly address: number, maxSpan: number) {
+    const cap = maxSpan + 16; // at least one byte per instruction: never grows
+    this.s = openSweep(bytes, address, sweepArrays(cap, (cap >> 2) + 16, address + bytes.length > 2 ** 32));
+  }
+
+  /**
+   * Decodes addresses [start, end). The result's arrays are the shared ones: only indexes below
+   * `count` (instructions) and below `refs.length` (operands) belong to it, and only until the
+   * next call.
+   */
+  decode(start: number, end: number): DecodedRange {
+    const s = this.s;
+    s.n = 0;
+    s.nRefs = 0;
+    decodeSpan(s, start - this.address, end - this.address);
+    scratch = s.arr;
+    const { ip, len, code, flags, refs, refKind, fieldOff, fieldSize, target } = s.arr;
+    return { start, count: s.n, ip, len, code, flags, refs: refs.subarray(0, s.nRefs), refKind, fieldOff, fieldSize, target };
+  }
+
+  free(): void {
+    this.s.decoder.free();
+  }
+}
+
+/**
+ * The decoding arrays of the process, reused by every decoding (decodePieces copies its result
+ * out of them; a SpanDecoder's results live in them until its next call).
+ */
+let scratch: DecodeArrays | undefined;
+
+/** The scratch arrays when they hold `cap` instructions of this width, else new ones (which become the scratch). */
+function sweepArrays(cap: number, refCap: number, wide: boolean): DecodeArrays {
+  if (scratch && scratch.ip.length >= cap && (scratch.ip instanceof Float64Array) === wide) return scratch;
+  return (scratch = newArrays(cap, refCap, wide));
 }
 
 /** The arrays one decoding fills (sized for instructions, or for operands from `refs` on). */
@@ -266,13 +337,6 @@ function newArrays(cap: number, refCap: number, wide: boolean): DecodeArrays {
     target: new Float64Array(refCap),
   };
 }
-
-/**
- * Arrays of the last decoding made with `scratch: true`, reused by the next one: a decoding whose
- * result is dropped right after use (the verifier's reading of the output) then touches no fresh
- * memory once a process has randomized a library. Its result is valid until the next such call.
- */
-let scratchArrays: DecodeArrays | undefined;
 
 /** A copy of `a` with room for `cap` entries. */
 function grown<T extends Float64Array | Uint32Array | Uint16Array | Uint8Array | Int32Array>(a: T, cap: number): T {

@@ -91,7 +91,9 @@ export function randomizePrepared(prep: PreparedLibrary, seed: Uint8Array = rand
   for (const [s, e] of keptRanges(img.elf)) patched.set(input.subarray(s, e), s);
   const patch = moveCodeAndPatch(img, layout, patched);
   lap('patch');
-  const { bytes, report } = rebuildFile(img.elf, patched);
+  // The symbol tables loadImage read (the same bytes: the writer needs only their section indexes).
+  const known = (s: { index: number }) => (s.index === img.symtab.section.index ? img.symtab.symbols : s.index === img.dynsym?.section.index ? img.dynsym.symbols : undefined);
+  const { bytes, report } = rebuildFile(img.elf, patched, known);
   lap('write');
   const verify = verifyImage(img, layout, bytes, opts.verify ?? 'decode');
   lap('verify');

@@ -76,31 +76,37 @@ function cursorOf(elf: ElfFile): Cursor {
 export const MAX_NAME = 1024;
 
 /**
- * A string table (a section's byte range) with the position of the NUL ending each string,
- * computed once: every lookup is then O(name length) however the table is built.
+ * A string table (a section's byte range). A name is read up to its NUL or MAX_NAME bytes,
+ * whichever comes first; whether a longer name is terminated at all is answered by the position
+ * of the table's last NUL, found once. Every lookup is then O(MAX_NAME) at most however the table
+ * is built, with no per-byte index of the table (4 bytes per table byte, rebuilt by every reader
+ * of the table, was most of the memory reading symbols touched).
  */
 class StringTable {
-  private nulAt: Int32Array | undefined;
+  private lastNul = -2; // -2: not looked for yet; -1: the table has no NUL
+  /** The file as one Buffer, made on the first name read: names are sliced from it, no Buffer per name. */
+  private file: Buffer | undefined;
   constructor(private readonly bytes: Uint8Array, private readonly off: number, private readonly size: number) {}
   get(idx: number, recordOff: number, what: string): string {
     const len = this.check(idx, recordOff, what);
-    return Buffer.from(this.bytes.buffer, this.bytes.byteOffset + this.off + idx, len).toString('latin1');
+    const f = (this.file ??= Buffer.from(this.bytes.buffer, this.bytes.byteOffset, this.bytes.byteLength));
+    return f.toString('latin1', this.off + idx, this.off + idx + len);
   }
-  /** Validates a name index (in range, NUL-terminated) in O(1); returns the kept name length. */
+  /** Validates a name index (in range, NUL-terminated); returns the kept name length. */
   check(idx: number, recordOff: number, what: string): number {
     if (idx >= this.size) throw new ElfFormatError(recordOff, `bad ${what} name index`, idx);
-    if (!this.nulAt) {
-      const t = new Int32Array(this.size);
-      let next = -1;
-      for (let i = this.size - 1; i >= 0; i--) {
-        if (this.bytes[this.off + i] === 0) next = i;
-        t[i] = next;
-      }
-      this.nulAt = t;
+    const b = this.bytes;
+    const base = this.off + idx;
+    const stop = Math.min(this.size - idx, MAX_NAME);
+    for (let k = 0; k < stop; k++) if (b[base + k] === 0) return k;
+    // No NUL in the first MAX_NAME bytes: the name is kept at MAX_NAME bytes if a NUL ends it later.
+    if (this.lastNul === -2) {
+      let i = this.size - 1;
+      while (i >= 0 && b[this.off + i] !== 0) i--;
+      this.lastNul = i;
     }
-    const end = this.nulAt[idx];
-    if (end < 0) throw new ElfFormatError(recordOff, `unterminated ${what} name`, idx);
-    return Math.min(end - idx, MAX_NAME);
+    if (this.lastNul < idx + stop) throw new ElfFormatError(recordOff, `unterminated ${what} name`, idx);
+    return MAX_NAME;
   }
 }
 

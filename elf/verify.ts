@@ -14,7 +14,7 @@
  *    named by static relocations, symbol section indexes and the build-id.
  * Any failure throws VerifyError with the address; the image is then never written.
  */
-import { CODE_INVALID, decodePieces, decodeRange, DecodedRange, lowerBound, pieceAt } from './disasm';
+import { CODE_INVALID, decodeRange, DecodedRange, lowerBound, SpanDecoder } from './disasm';
 import { parseEhFrame, parseEhFrameHdr } from './ehframe';
 import { VerifyError } from './errors';
 import { Image, inText } from './image';
@@ -227,7 +227,9 @@ export function verifyImage(img: Image, layout: Layout, output: Uint8Array, mode
 function coverage(off: number[], len: number[]): (o: number) => boolean {
   // The ranges come in a few ascending runs (symbols, relocations, FDEs ...): a merge sort of the
   // indexes is nearly linear here.
-  const order = Array.from(off.keys()).sort((x, y) => off[x] - off[y]);
+  const order = new Int32Array(off.length);
+  for (let i = 0; i < order.length; i++) order[i] = i;
+  order.sort((x, y) => off[x] - off[y]);
   const starts: number[] = [];
   const ends: number[] = [];
   for (const i of order) {
@@ -306,26 +308,32 @@ function compareCode(
 /**
  * compareCode's checks made with native compares over whole ranges: per instruction, only the
  * ones with a PC-relative field are visited in JS. Returns false when anything differs, and
- * compareCode then finds and reports the first difference. Made once per pair of decodings.
+ * compareCode then finds and reports the first difference. Made once per input decoding `a`;
+ * each call names the output decoding `b` it compares with.
  *
  * Instruction addresses need no per-instruction check here: within one decoding piece (and
  * within an input unit, whose atoms decode back to back: an instruction running across an atom
  * start is a refusal) each instruction starts where the previous one ended, so equal lengths and
  * equal first addresses give equal addresses throughout.
  */
-function rangeComparer(inBytes: Uint8Array, inBase: number, a: DecodedRange, outBytes: Uint8Array, outBase: number, b: DecodedRange, mapT: (t: number) => number, rep: VerifyReport) {
+function rangeComparer(inBytes: Uint8Array, inBase: number, a: DecodedRange, outBytes: Uint8Array, outBase: number, mapT: (t: number) => number, rep: VerifyReport) {
   const buf = (x: Uint8Array | Uint16Array) => Buffer.from(x.buffer, x.byteOffset, x.byteLength);
-  const aLen = buf(a.len), bLen = buf(b.len), aCode = buf(a.code), bCode = buf(b.code);
+  const aLen = buf(a.len), aCode = buf(a.code);
   const inBuf = buf(inBytes);
   const outBuf = buf(outBytes);
-  // An undecodable instruction anywhere: leave every range to the detailed comparison.
-  const valid = !a.code.includes(CODE_INVALID) && !b.code.includes(CODE_INVALID);
+  // An undecodable input instruction anywhere: leave every range to the detailed comparison.
+  // (The output's forms are then checked equal to the input's, so none of them is invalid.)
+  const valid = !a.code.includes(CODE_INVALID);
   let scratch = Buffer.alloc(0);
-  return (aFrom: number, aTo: number, bFrom: number, bTo: number, delta: number): boolean => {
+  // Byte views of the last output decoding's arrays (the verifier reuses the same arrays).
+  let bLenOf: Uint8Array | undefined;
+  let bLen = aLen, bCode = aCode;
+  return (b: DecodedRange, aFrom: number, aTo: number, bFrom: number, bTo: number, delta: number): boolean => {
     const n = aTo - aFrom;
     if (!valid || bTo - bFrom !== n) return false;
     if (n === 0) return true;
     if (b.ip[bFrom] !== a.ip[aFrom] + delta || b.ip[bTo - 1] !== a.ip[aTo - 1] + delta) return false;
+    if (bLenOf !== b.len) { bLenOf = b.len; bLen = buf(b.len); bCode = buf(b.code); }
     if (aLen.compare(bLen, bFrom, bTo, aFrom, aTo) !== 0 || aCode.compare(bCode, 2 * bFrom, 2 * bTo, 2 * aFrom, 2 * aTo) !== 0) return false;
     // The same instructions carry operands, of the same kinds, reaching the moved targets.
     const ra0 = lowerBound(a.refs, aFrom);
@@ -372,33 +380,27 @@ function verifyText(img: Image, layout: Layout, out: ElfFile, rep: VerifyReport,
   }
   for (let a = cur; a < img.textEnd; a++) if (outBytes[a - t0] !== 0xcc) fail('gap not filled with int3', a);
 
-  // 'decode': one decoding pass over the output .text, restarting at every placed unit. Each unit
-  // is then compared in one lockstep walk: the same instruction count, each at the input address
-  // plus the unit's shift, so every input atom start is an output instruction start too.
-  // The decoding is dropped when this function returns: it uses the decoder's scratch arrays.
-  const outCode = mode === 'decode' ? decodePieces(outBytes, t0, placed.flatMap((p) => [p.s, p.e]), { scratch: true }) : undefined;
-  const same = outCode ? rangeComparer(inBytes, t0, inCode, outBytes, t0, outCode.code, mapT, rep) : undefined;
-  for (const u of units) {
-    const ns = layout.newStart[u.index];
-    const len = u.coreEnd - u.start;
-    if (len === 0) continue;
-    let b: DecodedRange;
-    let bFrom = 0;
-    let bTo: number;
-    if (outCode) {
-      const p = pieceAt(outCode, ns);
-      if (p < 0) fail('output unit does not decode to its own extent', ns);
-      b = outCode.code;
-      bFrom = outCode.pieceFirst[p];
-      bTo = outCode.pieceFirst[p + 1];
-    } else {
-      b = rereadUnit(inCode, u.first, u.coreLast, outBytes, t0, ns - u.start);
-      bTo = b.count;
+  // 'decode': iced-x86 decodes each placed unit of the output .text on its own (decoding starts
+  // at the unit's new address and stops at its end). Each unit is then compared in one lockstep
+  // walk: the same instruction count, each at the input address plus the unit's shift, so every
+  // input atom start is an output instruction start too. Units are decoded one at a time into
+  // reused arrays (see SpanDecoder), each compared right after its decoding.
+  const spans = mode === 'decode' ? new SpanDecoder(outBytes, t0, placed.reduce((m, p) => Math.max(m, p.e - p.s), 0)) : undefined;
+  const same = spans ? rangeComparer(inBytes, t0, inCode, outBytes, t0, mapT, rep) : undefined;
+  try {
+    for (const u of units) {
+      const ns = layout.newStart[u.index];
+      const len = u.coreEnd - u.start;
+      if (len === 0) continue;
+      const b = spans ? spans.decode(ns, ns + len) : rereadUnit(inCode, u.first, u.coreLast, outBytes, t0, ns - u.start);
+      const bTo = b.count;
+      if (bTo <= 0 || b.ip[bTo - 1] + b.len[bTo - 1] !== ns + len) fail('output unit does not decode to its own extent', ns);
+      const delta = ns - u.start;
+      if (same && same(b, u.first, u.coreLast, 0, bTo, delta)) continue;
+      compareCode(inBytes, t0, inCode, u.first, u.coreLast, outBytes, t0, b, 0, bTo, delta, mapT, rep);
     }
-    if (bTo <= bFrom || b.ip[bTo - 1] + b.len[bTo - 1] !== ns + len) fail('output unit does not decode to its own extent', ns);
-    const delta = ns - u.start;
-    if (same && same(u.first, u.coreLast, bFrom, bTo, delta)) continue;
-    compareCode(inBytes, t0, inCode, u.first, u.coreLast, outBytes, t0, b, bFrom, bTo, delta, mapT, rep);
+  } finally {
+    spans?.free();
   }
 }
 
@@ -433,7 +435,7 @@ function verifyOtherCode(img: Image, layout: Layout, out: ElfFile, rep: VerifyRe
     const outBytes = out.bytes.subarray(s.sh_offset, s.sh_offset + s.sh_size);
     const b = mode === 'decode' ? decodeRange(outBytes, s.sh_addr) : rereadUnit(a, 0, a.count, outBytes, s.sh_addr, 0);
     const mapT = (t: number) => mapAddress(layout, t);
-    if (rangeComparer(inBytes, s.sh_addr, a, outBytes, s.sh_addr, b, mapT, rep)(0, a.count, 0, b.count, 0)) return;
+    if (rangeComparer(inBytes, s.sh_addr, a, outBytes, s.sh_addr, mapT, rep)(b, 0, a.count, 0, b.count, 0)) return;
     compareCode(inBytes, s.sh_addr, a, 0, a.count, outBytes, s.sh_addr, b, 0, b.count, 0, mapT, rep);
   });
 }

@@ -17,7 +17,7 @@ import { ElfRefusal } from './errors';
 import { alignUp, readNotes, readSymbols, ElfFile } from './reader';
 import {
   ELF64_SHDR_SIZE, ELF64_SYM_SIZE, NT_GNU_BUILD_ID, SectionHeader, SHF_ALLOC, SHF_INFO_LINK, SHN_ABS,
-  SHN_LORESERVE, SHN_UNDEF, SHT_DYNSYM, SHT_NOBITS, SHT_NOTE, SHT_REL, SHT_RELA, SHT_SYMTAB,
+  SHN_LORESERVE, SHN_UNDEF, SHT_DYNSYM, SHT_NOBITS, SHT_NOTE, SHT_REL, SHT_RELA, SHT_SYMTAB, Symbol,
 } from './types';
 
 export interface WriteReport {
@@ -54,8 +54,14 @@ export function keptRanges(elf: ElfFile): [number, number][] {
   return r;
 }
 
-/** `patched` has the input's size and layout (at least over keptRanges); `elf` is the parsed input. */
-export function rebuildFile(elf: ElfFile, patched: Uint8Array): { bytes: Uint8Array; report: WriteReport } {
+/**
+ * `patched` has the input's size and layout (at least over keptRanges); `elf` is the parsed input.
+ * `symbols` may give the symbols already read from a symbol table section of `elf` (read here
+ * otherwise): only their section indexes are used.
+ */
+export function rebuildFile(
+  elf: ElfFile, patched: Uint8Array, symbols: (s: SectionHeader) => Symbol[] | undefined = () => undefined,
+): { bytes: Uint8Array; report: WriteReport } {
   const keep = elf.sections.filter((s) => !dropped(s));
   if (keep.length >= SHN_LORESERVE) throw new ElfRefusal('too many sections to renumber');
   const newIndex = new Int32Array(elf.sections.length).fill(-1);
@@ -107,7 +113,7 @@ export function rebuildFile(elf: ElfFile, patched: Uint8Array): { bytes: Uint8Ar
   for (const s of keep) {
     if (s.sh_type !== SHT_SYMTAB && s.sh_type !== SHT_DYNSYM) continue;
     const base = (s.sh_flags & SHF_ALLOC) ? s.sh_offset : newOffset.get(s.index)!;
-    for (const sym of readSymbols(elf, s)) {
+    for (const sym of symbols(s) ?? readSymbols(elf, s)) {
       const o = base + sym.index * ELF64_SYM_SIZE + 6;
       if (sym.st_shndx === SHN_UNDEF || sym.st_shndx >= SHN_LORESERVE) continue;
       const ni = newIndex[sym.st_shndx];

@@ -6,6 +6,7 @@
 import * as fs from 'fs';
 import { Decoder, FlowControl, Instruction, OpKind } from 'iced-x86';
 import { decodeRange, REF_BRANCH, REF_RIPREL } from '../../elf/disasm';
+import { icedCalls } from '../../elf/iced-calls';
 import { readElf, sectionByName } from '../../elf/reader';
 import { buildSqlite } from './libs';
 
@@ -25,7 +26,7 @@ function crossCheck(file: string): { instructions: number; refs: number; mismatc
     d.decodeOut(ins);
     const fc = ins.flowControl;
     const isBranch = ins.op0Kind === OpKind.NearBranch64 && (fc === FlowControl.UnconditionalBranch || fc === FlowControl.ConditionalBranch || fc === FlowControl.Call || fc === FlowControl.XbeginXabortXend);
-    if (r.ip[k] !== Number(ins.ip) || r.len[k] !== ins.length) mismatches++;
+    if (r.ip[k] !== Number(ins.ip) || r.len[k] !== ins.length || r.code[k] !== ins.code) mismatches++;
     // The decoder lists operands by instruction index in r.refs; its per-operand arrays follow that list.
     const listed = refs < r.refs.length && r.refs[refs] === k;
     if (isBranch || ins.isIpRelMemoryOperand) {
@@ -57,4 +58,20 @@ const sq = buildSqlite();
 (sq.ok ? test : test.skip)('decoder agrees with iced-x86 on the SQLite build', () => {
   if (!sq.ok) return;
   expect(crossCheck(sq.lib).mismatches).toBe(0);
+});
+
+test('the decoding loop calls the wasm exports directly, and they answer like the wrappers', () => {
+  const text = fs.readFileSync('/usr/lib/x86_64-linux-gnu/libc.so.6').subarray(0, 1 << 20);
+  const [d1, d2] = [new Decoder(64, text, 0), new Decoder(64, text, 0)];
+  const [a, b] = [new Instruction(), new Instruction()];
+  const fast = icedCalls(d2, b);
+  expect(fast.d).not.toBe(0); // the shortcut is in use with this iced-x86
+  let differ = 0;
+  for (let n = 0; n < 50000 && d1.canDecode; n++) {
+    d1.decodeOut(a);
+    fast.decodeOut(fast.d, fast.i);
+    if (a.length !== fast.length(fast.i) || a.code !== fast.code(fast.i) || a.isIpRelMemoryOperand !== (fast.isIpRel(fast.i) !== 0)) differ++;
+  }
+  d1.free(); d2.free(); a.free(); b.free();
+  expect(differ).toBe(0);
 });
