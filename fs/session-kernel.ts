@@ -25,7 +25,8 @@
  *   what a lost inotify event could leave stale); elsewhere the config's timeouts
  *   (1 s by default) apply.
  * - Never blocks the JS main thread on the device: requests are read on a thread of their
- *   own (fuse-reader.ts, which also answers IOCTLs itself); replies are written with
+ *   own (fuse-reader.ts, which answers IOCTLs and vouched-absent capability GETXATTRs
+ *   itself, the requests of a warm launch); replies are written with
  *   writeSync (the kernel takes them without waiting); notifications, which may wait for
  *   page locks held by a READ we have yet to answer, are written asynchronously, one at a time.
  * - Every request gets exactly one reply (FORGET, BATCH_FORGET and INTERRUPT get none,
