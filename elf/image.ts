@@ -14,17 +14,8 @@ import {
   Dyn, DT_FLAGS, DF_TEXTREL, DT_JMPREL, DT_PLTREL, DT_PLTRELSZ, DT_REL, DT_RELA, DT_RELAENT, DT_RELASZ,
   DT_RELR, DT_TEXTREL, ELF64_RELA_SIZE, EM_X86_64, ET_DYN, PT_LOAD, Rela, SectionHeader, SHF_ALLOC,
   SHF_COMPRESSED, SHF_EXECINSTR, SHN_UNDEF, SHT_DYNSYM, SHT_NOBITS, SHT_RELA, SHT_REL, SHT_SYMTAB, Symbol,
-  STT_SECTION, SHN_LORESERVE,
+  SHN_LORESERVE,
 } from './types';
-
-/** A static relocation with its symbol resolved: `target` = S + A when S is defined locally. */
-export interface StaticReloc {
-  readonly rela: Rela;
-  readonly sym: Symbol | undefined;
-  /** S + A, or undefined when the symbol is undefined here (external). */
-  readonly target: number | undefined;
-  readonly sectionSymbol: boolean;
-}
 
 export interface SymbolTable {
   readonly section: SectionHeader;
@@ -42,9 +33,11 @@ export interface Image {
   readonly dynsym: SymbolTable | undefined;
   /**
    * Static relocations (kept by --emit-relocs) of allocated non-code sections, by index of the
-   * section they apply to.
+   * section they apply to, as flat arrays like codeRelocs: SQLite has about 6000, and an object
+   * (plus its Rela) per entry was the largest per-run collection loadImage made. Resolve an
+   * entry's symbol and value with `relocSymbol` and `relocTarget`.
    */
-  readonly staticRelocs: Map<number, StaticReloc[]>;
+  readonly staticRelocs: Map<number, RelaTable>;
   /**
    * Static relocations of executable sections, by section index, as flat arrays: a large library
    * has tens of thousands, and unit finding needs only where each one sits and its type.
@@ -62,11 +55,28 @@ export interface Image {
 function concatRelaTables(a: RelaTable, b: RelaTable): RelaTable {
   const f64 = (x: ArrayLike<number>, y: ArrayLike<number>) => { const r = new Float64Array(x.length + y.length); r.set(x); r.set(y, x.length); return r; };
   const u32 = (x: Uint32Array, y: Uint32Array) => { const r = new Uint32Array(x.length + y.length); r.set(x); r.set(y, x.length); return r; };
-  // fileOffset is only meaningful for a single table; nothing reads it for code relocations.
+  // fileOffset is only meaningful for a single table; nothing reads it for static relocations.
   return {
     count: a.count + b.count, fileOffset: a.fileOffset, r_offset: narrowed(f64(a.r_offset, b.r_offset)), r_type: u32(a.r_type, b.r_type),
     r_sym: u32(a.r_sym, b.r_sym), r_addend: f64(a.r_addend, b.r_addend),
   };
+}
+
+/** The .symtab symbol of static relocation `q` of `t`, or undefined for symbol index 0. */
+export function relocSymbol(img: Image, t: RelaTable, q: number): Symbol | undefined {
+  const i = t.r_sym[q];
+  return i === 0 ? undefined : img.symtab.symbols[i];
+}
+
+/**
+ * What static relocation `q` of `t` resolves to: S + A when its symbol is defined here, A alone
+ * for symbol index 0, undefined when the symbol is undefined here (external).
+ */
+export function relocTarget(img: Image, t: RelaTable, q: number): number | undefined {
+  const i = t.r_sym[q];
+  if (i === 0) return t.r_addend[q];
+  const sym = img.symtab.symbols[i];
+  return sym.st_shndx !== SHN_UNDEF && sym.st_shndx < SHN_LORESERVE ? sym.st_value + t.r_addend[q] : undefined;
 }
 
 export function inText(img: Image, addr: number): boolean {
@@ -138,7 +148,7 @@ export function loadImage(bytes: Uint8Array): Image {
     if (s) throw new ElfRefusal(`dynamic relocation applies to code in ${s.name} (text relocation)`, r.r_offset);
   }
 
-  const staticRelocs = new Map<number, StaticReloc[]>();
+  const staticRelocs = new Map<number, RelaTable>();
   const codeRelocs = new Map<number, RelaTable>();
   for (const rs of elf.sections) {
     if (rs.sh_type !== SHT_RELA || (rs.sh_flags & SHF_ALLOC)) continue;
@@ -147,8 +157,6 @@ export function loadImage(bytes: Uint8Array): Image {
     if (!(target.sh_flags & SHF_ALLOC)) continue; // debug sections: stripped from the output
     if (rs.sh_link !== symtabSec.index) throw new ElfRefusal(`${rs.name} does not use .symtab`, rs.headerOffset);
     const t = readRelaTable(elf, rs);
-    const isCode = (target.sh_flags & SHF_EXECINSTR) !== 0;
-    const list: StaticReloc[] = [];
     for (let q = 0; q < t.count; q++) {
       const off = t.r_offset[q];
       const symIndex = t.r_sym[q];
@@ -156,19 +164,10 @@ export function loadImage(bytes: Uint8Array): Image {
         throw new ElfRefusal(`${rs.name}: relocation offset outside ${target.name}`, off);
       }
       if (symIndex >= symtab.symbols.length) throw new ElfRefusal(`${rs.name}: symbol index ${symIndex} out of range`, off);
-      if (isCode) continue; // code relocations stay flat (see codeRelocs)
-      const r: Rela = { fileOffset: t.fileOffset + q * ELF64_RELA_SIZE, r_offset: off, r_type: t.r_type[q], r_sym: symIndex, r_addend: t.r_addend[q] };
-      const sym = symIndex === 0 ? undefined : symtab.symbols[symIndex];
-      const defined = sym !== undefined && sym.st_shndx !== SHN_UNDEF && sym.st_shndx < SHN_LORESERVE;
-      list.push({ rela: r, sym, target: defined ? sym.st_value + r.r_addend : symIndex === 0 ? r.r_addend : undefined, sectionSymbol: sym?.type === STT_SECTION });
     }
-    if (isCode) {
-      const prev = codeRelocs.get(target.index);
-      codeRelocs.set(target.index, prev ? concatRelaTables(prev, t) : t);
-    } else {
-      const prev = staticRelocs.get(target.index);
-      staticRelocs.set(target.index, prev ? prev.concat(list) : list);
-    }
+    const byTarget = (target.sh_flags & SHF_EXECINSTR) !== 0 ? codeRelocs : staticRelocs;
+    const prev = byTarget.get(target.index);
+    byTarget.set(target.index, prev ? concatRelaTables(prev, t) : t);
   }
 
   const ehFrame = sectionByName(elf, '.eh_frame');

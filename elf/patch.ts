@@ -10,7 +10,7 @@
  * no relocation explains is a refusal.
  */
 import { ElfRefusal } from './errors';
-import { Image, inText } from './image';
+import { Image, inText, relocSymbol, relocTarget } from './image';
 import { inCore, Layout, mapAddress } from './layout';
 import { vaddrToOffset } from './reader';
 import {
@@ -103,11 +103,13 @@ function patchDataRelocs(img: Image, layout: Layout, view: DataView, stats: Patc
     const sec = img.elf.sections[secIndex];
     if (!(sec.sh_flags & SHF_ALLOC) || (sec.sh_flags & SHF_EXECINSTR)) continue;
     const isEhFrame = img.ehFrame !== undefined && sec.index === img.ehFrame.index;
-    for (const sr of relocs) {
-      const f = sr.rela.r_offset;
-      const type = sr.rela.r_type;
-      const symInText = sr.sym !== undefined && sr.sym.st_shndx === img.text.index;
-      const targetInText = sr.target !== undefined && inText(img, sr.target);
+    for (let q = 0; q < relocs.count; q++) {
+      const f = relocs.r_offset[q];
+      const type = relocs.r_type[q];
+      const sym = relocSymbol(img, relocs, q);
+      const target = relocTarget(img, relocs, q);
+      const symInText = sym !== undefined && sym.st_shndx === img.text.index;
+      const targetInText = target !== undefined && inText(img, target);
       if (!symInText && !targetInText) continue; // value does not depend on where code is
       if (isEhFrame) {
         // FDE pc_begin fields are re-applied from the parsed FDEs; any other code reference is unknown.
@@ -115,7 +117,7 @@ function patchDataRelocs(img: Image, layout: Layout, view: DataView, stats: Patc
         continue;
       }
       if (type === R_X86_64_64) {
-        const t = sr.target!;
+        const t = target!;
         const i = dynAt.get(f);
         const dr = i === undefined ? undefined : img.dynRelocs[i];
         const byAddend = dr !== undefined && (dr.r_type === R_X86_64_RELATIVE || dr.r_type === R_X86_64_IRELATIVE) && dr.r_addend === t;
@@ -129,16 +131,16 @@ function patchDataRelocs(img: Image, layout: Layout, view: DataView, stats: Patc
         const v = view.getInt32(off, true);
         const base = jumpTableBase(img, jt, f, v);
         if (base !== undefined) {
-          if (sr.target !== undefined && sr.target - f !== v) throw new ElfRefusal('jump-table entry does not match its relocation', f);
+          if (target !== undefined && target - f !== v) throw new ElfRefusal('jump-table entry does not match its relocation', f);
           writeI32(view, off, mapCodeTarget(layout, base + v, f) - base, f);
           stats.jumpTableEntries++;
           continue;
         }
         // `.long func - .`: only when the relocation names the function itself, not a section.
-        if (sr.sectionSymbol || sr.sym?.type === STT_SECTION || sr.target === undefined || sr.target !== f + v || !inText(img, sr.target)) {
+        if (sym?.type === STT_SECTION || target === undefined || target !== f + v || !inText(img, target)) {
           throw new ElfRefusal(`PC-relative reference to code in ${sec.name} with no known base`, f);
         }
-        writeI32(view, off, mapCodeTarget(layout, sr.target, f) - f, f);
+        writeI32(view, off, mapCodeTarget(layout, target, f) - f, f);
         stats.dataPcRel++;
         continue;
       }
@@ -175,7 +177,7 @@ export function jumpTableIndex(img: Image, layout: Layout): JumpTableIndex {
   for (const [secIndex, relocs] of img.staticRelocs) {
     const sec = img.elf.sections[secIndex];
     if (!(sec.sh_flags & SHF_ALLOC) || (sec.sh_flags & SHF_EXECINSTR)) continue;
-    for (const r of relocs) if (r.rela.r_type === R_X86_64_PC32 || r.rela.r_type === R_X86_64_PLT32) offs.push(r.rela.r_offset);
+    for (let q = 0; q < relocs.count; q++) if (relocs.r_type[q] === R_X86_64_PC32 || relocs.r_type[q] === R_X86_64_PLT32) offs.push(relocs.r_offset[q]);
   }
   const offsets = Float64Array.from(offs).sort();
   // In ascending order, a relocation 4 bytes below (already done) continues its run.

@@ -17,7 +17,7 @@
 import { CODE_INVALID, decodeRange, DecodedRange, lowerBound, SpanDecoder } from './disasm';
 import { parseEhFrame, parseEhFrameHdr } from './ehframe';
 import { VerifyError } from './errors';
-import { Image, inText } from './image';
+import { Image, inText, relocSymbol } from './image';
 import { Layout, mapAddress } from './layout';
 import { jumpTableBase, jumpTableIndex } from './patch';
 import { readDynamic, readElf, readRelaRange, readSymbols, sectionByName, vaddrToOffset, ElfFile, readNotes } from './reader';
@@ -176,17 +176,19 @@ export function verifyImage(img: Image, layout: Layout, output: Uint8Array, mode
   for (const [secIndex, relocs] of img.staticRelocs) {
     const sec = inp.sections[secIndex];
     if (!(sec.sh_flags & SHF_ALLOC) || (sec.sh_flags & SHF_EXECINSTR) || sec === img.ehFrame) continue;
-    for (const sr of relocs) {
-      if (sr.rela.r_type !== R_X86_64_PC32 && sr.rela.r_type !== R_X86_64_PLT32) continue;
-      const off = vaddrToOffset(inp, sr.rela.r_offset, 4);
+    for (let q = 0; q < relocs.count; q++) {
+      if (relocs.r_type[q] !== R_X86_64_PC32 && relocs.r_type[q] !== R_X86_64_PLT32) continue;
+      const f = relocs.r_offset[q];
+      const off = vaddrToOffset(inp, f, 4);
       if (off === undefined) continue;
       const vin = inp.view.getInt32(off, true);
       const vout = out.view.getInt32(off, true);
-      if (sr.sym === undefined || sr.sym.st_shndx !== img.text.index) { if (vin !== vout) fail('PC-relative data word changed', sr.rela.r_offset); continue; }
+      const sym = relocSymbol(img, relocs, q);
+      if (sym === undefined || sym.st_shndx !== img.text.index) { if (vin !== vout) fail('PC-relative data word changed', f); continue; }
       // Same reading of the word as the rewriter (jump-table base proven by a lea, else the field
       // itself); the output word must reach the moved counterpart of the input target.
-      const b = jumpTableBase(img, jt, sr.rela.r_offset, vin) ?? sr.rela.r_offset;
-      if (vout !== mapT(b + vin) - b) fail('PC-relative data word does not reach the moved target', sr.rela.r_offset);
+      const b = jumpTableBase(img, jt, f, vin) ?? f;
+      if (vout !== mapT(b + vin) - b) fail('PC-relative data word does not reach the moved target', f);
       allow(off, 4);
       rep.dataWords++;
     }

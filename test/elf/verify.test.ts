@@ -61,8 +61,8 @@ if (!z.ok) announceSkip('verifier tests', z.skip);
     const bad = Uint8Array.from(good);
     const view = new DataView(bad.buffer);
     // Put back the input value of every entry: at least one of them moved.
-    for (const r of relocs) {
-      const o = rodata.sh_offset + (r.rela.r_offset - rodata.sh_addr);
+    for (let q = 0; q < relocs.count; q++) {
+      const o = rodata.sh_offset + (relocs.r_offset[q] - rodata.sh_addr);
       view.setInt32(o, input.readInt32LE(o), true);
     }
     expect(() => verifyImage(img, layout, bad)).toThrow(/PC-relative data word does not reach the moved target/);
