@@ -15,18 +15,40 @@ export const DW_EH_PE_pcrel = 0x10;
 export const DW_EH_PE_datarel = 0x30;
 export const DW_EH_PE_omit = 0xff;
 
-export interface Fde {
-  /** File offset of the FDE record. */
-  readonly offset: number;
-  /** Virtual address of the FDE record (what .eh_frame_hdr points to). */
-  readonly address: number;
-  /** Virtual address of the pc_begin field. */
-  readonly pcBeginField: number;
-  /** File offset of the pc_begin field. */
-  readonly pcBeginFileOffset: number;
-  /** Function start this FDE covers. */
-  readonly pcBegin: number;
-  readonly pcRange: number;
+/**
+ * The FDEs of an .eh_frame section, as flat arrays indexed by FDE number (file order). SQLite has
+ * about 2000 FDEs and both the input and the verifier's reading of the output are parsed on every
+ * randomization, so an object per FDE was steady allocation churn.
+ */
+export interface FdeTable {
+  readonly count: number;
+  /** Virtual address of each FDE record (what .eh_frame_hdr points to). */
+  readonly address: Float64Array;
+  /** Function start each FDE covers. */
+  readonly pcBegin: Float64Array;
+  readonly pcRange: Uint32Array;
+  /** File offset minus virtual address for the whole section: a record's file offset is address + fileDelta. */
+  readonly fileDelta: number;
+}
+
+/** Offset of an FDE's pc_begin field from the start of its record (after length and CIE pointer). */
+export const FDE_PC_BEGIN_OFFSET = 8;
+
+/** Virtual address of FDE i's pc_begin field. */
+export function pcBeginField(t: FdeTable, i: number): number {
+  return t.address[i] + FDE_PC_BEGIN_OFFSET;
+}
+
+/** File offset of FDE i's pc_begin field. */
+export function pcBeginFileOffset(t: FdeTable, i: number): number {
+  return t.address[i] + t.fileDelta + FDE_PC_BEGIN_OFFSET;
+}
+
+/** A copy of `a` with room for `n` elements (growth by doubling while parsing). */
+function grown<T extends Float64Array | Uint32Array>(a: T, n: number): T {
+  const b = new (a.constructor as new (n: number) => T)(n);
+  b.set(a);
+  return b;
 }
 
 function uleb(c: Cursor, o: { p: number }, end: number): number {
@@ -57,11 +79,14 @@ function encodedSize(enc: number, at: number): number {
  * Only pcrel|sdata4 pc_begin is accepted (what GCC and GNU ld emit for x86-64 PIC); anything
  * else is a refusal rather than a guess.
  */
-export function parseEhFrame(view: DataView, fileOff: number, size: number, addr: number): Fde[] {
+export function parseEhFrame(view: DataView, fileOff: number, size: number, addr: number): FdeTable {
   const c = new Cursor(view);
   const end = fileOff + size;
   const cieEnc = new Map<number, number>(); // CIE file offset -> FDE pointer encoding
-  const fdes: Fde[] = [];
+  let address = new Float64Array(64);
+  let pcBeginA = new Float64Array(64);
+  let pcRangeA = new Uint32Array(64);
+  let n = 0;
   let p = fileOff;
   while (p + 4 <= end) {
     const recStart = p;
@@ -107,16 +132,24 @@ export function parseEhFrame(view: DataView, fileOff: number, size: number, addr
       const enc = cieEnc.get(ciePos);
       if (enc === undefined) throw new ElfFormatError(recStart, 'FDE points to no CIE seen before it', id);
       if (enc !== (DW_EH_PE_pcrel | DW_EH_PE_sdata4)) throw new ElfRefusal(`unsupported FDE pointer encoding 0x${enc.toString(16)}`, recStart);
-      const field = bodyStart + 4;
+      const field = recStart + FDE_PC_BEGIN_OFFSET; // = bodyStart + 4
       if (field + 8 > recEnd) throw new ElfFormatError(recStart, 'FDE too short');
       const fieldAddr = addr + (field - fileOff);
       const pcBegin = fieldAddr + c.i32(field, 'FDE pc_begin');
       const pcRange = c.u32(field + 4, 'FDE pc_range');
-      fdes.push({ offset: recStart, address: addr + (recStart - fileOff), pcBeginField: fieldAddr, pcBeginFileOffset: field, pcBegin, pcRange });
+      if (n === address.length) {
+        address = grown(address, 2 * n);
+        pcBeginA = grown(pcBeginA, 2 * n);
+        pcRangeA = grown(pcRangeA, 2 * n);
+      }
+      address[n] = addr + (recStart - fileOff);
+      pcBeginA[n] = pcBegin;
+      pcRangeA[n] = pcRange;
+      n++;
     }
     p = recEnd;
   }
-  return fdes;
+  return { count: n, address: address.subarray(0, n), pcBegin: pcBeginA.subarray(0, n), pcRange: pcRangeA.subarray(0, n), fileDelta: fileOff - addr };
 }
 
 export interface EhFrameHdr {
@@ -125,7 +158,9 @@ export interface EhFrameHdr {
   readonly fdeCount: number;
   /** File offset of the first table entry. */
   readonly tableFileOffset: number;
-  readonly entries: { initialLoc: number; fdeAddress: number }[];
+  /** The table, flat: entry i is (initialLoc[i], fdeAddress[i]). */
+  readonly initialLoc: Float64Array;
+  readonly fdeAddress: Float64Array;
 }
 
 /** Parses .eh_frame_hdr; only the datarel|sdata4 table GNU ld writes is accepted. */
@@ -143,10 +178,12 @@ export function parseEhFrameHdr(view: DataView, fileOff: number, size: number, a
   const fdeCount = c.u32(fileOff + 8, 'fde_count');
   const tableFileOffset = fileOff + 12;
   if (fdeCount * 8 > size - 12) throw new ElfFormatError(fileOff + 8, '.eh_frame_hdr table past end of section', fdeCount);
-  const entries: { initialLoc: number; fdeAddress: number }[] = [];
+  const initialLoc = new Float64Array(fdeCount);
+  const fdeAddress = new Float64Array(fdeCount);
   for (let i = 0; i < fdeCount; i++) {
     const o = tableFileOffset + i * 8;
-    entries.push({ initialLoc: addr + c.i32(o, 'initial_location'), fdeAddress: addr + c.i32(o + 4, 'fde address') });
+    initialLoc[i] = addr + c.i32(o, 'initial_location');
+    fdeAddress[i] = addr + c.i32(o + 4, 'fde address');
   }
-  return { version, tableEnc, fdeCount, tableFileOffset, entries };
+  return { version, tableEnc, fdeCount, tableFileOffset, initialLoc, fdeAddress };
 }

@@ -6,7 +6,7 @@
  * dynamic relocations, dynamic entries, FDEs). Nothing here changes bytes.
  */
 import { ElfRefusal } from './errors';
-import { Fde, parseEhFrame, parseEhFrameHdr, EhFrameHdr } from './ehframe';
+import { FdeTable, parseEhFrame, parseEhFrameHdr, EhFrameHdr } from './ehframe';
 import {
   ElfFile, narrowed, readDynamic, readElf, readRelaRange, readRelaTable, readSymbols, RelaTable, sectionByName, vaddrToOffset,
 } from './reader';
@@ -47,7 +47,7 @@ export interface Image {
   readonly dynRelocs: Rela[];
   readonly dynamic: Dyn[];
   readonly ehFrame: SectionHeader | undefined;
-  readonly fdes: Fde[];
+  readonly fdes: FdeTable;
   readonly ehFrameHdr: SectionHeader | undefined;
   readonly ehFrameHdrTable: EhFrameHdr | undefined;
 }
@@ -78,6 +78,8 @@ export function relocTarget(img: Image, t: RelaTable, q: number): number | undef
   const sym = img.symtab.symbols[i];
   return sym.st_shndx !== SHN_UNDEF && sym.st_shndx < SHN_LORESERVE ? sym.st_value + t.r_addend[q] : undefined;
 }
+
+const NO_FDES: FdeTable = { count: 0, address: new Float64Array(0), pcBegin: new Float64Array(0), pcRange: new Uint32Array(0), fileDelta: 0 };
 
 export function inText(img: Image, addr: number): boolean {
   return addr >= img.textStart && addr < img.textEnd;
@@ -171,13 +173,13 @@ export function loadImage(bytes: Uint8Array): Image {
   }
 
   const ehFrame = sectionByName(elf, '.eh_frame');
-  const fdes = ehFrame && ehFrame.sh_type !== SHT_NOBITS ? parseEhFrame(elf.view, ehFrame.sh_offset, ehFrame.sh_size, ehFrame.sh_addr) : [];
+  const fdes = ehFrame && ehFrame.sh_type !== SHT_NOBITS ? parseEhFrame(elf.view, ehFrame.sh_offset, ehFrame.sh_size, ehFrame.sh_addr) : NO_FDES;
   const ehFrameHdr = sectionByName(elf, '.eh_frame_hdr');
   const ehFrameHdrTable = ehFrameHdr ? parseEhFrameHdr(elf.view, ehFrameHdr.sh_offset, ehFrameHdr.sh_size, ehFrameHdr.sh_addr) : undefined;
   if (ehFrameHdrTable) {
-    const fdeAt = new Set(fdes.map((f) => f.address));
-    for (const e of ehFrameHdrTable.entries) {
-      if (!fdeAt.has(e.fdeAddress)) throw new ElfRefusal('.eh_frame_hdr entry points to no FDE', e.fdeAddress);
+    const fdeAt = new Set(fdes.address);
+    for (const a of ehFrameHdrTable.fdeAddress) {
+      if (!fdeAt.has(a)) throw new ElfRefusal('.eh_frame_hdr entry points to no FDE', a);
     }
   }
 

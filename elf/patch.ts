@@ -10,6 +10,7 @@
  * no relocation explains is a refusal.
  */
 import { ElfRefusal } from './errors';
+import { pcBeginField, pcBeginFileOffset } from './ehframe';
 import { Image, inText, relocSymbol, relocTarget } from './image';
 import { inCore, Layout, mapAddress } from './layout';
 import { vaddrToOffset } from './reader';
@@ -98,7 +99,8 @@ function patchDataRelocs(img: Image, layout: Layout, view: DataView, stats: Patc
   const dynAt = new Map<number, number>();
   img.dynRelocs.forEach((r, i) => dynAt.set(r.r_offset, i));
   const jt = jumpTableIndex(img, layout);
-  const fdeFields = new Set(img.fdes.map((f) => f.pcBeginField));
+  const fdeFields = new Set<number>();
+  for (let k = 0; k < img.fdes.count; k++) fdeFields.add(pcBeginField(img.fdes, k));
   for (const [secIndex, relocs] of img.staticRelocs) {
     const sec = img.elf.sections[secIndex];
     if (!(sec.sh_flags & SHF_ALLOC) || (sec.sh_flags & SHF_EXECINSTR)) continue;
@@ -245,21 +247,25 @@ function patchSymbols(img: Image, layout: Layout, view: DataView, stats: PatchSt
 
 function patchEhFrame(img: Image, layout: Layout, view: DataView, stats: PatchStats): void {
   const newBegin = new Map<number, number>(); // FDE address -> new pc_begin
-  for (const f of img.fdes) {
-    let nb = f.pcBegin;
-    if (inText(img, f.pcBegin)) {
-      nb = mapCodeTarget(layout, f.pcBegin, f.pcBeginField);
-      const u = layout.plan.units[unitIndexAt(layout.plan, f.pcBegin)];
-      if (f.pcBegin + f.pcRange > u.coreEnd) throw new ElfRefusal('FDE range runs past its function', f.address);
-      writeI32(view, f.pcBeginFileOffset, nb - f.pcBeginField, f.address);
+  const fdes = img.fdes;
+  for (let k = 0; k < fdes.count; k++) {
+    const pcBegin = fdes.pcBegin[k];
+    const address = fdes.address[k];
+    let nb = pcBegin;
+    if (inText(img, pcBegin)) {
+      const field = pcBeginField(fdes, k);
+      nb = mapCodeTarget(layout, pcBegin, field);
+      const u = layout.plan.units[unitIndexAt(layout.plan, pcBegin)];
+      if (pcBegin + fdes.pcRange[k] > u.coreEnd) throw new ElfRefusal('FDE range runs past its function', address);
+      writeI32(view, pcBeginFileOffset(fdes, k), nb - field, address);
       stats.fdes++;
     }
-    newBegin.set(f.address, nb);
+    newBegin.set(address, nb);
   }
   const hdr = img.ehFrameHdrTable;
   if (!hdr || !img.ehFrameHdr) return;
   const base = img.ehFrameHdr.sh_addr;
-  const entries = hdr.entries.map((e) => ({ loc: newBegin.get(e.fdeAddress)!, fde: e.fdeAddress }));
+  const entries = Array.from(hdr.fdeAddress, (fde) => ({ loc: newBegin.get(fde)!, fde }));
   entries.sort((a, b) => a.loc - b.loc || a.fde - b.fde);
   entries.forEach((e, i) => {
     writeI32(view, hdr.tableFileOffset + i * 8, e.loc - base, base);

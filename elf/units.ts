@@ -245,11 +245,12 @@ export function findUnits(img: Image): UnitPlan {
   }
 
   // FDEs that cover several atoms keep them together.
-  for (const f of img.fdes) {
-    if (!inText(img, f.pcBegin)) continue;
-    const last = f.pcBegin + Math.max(f.pcRange, 1) - 1;
-    if (last >= img.textEnd) throw new ElfRefusal('FDE range runs past the end of .text', f.pcBegin);
-    const i = atomAt(f.pcBegin);
+  for (let k = 0; k < img.fdes.count; k++) {
+    const pcBegin = img.fdes.pcBegin[k];
+    if (!inText(img, pcBegin)) continue;
+    const last = pcBegin + Math.max(img.fdes.pcRange[k], 1) - 1;
+    if (last >= img.textEnd) throw new ElfRefusal('FDE range runs past the end of .text', pcBegin);
+    const i = atomAt(pcBegin);
     const j = atomAt(last);
     if (i !== j) join(i, j, 'one FDE covers several symbols');
   }

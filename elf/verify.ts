@@ -15,7 +15,7 @@
  * Any failure throws VerifyError with the address; the image is then never written.
  */
 import { CODE_INVALID, decodeRange, DecodedRange, lowerBound, SpanDecoder } from './disasm';
-import { parseEhFrame, parseEhFrameHdr } from './ehframe';
+import { parseEhFrame, parseEhFrameHdr, pcBeginFileOffset } from './ehframe';
 import { VerifyError } from './errors';
 import { Image, inText, relocSymbol } from './image';
 import { Layout, mapAddress } from './layout';
@@ -147,25 +147,29 @@ export function verifyImage(img: Image, layout: Layout, output: Uint8Array, mode
   // .eh_frame and .eh_frame_hdr.
   if (img.ehFrame) {
     const fo = parseEhFrame(out.view, img.ehFrame.sh_offset, img.ehFrame.sh_size, img.ehFrame.sh_addr);
-    if (fo.length !== img.fdes.length) fail('FDE count changed');
-    img.fdes.forEach((f, i) => {
-      const g = fo[i];
-      const want = inText(img, f.pcBegin) ? mapT(f.pcBegin) : f.pcBegin;
-      if (g.pcBegin !== want || g.pcRange !== f.pcRange) fail('FDE pc_begin does not follow its function', f.address);
-      allow(f.pcBeginFileOffset, 4);
+    const fi = img.fdes;
+    if (fo.count !== fi.count) fail('FDE count changed');
+    for (let i = 0; i < fi.count; i++) {
+      const pcBegin = fi.pcBegin[i];
+      const want = inText(img, pcBegin) ? mapT(pcBegin) : pcBegin;
+      if (fo.pcBegin[i] !== want || fo.pcRange[i] !== fi.pcRange[i]) fail('FDE pc_begin does not follow its function', fi.address[i]);
+      allow(pcBeginFileOffset(fi, i), 4);
       rep.fdes++;
-    });
+    }
     if (img.ehFrameHdr && img.ehFrameHdrTable) {
       const h = parseEhFrameHdr(out.view, img.ehFrameHdr.sh_offset, img.ehFrameHdr.sh_size, img.ehFrameHdr.sh_addr);
       if (h.fdeCount !== img.ehFrameHdrTable.fdeCount) fail('.eh_frame_hdr count changed');
-      const byAddr = new Map(fo.map((f) => [f.address, f]));
+      const byAddr = new Map<number, number>(); // output FDE address -> its index
+      for (let i = 0; i < fo.count; i++) byAddr.set(fo.address[i], i);
       const seen = new Set<number>();
-      h.entries.forEach((e, i) => {
-        const f = byAddr.get(e.fdeAddress);
-        if (!f || f.pcBegin !== e.initialLoc) fail('.eh_frame_hdr entry does not match its FDE', e.fdeAddress);
-        if (i > 0 && h.entries[i - 1].initialLoc > e.initialLoc) fail('.eh_frame_hdr table not sorted', e.initialLoc);
-        seen.add(e.fdeAddress);
-      });
+      for (let i = 0; i < h.fdeCount; i++) {
+        const fde = h.fdeAddress[i];
+        const loc = h.initialLoc[i];
+        const k = byAddr.get(fde);
+        if (k === undefined || fo.pcBegin[k] !== loc) fail('.eh_frame_hdr entry does not match its FDE', fde);
+        if (i > 0 && h.initialLoc[i - 1] > loc) fail('.eh_frame_hdr table not sorted', loc);
+        seen.add(fde);
+      }
       if (seen.size !== h.fdeCount) fail('.eh_frame_hdr lists an FDE twice');
       allow(h.tableFileOffset, h.fdeCount * 8);
     }
