@@ -268,6 +268,42 @@ export function readSymbols(elf: ElfFile, sh: SectionHeader): Symbol[] {
   return out;
 }
 
+/**
+ * The fields of a symbol table as flat arrays, with the same reads and checks as `readSymbols`
+ * (names are validated, not decoded). For a reader that compares whole tables, as the verifier
+ * does with the output's symbols on every randomization: no object per symbol.
+ */
+export interface SymbolFields {
+  readonly count: number;
+  readonly st_name: Uint32Array;
+  readonly st_info: Uint8Array;
+  readonly st_shndx: Uint16Array;
+  readonly st_value: Float64Array;
+  readonly st_size: Float64Array;
+}
+
+export function readSymbolFields(elf: ElfFile, sh: SectionHeader): SymbolFields {
+  if (sh.sh_type !== SHT_SYMTAB && sh.sh_type !== SHT_DYNSYM) throw new ElfFormatError(sh.headerOffset + 4, 'not a symbol table', sh.sh_type);
+  const n = checkEntSize(sh, ELF64_SYM_SIZE, sh.name);
+  const str = elf.sections[sh.sh_link];
+  if (!str || str.sh_type !== SHT_STRTAB) throw new ElfFormatError(sh.headerOffset + 40, 'symbol table sh_link is not a string table', sh.sh_link);
+  const c = cursorOf(elf);
+  const names = new StringTable(elf.bytes, str.sh_offset, str.sh_size);
+  const t = { count: n, st_name: new Uint32Array(n), st_info: new Uint8Array(n), st_shndx: new Uint16Array(n), st_value: new Float64Array(n), st_size: new Float64Array(n) };
+  for (let i = 0; i < n; i++) {
+    const o = sh.sh_offset + i * ELF64_SYM_SIZE;
+    const st_name = c.u32(o, 'st_name');
+    t.st_info[i] = c.u8(o + 4, 'st_info');
+    if (st_name !== 0) names.check(st_name, o, 'symbol');
+    t.st_name[i] = st_name;
+    c.u8(o + 5, 'st_other'); // read for the same bounds checks as readSymbols
+    t.st_shndx[i] = c.u16(o + 6, 'st_shndx');
+    t.st_value[i] = c.u64(o + 8, 'st_value');
+    t.st_size[i] = c.u64(o + 16, 'st_size');
+  }
+  return t;
+}
+
 /** Relocations of a SHT_RELA section. */
 export function readRelas(elf: ElfFile, sh: SectionHeader): Rela[] {
   if (sh.sh_type !== SHT_RELA) throw new ElfFormatError(sh.headerOffset + 4, 'not a SHT_RELA section', sh.sh_type);

@@ -20,7 +20,7 @@ import { VerifyError } from './errors';
 import { Image, inText, relocSymbol } from './image';
 import { Layout, mapAddress } from './layout';
 import { jumpTableBase, jumpTableIndex } from './patch';
-import { readDynamic, readElf, readRelaRange, readSymbols, sectionByName, vaddrToOffset, ElfFile, readNotes } from './reader';
+import { readDynamic, readElf, readRelaRange, readSymbolFields, readSymbols, sectionByName, vaddrToOffset, ElfFile, readNotes } from './reader';
 import {
   DT_FINI, DT_INIT, DT_JMPREL, DT_PLTRELSZ, DT_RELA, DT_RELASZ, ELF64_RELA_SIZE, NT_GNU_BUILD_ID,
   R_X86_64_IRELATIVE, R_X86_64_PC32, R_X86_64_PLT32, R_X86_64_RELATIVE, SHF_ALLOC, SHF_EXECINSTR,
@@ -90,24 +90,26 @@ export function verifyImage(img: Image, layout: Layout, output: Uint8Array, mode
     if (!si) continue;
     if (!so) fail(`symbol table ${si.name} missing from output`);
     const a = si === img.symtab.section ? img.symtab.symbols : si === img.dynsym?.section ? img.dynsym.symbols : readSymbols(inp, si);
-    const b = readSymbols(out, so);
-    if (a.length !== b.length) fail(`${si.name} symbol count changed`);
+    // The output's table as flat fields (read on every randomization: no object per symbol).
+    const b = readSymbolFields(out, so);
+    if (a.length !== b.count) fail(`${si.name} symbol count changed`);
     for (let i = 0; i < a.length; i++) {
       const x = a[i];
-      const y = b[i];
+      const yShndx = b.st_shndx[i];
+      const yValue = b.st_value[i];
       // The string tables are copied unchanged, so the name index identifies the name.
-      if (x.st_name !== y.st_name || x.st_info !== y.st_info || x.st_size !== y.st_size) fail(`${si.name} symbol ${x.name} changed`, x.st_value);
+      if (x.st_name !== b.st_name[i] || x.st_info !== b.st_info[i] || x.st_size !== b.st_size[i]) fail(`${si.name} symbol ${x.name} changed`, x.st_value);
       const moved = x.st_shndx === img.text.index && x.type !== STT_SECTION && inText(img, x.st_value);
       // Section indexes are renumbered by the writer: the symbol must still name the same section
       // (or be absolute when its section was stripped).
       const special = (n: number) => n === SHN_UNDEF || n >= SHN_LORESERVE;
       const sameSection = special(x.st_shndx)
-        ? y.st_shndx === x.st_shndx
-        : (out.sections[y.st_shndx]?.name === inp.sections[x.st_shndx]?.name && !special(y.st_shndx)) ||
-          (y.st_shndx === SHN_ABS && !out.sections.some((o) => o.name === inp.sections[x.st_shndx]?.name));
+        ? yShndx === x.st_shndx
+        : (out.sections[yShndx]?.name === inp.sections[x.st_shndx]?.name && !special(yShndx)) ||
+          (yShndx === SHN_ABS && !out.sections.some((o) => o.name === inp.sections[x.st_shndx]?.name));
       if (!sameSection) fail(`symbol ${x.name} changed section`, x.st_value);
       const want = moved ? mapT(x.st_value) : x.st_value;
-      if (y.st_value !== want) fail(`symbol ${x.name} does not point to its moved body (0x${y.st_value.toString(16)}, want 0x${want.toString(16)})`, x.st_value);
+      if (yValue !== want) fail(`symbol ${x.name} does not point to its moved body (0x${yValue.toString(16)}, want 0x${want.toString(16)})`, x.st_value);
       if (si.sh_flags & SHF_ALLOC) { allow(x.fileOffset + 8, 8); allow(x.fileOffset + 6, 2); }
       rep.symbols++;
     }
