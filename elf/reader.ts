@@ -247,14 +247,19 @@ class SymbolRecord implements Symbol {
   }
 }
 
-/** Symbols of a SHT_SYMTAB or SHT_DYNSYM section, names resolved through its sh_link string table. */
-export function readSymbols(elf: ElfFile, sh: SectionHeader): Symbol[] {
+/** A symbol table's entry count and the string table its names are in, both checked. */
+function symbolTable(elf: ElfFile, sh: SectionHeader): { n: number; names: StringTable } {
   if (sh.sh_type !== SHT_SYMTAB && sh.sh_type !== SHT_DYNSYM) throw new ElfFormatError(sh.headerOffset + 4, 'not a symbol table', sh.sh_type);
   const n = checkEntSize(sh, ELF64_SYM_SIZE, sh.name);
   const str = elf.sections[sh.sh_link];
   if (!str || str.sh_type !== SHT_STRTAB) throw new ElfFormatError(sh.headerOffset + 40, 'symbol table sh_link is not a string table', sh.sh_link);
+  return { n, names: new StringTable(elf.bytes, str.sh_offset, str.sh_size) };
+}
+
+/** Symbols of a SHT_SYMTAB or SHT_DYNSYM section, names resolved through its sh_link string table. */
+export function readSymbols(elf: ElfFile, sh: SectionHeader): Symbol[] {
+  const { n, names } = symbolTable(elf, sh);
   const c = cursorOf(elf);
-  const names = new StringTable(elf.bytes, str.sh_offset, str.sh_size);
   const out: Symbol[] = new Array(n);
   for (let i = 0; i < n; i++) {
     const o = sh.sh_offset + i * ELF64_SYM_SIZE;
@@ -283,12 +288,8 @@ export interface SymbolFields {
 }
 
 export function readSymbolFields(elf: ElfFile, sh: SectionHeader): SymbolFields {
-  if (sh.sh_type !== SHT_SYMTAB && sh.sh_type !== SHT_DYNSYM) throw new ElfFormatError(sh.headerOffset + 4, 'not a symbol table', sh.sh_type);
-  const n = checkEntSize(sh, ELF64_SYM_SIZE, sh.name);
-  const str = elf.sections[sh.sh_link];
-  if (!str || str.sh_type !== SHT_STRTAB) throw new ElfFormatError(sh.headerOffset + 40, 'symbol table sh_link is not a string table', sh.sh_link);
+  const { n, names } = symbolTable(elf, sh);
   const c = cursorOf(elf);
-  const names = new StringTable(elf.bytes, str.sh_offset, str.sh_size);
   const t = { count: n, st_name: new Uint32Array(n), st_info: new Uint8Array(n), st_shndx: new Uint16Array(n), st_value: new Float64Array(n), st_size: new Float64Array(n) };
   for (let i = 0; i < n; i++) {
     const o = sh.sh_offset + i * ELF64_SYM_SIZE;
