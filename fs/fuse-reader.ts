@@ -17,8 +17,12 @@
  * a view that hangs would hang every launch under /usr, a dead one only fails them.
  */
 import * as fs from 'fs';
+import * as os from 'os';
 import * as path from 'path';
 import { Worker } from 'worker_threads';
+import { IN_HEADER_SIZE, Op, OUT_HEADER_SIZE } from './fuse-protocol';
+
+const E = os.constants.errno;
 
 /** Slots of the state shared with the thread. */
 const IOCTLS = 0; // IOCTLs the thread answered
@@ -34,7 +38,10 @@ const STATE_SLOTS = 4;
  */
 const NO_CAP_SLOTS = 4096;
 
-/** The thread's code (plain JavaScript, so it runs the same from dist/ and under ts-jest). */
+/**
+ * The thread's code (plain JavaScript, so it runs the same from dist/ and under ts-jest); the
+ * protocol's numbers are filled in from fuse-protocol.ts and this system's errno values.
+ */
 const THREAD_SOURCE = `
 const fs = require('fs');
 const { parentPort, workerData } = require('worker_threads');
@@ -43,19 +50,18 @@ const state = new Int32Array(shared);
 const ids = new Int32Array(noCapIds);
 const until = new Int32Array(noCapUntil);
 const buf = Buffer.allocUnsafe(size);
-const reply = Buffer.alloc(16);
-const OP_IOCTL = 39, OP_GETXATTR = 22, OUT_HEADER = 16, ENOTTY = 25, ENOENT = 2, ENODATA = 61;
+const reply = Buffer.alloc(${OUT_HEADER_SIZE});
 const CAPABILITY = Buffer.from('security.capability\0');
+const NAME_AT = ${IN_HEADER_SIZE} + 8; // struct fuse_in_header, fuse_getxattr_in, then the name
 function noCapability(n) {
-  // struct fuse_in_header (40 bytes), fuse_getxattr_in (8), then the name.
-  if (n !== 48 + CAPABILITY.length || buf.compare(CAPABILITY, 0, CAPABILITY.length, 48, n) !== 0) return false;
+  if (n !== NAME_AT + CAPABILITY.length || buf.compare(CAPABILITY, 0, CAPABILITY.length, NAME_AT, n) !== 0) return false;
   const id = Number(buf.readBigUInt64LE(16));
   const i = id & ${NO_CAP_SLOTS - 1};
   const t = Atomics.load(until, i);
   return Atomics.load(ids, i) === id && Atomics.load(until, i) === t && (Date.now() - base) / 1000 < t;
 }
 function answer(errno) {
-  reply.writeUInt32LE(OUT_HEADER, 0);
+  reply.writeUInt32LE(${OUT_HEADER_SIZE}, 0);
   reply.writeInt32LE(-errno, 4);
   buf.copy(reply, 8, 8, 16); // the request's unique id
   try { fs.writeSync(fd, reply); } catch {} // ENOENT: interrupted meanwhile
@@ -76,16 +82,17 @@ for (;;) {
     continue;
   }
   if (Atomics.load(state, ${STOP})) {
-    answer(ENOENT);
+    answer(${E.ENOENT});
     break;
   }
-  if (n >= 40 && buf.readUInt32LE(4) === OP_IOCTL) {
-    answer(ENOTTY);
+  const opcode = n >= ${IN_HEADER_SIZE} ? buf.readUInt32LE(4) : -1;
+  if (opcode === ${Op.IOCTL}) {
+    answer(${E.ENOTTY});
     Atomics.add(state, ${IOCTLS}, 1);
     continue;
   }
-  if (buf.readUInt32LE(4) === OP_GETXATTR && noCapability(n)) {
-    answer(ENODATA);
+  if (opcode === ${Op.GETXATTR} && noCapability(n)) {
+    answer(${E.ENODATA});
     Atomics.add(state, ${GETXATTRS}, 1);
     continue;
   }

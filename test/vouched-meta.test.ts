@@ -55,9 +55,12 @@ maybe('vouched metadata', () => {
 
     // Held open, so that the kernel keeps the node (and its id) across the invalidation.
     const held = fs.openSync(v('lib/a.so'), 'r');
-    execFileSync('setcap', ['cap_net_raw+ep', real('lib/a.so')]);
-    await within('file capability set', () => xattrOf(v('lib/a.so'), 'security.capability') !== undefined);
-    fs.closeSync(held);
+    try {
+      execFileSync('setcap', ['cap_net_raw+ep', real('lib/a.so')]);
+      await within('file capability set', () => xattrOf(v('lib/a.so'), 'security.capability') !== undefined);
+    } finally {
+      fs.closeSync(held); // also on failure: an open file keeps the view's connection alive
+    }
     fs.chmodSync(real('lib/a.so'), 0o600);
     await within('chmod', () => (fs.statSync(v('lib/a.so')).mode & 0o777) === 0o600);
     execFileSync('setfattr', ['-n', 'user.fscache', '-v', 'set', real('lib/a.so')]);
