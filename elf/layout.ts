@@ -6,8 +6,9 @@
  * the library's loadable part, so the same input and seed always give the same bytes, and one
  * epoch seed gives unrelated orders to different libraries. Units are placed in that order inside
  * the original .text extent, each at its alignment (filling holes that alignment leaves), so no
- * section or segment moves and the library keeps its size. A permutation that does not fit is
- * redrawn from the stream: the order is uniform over the permutations that fit.
+ * section or segment moves and the library keeps its size. A permutation that does not fit, or
+ * leaves a unit at its own address, is redrawn from the stream: the order is uniform over the
+ * permutations that fit and move every unit.
  */
 import { Cipher, createCipheriv, createHash, createHmac } from 'crypto';
 import { ElfRefusal } from './errors';
@@ -75,8 +76,10 @@ export interface Layout {
   readonly textEnd: number;
   /** End of the last placed unit; [usedEnd, textEnd) is filled with int3. */
   readonly usedEnd: number;
-  /** Permutations drawn until one fitted (1 = the first one did). */
+  /** Permutations drawn until the one taken (1 = the first one). */
   readonly draws: number;
+  /** Units at their own input address (0 unless no draw could move them all). */
+  readonly unmoved: number;
 }
 
 /** log2(n!) — entropy of a uniform permutation of n units, in bits. */
@@ -130,14 +133,32 @@ function place(units: Unit[], order: number[], textStart: number): { newStart: F
   return { newStart, end: cur };
 }
 
-/** Tries permutations from the stream until one fits the original extent (a few draws at most). */
+/** Units placed at their own input address. */
+function unmovedUnits(units: Unit[], newStart: Float64Array): number {
+  let n = 0;
+  for (let i = 0; i < units.length; i++) if (newStart[i] === units[i].start) n++;
+  return n;
+}
+
+/**
+ * Tries permutations from the stream until one fits the original extent and moves every unit.
+ * A unit left at its own address keeps every gadget an attacker knows from the original build
+ * (in a small library that is percents of its code), so such draws are redrawn too. When no
+ * draw of MAX_DRAWS moves them all (a few units whose sizes and alignments leave no other fitting
+ * place), the fitting draw with the fewest unmoved units is taken and `unmoved` says how many.
+ */
 export function planLayout(plan: UnitPlan, textStart: number, textEnd: number, rng: ShuffleRng): Layout {
   const MAX_DRAWS = 64;
+  let best: Layout | undefined;
   for (let attempt = 0; attempt < MAX_DRAWS; attempt++) {
     const order = permutation(plan.units.length, rng);
     const { newStart, end } = place(plan.units, order, textStart);
-    if (end <= textEnd) return { plan, order, newStart, textStart, textEnd, usedEnd: end, draws: attempt + 1 };
+    if (end > textEnd) continue;
+    const unmoved = unmovedUnits(plan.units, newStart);
+    if (!best || unmoved < best.unmoved) best = { plan, order, newStart, textStart, textEnd, usedEnd: end, draws: attempt + 1, unmoved };
+    if (unmoved === 0) return best;
   }
+  if (best) return best;
   throw new ElfRefusal(`no permutation of ${plan.units.length} units fits in .text after ${MAX_DRAWS} draws (alignment padding)`);
 }
 
