@@ -167,11 +167,14 @@ export function readElf(input: Uint8Array): ElfFile {
     segments.push(ph);
   }
 
-  const raw: Omit<SectionHeader, 'name'>[] = [];
+  // Built by one literal with every field (the name filled in below), so that all headers share
+  // one hidden class: a spread copy per header gave them several, and code reading them was
+  // deoptimized again in each of a process's first randomizations.
+  const sections: { -readonly [K in keyof SectionHeader]: SectionHeader[K] }[] = [];
   for (let i = 0; i < e_shnum; i++) {
     const o = e_shoff + i * ELF64_SHDR_SIZE;
     const sh = {
-      index: i, headerOffset: o, sh_name: c.u32(o, 'sh_name'), sh_type: c.u32(o + 4, 'sh_type'),
+      index: i, name: '', headerOffset: o, sh_name: c.u32(o, 'sh_name'), sh_type: c.u32(o + 4, 'sh_type'),
       sh_flags: c.u64(o + 8, 'sh_flags'), sh_addr: c.u64(o + 16, 'sh_addr'), sh_offset: c.u64(o + 24, 'sh_offset'),
       sh_size: c.u64(o + 32, 'sh_size'), sh_link: c.u32(o + 40, 'sh_link'), sh_info: c.u32(o + 44, 'sh_info'),
       sh_addralign: c.u64(o + 48, 'sh_addralign'), sh_entsize: c.u64(o + 56, 'sh_entsize'),
@@ -180,17 +183,13 @@ export function readElf(input: Uint8Array): ElfFile {
       throw new ElfFormatError(o, 'section contents past end of file', sh.sh_offset);
     }
     if (i > 0 && sh.sh_link >= e_shnum) throw new ElfFormatError(o + 40, 'sh_link out of range', sh.sh_link);
-    raw.push(sh);
+    sections.push(sh);
   }
-  const sections: SectionHeader[] = [];
   if (e_shnum > 0) {
-    const strtab = raw[e_shstrndx];
+    const strtab = sections[e_shstrndx];
     if (strtab.sh_type !== SHT_STRTAB) throw new ElfFormatError(strtab.headerOffset, 'section name table is not SHT_STRTAB', strtab.sh_type);
     const names = new StringTable(bytes, strtab.sh_offset, strtab.sh_size);
-    for (const sh of raw) {
-      const name = sh.index === 0 ? '' : names.get(sh.sh_name, sh.headerOffset, 'section');
-      sections.push({ ...sh, name });
-    }
+    for (const sh of sections) if (sh.index !== 0) sh.name = names.get(sh.sh_name, sh.headerOffset, 'section');
   }
   return { bytes, view, header, sections, segments };
 }

@@ -55,7 +55,6 @@ export type VerifyMode = 'decode' | 'fields';
 export function verifyImage(img: Image, layout: Layout, output: Uint8Array, mode: VerifyMode = 'decode'): VerifyReport {
   const out = readElf(output);
   const rep: VerifyReport = { instructions: 0, pcRelOperands: 0, symbols: 0, dynRelocs: 0, fdes: 0, dataWords: 0 };
-  const mapT = (t: number) => mapAddress(layout, t);
   const inp = img.elf;
 
   // Headers of the loadable part are unchanged.
@@ -108,7 +107,7 @@ export function verifyImage(img: Image, layout: Layout, output: Uint8Array, mode
         : (out.sections[yShndx]?.name === inp.sections[x.st_shndx]?.name && !special(yShndx)) ||
           (yShndx === SHN_ABS && !out.sections.some((o) => o.name === inp.sections[x.st_shndx]?.name));
       if (!sameSection) fail(`symbol ${x.name} changed section`, x.st_value);
-      const want = moved ? mapT(x.st_value) : x.st_value;
+      const want = moved ? mapAddress(layout, x.st_value) : x.st_value;
       if (yValue !== want) fail(`symbol ${x.name} does not point to its moved body (0x${yValue.toString(16)}, want 0x${want.toString(16)})`, x.st_value);
       if (si.sh_flags & SHF_ALLOC) { allow(x.fileOffset + 8, 8); allow(x.fileOffset + 6, 2); }
       rep.symbols++;
@@ -125,7 +124,7 @@ export function verifyImage(img: Image, layout: Layout, output: Uint8Array, mode
     const o = outRelocs[i];
     if (o.r_offset !== r.r_offset || o.r_type !== r.r_type || o.r_sym !== r.r_sym) fail('dynamic relocation changed', r.r_offset);
     const isAddr = r.r_type === R_X86_64_RELATIVE || r.r_type === R_X86_64_IRELATIVE;
-    const want = isAddr && inText(img, r.r_addend) ? mapT(r.r_addend) : r.r_addend;
+    const want = isAddr && inText(img, r.r_addend) ? mapAddress(layout, r.r_addend) : r.r_addend;
     if (o.r_addend !== want) fail('dynamic relocation addend does not follow the moved code', r.r_offset);
     if (want !== r.r_addend) {
       allow(r.fileOffset + 16, 8);
@@ -141,7 +140,7 @@ export function verifyImage(img: Image, layout: Layout, output: Uint8Array, mode
   });
   dynIn.forEach((d, i) => {
     const o = dynOut[i];
-    const want = (d.d_tag === DT_INIT || d.d_tag === DT_FINI) && inText(img, d.d_val) ? mapT(d.d_val) : d.d_val;
+    const want = (d.d_tag === DT_INIT || d.d_tag === DT_FINI) && inText(img, d.d_val) ? mapAddress(layout, d.d_val) : d.d_val;
     if (o.d_tag !== d.d_tag || o.d_val !== want) fail(`dynamic entry ${d.d_tag} wrong`, d.fileOffset);
     allow(d.fileOffset + 8, 8);
   });
@@ -153,7 +152,7 @@ export function verifyImage(img: Image, layout: Layout, output: Uint8Array, mode
     if (fo.count !== fi.count) fail('FDE count changed');
     for (let i = 0; i < fi.count; i++) {
       const pcBegin = fi.pcBegin[i];
-      const want = inText(img, pcBegin) ? mapT(pcBegin) : pcBegin;
+      const want = inText(img, pcBegin) ? mapAddress(layout, pcBegin) : pcBegin;
       if (fo.pcBegin[i] !== want || fo.pcRange[i] !== fi.pcRange[i]) fail('FDE pc_begin does not follow its function', fi.address[i]);
       allow(pcBeginFileOffset(fi, i), 4);
       rep.fdes++;
@@ -194,7 +193,7 @@ export function verifyImage(img: Image, layout: Layout, output: Uint8Array, mode
       // Same reading of the word as the rewriter (jump-table base proven by a lea, else the field
       // itself); the output word must reach the moved counterpart of the input target.
       const b = jumpTableBase(img, jt, f, vin) ?? f;
-      if (vout !== mapT(b + vin) - b) fail('PC-relative data word does not reach the moved target', f);
+      if (vout !== mapAddress(layout, b + vin) - b) fail('PC-relative data word does not reach the moved target', f);
       allow(off, 4);
       rep.dataWords++;
     }
@@ -275,12 +274,14 @@ function readDynRelocs(elf: ElfFile, dyn: { d_tag: number; d_val: number }[]) {
 
 /**
  * Lockstep comparison of input instructions [aFrom, aTo) of `a` with output instructions
- * [bFrom, bTo) of `b`, moved by `delta`; `mapT(t)` gives where an input target must land.
+ * [bFrom, bTo) of `b`, moved by `delta`; `mapAddress(layout, t)` gives where an input target must
+ * land. (The layout, not a closure over it: a new closure per run made the optimized code of
+ * these loops deoptimize again in each of a process's first randomizations.)
  */
 function compareCode(
   inBytes: Uint8Array, inBase: number, a: DecodedRange, aFrom: number, aTo: number,
   outBytes: Uint8Array, outBase: number, b: DecodedRange, bFrom: number, bTo: number,
-  delta: number, mapT: (t: number) => number, rep: VerifyReport,
+  delta: number, layout: Layout, rep: VerifyReport,
 ): void {
   let j = bFrom;
   // ra / rb: the next operand (index into refs) of each side.
@@ -299,8 +300,8 @@ function compareCode(
     for (let k = 0; k < fs; k++) if (inBytes[ia + k] !== outBytes[ib + k]) fail('instruction bytes differ after moving', a.ip[i]);
     for (let k = fe; k < l; k++) if (inBytes[ia + k] !== outBytes[ib + k]) fail('instruction bytes differ after moving', a.ip[i]);
     if (hasRef) {
-      if (!outRef || b.refKind[rb] !== a.refKind[ra] || b.target[rb] !== mapT(a.target[ra])) {
-        fail(`operand reaches 0x${outRef ? b.target[rb].toString(16) : '?'}, want 0x${mapT(a.target[ra]).toString(16)}`, a.ip[i]);
+      if (!outRef || b.refKind[rb] !== a.refKind[ra] || b.target[rb] !== mapAddress(layout, a.target[ra])) {
+        fail(`operand reaches 0x${outRef ? b.target[rb].toString(16) : '?'}, want 0x${mapAddress(layout, a.target[ra]).toString(16)}`, a.ip[i]);
       }
       rep.pcRelOperands++;
       ra++;
@@ -324,7 +325,7 @@ function compareCode(
  * start is a refusal) each instruction starts where the previous one ended, so equal lengths and
  * equal first addresses give equal addresses throughout.
  */
-function rangeComparer(inBytes: Uint8Array, inBase: number, a: DecodedRange, outBytes: Uint8Array, outBase: number, mapT: (t: number) => number, rep: VerifyReport) {
+function rangeComparer(inBytes: Uint8Array, inBase: number, a: DecodedRange, outBytes: Uint8Array, outBase: number, layout: Layout, rep: VerifyReport) {
   const buf = (x: Uint8Array | Uint16Array) => Buffer.from(x.buffer, x.byteOffset, x.byteLength);
   const aLen = buf(a.len), aCode = buf(a.code);
   const inBuf = buf(inBytes);
@@ -358,7 +359,7 @@ function rangeComparer(inBytes: Uint8Array, inBase: number, a: DecodedRange, out
       const ra = ra0 + q;
       const rb = rb0 + q;
       const i = a.refs[ra];
-      if (b.refs[rb] - bFrom !== i - aFrom || b.refKind[rb] !== a.refKind[ra] || b.target[rb] !== mapT(a.target[ra])) return false;
+      if (b.refs[rb] - bFrom !== i - aFrom || b.refKind[rb] !== a.refKind[ra] || b.target[rb] !== mapAddress(layout, a.target[ra])) return false;
       const f = a.ip[i] - a.ip[aFrom] + a.fieldOff[ra];
       for (let k = 0; k < a.fieldSize[ra]; k++) scratch[f + k] = inBytes[ia + f + k];
     }
@@ -375,7 +376,6 @@ function verifyText(img: Image, layout: Layout, out: ElfFile, rep: VerifyReport,
   const inBytes = img.elf.bytes.subarray(img.text.sh_offset, img.text.sh_offset + img.text.sh_size);
   const outText = sectionByName(out, '.text')!;
   const outBytes = out.bytes.subarray(outText.sh_offset, outText.sh_offset + outText.sh_size);
-  const mapT = (t: number) => mapAddress(layout, t);
   // Placement: inside .text, aligned, no overlap; gaps are int3.
   const placed = units.map((u) => ({ s: layout.newStart[u.index], e: layout.newStart[u.index] + (u.coreEnd - u.start), u }));
   placed.sort((x, y) => x.s - y.s);
@@ -394,7 +394,7 @@ function verifyText(img: Image, layout: Layout, out: ElfFile, rep: VerifyReport,
   // input atom start is an output instruction start too. Units are decoded one at a time into
   // reused arrays (see SpanDecoder), each compared right after its decoding.
   const spans = mode === 'decode' ? new SpanDecoder(outBytes, t0, placed.reduce((m, p) => Math.max(m, p.e - p.s), 0)) : undefined;
-  const same = spans ? rangeComparer(inBytes, t0, inCode, outBytes, t0, mapT, rep) : undefined;
+  const same = spans ? rangeComparer(inBytes, t0, inCode, outBytes, t0, layout, rep) : undefined;
   try {
     for (const u of units) {
       const ns = layout.newStart[u.index];
@@ -405,7 +405,7 @@ function verifyText(img: Image, layout: Layout, out: ElfFile, rep: VerifyReport,
       if (bTo <= 0 || b.ip[bTo - 1] + b.len[bTo - 1] !== ns + len) fail('output unit does not decode to its own extent', ns);
       const delta = ns - u.start;
       if (same && same(b, u.first, u.coreLast, 0, bTo, delta)) continue;
-      compareCode(inBytes, t0, inCode, u.first, u.coreLast, outBytes, t0, b, 0, bTo, delta, mapT, rep);
+      compareCode(inBytes, t0, inCode, u.first, u.coreLast, outBytes, t0, b, 0, bTo, delta, layout, rep);
     }
   } finally {
     spans?.free();
@@ -442,8 +442,7 @@ function verifyOtherCode(img: Image, layout: Layout, out: ElfFile, rep: VerifyRe
     const inBytes = img.elf.bytes.subarray(s.sh_offset, s.sh_offset + s.sh_size);
     const outBytes = out.bytes.subarray(s.sh_offset, s.sh_offset + s.sh_size);
     const b = mode === 'decode' ? decodeRange(outBytes, s.sh_addr) : rereadUnit(a, 0, a.count, outBytes, s.sh_addr, 0);
-    const mapT = (t: number) => mapAddress(layout, t);
-    if (rangeComparer(inBytes, s.sh_addr, a, outBytes, s.sh_addr, mapT, rep)(b, 0, a.count, 0, b.count, 0)) return;
-    compareCode(inBytes, s.sh_addr, a, 0, a.count, outBytes, s.sh_addr, b, 0, b.count, 0, mapT, rep);
+    if (rangeComparer(inBytes, s.sh_addr, a, outBytes, s.sh_addr, layout, rep)(b, 0, a.count, 0, b.count, 0)) return;
+    compareCode(inBytes, s.sh_addr, a, 0, a.count, outBytes, s.sh_addr, b, 0, b.count, 0, layout, rep);
   });
 }
