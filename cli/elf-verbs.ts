@@ -40,6 +40,7 @@ export function registerElfVerbs(program: Command): void {
       process.stdout.write(
         `randomized ${inPath} -> ${outPath}: ${r.units} units, ${r.entropyBits.toFixed(0)} bits, ` +
         `${r.verify.pcRelOperands} operands verified` +
+        (r.layout.unmoved > 0 ? `, ${r.layout.unmoved} unit(s) left at their own address (no fitting order moves them all)` : '') +
         (r.write.droppedSections.some((n) => n.startsWith('.debug_')) ? ', debug info stripped' : '') +
         (r.write.buildIdReplaced ? ', build-id replaced' : '') + `, ${ms.toFixed(0)} ms` +
         (opts.seed === undefined ? `, seed ${Buffer.from(r.seed).toString('hex')}` : '') + '\n',
