@@ -2,12 +2,20 @@
  * Randomizer bench: time to randomize + verify per MB of code, entropy, gadget survival and
  * coverage (libraries that randomize and pass their own tests, libraries refused and why).
  *
+ * Time is reported three ways, because V8 needs about ten SQLite-sized randomizations before
+ * its optimized code settles (the warm-up curve this prints): the first randomization of each
+ * library in a fresh process (what a daemon's first request after its start pays), the same
+ * library's first twelve randomizations in a fresh process, and the steady state (the timed
+ * seeds, after a warm-up of WARMUP_MB of code in this process: what a running daemon pays).
+ *
  *   npx tsc -p . && node dist/bench/randomize.js [--seeds 5] [--verify decode|fields] [--suites-between-seeds]
  *
  * Libraries come from the test builders (test/elf/libs.ts; cached under .cache/elf-libs).
  * Prints markdown for bench/RESULTS.md. Nothing here asserts a time.
  */
+import { execFileSync } from 'child_process';
 import * as fs from 'fs';
+import * as os from 'os';
 import * as path from 'path';
 import { inspectBytes, prepareLibrary, randomizeBytes, randomizePrepared, readElf, sectionByName } from '../elf';
 import type { VerifyMode } from '../elf';
@@ -64,7 +72,23 @@ function zlibSuite(z: { example: string; minigzip: string; lib: string }): (dir:
   };
 }
 
+/** Code randomized before the timed seeds: V8's optimized code is settled by then (see the curve). */
+const WARMUP_MB = 15;
+
+/**
+ * Times `runs` randomizations of `lib` in a new Node process (module loading excluded): the
+ * cost before V8 has optimized anything.
+ */
+function freshProcessRuns(lib: string, runs: number): number[] {
+  const script = `const e = require(${JSON.stringify(path.join(__dirname, '..', 'elf'))});
+    const b = require('fs').readFileSync(${JSON.stringify(lib)}); const t = [];
+    for (let i = 0; i < ${runs}; i++) { const s = performance.now(); e.randomizeBytes(b, Buffer.from([0xf0, i])); t.push(performance.now() - s); }
+    process.stdout.write(JSON.stringify(t));`;
+  return JSON.parse(execFileSync(process.execPath, ['-e', script], { encoding: 'utf8' })) as number[];
+}
+
 function main(): void {
+  const load = os.loadavg();
   const seedsArg = process.argv.indexOf('--seeds');
   const nSeeds = seedsArg > 0 ? Number(process.argv[seedsArg + 1]) : 5;
   const verifyArg = process.argv.indexOf('--verify');
@@ -100,8 +124,18 @@ function main(): void {
   const cxx = buildCxx();
   if (cxx.ok) subjects.push({ name: 'C++ fixture (exceptions)', lib: cxx.lib, suite: (d) => runWith(d, cxx.test, []).status === 0 });
 
-  // Warm up iced-x86's wasm and the JIT once, outside the measurements.
-  randomizeBytes(fs.readFileSync(subjects[0].lib), Buffer.from('00', 'hex'));
+  // Fresh processes first (this one is still cold, so they do not share a core with its JIT).
+  const fresh = new Map(subjects.map((s) => [s.name, median([0, 1, 2].map(() => freshProcessRuns(s.lib, 1)[0]))]));
+  const largest = subjects.reduce((a, b) => (fs.statSync(a.lib).size >= fs.statSync(b.lib).size ? a : b));
+  const curve = freshProcessRuns(largest.lib, 12);
+
+  // Warm-up outside the measurements: every library in turn until WARMUP_MB of .text is done.
+  for (let done = 0, round = 0; done < WARMUP_MB * 1e6; round++) {
+    for (const s of subjects) {
+      const r = randomizeBytes(fs.readFileSync(s.lib), Buffer.from([0xaa, round]), { verify });
+      done += r.textBytes;
+    }
+  }
 
   const rows: string[] = [];
   const phaseRows: string[] = [];
@@ -157,7 +191,8 @@ function main(): void {
       epoch.push(performance.now() - t0);
     }
     const mb = text.sh_size / 1e6;
-    rows.push(`| ${s.name} | ${(text.sh_size / 1024).toFixed(0)} KiB | ${units} | ${bits.toFixed(0)} | ${median(wall).toFixed(0)} ms (best ${Math.min(...wall).toFixed(0)}) | ${(median(wall) / mb).toFixed(0)} (best ${(Math.min(...wall) / mb).toFixed(0)}) | ${(median(cpu) / mb).toFixed(0)} | ${(median(epoch) / mb).toFixed(0)} (best ${(Math.min(...epoch) / mb).toFixed(0)}) | ${((100 * survived) / (gadgets * nSeeds)).toFixed(3)}% of ${gadgets} | ${passed}/${nSeeds} | ${(input.length / 1024).toFixed(0)} → ${(outSize / 1024).toFixed(0)} KiB |`);
+    const first = fresh.get(s.name)!;
+    rows.push(`| ${s.name} | ${(text.sh_size / 1024).toFixed(0)} KiB | ${units} | ${bits.toFixed(0)} | ${first.toFixed(0)} ms, ${(first / mb).toFixed(0)} ms/MB | ${median(wall).toFixed(0)} ms (best ${Math.min(...wall).toFixed(0)}) | ${(median(wall) / mb).toFixed(0)} (best ${(Math.min(...wall) / mb).toFixed(0)}) | ${(median(cpu) / mb).toFixed(0)} | ${(median(epoch) / mb).toFixed(0)} (best ${(Math.min(...epoch) / mb).toFixed(0)}) | ${((100 * survived) / (gadgets * nSeeds)).toFixed(3)}% of ${gadgets} | ${passed}/${nSeeds} | ${(input.length / 1024).toFixed(0)} → ${(outSize / 1024).toFixed(0)} KiB |`);
     phaseRows.push(`| ${s.name} | ${Object.entries(phases).map(([k, v]) => `${k} ${median(v).toFixed(0)}`).join(', ')} |`);
   }
 
@@ -181,10 +216,12 @@ function main(): void {
   }
 
   const lines = [
-    `Verifier mode: ${verify}. Seeds per library: ${nSeeds}. Own tests run ${suitesBetween ? 'between the timed seeds' : 'after the timed seeds'}. Machine: ${require('os').cpus().length} cores (shared), Node ${process.version}.`,
+    `Verifier mode: ${verify}. Seeds per library: ${nSeeds}, timed after a warm-up of ${WARMUP_MB} MB of .text in this process. Own tests run ${suitesBetween ? 'between the timed seeds' : 'after the timed seeds'}. Machine: ${os.cpus().length} cores, load average before the run ${load.map((l) => l.toFixed(2)).join(' ')}, Node ${process.version}.`,
     '',
-    '| library | .text | units | entropy bits | randomize+verify, median | ms/MB wall, median | ms/MB CPU, median | ms/MB per later epoch (analysis kept) | ret-gadgets surviving at the same address | own tests passed | file size (debug stripped) |',
-    '|---|---|---|---|---|---|---|---|---|---|---|',
+    `Warm-up curve: ${path.basename(largest.lib)} randomized 12 times in a fresh process, ms each: ${curve.map((t) => t.toFixed(0)).join(', ')}.`,
+    '',
+    '| library | .text | units | entropy bits | first randomization in a fresh process (median of 3 processes) | randomize+verify, steady state, median | ms/MB wall, median | ms/MB CPU, median | ms/MB per later epoch (analysis kept) | ret-gadgets surviving at the same address | own tests passed | file size (debug stripped) |',
+    '|---|---|---|---|---|---|---|---|---|---|---|---|',
     ...rows,
     '',
     'Median phase times (ms):',
