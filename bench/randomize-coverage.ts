@@ -4,10 +4,12 @@
  * .so is swapped in place of the built one, which libtool's wrappers or CMake's build RPATH then
  * load; the original is restored afterwards).
  *
- *   npx tsc -p . && node dist/bench/randomize-coverage.js [--seeds 2] [--only xz-utils|expat]
+ *   npx tsc -p . && node dist/bench/randomize-coverage.js [--seeds 2] [--only SOURCE]
  *
- * Slow (configure + build + make check per package, a few minutes each on 2 cores): not part of
- * the jest run. Prints markdown for bench/RESULTS.md.
+ * Slow (configure + build + make check per package, up to a few minutes each on 2 cores; libffi's
+ * DejaGnu suite about 13): not part of the jest run. Prints markdown for bench/RESULTS.md. Needs,
+ * beyond scripts/setup.sh: `apt-get install dejagnu m4 autoconf automake libtool cmake libgmp-dev
+ * zlib1g-dev pkg-config` (deb-src enabled, as setup.sh does, for `apt-get source`).
  */
 import { execFileSync } from 'child_process';
 import { createHash } from 'crypto';
@@ -18,6 +20,10 @@ import { CACHE, CFLAGS, LDFLAGS } from '../test/elf/libs';
 
 interface Pkg {
   source: string; subdir: string; libDir: string; libPattern: RegExp; configure: string; kind: 'autotools' | 'cmake';
+  /** A second configuration of the same source: built in its own cov-SOURCE-VARIANT directory, named in the row. */
+  variant?: string;
+  /** Shell command run in the source directory before configuring (sources shipped without a configure script). */
+  preConfigure?: string;
   /** Shell command run in the build directory after configuring. */
   postConfigure?: string;
   /**
@@ -50,6 +56,29 @@ function xmlwfCheck(buildDir: string, srcRoot: string): string {
   return `xmlwf over ${files.length} XML files, output digest ${h.digest('hex').slice(0, 16)}`;
 }
 
+/**
+ * libyaml's own suite is two small tests: also its parser, emitter and dumper tools over YAML and JSON
+ * files (YAML is a superset of JSON; npm's package.json files give hundreds), the outputs hashed.
+ */
+function yamlCheck(buildDir: string, srcRoot: string): string {
+  const suite = summary(sh('make -j2 check', buildDir).out);
+  const files = [
+    ...['examples', 'regression-inputs'].flatMap((d) => fs.readdirSync(path.join(srcRoot, d)).map((f) => path.join(srcRoot, d, f))),
+    ...sh('find /usr/share -name "*.yml" -o -name "*.yaml" -o -name "*.json" -size +1k 2>/dev/null | sort | head -150', '/').out.split('\n').filter(Boolean),
+    ...sh(`find ${path.join(__dirname, '..', '..', 'node_modules')} -name package.json 2>/dev/null | sort | head -150`, '/').out.split('\n').filter(Boolean),
+  ];
+  const h = createHash('sha256');
+  const t = (n: string) => path.join(buildDir, 'tests', n);
+  for (const f of files) {
+    for (const cmd of [`${t('run-parser-test-suite')} '${f}'`, `${t('run-parser-test-suite')} '${f}' | ${t('run-emitter-test-suite')}`,
+      `${t('example-deconstructor')} < '${f}'`, `${t('example-reformatter')} < '${f}'`, `${t('run-dumper')} '${f}'`]) {
+      const r = sh(cmd, buildDir);
+      h.update(`${r.ok} ${r.out}`);
+    }
+  }
+  return `${suite}; tools over ${files.length} files, output digest ${h.digest('hex').slice(0, 16)}`;
+}
+
 const PKGS: Pkg[] = [
   { kind: 'autotools', source: 'xz-utils', subdir: '', libDir: 'src/liblzma/.libs', libPattern: /^liblzma\.so\.\d+\.\d+\.\d+$/, configure: '--disable-static --disable-nls --disable-doc' },
   // Debian's expat source is the upstream git tree (no configure script): built with CMake, tests run by ctest.
@@ -57,6 +86,31 @@ const PKGS: Pkg[] = [
     // Debian's security patches test `#if XML_DTD == 1` (autotools defines it as 1, CMake as empty).
     postConfigure: "sed -i 's/^#define XML_DTD$/#define XML_DTD 1/; s/^#define XML_NS$/#define XML_NS 1/' expat_config.h",
     ownCheck: xmlwfCheck },
+  // JIT (sljit) on: pcre2_jit_test and RunTest's -jit passes run code the library generates at run time.
+  { kind: 'autotools', source: 'pcre2', subdir: '', libDir: '.libs', libPattern: /^libpcre2-8\.so\.\d+\.\d+\.\d+$/, configure: '--disable-static --enable-jit --enable-pcre2-16 --enable-pcre2-32' },
+  // Hand-written x86-64 assembly (unix64.S, win64.S) with its own .eh_frame; DejaGnu suite. As Debian, with static
+  // trampolines: a page of code that reads its data one page further (a page the library maps next to it at run
+  // time), which the randomizer refuses. The variant without them randomizes the rest of the assembly.
+  { kind: 'autotools', source: 'libffi', subdir: '', libDir: 'x86_64-pc-linux-gnu/.libs', libPattern: /^libffi\.so\.\d+\.\d+\.\d+$/, configure: '--disable-static --disable-docs' },
+  { kind: 'autotools', source: 'libffi', variant: 'no-static-tramp', subdir: '', libDir: 'x86_64-pc-linux-gnu/.libs', libPattern: /^libffi\.so\.\d+\.\d+\.\d+$/, configure: '--disable-static --disable-docs --disable-exec-static-tramp' },
+  // --enable-fat (as Debian): AES-NI, SHA-NI, PCLMUL assembly variants chosen at load time by CPUID. Built in
+  // place as libnettle.so and libhogweed.so (the suite reaches them through .lib/ symlinks).
+  { kind: 'autotools', source: 'nettle', subdir: '', libDir: '.', libPattern: /^libnettle\.so$/, configure: '--disable-static --enable-fat --disable-documentation' },
+  { kind: 'autotools', source: 'nettle', subdir: '', libDir: '.', libPattern: /^libhogweed\.so$/, configure: '--disable-static --enable-fat --disable-documentation' },
+  // mpn/ assembly; --enable-fat: per-CPU variants reached through a function table filled by CPUID on first use.
+  // Debian's +dfsg source drops doc/ and patches configure.ac to match, without regenerating configure.
+  { kind: 'autotools', source: 'gmp', subdir: '', libDir: '.libs', libPattern: /^libgmp\.so\.\d+\.\d+\.\d+$/, configure: '--disable-static --enable-fat', preConfigure: 'autoreconf -fi' },
+  // Debian's source has no configure script. Assembly (salsa20, curve25519) and CPUID-dispatched implementations.
+  // The two assembly files ask for 32-byte alignment, so every function at a multiple of 32 must keep it and no
+  // permutation fits .text: the variant leaves them out (configure has no switch for that alone: its results are
+  // edited in config.status), the C fallbacks and CPUID-dispatched C code remain.
+  { kind: 'autotools', source: 'libsodium', subdir: '', libDir: 'src/libsodium/.libs', libPattern: /^libsodium\.so\.\d+\.\d+\.\d+$/, configure: '--disable-static', preConfigure: 'autoreconf -fi' },
+  { kind: 'autotools', source: 'libsodium', variant: 'no-asm-files', subdir: '', libDir: 'src/libsodium/.libs', libPattern: /^libsodium\.so\.\d+\.\d+\.\d+$/, configure: '--disable-static', preConfigure: 'autoreconf -fi',
+    postConfigure: `sed -i -e 's/^S\\["HAVE_\\(AMD64\\|AVX\\)_ASM_TRUE"\\]=""/S["HAVE_\\1_ASM_TRUE"]="#"/' -e 's/^S\\["HAVE_\\(AMD64\\|AVX\\)_ASM_FALSE"\\]="#"/S["HAVE_\\1_ASM_FALSE"]=""/' -e 's/ -DHAVE_AMD64_ASM=1 -DHAVE_AVX_ASM=1//' config.status && ./config.status` },
+  // SSE2 filter code on; Debian's patch adds tests/pnggetset without its execute bit.
+  { kind: 'autotools', source: 'libpng1.6', subdir: '', libDir: '.libs', libPattern: /^libpng16\.so\.\d+\.\d+\.\d+$/, configure: '--disable-static --enable-intel-sse', postConfigure: 'chmod +x tests/pnggetset' },
+  { kind: 'cmake', source: 'json-c', subdir: '', libDir: '.', libPattern: /^libjson-c\.so\.\d+\.\d+\.\d+$/, configure: '-DBUILD_STATIC_LIBS=OFF' },
+  { kind: 'autotools', source: 'libyaml', subdir: '', libDir: 'src/.libs', libPattern: /^libyaml-0\.so\.\d+\.\d+\.\d+$/, configure: '--disable-static', preConfigure: 'autoreconf -fi', ownCheck: yamlCheck },
 ];
 
 function sh(cmd: string, cwd: string): { ok: boolean; out: string } {
@@ -68,11 +122,24 @@ function sh(cmd: string, cwd: string): { ok: boolean; out: string } {
   }
 }
 
-/** "# PASS: 18" style automake summaries (or ctest's "N% tests passed, F tests failed out of T"). */
+/**
+ * "# PASS: 18" style automake summaries (or ctest's "N% tests passed, F tests failed out of T", DejaGnu's
+ * "# of expected passes  N", nettle's run-tests "All N tests passed" / "F of N tests failed").
+ */
 function summary(out: string): string {
   const ct = /(\d+)% tests passed, (\d+) tests failed out of (\d+)/.exec(out);
   if (ct) return `${Number(ct[3]) - Number(ct[2])}/${ct[3]} passed, ${ct[2]} failed`;
-  const n = (k: string) => [...out.matchAll(new RegExp(`^# ${k}: +(\\d+)`, 'gm'))].reduce((a, m) => a + Number(m[1]), 0);
+  const sum = (re: RegExp, i = 1) => [...out.matchAll(re)].reduce((a, m) => a + Number(m[i]), 0);
+  if (/^# of expected passes/m.test(out)) {
+    const dg = (k: string) => sum(new RegExp(`^# of ${k}\\s+(\\d+)`, 'gm'));
+    return `${dg('expected passes')} passed, ${dg('unexpected failures') + dg('unexpected successes') + dg('unresolved testcases')} failed, ${dg('unsupported tests')} unsupported`;
+  }
+  if (/^(All \d+ tests passed|\d+ of \d+ tests failed)/m.test(out)) {
+    const all = sum(/^All (\d+) tests passed/gm) + sum(/^\d+ of (\d+) tests failed/gm);
+    const failed = sum(/^(\d+) of \d+ tests failed/gm);
+    return `${all - failed}/${all} passed, ${failed} failed`;
+  }
+  const n = (k: string) => sum(new RegExp(`^# ${k}: +(\\d+)`, 'gm'));
   return `${n('PASS')}/${n('TOTAL')} passed, ${n('FAIL') + n('ERROR')} failed`;
 }
 
@@ -93,7 +160,7 @@ function main(): void {
 
 /** Builds one package, runs its suite on the original and on `seeds` randomized copies; one table row. */
 function coverOne(p: Pkg, seeds: number): string {
-  const dir = path.join(CACHE, `cov-${p.source}`);
+  const dir = path.join(CACHE, `cov-${p.source}${p.variant ? `-${p.variant}` : ''}`);
   fs.mkdirSync(dir, { recursive: true });
   let src = fs.readdirSync(dir).find((n) => fs.statSync(path.join(dir, n)).isDirectory());
   if (!src) {
@@ -104,12 +171,16 @@ function coverOne(p: Pkg, seeds: number): string {
   const srcRoot = path.join(dir, src, p.subdir);
   const root = p.kind === 'cmake' ? path.join(srcRoot, 'build') : srcRoot;
   fs.mkdirSync(root, { recursive: true });
-  if (!fs.existsSync(path.join(root, 'Makefile'))) {
+  // A stamp, not the Makefile: a configure that fails late (config.status) has already written one.
+  const configured = path.join(root, '.cov-configured');
+  if (!fs.existsSync(configured)) {
+    if (p.preConfigure && !sh(p.preConfigure, srcRoot).ok) return `| ${p.source} | ${p.preConfigure} failed | | |`;
     const c = p.kind === 'cmake'
       ? sh(`cmake .. -DCMAKE_BUILD_TYPE=None -DCMAKE_C_FLAGS="${CFLAGS}" -DCMAKE_CXX_FLAGS="${CFLAGS}" -DCMAKE_SHARED_LINKER_FLAGS="${LDFLAGS}" ${p.configure}`, root)
       : sh(`./configure CFLAGS="${CFLAGS}" CXXFLAGS="${CFLAGS}" LDFLAGS="${LDFLAGS}" ${p.configure}`, root);
     if (!c.ok) return `| ${p.source} | configure failed: ${c.out.trim().split('\n').slice(-1)[0]} | | |`;
-    if (p.postConfigure) sh(p.postConfigure, root);
+    if (p.postConfigure && !sh(p.postConfigure, root).ok) return `| ${p.source} | ${p.postConfigure} failed | | |`;
+    fs.writeFileSync(configured, '');
   }
   if (!sh('make -j2', root).ok) return `| ${p.source} | build failed | | |`;
   const check = p.kind === 'cmake' ? 'ctest -j2' : 'make -j2 check';
@@ -145,7 +216,7 @@ function coverOne(p: Pkg, seeds: number): string {
   } finally {
     fs.writeFileSync(lib, orig);
   }
-  return `| ${src} (${libName}) | ${units} units, ${bits.toFixed(0)} bits | ${base.text} | ${results.join('; ')} |`;
+  return `| ${src}${p.variant ? ` ${p.variant}` : ''} (${libName}) | ${units} units, ${bits.toFixed(0)} bits | ${base.text}${base.ok ? '' : ' (suite failed)'} | ${results.join('; ')} |`;
 }
 
 main();
