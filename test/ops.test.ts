@@ -111,30 +111,41 @@ maybe('operations', () => {
     expect(ops.cli(['start']).code).toBe(0);
     const viewPid = JSON.parse(fs.readFileSync(ops.paths.viewState, 'utf8')).pid as number;
     const [cmd] = ops.sandbox.chrootArgs([]);
-    let launches = 0;
-    let failures = 0;
+    // Launches one after another, each with the time it started.
+    const started: number[] = [];
+    const failed: boolean[] = [];
     let running = true;
     const loop = (async () => {
       while (running) {
+        const t = performance.now();
         const ok = await new Promise<boolean>((resolve) =>
           execFile(cmd, [ops!.root, '/usr/bin/true'], (err) => resolve(!err)),
         );
-        launches++;
-        if (!ok) failures++;
+        started.push(t);
+        failed.push(!ok);
       }
     })();
-    await waitFor(() => launches >= 20, 20000);
-    const launchesAtKill = launches;
+    await waitFor(() => started.length >= 20, 20000);
+    const launchesAtKill = started.length;
+    const killedAt = performance.now();
     process.kill(viewPid, 'SIGKILL');
     const flipMs = await waitFor(() => fs.readlinkSync(ops!.paths.usrLink) === 'usr.real', 1000, 2);
-    await waitFor(() => launches >= launchesAtKill + 30, 20000);
+    const flippedAt = performance.now(); // the flip was seen: it happened no later than this
+    await waitFor(() => started.length >= launchesAtKill + 30, 20000);
     running = false;
     await loop;
     expect(flipMs).toBeGreaterThanOrEqual(0);
     expect(flipMs).toBeLessThanOrEqual(1000);
-    // Only a launch in flight at the kill instant may fail.
-    expect(failures).toBeLessThanOrEqual(1);
-    console.log(`kill -9 of the view: link flipped in ${flipMs} ms; ${failures} of ${launches} launches failed`);
+    // A launch started after the link was back on the real tree never fails. Only the launch in
+    // flight at the kill and those started before the flip (the view dead, the link not yet
+    // switched: on a loaded machine the supervisor's reaction takes longer) may fail.
+    const failures = failed.filter((f) => f).length;
+    const failedAfterFlip = started.filter((t, i) => t >= flippedAt && failed[i]).length;
+    const startedInWindow = started.filter((t) => t >= killedAt && t < flippedAt).length;
+    expect(failedAfterFlip).toBe(0);
+    expect(failures).toBeLessThanOrEqual(1 + startedInWindow);
+    console.log(`kill -9 of the view: link flipped in ${flipMs} ms; ${failures} of ${started.length} launches failed ` +
+      `(${startedInWindow} started between the kill and the flip)`);
 
     // The supervisor restarts the view with back-off and switches back to it.
     expect(await waitFor(() => readSupervisorState(ops!.paths)?.state === 'serving' && fs.readlinkSync(ops!.paths.usrLink) === 'run/fscache/view', 10000, 50)).toBeGreaterThanOrEqual(0);
