@@ -64,7 +64,7 @@ function yamlCheck(buildDir: string, srcRoot: string): string {
   const suite = summary(sh('make -j2 check', buildDir).out);
   const files = [
     ...['examples', 'regression-inputs'].flatMap((d) => fs.readdirSync(path.join(srcRoot, d)).map((f) => path.join(srcRoot, d, f))),
-    ...sh('find /usr/share -name "*.yml" -o -name "*.yaml" -o -name "*.json" -size +1k 2>/dev/null | sort | head -150', '/').out.split('\n').filter(Boolean),
+    ...sh('find /usr/share \\( -name "*.yml" -o -name "*.yaml" -o -name "*.json" \\) -size +1k 2>/dev/null | sort | head -150', '/').out.split('\n').filter(Boolean),
     ...sh(`find ${path.join(__dirname, '..', '..', 'node_modules')} -name package.json 2>/dev/null | sort | head -150`, '/').out.split('\n').filter(Boolean),
   ];
   const h = createHash('sha256');
@@ -160,12 +160,13 @@ function main(): void {
 
 /** Builds one package, runs its suite on the original and on `seeds` randomized copies; one table row. */
 function coverOne(p: Pkg, seeds: number): string {
+  const label = `${p.source}${p.variant ? ` ${p.variant}` : ''}`; // names a failure row (the version is known once unpacked)
   const dir = path.join(CACHE, `cov-${p.source}${p.variant ? `-${p.variant}` : ''}`);
   fs.mkdirSync(dir, { recursive: true });
   let src = fs.readdirSync(dir).find((n) => fs.statSync(path.join(dir, n)).isDirectory());
   if (!src) {
     const r = sh(`apt-get source ${p.source}`, dir);
-    if (!r.ok) return `| ${p.source} | apt-get source failed | | |`;
+    if (!r.ok) return `| ${label} | apt-get source failed | | |`;
     src = fs.readdirSync(dir).find((n) => fs.statSync(path.join(dir, n)).isDirectory())!;
   }
   const srcRoot = path.join(dir, src, p.subdir);
@@ -174,15 +175,15 @@ function coverOne(p: Pkg, seeds: number): string {
   // A stamp, not the Makefile: a configure that fails late (config.status) has already written one.
   const configured = path.join(root, '.cov-configured');
   if (!fs.existsSync(configured)) {
-    if (p.preConfigure && !sh(p.preConfigure, srcRoot).ok) return `| ${p.source} | ${p.preConfigure} failed | | |`;
+    if (p.preConfigure && !sh(p.preConfigure, srcRoot).ok) return `| ${label} | ${p.preConfigure} failed | | |`;
     const c = p.kind === 'cmake'
       ? sh(`cmake .. -DCMAKE_BUILD_TYPE=None -DCMAKE_C_FLAGS="${CFLAGS}" -DCMAKE_CXX_FLAGS="${CFLAGS}" -DCMAKE_SHARED_LINKER_FLAGS="${LDFLAGS}" ${p.configure}`, root)
       : sh(`./configure CFLAGS="${CFLAGS}" CXXFLAGS="${CFLAGS}" LDFLAGS="${LDFLAGS}" ${p.configure}`, root);
-    if (!c.ok) return `| ${p.source} | configure failed: ${c.out.trim().split('\n').slice(-1)[0]} | | |`;
-    if (p.postConfigure && !sh(p.postConfigure, root).ok) return `| ${p.source} | ${p.postConfigure} failed | | |`;
+    if (!c.ok) return `| ${label} | configure failed: ${c.out.trim().split('\n').slice(-1)[0]} | | |`;
+    if (p.postConfigure && !sh(p.postConfigure, root).ok) return `| ${label} | ${p.postConfigure} failed | | |`;
     fs.writeFileSync(configured, '');
   }
-  if (!sh('make -j2', root).ok) return `| ${p.source} | build failed | | |`;
+  if (!sh('make -j2', root).ok) return `| ${label} | build failed | | |`;
   const check = p.kind === 'cmake' ? 'ctest -j2' : 'make -j2 check';
   const run = (): { text: string; ok: boolean } => {
     if (p.ownCheck) return { text: p.ownCheck(root, srcRoot), ok: true };

@@ -79,10 +79,10 @@ const WARMUP_MB = 15;
  * Times `runs` randomizations of `lib` in a new Node process (module loading excluded): the
  * cost before V8 has optimized anything.
  */
-function freshProcessRuns(lib: string, runs: number): number[] {
+function freshProcessRuns(lib: string, runs: number, verify: VerifyMode): number[] {
   const script = `const e = require(${JSON.stringify(path.join(__dirname, '..', 'elf'))});
     const b = require('fs').readFileSync(${JSON.stringify(lib)}); const t = [];
-    for (let i = 0; i < ${runs}; i++) { const s = performance.now(); e.randomizeBytes(b, Buffer.from([0xf0, i])); t.push(performance.now() - s); }
+    for (let i = 0; i < ${runs}; i++) { const s = performance.now(); e.randomizeBytes(b, Buffer.from([0xf0, i]), { verify: ${JSON.stringify(verify)} }); t.push(performance.now() - s); }
     process.stdout.write(JSON.stringify(t));`;
   return JSON.parse(execFileSync(process.execPath, ['-e', script], { encoding: 'utf8' })) as number[];
 }
@@ -125,9 +125,10 @@ function main(): void {
   if (cxx.ok) subjects.push({ name: 'C++ fixture (exceptions)', lib: cxx.lib, suite: (d) => runWith(d, cxx.test, []).status === 0 });
 
   // Fresh processes first (this one is still cold, so they do not share a core with its JIT).
-  const fresh = new Map(subjects.map((s) => [s.name, median([0, 1, 2].map(() => freshProcessRuns(s.lib, 1)[0]))]));
-  const largest = subjects.reduce((a, b) => (fs.statSync(a.lib).size >= fs.statSync(b.lib).size ? a : b));
-  const curve = freshProcessRuns(largest.lib, 12);
+  const fresh = new Map(subjects.map((s) => [s.name, median([0, 1, 2].map(() => freshProcessRuns(s.lib, 1, verify)[0]))]));
+  const textSize = (s: Subject) => sectionByName(readElf(fs.readFileSync(s.lib)), '.text')!.sh_size;
+  const largest = subjects.reduce((a, b) => (textSize(a) >= textSize(b) ? a : b));
+  const curve = freshProcessRuns(largest.lib, 12, verify);
 
   // Warm-up outside the measurements: every library in turn until WARMUP_MB of .text is done.
   for (let done = 0, round = 0; done < WARMUP_MB * 1e6; round++) {

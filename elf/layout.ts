@@ -8,7 +8,9 @@
  * the original .text extent, each at its alignment (filling holes that alignment leaves), so no
  * section or segment moves and the library keeps its size. A permutation that does not fit, or
  * leaves a unit at its own address, is redrawn from the stream: the order is uniform over the
- * permutations that fit and move every unit.
+ * permutations that fit and move every unit (except in planLayout's fallback, below). The
+ * entropy reported, log2(units!), counts orders: an upper bound, since hole filling can give two
+ * orders the same placement.
  */
 import { Cipher, createCipheriv, createHash, createHmac } from 'crypto';
 import { ElfRefusal } from './errors';
@@ -144,8 +146,9 @@ function unmovedUnits(units: Unit[], newStart: Float64Array): number {
  * Tries permutations from the stream until one fits the original extent and moves every unit.
  * A unit left at its own address keeps every gadget an attacker knows from the original build
  * (in a small library that is percents of its code), so such draws are redrawn too. When no
- * draw of MAX_DRAWS moves them all (a few units whose sizes and alignments leave no other fitting
- * place), the fitting draw with the fewest unmoved units is taken and `unmoved` says how many.
+ * draw of MAX_DRAWS moves them all (fitting orders are rare: little slack in .text, or a few units
+ * whose sizes and alignments leave no other place), the first fitting draw with the fewest
+ * unmoved units is taken and `unmoved` says how many.
  */
 export function planLayout(plan: UnitPlan, textStart: number, textEnd: number, rng: ShuffleRng): Layout {
   const MAX_DRAWS = 64;

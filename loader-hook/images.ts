@@ -321,9 +321,12 @@ export class ImageStore {
         return { kind: 'refused', reason: 'changed while being read' };
       }
       let out: Uint8Array;
+      let unmoved = 0;
       try {
         const seed = createHash('sha256').update(cur.seed).update(key).digest();
-        out = randomizePrepared(prepareLibrary(bytes), seed).bytes;
+        const r = randomizePrepared(prepareLibrary(bytes), seed);
+        out = r.bytes;
+        unmoved = r.layout.unmoved;
       } catch (e) {
         if (!(e instanceof ElfRefusal || e instanceof ElfFormatError)) throw e;
         const reason = e instanceof ElfFormatError ? `malformed: ${e.message}` : e.message;
@@ -339,7 +342,7 @@ export class ImageStore {
       const now = Date.now();
       this.db.prepare(`INSERT OR REPLACE INTO hook_images (epoch, key, source, size, made_ms, created, last_access)
         VALUES (?, ?, ?, ?, ?, ?, ?)`).run(cur.epoch, key, real, out.length, ms, now, now);
-      this.log.info(`hook: randomized ${real} -> ${image} in ${ms} ms`);
+      this.log.info(`hook: randomized ${real} -> ${image} in ${ms} ms` + (unmoved > 0 ? `; ${unmoved} unit(s) left at their own address (no fitting order moves them all)` : ''));
       return { kind: 'image', key, image, made: true, ms };
     } finally {
       fs.closeSync(fd);

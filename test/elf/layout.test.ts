@@ -39,6 +39,22 @@ test('when only the input order fits, it is taken and its unmoved units are coun
   expect(l.unmoved).toBe(2);
 });
 
+test('of fitting orders that all leave units in place, the one leaving fewest is taken, not the first', () => {
+  // A (100 bytes, 64-aligned) fits only at 0x1000, so it never moves; B and C (16 bytes each)
+  // fit only after it: A B C leaves 3 units in place, A C B leaves 1. With this seed the stream
+  // draws A B C (its 2nd draw) before A C B (its 5th).
+  const unit = (index: number, start: number, size: number, align: number) => ({ index, start, end: start + size, coreEnd: start + size, align, first: 0, coreLast: 0, atoms: [], names: [] });
+  const plan = { units: [unit(0, 0x1000, 100, 64), unit(1, 0x1070, 16, 16), unit(2, 0x1080, 16, 16)] } as unknown as Parameters<typeof planLayout>[0];
+  const rng = () => new ShuffleRng(Buffer.from('02', 'hex'), Buffer.from('lib'));
+  const draws = (r => Array.from({ length: 5 }, () => permutation(3, r)))(rng());
+  expect(draws[1]).toEqual([0, 1, 2]);
+  expect(draws[4]).toEqual([0, 2, 1]);
+  const l = planLayout(plan, 0x1000, 0x1090, rng());
+  expect(l.order).toEqual([0, 2, 1]);
+  expect(l.unmoved).toBe(1);
+  expect(l.draws).toBe(5);
+});
+
 test('entropy bits are log2(n!)', () => {
   expect(entropyBits(1)).toBe(0);
   expect(entropyBits(4)).toBeCloseTo(Math.log2(24));
