@@ -12,7 +12,7 @@ import {
 } from './reader';
 import {
   Dyn, DT_FLAGS, DF_TEXTREL, DT_JMPREL, DT_PLTREL, DT_PLTRELSZ, DT_REL, DT_RELA, DT_RELAENT, DT_RELASZ,
-  DT_RELR, DT_TEXTREL, ELF64_RELA_SIZE, EM_X86_64, ET_DYN, PT_LOAD, Rela, SectionHeader, SHF_ALLOC,
+  DT_RELR, DT_TEXTREL, ELF64_RELA_SIZE, EM_X86_64, ET_DYN, Rela, SectionHeader, SHF_ALLOC,
   SHF_COMPRESSED, SHF_EXECINSTR, SHN_UNDEF, SHT_DYNSYM, SHT_NOBITS, SHT_RELA, SHT_REL, SHT_SYMTAB, Symbol,
   SHN_LORESERVE,
 } from './types';
@@ -98,9 +98,13 @@ export function loadImage(bytes: Uint8Array): Image {
   }
   if (text.sh_flags & SHF_COMPRESSED) throw new ElfRefusal('.text is compressed');
   if (text.sh_size === 0) throw new ElfRefusal('.text is empty');
-  const load = elf.segments.find((p) => p.p_type === PT_LOAD && text.sh_addr >= p.p_vaddr && text.sh_addr + text.sh_size <= p.p_vaddr + p.p_filesz);
-  if (!load || load.p_offset + (text.sh_addr - load.p_vaddr) !== text.sh_offset) {
-    throw new ElfRefusal('.text is not mapped by one PT_LOAD segment at its file offset');
+  // Code and references are patched by address (through the segments), checked and written by
+  // section: both must name the same bytes, for every section the loader maps.
+  for (const s of elf.sections) {
+    if (!(s.sh_flags & SHF_ALLOC) || s.sh_type === SHT_NOBITS || s.sh_size === 0) continue;
+    if (vaddrToOffset(elf, s.sh_addr, s.sh_size) !== s.sh_offset) {
+      throw new ElfRefusal(`${s.name || `section ${s.index}`} is not mapped by one PT_LOAD segment at its file offset`, s.sh_addr);
+    }
   }
   // Overlapping allocated sections would make "the bytes of .text" ambiguous.
   for (const s of elf.sections) {

@@ -1,9 +1,11 @@
 /**
- * `inspect`: is a library randomizable, and if not, why. Runs the read and unit phases only.
+ * `inspect`: is a library randomizable, and if not, why. Runs the read and unit phases, and plans
+ * one layout: a library whose units fit in no order (alignment padding with no slack in .text) is
+ * refused by `randomize` whatever the seed, so inspect must not call it randomizable.
  */
 import { ElfFormatError, ElfRefusal } from './errors';
 import { loadImage } from './image';
-import { entropyBits } from './layout';
+import { entropyBits, planLayout, ShuffleRng } from './layout';
 import { findUnits } from './units';
 
 export interface InspectReport {
@@ -28,6 +30,8 @@ export function inspectBytes(bytes: Uint8Array): InspectReport {
     const img = loadImage(bytes);
     const plan = findUnits(img);
     if (plan.units.length < 2) return { randomizable: false, reason: `only ${plan.units.length} movable unit(s)` };
+    // A probe seed, not bound to the library (no hash of it): only whether an order fits is asked.
+    planLayout(plan, img.textStart, img.textEnd, new ShuffleRng(Buffer.from('inspect'), new Uint8Array(0)));
     const touched = ['.text', ...img.otherExec.filter((s) => plan.otherExecRefs.some((r) => r.ip >= s.sh_addr && r.ip < s.sh_addr + s.sh_size)).map((s) => s.name)];
     for (const n of ['.dynsym', '.symtab', '.rela.dyn', '.eh_frame', '.eh_frame_hdr', '.rodata', '.dynamic', '.note.gnu.build-id']) {
       if (img.elf.sections.some((s) => s.name === n)) touched.push(n);

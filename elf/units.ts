@@ -260,6 +260,11 @@ export function findUnits(img: Image): UnitPlan {
   const otherExecDecoded: DecodedRange[] = [];
   for (const s of img.otherExec) {
     const d = decodeRange(sectionData(img.elf, s), s.sh_addr);
+    // Checked here, not left to the verifier: an input whose other code does not decode is refused
+    // with this reason whatever the seed.
+    for (let k = 0; k < d.count; k++) {
+      if (d.code[k] === CODE_INVALID) throw new ElfRefusal(`bytes in ${s.name} that do not decode as instructions`, d.ip[k]);
+    }
     otherExecDecoded.push(d);
     const rel = fieldSet(img.codeRelocs.get(s.index) ?? NO_RELOCS);
     for (let r = 0; r < d.refs.length; r++) {

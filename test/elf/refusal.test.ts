@@ -6,7 +6,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { ElfFormatError, ElfRefusal, inspectBytes, randomizeBytes, randomizeFile } from '../../elf';
-import { announceSkip, buildZlib, tempDir } from './libs';
+import { announceSkip, buildFixture, buildZlib, tempDir } from './libs';
 
 const LIBDIR = '/usr/lib/x86_64-linux-gnu';
 
@@ -67,6 +67,18 @@ describe('refusals', () => {
     expect(() => randomizeBytes(h.subarray(0, 30))).toThrow(ElfFormatError);
   });
 
+  const aligned = buildFixture('aligned', ['aligned.c']);
+  if (!aligned.ok) announceSkip('the no-fit refusal', aligned.skip);
+  (aligned.ok ? test : test.skip)('a library whose units fit in no order: refused by randomize with any seed, and inspect says so too', () => {
+    if (!aligned.ok) return;
+    const b = fs.readFileSync(aligned.lib);
+    const why = /no permutation of \d+ units fits in \.text after 64 draws \(alignment padding\)/;
+    for (const seed of ['01', '02', '03']) expect(() => randomizeBytes(b, Buffer.from(seed, 'hex'))).toThrow(why);
+    const rep = inspectBytes(b);
+    expect(rep.randomizable).toBe(false);
+    expect(rep.reason).toMatch(why);
+  });
+
   const z = buildZlib();
   if (!z.ok) announceSkip('crafted refusals from zlib', z.skip);
   (z.ok ? describe : describe.skip)('crafted from a randomizable library', () => {
@@ -120,6 +132,18 @@ describe('refusals', () => {
       b.writeBigUInt64LE(BigInt(off + 1), s.offset);
       // The moved relocation sits on no operand, and the operand it left is now unrelocated.
       refused(b, /does not match a PC-relative operand \(unresolvable reference\)|unrelocated PC-relative reference/);
+    });
+    test('undecodable bytes in another code section (.plt), whatever the seed', () => {
+      const b = Buffer.from(orig);
+      const s = sections().find((x) => x.name === '.plt')!;
+      b.fill(0xff, s.offset + 0xc, s.offset + 0x10); // the 4-byte nop after PLT0 becomes ff ff ff ff: no instruction
+      refused(b, /bytes in \.plt that do not decode as instructions/);
+    });
+    test('a mapped section whose file offset its segment does not map', () => {
+      const b = Buffer.from(orig);
+      const s = sections().find((x) => x.name === '.rodata')!;
+      b.writeBigUInt64LE(BigInt(s.offset + 8), s.o + 24); // sh_offset moved; the segment still maps the old bytes
+      refused(b, /\.rodata is not mapped by one PT_LOAD segment at its file offset/);
     });
     test('stripped .symtab', () => {
       const b = Buffer.from(orig);
