@@ -14,7 +14,7 @@ import {
   Dyn, ELF64_DYN_SIZE, ELF64_EHDR_SIZE, ELF64_PHDR_SIZE, ELF64_RELA_SIZE, ELF64_SHDR_SIZE,
   ELF64_SYM_SIZE, ELFCLASS64, ELFDATA2LSB, ELFMAG, EI_CLASS, EI_DATA, FileHeader, Note,
   ProgramHeader, PT_DYNAMIC, Rela, SectionHeader, SHN_XINDEX, SHT_DYNSYM, SHT_NOBITS, SHT_NOTE,
-  SHT_RELA, SHT_STRTAB, SHT_SYMTAB, Symbol, DT_NULL, SHT_DYNAMIC,
+  SHT_RELA, SHT_STRTAB, SHT_SYMTAB, Symbol, DT_NULL, SHT_DYNAMIC, SHF_ALLOC, NT_GNU_BUILD_ID,
 } from './types';
 
 /** A parsed ELF file: the bytes plus the tables every later phase needs. */
@@ -417,6 +417,19 @@ export function readNotes(elf: ElfFile, sh: SectionHeader): Note[] {
     o = next; // strictly increasing: at least 12 bytes per note, so the loop ends.
   }
   return out;
+}
+
+/**
+ * The GNU build-id notes of the mapped note sections: the writer replaces these and the verifier
+ * checks that these changed, so both must pick them by the same rule.
+ */
+export function gnuBuildIds(elf: ElfFile): Note[] {
+  const ids: Note[] = [];
+  for (const s of elf.sections) {
+    if (s.sh_type !== SHT_NOTE || !(s.sh_flags & SHF_ALLOC)) continue;
+    for (const n of readNotes(elf, s)) if (n.n_type === NT_GNU_BUILD_ID && n.name === 'GNU' && n.desc.length > 0) ids.push(n);
+  }
+  return ids;
 }
 
 export function alignUp(n: number, a: number): number {

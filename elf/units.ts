@@ -181,7 +181,9 @@ export function findUnits(img: Image): UnitPlan {
         // Trailing bytes after the symbol's end must be padding instructions starting at symEnd.
         let k = a.first;
         while (k < a.last && d.ip[k] < symEnd) k++;
-        let pad = k === a.last || d.ip[k] === symEnd;
+        // An instruction must end at symEnd: when none starts at or after it, the last one must end
+        // there (it may run across it, and cutting there would split it).
+        let pad = k === a.last ? symEnd === a.end : d.ip[k] === symEnd;
         for (let j = k; pad && j < a.last; j++) if (!(d.flags[j] & F_PADDING)) pad = false;
         if (pad) { a.coreEnd = symEnd; sizedEnd = true; }
       }

@@ -20,11 +20,11 @@ import { VerifyError } from './errors';
 import { Image, inText, relocSymbol } from './image';
 import { Layout, mapAddress } from './layout';
 import { jumpTableBase, jumpTableIndex } from './patch';
-import { readDynamic, readElf, readRelaRange, readSymbolFields, readSymbols, sectionByName, vaddrToOffset, ElfFile, readNotes } from './reader';
+import { readDynamic, readElf, readRelaRange, readSymbolFields, readSymbols, sectionByName, vaddrToOffset, ElfFile, gnuBuildIds } from './reader';
 import {
-  DT_FINI, DT_INIT, DT_JMPREL, DT_PLTRELSZ, DT_RELA, DT_RELASZ, ELF64_RELA_SIZE, NT_GNU_BUILD_ID,
+  DT_FINI, DT_INIT, DT_JMPREL, DT_PLTRELSZ, DT_RELA, DT_RELASZ, ELF64_RELA_SIZE,
   R_X86_64_IRELATIVE, R_X86_64_PC32, R_X86_64_PLT32, R_X86_64_RELATIVE, SHF_ALLOC, SHF_EXECINSTR,
-  SHT_DYNSYM, SHT_NOBITS, SHT_NOTE, SHT_SYMTAB, STT_SECTION, SHN_UNDEF, SHN_LORESERVE, SHN_ABS,
+  SHT_DYNSYM, SHT_NOBITS, SHT_SYMTAB, STT_SECTION, SHN_UNDEF, SHN_LORESERVE, SHN_ABS,
 } from './types';
 
 export interface VerifyReport {
@@ -200,14 +200,10 @@ export function verifyImage(img: Image, layout: Layout, output: Uint8Array, mode
   }
 
   // Build-id must differ from the input's.
-  for (const s of out.sections) {
-    if (s.sh_type !== SHT_NOTE || !(s.sh_flags & SHF_ALLOC)) continue;
-    for (const n of readNotes(out, s)) {
-      if (n.n_type !== NT_GNU_BUILD_ID) continue;
-      const orig = inp.bytes.subarray(n.descOffset, n.descOffset + n.desc.length);
-      if (Buffer.compare(Buffer.from(orig), Buffer.from(n.desc)) === 0) fail('build-id unchanged');
-      allow(n.descOffset, n.desc.length);
-    }
+  for (const n of gnuBuildIds(out)) {
+    const orig = inp.bytes.subarray(n.descOffset, n.descOffset + n.desc.length);
+    if (Buffer.compare(Buffer.from(orig), Buffer.from(n.desc)) === 0) fail('build-id unchanged');
+    allow(n.descOffset, n.desc.length);
   }
 
   // Nothing else in the loadable non-code part changed.

@@ -14,10 +14,10 @@
  */
 import { createHash } from 'crypto';
 import { ElfRefusal } from './errors';
-import { alignUp, readNotes, readSymbols, ElfFile } from './reader';
+import { alignUp, gnuBuildIds, readSymbols, ElfFile } from './reader';
 import {
-  ELF64_SHDR_SIZE, ELF64_SYM_SIZE, NT_GNU_BUILD_ID, SectionHeader, SHF_ALLOC, SHF_INFO_LINK, SHN_ABS,
-  SHN_LORESERVE, SHN_UNDEF, SHT_DYNSYM, SHT_NOBITS, SHT_NOTE, SHT_REL, SHT_RELA, SHT_SYMTAB, Symbol,
+  ELF64_SHDR_SIZE, ELF64_SYM_SIZE, SectionHeader, SHF_ALLOC, SHF_INFO_LINK, SHN_ABS,
+  SHN_LORESERVE, SHN_UNDEF, SHT_DYNSYM, SHT_NOBITS, SHT_REL, SHT_RELA, SHT_SYMTAB, Symbol,
 } from './types';
 
 export interface WriteReport {
@@ -124,11 +124,7 @@ export function rebuildFile(
 
   // Build-id: a hash of the output with the id zeroed (deterministic, and never the original's).
   let buildIdReplaced = false;
-  const ids: { off: number; len: number }[] = [];
-  for (const s of elf.sections) {
-    if (s.sh_type !== SHT_NOTE || !(s.sh_flags & SHF_ALLOC)) continue;
-    for (const n of readNotes(elf, s)) if (n.n_type === NT_GNU_BUILD_ID && n.name === 'GNU' && n.desc.length > 0) ids.push({ off: n.descOffset, len: n.desc.length });
-  }
+  const ids = gnuBuildIds(elf).map((n) => ({ off: n.descOffset, len: n.desc.length }));
   for (const id of ids) out.fill(0, id.off, id.off + id.len);
   if (ids.length) {
     const h = createHash('sha256').update(Buffer.from('fscache-randomized')).update(out).digest();

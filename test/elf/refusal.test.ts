@@ -5,7 +5,8 @@
  */
 import * as fs from 'fs';
 import * as path from 'path';
-import { ElfFormatError, ElfRefusal, inspectBytes, randomizeBytes, randomizeFile } from '../../elf';
+import { ElfFormatError, ElfRefusal, inspectBytes, prepareLibrary, randomizeBytes, randomizeFile } from '../../elf';
+import { readElf, readSymbols } from '../../elf/reader';
 import { announceSkip, buildFixture, buildZlib, tempDir } from './libs';
 
 const LIBDIR = '/usr/lib/x86_64-linux-gnu';
@@ -144,6 +145,35 @@ describe('refusals', () => {
       const s = sections().find((x) => x.name === '.rodata')!;
       b.writeBigUInt64LE(BigInt(s.offset + 8), s.o + 24); // sh_offset moved; the segment still maps the old bytes
       refused(b, /\.rodata is not mapped by one PT_LOAD segment at its file offset/);
+    });
+    test('a type-3 note not named GNU is no build-id: left as it is, and the library randomizes', () => {
+      const b = Buffer.from(orig);
+      const s = sections().find((x) => x.name === '.note.gnu.build-id')!;
+      expect(b.toString('latin1', s.offset + 12, s.offset + 15)).toBe('GNU');
+      b.write('GNV', s.offset + 12, 'latin1'); // the writer and the verifier once disagreed on this
+      const out = randomizeBytes(b, Buffer.from('01', 'hex')).bytes;
+      expect(Buffer.from(out.subarray(s.offset, s.offset + s.size)).equals(b.subarray(s.offset, s.offset + s.size))).toBe(true);
+    });
+    test('a symbol size that ends inside its last instruction does not cut the instruction', () => {
+      // A sized function whose last instruction is longer than a byte and ends where the next
+      // function starts: one byte off its size puts the end inside that instruction.
+      const { img, plan } = prepareLibrary(orig);
+      const d = plan.code;
+      const atomEnds = new Set(plan.units.flatMap((u) => u.atoms.map((a) => a.end)));
+      const victim = img.symtab.symbols.find((x) => {
+        if (x.st_size < 2 || !atomEnds.has(x.st_value + x.st_size)) return false;
+        const u = plan.units.find((v) => v.start <= x.st_value && x.st_value < v.end);
+        const a = u?.atoms.find((t) => t.start === x.st_value);
+        return a !== undefined && a.end === x.st_value + x.st_size && d.len[a.last - 1] > 1;
+      })!;
+      expect(victim).toBeDefined();
+      const b = Buffer.from(orig);
+      // Every symbol at that address (.symtab and .dynsym), so that no alias keeps the full size.
+      const elf = readElf(b);
+      for (const t of elf.sections.filter((x) => x.name === '.symtab' || x.name === '.dynsym')) {
+        for (const y of readSymbols(elf, t)) if (y.st_value === victim.st_value && y.st_size > 0) b.writeBigUInt64LE(BigInt(y.st_size - 1), y.fileOffset + 16);
+      }
+      expect(() => randomizeBytes(b, Buffer.from('01', 'hex'))).not.toThrow();
     });
     test('stripped .symtab', () => {
       const b = Buffer.from(orig);
