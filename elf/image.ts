@@ -12,8 +12,8 @@ import {
 } from './reader';
 import {
   Dyn, DT_FLAGS, DF_TEXTREL, DT_JMPREL, DT_PLTREL, DT_PLTRELSZ, DT_REL, DT_RELA, DT_RELAENT, DT_RELASZ,
-  DT_RELR, DT_TEXTREL, ELF64_RELA_SIZE, EM_X86_64, ET_DYN, Rela, SectionHeader, SHF_ALLOC,
-  SHF_COMPRESSED, SHF_EXECINSTR, SHN_UNDEF, SHT_DYNSYM, SHT_NOBITS, SHT_RELA, SHT_REL, SHT_SYMTAB, Symbol,
+  DT_RELR, DT_TEXTREL, ELF64_RELA_SIZE, EM_X86_64, ET_DYN, PT_DYNAMIC, Rela, SectionHeader, SHF_ALLOC,
+  SHF_COMPRESSED, SHF_EXECINSTR, SHN_UNDEF, SHT_DYNAMIC, SHT_DYNSYM, SHT_NOBITS, SHT_RELA, SHT_REL, SHT_SYMTAB, Symbol,
   SHN_LORESERVE,
 } from './types';
 
@@ -127,6 +127,14 @@ export function loadImage(bytes: Uint8Array): Image {
   const dynsymSec = elf.sections.find((s) => s.sh_type === SHT_DYNSYM);
   const dynsym = dynsymSec ? { section: dynsymSec, symbols: readSymbols(elf, dynsymSec) } : undefined;
 
+  // The loader finds the dynamic section by PT_DYNAMIC's address; it is read (and patched) here by
+  // its file offset: both, and the .dynamic section, must be the same bytes.
+  const dynSeg = elf.segments.find((p) => p.p_type === PT_DYNAMIC);
+  const dynSec = elf.sections.find((x) => x.sh_type === SHT_DYNAMIC);
+  if (dynSeg && (vaddrToOffset(elf, dynSeg.p_vaddr, dynSeg.p_filesz) !== dynSeg.p_offset ||
+    (dynSec !== undefined && (dynSec.sh_addr !== dynSeg.p_vaddr || dynSec.sh_offset !== dynSeg.p_offset)))) {
+    throw new ElfRefusal('PT_DYNAMIC does not map the .dynamic section at its file offset', dynSeg.p_vaddr);
+  }
   const dynamic = readDynamic(elf);
   const dyn = (tag: number) => dynamic.find((d) => d.d_tag === tag)?.d_val;
   if (dyn(DT_TEXTREL) !== undefined || ((dyn(DT_FLAGS) ?? 0) & DF_TEXTREL)) throw new ElfRefusal('library has text relocations (DT_TEXTREL)');

@@ -113,6 +113,9 @@ function patchDataRelocs(img: Image, layout: Layout, view: DataView, stats: Patc
       const symInText = sym !== undefined && sym.st_shndx === img.text.index;
       const targetInText = target !== undefined && inText(img, target);
       if (!symInText && !targetInText) continue; // value does not depend on where code is
+      // Reaching code by address through a symbol of another section (or none) is a contradiction
+      // the verifier, which goes by the symbol, would read differently: refuse it here.
+      if (!symInText) throw new ElfRefusal(`relocation in ${sec.name} reaches .text through a symbol of another section`, f);
       if (isEhFrame) {
         // FDE pc_begin fields are re-applied from the parsed FDEs; any other code reference is unknown.
         if (!fdeFields.has(f)) throw new ElfRefusal('.eh_frame reference to code that is not an FDE pc_begin', f);

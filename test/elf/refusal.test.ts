@@ -146,6 +146,24 @@ describe('refusals', () => {
       b.writeBigUInt64LE(BigInt(s.offset + 8), s.o + 24); // sh_offset moved; the segment still maps the old bytes
       refused(b, /\.rodata is not mapped by one PT_LOAD segment at its file offset/);
     });
+    test('a data relocation that reaches .text through a symbol of another section', () => {
+      const b = Buffer.from(orig);
+      const elf = readElf(b);
+      const text = elf.sections.find((x) => x.name === '.text')!;
+      const rodata = elf.sections.find((x) => x.name === '.rodata')!;
+      const symtab = elf.sections.find((x) => x.name === '.symtab')!;
+      const sec = readSymbols(elf, symtab).find((y) => y.type === 3 /* STT_SECTION */ && y.st_shndx === text.index)!;
+      b.writeUInt16LE(rodata.index, sec.fileOffset + 6); // its value still lies in .text
+      refused(b, /relocation in \S+ reaches \.text through a symbol of another section/);
+    });
+    test('PT_DYNAMIC that does not map the .dynamic section', () => {
+      const b = Buffer.from(orig);
+      const phoff = Number(b.readBigUInt64LE(32));
+      const n = b.readUInt16LE(56);
+      const i = Array.from({ length: n }, (_, k) => k).find((k) => b.readUInt32LE(phoff + k * 56) === 2 /* PT_DYNAMIC */)!;
+      b.writeBigUInt64LE(b.readBigUInt64LE(phoff + i * 56 + 8) + 16n, phoff + i * 56 + 8); // p_offset
+      refused(b, /PT_DYNAMIC does not map the \.dynamic section at its file offset/);
+    });
     test('a type-3 note not named GNU is no build-id: left as it is, and the library randomizes', () => {
       const b = Buffer.from(orig);
       const s = sections().find((x) => x.name === '.note.gnu.build-id')!;
