@@ -190,8 +190,12 @@ export function loadImage(bytes: Uint8Array): Image {
   const ehFrameHdrTable = ehFrameHdr ? parseEhFrameHdr(elf.view, ehFrameHdr.sh_offset, ehFrameHdr.sh_size, ehFrameHdr.sh_addr) : undefined;
   if (ehFrameHdrTable) {
     const fdeAt = new Set(fdes.address);
+    const listed = new Set<number>();
     for (const a of ehFrameHdrTable.fdeAddress) {
       if (!fdeAt.has(a)) throw new ElfRefusal('.eh_frame_hdr entry points to no FDE', a);
+      // The rebuilt table has one entry per FDE listed: a second entry would be a second search key.
+      if (listed.has(a)) throw new ElfRefusal('.eh_frame_hdr lists an FDE twice', a);
+      listed.add(a);
     }
   }
 

@@ -164,6 +164,12 @@ describe('refusals', () => {
       b.writeBigUInt64LE(b.readBigUInt64LE(phoff + i * 56 + 8) + 16n, phoff + i * 56 + 8); // p_offset
       refused(b, /PT_DYNAMIC does not map the \.dynamic section at its file offset/);
     });
+    test('an .eh_frame_hdr that lists an FDE twice', () => {
+      const b = Buffer.from(orig);
+      const s = sections().find((x) => x.name === '.eh_frame_hdr')!;
+      b.copy(b, s.offset + 12 + 8, s.offset + 12, s.offset + 12 + 8); // entry 1 := entry 0
+      refused(b, /^\.eh_frame_hdr lists an FDE twice/); // from the reader, not the verifier
+    });
     test('a type-3 note not named GNU is no build-id: left as it is, and the library randomizes', () => {
       const b = Buffer.from(orig);
       const s = sections().find((x) => x.name === '.note.gnu.build-id')!;
