@@ -123,7 +123,10 @@ maybe('store lifecycle on a changing real tree', () => {
       fs.readSync(fd, Buffer.alloc(1), 0, 1, 0);
       fs.closeSync(fd);
     }
-    await new Promise((r) => setTimeout(r, 60));
+    // Kill once copies are under way (a partial copy exists), not after a fixed delay: under load or
+    // a slower session the copies had not started after 60 ms, and the kill missed them (CI run).
+    const partials = () => { try { return fs.readdirSync(vs!.paths.storePartial).length; } catch { return 0; } };
+    expect(await waitFor(() => partials() > 0, 5000, 2)).toBeGreaterThanOrEqual(0);
     view.child.kill('SIGKILL');
     await new Promise((r) => view.child.once('exit', r));
     expect(isMountPoint(vs.paths.viewMount)).toBe(true); // dead, still in the mount table
