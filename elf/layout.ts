@@ -78,7 +78,7 @@ export interface Layout {
   readonly textEnd: number;
   /** End of the last placed unit; [usedEnd, textEnd) is filled with int3. */
   readonly usedEnd: number;
-  /** Permutations drawn until the one taken (1 = the first one). */
+  /** Permutations drawn until the one taken (1 = the first one; MAX_DRAWS + 1: every order was tried). */
   readonly draws: number;
   /** Units at their own input address (0 unless no draw could move them all). */
   readonly unmoved: number;
@@ -172,7 +172,7 @@ export function planLayout(plan: UnitPlan, textStart: number, textEnd: number, r
   throw new ElfRefusal(`no permutation of ${plan.units.length} units fits in .text after ${MAX_DRAWS} draws (alignment padding)`);
 }
 
-/** Up to this many units (7! = 5040 orders), every order is tried when random draws found none that fits. */
+/** Up to this many units (7! = 5040 orders), every order is tried when no random draw moved every unit. */
 const MAX_ENUMERATED_UNITS = 7;
 
 /**
