@@ -28,7 +28,7 @@ export function registerElfVerbs(program: Command): void {
     .option('--verify <mode>', "'decode': iced-x86 decodes the output code (default); 'fields': checks it at the input's instruction boundaries (faster)", 'decode')
     .action(async (inPath: string, outPath: string, opts: { seed?: string; verify: string }) => {
       if (opts.verify !== 'decode' && opts.verify !== 'fields') throw new InvalidArgumentError(`--verify must be 'decode' or 'fields'`);
-      const { parseSeed, randomizeFile } = await elf();
+      const { parseSeed, randomizeFile, unmovedNote } = await elf();
       let seed: Uint8Array | undefined;
       try {
         seed = opts.seed !== undefined ? parseSeed(opts.seed) : undefined;
@@ -37,10 +37,11 @@ export function registerElfVerbs(program: Command): void {
       }
       const r = randomizeFile(inPath, outPath, seed, { verify: opts.verify });
       const ms = Object.values(r.timingsMs).reduce((a, b) => a + b, 0);
+      const unmoved = unmovedNote(r.layout);
       process.stdout.write(
         `randomized ${inPath} -> ${outPath}: ${r.units} units, ${r.entropyBits.toFixed(0)} bits, ` +
         `${r.verify.pcRelOperands} operands verified` +
-        (r.layout.unmoved > 0 ? `, ${r.layout.unmoved} unit(s) left at their own address (no fitting order moves them all)` : '') +
+        (unmoved ? `, ${unmoved}` : '') +
         (r.write.droppedSections.some((n) => n.startsWith('.debug_')) ? ', debug info stripped' : '') +
         (r.write.buildIdReplaced ? ', build-id replaced' : '') + `, ${ms.toFixed(0)} ms` +
         (opts.seed === undefined ? `, seed ${Buffer.from(r.seed).toString('hex')}` : '') + '\n',

@@ -5,4 +5,5 @@ export { randomizeBytes, randomizeFile, parseSeed, prepareLibrary, randomizePrep
 export type { RandomizeResult, RandomizeOptions, PreparedLibrary } from './randomize';
 export type { VerifyMode } from './verify';
 export { inspectBytes } from './inspect';
+export { unmovedNote } from './layout';
 export type { InspectReport } from './inspect';

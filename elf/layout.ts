@@ -135,6 +135,14 @@ function place(units: Unit[], order: number[], textStart: number): { newStart: F
   return { newStart, end: cur };
 }
 
+/**
+ * What a report says of units left at their own address ('' when every unit moved). For the CLI
+ * and the daemon's log alike.
+ */
+export function unmovedNote(layout: Layout): string {
+  return layout.unmoved > 0 ? `${layout.unmoved} unit(s) left at their own address (no order tried moves them all)` : '';
+}
+
 /** Units placed at their own input address. */
 function unmovedUnits(units: Unit[], newStart: Float64Array): number {
   let n = 0;

@@ -17,7 +17,7 @@ import Database from 'better-sqlite3';
 import { createHash, randomBytes } from 'crypto';
 import * as fs from 'fs';
 import * as path from 'path';
-import { ElfFormatError, ElfRefusal, prepareLibrary, randomizePrepared } from '../elf';
+import { ElfFormatError, ElfRefusal, prepareLibrary, randomizePrepared, unmovedNote } from '../elf';
 import type { Config } from '../fs/config';
 import { errnoCode } from '../fs/errors';
 import { identityOf, RealIdentity, sameIdentity } from '../fs/identity';
@@ -321,12 +321,12 @@ export class ImageStore {
         return { kind: 'refused', reason: 'changed while being read' };
       }
       let out: Uint8Array;
-      let unmoved = 0;
+      let unmoved = '';
       try {
         const seed = createHash('sha256').update(cur.seed).update(key).digest();
         const r = randomizePrepared(prepareLibrary(bytes), seed);
         out = r.bytes;
-        unmoved = r.layout.unmoved;
+        unmoved = unmovedNote(r.layout);
       } catch (e) {
         if (!(e instanceof ElfRefusal || e instanceof ElfFormatError)) throw e;
         const reason = e instanceof ElfFormatError ? `malformed: ${e.message}` : e.message;
@@ -342,7 +342,7 @@ export class ImageStore {
       const now = Date.now();
       this.db.prepare(`INSERT OR REPLACE INTO hook_images (epoch, key, source, size, made_ms, created, last_access)
         VALUES (?, ?, ?, ?, ?, ?, ?)`).run(cur.epoch, key, real, out.length, ms, now, now);
-      this.log.info(`hook: randomized ${real} -> ${image} in ${ms} ms` + (unmoved > 0 ? `; ${unmoved} unit(s) left at their own address (no fitting order moves them all)` : ''));
+      this.log.info(`hook: randomized ${real} -> ${image} in ${ms} ms` + (unmoved ? `; ${unmoved}` : ''));
       return { kind: 'image', key, image, made: true, ms };
     } finally {
       fs.closeSync(fd);
