@@ -85,6 +85,53 @@ export function inText(img: Image, addr: number): boolean {
   return addr >= img.textStart && addr < img.textEnd;
 }
 
+/**
+ * Static relocations (kept by --emit-relocs) of allocated sections, by target section index:
+ * code sections' in `codeRelocs`, the others' in `staticRelocs`. Debug sections' are dropped
+ * (they are stripped from the output). Refuses a table on another symbol table, an offset
+ * outside its section or a symbol index out of range.
+ */
+function readStaticRelocs(elf: ElfFile, symtabIndex: number, symbolCount: number): { staticRelocs: Map<number, RelaTable>; codeRelocs: Map<number, RelaTable> } {
+  const staticRelocs = new Map<number, RelaTable>();
+  const codeRelocs = new Map<number, RelaTable>();
+  for (const rs of elf.sections) {
+    if (rs.sh_type !== SHT_RELA || (rs.sh_flags & SHF_ALLOC)) continue;
+    const target = elf.sections[rs.sh_info];
+    if (!target || rs.sh_info === 0) continue;
+    if (!(target.sh_flags & SHF_ALLOC)) continue; // debug sections: stripped from the output
+    if (rs.sh_link !== symtabIndex) throw new ElfRefusal(`${rs.name} does not use .symtab`, rs.headerOffset);
+    const t = readRelaTable(elf, rs);
+    checkRelocTable(rs, target, t, symbolCount);
+    const byTarget = (target.sh_flags & SHF_EXECINSTR) !== 0 ? codeRelocs : staticRelocs;
+    const prev = byTarget.get(target.index);
+    byTarget.set(target.index, prev ? concatRelaTables(prev, t) : t);
+  }
+  return { staticRelocs, codeRelocs };
+}
+
+/** Every relocation of table `t` (section `rs`) applies inside `target` and names an existing symbol. */
+function checkRelocTable(rs: SectionHeader, target: SectionHeader, t: RelaTable, symbolCount: number): void {
+  const lo = target.sh_addr;
+  const hi = target.sh_addr + Math.max(target.sh_size, 1);
+  for (let q = 0; q < t.count; q++) {
+    const off = t.r_offset[q];
+    if (off < lo || off >= hi) throw new ElfRefusal(`${rs.name}: relocation offset outside ${target.name}`, off);
+    if (t.r_sym[q] >= symbolCount) throw new ElfRefusal(`${rs.name}: symbol index ${t.r_sym[q]} out of range`, off);
+  }
+}
+
+/** Every .eh_frame_hdr entry names an FDE, and none twice (the rebuilt table has one entry per FDE listed). */
+function checkEhFrameHdr(fdes: FdeTable, hdr: EhFrameHdr): void {
+  const fdeAt = new Set(fdes.address);
+  const listed = new Set<number>();
+  for (const a of hdr.fdeAddress) {
+    if (!fdeAt.has(a)) throw new ElfRefusal('.eh_frame_hdr entry points to no FDE', a);
+    // A second entry would be a second search key.
+    if (listed.has(a)) throw new ElfRefusal('.eh_frame_hdr lists an FDE twice', a);
+    listed.add(a);
+  }
+}
+
 /** Reads `bytes` and refuses unless every precondition of the rewriter holds. */
 export function loadImage(bytes: Uint8Array): Image {
   const elf = readElf(bytes);
@@ -162,42 +209,13 @@ export function loadImage(bytes: Uint8Array): Image {
     if (s) throw new ElfRefusal(`dynamic relocation applies to code in ${s.name} (text relocation)`, r.r_offset);
   }
 
-  const staticRelocs = new Map<number, RelaTable>();
-  const codeRelocs = new Map<number, RelaTable>();
-  for (const rs of elf.sections) {
-    if (rs.sh_type !== SHT_RELA || (rs.sh_flags & SHF_ALLOC)) continue;
-    const target = elf.sections[rs.sh_info];
-    if (!target || rs.sh_info === 0) continue;
-    if (!(target.sh_flags & SHF_ALLOC)) continue; // debug sections: stripped from the output
-    if (rs.sh_link !== symtabSec.index) throw new ElfRefusal(`${rs.name} does not use .symtab`, rs.headerOffset);
-    const t = readRelaTable(elf, rs);
-    for (let q = 0; q < t.count; q++) {
-      const off = t.r_offset[q];
-      const symIndex = t.r_sym[q];
-      if (off < target.sh_addr || off >= target.sh_addr + Math.max(target.sh_size, 1)) {
-        throw new ElfRefusal(`${rs.name}: relocation offset outside ${target.name}`, off);
-      }
-      if (symIndex >= symtab.symbols.length) throw new ElfRefusal(`${rs.name}: symbol index ${symIndex} out of range`, off);
-    }
-    const byTarget = (target.sh_flags & SHF_EXECINSTR) !== 0 ? codeRelocs : staticRelocs;
-    const prev = byTarget.get(target.index);
-    byTarget.set(target.index, prev ? concatRelaTables(prev, t) : t);
-  }
+  const { staticRelocs, codeRelocs } = readStaticRelocs(elf, symtabSec.index, symtab.symbols.length);
 
   const ehFrame = sectionByName(elf, '.eh_frame');
   const fdes = ehFrame && ehFrame.sh_type !== SHT_NOBITS ? parseEhFrame(elf.view, ehFrame.sh_offset, ehFrame.sh_size, ehFrame.sh_addr) : NO_FDES;
   const ehFrameHdr = sectionByName(elf, '.eh_frame_hdr');
   const ehFrameHdrTable = ehFrameHdr ? parseEhFrameHdr(elf.view, ehFrameHdr.sh_offset, ehFrameHdr.sh_size, ehFrameHdr.sh_addr) : undefined;
-  if (ehFrameHdrTable) {
-    const fdeAt = new Set(fdes.address);
-    const listed = new Set<number>();
-    for (const a of ehFrameHdrTable.fdeAddress) {
-      if (!fdeAt.has(a)) throw new ElfRefusal('.eh_frame_hdr entry points to no FDE', a);
-      // The rebuilt table has one entry per FDE listed: a second entry would be a second search key.
-      if (listed.has(a)) throw new ElfRefusal('.eh_frame_hdr lists an FDE twice', a);
-      listed.add(a);
-    }
-  }
+  if (ehFrameHdrTable) checkEhFrameHdr(fdes, ehFrameHdrTable);
 
   const otherExec = elf.sections.filter((s) => s !== text && (s.sh_flags & SHF_EXECINSTR) && (s.sh_flags & SHF_ALLOC) && s.sh_type !== SHT_NOBITS && s.sh_size > 0);
   return {

@@ -52,18 +52,36 @@ function mapCodeTarget(layout: Layout, t: number, where: number): number {
 export function moveCodeAndPatch(img: Image, layout: Layout, out: Uint8Array): PatchStats {
   const view = new DataView(out.buffer, out.byteOffset, out.byteLength);
   const stats: PatchStats = { codeRefs: 0, jumpTableEntries: 0, dataPcRel: 0, dynRelocs: 0, symbols: 0, fdes: 0 };
+  // One function per pass (a fresh process's JIT compiles each loop's function on its own).
+  moveUnits(img, layout, out);
+  patchCodeRefs(img, layout, view, stats);
+  // References from code that stays (.init, .plt ...) into .text.
+  for (const r of layout.plan.otherExecRefs) {
+    writeI32(view, fileOff(img, r.ip + r.fieldOff, 4), mapCodeTarget(layout, r.target, r.ip) - (r.ip + r.len), r.ip);
+    stats.codeRefs++;
+  }
+  patchDataRelocs(img, layout, view, stats);
+  patchDynamic(img, layout, view, stats);
+  patchSymbols(img, layout, view, stats);
+  patchEhFrame(img, layout, view, stats);
+  return stats;
+}
+
+/** Copies each unit's code to its new place; the rest of .text becomes int3. */
+function moveUnits(img: Image, layout: Layout, out: Uint8Array): void {
   const src = img.elf.bytes;
   const textOff = img.text.sh_offset;
-  const plan = layout.plan;
-
-  // Move code.
   out.fill(FILL_BYTE, textOff, textOff + img.text.sh_size);
-  for (const u of plan.units) {
+  for (const u of layout.plan.units) {
     const from = textOff + (u.start - img.textStart);
     out.set(src.subarray(from, from + (u.coreEnd - u.start)), textOff + (layout.newStart[u.index] - img.textStart));
   }
+}
 
-  // PC-relative operands in moved code.
+/** PC-relative operands in moved code that reach outside their own unit. */
+function patchCodeRefs(img: Image, layout: Layout, view: DataView, stats: PatchStats): void {
+  const textOff = img.text.sh_offset;
+  const plan = layout.plan;
   // Units are in address order, and so are the instructions with a PC-relative field (d.refs).
   const d = plan.code;
   let r = 0;
@@ -81,17 +99,6 @@ export function moveCodeAndPatch(img: Image, layout: Layout, out: Uint8Array): P
       stats.codeRefs++;
     }
   }
-  // References from code that stays (.init, .plt ...) into .text.
-  for (const r of plan.otherExecRefs) {
-    writeI32(view, fileOff(img, r.ip + r.fieldOff, 4), mapCodeTarget(layout, r.target, r.ip) - (r.ip + r.len), r.ip);
-    stats.codeRefs++;
-  }
-
-  patchDataRelocs(img, layout, view, stats);
-  patchDynamic(img, layout, view, stats);
-  patchSymbols(img, layout, view, stats);
-  patchEhFrame(img, layout, view, stats);
-  return stats;
 }
 
 /** Static relocations in allocated data: each one whose value depends on a code address. */

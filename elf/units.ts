@@ -108,12 +108,18 @@ const NO_RELOCS: RelaTable = {
   count: 0, fileOffset: 0, r_offset: new Float64Array(0), r_type: new Uint32Array(0), r_sym: new Uint32Array(0), r_addend: new Float64Array(0),
 };
 
-export function findUnits(img: Image): UnitPlan {
-  const { textStart, textEnd, text } = img;
-  const textBytes = sectionData(img.elf, text);
+/** Atom starts and what the symbol tables say of them (sizes, and a few names for reports). */
+interface AtomStarts {
+  /** Sorted: every FUNC/IFUNC symbol address in .text, and .text's start. */
+  readonly starts: number[];
+  /** start -> largest st_size of a sized symbol there. */
+  readonly sized: Map<number, number>;
+  readonly names: Map<number, string[]>;
+}
 
-  // Atom starts: FUNC/IFUNC symbols in .text, plus .text itself (code before the first symbol).
-  const sized = new Map<number, number>(); // start -> largest st_size
+function atomStarts(img: Image): AtomStarts {
+  const { textStart, textEnd, text } = img;
+  const sized = new Map<number, number>();
   const names = new Map<number, string[]>();
   const namesLooked = new Map<number, number>();
   const startSet = new Set<number>([textStart]);
@@ -135,40 +141,63 @@ export function findUnits(img: Image): UnitPlan {
       }
     }
   }
-  const starts = [...startSet].sort((a, b) => a - b);
-  const atoms: Atom[] = [];
-  const { code: d, pieceFirst } = decodePieces(textBytes, textStart, starts);
-  for (let i = 0; i < starts.length; i++) {
-    const start = starts[i];
-    const end = i + 1 < starts.length ? starts[i + 1] : textEnd;
-    atoms.push({ start, end, coreEnd: end, first: pieceFirst[i], last: pieceFirst[i + 1], names: names.get(start) ?? [] });
-  }
-  for (let k = 0; k < d.count; k++) {
-    if (d.code[k] === CODE_INVALID) throw new ElfRefusal('bytes in .text that do not decode as instructions', d.ip[k]);
-  }
-  const atomAt = (addr: number): number => {
-    let lo = 0;
-    let hi = atoms.length - 1;
-    while (lo < hi) {
-      const mid = (lo + hi + 1) >> 1;
-      if (atoms[mid].start <= addr) lo = mid; else hi = mid - 1;
-    }
-    return lo;
-  };
+  return { starts: [...startSet].sort((a, b) => a - b), sized, names };
+}
 
-  // Joins are recorded as atom ranges and applied in one sweep at the end (a difference array),
-  // so that many long-range references cost O(n), not O(n * range), on hostile input.
-  const joinDiff = new Int32Array(atoms.length + 1);
-  const reasons = new Map<string, number>();
-  const join = (a: number, b: number, why: string) => {
+/** Refuses when any instruction of `d` did not decode (`where`: the section, for the reason). */
+function refuseUndecodable(d: DecodedRange, where: string): void {
+  for (let k = 0; k < d.count; k++) {
+    if (d.code[k] === CODE_INVALID) throw new ElfRefusal(`bytes in ${where} that do not decode as instructions`, d.ip[k]);
+  }
+}
+
+/** Index of the atom holding `addr` (atoms sorted by start, the first at or below `addr`). */
+function atomAt(atoms: Atom[], addr: number): number {
+  let lo = 0;
+  let hi = atoms.length - 1;
+  while (lo < hi) {
+    const mid = (lo + hi + 1) >> 1;
+    if (atoms[mid].start <= addr) lo = mid; else hi = mid - 1;
+  }
+  return lo;
+}
+
+/**
+ * Joins of atom ranges, recorded as a difference array and applied in one sweep at the end, so
+ * that many long-range references cost O(n), not O(n * range), on hostile input.
+ */
+class Joins {
+  readonly diff: Int32Array;
+  readonly reasons = new Map<string, number>();
+  constructor(atoms: number) {
+    this.diff = new Int32Array(atoms + 1);
+  }
+
+  join(a: number, b: number, why: string): void {
     const lo = Math.min(a, b);
     const hi = Math.max(a, b);
     if (lo === hi) return;
-    joinDiff[lo]++;
-    joinDiff[hi]--;
-    reasons.set(why, (reasons.get(why) ?? 0) + 1);
-  };
+    this.diff[lo]++;
+    this.diff[hi]--;
+    this.reasons.set(why, (this.reasons.get(why) ?? 0) + 1);
+  }
 
+  /** joinNext[i]: atom i and atom i+1 end up in one unit. */
+  joinNext(): Uint8Array {
+    const next = new Uint8Array(this.diff.length - 1);
+    for (let i = 0, open = 0; i < next.length; i++) {
+      open += this.diff[i];
+      next[i] = open > 0 ? 1 : 0;
+    }
+    return next;
+  }
+}
+
+/**
+ * Where each atom's code ends: at its symbol's end when the bytes after it are provably padding.
+ * Joins an atom to the next when its symbol runs over it, or when its code can fall through.
+ */
+function joinBySizeAndFallThrough(img: Image, d: DecodedRange, atoms: Atom[], sized: Map<number, number>, joins: Joins): void {
   for (let i = 0; i < atoms.length; i++) {
     const a = atoms[i];
     const size = sized.get(a.start);
@@ -176,7 +205,7 @@ export function findUnits(img: Image): UnitPlan {
     if (size !== undefined) {
       const symEnd = a.start + size;
       if (symEnd > a.end) {
-        join(i, atomAt(Math.min(symEnd - 1, textEnd - 1)), 'symbol extends over the next symbol');
+        joins.join(i, atomAt(atoms, Math.min(symEnd - 1, img.textEnd - 1)), 'symbol extends over the next symbol');
       } else {
         // Trailing bytes after the symbol's end must be padding instructions starting at symEnd.
         let k = a.first;
@@ -192,13 +221,20 @@ export function findUnits(img: Image): UnitPlan {
       // No size to trust: if the last real instruction can fall through, keep the next atom after it.
       let k = a.last - 1;
       while (k >= a.first && (d.flags[k] & F_PADDING)) k--;
-      if (k >= a.first && !(d.flags[k] & F_TERMINATOR) && i + 1 < atoms.length) join(i, i + 1, 'code falls through into the next symbol');
+      if (k >= a.first && !(d.flags[k] & F_TERMINATOR) && i + 1 < atoms.length) joins.join(i, i + 1, 'code falls through into the next symbol');
     }
   }
+}
 
+/**
+ * Matches the relocations of .text with the decoded PC-relative operands. Joins atoms that an
+ * unrelocated operand ties together, refuses what cannot be re-applied, and returns the
+ * relocated RIP-relative `lea`s outside .text as [target, atom] (jump-table bases).
+ */
+function matchTextRelocs(img: Image, d: DecodedRange, atoms: Atom[], joins: Joins): [number, number][] {
   // Relocations of .text in offset order, walked in step with the operands (which come in address
   // order): no per-byte index of .text is needed. `matched` records which ones sit on an operand.
-  const tr = img.codeRelocs.get(text.index) ?? NO_RELOCS;
+  const tr = img.codeRelocs.get(img.text.index) ?? NO_RELOCS;
   const relOrder = new Int32Array(tr.count);
   let relSorted = true;
   for (let q = 0; q < tr.count; q++) {
@@ -208,14 +244,12 @@ export function findUnits(img: Image): UnitPlan {
   if (!relSorted) relOrder.sort((x, y) => tr.r_offset[x] - tr.r_offset[y] || x - y);
   const matched = new Uint8Array(tr.count);
   let ro = 0;
-  const leaBases = new Map<number, Set<number>>();
   const leaAtoms: [number, number][] = [];
   // Only the instructions with a PC-relative field are visited (d.refs), in address order; `i` is
   // the atom that holds instruction k.
   for (let r = 0, i = 0; r < d.refs.length; r++) {
     const k = d.refs[r];
     while (k >= atoms[i].last) i++;
-    const kind = d.refKind[r];
     const field = d.ip[k] + d.fieldOff[r];
     const t = d.target[r];
     while (ro < relOrder.length && tr.r_offset[relOrder[ro]] < field) ro++;
@@ -230,44 +264,46 @@ export function findUnits(img: Image): UnitPlan {
     if (relocated && d.fieldSize[r] !== 4) throw new ElfRefusal('relocation on a short PC-relative field', field);
     if (inText(img, t)) {
       if (!relocated) {
-        const j = atomAt(t);
-        if (j !== i) join(i, j, 'unrelocated reference between symbols');
+        const j = atomAt(atoms, t);
+        if (j !== i) joins.join(i, j, 'unrelocated reference between symbols');
       }
     } else if (!relocated) {
       throw new ElfRefusal(`unrelocated PC-relative reference from .text to 0x${t.toString(16)} outside .text`, d.ip[k]);
-    } else if (kind !== REF_BRANCH && d.code[k] === Code.Lea_r64_m) {
+    } else if (d.refKind[r] !== REF_BRANCH && d.code[k] === Code.Lea_r64_m) {
       leaAtoms.push([t, i]);
     }
   }
   // Every relocation in .text must sit on an operand we decoded, or need nothing when code moves.
   for (let q = 0; q < tr.count; q++) {
-    const off = tr.r_offset[q];
     if (matched[q] === 1 || POSITION_FREE_CODE_RELOCS.has(tr.r_type[q])) continue;
-    throw new ElfRefusal(`${relocTypeName(tr.r_type[q])} relocation does not match a PC-relative operand (unresolvable reference)`, off);
+    throw new ElfRefusal(`${relocTypeName(tr.r_type[q])} relocation does not match a PC-relative operand (unresolvable reference)`, tr.r_offset[q]);
   }
+  return leaAtoms;
+}
 
-  // FDEs that cover several atoms keep them together.
+/** FDEs that cover several atoms keep them together. */
+function joinByFdes(img: Image, atoms: Atom[], joins: Joins): void {
   for (let k = 0; k < img.fdes.count; k++) {
     const pcBegin = img.fdes.pcBegin[k];
     if (!inText(img, pcBegin)) continue;
     const last = pcBegin + Math.max(img.fdes.pcRange[k], 1) - 1;
     if (last >= img.textEnd) throw new ElfRefusal('FDE range runs past the end of .text', pcBegin);
-    const i = atomAt(pcBegin);
-    const j = atomAt(last);
-    if (i !== j) join(i, j, 'one FDE covers several symbols');
+    const i = atomAt(atoms, pcBegin);
+    const j = atomAt(atoms, last);
+    if (i !== j) joins.join(i, j, 'one FDE covers several symbols');
   }
+}
 
-  // Other executable sections stay in place; their references into .text must be relocated.
-  const otherExecRefs: CodeRef[] = [];
-  const otherExecDecoded: DecodedRange[] = [];
+/** Other executable sections stay in place; their references into .text must be relocated. */
+function otherExecReferences(img: Image): { refs: CodeRef[]; decoded: DecodedRange[] } {
+  const refs: CodeRef[] = [];
+  const decoded: DecodedRange[] = [];
   for (const s of img.otherExec) {
     const d = decodeRange(sectionData(img.elf, s), s.sh_addr);
     // Checked here, not left to the verifier: an input whose other code does not decode is refused
     // with this reason whatever the seed.
-    for (let k = 0; k < d.count; k++) {
-      if (d.code[k] === CODE_INVALID) throw new ElfRefusal(`bytes in ${s.name} that do not decode as instructions`, d.ip[k]);
-    }
-    otherExecDecoded.push(d);
+    refuseUndecodable(d, s.name);
+    decoded.push(d);
     const rel = fieldSet(img.codeRelocs.get(s.index) ?? NO_RELOCS);
     for (let r = 0; r < d.refs.length; r++) {
       const k = d.refs[r];
@@ -276,21 +312,17 @@ export function findUnits(img: Image): UnitPlan {
       const type = rel.get(field);
       if (type === undefined || d.fieldSize[r] !== 4) throw new ElfRefusal(`unrelocated reference from ${s.name} into .text`, d.ip[k]);
       if (!PC_RELATIVE_CODE_RELOCS.has(type)) throw new ElfRefusal(`unsupported relocation type ${relocTypeName(type)} on a code operand`, field);
-      otherExecRefs.push({ ip: d.ip[k], len: d.len[k], fieldOff: d.fieldOff[r], target: d.target[r] });
+      refs.push({ ip: d.ip[k], len: d.len[k], fieldOff: d.fieldOff[r], target: d.target[r] });
     }
   }
+  return { refs, decoded };
+}
 
-  // joinNext[i]: atom i and atom i+1 end up in one unit.
-  const joinNext = new Uint8Array(atoms.length);
-  for (let i = 0, open = 0; i < atoms.length; i++) {
-    open += joinDiff[i];
-    joinNext[i] = open > 0 ? 1 : 0;
-  }
-
-  // Build units from runs of joined atoms.
+/** Units from runs of joined atoms, and the unit of each atom. */
+function buildUnits(img: Image, d: DecodedRange, atoms: Atom[], joinNext: Uint8Array): { units: Unit[]; atomUnit: Int32Array } {
   const units: Unit[] = [];
   const atomUnit = new Int32Array(atoms.length);
-  const textAlign = Math.max(1, Math.min(text.sh_addralign || 1, 4096));
+  const textAlign = Math.max(1, Math.min(img.text.sh_addralign || 1, 4096));
   for (let i = 0; i < atoms.length;) {
     let j = i;
     while (j < atoms.length - 1 && joinNext[j]) j++;
@@ -310,14 +342,36 @@ export function findUnits(img: Image): UnitPlan {
     });
     i = j + 1;
   }
+  return { units, atomUnit };
+}
+
+/**
+ * The phases above, each its own function: V8 optimizes a loop by compiling the function around
+ * it, so one function per loop is compiled once and small, where one large function was compiled
+ * again for each loop that came to run without type feedback (a fresh process's first runs).
+ */
+export function findUnits(img: Image): UnitPlan {
+  const { starts, sized, names } = atomStarts(img);
+  const { code: d, pieceFirst } = decodePieces(sectionData(img.elf, img.text), img.textStart, starts);
+  const atoms: Atom[] = starts.map((start, i) => ({
+    start, end: i + 1 < starts.length ? starts[i + 1] : img.textEnd, coreEnd: i + 1 < starts.length ? starts[i + 1] : img.textEnd,
+    first: pieceFirst[i], last: pieceFirst[i + 1], names: names.get(start) ?? [],
+  }));
+  refuseUndecodable(d, '.text');
+  const joins = new Joins(atoms.length);
+  joinBySizeAndFallThrough(img, d, atoms, sized, joins);
+  const leaAtoms = matchTextRelocs(img, d, atoms, joins);
+  joinByFdes(img, atoms, joins);
+  const other = otherExecReferences(img);
+  const { units, atomUnit } = buildUnits(img, d, atoms, joins.joinNext());
+  const leaBases = new Map<number, Set<number>>();
   for (const [t, i] of leaAtoms) {
     const set = leaBases.get(t) ?? new Set<number>();
     set.add(atomUnit[i]);
     leaBases.set(t, set);
   }
-  const joinedAtoms = atoms.length - units.length;
   return {
-    code: d, units, starts: Float64Array.from(units.map((u) => u.start)), joined: { atoms: joinedAtoms, reasons }, leaBases,
-    otherExecRefs, otherExecDecoded,
+    code: d, units, starts: Float64Array.from(units.map((u) => u.start)), joined: { atoms: atoms.length - units.length, reasons: joins.reasons },
+    leaBases, otherExecRefs: other.refs, otherExecDecoded: other.decoded,
   };
 }

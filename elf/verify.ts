@@ -22,7 +22,7 @@ import { Layout, mapAddress } from './layout';
 import { jumpTableBase, jumpTableIndex } from './patch';
 import { readDynamic, readElf, readRelaRange, readSymbolFields, readSymbols, sectionByName, vaddrToOffset, ElfFile, gnuBuildIds } from './reader';
 import {
-  DT_FINI, DT_INIT, DT_JMPREL, DT_PLTRELSZ, DT_RELA, DT_RELASZ, ELF64_RELA_SIZE,
+  DT_FINI, DT_INIT, SectionHeader, DT_JMPREL, DT_PLTRELSZ, DT_RELA, DT_RELASZ, ELF64_RELA_SIZE,
   R_X86_64_IRELATIVE, R_X86_64_PC32, R_X86_64_PLT32, R_X86_64_RELATIVE, SHF_ALLOC, SHF_EXECINSTR,
   SHT_DYNSYM, SHT_NOBITS, SHT_SYMTAB, STT_SECTION, SHN_UNDEF, SHN_LORESERVE, SHN_ABS,
 } from './types';
@@ -55,9 +55,29 @@ export type VerifyMode = 'decode' | 'fields';
 export function verifyImage(img: Image, layout: Layout, output: Uint8Array, mode: VerifyMode = 'decode'): VerifyReport {
   const out = readElf(output);
   const rep: VerifyReport = { instructions: 0, pcRelOperands: 0, symbols: 0, dynRelocs: 0, fdes: 0, dataWords: 0 };
-  const inp = img.elf;
+  // One function per check (each with its own loop): V8 optimizes a loop by compiling the function
+  // around it, and one large function was compiled again for each loop a fresh process reached.
+  const allocIn = verifyHeaders(img.elf, out);
+  verifyText(img, layout, out, rep, mode);
+  verifyOtherCode(img, layout, out, rep, mode);
+  // Fields allowed to differ in the loadable non-code part: file offsets and lengths.
+  const allowed = new Allowed();
+  verifySymbols(img, layout, out, rep, allowed);
+  verifyDynamic(img, layout, out, rep, allowed);
+  verifyEhFrame(img, layout, out, rep, allowed);
+  verifyDataWords(img, layout, out, rep, allowed);
+  // Build-id must differ from the input's.
+  for (const n of gnuBuildIds(out)) {
+    const orig = img.elf.bytes.subarray(n.descOffset, n.descOffset + n.desc.length);
+    if (Buffer.compare(Buffer.from(orig), Buffer.from(n.desc)) === 0) fail('build-id unchanged');
+    allowed.add(n.descOffset, n.desc.length);
+  }
+  verifyNothingElseChanged(img.elf, output, allocIn, allowed.merged());
+  return rep;
+}
 
-  // Headers of the loadable part are unchanged.
+/** Headers of the loadable part are unchanged. Returns the input's allocated sections. */
+function verifyHeaders(inp: ElfFile, out: ElfFile): SectionHeader[] {
   if (out.segments.length !== inp.segments.length) fail('program header count changed');
   for (let i = 0; i < inp.segments.length; i++) {
     const a = inp.segments[i];
@@ -73,16 +93,12 @@ export function verifyImage(img: Image, layout: Layout, output: Uint8Array, mode
     const o = allocOut[i];
     if (o.name !== s.name || o.sh_addr !== s.sh_addr || o.sh_size !== s.sh_size || o.sh_offset !== s.sh_offset || o.sh_type !== s.sh_type) fail(`section ${s.name} moved or resized`);
   });
+  return allocIn;
+}
 
-  verifyText(img, layout, out, rep, mode);
-  verifyOtherCode(img, layout, out, rep, mode);
-
-  // Fields allowed to differ in the loadable non-code part: file offsets and lengths.
-  const allowedOff: number[] = [];
-  const allowedLen: number[] = [];
-  const allow = (off: number, len: number) => { allowedOff.push(off); allowedLen.push(len); };
-
-  // Symbols.
+/** Every symbol keeps its name, size, type and section, and points to its moved body. */
+function verifySymbols(img: Image, layout: Layout, out: ElfFile, rep: VerifyReport, allowed: Allowed): void {
+  const inp = img.elf;
   for (const type of [SHT_SYMTAB, SHT_DYNSYM]) {
     const si = inp.sections.find((s) => s.sh_type === type);
     const so = out.sections.find((s) => s.sh_type === type);
@@ -101,82 +117,92 @@ export function verifyImage(img: Image, layout: Layout, output: Uint8Array, mode
       const moved = x.st_shndx === img.text.index && x.type !== STT_SECTION && inText(img, x.st_value);
       // Section indexes are renumbered by the writer: the symbol must still name the same section
       // (or be absolute when its section was stripped).
-      const special = (n: number) => n === SHN_UNDEF || n >= SHN_LORESERVE;
-      const sameSection = special(x.st_shndx)
+      const sameSection = isSpecialIndex(x.st_shndx)
         ? yShndx === x.st_shndx
-        : (out.sections[yShndx]?.name === inp.sections[x.st_shndx]?.name && !special(yShndx)) ||
+        : (out.sections[yShndx]?.name === inp.sections[x.st_shndx]?.name && !isSpecialIndex(yShndx)) ||
           (yShndx === SHN_ABS && !out.sections.some((o) => o.name === inp.sections[x.st_shndx]?.name));
       if (!sameSection) fail(`symbol ${x.name} changed section`, x.st_value);
       const want = moved ? mapAddress(layout, x.st_value) : x.st_value;
       if (yValue !== want) fail(`symbol ${x.name} does not point to its moved body (0x${yValue.toString(16)}, want 0x${want.toString(16)})`, x.st_value);
-      if (si.sh_flags & SHF_ALLOC) { allow(x.fileOffset + 8, 8); allow(x.fileOffset + 6, 2); }
+      if (si.sh_flags & SHF_ALLOC) { allowed.add(x.fileOffset + 8, 8); allowed.add(x.fileOffset + 6, 2); }
       rep.symbols++;
     }
   }
+}
 
-  // Dynamic relocations.
+function isSpecialIndex(n: number): boolean {
+  return n === SHN_UNDEF || n >= SHN_LORESERVE;
+}
+
+/** Dynamic relocations (and the words they cover) and DT_INIT/DT_FINI follow the moved code. */
+function verifyDynamic(img: Image, layout: Layout, out: ElfFile, rep: VerifyReport, allowed: Allowed): void {
+  const inp = img.elf;
   const dynOut = readDynamic(out);
   const dynIn = img.dynamic;
   if (dynOut.length !== dynIn.length) fail('dynamic section changed');
   const outRelocs = readDynRelocs(out, dynOut);
   if (outRelocs.length !== img.dynRelocs.length) fail('dynamic relocation count changed');
-  img.dynRelocs.forEach((r, i) => {
+  for (let i = 0; i < img.dynRelocs.length; i++) {
+    const r = img.dynRelocs[i];
     const o = outRelocs[i];
     if (o.r_offset !== r.r_offset || o.r_type !== r.r_type || o.r_sym !== r.r_sym) fail('dynamic relocation changed', r.r_offset);
     const isAddr = r.r_type === R_X86_64_RELATIVE || r.r_type === R_X86_64_IRELATIVE;
     const want = isAddr && inText(img, r.r_addend) ? mapAddress(layout, r.r_addend) : r.r_addend;
     if (o.r_addend !== want) fail('dynamic relocation addend does not follow the moved code', r.r_offset);
-    if (want !== r.r_addend) {
-      allow(r.fileOffset + 16, 8);
-      const w = vaddrToOffset(inp, r.r_offset, 8);
-      if (w !== undefined) {
-        const before = Number(inp.view.getBigUint64(w, true));
-        const after = Number(out.view.getBigUint64(w, true));
-        if (before === r.r_addend ? after !== want : after !== before) fail('word under a RELATIVE relocation not updated consistently', r.r_offset);
-        allow(w, 8);
-      }
-      rep.dynRelocs++;
+    if (want === r.r_addend) continue;
+    allowed.add(r.fileOffset + 16, 8);
+    const w = vaddrToOffset(inp, r.r_offset, 8);
+    if (w !== undefined) {
+      const before = Number(inp.view.getBigUint64(w, true));
+      const after = Number(out.view.getBigUint64(w, true));
+      if (before === r.r_addend ? after !== want : after !== before) fail('word under a RELATIVE relocation not updated consistently', r.r_offset);
+      allowed.add(w, 8);
     }
-  });
-  dynIn.forEach((d, i) => {
+    rep.dynRelocs++;
+  }
+  for (let i = 0; i < dynIn.length; i++) {
+    const d = dynIn[i];
     const o = dynOut[i];
     const want = (d.d_tag === DT_INIT || d.d_tag === DT_FINI) && inText(img, d.d_val) ? mapAddress(layout, d.d_val) : d.d_val;
     if (o.d_tag !== d.d_tag || o.d_val !== want) fail(`dynamic entry ${d.d_tag} wrong`, d.fileOffset);
-    allow(d.fileOffset + 8, 8);
-  });
-
-  // .eh_frame and .eh_frame_hdr.
-  if (img.ehFrame) {
-    const fo = parseEhFrame(out.view, img.ehFrame.sh_offset, img.ehFrame.sh_size, img.ehFrame.sh_addr);
-    const fi = img.fdes;
-    if (fo.count !== fi.count) fail('FDE count changed');
-    for (let i = 0; i < fi.count; i++) {
-      const pcBegin = fi.pcBegin[i];
-      const want = inText(img, pcBegin) ? mapAddress(layout, pcBegin) : pcBegin;
-      if (fo.pcBegin[i] !== want || fo.pcRange[i] !== fi.pcRange[i]) fail('FDE pc_begin does not follow its function', fi.address[i]);
-      allow(pcBeginFileOffset(fi, i), 4);
-      rep.fdes++;
-    }
-    if (img.ehFrameHdr && img.ehFrameHdrTable) {
-      const h = parseEhFrameHdr(out.view, img.ehFrameHdr.sh_offset, img.ehFrameHdr.sh_size, img.ehFrameHdr.sh_addr);
-      if (h.fdeCount !== img.ehFrameHdrTable.fdeCount) fail('.eh_frame_hdr count changed');
-      const byAddr = new Map<number, number>(); // output FDE address -> its index
-      for (let i = 0; i < fo.count; i++) byAddr.set(fo.address[i], i);
-      const seen = new Set<number>();
-      for (let i = 0; i < h.fdeCount; i++) {
-        const fde = h.fdeAddress[i];
-        const loc = h.initialLoc[i];
-        const k = byAddr.get(fde);
-        if (k === undefined || fo.pcBegin[k] !== loc) fail('.eh_frame_hdr entry does not match its FDE', fde);
-        if (i > 0 && h.initialLoc[i - 1] > loc) fail('.eh_frame_hdr table not sorted', loc);
-        seen.add(fde);
-      }
-      if (seen.size !== h.fdeCount) fail('.eh_frame_hdr lists an FDE twice');
-      allow(h.tableFileOffset, h.fdeCount * 8);
-    }
+    allowed.add(d.fileOffset + 8, 8);
   }
+}
 
-  // PC-relative words in data (jump tables and the like) named by static relocations.
+/** FDE pc_begin follows its function; .eh_frame_hdr's table is sorted with one entry per FDE. */
+function verifyEhFrame(img: Image, layout: Layout, out: ElfFile, rep: VerifyReport, allowed: Allowed): void {
+  if (!img.ehFrame) return;
+  const fo = parseEhFrame(out.view, img.ehFrame.sh_offset, img.ehFrame.sh_size, img.ehFrame.sh_addr);
+  const fi = img.fdes;
+  if (fo.count !== fi.count) fail('FDE count changed');
+  for (let i = 0; i < fi.count; i++) {
+    const pcBegin = fi.pcBegin[i];
+    const want = inText(img, pcBegin) ? mapAddress(layout, pcBegin) : pcBegin;
+    if (fo.pcBegin[i] !== want || fo.pcRange[i] !== fi.pcRange[i]) fail('FDE pc_begin does not follow its function', fi.address[i]);
+    allowed.add(pcBeginFileOffset(fi, i), 4);
+    rep.fdes++;
+  }
+  if (!img.ehFrameHdr || !img.ehFrameHdrTable) return;
+  const h = parseEhFrameHdr(out.view, img.ehFrameHdr.sh_offset, img.ehFrameHdr.sh_size, img.ehFrameHdr.sh_addr);
+  if (h.fdeCount !== img.ehFrameHdrTable.fdeCount) fail('.eh_frame_hdr count changed');
+  const byAddr = new Map<number, number>(); // output FDE address -> its index
+  for (let i = 0; i < fo.count; i++) byAddr.set(fo.address[i], i);
+  const seen = new Set<number>();
+  for (let i = 0; i < h.fdeCount; i++) {
+    const fde = h.fdeAddress[i];
+    const loc = h.initialLoc[i];
+    const k = byAddr.get(fde);
+    if (k === undefined || fo.pcBegin[k] !== loc) fail('.eh_frame_hdr entry does not match its FDE', fde);
+    if (i > 0 && h.initialLoc[i - 1] > loc) fail('.eh_frame_hdr table not sorted', loc);
+    seen.add(fde);
+  }
+  if (seen.size !== h.fdeCount) fail('.eh_frame_hdr lists an FDE twice');
+  allowed.add(h.tableFileOffset, h.fdeCount * 8);
+}
+
+/** PC-relative words in data (jump tables and the like) named by static relocations. */
+function verifyDataWords(img: Image, layout: Layout, out: ElfFile, rep: VerifyReport, allowed: Allowed): void {
+  const inp = img.elf;
   const jt = jumpTableIndex(img, layout);
   for (const [secIndex, relocs] of img.staticRelocs) {
     const sec = inp.sections[secIndex];
@@ -194,20 +220,14 @@ export function verifyImage(img: Image, layout: Layout, output: Uint8Array, mode
       // itself); the output word must reach the moved counterpart of the input target.
       const b = jumpTableBase(img, jt, f, vin) ?? f;
       if (vout !== mapAddress(layout, b + vin) - b) fail('PC-relative data word does not reach the moved target', f);
-      allow(off, 4);
+      allowed.add(off, 4);
       rep.dataWords++;
     }
   }
+}
 
-  // Build-id must differ from the input's.
-  for (const n of gnuBuildIds(out)) {
-    const orig = inp.bytes.subarray(n.descOffset, n.descOffset + n.desc.length);
-    if (Buffer.compare(Buffer.from(orig), Buffer.from(n.desc)) === 0) fail('build-id unchanged');
-    allow(n.descOffset, n.desc.length);
-  }
-
-  // Nothing else in the loadable non-code part changed.
-  const covered = coverage(allowedOff, allowedLen);
+/** Nothing in the loadable non-code part changed outside the allowed ranges. */
+function verifyNothingElseChanged(inp: ElfFile, output: Uint8Array, allocIn: SectionHeader[], allowed: MergedRanges): void {
   const inBuf = Buffer.from(inp.bytes.buffer, inp.bytes.byteOffset, inp.bytes.byteLength);
   const outBuf = Buffer.from(output.buffer, output.byteOffset, output.byteLength);
   const BLOCK = 256;
@@ -219,29 +239,47 @@ export function verifyImage(img: Image, layout: Layout, output: Uint8Array, mode
       const e = Math.min(b + BLOCK, end);
       if (inBuf.compare(outBuf, b, e, b, e) === 0) continue;
       for (let o = b; o < e; o++) {
-        if (inp.bytes[o] !== output[o] && !covered(o)) fail(`unexplained change in ${s.name}`, s.sh_addr + (o - s.sh_offset));
+        if (inp.bytes[o] !== output[o] && !allowed.has(o)) fail(`unexplained change in ${s.name}`, s.sh_addr + (o - s.sh_offset));
       }
     }
   }
-  return rep;
 }
 
-/** Membership test over a set of (offset, length) ranges: merged, then binary search. */
-function coverage(off: number[], len: number[]): (o: number) => boolean {
-  // The ranges come in a few ascending runs (symbols, relocations, FDEs ...): a merge sort of the
-  // indexes is nearly linear here.
-  const order = new Int32Array(off.length);
-  for (let i = 0; i < order.length; i++) order[i] = i;
-  order.sort((x, y) => off[x] - off[y]);
-  const starts: number[] = [];
-  const ends: number[] = [];
-  for (const i of order) {
-    const a = off[i];
-    const l = len[i];
-    if (starts.length && a <= ends[ends.length - 1]) ends[ends.length - 1] = Math.max(ends[ends.length - 1], a + l);
-    else { starts.push(a); ends.push(a + l); }
+/** File ranges (offset, length) the output may change, as they are found. */
+class Allowed {
+  private readonly off: number[] = [];
+  private readonly len: number[] = [];
+
+  add(off: number, len: number): void {
+    this.off.push(off);
+    this.len.push(len);
   }
-  return (o) => {
+
+  merged(): MergedRanges {
+    // The ranges come in a few ascending runs (symbols, relocations, FDEs ...): a merge sort of the
+    // indexes is nearly linear here.
+    const { off, len } = this;
+    const order = new Int32Array(off.length);
+    for (let i = 0; i < order.length; i++) order[i] = i;
+    order.sort((x, y) => off[x] - off[y]);
+    const starts: number[] = [];
+    const ends: number[] = [];
+    for (const i of order) {
+      const a = off[i];
+      const l = len[i];
+      if (starts.length && a <= ends[ends.length - 1]) ends[ends.length - 1] = Math.max(ends[ends.length - 1], a + l);
+      else { starts.push(a); ends.push(a + l); }
+    }
+    return new MergedRanges(starts, ends);
+  }
+}
+
+/** Disjoint sorted ranges [starts[i], ends[i]): membership by binary search. */
+class MergedRanges {
+  constructor(private readonly starts: number[], private readonly ends: number[]) {}
+
+  has(o: number): boolean {
+    const { starts, ends } = this;
     let lo = 0;
     let hi = starts.length - 1;
     while (lo <= hi) {
@@ -251,7 +289,7 @@ function coverage(off: number[], len: number[]): (o: number) => boolean {
       else return true;
     }
     return false;
-  };
+  }
 }
 
 function readDynRelocs(elf: ElfFile, dyn: { d_tag: number; d_val: number }[]) {

@@ -112,14 +112,7 @@ export function rebuildFile(
   // st_shndx of both symbol tables follow the renumbering.
   for (const s of keep) {
     if (s.sh_type !== SHT_SYMTAB && s.sh_type !== SHT_DYNSYM) continue;
-    const base = (s.sh_flags & SHF_ALLOC) ? s.sh_offset : newOffset.get(s.index)!;
-    for (const sym of symbols(s) ?? readSymbols(elf, s)) {
-      const o = base + sym.index * ELF64_SYM_SIZE + 6;
-      if (sym.st_shndx === SHN_UNDEF || sym.st_shndx >= SHN_LORESERVE) continue;
-      const ni = newIndex[sym.st_shndx];
-      // A symbol of a stripped section (debug section symbols) keeps no meaning there: make it absolute.
-      view.setUint16(o, ni >= 0 ? ni : SHN_ABS, true);
-    }
+    renumberSymbols(view, (s.sh_flags & SHF_ALLOC) ? s.sh_offset : newOffset.get(s.index)!, symbols(s) ?? readSymbols(elf, s), newIndex);
   }
 
   // Build-id: a hash of the output with the id zeroed (deterministic, and never the original's).
@@ -132,4 +125,17 @@ export function rebuildFile(
     buildIdReplaced = true;
   }
   return { bytes: out, report: { droppedSections: elf.sections.filter(dropped).map((s) => s.name), buildIdReplaced } };
+}
+
+/**
+ * Writes the new section index of each symbol of the table at file offset `base` (its own loop:
+ * see findUnits on why hot loops get functions of their own).
+ */
+function renumberSymbols(view: DataView, base: number, syms: Symbol[], newIndex: Int32Array): void {
+  for (const sym of syms) {
+    if (sym.st_shndx === SHN_UNDEF || sym.st_shndx >= SHN_LORESERVE) continue;
+    const ni = newIndex[sym.st_shndx];
+    // A symbol of a stripped section (debug section symbols) keeps no meaning there: make it absolute.
+    view.setUint16(base + sym.index * ELF64_SYM_SIZE + 6, ni >= 0 ? ni : SHN_ABS, true);
+  }
 }
