@@ -6,7 +6,7 @@
  * absolute address it reaches. Typed arrays keep memory proportional to the code size.
  */
 import { CodeExt, Decoder, DecoderOptions, FlowControl, Instruction, Mnemonic, OpCodeOperandKind, OpKind } from 'iced-x86';
-import { icedCalls, IcedCalls } from './iced-calls';
+import { CODE_AT, icedCalls, IcedCalls, isIpRelAt, LENGTH_AT } from './iced-calls';
 import { narrowed } from './reader';
 
 export const REF_NONE = 0;
@@ -112,7 +112,7 @@ function hasAddrSizePrefix(bytes: Uint8Array, start: number, fieldOff: number): 
   return false;
 }
 
-/** Decodes `bytes` as if loaded at `address`. Cost: three or four iced-x86 calls per instruction. */
+/** Decodes `bytes` as if loaded at `address`. Cost: one iced-x86 call per instruction (four without the memory reads). */
 export function decodeRange(bytes: Uint8Array, address: number): DecodedRange {
   return decodePieces(bytes, address, []).code;
 }
@@ -164,8 +164,12 @@ function decodeSpan(s: Sweep, from: number, to: number): void {
   let n = s.n;
   let nRefs = s.nRefs;
   const { bytes, address, view, decoder, ins } = s;
-  // The per-instruction calls (see iced-calls.ts): `dp`/`ih` are their handles.
-  const { d: dp, i: ih, decodeOut, length, code: codeOf, isIpRel } = s.calls;
+  // The per-instruction calls (see iced-calls.ts): `dp`/`ih` are their handles. When `mem` is
+  // set, the instruction's fields are read from the wasm memory instead of asked for. The view is
+  // taken again after any other iced call: one that allocates may grow the memory, and a grown
+  // memory detaches the old buffer.
+  const { d: dp, i: ih, decodeOut, length, code: codeOf, isIpRel, memory } = s.calls;
+  let mem = memory ? new Uint8Array(memory.buffer) : undefined;
   decoder.position = from;
   decoder.ip = BigInt(address + from);
   let pos = from;
@@ -176,8 +180,9 @@ function decodeSpan(s: Sweep, from: number, to: number): void {
       grew = true;
     }
     decodeOut(dp, ih);
-    const l = length(ih);
-    const c = codeOf(ih);
+    // Read inline, not through lengthAt/codeAt: until the JIT inlines them, each call costs more than the read.
+    const l = mem ? mem[ih + LENGTH_AT] : length(ih);
+    const c = mem ? mem[ih + CODE_AT] | (mem[ih + CODE_AT + 1] << 8) : codeOf(ih);
     const at = pos;
     pos += l;
     ip[n] = address + at;
@@ -190,10 +195,13 @@ function decodeSpan(s: Sweep, from: number, to: number): void {
     }
     code[n] = c;
     let bits = codeBits[c];
-    if (bits === 0) bits = learnCode(ins, c);
+    if (bits === 0) {
+      bits = learnCode(ins, c);
+      if (memory) mem = new Uint8Array(memory.buffer);
+    }
     flags[n] = bits & (F_TERMINATOR | F_PADDING);
     const branch = (bits & C_BRANCH) !== 0;
-    if (branch || ((bits & C_MEMORY) !== 0 && isIpRel(ih) !== 0)) {
+    if (branch || ((bits & C_MEMORY) !== 0 && (mem ? isIpRelAt(mem, ih) : isIpRel(ih) !== 0))) {
       if (nRefs >= refCap) {
         refCap = Math.min(refCap * 2, cap);
         refs = grown(refs, refCap); refKind = grown(refKind, refCap); fieldOff = grown(fieldOff, refCap);
@@ -204,7 +212,10 @@ function decodeSpan(s: Sweep, from: number, to: number): void {
       refs[r] = n;
       refKind[r] = branch ? REF_BRANCH : REF_RIPREL;
       let tail = codeTail[c];
-      if (tail === 0) tail = learnTail(decoder, ins, c, l, branch);
+      if (tail === 0) {
+        tail = learnTail(decoder, ins, c, l, branch);
+        if (memory) mem = new Uint8Array(memory.buffer);
+      }
       const off = l - tail;
       // Targets computed from the field bytes (next ip + signed field), as the CPU does; iced
       // is asked instead for the rare forms where that is not the whole story (16/32-bit
@@ -219,6 +230,7 @@ function decodeSpan(s: Sweep, from: number, to: number): void {
         fieldSize[r] = branch ? co.immediateSize : co.displacementSize;
         co.free();
         target[r] = Number(branch ? ins.nearBranchTarget : ins.ipRelMemoryAddress);
+        if (memory) mem = new Uint8Array(memory.buffer);
       }
     }
     n++;

@@ -6,7 +6,7 @@
 import * as fs from 'fs';
 import { Decoder, FlowControl, Instruction, OpKind } from 'iced-x86';
 import { decodeRange, REF_BRANCH, REF_RIPREL } from '../../elf/disasm';
-import { icedCalls } from '../../elf/iced-calls';
+import { codeAt, icedCalls, isIpRelAt, lengthAt } from '../../elf/iced-calls';
 import { readElf, sectionByName } from '../../elf/reader';
 import { buildSqlite } from './libs';
 
@@ -60,18 +60,26 @@ const sq = buildSqlite();
   expect(crossCheck(sq.lib).mismatches).toBe(0);
 });
 
-test('the decoding loop calls the wasm exports directly, and they answer like the wrappers', () => {
+test('the decoding loop calls the wasm exports directly and reads the fields from wasm memory; both answer like the wrappers', () => {
   const text = fs.readFileSync('/usr/lib/x86_64-linux-gnu/libc.so.6').subarray(0, 1 << 20);
   const [d1, d2] = [new Decoder(64, text, 0), new Decoder(64, text, 0)];
   const [a, b] = [new Instruction(), new Instruction()];
   const fast = icedCalls(d2, b);
-  expect(fast.d).not.toBe(0); // the shortcut is in use with this iced-x86
+  expect(fast.d).not.toBe(0); // the shortcuts are in use with this iced-x86
+  expect(fast.memory).toBeDefined();
   let differ = 0;
+  let fieldsDiffer = 0;
+  let ipRel = 0;
   for (let n = 0; n < 50000 && d1.canDecode; n++) {
     d1.decodeOut(a);
     fast.decodeOut(fast.d, fast.i);
     if (a.length !== fast.length(fast.i) || a.code !== fast.code(fast.i) || a.isIpRelMemoryOperand !== (fast.isIpRel(fast.i) !== 0)) differ++;
+    const mem = new Uint8Array(fast.memory!.buffer);
+    if (a.length !== lengthAt(mem, fast.i) || a.code !== codeAt(mem, fast.i) || a.isIpRelMemoryOperand !== isIpRelAt(mem, fast.i)) fieldsDiffer++;
+    if (a.isIpRelMemoryOperand) ipRel++;
   }
   d1.free(); d2.free(); a.free(); b.free();
+  expect(ipRel).toBeGreaterThan(100); // RIP-relative operands were among them
   expect(differ).toBe(0);
+  expect(fieldsDiffer).toBe(0);
 });
