@@ -18,6 +18,8 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { inspectBytes, prepareLibrary, randomizeBytes, randomizePrepared, readElf, sectionByName } from '../elf';
+import { randomizerNodeFlags } from '../elf/node-flags';
+import { builtCoverageLibs } from './randomize-coverage';
 import type { VerifyMode } from '../elf';
 import { buildBzip2, buildCxx, buildLua, buildSqlite, buildZlib, FIXTURES, runWith, tempDir } from '../test/elf/libs';
 import { median } from './harness';
@@ -76,15 +78,29 @@ function zlibSuite(z: { example: string; minigzip: string; lib: string }): (dir:
 const WARMUP_MB = 15;
 
 /**
- * Times `runs` randomizations of `lib` in a new Node process (module loading excluded): the
- * cost before V8 has optimized anything.
+ * Times `runs` randomizations of `lib` in a new Node process started with `flags` (module loading
+ * excluded): the cost before V8 has optimized anything.
  */
-function freshProcessRuns(lib: string, runs: number, verify: VerifyMode): number[] {
+function freshProcessRuns(lib: string, runs: number, verify: VerifyMode, flags: string[]): number[] {
   const script = `const e = require(${JSON.stringify(path.join(__dirname, '..', 'elf'))});
     const b = require('fs').readFileSync(${JSON.stringify(lib)}); const t = [];
     for (let i = 0; i < ${runs}; i++) { const s = performance.now(); e.randomizeBytes(b, Buffer.from([0xf0, i]), { verify: ${JSON.stringify(verify)} }); t.push(performance.now() - s); }
     process.stdout.write(JSON.stringify(t));`;
-  return JSON.parse(execFileSync(process.execPath, ['-e', script], { encoding: 'utf8' })) as number[];
+  return JSON.parse(execFileSync(process.execPath, [...flags, '-e', script], { encoding: 'utf8' })) as number[];
+}
+
+/**
+ * A fresh process (started with `flags`) randomizing every library in turn, PASSES times with new
+ * seeds each pass, as a daemon does from its start: ms per pass. The first pass pays V8's warm-up;
+ * its excess over the last pass is a fixed cost of the process, not a cost per MB.
+ */
+const PASSES = 4;
+function freshProcessPasses(libs: string[], verify: VerifyMode, flags: string[]): number[] {
+  const script = `const e = require(${JSON.stringify(path.join(__dirname, '..', 'elf'))}); const fs = require('fs');
+    const libs = ${JSON.stringify(libs)}.map((l) => fs.readFileSync(l)); const t = [];
+    for (let p = 0; p < ${PASSES}; p++) { const s = performance.now(); libs.forEach((b, i) => e.randomizeBytes(b, Buffer.from([0xd0, p, i]), { verify: ${JSON.stringify(verify)} })); t.push(performance.now() - s); }
+    process.stdout.write(JSON.stringify(t));`;
+  return JSON.parse(execFileSync(process.execPath, [...flags, '-e', script], { encoding: 'utf8' })) as number[];
 }
 
 function main(): void {
@@ -124,11 +140,24 @@ function main(): void {
   const cxx = buildCxx();
   if (cxx.ok) subjects.push({ name: 'C++ fixture (exceptions)', lib: cxx.lib, suite: (d) => runWith(d, cxx.test, []).status === 0 });
 
-  // Fresh processes first (this one is still cold, so they do not share a core with its JIT).
-  const fresh = new Map(subjects.map((s) => [s.name, median([0, 1, 2].map(() => freshProcessRuns(s.lib, 1, verify)[0]))]));
+  // Fresh processes first (this one is still cold, so they do not share a core with its JIT), with
+  // the flags the daemon runs with, and with Node's defaults.
+  const daemonFlags = randomizerNodeFlags();
+  const fresh = new Map(subjects.map((s) => [s.name, median([0, 1, 2].map(() => freshProcessRuns(s.lib, 1, verify, daemonFlags)[0]))]));
+  const freshDefault = new Map(subjects.map((s) => [s.name, median([0, 1, 2].map(() => freshProcessRuns(s.lib, 1, verify, [])[0]))]));
   const textSize = (s: Subject) => sectionByName(readElf(fs.readFileSync(s.lib)), '.text')!.sh_size;
   const largest = subjects.reduce((a, b) => (textSize(a) >= textSize(b) ? a : b));
-  const curve = freshProcessRuns(largest.lib, 12, verify);
+  const curve = freshProcessRuns(largest.lib, 12, verify, daemonFlags);
+  // The whole-set passes take every library at hand: these, and the coverage bench's builds still
+  // in the cache that randomize (run bench/randomize-coverage.ts first for the full set).
+  const extraLibs = builtCoverageLibs().filter((l) => inspectBytes(fs.readFileSync(l)).randomizable);
+  const allLibs = [...subjects.map((s) => s.lib), ...extraLibs];
+  const allMb = allLibs.reduce((n, l) => n + sectionByName(readElf(fs.readFileSync(l)), '.text')!.sh_size, 0) / 1e6;
+  const passRows = [[daemonFlags, `daemon's (${daemonFlags.join(' ')})`], [[], 'Node defaults']].map(([flags, label]) => {
+    const runs = [0, 1, 2].map(() => freshProcessPasses(allLibs, verify, flags as string[]));
+    const per = (p: number) => median(runs.map((r) => r[p]));
+    return `| ${label as string} | ${per(0).toFixed(0)} ms, ${(per(0) / allMb).toFixed(0)} ms/MB | ${per(1).toFixed(0)} ms, ${(per(1) / allMb).toFixed(0)} ms/MB | ${per(PASSES - 1).toFixed(0)} ms, ${(per(PASSES - 1) / allMb).toFixed(0)} ms/MB | ${(per(0) - per(PASSES - 1)).toFixed(0)} ms |`;
+  });
 
   // Warm-up outside the measurements: every library in turn until WARMUP_MB of .text is done.
   for (let done = 0, round = 0; done < WARMUP_MB * 1e6; round++) {
@@ -193,7 +222,8 @@ function main(): void {
     }
     const mb = text.sh_size / 1e6;
     const first = fresh.get(s.name)!;
-    rows.push(`| ${s.name} | ${(text.sh_size / 1024).toFixed(0)} KiB | ${units} | ${bits.toFixed(0)} | ${first.toFixed(0)} ms, ${(first / mb).toFixed(0)} ms/MB | ${median(wall).toFixed(0)} ms (best ${Math.min(...wall).toFixed(0)}) | ${(median(wall) / mb).toFixed(0)} (best ${(Math.min(...wall) / mb).toFixed(0)}) | ${(median(cpu) / mb).toFixed(0)} | ${(median(epoch) / mb).toFixed(0)} (best ${(Math.min(...epoch) / mb).toFixed(0)}) | ${((100 * survived) / (gadgets * nSeeds)).toFixed(3)}% of ${gadgets} | ${passed}/${nSeeds} | ${(input.length / 1024).toFixed(0)} → ${(outSize / 1024).toFixed(0)} KiB |`);
+    const firstDefault = freshDefault.get(s.name)!;
+    rows.push(`| ${s.name} | ${(text.sh_size / 1024).toFixed(0)} KiB | ${units} | ${bits.toFixed(0)} | ${first.toFixed(0)} ms, ${(first / mb).toFixed(0)} ms/MB (Node defaults: ${firstDefault.toFixed(0)} ms) | ${median(wall).toFixed(0)} ms (best ${Math.min(...wall).toFixed(0)}) | ${(median(wall) / mb).toFixed(0)} (best ${(Math.min(...wall) / mb).toFixed(0)}) | ${(median(cpu) / mb).toFixed(0)} | ${(median(epoch) / mb).toFixed(0)} (best ${(Math.min(...epoch) / mb).toFixed(0)}) | ${((100 * survived) / (gadgets * nSeeds)).toFixed(3)}% of ${gadgets} | ${passed}/${nSeeds} | ${(input.length / 1024).toFixed(0)} → ${(outSize / 1024).toFixed(0)} KiB |`);
     phaseRows.push(`| ${s.name} | ${Object.entries(phases).map(([k, v]) => `${k} ${median(v).toFixed(0)}`).join(', ')} |`);
   }
 
@@ -219,9 +249,15 @@ function main(): void {
   const lines = [
     `Verifier mode: ${verify}. Seeds per library: ${nSeeds}, timed after a warm-up of ${WARMUP_MB} MB of .text in this process. Own tests run ${suitesBetween ? 'between the timed seeds' : 'after the timed seeds'}. Machine: ${os.cpus().length} cores, load average before the run ${load.map((l) => l.toFixed(2)).join(' ')}, Node ${process.version}.`,
     '',
-    `Warm-up curve: ${path.basename(largest.lib)} randomized 12 times in a fresh process, ms each: ${curve.map((t) => t.toFixed(0)).join(', ')}.`,
+    `Warm-up curve: ${path.basename(largest.lib)} randomized 12 times in a fresh process (daemon's flags), ms each: ${curve.map((t) => t.toFixed(0)).join(', ')}.`,
     '',
-    '| library | .text | units | entropy bits | first randomization in a fresh process (median of 3 processes) | randomize+verify, steady state, median | ms/MB wall, median | ms/MB CPU, median | ms/MB per later epoch (analysis kept) | ret-gadgets surviving at the same address | own tests passed | file size (debug stripped) |',
+    `A fresh process randomizing all ${allLibs.length} libraries (${allMb.toFixed(2)} MB of .text) ${PASSES} times with new seeds, as a daemon does from its start (median of 3 processes):`,
+    '',
+    `| Node flags | pass 1 | pass 2 | pass ${PASSES} | pass 1 − pass ${PASSES} (warm-up, once per process) |`,
+    '|---|---|---|---|---|',
+    ...passRows,
+    '',
+    '| library | .text | units | entropy bits | first randomization in a fresh process, daemon\'s flags (median of 3 processes) | randomize+verify, steady state, median | ms/MB wall, median | ms/MB CPU, median | ms/MB per later epoch (analysis kept) | ret-gadgets surviving at the same address | own tests passed | file size (debug stripped) |',
     '|---|---|---|---|---|---|---|---|---|---|---|---|',
     ...rows,
     '',

@@ -10,6 +10,7 @@ import * as net from 'net';
 import * as path from 'path';
 import { FsCacheError } from '../fs/errors';
 import type { Paths } from '../fs/paths';
+import { randomizerNodeFlags } from '../elf/node-flags';
 import { hookPaths } from './images';
 
 import { CLI_ENTRY } from '../fs/package-root';
@@ -40,7 +41,8 @@ export async function startDaemon(paths: Paths, configFile?: string, timeoutMs =
   fs.mkdirSync(path.dirname(hp.pidFile), { recursive: true, mode: 0o755 });
   const log = fs.openSync(hp.logFile, 'a', 0o640);
   const args = [CLI_ENTRY, '--root', paths.root, ...(configFile ? ['--config', configFile] : []), 'daemon'];
-  const child = spawn(process.execPath, args, { detached: true, stdio: ['ignore', log, log] });
+  // The daemon's Node runs with the randomizer's flags (see elf/node-flags.ts).
+  const child = spawn(process.execPath, [...randomizerNodeFlags(), ...args], { detached: true, stdio: ['ignore', log, log] });
   fs.closeSync(log);
   child.unref();
   fs.writeFileSync(hp.pidFile, `${child.pid}\n`);
