@@ -235,6 +235,9 @@ function decodeSpan(s: Sweep, from: number, to: number): void {
     }
     n++;
   }
+  // No call in the loop grows the memory without the view being taken again; were it detached,
+  // its reads would have been undefined: fail rather than keep them.
+  if (mem && mem.byteLength === 0) throw new Error('iced-x86 memory was replaced during decoding');
   if (grew) s.arr = { ip, len, code, flags, refs, refKind, fieldOff, fieldSize, target };
   s.n = n;
   s.nRefs = nRefs;
