@@ -42,8 +42,9 @@ export interface WasmMemory {
 }
 
 // Where iced-x86 1.21.0 (the pinned version) keeps an Instruction's fields, in bytes from its wasm
-// pointer: Code (u16 at 40), the memory operand's base register (u8 at 43) and the length (u8 at 46). A struct's
-// layout is fixed when the wasm is built, so agreeing on the probe means agreeing everywhere.
+// pointer: Code (u16), the memory operand's base register (u8) and the length (u8). A struct's
+// layout is fixed when the wasm is built, so agreeing on the probe means agreeing everywhere; the
+// verifier decodes through the same loop, so a wrong offset is refused by the probe, not caught later.
 export const CODE_AT = 40;
 const BASE_AT = 43;
 export const LENGTH_AT = 46;
