@@ -219,7 +219,8 @@ function coverOne(p: Pkg, seeds: number): string {
     return { text: summary(r.out), ok: r.ok };
   };
   const base = run();
-  const lib = builtLib(p, root)!;
+  const lib = builtLib(p, root);
+  if (!lib) return `| ${label} | built, but no library matching ${p.libPattern} in ${p.libDir} | | |`;
   const libName = path.basename(lib);
   const orig = fs.readFileSync(lib);
   const results: string[] = [];

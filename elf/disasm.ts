@@ -169,9 +169,9 @@ function decodeSpan(s: Sweep, from: number, to: number): void {
   // taken again after any other iced call: one that allocates may grow the memory, and a grown
   // memory detaches the old buffer.
   const { d: dp, i: ih, decodeOut, length, code: codeOf, isIpRel, memory } = s.calls;
-  let mem = memory ? new Uint8Array(memory.buffer) : undefined;
   decoder.position = from;
   decoder.ip = BigInt(address + from);
+  let mem = memory ? new Uint8Array(memory.buffer) : undefined;
   let pos = from;
   while (pos < to) {
     if (n >= cap) {
@@ -180,7 +180,8 @@ function decodeSpan(s: Sweep, from: number, to: number): void {
       grew = true;
     }
     decodeOut(dp, ih);
-    // Read inline, not through lengthAt/codeAt: until the JIT inlines them, each call costs more than the read.
+    // lengthAt/codeAt (iced-calls.ts) written out: until the JIT inlines them, each call costs more
+    // than the read. The two must change together (test/elf/disasm.test.ts checks both).
     const l = mem ? mem[ih + LENGTH_AT] : length(ih);
     const c = mem ? mem[ih + CODE_AT] | (mem[ih + CODE_AT + 1] << 8) : codeOf(ih);
     const at = pos;

@@ -64,7 +64,8 @@ export function isIpRelAt(mem: Uint8Array, i: number): boolean {
 }
 
 interface RawExports {
-  memory: WasmMemory;
+  /** Checked only when the fields are to be read from it (see `direct`). */
+  memory?: WasmMemory;
   decoder_decodeOut(d: number, i: number): void;
   instruction_length(i: number): number;
   instruction_code(i: number): number;
@@ -80,7 +81,7 @@ function rawExports(): RawExports | undefined {
   const w = (iced as unknown as { __wasm?: Partial<RawExports> }).__wasm;
   if (!w) return undefined;
   const names = ['decoder_decodeOut', 'instruction_length', 'instruction_code', 'instruction_isIpRelMemoryOperand'] as const;
-  return names.every((n) => typeof w[n] === 'function') && isArrayBuffer(w.memory?.buffer) ? (w as RawExports) : undefined;
+  return names.every((n) => typeof w[n] === 'function') ? (w as RawExports) : undefined;
 }
 
 /** The wasm pointer behind a wasm-bindgen object, or 0 when it has none we recognize. */
@@ -108,7 +109,7 @@ function direct(w: RawExports, decoder: Decoder, ins: Instruction, readFields: b
   return {
     d, i,
     decodeOut: w.decoder_decodeOut, length: w.instruction_length, code: w.instruction_code, isIpRel: w.instruction_isIpRelMemoryOperand,
-    memory: readFields ? w.memory : undefined,
+    memory: readFields && isArrayBuffer(w.memory?.buffer) ? w.memory : undefined,
   };
 }
 
@@ -142,8 +143,8 @@ function probe(w: RawExports): { calls: boolean; fields: boolean } {
       const [length, code, ipRel] = [slow.length(0), slow.code(0), slow.isIpRel(0) !== 0];
       if (length !== fast.length(fast.i) || code !== fast.code(fast.i) || ipRel !== (fast.isIpRel(fast.i) !== 0)) return no;
       if (dec1.position !== dec2.position) return no;
-      const mem = new Uint8Array(w.memory.buffer);
-      if (lengthAt(mem, fast.i) !== length || codeAt(mem, fast.i) !== code || isIpRelAt(mem, fast.i) !== ipRel) fields = false;
+      const mem = isArrayBuffer(w.memory?.buffer) ? new Uint8Array(w.memory!.buffer) : undefined;
+      if (!mem || lengthAt(mem, fast.i) !== length || codeAt(mem, fast.i) !== code || isIpRelAt(mem, fast.i) !== ipRel) fields = false;
     }
     return { calls: true, fields };
   } catch {
