@@ -162,6 +162,16 @@ function cacheDir(p: Pkg): string {
   return path.join(CACHE, `cov-${p.source}${p.variant ? `-${p.variant}` : ''}`);
 }
 
+/** The source directory `apt-get source` unpacked in `dir`, if there is one. */
+function unpackedSource(dir: string): string | undefined {
+  return fs.existsSync(dir) ? fs.readdirSync(dir).find((n) => fs.statSync(path.join(dir, n)).isDirectory()) : undefined;
+}
+
+/** Where the package is configured and built: a `build` directory for CMake, the sources otherwise. */
+function buildRoot(p: Pkg, srcRoot: string): string {
+  return p.kind === 'cmake' ? path.join(srcRoot, 'build') : srcRoot;
+}
+
 /** The package's built library under its build root, if it is there. */
 function builtLib(p: Pkg, root: string): string | undefined {
   const libDir = path.join(root, p.libDir);
@@ -177,10 +187,9 @@ export function builtCoverageLibs(): string[] {
   const libs: string[] = [];
   for (const p of PKGS) {
     const dir = cacheDir(p);
-    const src = fs.existsSync(dir) ? fs.readdirSync(dir).find((n) => fs.statSync(path.join(dir, n)).isDirectory()) : undefined;
+    const src = unpackedSource(dir);
     if (!src) continue;
-    const srcRoot = path.join(dir, src, p.subdir);
-    const lib = builtLib(p, p.kind === 'cmake' ? path.join(srcRoot, 'build') : srcRoot);
+    const lib = builtLib(p, buildRoot(p, path.join(dir, src, p.subdir)));
     if (lib && !libs.includes(lib)) libs.push(lib);
   }
   return libs;
@@ -191,14 +200,14 @@ function coverOne(p: Pkg, seeds: number): string {
   const label = `${p.source}${p.variant ? ` ${p.variant}` : ''}`; // names a failure row (the version is known once unpacked)
   const dir = cacheDir(p);
   fs.mkdirSync(dir, { recursive: true });
-  let src = fs.readdirSync(dir).find((n) => fs.statSync(path.join(dir, n)).isDirectory());
+  let src = unpackedSource(dir);
   if (!src) {
     const r = sh(`apt-get source ${p.source}`, dir);
     if (!r.ok) return `| ${label} | apt-get source failed | | |`;
-    src = fs.readdirSync(dir).find((n) => fs.statSync(path.join(dir, n)).isDirectory())!;
+    src = unpackedSource(dir)!;
   }
   const srcRoot = path.join(dir, src, p.subdir);
-  const root = p.kind === 'cmake' ? path.join(srcRoot, 'build') : srcRoot;
+  const root = buildRoot(p, srcRoot);
   fs.mkdirSync(root, { recursive: true });
   // A stamp, not the Makefile: a configure that fails late (config.status) has already written one.
   const configured = path.join(root, '.cov-configured');

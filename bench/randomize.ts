@@ -78,29 +78,31 @@ function zlibSuite(z: { example: string; minigzip: string; lib: string }): (dir:
 const WARMUP_MB = 15;
 
 /**
- * Times `runs` randomizations of `lib` in a new Node process started with `flags` (module loading
- * excluded): the cost before V8 has optimized anything.
+ * Runs `body` in a new Node process started with `flags`, with `e` the randomizer's module and `fs`
+ * Node's; `body` pushes times onto `t`, which is returned. Module loading is not timed.
  */
-function freshProcessRuns(lib: string, runs: number, verify: VerifyMode, flags: string[]): number[] {
-  const script = `const e = require(${JSON.stringify(path.join(__dirname, '..', 'elf'))});
-    const b = require('fs').readFileSync(${JSON.stringify(lib)}); const t = [];
-    for (let i = 0; i < ${runs}; i++) { const s = performance.now(); e.randomizeBytes(b, Buffer.from([0xf0, i]), { verify: ${JSON.stringify(verify)} }); t.push(performance.now() - s); }
+function timesInFreshProcess(flags: string[], body: string): number[] {
+  const script = `const e = require(${JSON.stringify(path.join(__dirname, '..', 'elf'))}); const fs = require('fs'); const t = [];
+    ${body}
     process.stdout.write(JSON.stringify(t));`;
   return JSON.parse(execFileSync(process.execPath, [...flags, '-e', script], { encoding: 'utf8' })) as number[];
 }
 
+/** Times `runs` randomizations of `lib` in a fresh process: the cost before V8 has optimized anything. */
+function freshProcessRuns(lib: string, runs: number, verify: VerifyMode, flags: string[]): number[] {
+  return timesInFreshProcess(flags, `const b = fs.readFileSync(${JSON.stringify(lib)});
+    for (let i = 0; i < ${runs}; i++) { const s = performance.now(); e.randomizeBytes(b, Buffer.from([0xf0, i]), { verify: ${JSON.stringify(verify)} }); t.push(performance.now() - s); }`);
+}
+
 /**
- * A fresh process (started with `flags`) randomizing every library in turn, PASSES times with new
- * seeds each pass, as a daemon does from its start: ms per pass. The first pass pays V8's warm-up;
- * its excess over the last pass is a fixed cost of the process, not a cost per MB.
+ * A fresh process randomizing every library in turn, PASSES times with new seeds each pass, as a
+ * daemon does from its start: ms per pass. The first pass pays V8's warm-up; its excess over the
+ * last pass is a fixed cost of the process, not a cost per MB.
  */
 const PASSES = 4;
 function freshProcessPasses(libs: string[], verify: VerifyMode, flags: string[]): number[] {
-  const script = `const e = require(${JSON.stringify(path.join(__dirname, '..', 'elf'))}); const fs = require('fs');
-    const libs = ${JSON.stringify(libs)}.map((l) => fs.readFileSync(l)); const t = [];
-    for (let p = 0; p < ${PASSES}; p++) { const s = performance.now(); libs.forEach((b, i) => e.randomizeBytes(b, Buffer.from([0xd0, p, i]), { verify: ${JSON.stringify(verify)} })); t.push(performance.now() - s); }
-    process.stdout.write(JSON.stringify(t));`;
-  return JSON.parse(execFileSync(process.execPath, [...flags, '-e', script], { encoding: 'utf8' })) as number[];
+  return timesInFreshProcess(flags, `const libs = ${JSON.stringify(libs)}.map((l) => fs.readFileSync(l));
+    for (let p = 0; p < ${PASSES}; p++) { const s = performance.now(); libs.forEach((b, i) => e.randomizeBytes(b, Buffer.from([0xd0, p, i]), { verify: ${JSON.stringify(verify)} })); t.push(performance.now() - s); }`);
 }
 
 function main(): void {

@@ -13,8 +13,8 @@ import {
 import {
   Dyn, DT_FLAGS, DF_TEXTREL, DT_JMPREL, DT_PLTREL, DT_PLTRELSZ, DT_REL, DT_RELA, DT_RELAENT, DT_RELASZ,
   DT_RELR, DT_TEXTREL, ELF64_RELA_SIZE, EM_X86_64, ET_DYN, PT_DYNAMIC, Rela, SectionHeader, SHF_ALLOC,
-  SHF_COMPRESSED, SHF_EXECINSTR, SHN_UNDEF, SHT_DYNAMIC, SHT_DYNSYM, SHT_NOBITS, SHT_RELA, SHT_REL, SHT_SYMTAB, Symbol,
-  SHN_LORESERVE,
+  SHF_COMPRESSED, SHF_EXECINSTR, SHT_DYNAMIC, SHT_DYNSYM, SHT_NOBITS, SHT_RELA, SHT_REL, SHT_SYMTAB, Symbol,
+  isSpecialSectionIndex,
 } from './types';
 
 export interface SymbolTable {
@@ -76,7 +76,7 @@ export function relocTarget(img: Image, t: RelaTable, q: number): number | undef
   const i = t.r_sym[q];
   if (i === 0) return t.r_addend[q];
   const sym = img.symtab.symbols[i];
-  return sym.st_shndx !== SHN_UNDEF && sym.st_shndx < SHN_LORESERVE ? sym.st_value + t.r_addend[q] : undefined;
+  return isSpecialSectionIndex(sym.st_shndx) ? undefined : sym.st_value + t.r_addend[q];
 }
 
 const NO_FDES: FdeTable = { count: 0, address: new Float64Array(0), pcBegin: new Float64Array(0), pcRange: new Uint32Array(0), fileDelta: 0 };

@@ -26,6 +26,11 @@ export const EM_X86_64 = 62;
 export const SHN_UNDEF = 0;
 export const SHN_LORESERVE = 0xff00;
 export const SHN_ABS = 0xfff1;
+
+/** A symbol's st_shndx that names no section: undefined, or reserved (ABS, COMMON, XINDEX ...). */
+export function isSpecialSectionIndex(n: number): boolean {
+  return n === SHN_UNDEF || n >= SHN_LORESERVE;
+}
 export const SHN_COMMON = 0xfff2;
 export const SHN_XINDEX = 0xffff;
 

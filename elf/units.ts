@@ -353,10 +353,10 @@ function buildUnits(img: Image, d: DecodedRange, atoms: Atom[], joinNext: Uint8A
 export function findUnits(img: Image): UnitPlan {
   const { starts, sized, names } = atomStarts(img);
   const { code: d, pieceFirst } = decodePieces(sectionData(img.elf, img.text), img.textStart, starts);
-  const atoms: Atom[] = starts.map((start, i) => ({
-    start, end: i + 1 < starts.length ? starts[i + 1] : img.textEnd, coreEnd: i + 1 < starts.length ? starts[i + 1] : img.textEnd,
-    first: pieceFirst[i], last: pieceFirst[i + 1], names: names.get(start) ?? [],
-  }));
+  const atoms: Atom[] = starts.map((start, i) => {
+    const end = i + 1 < starts.length ? starts[i + 1] : img.textEnd;
+    return { start, end, coreEnd: end, first: pieceFirst[i], last: pieceFirst[i + 1], names: names.get(start) ?? [] };
+  });
   refuseUndecodable(d, '.text');
   const joins = new Joins(atoms.length);
   joinBySizeAndFallThrough(img, d, atoms, sized, joins);

@@ -24,7 +24,7 @@ import { readDynamic, readElf, readRelaRange, readSymbolFields, readSymbols, sec
 import {
   DT_FINI, DT_INIT, SectionHeader, DT_JMPREL, DT_PLTRELSZ, DT_RELA, DT_RELASZ, ELF64_RELA_SIZE,
   R_X86_64_IRELATIVE, R_X86_64_PC32, R_X86_64_PLT32, R_X86_64_RELATIVE, SHF_ALLOC, SHF_EXECINSTR,
-  SHT_DYNSYM, SHT_NOBITS, SHT_SYMTAB, STT_SECTION, SHN_UNDEF, SHN_LORESERVE, SHN_ABS,
+  SHT_DYNSYM, SHT_NOBITS, SHT_SYMTAB, STT_SECTION, SHN_ABS, isSpecialSectionIndex,
 } from './types';
 
 export interface VerifyReport {
@@ -117,9 +117,9 @@ function verifySymbols(img: Image, layout: Layout, out: ElfFile, rep: VerifyRepo
       const moved = x.st_shndx === img.text.index && x.type !== STT_SECTION && inText(img, x.st_value);
       // Section indexes are renumbered by the writer: the symbol must still name the same section
       // (or be absolute when its section was stripped).
-      const sameSection = isSpecialIndex(x.st_shndx)
+      const sameSection = isSpecialSectionIndex(x.st_shndx)
         ? yShndx === x.st_shndx
-        : (out.sections[yShndx]?.name === inp.sections[x.st_shndx]?.name && !isSpecialIndex(yShndx)) ||
+        : (out.sections[yShndx]?.name === inp.sections[x.st_shndx]?.name && !isSpecialSectionIndex(yShndx)) ||
           (yShndx === SHN_ABS && !out.sections.some((o) => o.name === inp.sections[x.st_shndx]?.name));
       if (!sameSection) fail(`symbol ${x.name} changed section`, x.st_value);
       const want = moved ? mapAddress(layout, x.st_value) : x.st_value;
@@ -128,10 +128,6 @@ function verifySymbols(img: Image, layout: Layout, out: ElfFile, rep: VerifyRepo
       rep.symbols++;
     }
   }
-}
-
-function isSpecialIndex(n: number): boolean {
-  return n === SHN_UNDEF || n >= SHN_LORESERVE;
 }
 
 /** Dynamic relocations (and the words they cover) and DT_INIT/DT_FINI follow the moved code. */

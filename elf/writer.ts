@@ -17,7 +17,7 @@ import { ElfRefusal } from './errors';
 import { alignUp, gnuBuildIds, readSymbols, ElfFile } from './reader';
 import {
   ELF64_SHDR_SIZE, ELF64_SYM_SIZE, SectionHeader, SHF_ALLOC, SHF_INFO_LINK, SHN_ABS,
-  SHN_LORESERVE, SHN_UNDEF, SHT_DYNSYM, SHT_NOBITS, SHT_REL, SHT_RELA, SHT_SYMTAB, Symbol,
+  SHN_LORESERVE, SHT_DYNSYM, isSpecialSectionIndex, SHT_NOBITS, SHT_REL, SHT_RELA, SHT_SYMTAB, Symbol,
 } from './types';
 
 export interface WriteReport {
@@ -133,7 +133,7 @@ export function rebuildFile(
  */
 function renumberSymbols(view: DataView, base: number, syms: Symbol[], newIndex: Int32Array): void {
   for (const sym of syms) {
-    if (sym.st_shndx === SHN_UNDEF || sym.st_shndx >= SHN_LORESERVE) continue;
+    if (isSpecialSectionIndex(sym.st_shndx)) continue;
     const ni = newIndex[sym.st_shndx];
     // A symbol of a stripped section (debug section symbols) keeps no meaning there: make it absolute.
     view.setUint16(base + sym.index * ELF64_SYM_SIZE + 6, ni >= 0 ? ni : SHN_ABS, true);

@@ -31,11 +31,13 @@ test('below(n) is close to uniform (chi-square over 60,000 draws)', () => {
   expect(chi).toBeLessThan(40); // 11 degrees of freedom: p < 1e-4 above ~37
 });
 
+/** A synthetic unit for plans of a few units: only the fields the layout reads. */
+const unit = (index: number, start: number, size: number, align: number) => ({ index, start, end: start + size, coreEnd: start + size, align, first: 0, coreLast: 0, atoms: [], names: [] });
+
 test('when only the input order fits, it is taken and its unmoved units are counted, not refused', () => {
   // A: 100 bytes at 0x1000; B: 16 bytes at 0x1080; .text ends at 0x1090, alignment 64. B first
   // puts A at 0x1040, past the end: the input order is the only one that fits.
-  const unit = (index: number, start: number, size: number) => ({ index, start, end: start + size, coreEnd: start + size, align: 64, first: 0, coreLast: 0, atoms: [], names: [] });
-  const plan = { units: [unit(0, 0x1000, 100), unit(1, 0x1080, 16)] } as unknown as Parameters<typeof planLayout>[0];
+  const plan = { units: [unit(0, 0x1000, 100, 64), unit(1, 0x1080, 16, 64)] } as unknown as Parameters<typeof planLayout>[0];
   const l = planLayout(plan, 0x1000, 0x1090, new ShuffleRng(Buffer.from('05', 'hex'), Buffer.from('lib')));
   expect(l.order).toEqual([0, 1]);
   expect(l.unmoved).toBe(2);
@@ -45,7 +47,6 @@ test('of fitting orders that all leave units in place, the one leaving fewest is
   // A (100 bytes, 64-aligned) fits only at 0x1000, so it never moves; B and C (16 bytes each)
   // fit only after it: A B C leaves 3 units in place, A C B leaves 1. With this seed the stream
   // draws A B C (its 2nd draw) before A C B (its 5th); a plan this small then tries every order.
-  const unit = (index: number, start: number, size: number, align: number) => ({ index, start, end: start + size, coreEnd: start + size, align, first: 0, coreLast: 0, atoms: [], names: [] });
   const plan = { units: [unit(0, 0x1000, 100, 64), unit(1, 0x1070, 16, 16), unit(2, 0x1080, 16, 16)] } as unknown as Parameters<typeof planLayout>[0];
   const rng = () => new ShuffleRng(Buffer.from('02', 'hex'), Buffer.from('lib'));
   const draws = ((r: ShuffleRng) => Array.from({ length: 5 }, () => permutation(3, r)))(rng());
