@@ -5,6 +5,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { runInChroot } from '../cli/demo';
 import { StoreIndex } from '../fs/index-db';
+import { linkTargetPath } from '../fs/link';
 import { silentLogger } from '../fs/log';
 import { isMountPoint } from '../fs/preflight';
 import { readSupervisorState } from '../fs/supervisor';
@@ -41,7 +42,7 @@ maybe('operations', () => {
 
     const start = ops.cli(['start']);
     expect(start).toMatchObject({ code: 0 });
-    expect(fs.readlinkSync(ops.paths.usrLink)).toBe('run/fscache/view');
+    expect(fs.readlinkSync(ops.paths.usrLink)).toBe(linkTargetPath(ops.paths, 'view'));
     expect(mounted(ops.paths.viewMount)).toBe(true);
     expect(ops.cli(['start']).stdout).toMatch(/already started/);
 
@@ -71,7 +72,7 @@ maybe('operations', () => {
     expect((await runInChroot(ops.sandbox, ['/usr/bin/git', '--version'])).code).toBe(0);
 
     expect(ops.cli(['start']).code).toBe(0);
-    expect(fs.readlinkSync(ops.paths.usrLink)).toBe('run/fscache/view');
+    expect(fs.readlinkSync(ops.paths.usrLink)).toBe(linkTargetPath(ops.paths, 'view'));
     expect((await runInChroot(ops.sandbox, ['/usr/bin/git', '--version'])).code).toBe(0);
     expect(ops.cli(['stop']).code).toBe(0);
   });
@@ -151,7 +152,7 @@ maybe('operations', () => {
       `(${startedInWindow} started between the kill and the flip)`);
 
     // The supervisor restarts the view with back-off and switches back to it.
-    expect(await waitFor(() => readSupervisorState(ops!.paths)?.state === 'serving' && fs.readlinkSync(ops!.paths.usrLink) === 'run/fscache/view', 10000, 50)).toBeGreaterThanOrEqual(0);
+    expect(await waitFor(() => readSupervisorState(ops!.paths)?.state === 'serving' && fs.readlinkSync(ops!.paths.usrLink) === linkTargetPath(ops!.paths, 'view'), 10000, 50)).toBeGreaterThanOrEqual(0);
     const { report } = statusJson(ops);
     expect(report.supervisor.restarts).toBe(1);
     expect(report.supervisor.lastFailure.reason).toMatch(/SIGKILL/);
@@ -286,14 +287,17 @@ maybe('operations', () => {
 
     expect(ops.cli(['sync'])).toMatchObject({ code: 0, stdout: expect.stringMatching(/sync \(mirror\): transferred 3 files/) });
     expect(ops.cli(['start']).code).toBe(0);
-    expect(fs.readlinkSync(ops.paths.usrLink)).toBe('fscache/mirror');
-    expect(isMountPoint(ops.paths.viewMount)).toBe(false);
+    // The mirror is bound read-only at the view's mount point: nothing is written through /usr.
+    expect(fs.readlinkSync(ops.paths.usrLink)).toBe(linkTargetPath(ops.paths, 'mirror'));
+    expect(isMountPoint(ops.paths.viewMount)).toBe(true);
     const hello = await runInChroot(ops.sandbox, ['/usr/bin/hello']);
     expect(hello).toMatchObject({ code: 0, stdout: 'hello from the mirror\n' });
+    expect(() => fs.writeFileSync(path.join(ops.root, 'usr/bin/written-through'), 'x')).toThrow(/EROFS/);
     expect(statusJson(ops)).toMatchObject({ code: 0, report: { health: 'healthy', link: { state: 'mirror' }, mirror: { complete: true } } });
 
     expect(ops.cli(['stop']).code).toBe(0);
     expect(fs.readlinkSync(ops.paths.usrLink)).toBe('usr.real');
+    expect(isMountPoint(ops.paths.viewMount)).toBe(false);
     fs.writeFileSync(path.join(real, 'bin/new-tool'), 'x');
     r = ops.cli(['start']);
     expect(r.code).toBe(3);
