@@ -65,7 +65,7 @@ export function refreshViewDir(paths: Paths): ViewDirRefresh {
     const present = new Set<string>();
     for (const entry of fs.readdirSync(dir, { withFileTypes: true })) {
       if (!entry.isSymbolicLink()) {
-        throw new FsCacheError('busy', `mount point ${dir} holds ${entry.name}, which is not one of fscache's links to the real tree; move it away`);
+        throw new FsCacheError('busy', `mount point ${dir} is not empty: it holds ${entry.name}, which is not one of fscache's links to the real tree; move it away`);
       }
       const file = path.join(dir, entry.name);
       if (entry.name.startsWith(PENDING_PREFIX) || !wanted.has(entry.name)) {
