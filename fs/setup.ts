@@ -14,7 +14,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { errnoCode, FsCacheError } from './errors';
-import { linkTargetPath, makePendingLink, readLinkState, syncDir } from './link';
+import { linkTargetPath, makePendingLink, readLinkState, switchLink, syncDir } from './link';
 import { isMountPoint } from './mounts';
 import type { Paths } from './paths';
 import { refreshViewDir } from './view-dir';
@@ -64,6 +64,9 @@ export function planSetup(paths: Paths): SetupPlan {
     if (!realExists) throw new FsCacheError('environment', `${paths.usrLink} is fscache's link but the real tree ${paths.realTree} is missing`);
     return { done: true, steps: [] };
   }
+  if (state === 'foreign' && legacyTargets(paths).includes(target ?? '')) {
+    return { done: false, steps: [`switch the link ${paths.usrLink} from ${target} (an older fscache's, which does not survive a reboot) to ${linkTargetPath(paths, 'real')}`, viewDirStep] };
+  }
   if (state === 'foreign') throw new FsCacheError('refused', `${paths.usrLink} is a link to ${target ?? 'something'} that fscache did not make; not touching it`);
   const link = `create the link ${paths.usrLink} -> ${linkTargetPath(paths, 'real')}`;
   if (state === 'missing') {
@@ -81,9 +84,20 @@ export function planSetup(paths: Paths): SetupPlan {
   return { done: false, steps: [`move the directory ${paths.usrLink} to ${paths.realTree}`, link, viewDirStep] };
 }
 
+/** Where older versions pointed R/usr: the view's mount point in /run, and the mirror itself. */
+function legacyTargets(paths: Paths): string[] {
+  return [path.join(paths.runDir, 'view'), paths.mirror].map((dest) => path.relative(path.dirname(paths.usrLink), dest));
+}
+
 export function runSetup(paths: Paths): void {
   planSetup(paths); // its refusals hold here too
   const { state } = readLinkState(paths);
+  if (state === 'foreign') {
+    // An older fscache's link (planSetup refused any other): to the real tree, as stop would.
+    switchLink(paths, 'real');
+    refreshViewDirIfIdle(paths);
+    return;
+  }
   const replaceEmpty = state === 'directory' && fs.existsSync(paths.realTree);
   let pending: string;
   try {
