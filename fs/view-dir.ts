@@ -46,6 +46,7 @@ export function refreshViewDir(paths: Paths): ViewDirRefresh {
   if (isMountPoint(dir)) throw new FsCacheError('busy', `${dir} is mounted; its links to the real tree are refreshed only while nothing is mounted there`);
   let created = false;
   try {
+    fs.mkdirSync(path.dirname(dir), { recursive: true, mode: 0o755 });
     fs.mkdirSync(dir, { mode: 0o755 });
     fs.chmodSync(dir, 0o755); // not the umask's choice
     created = true;
