@@ -64,7 +64,9 @@ export class Libfuse2Session implements FuseSession {
     // is seen only at the next request: 90% of each timeout keeps "seen within the configured
     // time" true with room for that round trip (this session cannot tell the kernel sooner).
     const within = (seconds: number) => seconds * 0.9;
-    const extra = [`negative_timeout=${within(o.negativeTimeout)}`, 'ro', 'subtype=fscache'].join(',');
+    // suid: libfuse2 mounts nosuid by default, and exec then ignores the setuid bits and file
+    // capabilities that the view serves unchanged from the real tree (the kernel session's mount has neither).
+    const extra = [`negative_timeout=${within(o.negativeTimeout)}`, 'ro', 'suid', 'subtype=fscache'].join(',');
     const fuse = new Fuse(o.mountpoint, ops, {
       fsname: `${o.fsname},${extra}`,
       // auto_cache: libfuse2 keeps page cache across opens only while mtime and size are unchanged.
