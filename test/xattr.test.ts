@@ -1,8 +1,8 @@
 /**
- * Extended attributes through the view, read without any program: the view runs with a
- * PATH that holds no getfattr (only the mount tools its sessions still run), so an answer
- * can only come from fscache's own addon. Installed inside the /usr it serves, a view that
- * ran getfattr found it through itself and deadlocked on the first launch (issue 13).
+ * Extended attributes through the view, read without any program. Installed inside the
+ * /usr it serves, a view that ran getfattr found it through itself and deadlocked on the
+ * first launch (issue 13). Here the view's PATH is the mount tools its sessions still run,
+ * then the view's own bin: any other program would be looked up through the view itself.
  * Checked on both sessions from the host side, every call bounded: values, listings, a
  * missing name, a symlink (never followed), and a file capability that exec honours.
  */
@@ -49,8 +49,11 @@ maybe.each(['kernel', 'libfuse2'])('xattrs through the view (fuse_session = %s)'
     fs.writeFileSync(real('share/plain'), 'plain');
     fs.symlinkSync('note', real('share/link'));
 
-    const env = { PATH: toolsOnlyPath(path.join(vs.sandbox.root, 'mount-tools')) };
-    expect(fs.readdirSync(env.PATH).sort()).not.toContain('getfattr');
+    // As when installed in the /usr it serves: any other program would be looked up through
+    // the view itself, and the view would wait for itself (the run below is bounded).
+    const tools = toolsOnlyPath(path.join(vs.sandbox.root, 'mount-tools'));
+    expect(fs.readdirSync(tools)).not.toContain('getfattr');
+    const env = { PATH: `${tools}:${vs.inView('bin')}` };
     vs.view = await startViewProcess(vs.sandbox.root, vs.paths.viewMount, vs.paths.viewState, [], undefined, env);
     expect(vs.view.state()?.session).toBe(session);
 
