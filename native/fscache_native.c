@@ -26,6 +26,7 @@
 /* A value can grow between the size probe and the read (ERANGE): read again, a few times. */
 #define TRIES 8
 
+/* Throws what Node's fs throws for a failed system call. */
 static napi_value throw_errno(napi_env env, int err, const char *syscall, const char *path) {
   const char *name = strerrorname_np(err);
   char msg[512];
@@ -68,7 +69,7 @@ static char *string_arg(napi_env env, napi_callback_info info, size_t i) {
   return s;
 }
 
-/* One call on either list: the value of `name`, or with name NULL the list of names. */
+/* lgetxattr of `name`, or llistxattr when name is NULL: one size-probing loop serves both. */
 static ssize_t xattr_call(const char *path, const char *name, char *buf, size_t size) {
   return name ? lgetxattr(path, name, buf, size) : llistxattr(path, buf, size);
 }
