@@ -65,7 +65,7 @@ export class Libfuse2Session implements FuseSession {
     // time" true with room for that round trip (this session cannot tell the kernel sooner).
     const within = (seconds: number) => seconds * 0.9;
     // suid: libfuse2 mounts nosuid by default, and exec then ignores the setuid bits and file
-    // capabilities that the view serves unchanged from the real tree (the kernel session's mount has neither).
+    // capabilities that the view serves unchanged from the real tree (the kernel session mounts without nosuid).
     const extra = [`negative_timeout=${within(o.negativeTimeout)}`, 'ro', 'suid', 'subtype=fscache'].join(',');
     const fuse = new Fuse(o.mountpoint, ops, {
       fsname: `${o.fsname},${extra}`,
