@@ -32,7 +32,8 @@ test('enable is idempotent and keeps other lines; disable restores the file exac
   enableHook(paths);
   enableHook(paths);
   const { file, ldAudit } = installedAuditor(paths);
-  expect(ldAudit).toBe('/fscache/hook/fscache-audit.so');
+  // No real tree in this root: the copy goes to the root filesystem, never to flash or R/run.
+  expect(ldAudit).toBe('/etc/fscache/fscache-audit.so');
   const st = fs.statSync(file);
   expect([st.uid, st.mode & 0o022]).toEqual([0, 0]);
   const env = read('etc/environment');
@@ -52,7 +53,7 @@ test('an existing LD_AUDIT list is extended and shrunk by our entry only; no env
   fs.mkdirSync(path.join(root, 'etc'), { recursive: true });
   fs.writeFileSync(path.join(root, 'etc', 'environment'), 'LD_AUDIT="/opt/other.so"\n');
   enableHook(paths);
-  expect(read('etc/environment')).toBe('LD_AUDIT="/opt/other.so:/fscache/hook/fscache-audit.so"\n');
+  expect(read('etc/environment')).toBe('LD_AUDIT="/opt/other.so:/etc/fscache/fscache-audit.so"\n');
   expect(fs.existsSync(path.join(root, 'etc/env.d'))).toBe(false);
   disableHook(paths);
   expect(read('etc/environment')).toBe('LD_AUDIT="/opt/other.so"\n');
@@ -76,7 +77,7 @@ test('startDaemon and stopDaemon: idempotent, pid file, socket', async () => {
   expect(flag).toBeGreaterThan(0);
   expect(flag).toBeLessThan(argv.findIndex((a) => a.endsWith('main.js'))); // a Node option, not the CLI's
   expect(fs.existsSync(path.join(paths.runDir, 'hook.sock'))).toBe(true);
-  expect(read('run/fscache/epoch')).toMatch(/^1 original 3000 fscache\/images lib:lib64:usr\/lib:usr\/lib64:usr\/local\/lib\n$/);
+  expect(read('run/fscache/epoch')).toMatch(/^1 original 3000 fscache\/images lib:lib64:usr\/lib:usr\/lib64:usr\/local\/lib usr.real run\/fscache\/view\n$/);
   await stopDaemon(paths);
   await stopDaemon(paths);
   expect(daemonPid(paths)).toBeUndefined();
