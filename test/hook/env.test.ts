@@ -1,11 +1,13 @@
 /** enableHook/disableHook (LD_AUDIT through the init systems' environment, all under R) and startDaemon/stopDaemon. */
 import * as fs from 'fs';
+import * as net from 'net';
 import * as os from 'os';
 import * as path from 'path';
 import { defaultConfig } from '../../fs/config';
 import { derivePaths, Paths } from '../../fs/paths';
 import { daemonPid, startDaemon, stopDaemon } from '../../loader-hook/control';
 import { parseRequest } from '../../loader-hook/daemon';
+import { readRefusals } from '../../loader-hook/refusals';
 import { BUILT_AUDITOR, disableHook, editEnvironment, enableHook, installedAuditor } from '../../loader-hook/env';
 
 let root: string;
@@ -60,11 +62,50 @@ test('an existing LD_AUDIT list is extended and shrunk by our entry only; no env
   expect(editEnvironment('', '/x.so', false)).toBe('');
 });
 
+test('an older version\'s LD_AUDIT entry (an auditor on flash) is replaced by enable and removed by disable', () => {
+  fs.mkdirSync(path.join(root, 'etc'), { recursive: true });
+  fs.writeFileSync(path.join(root, 'etc', 'environment'), 'LANG=C\n# fscache: the loader hook (fscache stop removes it)\nLD_AUDIT=/fscache/hook/fscache-audit.so\n');
+  enableHook(paths);
+  expect(read('etc/environment')).toBe(`LANG=C\n# fscache: the loader hook (fscache stop removes it)\nLD_AUDIT=${installedAuditor(paths).ldAudit}\n`);
+  fs.writeFileSync(path.join(root, 'etc', 'environment'), 'LANG=C\nLD_AUDIT=/fscache/hook/fscache-audit.so\n');
+  disableHook(paths);
+  expect(read('etc/environment')).toBe('LANG=C\n');
+});
+
+test('the auditor named is the real tree\'s, through R/usr, when the real tree is writable; never on flash or in R/run', () => {
+  fs.mkdirSync(paths.realTree, { recursive: true });
+  const a = installedAuditor(paths);
+  expect(a).toEqual({ file: path.join(paths.realTree, 'lib/fscache/loader-hook/fscache-audit.so'), ldAudit: '/usr/lib/fscache/loader-hook/fscache-audit.so', copy: true });
+  enableHook(paths);
+  expect(fs.readFileSync(a.file).equals(fs.readFileSync(BUILT_AUDITOR))).toBe(true);
+  expect(read('etc/environment')).toContain(`LD_AUDIT=${a.ldAudit}\n`);
+});
+
 test('requests: only well-formed lines with an absolute path are accepted', () => {
   expect(parseRequest('Q 1 2 3 4 /lib/libz.so.1')).toEqual({ dev: 1n, ino: 2n, size: 3n, mtimeNs: 4n, path: '/lib/libz.so.1' });
   for (const bad of ['', 'Q 1 2 3 /x', 'Q 1 2 3 4 lib/x', 'Q -1 2 3 4 /x', 'Q 1 2 3 4 /x\0y', `Q 1 2 3 4 /${'a'.repeat(5000)}`, 'GET / HTTP/1.0']) {
     expect(parseRequest(bad)).toBeUndefined();
   }
+});
+
+test('a flood of made-up requests leaves a bounded refusal record, and the daemon answers on', async () => {
+  await startDaemon(paths);
+  const ask = (line: string) => new Promise<string>((resolve) => {
+    const c = net.connect(path.join(paths.runDir, 'hook.sock'));
+    let got = '';
+    c.on('data', (d) => (got += d));
+    c.on('error', () => resolve(got));
+    c.on('close', () => resolve(got));
+    c.write(line); // no half-close: the hook, too, keeps its side open for the answer
+  });
+  for (let i = 0; i < 600; i += 50) {
+    const answers = await Promise.all(Array.from({ length: 50 }, (_x, k) => ask(`Q ${i + k} 1 1 1 /nope/${i + k}.so\n`)));
+    expect([...new Set(answers)]).toEqual(['PASS not eligible\n']);
+  }
+  await stopDaemon(paths); // flushes the record
+  const list = readRefusals(path.join(paths.runDir, 'hook-refusals.json'));
+  expect(list).toHaveLength(256);
+  expect(list[0]).toMatchObject({ library: path.join(root, 'nope', '599.so'), reason: 'does not resolve (ENOENT)', count: 1 });
 });
 
 test('startDaemon and stopDaemon: idempotent, pid file, socket', async () => {
