@@ -9,7 +9,7 @@
  *                    "ERR <reason>\n"  bad request or failure; the original loads
  * The hook with on_miss=original closes right after sending: the image is still made.
  *
- * Single flight: one job per key however many ask; jobs run one at a time on this thread
+ * Single flight: one job per library identity and name however many ask; jobs run one at a time on this thread
  * (randomization is CPU work and the machine is small), requests for a key already being
  * made wait for that job. The socket is 0666: asking for an image of a world-readable,
  * root-owned library discloses nothing and the daemon decides everything on its own descriptor.
@@ -145,7 +145,7 @@ export class HookDaemon {
     }
   }
 
-  /** Single flight per identity: concurrent requests for one file share one job. Every "no" is recorded. */
+  /** Single flight per identity and name: concurrent requests for one file share one job. Every "no" is recorded. */
   request(req: Request): Promise<MakeResult> {
     return this.decide(req).then((r) => {
       if (r.kind !== 'image') this.refusals.record(r.library ?? path.join(this.paths.root, req.path), r.reason);
@@ -154,7 +154,9 @@ export class HookDaemon {
   }
 
   private decide(req: Request): Promise<MakeResult> {
-    const id = `${req.dev}-${req.ino}-${req.size}-${req.mtimeNs}`;
+    // Identity and name: a client claiming a library's identity under a name that does not lead to
+    // it must not make the hook's own request for that library share its refusal.
+    const id = `${req.dev}-${req.ino}-${req.size}-${req.mtimeNs} ${req.path}`;
     const cached = this.refusedRecently.get(id);
     if (cached && cached.until > Date.now()) return Promise.resolve({ kind: 'refused', reason: cached.reason, library: cached.library });
     const running = this.inflight.get(id);

@@ -160,7 +160,6 @@ export function mappedUnder(prefix: string): Set<string> {
 export class ImageStore {
   readonly hp: HookPaths;
   private readonly db: Database.Database;
-  private readonly libraryDirs: string[];
   /** Randomizations done by this process (tests count them). */
   randomizations = 0;
 
@@ -171,9 +170,6 @@ export class ImageStore {
     this.db = new Database(paths.index);
     this.db.pragma('journal_mode = WAL');
     this.db.pragma('busy_timeout = 5000');
-    // On the real tree's side of the link whichever way it points now (lib -> usr/lib -> usr.real/lib);
-    // a directory that does not exist holds nothing to randomize.
-    this.libraryDirs = [...new Set(config.libraryDirs.map((d) => realTreePathOrUndefined(paths, '/' + d)).filter((d): d is string => !!d))];
   }
 
   close(): void {
@@ -269,8 +265,17 @@ export class ImageStore {
 
   // ---- eligibility and randomization ----
 
+  /**
+   * The library directories on the real tree's side of the link (lib -> usr/lib -> usr.real/lib),
+   * whichever way it points; resolved at each use, since one may be created after the daemon
+   * started (a few lstat calls, on a miss only). One that does not exist holds nothing to randomize.
+   */
+  private libraryDirs(): string[] {
+    return [...new Set(this.config.libraryDirs.map((d) => realTreePathOrUndefined(this.paths, '/' + d)).filter((d): d is string => !!d))];
+  }
+
   private insideLibraryDirs(real: string): boolean {
-    return this.libraryDirs.some((d) => real.startsWith(d + '/'));
+    return this.libraryDirs().some((d) => real.startsWith(d + '/'));
   }
 
   /**
@@ -442,7 +447,7 @@ export class ImageStore {
         }
       }
     };
-    for (const d of this.libraryDirs) walk(d, 0);
+    for (const d of this.libraryDirs()) walk(d, 0);
     return out.sort();
   }
 }
