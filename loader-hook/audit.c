@@ -603,8 +603,8 @@ static char real_name[RET_MAX];
  * the daemon never looks through the view. So a library on another device than the real tree (`st`,
  * found as `path`; `fd` open on it or -1) is asked about where the kernel's own resolution led
  * (/proc/self/fd: /lib -> usr/lib -> the view needs no resolving here): under the view mount it is
- * the real tree's file at the same relative path, which must be a regular file with the inode number
- * and size the view reported (the view passes them through). Returns the name to ask by (`path`, or
+ * the real tree's file at the same relative path, which must be a regular file with the size and
+ * mtime (seconds) the view reported. Returns the name to ask by (`path`, or
  * real_name with *st its identity), or 0: cannot tell, load the original. `scratch`: RET_MAX bytes.
  */
 static const char *on_real_side(const char *path, int fd, struct kstat *st, char *scratch) {
@@ -625,7 +625,9 @@ static const char *on_real_side(const char *path, int fd, struct kstat *st, char
   at = 0;
   if (!put(real_name, sizeof real_name, &at, g.real_dir) || !put(real_name, sizeof real_name, &at, scratch + vl)) return 0;
   struct kstat rs;
-  if (sys_stat(real_name, &rs, AT_SYMLINK_NOFOLLOW) != 0 || (rs.mode & S_IFMT) != S_IFREG || rs.ino != st->ino || rs.size != st->size)
+  /* The file the view showed, as far as attributes every session passes through tell (the libfuse2
+     session numbers its own inodes; mtime is at most ms-precise there). */
+  if (sys_stat(real_name, &rs, AT_SYMLINK_NOFOLLOW) != 0 || (rs.mode & S_IFMT) != S_IFREG || rs.size != st->size || rs.mtime != st->mtime)
     return 0;
   *st = rs;
   return real_name;

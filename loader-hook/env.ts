@@ -26,49 +26,43 @@ import { realTreePathOrUndefined } from './real-path';
 /** The auditor built by `npm run build` (make -C loader-hook), compiled for root "/". */
 export const BUILT_AUDITOR = path.join(PACKAGE_ROOT, 'loader-hook', 'fscache-audit.so');
 
-/** Where a package install puts its built auditor, as a process in R names it (PACKAGE_ROOT = /usr/lib/fscache). */
-const PACKAGED = path.join('lib', 'fscache', 'loader-hook', 'fscache-audit.so');
-
-/** Where older versions installed it (on flash): still taken out of the environment by disableHook. */
-function legacyAuditor(paths: Paths): string {
-  return '/' + path.relative(paths.root, path.join(paths.flash, 'hook', 'fscache-audit.so'));
+/** The copy for a package outside R (installedAuditor). */
+function copiedAuditor(paths: Paths): string {
+  return path.join(paths.root, 'etc', 'fscache', 'fscache-audit.so');
 }
 
 /**
- * The auditor new processes load (`file`, a host path; `copy`: enableHook puts the built one there)
- * and the LD_AUDIT value naming it as seen from R.
+ * Every LD_AUDIT value fscache may have written: enable replaces them with the current one,
+ * disable removes them all. Among them older versions' auditor on flash, which would print an
+ * error in every program once the flash is gone.
+ */
+function ourValues(paths: Paths, built: string): Set<string> {
+  const fromR = (f: string) => '/' + path.relative(paths.root, f);
+  return new Set([installedAuditor(paths, built).ldAudit, fromR(copiedAuditor(paths)), fromR(path.join(paths.flash, 'hook', 'fscache-audit.so'))]);
+}
+
+/**
+ * The auditor new processes load (`file`, a host path; `copy`: enableHook puts `built` there) and
+ * the LD_AUDIT value naming it as seen from R.
  *
  * LD_AUDIT outlives fscache's runtime state (R/etc/environment, the systemd drop-in), and ld.so
  * prints an error in every program whose LD_AUDIT names a missing file. So it names a file present
- * whenever the package is installed and / is mounted, never one on flash or in R/run: the
- * package's own auditor in the real tree, named through R/usr (found in either state of the link,
- * and after a power cut). A package outside R (a checkout serving a sandbox root) gets a copy at
- * the place a package install would have it, R/usr.real/lib/fscache/...; if the real tree is
- * read-only there, a copy in R/etc/fscache, on the root filesystem itself.
+ * whenever the package is installed and / is mounted, never one on flash or in R/run: a package
+ * installed in R names its own auditor on the real tree's side of the link, through R/usr
+ * (/usr/lib/fscache/loader-hook/fscache-audit.so: found in either state of the link, and after a
+ * power cut); a package outside R (a checkout serving a sandbox root) gets a copy in R/etc/fscache,
+ * on the root filesystem itself, and never writes the real tree (the package manager's).
  */
-export function installedAuditor(paths: Paths): { file: string; ldAudit: string; copy: boolean } {
-  const usr = '/' + path.relative(paths.root, paths.usrLink);
-  const rel = path.relative(paths.root, BUILT_AUDITOR);
-  if (!rel.startsWith('..')) {
-    // Installed inside R: the package's own file, on the real tree's side of the link.
-    const real = realTreePathOrUndefined(paths, '/' + rel);
-    if (real) {
-      const inTree = path.relative(paths.realTree, real);
-      return { file: real, ldAudit: inTree.startsWith('..') ? '/' + path.relative(paths.root, real) : path.join(usr, inTree), copy: false };
-    }
+export function installedAuditor(paths: Paths, built = BUILT_AUDITOR): { file: string; ldAudit: string; copy: boolean } {
+  const rel = path.relative(paths.root, built);
+  const real = rel.startsWith('..') ? undefined : realTreePathOrUndefined(paths, '/' + rel);
+  if (real) {
+    const inTree = path.relative(paths.realTree, real);
+    const usr = '/' + path.relative(paths.root, paths.usrLink);
+    return { file: real, ldAudit: inTree.startsWith('..') ? '/' + path.relative(paths.root, real) : path.join(usr, inTree), copy: false };
   }
-  if (writableDir(paths.realTree)) return { file: path.join(paths.realTree, PACKAGED), ldAudit: path.join(usr, PACKAGED), copy: true };
-  const file = path.join(paths.root, 'etc', 'fscache', 'fscache-audit.so');
+  const file = copiedAuditor(paths);
   return { file, ldAudit: '/' + path.relative(paths.root, file), copy: true };
-}
-
-function writableDir(dir: string): boolean {
-  try {
-    fs.accessSync(dir, fs.constants.W_OK); // EROFS on a read-only mount
-    return fs.statSync(dir).isDirectory();
-  } catch {
-    return false;
-  }
 }
 
 const MARK = '# fscache: the loader hook (fscache stop removes it)';
@@ -119,11 +113,11 @@ function gentooEnvD(paths: Paths): string {
   return path.join(paths.root, 'etc', 'env.d', '99fscache');
 }
 
-export function enableHook(paths: Paths): void {
-  if (!fs.existsSync(BUILT_AUDITOR)) throw new FsCacheError('environment', `${BUILT_AUDITOR} is not built: run npm run build`);
-  const { file, ldAudit, copy } = installedAuditor(paths);
+export function enableHook(paths: Paths, built = BUILT_AUDITOR): void {
+  if (!fs.existsSync(built)) throw new FsCacheError('environment', `${built} is not built: run npm run build`);
+  const { file, ldAudit, copy } = installedAuditor(paths, built);
   if (copy) {
-    const bytes = fs.readFileSync(BUILT_AUDITOR);
+    const bytes = fs.readFileSync(built);
     if (!fs.existsSync(file) || !fs.readFileSync(file).equals(bytes)) {
       fs.mkdirSync(path.dirname(file), { recursive: true, mode: 0o755 });
       // Root-owned and not writable by others: every process on the system will map it.
@@ -134,8 +128,9 @@ export function enableHook(paths: Paths): void {
   const envFile = path.join(paths.root, 'etc', 'environment');
   fs.mkdirSync(path.dirname(envFile), { recursive: true });
   const before = readOr(envFile, '');
-  // An older version's entry (on flash) goes: it would print an error once the flash is gone.
-  const after = editEnvironment(editEnvironment(before, legacyAuditor(paths), false), ldAudit, true);
+  let after = before;
+  for (const value of ourValues(paths, built)) if (value !== ldAudit) after = editEnvironment(after, value, false);
+  after = editEnvironment(after, ldAudit, true);
   if (after !== before) writeAtomic(envFile, after, modeOr(envFile, 0o644));
 
   const dropIn = systemdDropIn(paths);
@@ -150,13 +145,12 @@ export function enableHook(paths: Paths): void {
   }
 }
 
-export function disableHook(paths: Paths): void {
+export function disableHook(paths: Paths, built = BUILT_AUDITOR): void {
   const envFile = path.join(paths.root, 'etc', 'environment');
   if (fs.existsSync(envFile)) {
     const before = readOr(envFile, '');
-    // Also an older version's entry (on flash), which would print an error once the flash is gone.
     let after = before;
-    for (const value of new Set([installedAuditor(paths).ldAudit, legacyAuditor(paths)])) after = editEnvironment(after, value, false);
+    for (const value of ourValues(paths, built)) after = editEnvironment(after, value, false);
     if (after !== before) writeAtomic(envFile, after, modeOr(envFile, 0o644));
   }
   fs.rmSync(systemdDropIn(paths), { force: true });

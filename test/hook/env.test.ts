@@ -72,13 +72,24 @@ test('an older version\'s LD_AUDIT entry (an auditor on flash) is replaced by en
   expect(read('etc/environment')).toBe('LANG=C\n');
 });
 
-test('the auditor named is the real tree\'s, through R/usr, when the real tree is writable; never on flash or in R/run', () => {
-  fs.mkdirSync(paths.realTree, { recursive: true });
-  const a = installedAuditor(paths);
-  expect(a).toEqual({ file: path.join(paths.realTree, 'lib/fscache/loader-hook/fscache-audit.so'), ldAudit: '/usr/lib/fscache/loader-hook/fscache-audit.so', copy: true });
-  enableHook(paths);
-  expect(fs.readFileSync(a.file).equals(fs.readFileSync(BUILT_AUDITOR))).toBe(true);
-  expect(read('etc/environment')).toContain(`LD_AUDIT=${a.ldAudit}\n`);
+test('a package installed in R names its own auditor through R/usr, also when found through the view; nothing is copied', () => {
+  const inTree = path.join(paths.realTree, 'lib', 'fscache', 'loader-hook', 'fscache-audit.so');
+  fs.mkdirSync(path.dirname(inTree), { recursive: true });
+  fs.copyFileSync(BUILT_AUDITOR, inTree);
+  fs.symlinkSync(path.relative(root, paths.viewMount), paths.usrLink);
+  fs.mkdirSync(paths.viewMount, { recursive: true });
+  const want = { file: inTree, ldAudit: '/usr/lib/fscache/loader-hook/fscache-audit.so', copy: false };
+  // However the running package found itself: through the real tree, the link, or the view (never entered).
+  for (const built of [inTree, path.join(paths.usrLink, 'lib/fscache/loader-hook/fscache-audit.so'), path.join(paths.viewMount, 'lib/fscache/loader-hook/fscache-audit.so')]) {
+    expect(installedAuditor(paths, built)).toEqual(want);
+  }
+  fs.mkdirSync(path.join(root, 'etc'));
+  fs.writeFileSync(path.join(root, 'etc', 'environment'), 'LD_AUDIT=/etc/fscache/fscache-audit.so\n');
+  enableHook(paths, inTree);
+  expect(read('etc/environment')).toBe(`# fscache: the loader hook (fscache stop removes it)\nLD_AUDIT=${want.ldAudit}\n`);
+  expect(fs.existsSync(path.join(root, 'etc', 'fscache'))).toBe(false);
+  disableHook(paths, inTree);
+  expect(read('etc/environment')).toBe('');
 });
 
 test('requests: only well-formed lines with an absolute path are accepted', () => {

@@ -64,8 +64,8 @@ run('loader hook with the view', () => {
     expect(s.status).toBe(0);
     expect(fs.readlinkSync(paths.usrLink)).toBe(path.relative(vr.root, paths.viewMount));
     const env = vr.loginEnv();
-    // The auditor named is the real tree's, through R/usr: there whenever the package is.
-    expect(env.LD_AUDIT).toBe('/usr/lib/fscache/loader-hook/fscache-audit.so');
+    // fscache runs from a checkout outside R: its auditor is copied to the root filesystem, not to flash or R/run.
+    expect(env.LD_AUDIT).toBe('/etc/fscache/fscache-audit.so');
 
     const plain = spawnSync('/usr/sbin/chroot', inChroot(vr.root, ['/usr/bin/viewprobe'], { PATH: '/usr/bin:/bin' }), { env: {}, encoding: 'utf8', input: '', timeout: 60_000 });
     expect(plain.status).toBe(0);
@@ -119,7 +119,7 @@ run('loader hook with the view', () => {
     }
     // The auditor did load (and stayed silent): it is mapped by a held launch.
     const held = await launchHeld(vr.root, ['/usr/bin/viewprobe'], env);
-    expect(held.maps).toContain(path.join(vr.realTree, 'lib', 'fscache', 'loader-hook', 'fscache-audit.so'));
+    expect(held.maps).toContain(path.join(vr.root, 'etc', 'fscache', 'fscache-audit.so'));
     expect(held.maps).toContain(realLib);
     expect(await held.release()).toEqual({ status: 0, out: expect.any(String), err: '' });
 
