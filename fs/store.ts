@@ -62,6 +62,11 @@ export class Store {
   private broken?: string;
   /** Called after a copy lands (the watcher starts watching its directory). */
   onFilled?: (relPath: string) => void;
+  /**
+   * Called after a copy was removed (evicted, stale, orphaned): the view moves handles still
+   * reading it to the real file where that is the same version, so its flash space is freed.
+   */
+  onDropped?: (relPath: string) => void;
 
   constructor(
     private readonly paths: Paths,
@@ -127,6 +132,7 @@ export class Store {
         else if (!indexed.has(childRel)) {
           fs.rmSync(path.join(dir, d.name), { force: true });
           result.orphans++;
+          this.onDropped?.(childRel);
         }
       }
     };
@@ -304,6 +310,7 @@ export class Store {
     fs.rmSync(this.copyPath(relPath), { force: true });
     this.index.remove(relPath);
     if (entry) this.usedBytes -= Number(entry.size);
+    if (entry) this.onDropped?.(relPath);
   }
 
   /** Evicts least recently used copies until `incoming` more bytes fit the quota. */

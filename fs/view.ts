@@ -40,7 +40,9 @@ interface OpenFile {
   fromStore: boolean;
   /** The version a copy was made from (a failed copy read falls back to the real file only if it still is that). */
   identity?: RealIdentity;
-  /** Copy descriptors replaced by the real file after a read error, closed at release. */
+  /** Reads in flight: a descriptor replaced meanwhile is closed when they are done. */
+  inflight: number;
+  /** Copy descriptors replaced by the real file, waiting for the reads in flight. */
   retired?: number[];
 }
 
@@ -78,7 +80,9 @@ export class View implements ViewHandlers {
     private readonly log: Logger,
     private readonly watcher?: Watcher,
     private readonly meta?: VouchedMeta,
-  ) {}
+  ) {
+    if (store) store.onDropped = (relPath) => this.copyDropped(relPath);
+  }
 
   /** Whether what is read now about entries of `dir` may be kept: its watch is live first. */
   private vouches(dir: string): boolean {
@@ -160,7 +164,7 @@ export class View implements ViewHandlers {
     if (vouched?.isFile() && (!expect || sameObject(vouched, expect))) {
       // The watcher vouches for this identity: the copy can be served without touching the real tree.
       const copyFd = this.store!.openCopy(relPath, identityOf(vouched));
-      if (copyFd !== undefined) return this.opened({ fd: copyFd, relPath, fromStore: true, identity: identityOf(vouched) });
+      if (copyFd !== undefined) return this.opened({ fd: copyFd, relPath, fromStore: true, identity: identityOf(vouched), inflight: 0 });
     }
     let realFd: number | undefined;
     try {
@@ -174,7 +178,7 @@ export class View implements ViewHandlers {
       realFd = st = undefined;
     }
     if (realFd === undefined || !st) return this.openReplaced(relPath, expect!);
-    let file: OpenFile = { fd: realFd, relPath, fromStore: false };
+    let file: OpenFile = { fd: realFd, relPath, fromStore: false, inflight: 0 };
     try {
       if (this.store) file = this.chooseSource(realFd, st, relPath);
     } catch (err) {
@@ -192,7 +196,7 @@ export class View implements ViewHandlers {
   private openReplaced(relPath: string, expect: Attr): Handle {
     const identity = identityOfAttr(expect);
     const copyFd = this.store?.openCopy(relPath, identity);
-    if (copyFd !== undefined) return this.opened({ fd: copyFd, relPath, fromStore: true, identity });
+    if (copyFd !== undefined) return this.opened({ fd: copyFd, relPath, fromStore: true, identity, inflight: 0 });
     this.log.info(`/${relPath} was replaced and no copy of the version still in use is left: EIO for that version`);
     throw new Errno('EIO');
   }
@@ -214,12 +218,12 @@ export class View implements ViewHandlers {
 
   /** Decides on the object actually opened: the identity comes from fstat of realFd. */
   private chooseSource(realFd: number, st: fs.BigIntStats, relPath: string): OpenFile {
-    if (!st.isFile()) return { fd: realFd, relPath, fromStore: false };
+    if (!st.isFile()) return { fd: realFd, relPath, fromStore: false, inflight: 0 };
     const identity = identityOf(st);
     const copyFd = this.store!.openCopy(relPath, identity);
-    if (copyFd !== undefined) return { fd: copyFd, relPath, fromStore: true, identity };
+    if (copyFd !== undefined) return { fd: copyFd, relPath, fromStore: true, identity, inflight: 0 };
     if (this.store!.wants(relPath, identity.size)) void this.store!.fill(relPath);
-    return { fd: realFd, relPath, fromStore: false };
+    return { fd: realFd, relPath, fromStore: false, inflight: 0 };
   }
 
   async read(handle: Handle, into: Buffer, length: number, position: number): Promise<number> {
@@ -227,13 +231,16 @@ export class View implements ViewHandlers {
     if (!file) throw new Errno('EBADF');
     const fd = file.fd;
     let n: number;
+    file.inflight++;
     try {
       n = await readAt(fd, into, length, position);
     } catch (err) {
       // Fail open: a flash copy that cannot be read (card pulled, I/O error) is replaced
       // by the real file, if that still is the version the copy was made from.
-      if (file.fd === fd && !(file.fromStore && this.toRealFile(file))) throw err;
+      if (file.fd === fd && !(file.fromStore && this.toRealFile(file, `unreadable (${errnoCode(err) ?? err})`))) throw err;
       n = await readAt(file.fd, into, length, position);
+    } finally {
+      if (--file.inflight === 0) this.closeRetired(file);
     }
     if (file.fromStore) this.counters.bytesFromStore += n;
     else this.counters.bytesFromReal += n;
@@ -241,7 +248,7 @@ export class View implements ViewHandlers {
   }
 
   /** Switches `file` from its copy to the real file when that has the copy's identity. */
-  private toRealFile(file: OpenFile): boolean {
+  private toRealFile(file: OpenFile, trouble?: string): boolean {
     let fd: number | undefined;
     try {
       fd = fs.openSync(this.real('/' + file.relPath), fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
@@ -253,13 +260,30 @@ export class View implements ViewHandlers {
       if (fd !== undefined) fs.closeSync(fd);
       return false;
     }
-    this.log.warn(`flash copy of ${file.relPath} unreadable; serving the real file`);
+    if (trouble) this.log.warn(`flash copy of ${file.relPath} ${trouble}; serving the real file`);
     this.releaseCopy(file);
-    // Closed at release, not now: reads in flight still use it (a reused number would read another file).
+    // Closed when no read is in flight: a reused descriptor number would read another file.
     (file.retired ??= []).push(file.fd);
     file.fd = fd;
     file.fromStore = false;
+    if (file.inflight === 0) this.closeRetired(file);
     return true;
+  }
+
+  private closeRetired(file: OpenFile): void {
+    for (const fd of file.retired ?? []) fs.close(fd, () => undefined);
+    file.retired = undefined;
+  }
+
+  /**
+   * A copy was removed from the store while handles still read it (kernel nodes hold
+   * theirs until the kernel forgets them): those whose real file is still that version
+   * move to it, so the copy's flash space is freed now. The others keep the copy: it is
+   * the only source left of the bytes their processes mapped.
+   */
+  private copyDropped(relPath: string): void {
+    if (!this.store?.inUse.has(relPath)) return;
+    for (const file of this.open_.values()) if (file.fromStore && file.relPath === relPath) this.toRealFile(file);
   }
 
   private releaseCopy(file: OpenFile): void {
@@ -275,7 +299,7 @@ export class View implements ViewHandlers {
     this.open_.delete(handle);
     this.releaseCopy(file);
     fs.closeSync(file.fd);
-    for (const fd of file.retired ?? []) fs.closeSync(fd);
+    this.closeRetired(file);
   }
 
   async statfs(): Promise<FsStats> {
