@@ -82,11 +82,15 @@ const WANTED_FLAGS =
 const FUSE_DEVICE = '/dev/fuse';
 /**
  * Node handles are held until FORGET (see the header); each is a descriptor. Node raises
- * RLIMIT_NOFILE's soft limit to the hard limit at start; half of it is for node handles.
+ * RLIMIT_NOFILE's soft limit to the hard limit at start; all but a quarter (at most 1024)
+ * of it is for node handles, the rest for the view's own files (fills, index, watcher).
  * Beyond that the least recently read handles are closed: such a node reopens its
- * object at its next READ, which works unless the file was replaced meanwhile (EIO then).
+ * object at its next READ, which works unless the file was replaced meanwhile (EIO then),
+ * so the view should run with a generous limit (init's default hard limit is 4096).
  */
-const MIN_HANDLE_BUDGET = 256;
+function handleBudget(limit: number): number {
+  return Math.max(256, limit - Math.min(1024, Math.floor(limit / 4)));
+}
 const TRAILING_INVALIDATION_MS = 150;
 const DT_DIR = 4;
 
@@ -115,7 +119,7 @@ export class KernelSession implements FuseSession {
   private notifying = false;
   /** Nodes holding a view handle. */
   private readonly withFile = new Set<Node>();
-  private readonly handleBudget = Math.max(MIN_HANDLE_BUDGET, Math.floor(openFilesLimit() / 2));
+  private readonly handleBudget = handleBudget(openFilesLimit());
   private budgetWarned = false;
   private readonly readBuffers: Buffer[] = [];
   /** Paths with a trailing invalidation pending (see invalidate). */
@@ -598,7 +602,7 @@ export class KernelSession implements FuseSession {
     if (!this.budgetWarned) {
       this.budgetWarned = true;
       this.log.warn(
-        `kernel session: more than ${this.handleBudget} nodes hold a descriptor (half of RLIMIT_NOFILE); closing the least recently read ` +
+        `kernel session: more than ${this.handleBudget} nodes hold a descriptor (RLIMIT_NOFILE ${openFilesLimit()}); closing the least recently read ` +
           `(such a node reopens its file at its next read, EIO if the file was replaced meanwhile); raise the open files limit of the view`,
       );
     }

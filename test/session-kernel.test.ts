@@ -391,11 +391,13 @@ describe('kernel session protocol, without a mount', () => {
   let opens = 0;
   /** What '/a' is now (a test renames another file over it), and the opens with the inode they expected. */
   let aAttr = fileAttr;
+  let released = 0;
   const openedWith: Array<{ path: string; ino?: number }> = [];
   const handlers: ViewHandlers = {
     getattr: async (p) => {
       if (p === '/' || p === '/dir') return dirAttr;
       if (p === '/a') return aAttr;
+      if (/^\/f\d+$/.test(p)) return { ...fileAttr, ino: 1000 + Number(p.slice(2)) };
       if (p === '/denied') throw Object.assign(new Error('no'), { code: 'EACCES' });
       throw Object.assign(new Error('none'), { code: 'ENOENT' });
     },
@@ -409,7 +411,9 @@ describe('kernel session protocol, without a mount', () => {
       const data = Buffer.from('hello, world');
       return data.copy(into, 0, position, Math.min(data.length, position + length));
     },
-    release: async () => undefined,
+    release: async () => {
+      released++;
+    },
     statfs: async () => ({ bsize: 4096, frsize: 4096, blocks: 10, bfree: 5, bavail: 5, files: 9, ffree: 3, favail: 3, fsid: 0, flag: 1, namemax: 255 }),
     access: async () => undefined,
     getxattr: async (_p, name) => (name === 'user.x' ? Buffer.from('val') : undefined),
@@ -583,6 +587,32 @@ describe('kernel session protocol, without a mount', () => {
     expect(opens).toBe(opensBefore);
     await send(Op.READ, fresh, readIn(0, 5));
     expect(openedWith[openedWith.length - 1]).toEqual({ path: '/a', ino: 78 });
+  });
+
+  test('node handles are held until FORGET; beyond the descriptor budget the least recently read close', async () => {
+    await init();
+    (session as unknown as { handleBudget: number }).handleBudget = 10;
+    const ids: number[] = [];
+    const releasedBefore = released;
+    for (let i = 0; i < 25; i++) {
+      const id = Number((await send(Op.LOOKUP, 1, name(`f${i}`)))[0].body.readBigUInt64LE(0));
+      await send(Op.READ, id, readIn(0, 5));
+      ids.push(id);
+    }
+    await new Promise((r) => setImmediate(r));
+    // 25 opened, at most 10 held: the oldest went first.
+    expect(released - releasedBefore).toBeGreaterThanOrEqual(15);
+    const opened = opens;
+    await send(Op.READ, ids[24], readIn(0, 5)); // the most recent still has its handle
+    expect(opens).toBe(opened);
+    await send(Op.READ, ids[0], readIn(0, 5)); // the oldest opens again
+    expect(opens).toBe(opened + 1);
+    const forget = Buffer.alloc(8);
+    forget.writeBigUInt64LE(1n);
+    const before = released;
+    await send(Op.FORGET, ids[24], forget);
+    await new Promise((r) => setImmediate(r));
+    expect(released - before).toBe(1);
   });
 
   test('xattrs: a size-0 probe gets the size, a short buffer ERANGE, a missing name ENODATA', async () => {
