@@ -697,10 +697,11 @@ export class KernelSession implements FuseSession {
   // ---------------------------------------------------------------- invalidation
 
   /**
-   * The real file at `path` changed, appeared or went away: drop the node's handle (the
-   * next READ reopens it and re-checks identity), and tell the kernel to drop the node's
-   * pages and attributes, the name in its directory (positive or negative), and the
-   * directory's cached listing.
+   * The real file at `path` changed, appeared or went away: tell the kernel to drop the
+   * name in its directory (positive or negative) and the directory's cached listing; if
+   * the node of that name is still the object at it (changed in place), also drop its
+   * handle (the next READ reopens it) and its pages and attributes. A node whose name now
+   * names another object or nothing keeps all of that for the processes holding it.
    */
   invalidate(path: string): void {
     void this.invalidateNow(path);
