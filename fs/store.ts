@@ -194,8 +194,10 @@ export class Store {
       this.counters.indexRebuilds++;
       this.counters.indexTrouble = `${new Date().toISOString()}: ${reason}; moved aside and rebuilt (${r.orphans} copies dropped)`;
     } catch (err) {
-      this.counters.indexTrouble = `${new Date().toISOString()}: ${reason}; rebuilding failed (${(err as Error).message}): serving the real tree only`;
-      this.log.warn(this.counters.indexTrouble);
+      const failed = `${reason}; rebuilding failed (${(err as Error).message}): serving the real tree only`;
+      // Retried at every flush: said once per kind of failure, not every few seconds.
+      if (!this.counters.indexTrouble?.endsWith(failed)) this.log.warn(failed);
+      this.counters.indexTrouble = `${new Date().toISOString()}: ${failed}`;
     }
   }
 
