@@ -9,6 +9,7 @@
  */
 import Database from 'better-sqlite3';
 import * as fs from 'fs';
+import * as path from 'path';
 import { errnoCode } from './errors';
 import type { RealIdentity } from './identity';
 import type { Logger } from './log';
@@ -49,6 +50,7 @@ const MIGRATIONS: string[] = [
 ];
 export const SCHEMA_VERSION = MIGRATIONS.length;
 const SQLITE_MAGIC = Buffer.from('SQLite format 3\0', 'latin1');
+const KEPT_ASIDE = 3;
 
 interface Row {
   path: string;
@@ -129,7 +131,24 @@ export class StoreIndex {
         // a missing -wal or -shm is normal (and the index itself when it was deleted)
       }
     }
+    try {
+      StoreIndex.pruneAside(file);
+    } catch (err) {
+      log.warn(`old indexes beside ${file} not pruned: ${(err as Error).message}`);
+    }
     return new StoreIndex(StoreIndex.openChecked(file), file);
+  }
+
+  /** Keeps the newest KEPT_ASIDE indexes moved aside (for a look at what broke), so that repeated trouble cannot fill the flash. */
+  private static pruneAside(file: string): void {
+    const dir = path.dirname(file);
+    const prefix = `${path.basename(file)}.corrupt-`;
+    const times = [...new Set(fs.readdirSync(dir).filter((n) => n.startsWith(prefix)).map((n) => parseInt(n.slice(prefix.length), 10)))]
+      .filter((t) => Number.isFinite(t))
+      .sort((a, b) => b - a);
+    for (const t of times.slice(KEPT_ASIDE)) {
+      for (const suffix of ['', '-wal', '-shm']) fs.rmSync(path.join(dir, `${prefix}${t}${suffix}`), { force: true });
+    }
   }
 
   /**

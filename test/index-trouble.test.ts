@@ -9,6 +9,12 @@ import Database from 'better-sqlite3';
 import { execFileSync } from 'child_process';
 import { randomBytes } from 'crypto';
 import * as fs from 'fs';
+import * as os from 'os';
+import * as path from 'path';
+import { defaultConfig } from '../fs/config';
+import { identityOf } from '../fs/identity';
+import { derivePaths } from '../fs/paths';
+import { Store } from '../fs/store';
 import { runInChroot } from '../cli/demo';
 import { StoreIndex } from '../fs/index-db';
 import { silentLogger } from '../fs/log';
@@ -100,7 +106,10 @@ maybe('a broken index while the view runs', () => {
     const state = vs.view!.state()!;
     expect(state.store!.indexRebuilds).toBeGreaterThan(afterGarbage.indexRebuilds);
     expect(state.store!.indexTrouble).toMatch(/is gone/);
-    expect(fs.readdirSync(vs.paths.flash).some((n) => n.startsWith('index.sqlite.corrupt-'))).toBe(true);
+    // The newest three broken indexes are kept for a look, no more (repeated trouble must not fill the flash).
+    // (The deleted one left only its -wal and -shm to move.)
+    const aside = new Set(fs.readdirSync(vs.paths.flash).map((n) => /^index\.sqlite\.corrupt-(\d+)/.exec(n)?.[1]).filter(Boolean));
+    expect(aside.size).toBe(3);
     // The fresh index is in use: the copies made since are in it, and it reads as a database of ours.
     await new Promise((r) => setTimeout(r, 500));
     const index = StoreIndex.open(vs.paths.index, silentLogger, { readonly: true });
@@ -110,5 +119,50 @@ maybe('a broken index while the view runs', () => {
       index.close();
     }
     expect(vs.view!.log()).not.toMatch(/request not handled|uncaught/i);
+  });
+});
+
+/** The store's own reaction to an index that fails while serving, without a mount. */
+describe('store with an index failing while serving', () => {
+  let dir: string | undefined;
+  afterEach(() => {
+    if (dir) fs.rmSync(dir, { recursive: true, force: true });
+    dir = undefined;
+  });
+
+  test('an SQLITE_CORRUPT answer serves no copy, then the index is moved aside and rebuilt, and copies come back', async () => {
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'fscache-ixtrouble-'));
+    const root = path.join(dir, 'root');
+    fs.mkdirSync(path.join(root, 'usr.real', 'lib'), { recursive: true });
+    const config = defaultConfig();
+    const paths = derivePaths(root, config);
+    const rel = 'lib/liby.so';
+    fs.writeFileSync(path.join(paths.realTree, rel), randomBytes(50000));
+    Store.prepare(paths);
+    const store = new Store(paths, StoreIndex.open(paths.index, silentLogger), config, silentLogger);
+    expect(await store.fill(rel)).toBe(true);
+    const identity = identityOf(fs.statSync(path.join(paths.realTree, rel), { bigint: true }));
+    const fd = store.openCopy(rel, identity);
+    expect(fd).toBeDefined();
+    fs.closeSync(fd!);
+
+    // What SQLite says when it reads a page of garbage.
+    const index = (store as unknown as { index: StoreIndex }).index;
+    index.get = () => {
+      throw Object.assign(new Error('database disk image is malformed'), { code: 'SQLITE_CORRUPT' });
+    };
+    expect(store.openCopy(rel, identity)).toBeUndefined(); // the view serves the real file
+    expect(store.has(rel)).toBe(false);
+    await new Promise((r) => setImmediate(r));
+    expect(store.counters).toMatchObject({ indexErrors: 1, indexRebuilds: 1 });
+    expect(store.counters.indexTrouble).toMatch(/SQLITE_CORRUPT.*moved aside and rebuilt \(1 copies dropped\)/);
+    expect(fs.readdirSync(paths.flash).filter((n) => /^index\.sqlite\.corrupt-\d+$/.test(n))).toHaveLength(1);
+    // The fresh index takes new copies.
+    expect(await store.fill(rel)).toBe(true);
+    const again = store.openCopy(rel, identity);
+    expect(again).toBeDefined();
+    fs.closeSync(again!);
+    await store.stop();
+    store.close();
   });
 });
