@@ -123,12 +123,8 @@ export class RunningView {
 
   /** Writes batched index updates and the state file. Never throws: the view must not die of it. */
   flush(): void {
-    try {
-      this.store?.index.flushAccess();
-      this.store?.refreshUsage();
-    } catch (err) {
-      this.log.warn(`index flush failed: ${err}`);
-    }
+    // Also checks the index file and rebuilds a broken one (the store fails open).
+    this.store?.flush();
     try {
       const tmp = `${this.paths.viewState}.${process.pid}.tmp`;
       fs.writeFileSync(tmp, JSON.stringify(this.state(), null, 2));
@@ -149,7 +145,7 @@ export class RunningView {
       clearInterval(this.flushTimer);
       await this.watcher.stop();
       await this.store?.stop();
-      this.store?.index.close();
+      this.store?.close();
       fs.rmSync(this.paths.viewState, { force: true });
       this.log.info('view stopped');
     })();
