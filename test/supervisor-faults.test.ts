@@ -1,0 +1,226 @@
+/**
+ * The supervisor against the faults a real machine meets: a hung view (SIGSTOP), an
+ * aborted FUSE connection, a supervisor killed with -9 (then its view killed, or its view
+ * hung), a pause; and status telling each of them, the same for root and non-root.
+ * Every call is bounded; cleanup aborts any FUSE connection left below the root.
+ */
+import { execFile, spawnSync } from 'child_process';
+import * as fs from 'fs';
+import * as path from 'path';
+import { runInChroot } from '../cli/demo';
+import { abortConnection, fuseMountAt, mountTable } from '../fs/fusectl';
+import { linkTargetPath, readLinkState } from '../fs/link';
+import { pauseFile, readSupervisorRecord, readSupervisorState } from '../fs/supervisor';
+import { CLI_ENTRY } from '../fs/view-process';
+import { createOpsSandbox, OpsSandbox } from './helpers/ops-sandbox';
+import { fuseAvailable, waitFor } from './helpers/view-sandbox';
+
+const skip = fuseAvailable();
+const maybe = skip ? describe.skip : describe;
+if (skip) console.warn(`supervisor fault tests skipped: ${skip}`);
+
+jest.setTimeout(120000);
+
+const linkState = (ops: OpsSandbox) => readLinkState(ops.paths).state;
+const viewPid = (ops: OpsSandbox) => JSON.parse(fs.readFileSync(ops.paths.viewState, 'utf8')).pid as number;
+const alive = (pid: number) => {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+};
+
+function status(ops: OpsSandbox, asNobody = false): { code: number | null; report: { health: string; state: string; problems: string[]; supervisor: { restarts: number; lastFailure: { kind: string; reason: string } | null } | null } } {
+  const argv = [process.execPath, CLI_ENTRY, '--root', ops.root, 'status', '--json'];
+  const cmd = asNobody ? ['setpriv', '--reuid=65534', '--regid=65534', '--clear-groups', ...argv] : argv;
+  const r = spawnSync(cmd[0], cmd.slice(1), { encoding: 'utf8', timeout: 20000 });
+  return { code: r.status, report: JSON.parse(r.stdout) };
+}
+
+/** Polls status until it names `state`; returns the report seen, or undefined. */
+async function statusNames(ops: OpsSandbox, state: string, timeoutMs: number) {
+  const t0 = Date.now();
+  while (Date.now() - t0 < timeoutMs) {
+    const s = status(ops);
+    if (s.report.state === state) return s;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  return undefined;
+}
+
+/** A launch that must reach the view's process: a lookup of a name never looked up before. */
+function freshLookup(ops: OpsSandbox): Promise<{ ms: number; code: number | null }> {
+  const [cmd, args] = ops.sandbox.chrootArgs(['/usr/bin/sh', '-c', `test -e /usr/lib/fscache-fresh-${process.hrtime.bigint()}; echo done`]);
+  const t0 = Date.now();
+  return new Promise((resolve) =>
+    execFile(cmd, args, { timeout: 30000 }, (err) => resolve({ ms: Date.now() - t0, code: err ? (typeof err.code === 'number' ? err.code : -1) : 0 })),
+  );
+}
+
+function started(ops: OpsSandbox): void {
+  expect(ops.cli(['setup', '--yes']).code).toBe(0);
+  ops.bindHostUsr();
+  expect(ops.cli(['start'])).toMatchObject({ code: 0 });
+  expect(linkState(ops)).toBe('view');
+}
+
+maybe('supervisor faults', () => {
+  let ops: OpsSandbox | undefined;
+  const stopped: number[] = [];
+  afterEach(async () => {
+    // A stopped process cannot exit; an unaborted hung mount would hang the cleanup.
+    for (const pid of stopped.splice(0)) {
+      try {
+        process.kill(pid, 'SIGCONT');
+      } catch {
+        // gone
+      }
+    }
+    if (ops) {
+      for (const m of mountTable()) {
+        if (m.mountpoint.startsWith(ops.root + '/') && m.fstype.startsWith('fuse')) abortConnection(m.minor);
+      }
+    }
+    await ops?.dispose();
+    ops = undefined;
+  });
+
+  test('hung view (SIGSTOP): the link goes back, a launch caught in the hang ends, later launches run, status names the hang', async () => {
+    ops = createOpsSandbox();
+    started(ops);
+    const pid = viewPid(ops);
+    // Warm up what sh needs, so that the launch below is caught on its own fresh lookup.
+    expect((await freshLookup(ops)).code).toBe(0);
+
+    stopped.push(pid);
+    process.kill(pid, 'SIGSTOP');
+    const stoppedAt = Date.now();
+    const caught = freshLookup(ops);
+    const seenHung = statusNames(ops, 'hung', 8000);
+    const flipMs = await waitFor(() => linkState(ops!) === 'real', 5000, 10);
+    expect(flipMs).toBeGreaterThanOrEqual(0);
+    // One probe interval (1 s) plus the probe deadline (2 s), and a little.
+    expect(flipMs).toBeLessThanOrEqual(3500);
+    const hung = await caught;
+    expect(hung.ms).toBeLessThanOrEqual(10000);
+    expect(await seenHung).toBeDefined();
+
+    await new Promise((r) => setTimeout(r, Math.max(0, stoppedAt + 5000 - Date.now())));
+    const later = await runInChroot(ops.sandbox, ['/usr/bin/git', '--version']);
+    expect(later).toMatchObject({ code: 0, stdout: expect.stringMatching(/^git version/) });
+    expect(later.ms).toBeLessThan(5000);
+    expect(alive(pid)).toBe(false); // killed (SIGKILL reaches a stopped process)
+    console.log(`hung view: link back on the real tree ${flipMs} ms after SIGSTOP; the caught launch ended after ${hung.ms} ms (exit ${hung.code})`);
+
+    // The supervisor restarts the view and switches back to it.
+    expect(await waitFor(() => readSupervisorState(ops!.paths)?.state === 'serving' && linkState(ops!) === 'view', 15000, 50)).toBeGreaterThanOrEqual(0);
+    const after = status(ops);
+    expect(after.report.supervisor?.lastFailure).toMatchObject({ kind: 'hang' });
+    expect(await waitFor(() => status(ops!).report.state === 'healthy', 5000, 200)).toBeGreaterThanOrEqual(0);
+    expect((await freshLookup(ops)).code).toBe(0);
+  });
+
+  test('aborted FUSE connection: the link goes back within 2 s, status names the dead mount, the view is restarted and serves', async () => {
+    ops = createOpsSandbox();
+    started(ops);
+    const pid = viewPid(ops);
+    const mount = fuseMountAt(ops.paths.viewMount)!;
+    fs.writeFileSync(`/sys/fs/fuse/connections/${mount.minor}/abort`, '1');
+    const seenDead = statusNames(ops, 'dead-mount', 6000);
+    const flipMs = await waitFor(() => linkState(ops!) === 'real', 3000, 10);
+    expect(flipMs).toBeGreaterThanOrEqual(0);
+    expect(flipMs).toBeLessThanOrEqual(2000);
+    expect(await seenDead).toBeDefined();
+    console.log(`aborted connection: link back on the real tree ${flipMs} ms after the abort`);
+    expect(await waitFor(() => !alive(pid), 5000, 50)).toBeGreaterThanOrEqual(0);
+    expect(await waitFor(() => readSupervisorState(ops!.paths)?.state === 'serving' && linkState(ops!) === 'view', 15000, 50)).toBeGreaterThanOrEqual(0);
+    expect(viewPid(ops)).not.toBe(pid);
+    expect(status(ops).report.supervisor?.lastFailure).toMatchObject({ kind: 'dead-connection' });
+    expect(await runInChroot(ops.sandbox, ['/usr/bin/git', '--version'])).toMatchObject({ code: 0 });
+    expect((await freshLookup(ops)).code).toBe(0);
+  });
+
+  test('supervisor killed with -9, then the view killed: the link is back within 2 s; start afterwards succeeds', async () => {
+    ops = createOpsSandbox();
+    started(ops);
+    const sup = readSupervisorState(ops.paths)!.pid;
+    const pid = viewPid(ops);
+    process.kill(sup, 'SIGKILL');
+    // The orphaned view notices (~0.5 s): it switches the link back and detaches as on stop.
+    const orphanFlipMs = await waitFor(() => linkState(ops!) === 'real', 2000, 10);
+    expect(orphanFlipMs).toBeGreaterThanOrEqual(0);
+    expect(await waitFor(() => !fuseMountAt(ops!.paths.viewMount), 3000, 20)).toBeGreaterThanOrEqual(0);
+    process.kill(pid, 'SIGKILL');
+    const flipMs = await waitFor(() => linkState(ops!) === 'real', 2000, 10);
+    expect(flipMs).toBeGreaterThanOrEqual(0);
+    expect((await runInChroot(ops.sandbox, ['/usr/bin/git', '--version'])).code).toBe(0);
+    console.log(`supervisor killed: the orphaned view switched the link back after ${orphanFlipMs} ms`);
+
+    const start = ops.cli(['start']);
+    expect(start).toMatchObject({ code: 0, stdout: expect.stringMatching(/^started/) });
+    expect(start.stderr).not.toMatch(/already mounted/);
+    expect(linkState(ops)).toBe('view');
+    expect(readSupervisorState(ops.paths)!.pid).not.toBe(sup);
+    expect(status(ops)).toMatchObject({ code: 0, report: { state: 'healthy' } });
+  });
+
+  test('supervisor killed while its view hangs: status says orphaned (root and non-root agree); start replaces the hung view', async () => {
+    ops = createOpsSandbox();
+    started(ops);
+    fs.chmodSync(ops.root, 0o755); // for status as nobody
+    const healthy = [status(ops), status(ops, true)];
+    expect(healthy.map((s) => [s.code, s.report.state])).toEqual([[0, 'healthy'], [0, 'healthy']]);
+
+    const sup = readSupervisorState(ops.paths)!.pid;
+    const pid = viewPid(ops);
+    stopped.push(pid);
+    process.kill(pid, 'SIGSTOP');
+    process.kill(sup, 'SIGKILL');
+    expect(await waitFor(() => !alive(sup), 2000, 10)).toBeGreaterThanOrEqual(0);
+    const asRoot = status(ops);
+    const asNobody = status(ops, true);
+    expect([asRoot.code, asRoot.report.state]).toEqual([4, 'orphaned']);
+    expect([asNobody.code, asNobody.report.state, asNobody.report.problems]).toEqual([asRoot.code, asRoot.report.state, asRoot.report.problems]);
+
+    const t0 = Date.now();
+    const start = ops.cli(['start']);
+    expect(start).toMatchObject({ code: 0, stdout: expect.stringMatching(/^started/) });
+    expect(Date.now() - t0).toBeLessThan(20000);
+    expect(alive(pid)).toBe(false);
+    expect(linkState(ops)).toBe('view');
+    expect((await freshLookup(ops)).code).toBe(0);
+    expect(readSupervisorRecord(ops.paths)?.alive).toBe(true);
+  });
+
+  test('pause: the link leaves the view while the pause file exists and comes back within about a second after', async () => {
+    ops = createOpsSandbox();
+    started(ops);
+    fs.writeFileSync(pauseFile(ops.paths), '');
+    expect(await waitFor(() => linkState(ops!) === 'real', 2000, 10)).toBeGreaterThanOrEqual(0);
+    expect(await waitFor(() => readSupervisorState(ops!.paths)?.state === 'paused', 2000, 10)).toBeGreaterThanOrEqual(0);
+    expect(status(ops).report.state).toBe('paused');
+    await new Promise((r) => setTimeout(r, 1500));
+    expect(linkState(ops)).toBe('real'); // never switched to the view while paused
+    fs.rmSync(pauseFile(ops.paths));
+    const backMs = await waitFor(() => linkState(ops!) === 'view', 3000, 10);
+    expect(backMs).toBeGreaterThanOrEqual(0);
+    expect(backMs).toBeLessThanOrEqual(1500);
+    expect(fs.readlinkSync(ops.paths.usrLink)).toBe(linkTargetPath(ops.paths, 'view'));
+    expect(await waitFor(() => status(ops!).report.state === 'healthy', 3000, 100)).toBeGreaterThanOrEqual(0);
+  });
+
+  test('the supervisor and the view it starts run node and the CLI from the real tree, and the view knows its supervisor', () => {
+    ops = createOpsSandbox();
+    started(ops);
+    const sup = readSupervisorState(ops.paths)!.pid;
+    const view = JSON.parse(fs.readFileSync(ops.paths.viewState, 'utf8'));
+    expect(view.supervisorPid).toBe(sup);
+    for (const pid of [sup, view.pid]) {
+      const argv = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
+      expect(path.isAbsolute(argv[1])).toBe(true);
+      expect(argv[1].startsWith(ops.paths.viewMount + '/')).toBe(false);
+    }
+  });
+});
