@@ -13,13 +13,22 @@ import type { Logger } from './log';
 import type { Paths } from './paths';
 import type { ViewState } from './view-service';
 
-/** kill(pid, 0): EPERM means the process exists but is not ours (status run as non-root). */
+/**
+ * kill(pid, 0), where EPERM means the process exists but is not ours (status run as
+ * non-root); a zombie (killed, not yet reaped by init) is dead.
+ */
 export function processAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
-    return true;
   } catch (err) {
-    return errnoCode(err) === 'EPERM';
+    if (errnoCode(err) !== 'EPERM') return false;
+  }
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2)[0] !== 'Z';
+  } catch (err) {
+    // Gone meanwhile; without /proc mounted, trust kill(2).
+    return errnoCode(err) !== 'ENOENT' || !fs.existsSync('/proc/self/stat');
   }
 }
 
