@@ -7,7 +7,7 @@ import { readLinkState, switchLink } from '../fs/link';
 import { fuseMountAt } from '../fs/fusectl';
 import { selfCommand } from '../fs/self-command';
 import { planSetup, runSetup } from '../fs/setup';
-import { clearMountPoint } from '../fs/stale';
+import { checkMayClear, clearMountPoint } from '../fs/stale';
 import { readSupervisorRecord, readSupervisorState, Supervisor, supervisorStateFile } from '../fs/supervisor';
 import { mirrorProblem, syncStore } from '../fs/sync';
 import type { Context } from './context';
@@ -132,6 +132,7 @@ export async function startVerb(ctx: Context, foreground: boolean, extraArgs: st
 
 /** A dead supervisor's leftovers: link to the real tree, its state file gone, the mount point cleared. */
 async function replaceStale(ctx: Context, stopByHand = false): Promise<void> {
+  checkMayClear(ctx.paths, stopByHand); // before anything changes
   const stale = readSupervisorRecord(ctx.paths);
   if (stale && !stale.alive) {
     ctx.log.warn(`the supervisor pid ${stale.state.pid} is gone; replacing what it left`);

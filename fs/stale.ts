@@ -42,22 +42,34 @@ export function readViewState(paths: Paths): ViewState | undefined {
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
+/** The live view at the mount point, if any (a detached, draining view is not there any more). */
+function liveView(paths: Paths): ViewState | undefined {
+  const view = readViewState(paths);
+  return fuseMountAt(paths.viewMount) && view && !view.detached && processAlive(view.pid) ? view : undefined;
+}
+
 /**
- * Clears the view's mount point. A view run by hand (`fscache mount`, no supervisor) is
- * refused unless `stopByHand`: start must not end what an administrator started.
+ * Refuses to clear a view that is not a dead supervisor's: one whose supervisor runs, or
+ * one run by hand (`fscache mount`) unless `stopByHand` (start must not end what an
+ * administrator started; stop may).
  */
+export function checkMayClear(paths: Paths, stopByHand: boolean): void {
+  const live = liveView(paths);
+  const sup = live?.supervisorPid;
+  if (live && sup && sup !== process.pid && processAlive(sup)) {
+    throw new FsCacheError('busy', `${paths.viewMount} is served by view pid ${live.pid} of supervisor pid ${sup}, which is running`);
+  }
+  if (live && !sup && !stopByHand) {
+    throw new FsCacheError('busy', `${paths.viewMount} is mounted by a view started by hand (pid ${live.pid}, 'fscache mount'); stop it first`);
+  }
+}
+
+/** Clears the view's mount point (see the header); refuses as checkMayClear does. */
 export async function clearMountPoint(paths: Paths, log: Logger, options: { graceMs?: number; stopByHand?: boolean } = {}): Promise<void> {
   if (!fuseMountAt(paths.viewMount)) return;
-  const view = readViewState(paths);
-  const live = view && !view.detached && processAlive(view.pid) ? view : undefined;
+  checkMayClear(paths, !!options.stopByHand);
+  const live = liveView(paths);
   if (live) {
-    const sup = live.supervisorPid;
-    if (sup && sup !== process.pid && processAlive(sup)) {
-      throw new FsCacheError('busy', `${paths.viewMount} is served by view pid ${live.pid} of supervisor pid ${sup}, which is running`);
-    }
-    if (!sup && !options.stopByHand) {
-      throw new FsCacheError('busy', `${paths.viewMount} is mounted by a view started by hand (pid ${live.pid}, 'fscache mount'); stop it first`);
-    }
     log.info(`the view pid ${live.pid} runs without its supervisor: telling it to detach`);
     process.kill(live.pid, 'SIGTERM');
     const deadline = Date.now() + (options.graceMs ?? 2000);

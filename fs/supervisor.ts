@@ -166,6 +166,9 @@ export class Supervisor {
   run(): Promise<void> {
     const finished = new Promise<void>((resolve) => (this.done = resolve));
     for (const sig of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) process.on(sig, () => void this.stop(sig));
+    // Until a view of ours answers, R/usr is the real tree: a link left on a predecessor's hung
+    // view would hang the programs run below (mount, umount load their libraries through R/usr).
+    this.setLink('real');
     const problem = ensureFusectl(this.paths);
     if (problem) this.log.warn(`${problem}: a hung view can be killed but launches caught in it may not end`);
     this.writeState();
@@ -199,19 +202,21 @@ export class Supervisor {
     }
   }
 
-  /** Follows the pause file; `mayServe` only right after a good probe. */
+  /**
+   * Follows the pause file: a pause takes R/usr off the view at once and keeps it off; its
+   * end switches R/usr back to the view, but only right after a good probe (`mayServe`).
+   * Outside a pause the link is left alone: stop switches it to the real tree before it
+   * signals this process, and must not find it switched back.
+   */
   private applyPause(mayServe: boolean): void {
     if (!this.view || this.ending || (this.state.state !== 'serving' && this.state.state !== 'paused')) return;
     const paused = isPaused(this.paths);
     if (paused) this.setLink('real');
-    else if (mayServe) this.setLink('view');
-    else return;
-    const next = paused ? 'paused' : 'serving';
-    if (this.state.state !== next) {
-      this.log.info(paused ? `paused (${pauseFile(this.paths)}): ${this.paths.usrLink} stays on the real tree` : 'resumed');
-      this.state.state = next;
-      this.writeState();
-    }
+    if (paused === (this.state.state === 'paused') || (!paused && !mayServe)) return;
+    if (!paused) this.setLink('view');
+    this.log.info(paused ? `paused (${pauseFile(this.paths)}): ${this.paths.usrLink} stays on the real tree` : 'pause ended');
+    this.state.state = paused ? 'paused' : 'serving';
+    this.writeState();
   }
 
   private fail(kind: SupervisorFailure, reason: string): void {
@@ -260,8 +265,8 @@ export class Supervisor {
     this.prober = new Prober(this.paths.viewMount, PROBE_DEADLINE_MS);
     this.servingSince = Date.now();
     this.state.lastGoodProbeAt = Date.now();
-    this.state.state = 'serving';
-    this.applyPause(true);
+    this.state.state = isPaused(this.paths) ? 'paused' : 'serving';
+    this.setLink(this.state.state === 'paused' ? 'real' : 'view');
     this.writeState();
     this.log.info(`serving: view pid ${view.child.pid}${isPaused(this.paths) ? ' (paused: the link stays on the real tree)' : ''}`);
   }
