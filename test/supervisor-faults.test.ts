@@ -264,4 +264,20 @@ maybe('supervisor faults', () => {
     expect(linkState(ops)).toBe('real');
     expect(fuseMountAt(ops.paths.viewMount)).toBeUndefined();
   });
+
+  test('after stop, a detached view still serving its last user is draining (exit 7), then stopped', async () => {
+    ops = createOpsSandbox();
+    started(ops);
+    const pid = viewPid(ops);
+    // A program mapped from the view keeps the detached connection, and the view, alive.
+    const [cmd, args] = ops.sandbox.chrootArgs(['/usr/bin/sleep', '60']);
+    const user = execFile(cmd, args, { timeout: 90000 });
+    await new Promise((r) => setTimeout(r, 500));
+    expect(ops.cli(['stop']).code).toBe(0);
+    expect(alive(pid)).toBe(true);
+    expect(status(ops)).toMatchObject({ code: 7, report: { health: 'stopped', state: 'draining' } });
+    user.kill('SIGKILL');
+    expect(await waitFor(() => !alive(pid), 10000, 50)).toBeGreaterThanOrEqual(0);
+    expect(status(ops)).toMatchObject({ code: 7, report: { state: 'stopped' } });
+  });
 });
