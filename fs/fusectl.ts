@@ -93,10 +93,15 @@ export async function lazyDetach(paths: Paths, mountpoint: string, timeoutMs = 3
   return !!fusermount && (await run(fusermount, ['-uz', mountpoint], timeoutMs));
 }
 
-/** Aborts the connection of the FUSE mount at `mountpoint`, if any. Returns what it did, for the log. */
-export function abortMount(mountpoint: string): string {
+/**
+ * Aborts the connection of the FUSE mount at `mountpoint`, if any, mounting fusectl first
+ * if needed. Returns what it did, for the log.
+ */
+export function abortMount(paths: Paths, mountpoint: string): string {
   const mount = fuseMountAt(mountpoint);
   if (!mount) return 'nothing mounted';
+  const problem = ensureFusectl(paths);
+  if (problem) return `connection ${mount.minor} not aborted (${problem})`;
   try {
     return abortConnection(mount.minor) ? `connection ${mount.minor} aborted` : `connection ${mount.minor} already gone`;
   } catch (err) {
@@ -110,6 +115,6 @@ export function abortMount(mountpoint: string): string {
  */
 export async function abortAndDetach(paths: Paths, mountpoint: string): Promise<string> {
   if (!fuseMountAt(mountpoint)) return 'nothing mounted';
-  const aborted = abortMount(mountpoint);
+  const aborted = abortMount(paths, mountpoint);
   return `${aborted}; ${(await lazyDetach(paths, mountpoint)) ? 'detached' : 'lazy unmount failed'}`;
 }

@@ -317,7 +317,7 @@ export class Supervisor {
     this.setLink('real');
     this.log.error(`${reason}: ${this.paths.usrLink} -> real tree; ending the view`);
     this.writeState();
-    const aborted = abortMount(this.paths.viewMount);
+    const aborted = abortMount(this.paths, this.paths.viewMount);
     view.child.kill('SIGKILL');
     const detached = fuseMountAt(this.paths.viewMount) ? await lazyDetach(this.paths, this.paths.viewMount) : true;
     this.log.info(`${aborted}; view pid ${view.child.pid} killed; ${detached ? 'mount detached' : 'lazy unmount failed'}`);
@@ -359,7 +359,7 @@ export class Supervisor {
       while (fuseMountAt(this.paths.viewMount) && Date.now() < deadline) await sleep(50);
       if (fuseMountAt(this.paths.viewMount)) {
         // It did not detach: hung. A hung view serves nobody; end it so nothing waits on it.
-        const aborted = abortMount(this.paths.viewMount);
+        const aborted = abortMount(this.paths, this.paths.viewMount);
         view.child.kill('SIGKILL');
         await lazyDetach(this.paths, this.paths.viewMount);
         this.log.warn(`the view did not detach within ${DETACH_GRACE_MS} ms: ${aborted}, killed`);

@@ -1,15 +1,21 @@
 /**
  * The supervisor against the faults a real machine meets: a hung view (SIGSTOP), an
  * aborted FUSE connection, a supervisor killed with -9 (then its view killed, or its view
- * hung), a pause; and status telling each of them, the same for root and non-root.
- * Every call is bounded; cleanup aborts any FUSE connection left below the root.
+ * hung), a pause, a view run by hand, a view draining after stop; status telling each of
+ * them, the same for root and non-root; fusectl mounted when missing; node and the CLI
+ * mapped to the real tree. Every call is bounded; cleanup aborts any FUSE connection left
+ * below the root.
  */
 import { execFile, spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as path from 'path';
 import { runInChroot } from '../cli/demo';
+import { defaultConfig } from '../fs/config';
 import { abortConnection, fuseMountAt, mountTable } from '../fs/fusectl';
 import { linkTargetPath, readLinkState, switchLink } from '../fs/link';
+import { derivePaths } from '../fs/paths';
+import { inRealTree } from '../fs/self-command';
+import { processAlive } from '../fs/stale';
 import { pauseFile, readSupervisorRecord, readSupervisorState } from '../fs/supervisor';
 import { CLI_ENTRY } from '../fs/view-process';
 import { createOpsSandbox, OpsSandbox } from './helpers/ops-sandbox';
@@ -23,14 +29,8 @@ jest.setTimeout(120000);
 
 const linkState = (ops: OpsSandbox) => readLinkState(ops.paths).state;
 const viewPid = (ops: OpsSandbox) => JSON.parse(fs.readFileSync(ops.paths.viewState, 'utf8')).pid as number;
-const alive = (pid: number) => {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-};
+// A killed process whose parent is gone stays a zombie until init reaps it: processAlive calls that dead.
+const alive = processAlive;
 
 type Status = { code: number | null; report: { health: string; state: string; problems: string[]; supervisor: { restarts: number; lastFailure: { kind: string; reason: string } | null } | null } };
 
@@ -204,7 +204,7 @@ maybe('supervisor faults', () => {
     const start = ops.cli(['start']);
     expect(start).toMatchObject({ code: 0, stdout: expect.stringMatching(/^started/) });
     expect(Date.now() - t0).toBeLessThan(20000);
-    expect(alive(pid)).toBe(false);
+    expect(alive(pid)).toBe(false); // killed after the abort
     expect(linkState(ops)).toBe('view');
     expect((await freshLookup(ops)).code).toBe(0);
     expect(readSupervisorRecord(ops.paths)?.alive).toBe(true);
@@ -279,5 +279,29 @@ maybe('supervisor faults', () => {
     user.kill('SIGKILL');
     expect(await waitFor(() => !alive(pid), 10000, 50)).toBeGreaterThanOrEqual(0);
     expect(status(ops)).toMatchObject({ code: 7, report: { state: 'stopped' } });
+  });
+
+  test('fusectl is mounted when it is missing (in a private mount namespace)', () => {
+    const script = `
+      const { ensureFusectl, mountTable, FUSECTL_DIR } = require(${JSON.stringify(path.resolve('dist/fs/fusectl.js'))});
+      const { derivePaths } = require(${JSON.stringify(path.resolve('dist/fs/paths.js'))});
+      const { defaultConfig } = require(${JSON.stringify(path.resolve('dist/fs/config.js'))});
+      const has = () => mountTable().some((m) => m.mountpoint === FUSECTL_DIR && m.fstype === 'fusectl');
+      const before = has();
+      const problem = ensureFusectl(derivePaths('/nonexistent-root', defaultConfig()));
+      console.log(JSON.stringify({ before, problem: problem ?? null, after: has() }));`;
+    const r = spawnSync('unshare', ['--mount', '--propagation', 'private', 'sh', '-c',
+      'umount /sys/fs/fuse/connections 2>/dev/null; exec "$0" -e "$1"', process.execPath, script], { encoding: 'utf8', timeout: 20000 });
+    expect(r.status).toBe(0);
+    expect(JSON.parse(r.stdout)).toEqual({ before: false, problem: null, after: true });
+  });
+
+  test('node and the CLI found through R/usr or the view map to the same paths in the real tree', () => {
+    const paths = derivePaths('/r', defaultConfig());
+    expect(inRealTree(paths, '/r/usr/bin/node')).toBe('/r/usr.real/bin/node');
+    expect(inRealTree(paths, `${paths.viewMount}/lib/fscache/dist/cli/main.js`)).toBe('/r/usr.real/lib/fscache/dist/cli/main.js');
+    expect(inRealTree(paths, '/r/usr.real/bin/node')).toBe('/r/usr.real/bin/node');
+    expect(inRealTree(paths, '/r/usrx/bin/node')).toBe('/r/usrx/bin/node');
+    expect(inRealTree(paths, '/opt/node/bin/node')).toBe('/opt/node/bin/node');
   });
 });
