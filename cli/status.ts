@@ -100,19 +100,19 @@ function nameState(ctx: Context, sup: SupervisorState | undefined, staleSupervis
   view: ViewState | undefined, running: boolean, mounted: boolean, problems: string[]): NamedState | undefined {
   const { paths } = ctx;
   const ago = (t: number) => `${((Date.now() - t) / 1000).toFixed(1)} s ago`;
+  const name = (state: NamedState, problem: string): NamedState => {
+    problems.push(problem);
+    return state;
+  };
   if (sup) {
-    if (isPaused(paths)) {
-      problems.push(`paused by ${pauseFile(paths)}: ${paths.usrLink} stays on the real tree`);
-      return 'paused';
-    }
+    if (isPaused(paths)) return name('paused', `paused by ${pauseFile(paths)}: ${paths.usrLink} stays on the real tree`);
     const fail = sup.lastFailure;
     if (sup.state === 'serving' || sup.state === 'paused') {
-      if (mounted && !running) return problems.push('the view is mounted but its process is gone'), 'dead-mount';
+      if (mounted && !running) return name('dead-mount', 'the view is mounted but its process is gone');
       const err = sup.lastProbeError;
-      if (err && err.kind === 'dead-connection' && err.at >= (sup.lastGoodProbeAt ?? 0)) return problems.push(`the view's connection is dead (${err.message})`), 'dead-mount';
+      if (err && err.kind === 'dead-connection' && err.at >= (sup.lastGoodProbeAt ?? 0)) return name('dead-mount', `the view's connection is dead (${err.message})`);
       if (sup.lastGoodProbeAt === null || Date.now() - sup.lastGoodProbeAt > PROBE_FRESH_MS) {
-        problems.push(`the view has not answered a probe since ${sup.lastGoodProbeAt ? ago(sup.lastGoodProbeAt) : 'it started'}`);
-        return 'hung';
+        return name('hung', `the view has not answered a probe since ${sup.lastGoodProbeAt ? ago(sup.lastGoodProbeAt) : 'it started'}`);
       }
       return undefined;
     }
@@ -124,11 +124,10 @@ function nameState(ctx: Context, sup: SupervisorState | undefined, staleSupervis
     return undefined;
   }
   if (staleSupervisor) problems.push(`the supervisor (pid ${staleSupervisor.pid}) is gone`);
-  if (view && running && view.detached) return problems.push(`the detached view (pid ${view.pid}) serves its last users`), 'draining';
-  if (mounted && !running) return problems.push('the view is mounted but its process is gone'), 'dead-mount';
+  if (view && running && view.detached) return name('draining', `the detached view (pid ${view.pid}) serves its last users`);
+  if (mounted && !running) return name('dead-mount', 'the view is mounted but its process is gone');
   if (view?.supervisorPid && running && mounted) {
-    problems.push(`the view (pid ${view.pid}) serves without its supervisor (pid ${view.supervisorPid}): nothing would switch ${paths.usrLink} back if it failed`);
-    return 'orphaned';
+    return name('orphaned', `the view (pid ${view.pid}) serves without its supervisor (pid ${view.supervisorPid}): nothing would switch ${paths.usrLink} back if it failed`);
   }
   return undefined;
 }
