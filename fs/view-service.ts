@@ -12,6 +12,7 @@ import type { Config } from './config';
 import { FsCacheError } from './errors';
 import { StoreIndex } from './index-db';
 import type { Logger } from './log';
+import { supervisorPidFromEnv, watchSupervisor } from './orphan-watch';
 import type { Paths } from './paths';
 import { checkFuseDevice, checkRealTree, prepareMountPoint } from './preflight';
 import type { FuseSession } from './session';
@@ -35,6 +36,8 @@ export interface ViewState {
   watcher?: WatcherState;
   requests: Record<string, number>;
   detached?: boolean;
+  /** The supervisor that started this view; absent for `fscache mount` run by hand. */
+  supervisorPid?: number;
 }
 
 export class RunningView {
@@ -42,6 +45,7 @@ export class RunningView {
   private stopping?: Promise<void>;
   readonly startedAt = Date.now();
   private detached = false;
+  private stopOrphanWatch = (): void => undefined;
 
   private constructor(
     private readonly paths: Paths,
@@ -100,6 +104,7 @@ export class RunningView {
     const running = new RunningView(paths, config, log, view, session, store, watcher, storeTrouble);
     running.flushTimer = setInterval(() => running.flush(), config.accessFlushMs);
     running.flush();
+    running.stopOrphanWatch = watchSupervisor(paths, log);
     log.info(`view of ${paths.realTree} mounted at ${paths.viewMount} (session ${session.name})`);
     return running;
   }
@@ -118,6 +123,7 @@ export class RunningView {
       watcher: this.watcher.active ? { ...this.watcher.status } : undefined,
       requests: this.session.requestCounts(),
       detached: this.detached,
+      supervisorPid: supervisorPidFromEnv(),
     };
   }
 
@@ -138,6 +144,7 @@ export class RunningView {
   stop(): Promise<void> {
     this.stopping ??= (async () => {
       this.log.info('stopping: detaching the view; serving until its last user is gone');
+      this.stopOrphanWatch();
       await this.session.detach();
       this.detached = true;
       this.flush();

@@ -1,0 +1,120 @@
+/**
+ * Ending a FUSE mount without touching it. A stat or readdir of a hung view's mount point
+ * blocks for good, and a process waiting on a request the view already read ignores
+ * SIGKILL; only the kernel's fusectl filesystem frees them. It names each connection by
+ * the minor device number of its mount, read here from /proc/self/mountinfo and never
+ * from a stat; writing to the connection's `abort` file ends every pending and future
+ * request with an error (ECONNABORTED, then ENOTCONN), and the mount becomes a dead one
+ * that a lazy unmount removes.
+ */
+import { execFile, spawnSync } from 'child_process';
+import * as fs from 'fs';
+import * as path from 'path';
+import { errnoCode } from './errors';
+import type { Paths } from './paths';
+
+export const FUSECTL_DIR = '/sys/fs/fuse/connections';
+
+export interface MountEntry {
+  mountpoint: string;
+  fstype: string;
+  minor: number;
+}
+
+function unescapeMount(s: string): string {
+  return s.replace(/\\([0-7]{3})/g, (_m, oct) => String.fromCharCode(parseInt(oct, 8)));
+}
+
+/** This process's mount table: field 3 is major:minor, field 5 the mount point, the type follows ' - '. */
+export function mountTable(): MountEntry[] {
+  return fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n').filter(Boolean).map((line) => {
+    const fields = line.split(' ');
+    const tail = line.slice(line.indexOf(' - ') + 3).split(' ');
+    return { mountpoint: unescapeMount(fields[4] ?? ''), fstype: tail[0] ?? '', minor: Number((fields[2] ?? '').split(':')[1]) };
+  });
+}
+
+/** The FUSE mount at `mountpoint` (the topmost if several are stacked there), or undefined. */
+export function fuseMountAt(mountpoint: string): MountEntry | undefined {
+  const wanted = path.resolve(mountpoint);
+  return mountTable().filter((m) => m.mountpoint === wanted && (m.fstype === 'fuse' || m.fstype.startsWith('fuse.'))).pop();
+}
+
+/**
+ * A program fscache runs while the view may be hung or R/usr may lead through it: taken
+ * from the real tree by absolute path, never through PATH. Run from outside R (tests,
+ * --root R), the host's own /usr is not the view and is searched too.
+ */
+export function realProgram(paths: Paths, name: string): string | undefined {
+  const dirs = [path.join(paths.realTree, 'bin'), path.join(paths.realTree, 'sbin')];
+  if (paths.root !== '/') dirs.push('/usr/bin', '/usr/sbin', '/bin', '/sbin');
+  return dirs.map((d) => path.join(d, name)).find((file) => {
+    try {
+      fs.accessSync(file, fs.constants.X_OK);
+      return true;
+    } catch {
+      return false;
+    }
+  });
+}
+
+/** Mounts fusectl if it is not mounted (a Debian system does not by default). Returns a problem, or undefined. */
+export function ensureFusectl(paths: Paths): string | undefined {
+  if (mountTable().some((m) => m.mountpoint === FUSECTL_DIR && m.fstype === 'fusectl')) return undefined;
+  const mount = realProgram(paths, 'mount');
+  if (!mount) return `fusectl is not mounted at ${FUSECTL_DIR} and no mount program was found in ${paths.realTree}`;
+  const r = spawnSync(mount, ['-t', 'fusectl', 'fusectl', FUSECTL_DIR], { stdio: 'ignore', timeout: 5000 });
+  return r.status === 0 ? undefined : `mounting fusectl at ${FUSECTL_DIR} failed (${r.error?.message ?? `exit ${r.status}`})`;
+}
+
+/** Aborts the FUSE connection with this minor number. False if it is already gone. */
+export function abortConnection(minor: number): boolean {
+  try {
+    fs.writeFileSync(path.join(FUSECTL_DIR, String(minor), 'abort'), '1');
+    return true;
+  } catch (err) {
+    if (errnoCode(err) === 'ENOENT') return false;
+    throw err;
+  }
+}
+
+function run(file: string, args: string[], timeoutMs: number): Promise<boolean> {
+  return new Promise((resolve) => execFile(file, args, { timeout: timeoutMs, killSignal: 'SIGKILL' }, (err) => resolve(!err)));
+}
+
+/**
+ * Lazily unmounts `mountpoint` (the name goes, users keep what they opened) with umount or
+ * fusermount from the real tree, bounded. -c: umount does not canonicalize (stat) the path.
+ */
+export async function lazyDetach(paths: Paths, mountpoint: string, timeoutMs = 3000): Promise<boolean> {
+  const umount = realProgram(paths, 'umount');
+  if (umount && (await run(umount, ['-l', '-c', mountpoint], timeoutMs))) return true;
+  const fusermount = realProgram(paths, 'fusermount');
+  return !!fusermount && (await run(fusermount, ['-uz', mountpoint], timeoutMs));
+}
+
+/**
+ * Aborts the connection of the FUSE mount at `mountpoint`, if any, mounting fusectl first
+ * if needed. Returns what it did, for the log.
+ */
+export function abortMount(paths: Paths, mountpoint: string): string {
+  const mount = fuseMountAt(mountpoint);
+  if (!mount) return 'nothing mounted';
+  const problem = ensureFusectl(paths);
+  if (problem) return `connection ${mount.minor} not aborted (${problem})`;
+  try {
+    return abortConnection(mount.minor) ? `connection ${mount.minor} aborted` : `connection ${mount.minor} already gone`;
+  } catch (err) {
+    return `connection ${mount.minor} not aborted (${(err as Error).message})`;
+  }
+}
+
+/**
+ * Ends whatever FUSE mount is at `mountpoint`: aborts its connection (so that nothing
+ * waits on it any more), then detaches it lazily.
+ */
+export async function abortAndDetach(paths: Paths, mountpoint: string): Promise<string> {
+  if (!fuseMountAt(mountpoint)) return 'nothing mounted';
+  const aborted = abortMount(paths, mountpoint);
+  return `${aborted}; ${(await lazyDetach(paths, mountpoint)) ? 'detached' : 'lazy unmount failed'}`;
+}
