@@ -11,57 +11,22 @@ import { execFile, spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as path from 'path';
 import { errnoCode } from './errors';
+import { isFuse, mountAt, mountTable } from './mounts';
 import type { Paths } from './paths';
+import { findProgram } from './programs';
 
 export const FUSECTL_DIR = '/sys/fs/fuse/connections';
 
-export interface MountEntry {
-  mountpoint: string;
-  fstype: string;
-  minor: number;
-}
-
-function unescapeMount(s: string): string {
-  return s.replace(/\\([0-7]{3})/g, (_m, oct) => String.fromCharCode(parseInt(oct, 8)));
-}
-
-/** This process's mount table: field 3 is major:minor, field 5 the mount point, the type follows ' - '. */
-export function mountTable(): MountEntry[] {
-  return fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n').filter(Boolean).map((line) => {
-    const fields = line.split(' ');
-    const tail = line.slice(line.indexOf(' - ') + 3).split(' ');
-    return { mountpoint: unescapeMount(fields[4] ?? ''), fstype: tail[0] ?? '', minor: Number((fields[2] ?? '').split(':')[1]) };
-  });
-}
-
-/** The FUSE mount at `mountpoint` (the topmost if several are stacked there), or undefined. */
-export function fuseMountAt(mountpoint: string): MountEntry | undefined {
-  const wanted = path.resolve(mountpoint);
-  return mountTable().filter((m) => m.mountpoint === wanted && (m.fstype === 'fuse' || m.fstype.startsWith('fuse.'))).pop();
-}
-
-/**
- * A program fscache runs while the view may be hung or R/usr may lead through it: taken
- * from the real tree by absolute path, never through PATH. Run from outside R (tests,
- * --root R), the host's own /usr is not the view and is searched too.
- */
-export function realProgram(paths: Paths, name: string): string | undefined {
-  const dirs = [path.join(paths.realTree, 'bin'), path.join(paths.realTree, 'sbin')];
-  if (paths.root !== '/') dirs.push('/usr/bin', '/usr/sbin', '/bin', '/sbin');
-  return dirs.map((d) => path.join(d, name)).find((file) => {
-    try {
-      fs.accessSync(file, fs.constants.X_OK);
-      return true;
-    } catch {
-      return false;
-    }
-  });
+/** The FUSE mount at `mountpoint` (the topmost if several are stacked there) and its connection number, or undefined. */
+export function fuseMountAt(mountpoint: string): { minor: number } | undefined {
+  const m = mountAt(mountpoint);
+  return m && isFuse(m) ? { minor: Number(m.device.split(':')[1]) } : undefined;
 }
 
 /** Mounts fusectl if it is not mounted (a Debian system does not by default). Returns a problem, or undefined. */
 export function ensureFusectl(paths: Paths): string | undefined {
-  if (mountTable().some((m) => m.mountpoint === FUSECTL_DIR && m.fstype === 'fusectl')) return undefined;
-  const mount = realProgram(paths, 'mount');
+  if (mountTable().some((m) => m.mountPoint === FUSECTL_DIR && m.fstype === 'fusectl')) return undefined;
+  const mount = findProgram(paths, 'mount');
   if (!mount) return `fusectl is not mounted at ${FUSECTL_DIR} and no mount program was found in ${paths.realTree}`;
   const r = spawnSync(mount, ['-t', 'fusectl', 'fusectl', FUSECTL_DIR], { stdio: 'ignore', timeout: 5000 });
   return r.status === 0 ? undefined : `mounting fusectl at ${FUSECTL_DIR} failed (${r.error?.message ?? `exit ${r.status}`})`;
@@ -87,9 +52,9 @@ function run(file: string, args: string[], timeoutMs: number): Promise<boolean> 
  * fusermount from the real tree, bounded. -c: umount does not canonicalize (stat) the path.
  */
 export async function lazyDetach(paths: Paths, mountpoint: string, timeoutMs = 3000): Promise<boolean> {
-  const umount = realProgram(paths, 'umount');
+  const umount = findProgram(paths, 'umount');
   if (umount && (await run(umount, ['-l', '-c', mountpoint], timeoutMs))) return true;
-  const fusermount = realProgram(paths, 'fusermount');
+  const fusermount = findProgram(paths, 'fusermount');
   return !!fusermount && (await run(fusermount, ['-uz', mountpoint], timeoutMs));
 }
 

@@ -96,6 +96,8 @@ export function isPaused(paths: Paths): boolean {
  */
 export async function healthCheck(paths: Paths): Promise<{ hang: boolean; message: string } | undefined> {
   const check = async (): Promise<string | undefined> => {
+    // The mount point holds links to the real tree underneath: without a FUSE mount it would pass every read below.
+    if (!fuseMountAt(paths.viewMount)) return `no FUSE view is mounted at ${paths.viewMount}`;
     const realNames = (await fs.promises.readdir(paths.realTree)).sort();
     const viewNames = (await fs.promises.readdir(paths.viewMount)).sort();
     if (realNames.join('/') !== viewNames.join('/')) return 'the view lists other names than the real tree';
