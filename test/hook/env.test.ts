@@ -129,7 +129,7 @@ test('startDaemon and stopDaemon: idempotent, pid file, socket', async () => {
   expect(flag).toBeGreaterThan(0);
   expect(flag).toBeLessThan(argv.findIndex((a) => a.endsWith('main.js'))); // a Node option, not the CLI's
   expect(fs.existsSync(path.join(paths.runDir, 'hook.sock'))).toBe(true);
-  expect(read('run/fscache/epoch')).toMatch(/^1 original 3000 fscache\/images lib:lib64:usr\/lib:usr\/lib64:usr\/local\/lib usr.real run\/fscache\/view\n$/);
+  expect(read('run/fscache/epoch')).toMatch(/^1 original 3000 fscache\/images lib:lib64:usr\/lib:usr\/lib64:usr\/local\/lib usr.real usr.view\n$/);
   await stopDaemon(paths);
   await stopDaemon(paths);
   expect(daemonPid(paths)).toBeUndefined();
