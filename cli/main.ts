@@ -10,6 +10,7 @@ import { registerHookVerbs } from './hook-verbs';
 // and the init scripts. The view (mount) loads everything before it serves, never later.
 const demo = () => import('./demo');
 const ops = () => import('./ops');
+const pkg = () => import('./pkg');
 const status = () => import('./status');
 
 const program = new Command();
@@ -61,6 +62,18 @@ program
   .command('stop')
   .description('switch R/usr back to the real tree, then detach the view; programs using it keep running; idempotent')
   .action(async () => (await ops()).stopVerb(contextFrom(globals())));
+
+program
+  .command('pause')
+  .description('before a package transaction: switch R/usr to the real tree and keep it there until resume (the hooks start installs run it)')
+  .option('--holder <name>', 'who pauses; R/usr goes back when every holder has resumed', 'manual')
+  .action(async (opts: { holder: string }) => (await pkg()).pauseVerb(contextFrom(globals()), opts.holder));
+
+program
+  .command('resume')
+  .description('after a package transaction: switch R/usr back to the view (mirror mode: sync the mirror first; if that fails R/usr stays on the real tree)')
+  .option('--holder <name>', 'end only this holder\'s pause (default: every pause)')
+  .action(async (opts: { holder?: string }) => (await pkg()).resumeVerb(contextFrom(globals()), opts.holder));
 
 program
   .command('sync')

@@ -11,6 +11,7 @@ import { mirrorProblem, syncStore } from '../fs/sync';
 import { CLI_ENTRY } from '../fs/view-process';
 import type { ViewState } from '../fs/view-service';
 import type { Context } from './context';
+import { packageHooksOnStart, packageHooksOnStop } from './pkg';
 
 const out = (s: string): void => void process.stdout.write(s + '\n');
 
@@ -80,6 +81,7 @@ async function stopHook(ctx: Context): Promise<void> {
 
 export async function startVerb(ctx: Context, foreground: boolean, extraArgs: string[]): Promise<number> {
   checkLinkIsOurs(ctx);
+  packageHooksOnStart(ctx);
   await startHook(ctx);
   if (ctx.config.mode === 'mirror') {
     const problem = await mirrorProblem(ctx.paths, ctx.log);
@@ -126,6 +128,7 @@ export async function stopVerb(ctx: Context): Promise<void> {
   const { state } = readLinkState(ctx.paths);
   // The link first: new launches go to the real tree before anything else changes.
   if (state === 'view' || state === 'mirror') switchLink(ctx.paths, 'real');
+  packageHooksOnStop(ctx);
   await stopHook(ctx);
   const supervisor = readSupervisorState(ctx.paths);
   let viewPid: number | undefined;

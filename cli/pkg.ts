@@ -1,0 +1,112 @@
+/**
+ * `fscache pause` and `fscache resume`, run around a package transaction (by the hooks that
+ * start installs, or by hand): R/usr on the real tree while a package manager writes, then
+ * back on the cache with nothing undone. Both idempotent, one line of output, exit 0 when
+ * fscache is not running. See fs/pause.ts for the pause file and fs/pkg-hooks.ts for the hooks.
+ */
+import { FsCacheError } from '../fs/errors';
+import { readLinkState, switchLink } from '../fs/link';
+import { clearPause, PauseState, readPause, writePause } from '../fs/pause';
+import { installPackageHooks, removePackageHooks } from '../fs/pkg-hooks';
+import { readSupervisorState } from '../fs/supervisor';
+import { syncStore } from '../fs/sync';
+import type { Context } from './context';
+
+const out = (s: string): void => void process.stdout.write(s + '\n');
+
+/** How long resume waits for the supervisor to put R/usr back on the view. */
+const RESUME_WAIT_MS = 5000;
+
+export function pauseVerb(ctx: Context, holder: string): void {
+  const { paths } = ctx;
+  const { state } = readLinkState(paths);
+  const pause = readPause(paths);
+  if (!pause && state !== 'view' && state !== 'mirror' && !readSupervisorState(paths)) {
+    out('fscache is not running: nothing to pause');
+    return;
+  }
+  // The file first, then the link: the supervisor must not switch back in between.
+  writePause(paths, {
+    holders: { ...pause?.holders, [holder]: { pid: process.ppid, since: new Date().toISOString() } },
+    resumeTo: pause?.resumeTo ?? (ctx.config.mode === 'mirror' ? 'mirror' : 'view'),
+  });
+  if (state === 'view' || state === 'mirror') switchLink(paths, 'real');
+  out(`paused (${holder}): ${paths.usrLink} -> real tree until 'fscache resume'`);
+}
+
+export async function resumeVerb(ctx: Context, holder: string | undefined): Promise<void> {
+  const { paths } = ctx;
+  const pause = readPause(paths);
+  if (!pause) {
+    out('not paused');
+    return;
+  }
+  const holders = holder === undefined ? {} : { ...pause.holders };
+  if (holder !== undefined) delete holders[holder];
+  const others = Object.keys(holders);
+  if (others.length) {
+    writePause(paths, { ...pause, holders });
+    out(`still paused by ${others.join(', ')}: ${paths.usrLink} stays on the real tree`);
+    return;
+  }
+  if (pause.resumeTo === 'mirror') return resumeMirror(ctx, pause);
+  clearPause(paths);
+  if (!readSupervisorState(paths)) {
+    out(`resumed; fscache is not running, ${paths.usrLink} stays on the real tree`);
+    return;
+  }
+  // The supervisor switches back once it sees the pause gone and its probe of the view succeeds.
+  const t0 = Date.now();
+  while (readLinkState(paths).state !== 'view' && Date.now() - t0 < RESUME_WAIT_MS) await new Promise((r) => setTimeout(r, 50));
+  if (readLinkState(paths).state === 'view') out(`resumed: ${paths.usrLink} -> view after ${Date.now() - t0} ms`);
+  else out(`resumed; the supervisor has not switched ${paths.usrLink} back to the view within ${RESUME_WAIT_MS / 1000} s (${readSupervisorState(paths)?.state ?? 'no supervisor'}): it stays on the real tree until the view answers`);
+}
+
+/**
+ * Mirror mode: the mirror is brought up to date with the transaction's changes before
+ * R/usr goes back to it; if that fails, R/usr stays on the real tree (fail open) and the
+ * pause stays, so that the next `fscache resume` tries again.
+ */
+async function resumeMirror(ctx: Context, pause: PauseState): Promise<void> {
+  const { paths } = ctx;
+  let summary: string;
+  try {
+    const r = await syncStore(paths, { ...ctx.config, mode: 'mirror' }, ctx.log, { dryRun: false });
+    summary = `${r.transferred} files transferred, ${r.deleted} deleted`;
+  } catch (err) {
+    const reason = (err as Error).message;
+    writePause(paths, { ...pause, holders: {}, resumeFailure: { at: new Date().toISOString(), reason } });
+    throw new FsCacheError('degraded', `the mirror could not be brought up to date (${reason}); ${paths.usrLink} stays on the real tree; 'fscache resume' tries again`);
+  }
+  // A transaction that paused while the mirror was synced keeps R/usr on the real tree.
+  const again = readPause(paths);
+  if (again && Object.keys(again.holders).length) {
+    out(`mirror synced (${summary}); paused again by ${Object.keys(again.holders).join(', ')}: ${paths.usrLink} stays on the real tree`);
+    return;
+  }
+  clearPause(paths);
+  switchLink(paths, 'mirror');
+  out(`resumed: ${paths.usrLink} -> mirror (${summary})`);
+}
+
+/** start: hooks for the package managers found under R. Fail open: start goes on without them. */
+export function packageHooksOnStart(ctx: Context): void {
+  const advice = "run 'fscache pause' before and 'fscache resume' after package transactions";
+  try {
+    const r = installPackageHooks(ctx.paths, ctx.configFile);
+    if (r.problem) ctx.log.warn(`package-manager hooks not installed: ${r.problem}; ${advice}`);
+    else if (r.installed.length) ctx.log.info(`package-manager hooks: ${r.installed.join(', ')}`);
+  } catch (err) {
+    ctx.log.warn(`package-manager hooks not installed: ${(err as Error).message}; ${advice}`);
+  }
+}
+
+/** stop: the hooks go, and so does a pause (there is no cache left to go back to). */
+export function packageHooksOnStop(ctx: Context): void {
+  try {
+    removePackageHooks(ctx.paths);
+  } catch (err) {
+    ctx.log.warn(`package-manager hooks not removed: ${(err as Error).message}`);
+  }
+  clearPause(ctx.paths);
+}
