@@ -225,9 +225,8 @@ maybe('package managers while fscache runs', () => {
     await new Promise((res) => setTimeout(res, 3000));
     execFileSync('sh', ['-c', 'echo 3 > /proc/sys/vm/drop_caches']);
     await new Promise((res) => setTimeout(res, 1000));
-    // HELPER C (old nodes read from the object they were opened as): until that is merged the
-    // running program may switch to the new library's code here (prints 2).
-    expect([...new Set(valuesAfter(v1.output(), mark))]).toEqual(['1']);
+    // Asserted at the end, so that everything else is checked too: see there.
+    const printedAfterUpgrade = [...new Set(valuesAfter(v1.output(), mark))];
 
     expect(r.cli(['sync'])).toMatchObject({ code: 0 });
     expect(r.chroot(['/usr/bin/fscache-test'])).toMatchObject({ code: 0, stdout: '2\n' });
@@ -245,6 +244,10 @@ maybe('package managers while fscache runs', () => {
     // Stopped: the hook is gone, dpkg works on the real tree as without fscache.
     expect(dpkg(r, '-i', debs[1])).toMatchObject({ code: 0 });
     expect(r.chroot(['/usr/bin/fscache-test'])).toMatchObject({ code: 0, stdout: '1\n' });
+
+    // HELPER C's part (the view reads an old node from the object it was opened as): until that
+    // is merged, the program that mapped v1 through the view switches to v2's code (prints 2).
+    expect(printedAfterUpgrade).toEqual(['1']);
   }, 300000);
 
   test('mirror mode: dpkg writes reach the real tree, the mirror follows on resume, sync undoes nothing', async () => {
