@@ -4,18 +4,21 @@
  * back on the cache with nothing undone. Both idempotent, one line of output, exit 0 when
  * fscache is not running. See fs/pause.ts for the pause file and fs/pkg-hooks.ts for the hooks.
  */
+import * as fs from 'fs';
 import { FsCacheError } from '../fs/errors';
 import { readLinkState, switchLink } from '../fs/link';
+import { dropMirrorCopy, filesChangedSince } from '../fs/mirror-refresh';
 import { clearPause, PauseState, readPause, writePause } from '../fs/pause';
 import { installPackageHooks, removePackageHooks } from '../fs/pkg-hooks';
 import { readSupervisorState } from '../fs/supervisor';
-import { syncStore } from '../fs/sync';
+import { mirrorMarker, syncStore } from '../fs/sync';
 import type { Context } from './context';
 
 const out = (s: string): void => void process.stdout.write(s + '\n');
 
 /** How long resume waits for the supervisor to put R/usr back on the view. */
 const RESUME_WAIT_MS = 5000;
+const CTIME_SLACK_MS = 2000;
 
 export function pauseVerb(ctx: Context, holder: string): void {
   const { paths } = ctx;
@@ -28,6 +31,7 @@ export function pauseVerb(ctx: Context, holder: string): void {
   // The file first, then the link: the supervisor must not switch back in between.
   writePause(paths, {
     holders: { ...pause?.holders, [holder]: { pid: process.ppid, since: new Date().toISOString() } },
+    pausedAt: pause?.pausedAt ?? Date.now(),
     resumeTo: pause?.resumeTo ?? (ctx.config.mode === 'mirror' ? 'mirror' : 'view'),
   });
   if (state === 'view' || state === 'mirror') switchLink(paths, 'real');
@@ -49,7 +53,7 @@ export async function resumeVerb(ctx: Context, holder: string | undefined): Prom
     out(`still paused by ${others.join(', ')}: ${paths.usrLink} stays on the real tree`);
     return;
   }
-  if (pause.resumeTo === 'mirror') return resumeMirror(ctx, pause);
+  if (pause.resumeTo === 'mirror') return resumeMirror(ctx, { ...pause, holders });
   clearPause(paths);
   if (!readSupervisorState(paths)) {
     out(`resumed; fscache is not running, ${paths.usrLink} stays on the real tree`);
@@ -69,8 +73,16 @@ export async function resumeVerb(ctx: Context, holder: string | undefined): Prom
  */
 async function resumeMirror(ctx: Context, pause: PauseState): Promise<void> {
   const { paths } = ctx;
+  // Still paused, by no one: a pause taken while the mirror is synced is seen below.
+  writePause(paths, pause);
   let summary: string;
   try {
+    // The mirror is incomplete from here until the sync has run (start refuses such a mirror).
+    fs.rmSync(mirrorMarker(paths), { force: true });
+    // ctime is kept by the kernel's coarse clock, which may lag Date.now() by a tick: a margin.
+    let dropped = 0;
+    for (const rel of filesChangedSince(paths.realTree, pause.pausedAt - CTIME_SLACK_MS)) if (dropMirrorCopy(paths.mirror, rel)) dropped++;
+    ctx.log.debug(`resume: ${dropped} mirror copies of files changed during the pause dropped`);
     const r = await syncStore(paths, { ...ctx.config, mode: 'mirror' }, ctx.log, { dryRun: false });
     summary = `${r.transferred} files transferred, ${r.deleted} deleted`;
   } catch (err) {

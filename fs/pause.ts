@@ -24,6 +24,8 @@ export interface PauseHolder {
 export interface PauseState {
   /** Who keeps R/usr on the real tree, by name (`dpkg`, `portage:cat/pkg-1.0`, `manual`). */
   holders: Record<string, PauseHolder>;
+  /** When the first holder paused (ms since the epoch): what changed since then is the transactions' work. */
+  pausedAt: number;
   /** Where R/usr goes back to once the last holder resumes. */
   resumeTo: 'view' | 'mirror';
   /** The last resume that could not switch back, and why (mirror mode: the sync failed). */
@@ -51,10 +53,15 @@ export function readPause(paths: Paths): PauseState | undefined {
     const st = fs.fstatSync(fd);
     if (!st.isFile() || st.uid !== 0) return undefined;
     const state = JSON.parse(fs.readFileSync(fd, 'utf8')) as Partial<PauseState>;
-    return { holders: state.holders ?? {}, resumeTo: state.resumeTo === 'mirror' ? 'mirror' : 'view', resumeFailure: state.resumeFailure };
+    return {
+      holders: state.holders ?? {},
+      pausedAt: typeof state.pausedAt === 'number' ? state.pausedAt : 0,
+      resumeTo: state.resumeTo === 'mirror' ? 'mirror' : 'view',
+      resumeFailure: state.resumeFailure,
+    };
   } catch {
     // Unreadable content from a root-owned file: still a pause (fail open: the real tree), without holders.
-    return { holders: {}, resumeTo: 'view' };
+    return { holders: {}, pausedAt: 0, resumeTo: 'view' };
   } finally {
     fs.closeSync(fd);
   }
