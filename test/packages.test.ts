@@ -191,7 +191,17 @@ maybe('package managers while fscache runs', () => {
     return { 1: `/tmp/${path.basename(built[1])}`, 2: `/tmp/${path.basename(built[2])}` };
   }
 
-  const dpkg = (r: PkgRoot, ...args: string[]) => r.chroot(['/usr/bin/dpkg', ...args]);
+  /** How long each dpkg run took (hooks included), logged at the end of each test. */
+  const timings: string[] = [];
+  afterEach(() => {
+    if (timings.length) console.log(`dpkg runs: ${timings.splice(0).join(', ')}`);
+  });
+  const dpkg = (r: PkgRoot, ...args: string[]) => {
+    const t0 = Date.now();
+    const run = r.chroot(['/usr/bin/dpkg', ...args]);
+    timings.push(`${args.join(' ').replace(/\/tmp\//, '')} ${Date.now() - t0} ms`);
+    return run;
+  };
   const realFile = (r: PkgRoot, rel: string) => path.join(r.paths.realTree, rel);
   /** Values the long-running program printed after `from` characters of output. */
   const valuesAfter = (output: string, from: number) => output.slice(from).split('\n').filter((l) => /^\d+$/.test(l));
@@ -255,7 +265,9 @@ maybe('package managers while fscache runs', () => {
     const r = root;
     const debs = debsInRoot(r);
     const mirrorFile = (rel: string) => path.join(r.paths.mirror, rel);
+    const t0 = Date.now();
     expect(r.cli(['sync'], 600000)).toMatchObject({ code: 0 });
+    timings.push(`(first mirror sync ${Date.now() - t0} ms)`);
     expect(r.cli(['start'])).toMatchObject({ code: 0 });
     expect(readLinkState(r.paths).state).toBe('mirror');
     expect(fs.existsSync(dpkgHookFile(r.paths))).toBe(true);
