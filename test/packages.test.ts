@@ -146,8 +146,10 @@ class PkgRoot {
   }
 }
 
+type Debs = Record<1 | 2 | 'broken', string>;
+
 /** A .deb with a library in /usr/lib/fscache-test whose function returns `value`, and a program printing it. */
-function buildDebs(dir: string): Record<1 | 2, string> {
+function buildDebs(dir: string): Debs {
   fs.writeFileSync(path.join(dir, 'lib.c'), 'int fscache_test_value(void) { return VALUE; }\n');
   fs.writeFileSync(path.join(dir, 'prog.c'), `#include <stdio.h>
 #include <string.h>
@@ -163,7 +165,7 @@ int main(int argc, char **argv) {
   return 0;
 }
 `);
-  const debs = {} as Record<1 | 2, string>;
+  const debs = {} as Debs;
   for (const v of [1, 2] as const) {
     const tree = path.join(dir, `pkg${v}`);
     const lib = path.join(tree, 'usr/lib/fscache-test');
@@ -174,6 +176,13 @@ int main(int argc, char **argv) {
     debs[v] = path.join(dir, `fscache-test_${v}.deb`);
     execFileSync('dpkg-deb', ['--build', '--root-owner-group', tree, debs[v]], { stdio: 'ignore' });
   }
+  // A package whose preinst fails: dpkg reports the error and still runs its post-invoke hook.
+  const broken = path.join(dir, 'broken');
+  fs.mkdirSync(path.join(broken, 'DEBIAN'), { recursive: true, mode: 0o755 });
+  fs.writeFileSync(path.join(broken, 'DEBIAN/control'), 'Package: fscache-broken\nVersion: 1\nArchitecture: all\nMaintainer: fscache tests <root@localhost>\nDescription: a preinst that fails\n');
+  fs.writeFileSync(path.join(broken, 'DEBIAN/preinst'), '#!/bin/sh\necho preinst fails >&2\nexit 1\n', { mode: 0o755 });
+  debs.broken = path.join(dir, 'fscache-broken_1.deb');
+  execFileSync('dpkg-deb', ['--build', '--root-owner-group', broken, debs.broken], { stdio: 'ignore' });
   return debs;
 }
 
@@ -185,10 +194,14 @@ maybe('package managers while fscache runs', () => {
   });
 
   /** Copies the debs into R/tmp; returns their paths as seen inside the root. */
-  function debsInRoot(r: PkgRoot): Record<1 | 2, string> {
+  function debsInRoot(r: PkgRoot): Debs {
     const built = buildDebs(fs.mkdtempSync(path.join(r.base, 'debs-')));
-    for (const v of [1, 2] as const) fs.copyFileSync(built[v], path.join(r.root, 'tmp', path.basename(built[v])));
-    return { 1: `/tmp/${path.basename(built[1])}`, 2: `/tmp/${path.basename(built[2])}` };
+    const inRoot = {} as Debs;
+    for (const v of [1, 2, 'broken'] as const) {
+      fs.copyFileSync(built[v], path.join(r.root, 'tmp', path.basename(built[v])));
+      inRoot[v] = `/tmp/${path.basename(built[v])}`;
+    }
+    return inRoot;
   }
 
   /** How long each dpkg run took (hooks included), logged at the end of each test. */
@@ -222,6 +235,12 @@ maybe('package managers while fscache runs', () => {
     expect(readPause(r.paths)).toBeUndefined();
     expect(fs.existsSync(realFile(r, 'lib/fscache-test/libfscachetest.so.1'))).toBe(true);
     expect(r.chroot(['/usr/bin/fscache-test'])).toMatchObject({ code: 0, stdout: '1\n' });
+
+    // A failing package: dpkg fails as it would without fscache, and /usr still goes back to the view.
+    run = dpkg(r, '-i', debs.broken);
+    expect(run).toMatchObject({ code: 1, stdout: expect.stringMatching(/resumed/) });
+    expect(readLinkState(r.paths).state).toBe('view');
+    expect(dpkg(r, '--purge', 'fscache-broken').code).toBe(0);
 
     const v1 = r.spawn(['/usr/bin/fscache-test', 'loop']);
     expect(await waitFor(() => valuesAfter(v1.output(), 0).length >= 3, 10000)).toBeGreaterThanOrEqual(0);
