@@ -21,7 +21,7 @@ const READ_ROUNDS = 20;
  */
 function largeFileRead([native, view, bindfs]: BenchRoot[]): string[] {
   const rel = LARGE_FILE.replace(/^\/usr\//, '');
-  const files = [`${native.sandbox.realTree}/${rel}`, `${view.sandbox.root}/run/fscache/view/${rel}`, `${bindfs.sandbox.root}/run/fscache/view/${rel}`];
+  const files = [`${native.sandbox.realTree}/${rel}`, `${view.sandbox.root}/usr.view/${rel}`, `${bindfs.sandbox.root}/usr.view/${rel}`];
   const size = Number(execFileSync('stat', ['-c', '%s', files[0]], { encoding: 'utf8' }));
   const times: number[][] = [[], [], []];
   const ratios: number[][] = [[], []];

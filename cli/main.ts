@@ -39,7 +39,7 @@ program
 
 program
   .command('mount')
-  .description('run the FUSE view of the real tree at R/run/fscache/view in the foreground (SIGTERM: detach, serve until the last user is gone)')
+  .description('run the FUSE view of the real tree at R/usr.view in the foreground (SIGTERM: detach, serve until the last user is gone)')
   .action(async () => (await import('./mount')).mountVerb(contextFrom(globals())));
 
 program

@@ -4,10 +4,11 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { FsCacheError } from '../fs/errors';
 import { readLinkState, switchLink } from '../fs/link';
+import { mirrorMounted, startMirror, stopMirror } from '../fs/mirror';
 import { isMountPoint } from '../fs/preflight';
-import { planSetup, runSetup } from '../fs/setup';
+import { planSetup, refreshViewDirIfIdle, runSetup } from '../fs/setup';
 import { readSupervisorState, Supervisor } from '../fs/supervisor';
-import { mirrorProblem, syncStore } from '../fs/sync';
+import { syncStore } from '../fs/sync';
 import { CLI_ENTRY } from '../fs/view-process';
 import type { ViewState } from '../fs/view-service';
 import type { Context } from './context';
@@ -18,6 +19,7 @@ const out = (s: string): void => void process.stdout.write(s + '\n');
 export function setupVerb(ctx: Context, yes: boolean): void {
   const plan = planSetup(ctx.paths);
   if (plan.done) {
+    refreshViewDirIfIdle(ctx.paths);
     out(`already set up: ${ctx.paths.usrLink} is fscache's link`);
     return;
   }
@@ -84,10 +86,7 @@ export async function startVerb(ctx: Context, foreground: boolean, extraArgs: st
   packageHooksOnStart(ctx);
   await startHook(ctx);
   if (ctx.config.mode === 'mirror') {
-    const problem = await mirrorProblem(ctx.paths, ctx.log);
-    if (problem) throw new FsCacheError('refused', `${problem}; ${ctx.paths.usrLink} stays on the real tree`);
-    switchLink(ctx.paths, 'mirror');
-    out(`started (mirror): ${ctx.paths.usrLink} -> ${fs.readlinkSync(ctx.paths.usrLink)}`);
+    out(await startMirror(ctx.paths, ctx.log));
     return 0;
   }
   const running = readSupervisorState(ctx.paths);
@@ -125,6 +124,10 @@ export async function startVerb(ctx: Context, foreground: boolean, extraArgs: st
 }
 
 export async function stopVerb(ctx: Context): Promise<void> {
+  if (mirrorMounted(ctx.paths) || (ctx.config.mode === 'mirror' && !readSupervisorState(ctx.paths))) {
+    out(stopMirror(ctx.paths));
+    return stopHook(ctx);
+  }
   const { state } = readLinkState(ctx.paths);
   // The link first: new launches go to the real tree before anything else changes.
   if (state === 'view' || state === 'mirror') switchLink(ctx.paths, 'real');

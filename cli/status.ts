@@ -9,7 +9,8 @@ import { hookPaths, readFailures } from '../loader-hook/images';
 import { StoreIndex } from '../fs/index-db';
 import { silentLogger } from '../fs/log';
 import { LinkState, readLinkState } from '../fs/link';
-import { isMountPoint } from '../fs/preflight';
+import { mirrorMounted } from '../fs/mirror';
+import { isFuse, mountAt } from '../fs/mounts';
 import { readSupervisorState, SupervisorState } from '../fs/supervisor';
 import { mirrorMarker } from '../fs/sync';
 import type { ViewState } from '../fs/view-service';
@@ -101,8 +102,9 @@ export function collectStatus(ctx: Context): StatusReport {
     state = undefined;
   }
   const running = !!state && alive(state.pid);
-  const mounted = isMountPoint(paths.viewMount);
-  const link = { path: paths.usrLink, ...readLinkState(paths) };
+  // The view's mount point holds the mirror's bind in mirror mode: only a FUSE mount is the view.
+  const mounted = isFuse(mountAt(paths.viewMount));
+  const link = { path: paths.usrLink, ...readLinkState(paths, config.mode) };
   const hook = hookStatus(ctx);
   if (hook.enabled && !hook.daemonPid) problems.push('LD_AUDIT is set but the randomization daemon is not running (launches load originals)');
   const supervisor = readSupervisorState(paths);
@@ -121,6 +123,7 @@ export function collectStatus(ctx: Context): StatusReport {
   if (mounted && !running) problems.push('the view is mounted but its process is gone');
   if (link.state === 'view' && !(running && mounted)) problems.push(`${paths.usrLink} points at the view, but the view is not serving`);
   if (link.state === 'mirror' && !mirrorComplete) problems.push('the link points at an incomplete mirror');
+  if (link.state === 'mirror' && !mirrorMounted(paths)) problems.push(`${paths.usrLink} points at ${paths.viewMount}, but the mirror is not mounted there (the real tree is served)`);
   if (link.state === 'directory' || link.state === 'foreign' || link.state === 'missing') problems.push(`${paths.usrLink} is ${link.state === 'foreign' ? `a foreign link (${link.target})` : link.state}: run 'fscache setup'`);
   if (supervisor?.state === 'retrying') problems.push(`the view failed (${supervisor.lastFailure?.reason}); retrying`);
   if (supervisor?.state === 'serving' && link.state !== 'view') problems.push('the supervisor is serving but the link is not on the view');

@@ -19,6 +19,7 @@ export interface Config {
   fuseSession: SessionKind;
   realTree: string;
   usrLink: string;
+  viewDir: string;
   storeDir: string;
   runDir: string;
   quotaBytes: number;
@@ -90,7 +91,7 @@ const glob = (raw: string): string | undefined => (/^[\w.*?/+@-]+$/.test(raw) ? 
 export const CONFIG_KEYS = {
   mode: {
     field: 'mode', default: 'view', allowed: 'view, mirror', parse: oneOf<Mode>('view', 'mirror'),
-    doc: 'view: R/usr points at the FUSE view of the real tree, contents from flash. mirror: R/usr points at a full copy on flash kept by `fscache sync`, no FUSE in the data path.',
+    doc: 'view: R/usr points at the FUSE view of the real tree (mounted at view_dir), contents from flash. mirror: a full copy on flash kept by `fscache sync` is bound read-only at view_dir and R/usr points there, no FUSE in the data path.',
   },
   hook: {
     field: 'hook', default: 'on', allowed: 'on, off', parse: oneOf<'on' | 'off'>('on', 'off'),
@@ -106,7 +107,11 @@ export const CONFIG_KEYS = {
   },
   usr_link: {
     field: 'usrLink', default: 'usr', allowed: 'a path relative to the root, without ..', parse: relPath,
-    doc: 'The symlink that fscache switches between the real tree and the view.',
+    doc: 'The symlink that fscache switches between the real tree and view_dir.',
+  },
+  view_dir: {
+    field: 'viewDir', default: 'usr.view', allowed: 'a path relative to the root, without ..', parse: relPath,
+    doc: 'Where the view (or, in mirror mode, the mirror) is mounted: a directory on the persistent root file system that holds, under the mount, a link to each top-level entry of the real tree, so that with nothing mounted (after a power cut) it is the real tree.',
   },
   store_dir: {
     field: 'storeDir', default: 'fscache', allowed: 'a path relative to the root, without ..', parse: relPath,
@@ -114,7 +119,7 @@ export const CONFIG_KEYS = {
   },
   run_dir: {
     field: 'runDir', default: 'run/fscache', allowed: 'a path relative to the root, without ..', parse: relPath,
-    doc: 'Runtime state: the view mount point, pid and state files, sockets.',
+    doc: 'Runtime state: pid and state files, sockets, the log (a tmpfs: nothing here survives a reboot).',
   },
   quota: {
     field: 'quotaBytes', default: '4G', allowed: 'a size in bytes with an optional K, M, G or T suffix', parse: parseSize,

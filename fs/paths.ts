@@ -23,7 +23,10 @@ export interface Paths {
   images: string;
   index: string;
   runDir: string;
-  /** R/run/fscache/view: the FUSE mount point. */
+  /**
+   * R/usr.view: where the view (or the read-only mirror) is mounted. Persistent, and under
+   * the mount it holds links to the real tree's top-level entries (fs/view-dir.ts).
+   */
   viewMount: string;
   viewState: string;
   log: string;
@@ -48,7 +51,7 @@ export function derivePaths(root: string, config: Config): Paths {
     images: path.join(flash, 'images'),
     index: path.join(flash, 'index.sqlite'),
     runDir,
-    viewMount: path.join(runDir, 'view'),
+    viewMount: path.join(r, config.viewDir),
     viewState: path.join(runDir, 'view.json'),
     log: path.join(runDir, 'fscache.log'),
   };

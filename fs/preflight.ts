@@ -3,7 +3,12 @@ import { execFileSync } from 'child_process';
 import * as fs from 'fs';
 import * as path from 'path';
 import { errnoCode, FsCacheError } from './errors';
+import { isFuse, mountAt } from './mounts';
 import type { Paths } from './paths';
+import { programPath } from './programs';
+import { refreshViewDir } from './view-dir';
+
+export { isMountPoint, mountsBelow } from './mounts';
 
 export const FUSE_DEVICE = '/dev/fuse';
 
@@ -33,37 +38,16 @@ export function checkRealTree(paths: Paths): void {
   }
 }
 
-function mountPoints(): string[] {
-  return fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n').filter(Boolean).map((line) => unescapeMount(line.split(' ')[4] ?? ''));
-}
-
-export function isMountPoint(dir: string): boolean {
-  const wanted = path.resolve(dir);
-  return mountPoints().includes(wanted);
-}
-
-/** Mount points at or below `dir`, deepest first. */
-export function mountsBelow(dir: string): string[] {
-  const base = path.resolve(dir);
-  return mountPoints().filter((m) => m === base || m.startsWith(base + '/')).sort((a, b) => b.length - a.length);
-}
-
-function unescapeMount(s: string): string {
-  return s.replace(/\\([0-7]{3})/g, (_m, oct) => String.fromCharCode(parseInt(oct, 8)));
-}
-
 /**
- * Prepares the mount point: creates it, clears a dead mount left by a killed view
- * (ENOTCONN), refuses a live mount or a non-empty directory.
+ * Prepares the view's mount point: clears a dead mount left by a killed view (ENOTCONN),
+ * refuses a live mount, then refreshes the links to the real tree underneath (fs/view-dir.ts),
+ * which also refuses anything there that fscache did not put there.
  */
-export function prepareMountPoint(mountpoint: string): void {
-  fs.mkdirSync(path.dirname(mountpoint), { recursive: true });
-  try {
-    fs.mkdirSync(mountpoint);
-  } catch (err) {
-    if (errnoCode(err) !== 'EEXIST' && errnoCode(err) !== 'ENOTCONN') throw err;
-  }
-  if (isMountPoint(mountpoint)) {
+export function prepareMountPoint(paths: Paths): void {
+  const mountpoint = paths.viewMount;
+  const top = mountAt(mountpoint);
+  if (top) {
+    if (!isFuse(top)) throw new FsCacheError('busy', `${mountpoint} has a ${top.fstype} file system mounted on it (the mirror? see 'fscache status')`);
     let alive = true;
     try {
       fs.readdirSync(mountpoint);
@@ -71,9 +55,8 @@ export function prepareMountPoint(mountpoint: string): void {
       alive = errnoCode(err) !== 'ENOTCONN';
     }
     if (alive) throw new FsCacheError('busy', `${mountpoint} is already mounted (is the view running? see 'fscache status')`);
-    execFileSync('fusermount', ['-uz', mountpoint], { stdio: 'ignore' });
+    // umount(8) from the real tree, not through PATH (fs/programs.ts); bounded like every exec here.
+    execFileSync(programPath(paths, 'umount'), ['-l', mountpoint], { stdio: 'ignore', timeout: 10000 });
   }
-  if (fs.readdirSync(mountpoint).length > 0) {
-    throw new FsCacheError('busy', `mount point ${mountpoint} is not empty`);
-  }
+  refreshViewDir(paths);
 }

@@ -27,7 +27,7 @@ const DEVICES: Array<[string, number, number]> = [['null', 1, 3], ['zero', 1, 5]
 
 /**
  * Builds R with R/usr.real (read-only bind of `hostUsr`, or an empty directory when
- * `copy` is set), R/usr -> run/fscache/view, and the merged-/usr links, /etc basics,
+ * `copy` is set), R/usr -> usr.view (the view's mount point), and the merged-/usr links, /etc basics,
  * device nodes and /tmp that programs need in a chroot. With `beforeSetup`, R/usr is
  * an empty directory and there is no R/usr.real, as before `fscache setup`.
  */
@@ -58,7 +58,7 @@ export function makeSandbox(options: { hostUsr?: string; copy?: boolean; prefix?
       fs.mkdirSync(path.join(root, 'usr'));
     } else {
       if (!options.copy) sandbox.bindReadOnly(options.hostUsr ?? '/usr', realTree);
-      fs.symlinkSync('run/fscache/view', path.join(root, 'usr'));
+      fs.symlinkSync('usr.view', path.join(root, 'usr'));
     }
     for (const dir of ['bin', 'sbin', 'lib', 'lib64']) fs.symlinkSync(`usr/${dir}`, path.join(root, dir));
     fs.mkdirSync(path.join(root, 'etc'));

@@ -64,7 +64,8 @@ export class Libfuse2Session implements FuseSession {
     // is seen only at the next request: 90% of each timeout keeps "seen within the configured
     // time" true with room for that round trip (this session cannot tell the kernel sooner).
     const within = (seconds: number) => seconds * 0.9;
-    const extra = [`negative_timeout=${within(o.negativeTimeout)}`, 'ro', 'subtype=fscache'].join(',');
+    // nonempty: the mount point holds links to the real tree underneath (fs/view-dir.ts); libfuse2 refuses it without.
+    const extra = [`negative_timeout=${within(o.negativeTimeout)}`, 'ro', 'subtype=fscache', 'nonempty'].join(',');
     const fuse = new Fuse(o.mountpoint, ops, {
       fsname: `${o.fsname},${extra}`,
       // auto_cache: libfuse2 keeps page cache across opens only while mtime and size are unchanged.

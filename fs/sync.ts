@@ -4,7 +4,9 @@
  * index takes the real file's current identity for each copy that rsync left equal to
  * it (same size and nanosecond mtime, rsync's own test). Mirror mode: the whole tree is
  * copied with --delete; a marker file records a complete sync, and is removed while one
- * runs, so a half-written mirror is never taken for a complete one.
+ * runs, so a half-written mirror is never taken for a complete one. While it runs, R/usr
+ * leads to the real tree (a mirror being rewritten is neither the old tree nor the new).
+ * rsync is run by absolute path (fs/programs.ts), never found through PATH.
  */
 import { createHash } from 'crypto';
 import execa from 'execa';
@@ -13,8 +15,11 @@ import * as path from 'path';
 import type { Config } from './config';
 import { FsCacheError } from './errors';
 import { identityOf } from './identity';
+import { readLinkState, switchLink } from './link';
 import type { Logger } from './log';
+import { isFuse, mountAt } from './mounts';
 import type { Paths } from './paths';
+import { programPath } from './programs';
 
 export interface SyncOptions {
   dryRun: boolean;
@@ -50,8 +55,8 @@ export function mirrorMarker(paths: Paths): string {
 }
 
 /** Runs rsync, reporting progress, and turns its exit code into a clear error. */
-async function rsync(args: string[], options: SyncOptions, log: Logger): Promise<{ exit: number; itemized: string[]; warning?: string }> {
-  const child = execa('rsync', [...(options.onProgress ? ['--info=progress2'] : []), '--out-format=%i %n', ...args], {
+async function rsync(paths: Paths, args: string[], options: SyncOptions, log: Logger): Promise<{ exit: number; itemized: string[]; warning?: string }> {
+  const child = execa(programPath(paths, 'rsync'), [...(options.onProgress ? ['--info=progress2'] : []), '--out-format=%i %n', ...args], {
     reject: false,
     all: false,
     buffer: false,
@@ -92,8 +97,13 @@ async function syncMirror(paths: Paths, log: Logger, options: SyncOptions): Prom
   fs.mkdirSync(paths.mirror, { recursive: true, mode: 0o755 });
   if (!options.dryRun) fs.rmSync(mirrorMarker(paths), { force: true });
   const args = ['-aHAX', '--delete', ...(options.dryRun ? ['--dry-run'] : []), `${paths.realTree}/`, `${paths.mirror}/`];
-  const r = await rsync(args, options, log);
+  const mounted = mountAt(paths.viewMount);
+  const serving = !options.dryRun && !!mounted && !isFuse(mounted) && readLinkState(paths, 'mirror').state === 'mirror';
+  // Launches meanwhile use the real tree; a failed sync leaves them there (fail open).
+  if (serving) switchLink(paths, 'real');
+  const r = await rsync(paths, args, options, log);
   if (!options.dryRun) fs.writeFileSync(mirrorMarker(paths), JSON.stringify({ completedAt: Date.now(), rsyncExit: r.exit }) + '\n');
+  if (serving) switchLink(paths, 'mirror');
   return {
     mode: 'mirror',
     transferred: r.itemized.filter((l) => /^[<>c]f/.test(l)).length,
@@ -114,7 +124,7 @@ async function syncViewStore(paths: Paths, log: Logger, options: SyncOptions): P
     let r;
     try {
       // --ignore-missing-args: a cached file removed from the real tree is dropped below.
-      r = await rsync(['-a', '--from0', `--files-from=${list}`, '--ignore-missing-args', ...(options.dryRun ? ['--dry-run'] : []),
+      r = await rsync(paths, ['-a', '--from0', `--files-from=${list}`, '--ignore-missing-args', ...(options.dryRun ? ['--dry-run'] : []),
         `${paths.realTree}/`, `${paths.store}/`], options, log);
     } finally {
       fs.rmSync(list, { force: true });
@@ -154,7 +164,7 @@ async function syncViewStore(paths: Paths, log: Logger, options: SyncOptions): P
 /** Mirror mode: whether the copy on flash is complete and equal to the real tree now. */
 export async function mirrorProblem(paths: Paths, log: Logger): Promise<string | undefined> {
   if (!fs.existsSync(mirrorMarker(paths))) return `the mirror ${paths.mirror} is missing or incomplete: run 'fscache sync'`;
-  const r = await rsync(['-aHAX', '--delete', '--dry-run', `${paths.realTree}/`, `${paths.mirror}/`], { dryRun: true }, log);
+  const r = await rsync(paths, ['-aHAX', '--delete', '--dry-run', `${paths.realTree}/`, `${paths.mirror}/`], { dryRun: true }, log);
   const differences = r.itemized.filter((l) => !/^\.d/.test(l));
   if (differences.length) return `the mirror is older than the real tree (${differences.length} differences, e.g. ${differences[0]}): run 'fscache sync'`;
   return undefined;

@@ -58,7 +58,7 @@ export class RunningView {
     checkFuseDevice();
     checkRealTree(paths);
     if (config.mode !== 'view') throw new FsCacheError('usage', `mode is '${config.mode}': the FUSE view runs only in mode view`);
-    prepareMountPoint(paths.viewMount);
+    prepareMountPoint(paths); // also refreshes the links to the real tree under the mount point
 
     let store: Store | undefined;
     let storeTrouble: string | undefined;

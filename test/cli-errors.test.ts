@@ -48,8 +48,8 @@ describe('usage errors', () => {
   });
 
   test('a real tree that is the view itself is refused', () => {
-    fs.mkdirSync(path.join(root, 'run/fscache/view'), { recursive: true });
-    fs.writeFileSync(path.join(root, 'etc', 'fscache.conf'), 'real_tree = run/fscache/view\n');
+    fs.mkdirSync(path.join(root, 'usr.view'), { recursive: true });
+    fs.writeFileSync(path.join(root, 'etc', 'fscache.conf'), 'real_tree = usr.view\n');
     const r = cli(['--root', root, 'mount']);
     expect(r.code).toBe(2);
     expect(r.stderr).toMatch(/overlaps the view's mount point/);

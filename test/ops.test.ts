@@ -5,6 +5,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { runInChroot } from '../cli/demo';
 import { StoreIndex } from '../fs/index-db';
+import { linkTargetPath } from '../fs/link';
 import { silentLogger } from '../fs/log';
 import { isMountPoint } from '../fs/preflight';
 import { readSupervisorState } from '../fs/supervisor';
@@ -41,7 +42,7 @@ maybe('operations', () => {
 
     const start = ops.cli(['start']);
     expect(start).toMatchObject({ code: 0 });
-    expect(fs.readlinkSync(ops.paths.usrLink)).toBe('run/fscache/view');
+    expect(fs.readlinkSync(ops.paths.usrLink)).toBe(linkTargetPath(ops.paths, 'view'));
     expect(mounted(ops.paths.viewMount)).toBe(true);
     expect(ops.cli(['start']).stdout).toMatch(/already started/);
 
@@ -71,7 +72,7 @@ maybe('operations', () => {
     expect((await runInChroot(ops.sandbox, ['/usr/bin/git', '--version'])).code).toBe(0);
 
     expect(ops.cli(['start']).code).toBe(0);
-    expect(fs.readlinkSync(ops.paths.usrLink)).toBe('run/fscache/view');
+    expect(fs.readlinkSync(ops.paths.usrLink)).toBe(linkTargetPath(ops.paths, 'view'));
     expect((await runInChroot(ops.sandbox, ['/usr/bin/git', '--version'])).code).toBe(0);
     expect(ops.cli(['stop']).code).toBe(0);
   });
@@ -151,7 +152,7 @@ maybe('operations', () => {
       `(${startedInWindow} started between the kill and the flip)`);
 
     // The supervisor restarts the view with back-off and switches back to it.
-    expect(await waitFor(() => readSupervisorState(ops!.paths)?.state === 'serving' && fs.readlinkSync(ops!.paths.usrLink) === 'run/fscache/view', 10000, 50)).toBeGreaterThanOrEqual(0);
+    expect(await waitFor(() => readSupervisorState(ops!.paths)?.state === 'serving' && fs.readlinkSync(ops!.paths.usrLink) === linkTargetPath(ops!.paths, 'view'), 10000, 50)).toBeGreaterThanOrEqual(0);
     const { report } = statusJson(ops);
     expect(report.supervisor.restarts).toBe(1);
     expect(report.supervisor.lastFailure.reason).toMatch(/SIGKILL/);
@@ -164,7 +165,7 @@ maybe('operations', () => {
     const r = ops.cli(['start']);
     expect(r.code).toBe(0);
     expect(r.stderr).toMatch(/loader hook not enabled: .*default run_dir .*not run\/alt/);
-    expect(mounted(path.join(ops.root, 'run/alt/view'))).toBe(true);
+    expect(mounted(ops.paths.viewMount)).toBe(true); // the view's mount point does not depend on run_dir
     const env = path.join(ops.root, 'etc', 'environment');
     expect(fs.existsSync(env) ? fs.readFileSync(env, 'utf8') : '').not.toMatch(/LD_AUDIT/);
     expect(ops.cli(['stop']).code).toBe(0);
@@ -183,18 +184,39 @@ maybe('operations', () => {
     expect(report.problems.join()).toMatch(/is directory: run 'fscache setup'/);
   });
 
-  test('a failure midway through setup (R/usr is a mount point: rename fails) is rolled back', () => {
+  test('a separate /usr file system: setup refuses with the fstab line and the commands, and succeeds once the mount is at /usr.real', () => {
     ops = createOpsSandbox();
-    fs.writeFileSync(path.join(ops.paths.usrLink, 'keep'), 'x');
-    ops.sandbox.bindReadOnly(ops.paths.usrLink, ops.paths.usrLink);
-    const r = ops.cli(['setup', '--yes']);
-    expect(r.code).toBe(3);
-    expect(r.stderr).toMatch(/setup failed and was rolled back \(EBUSY\)/);
-    expect(fs.lstatSync(ops.paths.usrLink).isDirectory()).toBe(true);
-    expect(fs.readFileSync(path.join(ops.paths.usrLink, 'keep'), 'utf8')).toBe('x');
+    // mount --move needs a parent mount that is not shared: the root bound on itself, private.
+    execFileSync('mount', ['--bind', ops.root, ops.root]);
+    execFileSync('mount', ['--make-private', ops.root]);
+    // The /usr file system: a directory bound at R/usr, whose own directory on the root stays empty.
+    const usrFs = path.join(ops.root, 'usr-fs');
+    fs.mkdirSync(path.join(usrFs, 'bin'), { recursive: true });
+    fs.writeFileSync(path.join(usrFs, 'bin', 'keep'), 'x');
+    execFileSync('mount', ['--bind', usrFs, ops.paths.usrLink]);
+    const line = 'UUID=5678-ef01  /usr  ext4  defaults,ro  0 2';
+    fs.writeFileSync(path.join(ops.root, 'etc', 'fstab'), `# <fs> <mount point> <type> <options> <dump> <pass>\nUUID=1234-abcd  /  ext4  defaults  0 1\n${line}\n`);
+    for (const args of [['setup'], ['setup', '--yes']]) {
+      const r = ops.cli(args);
+      expect(r.code).toBe(3);
+      expect(r.stderr).toContain(`${ops.paths.usrLink} is a file system of its own (a separate /usr): it cannot be renamed to ${ops.paths.realTree}. Nothing changed.`);
+      expect(r.stderr).toContain(`- ${line}`);
+      expect(r.stderr).toContain('+ UUID=5678-ef01  /usr.real  ext4  defaults,ro  0 2');
+      expect(r.stderr).toContain('mkdir /usr.real && mount --move /usr /usr.real');
+      expect(r.stderr).toContain('fscache setup --yes');
+    }
+    expect(isMountPoint(ops.paths.usrLink)).toBe(true);
     expect(fs.existsSync(ops.paths.realTree)).toBe(false);
     expect(fs.existsSync(`${ops.paths.usrLink}.fscache-new`)).toBe(false);
-    execFileSync('umount', [ops.paths.usrLink]);
+
+    // What the administrator does, with the sandbox's paths.
+    fs.mkdirSync(ops.paths.realTree);
+    execFileSync('mount', ['--move', ops.paths.usrLink, ops.paths.realTree]);
+    const r = ops.cli(['setup', '--yes']);
+    expect(r).toMatchObject({ code: 0, stdout: expect.stringMatching(/set up: .*usr -> usr.real/) });
+    expect(fs.readlinkSync(ops.paths.usrLink)).toBe('usr.real');
+    expect(fs.readFileSync(path.join(ops.paths.usrLink, 'bin', 'keep'), 'utf8')).toBe('x');
+    expect(fs.readlinkSync(path.join(ops.paths.viewMount, 'bin'))).toBe('../usr.real/bin');
   });
 
   test('a setup killed between its two renames is finished by running setup again', () => {
@@ -286,14 +308,17 @@ maybe('operations', () => {
 
     expect(ops.cli(['sync'])).toMatchObject({ code: 0, stdout: expect.stringMatching(/sync \(mirror\): transferred 3 files/) });
     expect(ops.cli(['start']).code).toBe(0);
-    expect(fs.readlinkSync(ops.paths.usrLink)).toBe('fscache/mirror');
-    expect(isMountPoint(ops.paths.viewMount)).toBe(false);
+    // The mirror is bound read-only at the view's mount point: nothing is written through /usr.
+    expect(fs.readlinkSync(ops.paths.usrLink)).toBe(linkTargetPath(ops.paths, 'mirror'));
+    expect(isMountPoint(ops.paths.viewMount)).toBe(true);
     const hello = await runInChroot(ops.sandbox, ['/usr/bin/hello']);
     expect(hello).toMatchObject({ code: 0, stdout: 'hello from the mirror\n' });
+    expect(() => fs.writeFileSync(path.join(ops.root, 'usr/bin/written-through'), 'x')).toThrow(/EROFS/);
     expect(statusJson(ops)).toMatchObject({ code: 0, report: { health: 'healthy', link: { state: 'mirror' }, mirror: { complete: true } } });
 
     expect(ops.cli(['stop']).code).toBe(0);
     expect(fs.readlinkSync(ops.paths.usrLink)).toBe('usr.real');
+    expect(isMountPoint(ops.paths.viewMount)).toBe(false);
     fs.writeFileSync(path.join(real, 'bin/new-tool'), 'x');
     r = ops.cli(['start']);
     expect(r.code).toBe(3);

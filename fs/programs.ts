@@ -1,0 +1,43 @@
+/**
+ * Programs fscache runs (mount, fusermount, umount, rsync), found by absolute path in the
+ * real tree, never through PATH: on a real machine PATH leads through R/usr, which may be
+ * the view, and a view process that waits for an exec resolved through itself deadlocks.
+ * A program's loader and libraries still come through R/usr, so the view and the supervisor
+ * run them only while R/usr points at the real tree (or before the view is mounted).
+ */
+import * as fs from 'fs';
+import * as path from 'path';
+import { FsCacheError } from './errors';
+import type { Paths } from './paths';
+
+/** Where a program may live, as directories under R: a non-merged root's /bin and /sbin first. */
+function searchDirs(paths: Paths): string[] {
+  const dirs: string[] = [];
+  for (const top of ['bin', 'sbin']) {
+    const dir = path.join(paths.root, top);
+    // A merged-/usr root's /bin is a link into R/usr: that is the real tree's bin, looked up below.
+    try {
+      if (fs.lstatSync(dir).isDirectory()) dirs.push(dir);
+    } catch {
+      // no such directory
+    }
+  }
+  for (const sub of ['bin', 'sbin']) dirs.push(path.join(paths.realTree, sub));
+  // Run from outside R (tests, the demo, --root R): the host's own /usr is not the view.
+  if (paths.root !== '/') dirs.push('/usr/sbin', '/usr/bin');
+  return dirs;
+}
+
+/** The absolute path of `name` in the root's system directories or the real tree; refuses rather than search PATH. */
+export function programPath(paths: Paths, name: string): string {
+  for (const dir of searchDirs(paths)) {
+    const file = path.join(dir, name);
+    try {
+      fs.accessSync(file, fs.constants.X_OK);
+      return file;
+    } catch {
+      // not here
+    }
+  }
+  throw new FsCacheError('environment', `${name} not found in ${searchDirs(paths).join(', ')}`);
+}

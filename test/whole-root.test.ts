@@ -1,0 +1,80 @@
+/**
+ * fscache on a whole root, installed inside the /usr it serves and driven as an init
+ * script drives it (chroot R, root /, an init-like environment): start, at least 100
+ * launches of real programs through the view, every verb, stop, start, stop. Nothing may
+ * hang (every call is bounded; a deadlocked view is freed by aborting its connection)
+ * and nothing may fail.
+ */
+import * as fs from 'fs';
+import * as path from 'path';
+import { createWholeRoot, RunResult, WholeRoot, wholeRootAvailable } from './helpers/whole-root';
+
+const skip = wholeRootAvailable();
+const maybe = skip ? describe.skip : describe;
+if (skip) console.warn(`whole-root tests skipped: ${skip}`);
+
+const session = process.env.FSCACHE_TEST_SESSION;
+
+/** Real programs of a login session, each with a check of what it printed. */
+const LAUNCHES: Array<[string[], RegExp]> = [
+  [['/usr/bin/git', '--version'], /^git version/],
+  [['/usr/bin/perl', '-MPOSIX', '-e', 'print floor(6.5*7)'], /^45$/],
+  [['/usr/bin/python3', '-c', 'import json, sqlite3, hashlib; print(json.dumps(hashlib.sha256(b"x").hexdigest()[:6]))'], /^"2d7113"$/],
+  [['/bin/bash', '-c', 'echo $((6*7)) | /usr/bin/sort'], /^42$/],
+  [['/bin/sh', '-c', 'printf "int main(){return 0;}" | /usr/bin/gcc -x c -o /tmp/t - && /tmp/t && echo built'], /^built$/],
+];
+
+function describeFailure(what: string, r: RunResult): string {
+  return `${what}: code ${r.code} signal ${r.signal}${r.timedOut ? ' (timed out)' : ''} after ${r.ms} ms\nstdout: ${r.stdout.slice(-800)}\nstderr: ${r.stderr.slice(-800)}`;
+}
+
+maybe('whole root: fscache installed in the /usr it serves', () => {
+  let wr: WholeRoot | undefined;
+  afterEach(async () => {
+    await wr?.dispose();
+    wr = undefined;
+  });
+
+  test('start, 100 launches through the view, every verb, stop, start, stop: nothing hangs, nothing fails', async () => {
+    wr = createWholeRoot({ config: `access_flush_ms = 200\n${session ? `fuse_session = ${session}\n` : ''}` });
+    const failures: string[] = [];
+    const expectOk = async (what: string, r: Promise<RunResult>, codes = [0]) => {
+      const res = await r;
+      if (res.timedOut || !codes.includes(res.code ?? -1)) failures.push(describeFailure(what, res));
+      return res;
+    };
+
+    await expectOk('start', wr.fscache(['start'], { timeoutMs: 60000 }));
+    expect(failures).toEqual([]);
+    const usr = fs.readlinkSync(path.join(wr.root, 'usr'));
+    expect(usr).not.toBe('usr.real');
+
+    let launches = 0;
+    for (let round = 0; round < 20; round++) {
+      for (const [argv, expected] of LAUNCHES) {
+        const r = await expectOk(argv.join(' '), wr.run(argv, { timeoutMs: 30000 }));
+        launches++;
+        if (!expected.test(r.stdout.trim())) failures.push(describeFailure(`${argv.join(' ')} printed something else`, r));
+        if (failures.length > 3) break;
+      }
+      if (failures.length > 3) break;
+    }
+    expect(failures).toEqual([]);
+    expect(launches).toBeGreaterThanOrEqual(100);
+
+    const status = await expectOk('status', wr.fscache(['status', '--json'], { timeoutMs: 20000 }));
+    expect(failures).toEqual([]);
+    expect(JSON.parse(status.stdout).health).toBe('healthy');
+    await expectOk('sync', wr.fscache(['sync'], { timeoutMs: 120000 }));
+    await expectOk('verify', wr.fscache(['verify'], { timeoutMs: 120000 }));
+    await expectOk('warm', wr.fscache(['warm'], { timeoutMs: 120000 }));
+    await expectOk('rerandomize', wr.fscache(['rerandomize'], { timeoutMs: 30000 }));
+    await expectOk('launch after the verbs', wr.run(['/usr/bin/git', '--version'], { timeoutMs: 30000 }));
+    await expectOk('stop', wr.fscache(['stop'], { timeoutMs: 60000 }));
+    expect(fs.readlinkSync(path.join(wr.root, 'usr'))).toBe('usr.real');
+    await expectOk('start again', wr.fscache(['start'], { timeoutMs: 60000 }));
+    await expectOk('launch after restart', wr.run(['/usr/bin/python3', '-c', 'import json'], { timeoutMs: 30000 }));
+    await expectOk('stop again', wr.fscache(['stop'], { timeoutMs: 60000 }));
+    expect(failures).toEqual([]);
+  });
+});
