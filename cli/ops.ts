@@ -124,6 +124,7 @@ export async function startVerb(ctx: Context, foreground: boolean, extraArgs: st
 }
 
 export async function stopVerb(ctx: Context): Promise<void> {
+  packageHooksOnStop(ctx);
   if (mirrorMounted(ctx.paths) || (ctx.config.mode === 'mirror' && !readSupervisorState(ctx.paths))) {
     out(stopMirror(ctx.paths));
     return stopHook(ctx);
@@ -131,7 +132,6 @@ export async function stopVerb(ctx: Context): Promise<void> {
   const { state } = readLinkState(ctx.paths);
   // The link first: new launches go to the real tree before anything else changes.
   if (state === 'view' || state === 'mirror') switchLink(ctx.paths, 'real');
-  packageHooksOnStop(ctx);
   await stopHook(ctx);
   const supervisor = readSupervisorState(ctx.paths);
   let viewPid: number | undefined;

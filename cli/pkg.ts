@@ -7,6 +7,7 @@
 import * as fs from 'fs';
 import { FsCacheError } from '../fs/errors';
 import { readLinkState, switchLink } from '../fs/link';
+import { mirrorMounted } from '../fs/mirror';
 import { dropMirrorCopy, filesChangedSince } from '../fs/mirror-refresh';
 import { clearPause, PauseState, readPause, writePause } from '../fs/pause';
 import { installPackageHooks, removePackageHooks } from '../fs/pkg-hooks';
@@ -22,9 +23,10 @@ const CTIME_SLACK_MS = 2000;
 
 export function pauseVerb(ctx: Context, holder: string): void {
   const { paths } = ctx;
-  const { state } = readLinkState(paths);
+  const { state } = readLinkState(paths, ctx.config.mode);
   const pause = readPause(paths);
-  if (!pause && state !== 'view' && state !== 'mirror' && !readSupervisorState(paths)) {
+  // Running: the link on the cache, a supervisor, or the mirror mounted (a sync has the link on the real tree meanwhile).
+  if (!pause && state !== 'view' && state !== 'mirror' && !readSupervisorState(paths) && !mirrorMounted(paths)) {
     out('fscache is not running: nothing to pause');
     return;
   }
@@ -61,8 +63,8 @@ export async function resumeVerb(ctx: Context, holder: string | undefined): Prom
   }
   // The supervisor switches back once it sees the pause gone and its probe of the view succeeds.
   const t0 = Date.now();
-  while (readLinkState(paths).state !== 'view' && Date.now() - t0 < RESUME_WAIT_MS) await new Promise((r) => setTimeout(r, 50));
-  if (readLinkState(paths).state === 'view') out(`resumed: ${paths.usrLink} -> view after ${Date.now() - t0} ms`);
+  while (readLinkState(paths, 'view').state !== 'view' && Date.now() - t0 < RESUME_WAIT_MS) await new Promise((r) => setTimeout(r, 50));
+  if (readLinkState(paths, 'view').state === 'view') out(`resumed: ${paths.usrLink} -> view after ${Date.now() - t0} ms`);
   else out(`resumed; the supervisor has not switched ${paths.usrLink} back to the view within ${RESUME_WAIT_MS / 1000} s (${readSupervisorState(paths)?.state ?? 'no supervisor'}): it stays on the real tree until the view answers`);
 }
 
@@ -73,6 +75,12 @@ export async function resumeVerb(ctx: Context, holder: string | undefined): Prom
  */
 async function resumeMirror(ctx: Context, pause: PauseState): Promise<void> {
   const { paths } = ctx;
+  if (!mirrorMounted(paths)) {
+    // `fscache stop` ran during the transaction: stopped it stays.
+    clearPause(paths);
+    out(`resumed; fscache is not running, ${paths.usrLink} stays on the real tree`);
+    return;
+  }
   // Still paused, by no one: a pause taken while the mirror is synced is seen below.
   writePause(paths, pause);
   let summary: string;
@@ -97,6 +105,10 @@ async function resumeMirror(ctx: Context, pause: PauseState): Promise<void> {
     return;
   }
   clearPause(paths);
+  if (!mirrorMounted(paths)) {
+    out(`mirror synced (${summary}); fscache was stopped meanwhile, ${paths.usrLink} stays on the real tree`);
+    return;
+  }
   switchLink(paths, 'mirror');
   out(`resumed: ${paths.usrLink} -> mirror (${summary})`);
 }
@@ -113,12 +125,14 @@ export function packageHooksOnStart(ctx: Context): void {
   }
 }
 
-/** stop: the hooks go, and so does a pause (there is no cache left to go back to). */
+/**
+ * stop: the hooks go. A pause stays: a transaction may still run, and its resume ends it (a
+ * resume after stop goes back to nothing: view mode has no supervisor, the mirror is unmounted).
+ */
 export function packageHooksOnStop(ctx: Context): void {
   try {
     removePackageHooks(ctx.paths);
   } catch (err) {
     ctx.log.warn(`package-manager hooks not removed: ${(err as Error).message}`);
   }
-  clearPause(ctx.paths);
 }

@@ -67,6 +67,11 @@ export function readPause(paths: Paths): PauseState | undefined {
   }
 }
 
+/** The supervisor's question: is R/usr to stay on the real tree? */
+export function isPaused(paths: Paths): boolean {
+  return readPause(paths) !== undefined;
+}
+
 /** Writes the pause atomically (root-owned, 0644): the supervisor never sees half a file. */
 export function writePause(paths: Paths, state: PauseState): void {
   fs.mkdirSync(paths.runDir, { recursive: true, mode: 0o755 });

@@ -18,6 +18,7 @@ import { identityOf } from './identity';
 import { readLinkState, switchLink } from './link';
 import type { Logger } from './log';
 import { isFuse, mountAt } from './mounts';
+import { isPaused } from './pause';
 import type { Paths } from './paths';
 import { programPath } from './programs';
 
@@ -103,7 +104,8 @@ async function syncMirror(paths: Paths, log: Logger, options: SyncOptions): Prom
   if (serving) switchLink(paths, 'real');
   const r = await rsync(paths, args, options, log);
   if (!options.dryRun) fs.writeFileSync(mirrorMarker(paths), JSON.stringify({ completedAt: Date.now(), rsyncExit: r.exit }) + '\n');
-  if (serving) switchLink(paths, 'mirror');
+  // A package transaction that paused meanwhile keeps R/usr on the real tree (its resume syncs and switches).
+  if (serving && !isPaused(paths)) switchLink(paths, 'mirror');
   return {
     mode: 'mirror',
     transferred: r.itemized.filter((l) => /^[<>c]f/.test(l)).length,
