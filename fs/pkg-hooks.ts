@@ -44,7 +44,7 @@ const quote = (s: string): string => (/^[\w@%+=:,./-]+$/.test(s) ? s : `'${s.rep
 export function hookCommand(paths: Paths, packageRoot: string, configFile: string): string | undefined {
   const usrDir = path.dirname(paths.usrLink);
   let pkg = path.resolve(packageRoot);
-  const aliases = [paths.usrLink, ...(['view', 'mirror'] as LinkTarget[]).map((t) => path.resolve(usrDir, linkTargetPath(paths, t)))];
+  const aliases = [paths.usrLink, paths.mirror, ...(['view', 'mirror'] as LinkTarget[]).map((t) => path.resolve(usrDir, linkTargetPath(paths, t)))];
   for (const alias of aliases) {
     if (pkg === alias || pkg.startsWith(alias + '/')) pkg = paths.realTree + pkg.slice(alias.length);
   }

@@ -96,6 +96,9 @@ class PkgRoot {
     fs.mkdirSync(this.pkgDir);
     for (const f of ['package.json', 'bin', 'dist']) execFileSync('cp', ['-a', path.join(PACKAGE_ROOT, f), this.pkgDir]);
     execFileSync('cp', ['-a', fs.realpathSync(path.join(PACKAGE_ROOT, 'node_modules')), path.join(this.pkgDir, 'node_modules')]);
+    // The rest of what setup leaves (the view's mount point R/usr.view with its links to the real tree).
+    const setup = this.cli(['setup', '--yes']);
+    if (setup.code !== 0) throw new Error(`setup failed: ${setup.stderr}`);
   }
 
   /** The installed fscache, run from the host with --root R. */
@@ -360,11 +363,10 @@ describe('pause, resume and the hook files (no mounts)', () => {
     expect(fs.existsSync(pauseFile(paths))).toBe(false);
     expect(cli(['resume', '--holder', 'dpkg'])).toMatchObject({ code: 0, stdout: 'not paused\n' });
 
-    // Mirror mode "running": the link on the mirror.
-    fs.mkdirSync(paths.mirror, { recursive: true });
+    // "Running": the link on the view's mount point (here with nothing mounted on it).
     fs.rmSync(paths.usrLink);
-    fs.symlinkSync('fscache/mirror', paths.usrLink);
-    expect(readLinkState(paths).state).toBe('mirror');
+    fs.symlinkSync(path.relative(dir, paths.viewMount), paths.usrLink);
+    expect(readLinkState(paths).state).toBe('view');
     expect(cli(['pause', '--holder', 'portage:a/new-2'])).toMatchObject({ code: 0 });
     expect(readLinkState(paths).state).toBe('real');
     expect(cli(['pause', '--holder', 'portage:a/old-1'])).toMatchObject({ code: 0 });
