@@ -233,7 +233,7 @@ maybe('package managers while fscache runs', () => {
 
     let run = dpkg(r, '-i', debs[1]);
     expect(run).toMatchObject({ code: 0, stdout: expect.stringMatching(/paused \(dpkg\)[\s\S]*resumed/) });
-    // Needs the supervisor to honour the pause file (helper B): R/usr back on the view after resume.
+    // Needs the supervisor to honour the pause file (helper B, branch wt-supervisor): R/usr back on the view after resume.
     expect(readLinkState(r.paths).state).toBe('view');
     expect(readPause(r.paths)).toBeUndefined();
     expect(fs.existsSync(realFile(r, 'lib/fscache-test/libfscachetest.so.1'))).toBe(true);
@@ -277,8 +277,9 @@ maybe('package managers while fscache runs', () => {
     expect(dpkg(r, '-i', debs[1])).toMatchObject({ code: 0 });
     expect(r.chroot(['/usr/bin/fscache-test'])).toMatchObject({ code: 0, stdout: '1\n' });
 
-    // HELPER C's part (the view reads an old node from the object it was opened as): until that
-    // is merged, the program that mapped v1 through the view switches to v2's code (prints 2).
+    // HELPER C's part (the view reads an old node from the object it was opened as, branch
+    // wt-nodes): until that is merged, the program that mapped v1 through the view switches to
+    // v2's code (prints 2). With wt-nodes merged this passed (2026-12-05).
     expect(printedAfterUpgrade).toEqual(['1']);
   }, 300000);
 
@@ -336,8 +337,13 @@ maybe('package managers while fscache runs', () => {
     expect(r.cli(['resume'])).toMatchObject({ code: 0, stdout: expect.stringMatching(/resumed/) });
     expect(readLinkState(r.paths).state).toBe('mirror');
 
+    // stop during a transaction: the hooks go; the transaction's resume leaves fscache stopped.
+    expect(r.cli(['pause', '--holder', 'dpkg'])).toMatchObject({ code: 0 });
     expect(r.cli(['stop'])).toMatchObject({ code: 0 });
     expect(fs.existsSync(dpkgHookFile(r.paths))).toBe(false);
+    expect(r.cli(['resume', '--holder', 'dpkg'])).toMatchObject({ code: 0, stdout: expect.stringMatching(/not running/) });
+    expect(readLinkState(r.paths).state).toBe('real');
+    expect(fs.existsSync(pauseFile(r.paths))).toBe(false);
   }, 900000);
 });
 
