@@ -36,12 +36,12 @@ export function portageBashrc(paths: Paths): string {
 const quote = (s: string): string => (/^[\w@%+=:,./-]+$/.test(s) ? s : `'${s.replace(/'/g, `'\\''`)}'`);
 
 /**
- * `fscache` as a hook inside R runs it: the package's bin/fscache with the part of its path
- * that lies under R/usr, the view or the mirror mapped to the real tree (a hook must not
- * depend on the view it pauses). Undefined when the package is not inside R: then no program
- * inside the root can run it.
+ * The command a hook inside R runs: the package's bin/fscache, named as seen from R, with the
+ * part of its path that lies under R/usr, the view or the mirror mapped to the real tree (a
+ * hook must not depend on the view it pauses), and `--root /`. A problem instead when no
+ * program inside the root can run it (the package or the config outside R, no bin/fscache).
  */
-export function hookCommand(paths: Paths, packageRoot: string, configFile: string): string | undefined {
+export function hookCommand(paths: Paths, packageRoot: string, configFile: string): { command: string } | { problem: string } {
   const usrDir = path.dirname(paths.usrLink);
   let pkg = path.resolve(packageRoot);
   const aliases = [paths.usrLink, paths.mirror, ...(['view', 'mirror'] as LinkTarget[]).map((t) => path.resolve(usrDir, linkTargetPath(paths, t)))];
@@ -52,15 +52,18 @@ export function hookCommand(paths: Paths, packageRoot: string, configFile: strin
     const rel = path.relative(paths.root, p);
     return rel.startsWith('..') || path.isAbsolute(rel) ? undefined : '/' + rel;
   };
-  const bin = inRoot(path.join(pkg, 'bin', 'fscache'));
-  if (!bin) return undefined;
+  const hostBin = path.join(pkg, 'bin', 'fscache');
+  const bin = inRoot(hostBin);
+  if (!bin) return { problem: `fscache (${packageRoot}) is not inside the root ${paths.root}, so a package manager there cannot run it` };
+  // Checked in the real tree, never through the view.
+  if (!fs.existsSync(hostBin)) return { problem: `${hostBin} is missing` };
   const args = [bin, '--root', '/'];
   if (configFile !== path.join(paths.root, 'etc', 'fscache.conf')) {
     const config = inRoot(configFile);
-    if (!config) return undefined;
+    if (!config) return { problem: `the config ${configFile} is not inside the root ${paths.root}` };
     args.push('--config', config);
   }
-  return args.map(quote).join(' ');
+  return { command: args.map(quote).join(' ') };
 }
 
 /** The dpkg.cfg.d file: dpkg runs each line's command with `sh -c` and fails if it fails. */
@@ -150,10 +153,9 @@ export function installPackageHooks(paths: Paths, configFile: string, packageRoo
   const portage = portageBashrc(paths);
   const wanted = [isDir(path.dirname(dpkg)) && dpkg, isDir(path.dirname(portage)) && portage].filter((f): f is string => !!f);
   if (wanted.length === 0) return { installed: [] };
-  const command = hookCommand(paths, packageRoot, configFile);
-  if (!command) {
-    return { installed: [], problem: `fscache (${packageRoot}) or its config (${configFile}) is not inside the root ${paths.root}, so a package manager there cannot run it` };
-  }
+  const hook = hookCommand(paths, packageRoot, configFile);
+  if ('problem' in hook) return { installed: [], problem: hook.problem };
+  const { command } = hook;
   if (wanted.includes(dpkg)) {
     const text = dpkgHookText(command);
     if (readOr(dpkg) !== text) writeAtomic(dpkg, text, 0o644);

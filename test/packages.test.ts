@@ -401,12 +401,18 @@ describe('pause, resume and the hook files (no mounts)', () => {
 
   test('hook command: the package under R/usr, the view or the mirror is named in the real tree; outside R there is none', () => {
     const conf = path.join(dir, 'etc', 'fscache.conf');
-    expect(hookCommand(paths, path.join(dir, 'usr/lib/fscache'), conf)).toBe('/usr.real/lib/fscache/bin/fscache --root /');
-    expect(hookCommand(paths, path.join(paths.viewMount, 'lib/fscache'), conf)).toBe('/usr.real/lib/fscache/bin/fscache --root /');
-    expect(hookCommand(paths, path.join(paths.mirror, 'lib/fscache'), conf)).toBe('/usr.real/lib/fscache/bin/fscache --root /');
-    expect(hookCommand(paths, path.join(dir, 'opt/my fscache'), path.join(dir, 'etc/other.conf'))).toBe("'/opt/my fscache/bin/fscache' --root / --config /etc/other.conf");
-    expect(hookCommand(paths, '/somewhere/else', conf)).toBeUndefined();
-    expect(hookCommand(paths, path.join(dir, 'usr/lib/fscache'), '/etc/fscache.conf')).toBeUndefined();
+    for (const pkg of ['usr.real/lib/fscache', 'opt/my fscache']) {
+      fs.mkdirSync(path.join(dir, pkg, 'bin'), { recursive: true });
+      fs.writeFileSync(path.join(dir, pkg, 'bin', 'fscache'), '');
+    }
+    const installed = { command: '/usr.real/lib/fscache/bin/fscache --root /' };
+    expect(hookCommand(paths, path.join(dir, 'usr/lib/fscache'), conf)).toEqual(installed);
+    expect(hookCommand(paths, path.join(paths.viewMount, 'lib/fscache'), conf)).toEqual(installed);
+    expect(hookCommand(paths, path.join(paths.mirror, 'lib/fscache'), conf)).toEqual(installed);
+    expect(hookCommand(paths, path.join(dir, 'opt/my fscache'), path.join(dir, 'etc/other.conf'))).toEqual({ command: "'/opt/my fscache/bin/fscache' --root / --config /etc/other.conf" });
+    expect(hookCommand(paths, '/somewhere/else', conf)).toEqual({ problem: expect.stringMatching(/not inside the root/) });
+    expect(hookCommand(paths, path.join(dir, 'usr/lib/fscache'), '/etc/fscache.conf')).toEqual({ problem: expect.stringMatching(/config .* not inside the root/) });
+    expect(hookCommand(paths, path.join(dir, 'usr/lib/other'), conf)).toEqual({ problem: expect.stringMatching(/usr.real\/lib\/other\/bin\/fscache is missing/) });
   });
 
   test('dpkg hook lines never make dpkg fail, even when fscache is missing or fails', () => {
@@ -422,6 +428,7 @@ describe('pause, resume and the hook files (no mounts)', () => {
   test('install and remove: only where the package manager is, other content kept, Portage phases wrap the user\'s own', () => {
     const usr = path.join(dir, 'usr.real');
     fs.mkdirSync(path.join(usr, 'lib/fscache/bin'), { recursive: true });
+    fs.writeFileSync(path.join(usr, 'lib/fscache/bin/fscache'), '');
     const conf = path.join(dir, 'etc', 'fscache.conf');
     expect(installPackageHooks(paths, conf, path.join(usr, 'lib/fscache'))).toEqual({ installed: [] }); // no dpkg, no Portage here
     fs.mkdirSync(path.join(dir, 'etc/dpkg/dpkg.cfg.d'), { recursive: true });
