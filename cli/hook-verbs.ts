@@ -61,21 +61,23 @@ export function registerHookVerbs(program: Command): void {
 
   program
     .command('images')
-    .description('list randomized images and passed-through libraries with their reasons')
+    .description('list randomized images, passed-through libraries and the daemon\'s refusals (library, reason, count, last time)')
     .option('--json', 'machine-readable output')
     .action(async (opts: { json?: boolean }) => {
       const c = ctx();
       const { ImageStore, readFailures } = await import('../loader-hook/images');
       const { daemonPid } = await import('../loader-hook/control');
+      const { readRefusals } = await import('../loader-hook/refusals');
       const store = new ImageStore(c.paths, c.config, c.log);
       try {
-        const report = { epoch: store.currentEpoch()?.epoch ?? null, daemonPid: daemonPid(c.paths) ?? null, images: store.images(), passThroughs: store.passThroughs(), failures: readFailures(store.hp) };
+        const report = { epoch: store.currentEpoch()?.epoch ?? null, daemonPid: daemonPid(c.paths) ?? null, images: store.images(), passThroughs: store.passThroughs(), failures: readFailures(store.hp), refusals: readRefusals(store.hp.refusalsFile) };
         if (opts.json) process.stdout.write(JSON.stringify(report, null, 2) + '\n');
         else {
           process.stdout.write(`epoch ${report.epoch ?? 'none'}, daemon ${report.daemonPid ? `pid ${report.daemonPid}` : 'not running'}\n`);
           for (const i of report.images) process.stdout.write(`image  ${i.source}  epoch ${i.epoch}  ${i.size} bytes  made in ${i.madeMs} ms\n`);
           for (const p of report.passThroughs) process.stdout.write(`pass   ${p.source}  ${p.reason}\n`);
           for (const f of report.failures) process.stdout.write(`failed ${f.source}  ${new Date(f.at).toISOString()}  ${f.message}\n`);
+          for (const r of report.refusals) process.stdout.write(`refused ${r.library}  ${r.reason}  ${r.count}x, last ${new Date(r.last).toISOString()}\n`);
         }
       } finally {
         store.close();

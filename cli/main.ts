@@ -7,11 +7,18 @@ import { exitCodeFor as elfExitCode, registerElfVerbs } from './elf-verbs';
 import { registerHookVerbs } from './hook-verbs';
 
 // Each verb loads its own modules when it runs: start-up stays short for sync, status
-// and the init scripts. The view (mount) loads everything before it serves, never later.
+// and the init scripts. The long-lived processes (mount, start --foreground, daemon) load
+// everything at start, before the link may point at the view, never later: a load through
+// the view from the view's own process waits for itself.
 const demo = () => import('./demo');
 const ops = () => import('./ops');
 const pkg = () => import('./pkg');
 const status = () => import('./status');
+
+// The local time zone is read (/etc/localtime, a link into /usr/share/zoneinfo) when the
+// first date is formatted, even by toISOString; measured: the supervisor's first one came
+// after the switch. Read it now.
+new Date().toISOString();
 
 const program = new Command();
 program

@@ -65,7 +65,9 @@ export class Libfuse2Session implements FuseSession {
     // time" true with room for that round trip (this session cannot tell the kernel sooner).
     const within = (seconds: number) => seconds * 0.9;
     // nonempty: the mount point holds links to the real tree underneath (fs/view-dir.ts); libfuse2 refuses it without.
-    const extra = [`negative_timeout=${within(o.negativeTimeout)}`, 'ro', 'subtype=fscache', 'nonempty'].join(',');
+    // suid: libfuse2 mounts nosuid by default, and exec then ignores the setuid bits and file
+    // capabilities that the view serves unchanged from the real tree (the kernel session mounts without nosuid).
+    const extra = [`negative_timeout=${within(o.negativeTimeout)}`, 'ro', 'suid', 'subtype=fscache', 'nonempty'].join(',');
     const fuse = new Fuse(o.mountpoint, ops, {
       fsname: `${o.fsname},${extra}`,
       // auto_cache: libfuse2 keeps page cache across opens only while mtime and size are unchanged.

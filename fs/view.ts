@@ -24,7 +24,7 @@ import { Attr, Errno, FsStats, Handle, ViewHandlers } from './session';
 import type { Store } from './store';
 import type { VouchedMeta } from './vouched-meta';
 import type { Watcher } from './watcher';
-import { XattrReader } from './xattr';
+import { readXattrs } from './xattr';
 
 const WRITE_FLAGS = fs.constants.O_WRONLY | fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_TRUNC | fs.constants.O_APPEND;
 
@@ -60,7 +60,6 @@ export class View implements ViewHandlers {
   readonly counters: ViewCounters = { opens: 0, hits: 0, misses: 0, bytesFromStore: 0, bytesFromReal: 0, metaFromReal: 0, metaFromMemory: 0 };
   private readonly open_ = new Map<Handle, OpenFile>();
   private nextHandle = 1;
-  private readonly xattrs = new XattrReader();
 
   constructor(
     private readonly realTree: string,
@@ -238,7 +237,7 @@ export class View implements ViewHandlers {
   /** A file's xattrs; from vouched memory when the watcher vouches (setting one is an IN_ATTRIB event). */
   private xattrList(p: string): Promise<Map<string, Buffer>> {
     const real = this.real(p);
-    return this.recall(this.meta?.xattrs(real), path.dirname(real), () => this.xattrs.list(real), (attrs) => this.meta!.recordXattrs(real, attrs));
+    return this.recall(this.meta?.xattrs(real), path.dirname(real), () => readXattrs(real), (attrs) => this.meta!.recordXattrs(real, attrs));
   }
 
   openHandles(): number {

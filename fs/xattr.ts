@@ -1,82 +1,30 @@
 /**
- * Extended attributes of the real tree (file capabilities, ACLs, SELinux labels),
- * which Node cannot read itself. They are read with getfattr, one run per directory
- * for all its entries, and kept while the directory and the file's ctime are unchanged
- * (setting an xattr changes ctime), so an exec's security.capability lookup costs a
- * stat, not a process.
+ * Extended attributes of the real tree (file capabilities, ACLs, SELinux labels), read in
+ * this process through fscache's addon. Never by running getfattr: a program is found and
+ * loaded through PATH, i.e. through /usr, which may be the view itself, and a view that
+ * waits for itself deadlocks every launch (issue 13). A read costs about 2 µs, less than the
+ * lstat a cache would need to check itself, so nothing is kept here; the view's vouched
+ * memory keeps what the watcher vouches for.
  */
-import { execFile } from 'child_process';
-import * as fs from 'fs';
-import * as path from 'path';
+import { errnoCode } from './errors';
+import { native } from './native';
 
-type Attrs = Map<string, Buffer>;
-
-interface DirCache {
-  dirMtimeNs: bigint;
-  files: Map<string, { ctimeNs: bigint; attrs: Attrs }>;
-}
-
-function runGetfattr(files: string[]): Promise<Map<string, Attrs>> {
-  return new Promise((resolve) => {
-    execFile(
-      'getfattr',
-      ['--absolute-names', '--no-dereference', '--dump', '--match=-', '--encoding=hex', '--', ...files],
-      { maxBuffer: 64 << 20 },
-      // getfattr exits 1 when some file vanished; what it printed is still right.
-      (_err, stdout) => {
-        const result = new Map<string, Attrs>();
-        let current: Attrs | undefined;
-        for (const line of String(stdout).split('\n')) {
-          if (line.startsWith('# file: ')) {
-            current = new Map();
-            result.set(line.slice(8), current);
-          } else if (current && line.includes('=')) {
-            const eq = line.indexOf('=');
-            const raw = line.slice(eq + 1);
-            current.set(line.slice(0, eq), raw.startsWith('0x') ? Buffer.from(raw.slice(2), 'hex') : Buffer.from(raw.replace(/^"|"$/g, '')));
-          }
-        }
-        resolve(result);
-      },
-    );
-  });
-}
-
-export class XattrReader {
-  private readonly dirs = new Map<string, DirCache>();
-  private readonly loading = new Map<string, Promise<DirCache>>();
-
-  async list(file: string): Promise<Attrs> {
-    const st = await fs.promises.lstat(file, { bigint: true });
-    const dir = path.dirname(file);
-    let cache = this.dirs.get(dir);
-    const dirSt = await fs.promises.lstat(dir, { bigint: true });
-    if (!cache || cache.dirMtimeNs !== dirSt.mtimeNs || cache.files.get(file)?.ctimeNs !== st.ctimeNs) {
-      cache = await this.load(dir, dirSt.mtimeNs);
-    }
-    const entry = cache.files.get(file);
-    if (entry && entry.ctimeNs === st.ctimeNs) return entry.attrs;
-    // Changed since the directory was read: read this one file.
-    const attrs = (await runGetfattr([file])).get(file) ?? new Map();
-    cache.files.set(file, { ctimeNs: st.ctimeNs, attrs });
-    return attrs;
+/** Every extended attribute of `file` by name, never following a final symlink. */
+export function readXattrs(file: string): Map<string, Buffer> {
+  let names: string[];
+  try {
+    names = native.llistxattr(file);
+  } catch (err) {
+    // A file system without xattrs has none to show. Answering the kernel EOPNOTSUPP instead
+    // would make it stop asking for the whole mount (file capabilities lost everywhere).
+    if (errnoCode(err) === 'EOPNOTSUPP') return new Map();
+    throw err;
   }
-
-  private load(dir: string, dirMtimeNs: bigint): Promise<DirCache> {
-    const running = this.loading.get(dir);
-    if (running) return running;
-    const job = (async () => {
-      const names = await fs.promises.readdir(dir);
-      const files = names.map((n) => path.join(dir, n));
-      const ctimes = new Map<string, bigint>();
-      await Promise.all(files.map(async (f) => ctimes.set(f, (await fs.promises.lstat(f, { bigint: true }).catch(() => undefined))?.ctimeNs ?? -1n)));
-      const found = files.length ? await runGetfattr(files) : new Map<string, Attrs>();
-      const cache: DirCache = { dirMtimeNs, files: new Map() };
-      for (const f of files) cache.files.set(f, { ctimeNs: ctimes.get(f)!, attrs: found.get(f) ?? new Map() });
-      this.dirs.set(dir, cache);
-      return cache;
-    })().finally(() => this.loading.delete(dir));
-    this.loading.set(dir, job);
-    return job;
+  const attrs = new Map<string, Buffer>();
+  for (const name of names) {
+    const value = native.lgetxattr(file, name);
+    // undefined: removed between the list and the read.
+    if (value !== undefined) attrs.set(name, value);
   }
+  return attrs;
 }

@@ -17,6 +17,9 @@
  * Cost: a hit at a later stage is two stat calls (the candidate, the image); at LA_SER_ORIG the
  * candidate is opened and its dynamic section read ($ORIGIN check). ld.so.cache is mapped only
  * when a bare name first needs it. bench/RESULTS.md has what this costs above LD_AUDIT's own floor.
+ * A library found through the view (R/usr pointing at it) costs three calls more (open O_PATH,
+ * readlink of /proc/self/fd, lstat of the real tree's file: on_real_side), since images are keyed
+ * by the real tree's file.
  *
  * Freestanding: -nostdlib -ffreestanding, raw syscalls (musl's syscall_arch.h style), no
  * allocation. The audit namespace then loads nothing but this file (no second libc).
@@ -75,6 +78,7 @@
 #define SYS_openat 257
 #define SYS_mmap 9
 #define SYS_newfstatat 262
+#define SYS_readlinkat 267
 
 static inline long sc1(long n, long a) {
   unsigned long r;
@@ -120,6 +124,7 @@ static inline long sc6(long n, long a, long b, long c, long d, long e, long f) {
 #define O_RDONLY 0
 #define O_NOFOLLOW 0400000
 #define O_CLOEXEC 02000000
+#define O_PATH 010000000
 #define S_IFMT 0170000
 #define S_IFREG 0100000
 #define S_IFDIR 0040000
@@ -231,6 +236,9 @@ static struct {
   char epoch_dir[DIR_MAX];      /* R/<images>/<epoch> */
   char sock[108];               /* R/run/fscache/hook.sock, empty if too long */
   char libdirs[1024];           /* "dir1:dir2:..." relative to R: only these are worth asking about */
+  unsigned long real_dev;       /* device of R/<real tree>, 0 if unknown (then no view mapping) */
+  char real_dir[DIR_MAX / 4];   /* R/<real tree> (longer: no view mapping) */
+  char view_dir[DIR_MAX / 4];   /* R/<view mount> */
 } g;
 
 /* The loader copies what we return before its next la_objsearch call under the same lock,
@@ -251,8 +259,15 @@ static void check_epoch_dir(void) {
   g.dir = r == -ENOENT_ ? DIR_MISSING : r == 0 && trusted(&st, S_IFDIR) ? DIR_TRUSTED : DIR_UNTRUSTED;
 }
 
-/* Reads R/run/fscache/epoch:
-   "<epoch> <wait|original> <wait_ms> <images dir relative to R> <library dirs relative to R, ':'-joined>\n". */
+/* R/<rel> into buf; 0 when rel is absolute, contains "..", or does not fit (the state cannot leave R). */
+static int under_root(char *buf, unsigned long cap, const char *rel) {
+  unsigned long at = 0;
+  if (rel[0] == '/' || has_sub(rel, slen(rel), "..")) return 0;
+  return put_n(buf, cap, &at, FSCACHE_HOOK_ROOT, root_len()) && put(buf, cap, &at, "/") && put(buf, cap, &at, rel);
+}
+
+/* Reads R/run/fscache/epoch: "<epoch> <wait|original> <wait_ms> <images dir relative to R>
+   <library dirs relative to R, ':'-joined> <real tree relative to R> <view mount relative to R>\n". */
 static void load_epoch(void) {
   char path[PATH_MAX_];
   unsigned long at = 0;
@@ -267,17 +282,17 @@ static void load_epoch(void) {
   sys_close(fd);
   if (n <= 0) return;
   buf[n] = 0;
-  char *f[5];
+  char *f[7];
   int nf = 0;
   char *p = buf;
-  while (nf < 5) {
+  while (nf < 7) {
     while (*p == ' ') p++;
     if (!*p || *p == '\n') break;
     f[nf++] = p;
     while (*p && *p != ' ' && *p != '\n') p++;
     if (*p) *p++ = 0;
   }
-  if (nf != 5) return;
+  if (nf != 7) return;
   /* Epoch and images dir: no "..", no absolute path, so the state cannot leave R. */
   for (char *c = f[0]; *c; c++) if (!((*c >= '0' && *c <= '9') || (*c >= 'a' && *c <= 'z'))) return;
   if (f[3][0] == '/' || has_sub(f[3], slen(f[3]), "..")) return;
@@ -294,6 +309,11 @@ static void load_epoch(void) {
   if (!put(g.libdirs, sizeof g.libdirs, &at, f[4])) g.libdirs[0] = 0;
   at = 0;
   if (!put_n(g.sock, sizeof g.sock, &at, FSCACHE_HOOK_ROOT, root_len()) || !put(g.sock, sizeof g.sock, &at, "/run/fscache/hook.sock")) g.sock[0] = 0;
+  /* The real tree's device: a library on another device may have been found through the view. No
+     real tree (a root without fscache's link): no mapping, every library keyed as found. */
+  if (under_root(g.real_dir, sizeof g.real_dir, f[5]) && under_root(g.view_dir, sizeof g.view_dir, f[6]) &&
+      sys_stat(g.real_dir, &st, 0) == 0 && (st.mode & S_IFMT) == S_IFDIR)
+    g.real_dev = st.dev;
   g.ok = 1;
   check_epoch_dir();
 }
@@ -575,6 +595,44 @@ static int in_library_dirs(const char *path) {
   return 0;
 }
 
+/* The real tree's name of a library found through the view; static: no large buffer on a small stack. */
+static char real_name[RET_MAX];
+
+/*
+ * Images are keyed by the real tree's file: the view's device number changes with each mount, and
+ * the daemon never looks through the view. So a library on another device than the real tree (`st`,
+ * found as `path`; `fd` open on it or -1) is asked about where the kernel's own resolution led
+ * (/proc/self/fd: /lib -> usr/lib -> the view needs no resolving here): under the view mount it is
+ * the real tree's file at the same relative path, which must be a regular file with the size and
+ * mtime (seconds) the view reported. Returns the name to ask by (`path`, or
+ * real_name with *st its identity), or 0: cannot tell, load the original. `scratch`: RET_MAX bytes.
+ */
+static const char *on_real_side(const char *path, int fd, struct kstat *st, char *scratch) {
+  if (!g.real_dev || st->dev == g.real_dev) return path;
+  int own = fd < 0;
+  if (own && (fd = sys_open(path, O_PATH | O_CLOEXEC)) < 0) return 0;
+  char link[40];
+  unsigned long at = 0;
+  long n = -1;
+  if (put(link, sizeof link, &at, "/proc/self/fd/") && put_dec(link, sizeof link, &at, (unsigned long)fd))
+    n = sc4(SYS_readlinkat, AT_FDCWD, (long)link, (long)scratch, RET_MAX - 1);
+  if (own) sys_close(fd);
+  if (n <= 0 || n >= RET_MAX - 1) return 0; /* no /proc (early boot), or too long: the original */
+  scratch[n] = 0;
+  unsigned long vl = slen(g.view_dir);
+  for (unsigned long i = 0; i < vl; i++) if (scratch[i] != g.view_dir[i]) return path; /* elsewhere: as found */
+  if (scratch[vl] != '/') return path;
+  at = 0;
+  if (!put(real_name, sizeof real_name, &at, g.real_dir) || !put(real_name, sizeof real_name, &at, scratch + vl)) return 0;
+  struct kstat rs;
+  /* The file the view showed, as far as attributes every session passes through tell (the libfuse2
+     session numbers its own inodes; mtime is at most ms-precise there). */
+  if (sys_stat(real_name, &rs, AT_SYMLINK_NOFOLLOW) != 0 || (rs.mode & S_IFMT) != S_IFREG || rs.size != st->size || rs.mtime != st->mtime)
+    return 0;
+  *st = rs;
+  return real_name;
+}
+
 /* The image path for the library named `path`, copied into `out`, or 0 for "load the original". */
 static char *image_for(const char *path, char *out, int at_orig) {
   /* Images exist only for libraries in the library dirs (the daemon's rule): the system's other
@@ -583,19 +641,22 @@ static char *image_for(const char *path, char *out, int at_orig) {
   if (!in_library_dirs(path)) return 0;
   struct kstat st;
   int ok;
+  const char *name = 0;
   if (at_orig) {
     int fd = sys_open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) return 0; /* the loader will not find it either: nothing to say */
     ok = sys_fstat(fd, &st) == 0 && (st.mode & S_IFMT) == S_IFREG;
     /* At LA_SER_ORIG l_name becomes the image; $ORIGIN would then point into the images dir. */
     if (ok && uses_origin(fd) != 0) ok = 0;
+    if (ok) name = on_real_side(path, fd, &st, out);
     sys_close(fd);
   } else {
     /* A search-path candidate: one stat, following links as the loader's open will (most candidates
        are probes that do not exist). */
     ok = sys_stat(path, &st, 0) == 0 && (st.mode & S_IFMT) == S_IFREG;
+    if (ok) name = on_real_side(path, -1, &st, out);
   }
-  if (!ok) return 0;
+  if (!ok || !name) return 0;
   char key[96];
   unsigned long k = 0;
   put_hex(key, sizeof key, &k, st.dev); put(key, sizeof key, &k, "-");
@@ -605,7 +666,7 @@ static char *image_for(const char *path, char *out, int at_orig) {
   int found = lookup(key, out);
   /* PASS: a library the daemon refused is marked so that launches do not ask again. UNTRUSTED:
      planted state is never an occasion to ask (nor to wait). */
-  if (found != IMAGE && !(found == NONE && ask_daemon(path, &st) && lookup(key, out) == IMAGE)) return 0;
+  if (found != IMAGE && !(found == NONE && ask_daemon(name, &st) && lookup(key, out) == IMAGE)) return 0;
   return out; /* lookup left the image's path there */
 }
 

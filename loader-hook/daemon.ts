@@ -9,10 +9,12 @@
  *                    "ERR <reason>\n"  bad request or failure; the original loads
  * The hook with on_miss=original closes right after sending: the image is still made.
  *
- * Single flight: one job per key however many ask; jobs run one at a time on this thread
+ * Single flight: one job per library identity and name however many ask; jobs run one at a time on this thread
  * (randomization is CPU work and the machine is small), requests for a key already being
  * made wait for that job. The socket is 0666: asking for an image of a world-readable,
  * root-owned library discloses nothing and the daemon decides everything on its own descriptor.
+ * Every refusal goes to a bounded record (refusals.ts) that `fscache images` shows; what is kept
+ * per request claim (jobs waiting, refusals remembered) is bounded too, since anyone may claim anything.
  */
 import * as fs from 'fs';
 import * as net from 'net';
@@ -21,11 +23,17 @@ import type { Config } from '../fs/config';
 import type { Logger } from '../fs/log';
 import type { Paths } from '../fs/paths';
 import { HookFailure, ImageStore, MakeResult } from './images';
+import { RefusalLog } from './refusals';
 
 const MAX_REQUEST = 8192;
 const CONN_TIMEOUT_MS = 30_000;
 const MAX_CONNECTIONS = 256;
 const GC_INTERVAL_MS = 30_000;
+/** Jobs waiting at once (distinct identities): beyond it a request is answered ERR busy at once. */
+const MAX_JOBS = 1024;
+/** Policy refusals answered from memory: at most this many identities, each for REFUSED_TTL_MS. */
+const MAX_REFUSED_REMEMBERED = 1024;
+const REFUSED_TTL_MS = 60_000;
 
 export interface Request { dev: bigint; ino: bigint; size: bigint; mtimeNs: bigint; path: string }
 
@@ -42,11 +50,13 @@ export class HookDaemon {
   private queue: Promise<unknown> = Promise.resolve();
   private gcTimer?: NodeJS.Timeout;
   /** Policy refusals answered from memory for a while, so a refused library costs no re-check per launch. */
-  private readonly refusedRecently = new Map<string, { reason: string; until: number }>();
+  private readonly refusedRecently = new Map<string, { reason: string; library?: string; until: number }>();
   readonly store: ImageStore;
+  readonly refusals: RefusalLog;
 
   constructor(readonly paths: Paths, readonly config: Config, readonly log: Logger) {
     this.store = new ImageStore(paths, config, log);
+    this.refusals = new RefusalLog(this.store.hp.refusalsFile, log);
   }
 
   async listen(): Promise<void> {
@@ -71,6 +81,7 @@ export class HookDaemon {
     await new Promise<void>((resolve) => (this.server ? this.server.close(() => resolve()) : resolve()));
     fs.rmSync(this.store.hp.socket, { force: true });
     await this.queue.catch(() => undefined);
+    this.refusals.flush();
     this.store.close();
   }
 
@@ -107,8 +118,10 @@ export class HookDaemon {
         // The requester learns only yes or no: details of why go to the log and `fscache images`.
         (r) => reply(r.kind === 'image' ? 'OK\n' : r.kind === 'pass' ? 'PASS refused by the randomizer\n' : 'PASS not eligible\n'),
         (e) => {
+          if (e instanceof Busy) return reply('ERR busy\n');
           this.log.warn(`hook: ${req.path}: ${(e as Error).message}`);
           this.recordFailure(path.join(this.paths.root, req.path), (e as Error).message);
+          this.refusals.record(path.join(this.paths.root, req.path), `failed: ${(e as Error).message}`);
           reply(`ERR ${String((e as Error).message).replace(/\n/g, ' ')}\n`);
         },
       );
@@ -132,13 +145,23 @@ export class HookDaemon {
     }
   }
 
-  /** Single flight per identity: concurrent requests for one file share one job. */
+  /** Single flight per identity and name: concurrent requests for one file share one job. Every "no" is recorded. */
   request(req: Request): Promise<MakeResult> {
-    const id = `${req.dev}-${req.ino}-${req.size}-${req.mtimeNs}`;
+    return this.decide(req).then((r) => {
+      if (r.kind !== 'image') this.refusals.record(r.library ?? path.join(this.paths.root, req.path), r.reason);
+      return r;
+    });
+  }
+
+  private decide(req: Request): Promise<MakeResult> {
+    // Identity and name: a client claiming a library's identity under a name that does not lead to
+    // it must not make the hook's own request for that library share its refusal.
+    const id = `${req.dev}-${req.ino}-${req.size}-${req.mtimeNs} ${req.path}`;
     const cached = this.refusedRecently.get(id);
-    if (cached && cached.until > Date.now()) return Promise.resolve({ kind: 'refused', reason: cached.reason });
+    if (cached && cached.until > Date.now()) return Promise.resolve({ kind: 'refused', reason: cached.reason, library: cached.library });
     const running = this.inflight.get(id);
     if (running) return running;
+    if (this.inflight.size >= MAX_JOBS) return Promise.reject(new Busy());
     const job = this.queue.then(() => new Promise<MakeResult>((resolve, reject) => {
       // setImmediate: let the sockets that arrived meanwhile join this job before it blocks the loop.
       setImmediate(() => {
@@ -155,11 +178,18 @@ export class HookDaemon {
     const clear = () => this.inflight.delete(id);
     job.then((r) => {
       clear();
-      if (r.kind === 'refused') this.refusedRecently.set(id, { reason: r.reason, until: Date.now() + 60_000 });
+      if (r.kind !== 'refused') return;
+      this.refusedRecently.delete(id);
+      this.refusedRecently.set(id, { reason: r.reason, library: r.library, until: Date.now() + REFUSED_TTL_MS });
+      // Oldest first out: keys are identities a client claimed.
+      if (this.refusedRecently.size > MAX_REFUSED_REMEMBERED) this.refusedRecently.delete(this.refusedRecently.keys().next().value as string);
     }, clear);
     return job;
   }
 }
+
+/** Too many jobs waiting: answered at once, neither recorded nor logged (a flood must not fill either). */
+class Busy extends Error {}
 
 /** `fscache daemon`: runs until SIGTERM/SIGINT. */
 export async function runDaemon(paths: Paths, config: Config, log: Logger): Promise<void> {

@@ -1,6 +1,8 @@
 /**
  * Transparent launches: `enableHook` makes new processes load the auditor through the
- * environment the init systems read, `disableHook` takes it out again. Everything under R:
+ * environment the init systems read, `disableHook` takes it out again. The auditor named is one
+ * that is there whenever the package is installed (installedAuditor), so that configuration left
+ * behind by a power cut is harmless. Everything under R:
  *   R/etc/environment                         LD_AUDIT=... (pam_env: logins, cron, sshd, su)
  *   R/etc/systemd/system.conf.d/fscache.conf  [Manager] DefaultEnvironment=LD_AUDIT=...
  *   R/etc/env.d/99fscache                     LD_AUDIT="..." (Gentoo; only if R/etc/env.d exists)
@@ -18,15 +20,49 @@ import { FsCacheError } from '../fs/errors';
 import { PACKAGE_ROOT } from '../fs/package-root';
 import type { Paths } from '../fs/paths';
 import { writeAtomic } from './images';
+import { realTreePathOrUndefined } from './real-path';
 
 
 /** The auditor built by `npm run build` (make -C loader-hook), compiled for root "/". */
 export const BUILT_AUDITOR = path.join(PACKAGE_ROOT, 'loader-hook', 'fscache-audit.so');
 
-/** Where enableHook installs the auditor, and the LD_AUDIT value naming it as seen from R. */
-export function installedAuditor(paths: Paths): { file: string; ldAudit: string } {
-  const file = path.join(paths.flash, 'hook', 'fscache-audit.so');
-  return { file, ldAudit: '/' + path.relative(paths.root, file) };
+/** The copy for a package outside R (installedAuditor). */
+function copiedAuditor(paths: Paths): string {
+  return path.join(paths.root, 'etc', 'fscache', 'fscache-audit.so');
+}
+
+/**
+ * Every LD_AUDIT value fscache may have written: enable replaces them with the current one,
+ * disable removes them all. Among them older versions' auditor on flash, which would print an
+ * error in every program once the flash is gone.
+ */
+function ourValues(paths: Paths, built: string): Set<string> {
+  const fromR = (f: string) => '/' + path.relative(paths.root, f);
+  return new Set([installedAuditor(paths, built).ldAudit, fromR(copiedAuditor(paths)), fromR(path.join(paths.flash, 'hook', 'fscache-audit.so'))]);
+}
+
+/**
+ * The auditor new processes load (`file`, a host path; `copy`: enableHook puts `built` there) and
+ * the LD_AUDIT value naming it as seen from R.
+ *
+ * LD_AUDIT outlives fscache's runtime state (R/etc/environment, the systemd drop-in), and ld.so
+ * prints an error in every program whose LD_AUDIT names a missing file. So it names a file present
+ * whenever the package is installed and / is mounted, never one on flash or in R/run: a package
+ * installed in R names its own auditor on the real tree's side of the link, through R/usr
+ * (/usr/lib/fscache/loader-hook/fscache-audit.so: found in either state of the link, and after a
+ * power cut); a package outside R (a checkout serving a sandbox root) gets a copy in R/etc/fscache,
+ * on the root filesystem itself, and never writes the real tree (the package manager's).
+ */
+export function installedAuditor(paths: Paths, built = BUILT_AUDITOR): { file: string; ldAudit: string; copy: boolean } {
+  const rel = path.relative(paths.root, built);
+  const real = rel.startsWith('..') ? undefined : realTreePathOrUndefined(paths, '/' + rel);
+  if (real) {
+    const inTree = path.relative(paths.realTree, real);
+    const usr = '/' + path.relative(paths.root, paths.usrLink);
+    return { file: real, ldAudit: inTree.startsWith('..') ? '/' + path.relative(paths.root, real) : path.join(usr, inTree), copy: false };
+  }
+  const file = copiedAuditor(paths);
+  return { file, ldAudit: '/' + path.relative(paths.root, file), copy: true };
 }
 
 const MARK = '# fscache: the loader hook (fscache stop removes it)';
@@ -77,17 +113,24 @@ function gentooEnvD(paths: Paths): string {
   return path.join(paths.root, 'etc', 'env.d', '99fscache');
 }
 
-export function enableHook(paths: Paths): void {
-  if (!fs.existsSync(BUILT_AUDITOR)) throw new FsCacheError('environment', `${BUILT_AUDITOR} is not built: run npm run build`);
-  const { file, ldAudit } = installedAuditor(paths);
-  fs.mkdirSync(path.dirname(file), { recursive: true, mode: 0o755 });
-  // Root-owned and not writable by others: every process on the system will map it.
-  writeAtomic(file, fs.readFileSync(BUILT_AUDITOR), 0o755);
+export function enableHook(paths: Paths, built = BUILT_AUDITOR): void {
+  if (!fs.existsSync(built)) throw new FsCacheError('environment', `${built} is not built: run npm run build`);
+  const { file, ldAudit, copy } = installedAuditor(paths, built);
+  if (copy) {
+    const bytes = fs.readFileSync(built);
+    if (!fs.existsSync(file) || !fs.readFileSync(file).equals(bytes)) {
+      fs.mkdirSync(path.dirname(file), { recursive: true, mode: 0o755 });
+      // Root-owned and not writable by others: every process on the system will map it.
+      writeAtomic(file, bytes, 0o755);
+    }
+  }
 
   const envFile = path.join(paths.root, 'etc', 'environment');
   fs.mkdirSync(path.dirname(envFile), { recursive: true });
   const before = readOr(envFile, '');
-  const after = editEnvironment(before, ldAudit, true);
+  let after = before;
+  for (const value of ourValues(paths, built)) if (value !== ldAudit) after = editEnvironment(after, value, false);
+  after = editEnvironment(after, ldAudit, true);
   if (after !== before) writeAtomic(envFile, after, modeOr(envFile, 0o644));
 
   const dropIn = systemdDropIn(paths);
@@ -102,12 +145,12 @@ export function enableHook(paths: Paths): void {
   }
 }
 
-export function disableHook(paths: Paths): void {
-  const { ldAudit } = installedAuditor(paths);
+export function disableHook(paths: Paths, built = BUILT_AUDITOR): void {
   const envFile = path.join(paths.root, 'etc', 'environment');
   if (fs.existsSync(envFile)) {
     const before = readOr(envFile, '');
-    const after = editEnvironment(before, ldAudit, false);
+    let after = before;
+    for (const value of ourValues(paths, built)) after = editEnvironment(after, value, false);
     if (after !== before) writeAtomic(envFile, after, modeOr(envFile, 0o644));
   }
   fs.rmSync(systemdDropIn(paths), { force: true });

@@ -4,14 +4,18 @@
  * Layout (all root-owned): R/fscache/images/<epoch>/<key>.so (0444, in a 0755 directory),
  * R/fscache/images/<epoch>/<key>.pass (a refused library: the hook loads the original without
  * asking), R/run/fscache/epoch (what the hook reads once per process: "<epoch> <on_miss>
- * <miss_wait_ms> <images dir relative to R> <library dirs relative to R, ':'-joined>"). The key is the identity of the library file
- * (dev, ino, size, mtime ns, in hex, joined by '-') exactly as audit.c computes it from fstat.
+ * <miss_wait_ms> <images dir relative to R> <library dirs relative to R, ':'-joined> <real tree relative to R>
+ * <view mount relative to R>"). The key is the identity of the library file in the real tree (dev, ino, size,
+ * mtime ns, in hex, joined by '-') exactly as audit.c computes it (for a file it found through the view, from
+ * the same relative path in the real tree: the view's device number changes with every mount).
  *
  * Promises kept here: an image is written under a temporary name, synced, then renamed, so the
  * hook never sees a torn image; only root-owned, world-readable, not-writable-by-others regular
  * files inside the configured library directories are randomized, decided on the opened
- * descriptor; a library the randomizer refuses is remembered with its reason (and tried once more
- * in the next epoch, since a refusal can depend on the seed).
+ * descriptor; names are resolved on the real tree's side of the link (real-path.ts), so a library
+ * asked for as /usr/lib/x.so while the link points at the view is the real tree's file, and the
+ * daemon never opens anything through the view; a library the randomizer refuses is remembered
+ * with its reason (and tried once more in the next epoch, since a refusal can depend on the seed).
  */
 import Database from 'better-sqlite3';
 import { createHash, randomBytes } from 'crypto';
@@ -25,6 +29,7 @@ import { StoreIndex } from '../fs/index-db';
 import type { Logger } from '../fs/log';
 import type { Paths } from '../fs/paths';
 import { writeAtomic } from '../fs/write-atomic';
+import { RealPathError, realTreePath, realTreePathOrUndefined } from './real-path';
 
 export type ImageKey = string;
 export type Epoch = string;
@@ -40,6 +45,8 @@ export interface HookPaths {
   logFile: string;
   /** The daemon's last failures (JSON list of HookFailure). */
   failuresFile: string;
+  /** The daemon's refusals, bounded (refusals.ts). */
+  refusalsFile: string;
 }
 
 export interface HookFailure { at: number; source: string; message: string }
@@ -61,6 +68,7 @@ export function hookPaths(paths: Paths): HookPaths {
     pidFile: path.join(paths.runDir, 'hook-daemon.pid'),
     logFile: path.join(paths.runDir, 'hook-daemon.log'),
     failuresFile: path.join(paths.runDir, 'hook-failures.json'),
+    refusalsFile: path.join(paths.runDir, 'hook-refusals.json'),
   };
 }
 
@@ -71,9 +79,10 @@ export function keyOf(id: RealIdentity): ImageKey {
 export type MakeResult =
   | { kind: 'image'; key: ImageKey; image: string; made: boolean; ms: number }
   /** The randomizer refused the library: remembered, marked for the hook, not retried. */
-  | { kind: 'pass'; key: ImageKey; reason: string }
-  /** Not eligible (policy) or the file changed: not remembered, the original loads. */
-  | { kind: 'refused'; reason: string };
+  | { kind: 'pass'; key: ImageKey; reason: string; library: string }
+  /** Not eligible (policy) or the file changed: not remembered, the original loads. `library`: the
+   * real tree's path when the name resolved, else the name as asked. */
+  | { kind: 'refused'; reason: string; library?: string };
 
 export interface ImageRow { epoch: Epoch; key: ImageKey; source: string; size: number; madeMs: number; created: number; lastAccess: number }
 export interface PassRow { key: ImageKey; source: string; reason: string; epoch: Epoch; at: number }
@@ -126,7 +135,6 @@ export function mappedUnder(prefix: string): Set<string> {
 export class ImageStore {
   readonly hp: HookPaths;
   private readonly db: Database.Database;
-  private readonly libraryDirs: string[];
   /** Randomizations done by this process (tests count them). */
   randomizations = 0;
 
@@ -137,13 +145,6 @@ export class ImageStore {
     this.db = new Database(paths.index);
     this.db.pragma('journal_mode = WAL');
     this.db.pragma('busy_timeout = 5000');
-    this.libraryDirs = config.libraryDirs.map((d) => {
-      try {
-        return fs.realpathSync(path.join(paths.root, d));
-      } catch {
-        return path.join(paths.root, d);
-      }
-    });
   }
 
   close(): void {
@@ -206,7 +207,10 @@ export class ImageStore {
     const rel = path.relative(this.paths.root, this.hp.images);
     // The hook asks the daemon only about paths under these (a gate, not a trust decision).
     const dirs = this.config.libraryDirs.join(':');
-    writeAtomic(this.hp.epochFile, `${epoch} ${this.config.onMiss} ${this.config.missWaitMs} ${rel} ${dirs}\n`, 0o644);
+    // A file the hook finds through the view is keyed by the same relative path in the real tree.
+    const real = path.relative(this.paths.root, this.paths.realTree);
+    const view = path.relative(this.paths.root, this.paths.viewMount);
+    writeAtomic(this.hp.epochFile, `${epoch} ${this.config.onMiss} ${this.config.missWaitMs} ${rel} ${dirs} ${real} ${view}\n`, 0o644);
   }
 
   /** Removes the directories of past epochs that no process maps any more. */
@@ -236,39 +240,54 @@ export class ImageStore {
 
   // ---- eligibility and randomization ----
 
+  /**
+   * The library directories on the real tree's side of the link (lib -> usr/lib -> usr.real/lib),
+   * whichever way it points; resolved at each use, since one may be created after the daemon
+   * started (a few lstat calls, on a miss only). One that does not exist holds nothing to randomize.
+   */
+  private libraryDirs(): string[] {
+    return [...new Set(this.config.libraryDirs.map((d) => realTreePathOrUndefined(this.paths, '/' + d)).filter((d): d is string => !!d))];
+  }
+
   private insideLibraryDirs(real: string): boolean {
-    return this.libraryDirs.some((d) => real.startsWith(d + '/'));
+    return this.libraryDirs().some((d) => real.startsWith(d + '/'));
   }
 
   /**
-   * Makes (or finds) the current epoch's image of the library at `source`. `expected` is the
-   * identity the hook saw; if the file we open is not that file, nothing is made.
+   * Makes (or finds) the current epoch's image of the library at `source` (a host path under R, as
+   * a process in R names it). `expected` is the identity the hook saw (of the real tree's file); if
+   * the file we open is not that file, nothing is made.
    */
   makeImage(source: string, expected?: RealIdentity): MakeResult {
     const cur = this.currentEpoch();
-    if (!cur) return { kind: 'refused', reason: 'no active epoch' };
-    // By name first, before opening anything as root (a device or FIFO elsewhere must not be opened);
-    // then again on the descriptor, which is what decides.
+    if (!cur) return { kind: 'refused', reason: 'no active epoch', library: source };
+    const name = '/' + path.relative(this.paths.root, source);
+    if (name.startsWith('/..')) return { kind: 'refused', reason: 'outside the root', library: source };
+    // By name first, before opening anything as root (a device or FIFO elsewhere must not be opened),
+    // on the real tree's side of the link (never through the view); then again on the descriptor,
+    // which is what decides.
     let byName: string;
     try {
-      byName = fs.realpathSync(source);
+      byName = realTreePath(this.paths, name);
     } catch (e) {
-      return { kind: 'refused', reason: `cannot resolve: ${errnoCode(e) ?? (e as Error).message}` };
+      if (!(e instanceof RealPathError)) throw e;
+      return { kind: 'refused', reason: `does not resolve (${e.code})`, library: source };
     }
-    if (!this.insideLibraryDirs(byName)) return { kind: 'refused', reason: `outside the configured library directories (${byName})` };
+    if (!this.insideLibraryDirs(byName)) return { kind: 'refused', reason: 'outside the configured library directories', library: byName };
     let fd: number;
     try {
       fd = fs.openSync(byName, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK | O_NOFOLLOW);
     } catch (e) {
-      return { kind: 'refused', reason: `cannot open: ${errnoCode(e) ?? (e as Error).message}` };
+      return { kind: 'refused', reason: `cannot open (${errnoCode(e) ?? (e as Error).message})`, library: byName };
     }
     try {
       // Every decision below is about this descriptor, never about the name.
       const st = fs.fstatSync(fd, { bigint: true });
       const id = identityOf(st);
-      if (!st.isFile()) return { kind: 'refused', reason: 'not a regular file' };
+      if (!st.isFile()) return { kind: 'refused', reason: 'not a regular file', library: byName };
+      // Where the kernel says the descriptor is: a directory swapped for a link meanwhile shows here.
       const real = fs.readlinkSync(`/proc/self/fd/${fd}`);
-      if (!this.insideLibraryDirs(real)) return { kind: 'refused', reason: `outside the configured library directories (${real})` };
+      if (!this.insideLibraryDirs(real)) return { kind: 'refused', reason: 'outside the configured library directories', library: real };
       // Asking must disclose nothing and poison nothing: only files everyone may read and only root may change.
       const policy = st.uid !== 0n ? 'not owned by root'
         : (st.mode & 0o004n) === 0n ? 'not readable by others'
@@ -276,24 +295,24 @@ export class ImageStore {
       if (policy) {
         // Marked for this epoch only (no index row): a later chmod is picked up by the next epoch.
         this.markPass(cur.epoch, keyOf(id), `not eligible: ${policy}`);
-        return { kind: 'refused', reason: policy };
+        return { kind: 'refused', reason: policy, library: real };
       }
-      if (st.size > MAX_LIBRARY_BYTES) return { kind: 'refused', reason: `larger than ${MAX_LIBRARY_BYTES >> 20n} MiB` };
+      if (st.size > MAX_LIBRARY_BYTES) return { kind: 'refused', reason: `larger than ${MAX_LIBRARY_BYTES >> 20n} MiB`, library: real };
       // Compared only now, for a file anyone may stat anyway: no oracle about unreadable files.
-      if (expected && !sameIdentity(id, expected)) return { kind: 'refused', reason: 'file is not the one the hook opened (changed?)' };
+      if (expected && !sameIdentity(id, expected)) return { kind: 'refused', reason: 'file is not the one the hook found (changed?)', library: real };
       const key = keyOf(id);
       const image = path.join(this.hp.images, cur.epoch, `${key}.so`);
       if (fs.existsSync(image)) return { kind: 'image', key, image, made: false, ms: 0 };
       const known = this.db.prepare('SELECT reason FROM hook_passthrough WHERE key = ? AND epoch = ?').get(key, cur.epoch) as { reason: string } | undefined;
       if (known) {
         this.markPass(cur.epoch, key, known.reason);
-        return { kind: 'pass', key, reason: known.reason };
+        return { kind: 'pass', key, reason: known.reason, library: real };
       }
       const t0 = performance.now();
       const bytes = fs.readFileSync(fd);
       // A library swapped or rewritten while we read it: its bytes are not those of `key`.
       if (!sameIdentity(identityOf(fs.fstatSync(fd, { bigint: true })), id) || BigInt(bytes.length) !== id.size) {
-        return { kind: 'refused', reason: 'changed while being read' };
+        return { kind: 'refused', reason: 'changed while being read', library: real };
       }
       let out: Uint8Array;
       let unmoved = '';
@@ -308,7 +327,7 @@ export class ImageStore {
         this.db.prepare('INSERT OR REPLACE INTO hook_passthrough (key, source, reason, epoch, at) VALUES (?, ?, ?, ?, ?)').run(key, real, reason, cur.epoch, Date.now());
         this.markPass(cur.epoch, key, reason);
         this.log.info(`hook: passing through ${real}: ${reason}`);
-        return { kind: 'pass', key, reason };
+        return { kind: 'pass', key, reason, library: real };
       }
       this.randomizations++;
       this.evict(out.length);
@@ -403,7 +422,7 @@ export class ImageStore {
         }
       }
     };
-    for (const d of this.libraryDirs) walk(d, 0);
+    for (const d of this.libraryDirs()) walk(d, 0);
     return out.sort();
   }
 }

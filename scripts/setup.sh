@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything fscache and its tests need on a fresh Debian 12 machine, as root:
 # Debian packages (and a deb-src entry for the source packages the randomizer tests build),
-# the npm dependencies, the TypeScript build and the C loader hook. Safe to run again.
+# the npm dependencies, the TypeScript build, the C loader hook and the N-API addon (native/). Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

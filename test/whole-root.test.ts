@@ -19,7 +19,7 @@ const session = process.env.FSCACHE_TEST_SESSION;
 const LAUNCHES: Array<[string[], RegExp]> = [
   [['/usr/bin/git', '--version'], /^git version/],
   [['/usr/bin/perl', '-MPOSIX', '-e', 'print floor(6.5*7)'], /^45$/],
-  [['/usr/bin/python3', '-c', 'import json, sqlite3, hashlib; print(json.dumps(hashlib.sha256(b"x").hexdigest()[:6]))'], /^"2d7113"$/],
+  [['/usr/bin/python3', '-c', 'import json, sqlite3, hashlib; print(json.dumps(hashlib.sha256(b"x").hexdigest()[:6]))'], /^"2d7116"$/],
   [['/bin/bash', '-c', 'echo $((6*7)) | /usr/bin/sort'], /^42$/],
   [['/bin/sh', '-c', 'printf "int main(){return 0;}" | /usr/bin/gcc -x c -o /tmp/t - && /tmp/t && echo built'], /^built$/],
 ];

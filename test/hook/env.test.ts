@@ -1,11 +1,13 @@
 /** enableHook/disableHook (LD_AUDIT through the init systems' environment, all under R) and startDaemon/stopDaemon. */
 import * as fs from 'fs';
+import * as net from 'net';
 import * as os from 'os';
 import * as path from 'path';
 import { defaultConfig } from '../../fs/config';
 import { derivePaths, Paths } from '../../fs/paths';
 import { daemonPid, startDaemon, stopDaemon } from '../../loader-hook/control';
 import { parseRequest } from '../../loader-hook/daemon';
+import { readRefusals } from '../../loader-hook/refusals';
 import { BUILT_AUDITOR, disableHook, editEnvironment, enableHook, installedAuditor } from '../../loader-hook/env';
 
 let root: string;
@@ -32,7 +34,8 @@ test('enable is idempotent and keeps other lines; disable restores the file exac
   enableHook(paths);
   enableHook(paths);
   const { file, ldAudit } = installedAuditor(paths);
-  expect(ldAudit).toBe('/fscache/hook/fscache-audit.so');
+  // No real tree in this root: the copy goes to the root filesystem, never to flash or R/run.
+  expect(ldAudit).toBe('/etc/fscache/fscache-audit.so');
   const st = fs.statSync(file);
   expect([st.uid, st.mode & 0o022]).toEqual([0, 0]);
   const env = read('etc/environment');
@@ -52,11 +55,41 @@ test('an existing LD_AUDIT list is extended and shrunk by our entry only; no env
   fs.mkdirSync(path.join(root, 'etc'), { recursive: true });
   fs.writeFileSync(path.join(root, 'etc', 'environment'), 'LD_AUDIT="/opt/other.so"\n');
   enableHook(paths);
-  expect(read('etc/environment')).toBe('LD_AUDIT="/opt/other.so:/fscache/hook/fscache-audit.so"\n');
+  expect(read('etc/environment')).toBe('LD_AUDIT="/opt/other.so:/etc/fscache/fscache-audit.so"\n');
   expect(fs.existsSync(path.join(root, 'etc/env.d'))).toBe(false);
   disableHook(paths);
   expect(read('etc/environment')).toBe('LD_AUDIT="/opt/other.so"\n');
   expect(editEnvironment('', '/x.so', false)).toBe('');
+});
+
+test('an older version\'s LD_AUDIT entry (an auditor on flash) is replaced by enable and removed by disable', () => {
+  fs.mkdirSync(path.join(root, 'etc'), { recursive: true });
+  fs.writeFileSync(path.join(root, 'etc', 'environment'), 'LANG=C\n# fscache: the loader hook (fscache stop removes it)\nLD_AUDIT=/fscache/hook/fscache-audit.so\n');
+  enableHook(paths);
+  expect(read('etc/environment')).toBe(`LANG=C\n# fscache: the loader hook (fscache stop removes it)\nLD_AUDIT=${installedAuditor(paths).ldAudit}\n`);
+  fs.writeFileSync(path.join(root, 'etc', 'environment'), 'LANG=C\nLD_AUDIT=/fscache/hook/fscache-audit.so\n');
+  disableHook(paths);
+  expect(read('etc/environment')).toBe('LANG=C\n');
+});
+
+test('a package installed in R names its own auditor through R/usr, also when found through the view; nothing is copied', () => {
+  const inTree = path.join(paths.realTree, 'lib', 'fscache', 'loader-hook', 'fscache-audit.so');
+  fs.mkdirSync(path.dirname(inTree), { recursive: true });
+  fs.copyFileSync(BUILT_AUDITOR, inTree);
+  fs.symlinkSync(path.relative(root, paths.viewMount), paths.usrLink);
+  fs.mkdirSync(paths.viewMount, { recursive: true });
+  const want = { file: inTree, ldAudit: '/usr/lib/fscache/loader-hook/fscache-audit.so', copy: false };
+  // However the running package found itself: through the real tree, the link, or the view (never entered).
+  for (const built of [inTree, path.join(paths.usrLink, 'lib/fscache/loader-hook/fscache-audit.so'), path.join(paths.viewMount, 'lib/fscache/loader-hook/fscache-audit.so')]) {
+    expect(installedAuditor(paths, built)).toEqual(want);
+  }
+  fs.mkdirSync(path.join(root, 'etc'));
+  fs.writeFileSync(path.join(root, 'etc', 'environment'), 'LD_AUDIT=/etc/fscache/fscache-audit.so\n');
+  enableHook(paths, inTree);
+  expect(read('etc/environment')).toBe(`# fscache: the loader hook (fscache stop removes it)\nLD_AUDIT=${want.ldAudit}\n`);
+  expect(fs.existsSync(path.join(root, 'etc', 'fscache'))).toBe(false);
+  disableHook(paths, inTree);
+  expect(read('etc/environment')).toBe('');
 });
 
 test('requests: only well-formed lines with an absolute path are accepted', () => {
@@ -64,6 +97,26 @@ test('requests: only well-formed lines with an absolute path are accepted', () =
   for (const bad of ['', 'Q 1 2 3 /x', 'Q 1 2 3 4 lib/x', 'Q -1 2 3 4 /x', 'Q 1 2 3 4 /x\0y', `Q 1 2 3 4 /${'a'.repeat(5000)}`, 'GET / HTTP/1.0']) {
     expect(parseRequest(bad)).toBeUndefined();
   }
+});
+
+test('a flood of made-up requests leaves a bounded refusal record, and the daemon answers on', async () => {
+  await startDaemon(paths);
+  const ask = (line: string) => new Promise<string>((resolve) => {
+    const c = net.connect(path.join(paths.runDir, 'hook.sock'));
+    let got = '';
+    c.on('data', (d) => (got += d));
+    c.on('error', () => resolve(got));
+    c.on('close', () => resolve(got));
+    c.write(line); // no half-close: the hook, too, keeps its side open for the answer
+  });
+  for (let i = 0; i < 600; i += 50) {
+    const answers = await Promise.all(Array.from({ length: 50 }, (_x, k) => ask(`Q ${i + k} 1 1 1 /nope/${i + k}.so\n`)));
+    expect([...new Set(answers)]).toEqual(['PASS not eligible\n']);
+  }
+  await stopDaemon(paths); // flushes the record
+  const list = readRefusals(path.join(paths.runDir, 'hook-refusals.json'));
+  expect(list).toHaveLength(256);
+  expect(list[0]).toMatchObject({ library: path.join(root, 'nope', '599.so'), reason: 'does not resolve (ENOENT)', count: 1 });
 });
 
 test('startDaemon and stopDaemon: idempotent, pid file, socket', async () => {
@@ -76,7 +129,7 @@ test('startDaemon and stopDaemon: idempotent, pid file, socket', async () => {
   expect(flag).toBeGreaterThan(0);
   expect(flag).toBeLessThan(argv.findIndex((a) => a.endsWith('main.js'))); // a Node option, not the CLI's
   expect(fs.existsSync(path.join(paths.runDir, 'hook.sock'))).toBe(true);
-  expect(read('run/fscache/epoch')).toMatch(/^1 original 3000 fscache\/images lib:lib64:usr\/lib:usr\/lib64:usr\/local\/lib\n$/);
+  expect(read('run/fscache/epoch')).toMatch(/^1 original 3000 fscache\/images lib:lib64:usr\/lib:usr\/lib64:usr\/local\/lib usr.real run\/fscache\/view\n$/);
   await stopDaemon(paths);
   await stopDaemon(paths);
   expect(daemonPid(paths)).toBeUndefined();
