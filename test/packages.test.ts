@@ -7,7 +7,7 @@
  * so the host's /usr is never written; a few large trees a dpkg run does not need are
  * whited out so that a mirror sync stays short), fscache installed at R/usr.real/lib/fscache
  * as a package would be (the hook runs it from there, inside the chroot), an empty dpkg
- * database. fscache itself is started from that installed copy, from the host, with --root R.
+ * database. fscache is run inside the root (chroot, root /) as its package installs it.
  */
 import { ChildProcess, execFileSync, spawn, spawnSync } from 'child_process';
 import * as fs from 'fs';
@@ -19,6 +19,7 @@ import { derivePaths, Paths } from '../fs/paths';
 import { parseConfig } from '../fs/config';
 import { dpkgHookFile, dpkgHookText, hookCommand, installPackageHooks, portageBashrc, portageBlock, removePackageHooks } from '../fs/pkg-hooks';
 import { PACKAGE_ROOT } from '../fs/package-root';
+import { abortFuseBelow } from './helpers/whole-root';
 import { fuseAvailable, waitFor } from './helpers/view-sandbox';
 
 const skip = fuseAvailable() ?? (fs.existsSync('/usr/bin/dpkg-deb') && fs.existsSync('/usr/bin/gcc') ? undefined : 'dpkg-deb or gcc missing');
@@ -41,6 +42,17 @@ function mountInfo(): Array<{ dir: string; fstype: string; minor: number }> {
     const dash = f.indexOf('-');
     return { dir: f[4].replace(/\\([0-7]{3})/g, (_m, o) => String.fromCharCode(parseInt(o, 8))), fstype: f[dash + 1], minor: Number(f[2].split(':')[1]) };
   });
+}
+
+/** Processes whose root directory is `root` (started by chroot into it). */
+function processesIn(root: string): number[] {
+  return fs.readdirSync('/proc').filter((n) => /^\d+$/.test(n)).filter((n) => {
+    try {
+      return fs.readlinkSync(`/proc/${n}/root`) === root;
+    } catch {
+      return false;
+    }
+  }).map(Number);
 }
 
 /** A whole root for package tests; everything it made is undone by dispose(), also after a failure. */
@@ -77,7 +89,7 @@ class PkgRoot {
     execFileSync('mount', ['-t', 'overlay', 'overlay', '-o', `lowerdir=/usr,upperdir=${upper},workdir=${work}`, this.paths.realTree]);
     fs.symlinkSync('usr.real', this.paths.usrLink); // as `fscache setup` leaves it
     for (const d of ['bin', 'sbin', 'lib', 'lib64']) fs.symlinkSync(`usr/${d}`, path.join(r, d));
-    for (const d of ['etc/dpkg/dpkg.cfg.d', 'var/lib/dpkg/info', 'var/lib/dpkg/updates', 'var/lib/dpkg/triggers', 'var/log', 'root', 'dev', 'proc', 'run/fscache']) {
+    for (const d of ['etc/dpkg/dpkg.cfg.d', 'var/lib/dpkg/info', 'var/lib/dpkg/updates', 'var/lib/dpkg/triggers', 'var/log', 'root', 'dev', 'proc', 'sys', 'run/fscache']) {
       fs.mkdirSync(path.join(r, d), { recursive: true });
     }
     for (const f of ['status', 'available']) fs.writeFileSync(path.join(r, 'var/lib/dpkg', f), '');
@@ -87,29 +99,55 @@ class PkgRoot {
     fs.writeFileSync(path.join(r, 'etc/fscache.conf'), configText + session);
     fs.mkdirSync(path.join(r, 'tmp'), { mode: 0o1777 });
     fs.chmodSync(path.join(r, 'tmp'), 0o1777);
-    for (const [name, minor] of [['null', 3], ['zero', 5], ['urandom', 9], ['random', 8]] as const) {
-      execFileSync('mknod', ['-m', '666', path.join(r, 'dev', name), 'c', '1', String(minor)]);
+    for (const [name, major, minor] of [['null', 1, 3], ['zero', 1, 5], ['urandom', 1, 9], ['random', 1, 8], ['fuse', 10, 229]] as const) {
+      execFileSync('mknod', ['-m', '666', path.join(r, 'dev', name), 'c', String(major), String(minor)]);
     }
     execFileSync('mount', ['-t', 'proc', 'proc', path.join(r, 'proc')]);
+    execFileSync('mount', ['-t', 'sysfs', 'sysfs', path.join(r, 'sys')]);
     // fscache as its package installs it: the built checkout and its modules, inside the real tree.
     this.pkgDir = path.join(this.paths.realTree, 'lib', 'fscache');
     fs.mkdirSync(this.pkgDir);
-    for (const f of ['package.json', 'bin', 'dist']) execFileSync('cp', ['-a', path.join(PACKAGE_ROOT, f), this.pkgDir]);
+    for (const f of ['package.json', 'bin', 'dist', 'loader-hook', 'native']) execFileSync('cp', ['-a', path.join(PACKAGE_ROOT, f), this.pkgDir]);
     execFileSync('cp', ['-a', fs.realpathSync(path.join(PACKAGE_ROOT, 'node_modules')), path.join(this.pkgDir, 'node_modules')]);
-    // The rest of what setup leaves (the view's mount point R/usr.view with its links to the real tree).
-    const setup = this.cli(['setup', '--yes']);
-    if (setup.code !== 0) throw new Error(`setup failed: ${setup.stderr}`);
+    fs.rmSync(path.join(this.paths.realTree, 'bin', 'fscache'), { force: true });
+    fs.symlinkSync('../lib/fscache/bin/fscache', path.join(this.paths.realTree, 'bin', 'fscache'));
   }
 
-  /** The installed fscache, run from the host with --root R. */
-  cli(args: string[], timeout = 120000): Run {
-    const r = spawnSync(process.execPath, [path.join(this.pkgDir, 'dist/cli/main.js'), '--root', this.root, ...args], { encoding: 'utf8', timeout });
-    return { code: r.status, stdout: r.stdout, stderr: r.stderr };
+  /** A root as `fscache setup --yes` leaves it (run inside the root: R/usr.view and its links). */
+  static async create(configText: string): Promise<PkgRoot> {
+    const r = new PkgRoot(configText);
+    const setup = await r.cli(['setup', '--yes']);
+    if (setup.code !== 0) {
+      await r.dispose();
+      throw new Error(`setup failed: ${setup.stdout}${setup.stderr}`);
+    }
+    return r;
   }
 
-  chroot(argv: string[], timeout = 120000): Run {
-    const r = spawnSync('chroot', [this.root, ...argv], { encoding: 'utf8', timeout, env: CHROOT_ENV });
-    return { code: r.status, stdout: r.stdout, stderr: r.stderr + (r.error ? String(r.error) : '') };
+  /** `fscache ...` inside the root, as an administrator or an init script runs it (root /). */
+  cli(args: string[], timeout = 120000): Promise<Run> {
+    return this.chroot(['/usr/bin/fscache', ...args], timeout);
+  }
+
+  /** Runs argv in `chroot R`; bounded: past the deadline it is killed, and the FUSE connections under R aborted if it hangs on one. */
+  chroot(argv: string[], timeout = 120000): Promise<Run> {
+    const child = spawn('chroot', [this.root, ...argv], { env: CHROOT_ENV, cwd: '/', stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout!.on('data', (d) => (stdout += d));
+    child.stderr!.on('data', (d) => (stderr += d));
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => {
+        stderr += `\n(killed after ${timeout} ms)`;
+        child.kill('SIGKILL');
+        // A process stuck on a FUSE request ignores SIGKILL until its connection is aborted.
+        setTimeout(() => child.exitCode === null && child.signalCode === null && abortFuseBelow(this.root), 1000);
+      }, timeout);
+      child.on('close', (code) => {
+        clearTimeout(timer);
+        resolve({ code, stdout, stderr });
+      });
+    });
   }
 
   /** A program running inside the root; its output so far in `output()`. */
@@ -124,13 +162,17 @@ class PkgRoot {
 
   async dispose(): Promise<void> {
     for (const c of this.children) c.kill('SIGKILL');
-    if (fs.existsSync(path.join(this.paths.runDir, 'supervisor.json')) || fs.existsSync(this.paths.viewState)) this.cli(['stop'], 30000);
-    for (const file of [path.join(this.paths.runDir, 'supervisor.json'), this.paths.viewState]) {
-      try {
-        process.kill(JSON.parse(fs.readFileSync(file, 'utf8')).pid, 'SIGKILL');
-      } catch {
-        // gone
+    if (this.paths && fs.existsSync(this.paths.realTree)) await this.cli(['stop'], 30000);
+    for (let i = 0; i < 3; i++) {
+      abortFuseBelow(this.root);
+      for (const pid of processesIn(this.root)) {
+        try {
+          process.kill(pid, 'SIGKILL');
+        } catch {
+          // gone
+        }
       }
+      await new Promise((res) => setTimeout(res, 200));
     }
     this.unmountAll();
   }
@@ -212,9 +254,9 @@ maybe('package managers while fscache runs', () => {
   afterEach(() => {
     if (timings.length) console.log(`dpkg runs: ${timings.splice(0).join(', ')}`);
   });
-  const dpkg = (r: PkgRoot, ...args: string[]) => {
+  const dpkg = async (r: PkgRoot, ...args: string[]) => {
     const t0 = Date.now();
-    const run = r.chroot(['/usr/bin/dpkg', ...args]);
+    const run = await r.chroot(['/usr/bin/dpkg', ...args]);
     timings.push(`${args.join(' ').replace(/\/tmp\//, '')} ${Date.now() - t0} ms`);
     return run;
   };
@@ -223,35 +265,35 @@ maybe('package managers while fscache runs', () => {
   const valuesAfter = (output: string, from: number) => output.slice(from).split('\n').filter((l) => /^\d+$/.test(l));
 
   test('view mode: dpkg installs, upgrades (a running program keeps its library) and removes; sync keeps it', async () => {
-    root = new PkgRoot('hook = off\naccess_flush_ms = 200\n');
+    root = await PkgRoot.create('hook = off\naccess_flush_ms = 200\n');
     const r = root;
     const debs = debsInRoot(r);
-    const start = r.cli(['start']);
+    const start = await r.cli(['start']);
     expect(start).toMatchObject({ code: 0 });
     expect(readLinkState(r.paths).state).toBe('view');
     expect(fs.readFileSync(dpkgHookFile(r.paths), 'utf8')).toContain('pre-invoke=/usr.real/lib/fscache/bin/fscache --root / pause --holder dpkg');
 
-    let run = dpkg(r, '-i', debs[1]);
+    let run = await dpkg(r, '-i', debs[1]);
     expect(run).toMatchObject({ code: 0, stdout: expect.stringMatching(/paused \(dpkg\)[\s\S]*resumed/) });
     // Needs the supervisor to honour the pause file (helper B, branch wt-supervisor): R/usr back on the view after resume.
     expect(readLinkState(r.paths).state).toBe('view');
     expect(readPause(r.paths)).toBeUndefined();
     expect(fs.existsSync(realFile(r, 'lib/fscache-test/libfscachetest.so.1'))).toBe(true);
-    expect(r.chroot(['/usr/bin/fscache-test'])).toMatchObject({ code: 0, stdout: '1\n' });
+    expect(await r.chroot(['/usr/bin/fscache-test'])).toMatchObject({ code: 0, stdout: '1\n' });
 
     // A failing package: dpkg fails as it would without fscache, and /usr still goes back to the view.
-    run = dpkg(r, '-i', debs.broken);
+    run = await dpkg(r, '-i', debs.broken);
     expect(run).toMatchObject({ code: 1, stdout: expect.stringMatching(/resumed/) });
     expect(readLinkState(r.paths).state).toBe('view');
-    expect(dpkg(r, '--purge', 'fscache-broken').code).toBe(0);
+    expect((await dpkg(r, '--purge', 'fscache-broken')).code).toBe(0);
 
     const v1 = r.spawn(['/usr/bin/fscache-test', 'loop']);
     expect(await waitFor(() => valuesAfter(v1.output(), 0).length >= 3, 10000)).toBeGreaterThanOrEqual(0);
 
-    run = dpkg(r, '-i', debs[2]);
+    run = await dpkg(r, '-i', debs[2]);
     expect(run).toMatchObject({ code: 0 });
     expect(readLinkState(r.paths).state).toBe('view');
-    expect(r.chroot(['/usr/bin/fscache-test'])).toMatchObject({ code: 0, stdout: '2\n' });
+    expect(await r.chroot(['/usr/bin/fscache-test'])).toMatchObject({ code: 0, stdout: '2\n' });
     // Let the watcher see the replaced library and the kernel drop what it cached of it.
     const mark = v1.output().length;
     await new Promise((res) => setTimeout(res, 3000));
@@ -260,22 +302,22 @@ maybe('package managers while fscache runs', () => {
     // Asserted at the end, so that everything else is checked too: see there.
     const printedAfterUpgrade = [...new Set(valuesAfter(v1.output(), mark))];
 
-    expect(r.cli(['sync'])).toMatchObject({ code: 0 });
-    expect(r.chroot(['/usr/bin/fscache-test'])).toMatchObject({ code: 0, stdout: '2\n' });
-    expect(r.chroot(['/usr/bin/dpkg-query', '-W', '-f', '${Version}', 'fscache-test'])).toMatchObject({ code: 0, stdout: '2' });
+    expect(await r.cli(['sync'])).toMatchObject({ code: 0 });
+    expect(await r.chroot(['/usr/bin/fscache-test'])).toMatchObject({ code: 0, stdout: '2\n' });
+    expect(await r.chroot(['/usr/bin/dpkg-query', '-W', '-f', '${Version}', 'fscache-test'])).toMatchObject({ code: 0, stdout: '2' });
 
-    run = dpkg(r, '-r', 'fscache-test');
+    run = await dpkg(r, '-r', 'fscache-test');
     expect(run).toMatchObject({ code: 0 });
     expect(fs.existsSync(realFile(r, 'bin/fscache-test'))).toBe(false);
-    expect(r.chroot(['/usr/bin/fscache-test']).code).not.toBe(0);
-    expect(r.cli(['sync'])).toMatchObject({ code: 0 });
+    expect((await r.chroot(['/usr/bin/fscache-test'])).code).not.toBe(0);
+    expect(await r.cli(['sync'])).toMatchObject({ code: 0 });
     expect(fs.existsSync(realFile(r, 'lib/fscache-test/libfscachetest.so.1'))).toBe(false);
 
-    expect(r.cli(['stop'], 30000)).toMatchObject({ code: 0 });
+    expect(await r.cli(['stop'], 30000)).toMatchObject({ code: 0 });
     expect(fs.existsSync(dpkgHookFile(r.paths))).toBe(false);
     // Stopped: the hook is gone, dpkg works on the real tree as without fscache.
-    expect(dpkg(r, '-i', debs[1])).toMatchObject({ code: 0 });
-    expect(r.chroot(['/usr/bin/fscache-test'])).toMatchObject({ code: 0, stdout: '1\n' });
+    expect(await dpkg(r, '-i', debs[1])).toMatchObject({ code: 0 });
+    expect(await r.chroot(['/usr/bin/fscache-test'])).toMatchObject({ code: 0, stdout: '1\n' });
 
     // HELPER C's part (the view reads an old node from the object it was opened as, branch
     // wt-nodes): until that is merged, the program that mapped v1 through the view switches to
@@ -284,64 +326,64 @@ maybe('package managers while fscache runs', () => {
   }, 300000);
 
   test('mirror mode: dpkg writes reach the real tree, the mirror follows on resume, sync undoes nothing', async () => {
-    root = new PkgRoot('mode = mirror\nhook = off\n');
+    root = await PkgRoot.create('mode = mirror\nhook = off\n');
     const r = root;
     const debs = debsInRoot(r);
     const mirrorFile = (rel: string) => path.join(r.paths.mirror, rel);
     const t0 = Date.now();
-    expect(r.cli(['sync'], 600000)).toMatchObject({ code: 0 });
+    expect(await r.cli(['sync'], 600000)).toMatchObject({ code: 0 });
     timings.push(`(first mirror sync ${Date.now() - t0} ms)`);
-    expect(r.cli(['start'])).toMatchObject({ code: 0 });
+    expect(await r.cli(['start'])).toMatchObject({ code: 0 });
     expect(readLinkState(r.paths).state).toBe('mirror');
     expect(fs.existsSync(dpkgHookFile(r.paths))).toBe(true);
 
-    let run = dpkg(r, '-i', debs[1]);
+    let run = await dpkg(r, '-i', debs[1]);
     expect(run).toMatchObject({ code: 0, stdout: expect.stringMatching(/resumed: .* -> mirror/) });
     expect(readLinkState(r.paths).state).toBe('mirror');
     expect(fs.existsSync(realFile(r, 'bin/fscache-test'))).toBe(true);
     expect(fs.existsSync(mirrorFile('bin/fscache-test'))).toBe(true);
-    expect(r.chroot(['/usr/bin/fscache-test'])).toMatchObject({ code: 0, stdout: '1\n' });
-    expect(r.cli(['sync'])).toMatchObject({ code: 0 });
+    expect(await r.chroot(['/usr/bin/fscache-test'])).toMatchObject({ code: 0, stdout: '1\n' });
+    expect(await r.cli(['sync'])).toMatchObject({ code: 0 });
     expect(fs.existsSync(realFile(r, 'bin/fscache-test'))).toBe(true);
-    expect(r.chroot(['/usr/bin/fscache-test'])).toMatchObject({ code: 0, stdout: '1\n' });
+    expect(await r.chroot(['/usr/bin/fscache-test'])).toMatchObject({ code: 0, stdout: '1\n' });
 
     const v1 = r.spawn(['/usr/bin/fscache-test', 'loop']);
     expect(await waitFor(() => valuesAfter(v1.output(), 0).length >= 3, 10000)).toBeGreaterThanOrEqual(0);
-    run = dpkg(r, '-i', debs[2]);
+    run = await dpkg(r, '-i', debs[2]);
     expect(run).toMatchObject({ code: 0 });
     const mark = v1.output().length;
-    expect(r.chroot(['/usr/bin/fscache-test'])).toMatchObject({ code: 0, stdout: '2\n' });
-    expect(r.cli(['sync'])).toMatchObject({ code: 0 });
-    expect(r.chroot(['/usr/bin/fscache-test'])).toMatchObject({ code: 0, stdout: '2\n' });
+    expect(await r.chroot(['/usr/bin/fscache-test'])).toMatchObject({ code: 0, stdout: '2\n' });
+    expect(await r.cli(['sync'])).toMatchObject({ code: 0 });
+    expect(await r.chroot(['/usr/bin/fscache-test'])).toMatchObject({ code: 0, stdout: '2\n' });
     await new Promise((res) => setTimeout(res, 500));
     expect([...new Set(valuesAfter(v1.output(), mark))]).toEqual(['1']);
 
-    run = dpkg(r, '-r', 'fscache-test');
+    run = await dpkg(r, '-r', 'fscache-test');
     expect(run).toMatchObject({ code: 0 });
     expect(fs.existsSync(realFile(r, 'bin/fscache-test'))).toBe(false);
     expect(fs.existsSync(mirrorFile('bin/fscache-test'))).toBe(false);
-    expect(r.chroot(['/usr/bin/fscache-test']).code).not.toBe(0);
+    expect((await r.chroot(['/usr/bin/fscache-test'])).code).not.toBe(0);
 
     // A resume whose sync fails leaves R/usr on the real tree (fail open) and the pause in place.
-    expect(r.cli(['pause'])).toMatchObject({ code: 0 });
+    expect(await r.cli(['pause'])).toMatchObject({ code: 0 });
     expect(readLinkState(r.paths).state).toBe('real');
     fs.renameSync(r.paths.mirror, `${r.paths.mirror}.away`);
     fs.writeFileSync(r.paths.mirror, 'not a directory');
-    const failed = r.cli(['resume']);
+    const failed = await r.cli(['resume']);
     expect(failed.code).toBe(4);
     expect(failed.stderr).toMatch(/could not be brought up to date.*stays on the real tree/);
     expect(readLinkState(r.paths).state).toBe('real');
     expect(readPause(r.paths)?.resumeFailure).toBeDefined();
     fs.rmSync(r.paths.mirror);
     fs.renameSync(`${r.paths.mirror}.away`, r.paths.mirror);
-    expect(r.cli(['resume'])).toMatchObject({ code: 0, stdout: expect.stringMatching(/resumed/) });
+    expect(await r.cli(['resume'])).toMatchObject({ code: 0, stdout: expect.stringMatching(/resumed/) });
     expect(readLinkState(r.paths).state).toBe('mirror');
 
     // stop during a transaction: the hooks go; the transaction's resume leaves fscache stopped.
-    expect(r.cli(['pause', '--holder', 'dpkg'])).toMatchObject({ code: 0 });
-    expect(r.cli(['stop'])).toMatchObject({ code: 0 });
+    expect(await r.cli(['pause', '--holder', 'dpkg'])).toMatchObject({ code: 0 });
+    expect(await r.cli(['stop'])).toMatchObject({ code: 0 });
     expect(fs.existsSync(dpkgHookFile(r.paths))).toBe(false);
-    expect(r.cli(['resume', '--holder', 'dpkg'])).toMatchObject({ code: 0, stdout: expect.stringMatching(/not running/) });
+    expect(await r.cli(['resume', '--holder', 'dpkg'])).toMatchObject({ code: 0, stdout: expect.stringMatching(/not running/) });
     expect(readLinkState(r.paths).state).toBe('real');
     expect(fs.existsSync(pauseFile(r.paths))).toBe(false);
   }, 900000);
