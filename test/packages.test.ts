@@ -364,6 +364,16 @@ maybe('package managers while fscache runs', () => {
     expect(fs.existsSync(mirrorFile('bin/fscache-test'))).toBe(false);
     expect((await r.chroot(['/usr/bin/fscache-test'])).code).not.toBe(0);
 
+    // A transaction that pauses while a sync runs (the sync has R/usr on the real tree): the
+    // sync's end leaves it there, the transaction's resume brings it back.
+    const syncing = r.cli(['sync']);
+    expect(await waitFor(() => readLinkState(r.paths).state === 'real', 20000, 5)).toBeGreaterThanOrEqual(0);
+    expect(await r.cli(['pause', '--holder', 'dpkg'])).toMatchObject({ code: 0 });
+    expect(await syncing).toMatchObject({ code: 0 });
+    expect(readLinkState(r.paths).state).toBe('real');
+    expect(await r.cli(['resume', '--holder', 'dpkg'])).toMatchObject({ code: 0, stdout: expect.stringMatching(/resumed: .* -> mirror/) });
+    expect(readLinkState(r.paths).state).toBe('mirror');
+
     // A resume whose sync fails leaves R/usr on the real tree (fail open) and the pause in place.
     expect(await r.cli(['pause'])).toMatchObject({ code: 0 });
     expect(readLinkState(r.paths).state).toBe('real');
