@@ -10,10 +10,14 @@
  * database. fscache is run inside the root (chroot, root /) as its package installs it.
  */
 import { ChildProcess, execFileSync, spawn, spawnSync } from 'child_process';
+import { createHash } from 'crypto';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
+import { identityOf } from '../fs/identity';
+import { StoreIndex } from '../fs/index-db';
 import { readLinkState } from '../fs/link';
+import { silentLogger } from '../fs/log';
 import { pauseFile, readPause } from '../fs/pause';
 import { derivePaths, Paths } from '../fs/paths';
 import { parseConfig } from '../fs/config';
@@ -26,6 +30,7 @@ const skip = fuseAvailable() ?? (fs.existsSync('/usr/bin/dpkg-deb') && fs.exists
 const maybe = skip ? describe.skip : describe;
 if (skip) console.warn(`package tests skipped: ${skip}`);
 
+const sha256 = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 const CHROOT_ENV = { PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', HOME: '/root', LANG: 'C' };
 /** Large trees of /usr that neither dpkg nor the test program needs (whited out in the overlay). */
 const PRUNED = ['lib/google-cloud-sdk', 'lib/jvm', 'lib/llvm-14', 'lib/postgresql', 'lib/gcc', 'local', 'include', 'share/doc', 'share/locale', 'share/man', 'share/package-lists'];
@@ -539,5 +544,42 @@ ROOT=/mnt/other pre_pkg_preinst >/dev/null`;
     expect(fs.existsSync(bashrc)).toBe(true);
     removePackageHooks(paths);
     expect(fs.existsSync(bashrc)).toBe(false);
+  });
+});
+
+describe('view-mode sync after an upgrade (no mounts)', () => {
+  test('a cached file replaced by one of the same size and mtime (a rebuilt package) is copied afresh, never adopted', () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'fscache-pkgsync-'));
+    try {
+      const paths = derivePaths(dir, parseConfig('', 'test'));
+      const rel = 'lib/fscache-test/libfscachetest.so.1';
+      const real = path.join(paths.realTree, rel);
+      const copy = path.join(paths.store, rel);
+      for (const f of [real, copy]) fs.mkdirSync(path.dirname(f), { recursive: true });
+      const mtime = new Date('2026-12-01T00:00:00Z');
+      const v1 = Buffer.alloc(8192, 1);
+      const v2 = Buffer.alloc(8192, 2);
+      for (const f of [real, copy]) {
+        fs.writeFileSync(f, v1);
+        fs.utimesSync(f, mtime, mtime);
+      }
+      const index = StoreIndex.open(paths.index, silentLogger);
+      index.put({ path: rel, ...identityOf(fs.lstatSync(real, { bigint: true })), hash: sha256(v1), filledAt: Date.now(), lastAccess: Date.now(), hits: 1 });
+      index.close();
+      // What dpkg does: the new version written beside, its mtime from the package, renamed over.
+      fs.writeFileSync(`${real}.dpkg-new`, v2);
+      fs.utimesSync(`${real}.dpkg-new`, mtime, mtime);
+      fs.renameSync(`${real}.dpkg-new`, real);
+
+      const r = spawnSync(process.execPath, [path.join(PACKAGE_ROOT, 'dist/cli/main.js'), '--root', dir, 'sync'], { encoding: 'utf8', timeout: 60000 });
+      expect(r.status).toBe(0);
+      expect(fs.readFileSync(copy).equals(v2)).toBe(true);
+      const after = StoreIndex.open(paths.index, silentLogger);
+      const entry = after.all().find((e) => e.path === rel);
+      after.close();
+      expect(entry).toMatchObject({ ino: fs.lstatSync(real, { bigint: true }).ino, hash: sha256(v2) });
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
