@@ -4,13 +4,13 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { FsCacheError } from '../fs/errors';
 import { readLinkState, switchLink } from '../fs/link';
+import { fuseMountAt } from '../fs/fusectl';
 import { mirrorMounted, startMirror, stopMirror } from '../fs/mirror';
-import { isMountPoint } from '../fs/preflight';
+import { selfCommand } from '../fs/self-command';
 import { planSetup, refreshViewDirIfIdle, runSetup } from '../fs/setup';
-import { readSupervisorState, Supervisor } from '../fs/supervisor';
+import { checkMayClear, clearMountPoint } from '../fs/stale';
+import { readSupervisorRecord, readSupervisorState, Supervisor, supervisorStateFile } from '../fs/supervisor';
 import { syncStore } from '../fs/sync';
-import { CLI_ENTRY } from '../fs/view-process';
-import type { ViewState } from '../fs/view-service';
 import type { Context } from './context';
 import { packageHooksOnStart, packageHooksOnStop } from './pkg';
 
@@ -97,14 +97,18 @@ export async function startVerb(ctx: Context, foreground: boolean, extraArgs: st
     await new Supervisor(ctx.paths, extraArgs, ctx.log).run();
     return 0;
   }
-  if (running?.state === 'serving' && readLinkState(ctx.paths).state === 'view') {
-    out(`already started (supervisor pid ${running.pid}, view pid ${running.viewPid})`);
+  if (running && (running.state === 'serving' || running.state === 'paused')) {
+    out(`already started (supervisor pid ${running.pid}, view pid ${running.viewPid}${running.state === 'paused' ? ', paused' : ''})`);
     return 0;
   }
   if (!running) {
+    // What a dead supervisor left (its state, an orphan view, a dead mount) is replaced, not
+    // reported as "already mounted"; a view started by hand is refused (busy).
+    await replaceStale(ctx);
     fs.mkdirSync(ctx.paths.runDir, { recursive: true });
     const logFd = fs.openSync(ctx.paths.log, 'a');
-    const child = spawn(process.execPath, [CLI_ENTRY, '--root', ctx.paths.root, ...extraArgs, 'start', '--foreground'], {
+    const self = selfCommand(ctx.paths); // never exec node or the CLI through the view
+    const child = spawn(self.node, [self.cli, '--root', ctx.paths.root, ...extraArgs, 'start', '--foreground'], {
       detached: true,
       stdio: ['ignore', logFd, logFd],
     });
@@ -114,6 +118,10 @@ export async function startVerb(ctx: Context, foreground: boolean, extraArgs: st
   const deadline = Date.now() + 30000;
   for (;;) {
     const s = readSupervisorState(ctx.paths);
+    if (s?.state === 'paused') {
+      out(`started, paused: ${ctx.paths.usrLink} stays on the real tree until the pause ends (supervisor pid ${s.pid}, view pid ${s.viewPid})`);
+      return 0;
+    }
     if (s?.state === 'serving' && readLinkState(ctx.paths).state === 'view') {
       out(`started: ${ctx.paths.usrLink} -> view (supervisor pid ${s.pid}, view pid ${s.viewPid})`);
       return 0;
@@ -123,6 +131,18 @@ export async function startVerb(ctx: Context, foreground: boolean, extraArgs: st
     }
     await new Promise((r) => setTimeout(r, 100));
   }
+}
+
+/** A dead supervisor's leftovers: link to the real tree, its state file gone, the mount point cleared. */
+async function replaceStale(ctx: Context, stopByHand = false): Promise<void> {
+  checkMayClear(ctx.paths, stopByHand); // before anything changes
+  const stale = readSupervisorRecord(ctx.paths);
+  if (stale && !stale.alive) {
+    ctx.log.warn(`the supervisor pid ${stale.state.pid} is gone; replacing what it left`);
+    fs.rmSync(supervisorStateFile(ctx.paths), { force: true });
+  }
+  if (readLinkState(ctx.paths).state === 'view') switchLink(ctx.paths, 'real');
+  await clearMountPoint(ctx.paths, ctx.log, { stopByHand });
 }
 
 export async function stopVerb(ctx: Context): Promise<void> {
@@ -136,23 +156,21 @@ export async function stopVerb(ctx: Context): Promise<void> {
   if (state === 'view' || state === 'mirror') switchLink(ctx.paths, 'real');
   await stopHook(ctx);
   const supervisor = readSupervisorState(ctx.paths);
-  let viewPid: number | undefined;
-  try {
-    viewPid = (JSON.parse(fs.readFileSync(ctx.paths.viewState, 'utf8')) as ViewState).pid;
-  } catch {
-    viewPid = undefined;
-  }
-  if (!supervisor && !isMountPoint(ctx.paths.viewMount)) {
-    out(state === 'view' || state === 'mirror' ? `stopped: ${ctx.paths.usrLink} -> real tree` : 'already stopped');
+  if (!supervisor) {
+    // No supervisor (dead, or a view run by hand): the view detaches as on SIGTERM; a hung one is aborted.
+    const wasMounted = !!fuseMountAt(ctx.paths.viewMount);
+    await replaceStale(ctx, true);
+    out(wasMounted ? `stopped: ${ctx.paths.usrLink} -> real tree; the view serves its remaining users, then exits`
+      : state === 'view' || state === 'mirror' ? `stopped: ${ctx.paths.usrLink} -> real tree` : 'already stopped');
     return;
   }
-  if (supervisor) process.kill(supervisor.pid, 'SIGTERM');
-  else if (viewPid) process.kill(viewPid, 'SIGTERM');
+  // The supervisor switches the link, detaches the view (aborts it if hung) and exits.
+  process.kill(supervisor.pid, 'SIGTERM');
   const deadline = Date.now() + 15000;
-  while ((readSupervisorState(ctx.paths) || isMountPoint(ctx.paths.viewMount)) && Date.now() < deadline) {
+  while ((readSupervisorState(ctx.paths) || fuseMountAt(ctx.paths.viewMount)) && Date.now() < deadline) {
     await new Promise((r) => setTimeout(r, 50));
   }
-  if (isMountPoint(ctx.paths.viewMount)) throw new FsCacheError('degraded', `${ctx.paths.viewMount} is still mounted after 15 s`);
+  if (fuseMountAt(ctx.paths.viewMount)) throw new FsCacheError('degraded', `${ctx.paths.viewMount} is still mounted after 15 s`);
   out(`stopped: ${ctx.paths.usrLink} -> real tree; the view serves its remaining users, then exits`);
 }
 

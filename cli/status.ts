@@ -11,18 +11,28 @@ import { silentLogger } from '../fs/log';
 import { LinkState, readLinkState } from '../fs/link';
 import { mirrorMounted } from '../fs/mirror';
 import { isFuse, mountAt } from '../fs/mounts';
-import { readSupervisorState, SupervisorState } from '../fs/supervisor';
+import { processAlive, readViewState } from '../fs/stale';
+import { isPaused, pauseFile, PROBE_FRESH_MS, readSupervisorRecord, SupervisorState } from '../fs/supervisor';
 import { mirrorMarker } from '../fs/sync';
 import type { ViewState } from '../fs/view-service';
 import type { Context } from './context';
 
+/**
+ * What status calls the system, beyond healthy/degraded/stopped: hung (the view does not
+ * answer the supervisor's probes), dead-mount (a mount whose view or connection is gone),
+ * orphaned (a view serving without its supervisor), draining (after stop, a detached view
+ * still serving its last users), paused (a package manager holds R/usr on the real tree).
+ */
+export type NamedState = 'healthy' | 'degraded' | 'stopped' | 'hung' | 'dead-mount' | 'orphaned' | 'draining' | 'paused';
+
 export interface StatusReport {
   health: 'healthy' | 'degraded' | 'stopped';
+  state: NamedState;
   problems: string[];
   mode: string;
   root: string;
   link: { path: string; target: string | null; state: LinkState };
-  supervisor: Pick<SupervisorState, 'pid' | 'state' | 'restarts' | 'lastFailure' | 'nextRetryAt'> | null;
+  supervisor: Pick<SupervisorState, 'pid' | 'state' | 'restarts' | 'lastFailure' | 'nextRetryAt' | 'lastGoodProbeAt' | 'lastProbeError'> | null;
   mirror: { complete: boolean } | null;
   view: { mounted: boolean; pid: number | null; running: boolean; uptimeSeconds: number | null; session: string | null; requests: Record<string, number> };
   store: { entries: number; bytes: number; quota: number; hits: number } | null;
@@ -83,31 +93,59 @@ function hookStatus(ctx: Context): HookStatus {
   return status;
 }
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
+/**
+ * The supervisor's view of the view, named. Read from the state files and the mount table
+ * only: status never touches the view (a hung view would hang status too).
+ */
+function nameState(ctx: Context, sup: SupervisorState | undefined, staleSupervisor: SupervisorState | undefined,
+  view: ViewState | undefined, running: boolean, mounted: boolean, problems: string[]): NamedState | undefined {
+  const { paths } = ctx;
+  const ago = (t: number) => `${((Date.now() - t) / 1000).toFixed(1)} s ago`;
+  const name = (state: NamedState, problem: string): NamedState => {
+    problems.push(problem);
+    return state;
+  };
+  if (sup) {
+    if (isPaused(paths)) return name('paused', `paused by ${pauseFile(paths)}: ${paths.usrLink} stays on the real tree`);
+    const fail = sup.lastFailure;
+    if (sup.state === 'serving' || sup.state === 'paused') {
+      if (mounted && !running) return name('dead-mount', 'the view is mounted but its process is gone');
+      const err = sup.lastProbeError;
+      if (err && err.kind === 'dead-connection' && err.at >= (sup.lastGoodProbeAt ?? 0)) return name('dead-mount', `the view's connection is dead (${err.message})`);
+      if (sup.lastGoodProbeAt === null || Date.now() - sup.lastGoodProbeAt > PROBE_FRESH_MS) {
+        return name('hung', `the view has not answered a probe since ${sup.lastGoodProbeAt ? ago(sup.lastGoodProbeAt) : 'it started'}`);
+      }
+      return undefined;
+    }
+    if (sup.state === 'retrying' || sup.state === 'starting') {
+      if (fail) problems.push(`the view failed ${ago(fail.at)} (${fail.reason}); ${sup.state === 'retrying' ? 'retrying' : 'restarting'}`);
+      if (fail?.kind === 'hang') return 'hung';
+      if (fail?.kind === 'dead-connection') return 'dead-mount';
+    }
+    return undefined;
   }
+  if (staleSupervisor) problems.push(`the supervisor (pid ${staleSupervisor.pid}) is gone`);
+  if (view && running && view.detached) return name('draining', `the detached view (pid ${view.pid}) serves its last users`);
+  if (mounted && !running) return name('dead-mount', 'the view is mounted but its process is gone');
+  if (view?.supervisorPid && running && mounted) {
+    return name('orphaned', `the view (pid ${view.pid}) serves without its supervisor (pid ${view.supervisorPid}): nothing would switch ${paths.usrLink} back if it failed`);
+  }
+  return undefined;
 }
 
 export function collectStatus(ctx: Context): StatusReport {
   const { paths, config } = ctx;
   const problems: string[] = [];
-  let state: ViewState | undefined;
-  try {
-    state = JSON.parse(fs.readFileSync(paths.viewState, 'utf8')) as ViewState;
-  } catch {
-    state = undefined;
-  }
-  const running = !!state && alive(state.pid);
+  const state = readViewState(paths);
+  // EPERM from kill(pid, 0) (status as non-root) means alive.
+  const running = !!state && processAlive(state.pid);
   // The view's mount point holds the mirror's bind in mirror mode: only a FUSE mount is the view.
   const mounted = isFuse(mountAt(paths.viewMount));
   const link = { path: paths.usrLink, ...readLinkState(paths, config.mode) };
   const hook = hookStatus(ctx);
   if (hook.enabled && !hook.daemonPid) problems.push('LD_AUDIT is set but the randomization daemon is not running (launches load originals)');
-  const supervisor = readSupervisorState(paths);
+  const record = readSupervisorRecord(paths);
+  const supervisor = record?.alive ? record.state : undefined;
   const mirrorComplete = fs.existsSync(mirrorMarker(paths));
   let store: StatusReport['store'] = null;
   if (fs.existsSync(paths.index)) {
@@ -119,24 +157,29 @@ export function collectStatus(ctx: Context): StatusReport {
       problems.push(`index unreadable: ${(err as Error).message}`);
     }
   }
+  const named = config.mode === 'view' ? nameState(ctx, supervisor, record && !record.alive ? record.state : undefined, state, running, mounted, problems) : undefined;
   if (running && !mounted && !state?.detached) problems.push('the view process runs but nothing is mounted');
-  if (mounted && !running) problems.push('the view is mounted but its process is gone');
   if (link.state === 'view' && !(running && mounted)) problems.push(`${paths.usrLink} points at the view, but the view is not serving`);
+  if (link.state === 'view' && !supervisor) problems.push(`${paths.usrLink} points at the view, but no supervisor watches it`);
+  if (config.mode === 'view' && supervisor && link.state !== 'view' && !named) problems.push(`the supervisor is ${supervisor.state}, but ${paths.usrLink} is not on the view`);
   if (link.state === 'mirror' && !mirrorComplete) problems.push('the link points at an incomplete mirror');
   if (link.state === 'mirror' && !mirrorMounted(paths)) problems.push(`${paths.usrLink} points at ${paths.viewMount}, but the mirror is not mounted there (the real tree is served)`);
   if (link.state === 'directory' || link.state === 'foreign' || link.state === 'missing') problems.push(`${paths.usrLink} is ${link.state === 'foreign' ? `a foreign link (${link.target})` : link.state}: run 'fscache setup'`);
-  if (supervisor?.state === 'retrying') problems.push(`the view failed (${supervisor.lastFailure?.reason}); retrying`);
-  if (supervisor?.state === 'serving' && link.state !== 'view') problems.push('the supervisor is serving but the link is not on the view');
   if (state?.storeTrouble) problems.push(state.storeTrouble);
   if (state?.store?.flashTrouble) problems.push(state.store.flashTrouble);
   if (state?.watcher?.trouble) problems.push(state.watcher.trouble);
-  const active = running || mounted || !!supervisor || link.state === 'view' || link.state === 'mirror' || hook.enabled || !!hook.daemonPid;
+  // A draining view is what stop leaves behind: not a reason to call the system active.
+  const draining = named === 'draining';
+  const active = (running && !draining) || mounted || !!supervisor || link.state === 'view' || link.state === 'mirror' || hook.enabled || !!hook.daemonPid;
   // Nothing of fscache running is 'stopped' (problems are still listed, e.g. R/usr a directory).
   const health = !active ? 'stopped' : problems.length ? 'degraded' : 'healthy';
   return {
-    health, problems, mode: config.mode, root: paths.root,
+    health, state: named ?? health, problems, mode: config.mode, root: paths.root,
     link,
-    supervisor: supervisor ? { pid: supervisor.pid, state: supervisor.state, restarts: supervisor.restarts, lastFailure: supervisor.lastFailure, nextRetryAt: supervisor.nextRetryAt } : null,
+    supervisor: supervisor ? {
+      pid: supervisor.pid, state: supervisor.state, restarts: supervisor.restarts, lastFailure: supervisor.lastFailure, nextRetryAt: supervisor.nextRetryAt,
+      lastGoodProbeAt: supervisor.lastGoodProbeAt ?? null, lastProbeError: supervisor.lastProbeError ?? null,
+    } : null,
     mirror: config.mode === 'mirror' ? { complete: mirrorComplete } : null,
     view: {
       mounted, running, pid: state?.pid ?? null, session: state?.session ?? null,
@@ -156,11 +199,13 @@ const MiB = (n: number) => `${(n / 1048576).toFixed(1)} MiB`;
 
 export function renderStatus(r: StatusReport): string {
   const rows: Array<[string, string]> = [
-    ['health', r.health],
+    ['health', r.state === r.health ? r.health : `${r.health} (${r.state})`],
     ['mode', r.mode],
     ['root', r.root],
     ['link', `${r.link.path} -> ${r.link.target ?? `(${r.link.state})`} (${r.link.state})`],
-    ['supervisor', r.supervisor ? `pid ${r.supervisor.pid}, ${r.supervisor.state}, ${r.supervisor.restarts} restarts${r.supervisor.lastFailure ? `, last failure: ${r.supervisor.lastFailure.reason}` : ''}` : 'not running'],
+    ['supervisor', r.supervisor ? `pid ${r.supervisor.pid}, ${r.supervisor.state}, ${r.supervisor.restarts} restarts` +
+      (r.supervisor.lastGoodProbeAt ? `, last good probe ${((Date.now() - r.supervisor.lastGoodProbeAt) / 1000).toFixed(1)} s ago` : '') +
+      (r.supervisor.lastFailure ? `, last failure: ${r.supervisor.lastFailure.reason}` : '') : 'not running'],
     ['view', r.view.mounted ? `mounted, pid ${r.view.pid}, up ${r.view.uptimeSeconds ?? '?'} s, session ${r.view.session}` : 'not mounted'],
   ];
   if (r.mirror) rows.push(['mirror', r.mirror.complete ? 'complete' : 'incomplete']);

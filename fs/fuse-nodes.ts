@@ -6,29 +6,39 @@
  *   The root (id 1) is never looked up nor forgotten.
  * - Node ids are never reused within a connection (a counter from 2), so a stale
  *   id can never name another file; the generation is therefore the same for all
- *   nodes. When the real file at a path is replaced (another inode or file type),
- *   the path gets a new node: the kernel then builds a fresh inode with no cached
- *   pages, and the old node lives until the kernel forgets it.
- * - A node remembers the view handle its reads go through (opened at its first READ,
- *   where the view's identity check runs) and the identity that handle was opened
- *   for, so that attributes showing another identity drop the handle.
+ *   nodes.
+ * - A node is bound to the object it was looked up as (device, inode, file type). When
+ *   the name comes to name another object (a package upgrade renames a new file over
+ *   the old), a LOOKUP of it makes a new node: the kernel builds a fresh inode with no
+ *   cached pages, and the old node keeps serving the old object's bytes (see
+ *   session-kernel.ts) until the kernel forgets it, as a native file system would for
+ *   processes that have the old file open or mapped. A change in place (same inode,
+ *   another size or mtime) keeps the node: natively too, everyone sees the new bytes.
+ * - A node remembers the view handle its reads go through, opened at its first READ for
+ *   the node's object (the view checks device and inode on the descriptor it opens) and
+ *   held until FORGET, so the bytes stay readable after the name is gone.
  */
 import type { Attr, Handle } from './session';
 import { FUSE_ROOT_ID } from './fuse-protocol';
 
+const S_IFMT = 0o170000;
+
 /** What identifies the real file's content: inode, size and mtime (a change in any drops the handle). */
 export function identityKey(a: Attr): string {
-  return `${a.dev}:${a.ino}:${a.size}:${a.mtime.getTime()}`;
+  return `${a.dev}:${a.ino}:${a.size}:${a.mtimeNs ?? a.mtime.getTime()}`;
+}
+
+/** Whether two answers describe the same object (device, inode and file type); its content may differ. */
+export function sameObject(a: Attr, b: Attr): boolean {
+  return a.dev === b.dev && a.ino === b.ino && (a.mode & S_IFMT) === (b.mode & S_IFMT);
 }
 
 /** The view handle a node's reads use; released when no read is in flight and it was dropped. */
 export interface NodeFile {
   handle: Promise<Handle>;
-  /** identityKey of the attributes last seen when the handle was opened. */
-  key: string | undefined;
   inflight: number;
   dropped: boolean;
-  /** Date.now() of the last READ through it, for closing idle handles. */
+  /** Date.now() of the last READ through it: the least recently read go first when descriptors run short. */
   lastUsed: number;
 }
 
@@ -38,10 +48,12 @@ export interface Node {
   readonly parent: number;
   readonly name: string;
   lookups: number;
-  /** File type bits and inode of the real file this node was made for. */
+  /** File type bits, device and inode of the real file this node was made for. */
   fileType: number;
+  dev: number;
   ino: number;
-  /** identityKey of the attributes last answered for this node. */
+  /** The attributes last answered for this node's object, and their identityKey. */
+  attr?: Attr;
   key?: string;
   file?: NodeFile;
   /** Names of the directory, read at READDIR offset 0 and served for the following offsets. */
@@ -53,7 +65,6 @@ export interface Node {
 }
 
 export const GENERATION = 0;
-const S_IFMT = 0o170000;
 
 export class NodeTable {
   private readonly byId = new Map<number, Node>();
@@ -61,7 +72,7 @@ export class NodeTable {
   private nextId = FUSE_ROOT_ID + 1;
 
   constructor() {
-    const root: Node = { id: FUSE_ROOT_ID, path: '/', parent: FUSE_ROOT_ID, name: '', lookups: 1, fileType: 0o040000, ino: 0 };
+    const root: Node = { id: FUSE_ROOT_ID, path: '/', parent: FUSE_ROOT_ID, name: '', lookups: 1, fileType: 0o040000, dev: 0, ino: 0 };
     this.byId.set(root.id, root);
     this.byPath.set('/', root.id);
   }
@@ -81,17 +92,18 @@ export class NodeTable {
 
   /**
    * The node for a positive LOOKUP of `name` in `parent`, with one more kernel reference.
-   * `replaced` returns the previous node of that path when the real file changed identity.
+   * `replaced` returns the previous node of that path when the name now names another
+   * object; that node lives on (for whoever holds it) until the kernel forgets it.
    */
   lookedUp(parent: Node, name: string, attr: Attr): { node: Node; replaced?: Node } {
     const path = NodeTable.childPath(parent, name);
     const existing = this.byViewPath(path);
     const fileType = attr.mode & S_IFMT;
-    if (existing && existing.fileType === fileType && existing.ino === attr.ino) {
+    if (existing && existing.fileType === fileType && existing.dev === attr.dev && existing.ino === attr.ino) {
       existing.lookups++;
       return { node: existing };
     }
-    const node: Node = { id: this.nextId++, path, parent: parent.id, name, lookups: 1, fileType, ino: attr.ino };
+    const node: Node = { id: this.nextId++, path, parent: parent.id, name, lookups: 1, fileType, dev: attr.dev, ino: attr.ino };
     this.byId.set(node.id, node);
     this.byPath.set(path, node.id);
     return { node, replaced: existing };

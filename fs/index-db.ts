@@ -9,6 +9,8 @@
  */
 import Database from 'better-sqlite3';
 import * as fs from 'fs';
+import * as path from 'path';
+import { errnoCode } from './errors';
 import type { RealIdentity } from './identity';
 import type { Logger } from './log';
 
@@ -47,6 +49,8 @@ const MIGRATIONS: string[] = [
    );`,
 ];
 export const SCHEMA_VERSION = MIGRATIONS.length;
+const SQLITE_MAGIC = Buffer.from('SQLite format 3\0', 'latin1');
+const KEPT_ASIDE = 3;
 
 interface Row {
   path: string;
@@ -72,8 +76,15 @@ export class StoreIndex {
   private pendingAccess = new Map<string, { at: number; hits: number }>();
   private readonly stmt;
 
-  private constructor(db: Database.Database) {
+  /** Device and inode of the file opened, for trouble(). */
+  private readonly opened?: { dev: number; ino: number };
+
+  private constructor(db: Database.Database, private readonly file?: string) {
     this.db = db;
+    if (file) {
+      const st = fs.statSync(file);
+      this.opened = { dev: st.dev, ino: st.ino };
+    }
     db.defaultSafeIntegers(true);
     this.stmt = {
       get: db.prepare('SELECT * FROM entries WHERE path = ?'),
@@ -98,19 +109,76 @@ export class StoreIndex {
   static open(file: string, log: Logger, options: { readonly?: boolean } = {}): StoreIndex {
     if (options.readonly) return new StoreIndex(new Database(file, { readonly: true, fileMustExist: true }));
     try {
-      return new StoreIndex(StoreIndex.openChecked(file));
+      return new StoreIndex(StoreIndex.openChecked(file), file);
     } catch (err) {
-      const aside = `${file}.corrupt-${Date.now()}`;
-      log.warn(`index ${file} is unreadable (${(err as Error).message}); moved aside to ${aside} and rebuilt`);
-      for (const suffix of ['', '-wal', '-shm']) {
-        try {
-          fs.renameSync(file + suffix, aside + suffix);
-        } catch {
-          // a missing -wal or -shm is normal
-        }
-      }
-      return new StoreIndex(StoreIndex.openChecked(file));
+      return StoreIndex.rebuild(file, log, `${file} is unreadable (${(err as Error).message})`);
     }
+  }
+
+  /**
+   * Moves the index at `file` (and its -wal and -shm) aside to `file.corrupt-<time>` and
+   * makes a new, empty one: the store is a cache, so losing rows costs refills only.
+   * The caller has closed its connection to the old one (a -wal left beside a new
+   * database would be replayed into it).
+   */
+  static rebuild(file: string, log: Logger, reason: string): StoreIndex {
+    const aside = `${file}.corrupt-${Date.now()}`;
+    log.warn(`index ${reason}; moved aside to ${aside} and rebuilt`);
+    for (const suffix of ['', '-wal', '-shm']) {
+      try {
+        fs.renameSync(file + suffix, aside + suffix);
+      } catch {
+        // a missing -wal or -shm is normal (and the index itself when it was deleted)
+      }
+    }
+    try {
+      StoreIndex.pruneAside(file);
+    } catch (err) {
+      log.warn(`old indexes beside ${file} not pruned: ${(err as Error).message}`);
+    }
+    return new StoreIndex(StoreIndex.openChecked(file), file);
+  }
+
+  /** Keeps the newest KEPT_ASIDE indexes moved aside (for a look at what broke), so that repeated trouble cannot fill the flash. */
+  private static pruneAside(file: string): void {
+    const dir = path.dirname(file);
+    const prefix = `${path.basename(file)}.corrupt-`;
+    const times = [...new Set(fs.readdirSync(dir).filter((n) => n.startsWith(prefix)).map((n) => parseInt(n.slice(prefix.length), 10)))]
+      .filter((t) => Number.isFinite(t))
+      .sort((a, b) => b - a);
+    for (const t of times.slice(KEPT_ASIDE)) {
+      for (const suffix of ['', '-wal', '-shm']) fs.rmSync(path.join(dir, `${prefix}${t}${suffix}`), { force: true });
+    }
+  }
+
+  /**
+   * Why the index file is no longer the database this connection uses, or undefined.
+   * SQLite serves rows from its page cache and may not notice for a long time that
+   * its file was deleted, replaced or overwritten: checked from outside, cheaply (a
+   * stat and the 100-byte header), at every flush.
+   */
+  trouble(): string | undefined {
+    if (!this.file || !this.opened) return undefined;
+    let st: fs.Stats;
+    try {
+      st = fs.statSync(this.file);
+    } catch (err) {
+      return `${this.file} is gone (${errnoCode(err) ?? err})`;
+    }
+    if (st.dev !== this.opened.dev || st.ino !== this.opened.ino) return `${this.file} was replaced by another file`;
+    if (st.size === 0) return undefined; // nothing checkpointed into it yet
+    const header = Buffer.alloc(100);
+    const fd = fs.openSync(this.file, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
+    let n: number;
+    try {
+      n = fs.readSync(fd, header, 0, 100, 0);
+    } finally {
+      fs.closeSync(fd);
+    }
+    // The magic, WAL read/write versions (2, 2) and the fixed payload fractions (64, 32, 32).
+    const ours = n === 100 && header.subarray(0, 16).equals(SQLITE_MAGIC) && header[18] === 2 && header[19] === 2 &&
+      header[21] === 64 && header[22] === 32 && header[23] === 32;
+    return ours ? undefined : `${this.file} was overwritten (its header is not an SQLite WAL database's)`;
   }
 
   private static openChecked(file: string): Database.Database {
@@ -182,7 +250,10 @@ export class StoreIndex {
   }
 
   close(): void {
-    this.flushAccess();
-    this.db.close();
+    try {
+      this.flushAccess();
+    } finally {
+      this.db.close();
+    }
   }
 }

@@ -28,8 +28,8 @@ function searchDirs(paths: Paths): string[] {
   return dirs;
 }
 
-/** The absolute path of `name` in the root's system directories or the real tree; refuses rather than search PATH. */
-export function programPath(paths: Paths, name: string): string {
+/** The absolute path of `name` in the root's system directories or the real tree, or undefined; never searched in PATH. */
+export function findProgram(paths: Paths, name: string): string | undefined {
   for (const dir of searchDirs(paths)) {
     const file = path.join(dir, name);
     try {
@@ -39,5 +39,12 @@ export function programPath(paths: Paths, name: string): string {
       // not here
     }
   }
-  throw new FsCacheError('environment', `${name} not found in ${searchDirs(paths).join(', ')}`);
+  return undefined;
+}
+
+/** findProgram, refusing with the places searched when it is not there. */
+export function programPath(paths: Paths, name: string): string {
+  const file = findProgram(paths, name);
+  if (!file) throw new FsCacheError('environment', `${name} not found in ${searchDirs(paths).join(', ')}`);
+  return file;
 }

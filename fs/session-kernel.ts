@@ -9,11 +9,17 @@
  *   CACHE_SYMLINKS (link targets kept in the page cache), and failed lookups answered
  *   as cached negative entries. A kernel that offers fewer flags gets the same view
  *   with more requests: OPEN is then served with a handle of its own.
+ * - A process that mapped a file keeps the bytes it mapped until it exits: a node is
+ *   bound to the object it was looked up as (fuse-nodes.ts), its reads come from a view
+ *   handle opened for that object at its first READ and held until FORGET (EIO when no
+ *   source of exactly those bytes is left, never other bytes), and GETATTR of a node
+ *   whose name now names another file answers the node's own attributes.
  * - Never stale: with no OPEN reaching userspace, the view's identity check (real file
  *   vs flash copy) runs at the first READ of a node, i.e. at the first read of a cold
- *   page. invalidate() (the watcher, within a second of a change) drops the node's
- *   handle and tells the kernel to drop the node's pages and attributes
- *   (FUSE_NOTIFY_INVAL_INODE) and the name (FUSE_NOTIFY_INVAL_ENTRY). Where the watcher
+ *   page. invalidate() (the watcher, within a second of a change) tells the kernel to
+ *   drop the name (FUSE_NOTIFY_INVAL_ENTRY: the next lookup makes a new node for a new
+ *   file); only a change in place of the node's own object also drops the node's handle,
+ *   pages and attributes (FUSE_NOTIFY_INVAL_INODE). Where the watcher
  *   does not look (a directory holding no cached file, inotify limits reached), names
  *   and attributes are re-checked after entry_timeout/attr_timeout, and AUTO_INVAL_DATA
  *   makes the kernel drop a file's pages when refreshed attributes show another mtime
@@ -45,7 +51,7 @@ import {
   parseInitIn, parseReadIn, parseRequest, Request, WRITE_OPS, writeDirent, writeOutHeader,
 } from './fuse-protocol';
 import { FuseReader } from './fuse-reader';
-import { GENERATION, identityKey, Node, NodeFile, NodeTable } from './fuse-nodes';
+import { GENERATION, identityKey, Node, NodeFile, NodeTable, sameObject } from './fuse-nodes';
 import { makeLogger } from './log';
 import { Attr, errnoOf, FuseSession, SessionOptions, ViewHandlers } from './session';
 
@@ -75,12 +81,16 @@ const WANTED_FLAGS =
   InitFlag.AUTO_INVAL_DATA; // refreshed attributes with another mtime/size drop cached pages
 const FUSE_DEVICE = '/dev/fuse';
 /**
- * A node's view handle is closed after this long without a READ. The kernel may hold
- * tens of thousands of inodes, and a descriptor each would run into the fd limit; and
- * the next cold READ reopens, so the identity check runs again and a flash copy made
- * meanwhile is used. Warm reads never reach us, so reopening costs only cold pages.
+ * Node handles are held until FORGET (see the header); each is a descriptor. Node raises
+ * RLIMIT_NOFILE's soft limit to the hard limit at start; all but a quarter (at most 1024)
+ * of it is for node handles, the rest for the view's own files (fills, index, watcher).
+ * Beyond that the least recently read handles are closed: such a node reopens its
+ * object at its next READ, which works unless the file was replaced meanwhile (EIO then),
+ * so the view should run with a generous limit (init's default hard limit is 4096).
  */
-const HANDLE_IDLE_MS = 3000;
+function handleBudget(limit: number): number {
+  return Math.max(256, limit - Math.min(1024, Math.floor(limit / 4)));
+}
 const TRAILING_INVALIDATION_MS = 150;
 const DT_DIR = 4;
 
@@ -107,12 +117,13 @@ export class KernelSession implements FuseSession {
   private readonly notifications: Array<[string, Buffer]> = [];
   private readonly queued = new Set<string>();
   private notifying = false;
-  /** Nodes holding a view handle, swept for idle ones. */
+  /** Nodes holding a view handle. */
   private readonly withFile = new Set<Node>();
+  private readonly handleBudget = handleBudget(openFilesLimit());
+  private budgetWarned = false;
   private readonly readBuffers: Buffer[] = [];
   /** Paths with a trailing invalidation pending (see invalidate). */
   private readonly trailing = new Map<string, NodeJS.Timeout>();
-  private sweepTimer?: NodeJS.Timeout;
 
   constructor(
     readonly handlers: ViewHandlers,
@@ -162,8 +173,6 @@ export class KernelSession implements FuseSession {
     // Reads of a descriptor not yet attached to a mount fail (EPERM): read only now. The
     // kernel queued FUSE_INIT during the mount syscall and holds every other request until
     // it is answered.
-    this.sweepTimer = setInterval(() => this.closeIdleHandles(), HANDLE_IDLE_MS / 2);
-    this.sweepTimer.unref();
     this.reader = new FuseReader(this.fd, Math.max(FUSE_MIN_READ_BUFFER, MAX_WRITE + 4096), o.mountpoint, {
       request: (buf) => {
         try {
@@ -207,7 +216,6 @@ export class KernelSession implements FuseSession {
     if (this.fd < 0) return;
     fs.close(this.fd, () => undefined);
     this.fd = -1;
-    clearInterval(this.sweepTimer);
     this.log.info(`kernel session: the kernel closed the connection (${this.nodes.size} nodes were held)`);
     for (const node of this.nodes.all()) this.dropFile(node);
     for (const file of this.openFiles.values()) this.dropNodeFile(file);
@@ -429,8 +437,8 @@ export class KernelSession implements FuseSession {
       if ((errno === -E.ENOENT || errno === -E.ENOTDIR) && negative > 0) return encodeEntryOut(0, 0, negative, 0);
       throw err;
     }
-    const { node, replaced } = this.nodes.lookedUp(parent, name, attr);
-    if (replaced) this.dropFile(replaced);
+    // A replaced node keeps its handle: processes that hold the old file read it through it.
+    const { node } = this.nodes.lookedUp(parent, name, attr);
     this.sawAttr(node, attr);
     const vouched = this.vouched(childPath);
     const body = encodeEntryOut(node.id, GENERATION, Math.max(this.options.entryTimeout, vouched), Math.max(this.options.attrTimeout, vouched), attr);
@@ -447,9 +455,27 @@ export class KernelSession implements FuseSession {
 
   private async getattr(r: Request): Promise<Reply> {
     const node = this.node(r.nodeid);
-    const attr = await this.handlers.getattr(node.path);
+    const attr = await this.currentAttr(node);
+    if (!attr) {
+      // The name names another file now, or nothing: this node is still the object it was
+      // looked up as (someone holds it). Its own attributes keep the kernel from shrinking
+      // or dropping the pages of a file that processes still map.
+      return encodeAttrOut(this.options.attrTimeout, node.attr!);
+    }
     this.sawAttr(node, attr);
     return encodeAttrOut(Math.max(this.options.attrTimeout, this.vouched(node.path)), attr);
+  }
+
+  /** The attributes of the object at the node's name, or undefined when that is no longer the node's object. */
+  private async currentAttr(node: Node): Promise<Attr | undefined> {
+    let attr: Attr;
+    try {
+      attr = await this.handlers.getattr(node.path);
+    } catch (err) {
+      if (!node.attr || node.id === FUSE_ROOT_ID) throw err;
+      return undefined;
+    }
+    return !node.attr || node.id === FUSE_ROOT_ID || sameObject(node.attr, attr) ? attr : undefined;
   }
 
   /**
@@ -463,11 +489,15 @@ export class KernelSession implements FuseSession {
     return this.handlers.vouchedSeconds?.(path) ?? 0;
   }
 
-  /** Attributes showing another identity than the one the node's handle was opened for drop the handle. */
+  /**
+   * New attributes of the node's own object. Another size or mtime is a change in place:
+   * the handle goes (it may read a flash copy of the old content; the next READ reopens).
+   */
   private sawAttr(node: Node, attr: Attr): void {
     const key = identityKey(attr);
-    if (node.file && node.file.key !== undefined && node.file.key !== key) this.dropFile(node);
+    if (node.key !== undefined && node.key !== key) this.dropFile(node);
     node.key = key;
+    node.attr = attr;
     if (node.ctimeMs !== attr.ctime.getTime()) this.forgetXattrs(node);
     node.ctimeMs = attr.ctime.getTime();
   }
@@ -487,9 +517,9 @@ export class KernelSession implements FuseSession {
     // ENOSYS once: the kernel stops sending OPEN and RELEASE, and keeps pages across opens.
     if (this.granted(InitFlag.NO_OPEN_SUPPORT)) throw errno('ENOSYS');
     const node = this.node(r.nodeid);
-    const handle = await this.handlers.open(node.path, r.body.readUInt32LE(0));
+    const handle = await this.handlers.open(node.path, r.body.readUInt32LE(0), node.attr);
     const fh = this.nextFh++;
-    this.openFiles.set(fh, { handle: Promise.resolve(handle), key: node.key, inflight: 0, dropped: false, lastUsed: Date.now() });
+    this.openFiles.set(fh, { handle: Promise.resolve(handle), inflight: 0, dropped: false, lastUsed: Date.now() });
     // Pages stay cached across opens; invalidate() and AUTO_INVAL_DATA drop changed ones.
     return encodeOpenOut(fh, FOPEN_KEEP_CACHE);
   }
@@ -511,8 +541,9 @@ export class KernelSession implements FuseSession {
   }
 
   /**
-   * READ by node: the node's view handle is opened at its first READ (the view's
-   * identity check runs there) and kept until FORGET, invalidate() or a changed identity.
+   * READ by node: the node's view handle is opened at its first READ for the node's
+   * object (the view's identity check runs there) and kept until FORGET or a change in
+   * place; never reopened by name for a node whose name now names another file.
    */
   private async read(r: Request): Promise<Reply> {
     const { fh, offset, size } = parseReadIn(r.body);
@@ -545,13 +576,14 @@ export class KernelSession implements FuseSession {
 
   private nodeFile(node: Node): NodeFile {
     if (node.file) return node.file;
-    const file: NodeFile = { handle: this.handlers.open(node.path, fs.constants.O_RDONLY), key: node.key, inflight: 0, dropped: false, lastUsed: Date.now() };
+    const file: NodeFile = { handle: this.handlers.open(node.path, fs.constants.O_RDONLY, node.attr), inflight: 0, dropped: false, lastUsed: Date.now() };
     // A failed open is not kept: the next READ tries again.
     file.handle.catch(() => {
       if (node.file === file) this.dropFile(node);
     });
     node.file = file;
     this.withFile.add(node);
+    if (this.withFile.size > this.handleBudget) this.closeLeastRecentHandles();
     return file;
   }
 
@@ -562,10 +594,17 @@ export class KernelSession implements FuseSession {
     if (file) this.dropNodeFile(file);
   }
 
-  private closeIdleHandles(): void {
-    const before = Date.now() - HANDLE_IDLE_MS;
-    for (const node of this.withFile) {
-      if (!node.file || (node.file.inflight === 0 && node.file.lastUsed < before)) this.dropFile(node);
+  /** Over the descriptor budget: the least recently read tenth of the handles (not in use) go. */
+  private closeLeastRecentHandles(): void {
+    const idle = [...this.withFile].filter((n) => n.file && n.file.inflight === 0).sort((a, b) => a.file!.lastUsed - b.file!.lastUsed);
+    const victims = idle.slice(0, Math.ceil(this.handleBudget / 10));
+    for (const node of victims) this.dropFile(node);
+    if (!this.budgetWarned) {
+      this.budgetWarned = true;
+      this.log.warn(
+        `kernel session: more than ${this.handleBudget} nodes hold a descriptor (RLIMIT_NOFILE ${openFilesLimit()}); closing the least recently read ` +
+          `(such a node reopens its file at its next read, EIO if the file was replaced meanwhile); raise the open files limit of the view`,
+      );
     }
   }
 
@@ -658,20 +697,21 @@ export class KernelSession implements FuseSession {
   // ---------------------------------------------------------------- invalidation
 
   /**
-   * The real file at `path` changed, appeared or went away: drop the node's handle (the
-   * next READ reopens it and re-checks identity), and tell the kernel to drop the node's
-   * pages and attributes, the name in its directory (positive or negative), and the
-   * directory's cached listing.
+   * The real file at `path` changed, appeared or went away: tell the kernel to drop the
+   * name in its directory (positive or negative) and the directory's cached listing; if
+   * the node of that name is still the object at it (changed in place), also drop its
+   * handle (the next READ reopens it) and its pages and attributes. A node whose name now
+   * names another object or nothing keeps all of that for the processes holding it.
    */
   invalidate(path: string): void {
-    this.invalidateNow(path);
+    void this.invalidateNow(path);
     // Once more a little later: file watchers coalesce events (chokidar drops a second
     // 'change' of a path within 50 ms of the first), so a replacement right after a
     // change could otherwise stay unseen for entry_timeout.
     clearTimeout(this.trailing.get(path));
     const timer = setTimeout(() => {
       this.trailing.delete(path);
-      this.invalidateNow(path);
+      void this.invalidateNow(path);
     }, TRAILING_INVALIDATION_MS);
     timer.unref();
     this.trailing.set(path, timer);
@@ -682,18 +722,23 @@ export class KernelSession implements FuseSession {
    * drops the cached entries below it too (positive and negative), so the top level is enough.
    */
   invalidateAll(): void {
-    for (const node of this.nodes.all()) if (node.parent === FUSE_ROOT_ID && node.id !== FUSE_ROOT_ID) this.invalidateNow(node.path);
+    for (const node of this.nodes.all()) if (node.parent === FUSE_ROOT_ID && node.id !== FUSE_ROOT_ID) void this.invalidateNow(node.path);
   }
 
-  private invalidateNow(path: string): void {
+  private async invalidateNow(path: string): Promise<void> {
     if (!this.initialized || this.fd < 0) return;
     const node = this.nodes.byViewPath(path);
     this.log.debug(`kernel session: invalidate ${path} (node ${node?.id ?? 'none'})`);
     if (node) {
-      this.dropFile(node);
       node.listing = undefined;
       this.forgetXattrs(node);
-      this.notify(`i${node.id}`, encodeInvalInode(node.id));
+      // Only a change of the node's own object drops its pages: when the name was renamed
+      // over or removed, processes that hold the old file keep its bytes, and the name's
+      // invalidation below makes the next lookup give the new file a new node.
+      if (await this.currentAttr(node).catch(() => undefined)) {
+        this.dropFile(node);
+        this.notify(`i${node.id}`, encodeInvalInode(node.id));
+      }
     }
     const slash = path.lastIndexOf('/');
     const name = path.slice(slash + 1);
@@ -704,6 +749,18 @@ export class KernelSession implements FuseSession {
       this.notify(`i${parent.id}`, encodeInvalInode(parent.id));
     }
   }
+}
+
+/** The soft RLIMIT_NOFILE of this process (Node raised it to the hard limit at start). */
+function openFilesLimit(): number {
+  try {
+    const line = fs.readFileSync('/proc/self/limits', 'utf8').split('\n').find((l) => l.startsWith('Max open files'));
+    const soft = Number(line?.split(/\s{2,}/)[1]);
+    if (Number.isFinite(soft) && soft > 0) return soft;
+  } catch {
+    // no /proc: the minimum budget
+  }
+  return 1024;
 }
 
 /**

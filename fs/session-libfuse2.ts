@@ -2,6 +2,14 @@
  * The libfuse2 session: fuse-native (libfuse2's high-level, path-based API; a native
  * loop thread hands each request to the JS main thread). It cannot negotiate
  * NO_OPEN or CACHE_SYMLINKS, so every open, release and readlink reaches the view.
+ *
+ * A file replaced by rename: reads go through the handle OPEN gave (a descriptor of the
+ * object opened, real file or flash copy), never through the name, so a process that
+ * holds the old file keeps reading the old bytes (test/replace-mapped.test.ts). What
+ * this API cannot do is give the new file a kernel inode of its own: libfuse2 names
+ * nodes by path, so while an old mapping lives, old and new file share one page cache,
+ * and a launch in that time may meet pages of either. The kernel session has no such
+ * window (a new node per object).
  */
 import Fuse from 'fuse-native';
 import { execFile } from 'child_process';

@@ -20,6 +20,8 @@ export interface Attr {
   atime: Date;
   mtime: Date;
   ctime: Date;
+  /** mtime in nanoseconds when the view knows it: identity checks compare it. */
+  mtimeNs?: bigint;
 }
 
 export interface FsStats {
@@ -43,7 +45,12 @@ export interface ViewHandlers {
   getattr(path: string): Promise<Attr>;
   readdir(path: string): Promise<string[]>;
   readlink(path: string): Promise<string>;
-  open(path: string, flags: number): Promise<Handle>;
+  /**
+   * With `expect`, the handle reads only the object those attributes describe (same device
+   * and inode; a flash copy only of exactly that version): a name now naming another file
+   * is EIO, never that file's bytes. Kernel nodes are bound to what they were looked up as.
+   */
+  open(path: string, flags: number, expect?: Attr): Promise<Handle>;
   read(handle: Handle, into: Buffer, length: number, position: number): Promise<number>;
   release(handle: Handle): Promise<void>;
   statfs(path: string): Promise<FsStats>;

@@ -8,6 +8,11 @@
  * only while the real file's current identity equals the indexed one and the copy's
  * size matches. Recovery at start removes partial files, copies without a row and
  * rows without a whole copy, so a kill at any instant leaves nothing servable torn.
+ *
+ * Fail open on a broken index: every index call made while serving goes through
+ * guarded(); an error answers "no copy" (the view serves the real tree), and a corrupt,
+ * deleted or overwritten index is moved aside and rebuilt empty (repair()), counted in
+ * the counters that the view's state file shows.
  */
 import { createHash, randomBytes } from 'crypto';
 import * as fs from 'fs';
@@ -15,7 +20,7 @@ import * as path from 'path';
 import { errnoCode } from './errors';
 import { compileGlobs, PathMatcher } from './glob';
 import { identityOf, RealIdentity, sameIdentity } from './identity';
-import type { IndexEntry, StoreIndex } from './index-db';
+import { IndexEntry, StoreIndex } from './index-db';
 import type { Logger } from './log';
 import type { Paths } from './paths';
 import type { Config } from './config';
@@ -33,10 +38,16 @@ export interface StoreCounters {
   lastFillError?: string;
   /** Set when the flash device said ENOSPC or EROFS, cleared by the next good fill. */
   flashTrouble?: string;
+  /** Index errors met while serving (each answered from the real tree). */
+  indexErrors: number;
+  /** Times the index was found corrupt, deleted or overwritten while running and rebuilt. */
+  indexRebuilds: number;
+  /** The last of those, with its time; stays set so that status can show it. */
+  indexTrouble?: string;
 }
 
 export class Store {
-  readonly counters: StoreCounters = { fills: 0, fillBytes: 0, fillFailures: 0, evictions: 0, evictedBytes: 0, staleFound: 0 };
+  readonly counters: StoreCounters = { fills: 0, fillBytes: 0, fillFailures: 0, evictions: 0, evictedBytes: 0, staleFound: 0, indexErrors: 0, indexRebuilds: 0 };
   private readonly wantsFill: PathMatcher;
   private readonly inFlight = new Map<string, Promise<boolean>>();
   private readonly queue: Array<() => void> = [];
@@ -47,12 +58,19 @@ export class Store {
   /** Paths whose copy is open through the view: eviction takes others first. */
   readonly inUse = new Map<string, number>();
   private stopped = false;
+  /** Why the index must be rebuilt before it is used again; copies are not served meanwhile. */
+  private broken?: string;
   /** Called after a copy lands (the watcher starts watching its directory). */
   onFilled?: (relPath: string) => void;
+  /**
+   * Called after a copy was removed (evicted, stale, orphaned): the view moves handles still
+   * reading it to the real file where that is the same version, so its flash space is freed.
+   */
+  onDropped?: (relPath: string) => void;
 
   constructor(
     private readonly paths: Paths,
-    readonly index: StoreIndex,
+    private index: StoreIndex,
     private readonly config: Config,
     private readonly log: Logger,
   ) {
@@ -114,6 +132,7 @@ export class Store {
         else if (!indexed.has(childRel)) {
           fs.rmSync(path.join(dir, d.name), { force: true });
           result.orphans++;
+          this.onDropped?.(childRel);
         }
       }
     };
@@ -123,11 +142,106 @@ export class Store {
   }
 
   /**
+   * Runs an index operation made while serving. An error answers `fallback` (no copy,
+   * so the real tree serves), and a corrupt index is rebuilt (fail open).
+   */
+  private guarded<T>(fallback: T, op: () => T): T {
+    if (this.broken) return fallback;
+    try {
+      return op();
+    } catch (err) {
+      this.indexFailed(err);
+      return fallback;
+    }
+  }
+
+  private indexFailed(err: unknown): void {
+    const code = errnoCode(err);
+    this.counters.indexErrors++;
+    if (code === 'SQLITE_CORRUPT' || code === 'SQLITE_NOTADB' || code?.startsWith('SQLITE_IOERR') || code === 'SQLITE_CANTOPEN') {
+      this.markBroken(`${this.paths.index} failed: ${code} (${(err as Error).message})`);
+    } else if (this.counters.indexErrors === 1 || this.counters.indexErrors % 1000 === 0) {
+      // A busy or full index (another process, a full card): this answer comes from the real tree.
+      this.log.warn(`index error ${code ?? (err as Error).message} (${this.counters.indexErrors} so far); serving the real tree`);
+    }
+  }
+
+  private markBroken(reason: string): void {
+    if (this.broken) return;
+    this.broken = reason;
+    this.log.warn(`${reason}: serving the real tree; rebuilding the index`);
+    // Not inside the operation that failed: it may still hold the old index's rows.
+    setImmediate(() => this.repair());
+  }
+
+  /**
+   * Moves a broken index aside and continues with an empty one; the copies it named
+   * are removed (those open through the view stay readable until closed). When even
+   * that fails (the flash device is gone) copies stay off and the next flush retries.
+   */
+  private repair(): void {
+    const reason = this.broken;
+    if (!reason || this.stopped) return;
+    try {
+      this.index.close();
+    } catch {
+      // a corrupt index may fail its last flush; its connection is closed anyway
+    }
+    try {
+      this.index = StoreIndex.rebuild(this.paths.index, this.log, reason);
+      const r = this.recover();
+      this.broken = undefined;
+      this.counters.indexRebuilds++;
+      this.counters.indexTrouble = `${new Date().toISOString()}: ${reason}; moved aside and rebuilt (${r.orphans} copies dropped)`;
+    } catch (err) {
+      const failed = `${reason}; rebuilding failed (${(err as Error).message}): serving the real tree only`;
+      // Retried at every flush: said once per kind of failure, not every few seconds.
+      if (!this.counters.indexTrouble?.endsWith(failed)) this.log.warn(failed);
+      this.counters.indexTrouble = `${new Date().toISOString()}: ${failed}`;
+    }
+  }
+
+  /** Whether an indexed copy of `relPath` exists (of any identity). */
+  has(relPath: string): boolean {
+    return this.guarded(false, () => this.index.get(relPath) !== undefined);
+  }
+
+  /** The indexed paths (the watcher watches their directories). */
+  indexedPaths(): string[] {
+    return this.guarded([], () => this.index.all().map((e) => e.path));
+  }
+
+  /** Remembers a use of `relPath` (batched; written by flush()). */
+  recordAccess(relPath: string, hit: boolean): void {
+    this.guarded(undefined, () => this.index.recordAccess(relPath, hit));
+  }
+
+  /**
+   * Periodic: writes batched access times, re-reads the bytes in use (`fscache sync`
+   * changes rows from another process) and checks that the index file is still the
+   * database in use; a broken index is rebuilt here too.
+   */
+  flush(): void {
+    if (this.broken) return this.repair();
+    const trouble = this.guarded('', () => this.index.trouble() ?? '');
+    if (trouble) return this.markBroken(trouble);
+    this.guarded(undefined, () => {
+      this.index.flushAccess();
+      this.refreshUsage();
+    });
+  }
+
+  /** Closes the index at stop (after the fills have ended). */
+  close(): void {
+    this.guarded(undefined, () => this.index.close());
+  }
+
+  /**
    * Opens the copy of `relPath` if it may be served for a real file whose identity
    * (from fstat of the descriptor the view opened) is `real`; otherwise undefined.
    */
   openCopy(relPath: string, real: RealIdentity): number | undefined {
-    const entry = this.index.get(relPath);
+    const entry = this.guarded(undefined, () => this.index.get(relPath));
     if (!entry) return undefined;
     if (!sameIdentity(entry, real)) {
       this.counters.staleFound++;
@@ -190,10 +304,15 @@ export class Store {
 
   /** Removes a copy and its row (the kernel keeps an unlinked copy alive for whoever has it open). */
   drop(relPath: string): void {
+    this.guarded(undefined, () => this.dropUnguarded(relPath));
+  }
+
+  private dropUnguarded(relPath: string): void {
     const entry = this.index.get(relPath);
     fs.rmSync(this.copyPath(relPath), { force: true });
     this.index.remove(relPath);
     if (entry) this.usedBytes -= Number(entry.size);
+    if (entry) this.onDropped?.(relPath);
   }
 
   /** Evicts least recently used copies until `incoming` more bytes fit the quota. */
@@ -220,6 +339,7 @@ export class Store {
     let real: fs.promises.FileHandle | undefined;
     let out: fs.promises.FileHandle | undefined;
     let reserved = 0;
+    if (this.broken) return false;
     try {
       real = await fs.promises.open(realPath, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
       const before = identityOf(await real.stat({ bigint: true }));
@@ -253,7 +373,7 @@ export class Store {
       const dest = this.copyPath(relPath);
       fs.mkdirSync(path.dirname(dest), { recursive: true, mode: 0o700 });
       // An older copy's row goes before its file is replaced: a row never names bytes that are not its copy.
-      this.drop(relPath);
+      this.dropUnguarded(relPath);
       await fs.promises.rename(partial, dest);
       await syncDirectory(path.dirname(dest));
       // Decide on the real path as it is now, in the same tick as the index write: a replacement that happened
@@ -276,6 +396,7 @@ export class Store {
       const code = errnoCode(err);
       this.counters.fillFailures++;
       this.counters.lastFillError = `${relPath}: ${code ?? (err as Error).message}`;
+      if (code?.startsWith('SQLITE_')) this.indexFailed(err);
       // The index shares the flash device: SQLite says SQLITE_FULL or SQLITE_IOERR where the copy would say ENOSPC or EIO.
       if (code === 'ENOSPC' || code === 'EROFS' || code === 'EDQUOT' || code === 'EIO' || code === 'SQLITE_FULL' || code?.startsWith('SQLITE_IOERR') || code === 'SQLITE_READONLY') {
         this.counters.flashTrouble = `flash store ${code} while copying ${relPath}`;
@@ -303,7 +424,7 @@ export class Store {
   /** Drops every copy whose real file no longer has the indexed identity; returns their paths. */
   revalidateAll(): string[] {
     const dropped: string[] = [];
-    for (const entry of this.index.all()) {
+    for (const entry of this.guarded([], () => this.index.all())) {
       if (!this.stillNamesIdentity(path.join(this.paths.realTree, entry.path), entry)) {
         this.drop(entry.path);
         dropped.push(entry.path);

@@ -1,52 +1,103 @@
 /**
  * The supervisor (`fscache start --foreground`, what the init systems run): starts the
  * view process, checks it by reading through it, switches R/usr to it, and watches it.
- * If the view dies, R/usr goes back to the real tree at once (the exit is seen within
- * milliseconds) and the view is restarted with back-off. On SIGTERM the link goes back
- * first, then the view is told to detach; it keeps serving its last users by itself.
+ *
+ * - Death: the view's exit is seen within milliseconds; R/usr goes back to the real tree.
+ * - Hang and dead connection: every second a probe through the mount (fs/probe.ts) with a
+ *   2 s deadline. A missed deadline or ENOTCONN switches R/usr back at once, aborts the
+ *   connection through fusectl (launches caught in the hang end with an error), kills the
+ *   view and detaches its mount lazily, all without touching the mount point.
+ * - Each failure restarts the view with back-off (1 s … 60 s), reset after 60 s of service.
+ * - A root-owned R/run/fscache/paused (package managers, `fscache pause`) keeps R/usr on the
+ *   real tree; once it is gone and a probe answers, R/usr goes back to the view.
+ * - SIGTERM: the link goes back first, then the view is told to detach; it keeps serving
+ *   its last users by itself. A view that does not detach within 5 s is hung and aborted.
+ *
+ * It runs nothing through R/usr: node and the CLI come from the real tree (fs/self-command.ts),
+ * umount and mount by absolute path in the real tree, and every module is loaded at start.
+ * State for `fscache status` (last good probe, last probe error) is in supervisor.json.
  */
 import * as fs from 'fs';
 import * as path from 'path';
-import { switchLink } from './link';
+import { abortMount, ensureFusectl, fuseMountAt, lazyDetach } from './fusectl';
+import { readLinkState, switchLink } from './link';
 import type { Logger } from './log';
+import { SUPERVISOR_PID_ENV } from './orphan-watch';
 import type { Paths } from './paths';
-import { isMountPoint } from './preflight';
+import { Prober, ProbeFailure } from './probe';
+import { selfCommand, SelfCommand } from './self-command';
+import { clearMountPoint, processAlive } from './stale';
 import { startViewProcess, ViewProcess } from './view-process';
+
+export type SupervisorFailure = 'exit' | 'hang' | 'dead-connection' | 'probe-error' | 'start';
 
 export interface SupervisorState {
   pid: number;
   startedAt: number;
-  state: 'starting' | 'serving' | 'retrying' | 'stopping';
+  state: 'starting' | 'serving' | 'paused' | 'retrying' | 'stopping';
   viewPid: number | null;
   restarts: number;
-  lastFailure: { at: number; reason: string } | null;
+  lastFailure: { at: number; kind: SupervisorFailure; reason: string } | null;
   nextRetryAt: number | null;
+  /** When the current view last answered a probe through its mount. */
+  lastGoodProbeAt: number | null;
+  lastProbeError: { at: number; kind: ProbeFailure; message: string } | null;
 }
+
+export const PROBE_INTERVAL_MS = 1000;
+export const PROBE_DEADLINE_MS = 2000;
+/** `status` calls the view healthy only if a probe answered this recently. */
+export const PROBE_FRESH_MS = 3000;
+const BACKOFF_MS = [1000, 2000, 4000, 8000, 16000, 30000, 60000];
+/** After this long serving, a crash starts the back-off from its first step again. */
+const HEALTHY_RESET_MS = 60000;
+const HEALTH_TIMEOUT_MS = 5000;
+const DETACH_GRACE_MS = 5000;
 
 export function supervisorStateFile(paths: Paths): string {
   return path.join(paths.runDir, 'supervisor.json');
 }
 
-export function readSupervisorState(paths: Paths): SupervisorState | undefined {
+/** The supervisor's state file, also a stale one left by a dead supervisor. */
+export function readSupervisorRecord(paths: Paths): { state: SupervisorState; alive: boolean } | undefined {
   try {
-    const s = JSON.parse(fs.readFileSync(supervisorStateFile(paths), 'utf8')) as SupervisorState;
-    process.kill(s.pid, 0);
-    return s;
+    const state = JSON.parse(fs.readFileSync(supervisorStateFile(paths), 'utf8')) as SupervisorState;
+    return { state, alive: processAlive(state.pid) };
   } catch {
     return undefined;
   }
 }
 
-const BACKOFF_MS = [1000, 2000, 4000, 8000, 16000, 30000, 60000];
-const HEALTH_TIMEOUT_MS = 5000;
+/** The state of a running supervisor, or undefined. */
+export function readSupervisorState(paths: Paths): SupervisorState | undefined {
+  const r = readSupervisorRecord(paths);
+  return r?.alive ? r.state : undefined;
+}
+
+/** The pause contract: while this file exists, R/usr is never switched to the view. */
+export function pauseFile(paths: Paths): string {
+  return path.join(paths.runDir, 'paused');
+}
+
+export function isPaused(paths: Paths): boolean {
+  try {
+    const st = fs.lstatSync(pauseFile(paths));
+    // Only a root-owned regular file is ours: trust only root-owned state.
+    return st.isFile() && st.uid === 0;
+  } catch {
+    return false;
+  }
+}
 
 /**
  * Reads through the view what it must show: the real tree's top-level names and the
  * first 64 KiB of a file, compared with the real tree. Asynchronous with a timeout, so
  * a hung view fails the check instead of hanging the supervisor.
  */
-export async function healthCheck(paths: Paths): Promise<string | undefined> {
+export async function healthCheck(paths: Paths): Promise<{ hang: boolean; message: string } | undefined> {
   const check = async (): Promise<string | undefined> => {
+    // The mount point holds links to the real tree underneath: without a FUSE mount it would pass every read below.
+    if (!fuseMountAt(paths.viewMount)) return `no FUSE view is mounted at ${paths.viewMount}`;
     const realNames = (await fs.promises.readdir(paths.realTree)).sort();
     const viewNames = (await fs.promises.readdir(paths.viewMount)).sort();
     if (realNames.join('/') !== viewNames.join('/')) return 'the view lists other names than the real tree';
@@ -71,20 +122,33 @@ export async function healthCheck(paths: Paths): Promise<string | undefined> {
     return undefined;
   };
   let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<string>((resolve) => (timer = setTimeout(() => resolve(`no answer within ${HEALTH_TIMEOUT_MS} ms`), HEALTH_TIMEOUT_MS)));
+  const timeout = new Promise<'timeout'>((resolve) => (timer = setTimeout(() => resolve('timeout'), HEALTH_TIMEOUT_MS)));
   try {
-    return await Promise.race([check().catch((err) => `read failed: ${(err as Error).message}`), timeout]);
+    const r = await Promise.race([check().catch((err) => `read failed: ${(err as Error).message}`), timeout]);
+    if (r === 'timeout') return { hang: true, message: `no answer within ${HEALTH_TIMEOUT_MS} ms` };
+    return r === undefined ? undefined : { hang: false, message: r };
   } finally {
     clearTimeout(timer);
   }
 }
 
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
 export class Supervisor {
   private view?: ViewProcess;
+  private prober?: Prober;
+  /** Why the current view is being ended (hang, dead connection), reported when it exits. */
+  private ending?: { kind: SupervisorFailure; reason: string };
+  private servingSince = 0;
+  private failuresSinceHealthy = 0;
   private stopping = false;
+  private launching?: Promise<void>;
   private retryTimer?: NodeJS.Timeout;
+  private tickTimer?: NodeJS.Timeout;
+  private readonly command: SelfCommand;
   private readonly state: SupervisorState = {
     pid: process.pid, startedAt: Date.now(), state: 'starting', viewPid: null, restarts: 0, lastFailure: null, nextRetryAt: null,
+    lastGoodProbeAt: null, lastProbeError: null,
   };
   private done!: () => void;
 
@@ -92,71 +156,191 @@ export class Supervisor {
     private readonly paths: Paths,
     private readonly configArgs: string[],
     private readonly log: Logger,
-  ) {}
+  ) {
+    // Resolved now, before R/usr is ever switched: never a path through the view.
+    this.command = selfCommand(paths);
+    // A probe blocked on a hung view holds one pool thread until the abort frees it; if the
+    // abort is impossible (no fusectl) it holds it for good. Effective if the pool has not started.
+    process.env.UV_THREADPOOL_SIZE ??= '8';
+  }
 
-  /** Runs until SIGTERM/SIGINT. */
+  /** Runs until SIGTERM/SIGINT/SIGHUP. */
   run(): Promise<void> {
     const finished = new Promise<void>((resolve) => (this.done = resolve));
     for (const sig of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) process.on(sig, () => void this.stop(sig));
+    // Until a view of ours answers, R/usr is the real tree: a link left on a predecessor's hung
+    // view would hang the programs run below (mount, umount load their libraries through R/usr).
+    this.setLink('real');
+    const problem = ensureFusectl(this.paths);
+    if (problem) this.log.warn(`${problem}: a hung view can be killed but launches caught in it may not end`);
     this.writeState();
-    void this.launch();
+    this.tickTimer = setInterval(() => void this.tick(), PROBE_INTERVAL_MS);
+    this.startLaunch();
     return finished;
   }
 
   private writeState(): void {
-    const file = supervisorStateFile(this.paths);
-    fs.mkdirSync(path.dirname(file), { recursive: true });
-    fs.writeFileSync(`${file}.tmp`, JSON.stringify(this.state, null, 2));
-    fs.renameSync(`${file}.tmp`, file);
+    // The state is for status only: failing to write it (a full /run) must not stop supervision.
+    try {
+      const file = supervisorStateFile(this.paths);
+      fs.mkdirSync(path.dirname(file), { recursive: true });
+      fs.writeFileSync(`${file}.tmp`, JSON.stringify(this.state, null, 2));
+      fs.renameSync(`${file}.tmp`, file);
+    } catch (err) {
+      this.log.warn(`state file not written: ${(err as Error).message}`);
+    }
   }
 
-  private fail(reason: string): void {
-    this.state.lastFailure = { at: Date.now(), reason };
+  /** Switches R/usr between the real tree and the view; never touches a link that is not fscache's. */
+  private setLink(target: 'real' | 'view'): void {
+    try {
+      const { state } = readLinkState(this.paths);
+      if (state === target || (state !== 'real' && state !== 'view')) return;
+      if (target === 'view' && isPaused(this.paths)) return;
+      switchLink(this.paths, target);
+      this.log.info(`${this.paths.usrLink} -> ${target === 'real' ? 'the real tree' : 'the view'}`);
+    } catch (err) {
+      this.log.error(`switching ${this.paths.usrLink} to ${target} failed: ${(err as Error).message}`);
+    }
+  }
+
+  /**
+   * Follows the pause file: a pause takes R/usr off the view at once and keeps it off; its
+   * end switches R/usr back to the view, but only right after a good probe (`mayServe`).
+   * Outside a pause the link is left alone: stop switches it to the real tree before it
+   * signals this process, and must not find it switched back.
+   */
+  private applyPause(mayServe: boolean): void {
+    if (!this.view || this.ending || (this.state.state !== 'serving' && this.state.state !== 'paused')) return;
+    const paused = isPaused(this.paths);
+    if (paused) this.setLink('real');
+    if (paused === (this.state.state === 'paused') || (!paused && !mayServe)) return;
+    if (!paused) this.setLink('view');
+    this.log.info(paused ? `paused (${pauseFile(this.paths)}): ${this.paths.usrLink} stays on the real tree` : 'pause ended');
+    this.state.state = paused ? 'paused' : 'serving';
+    this.writeState();
+  }
+
+  private fail(kind: SupervisorFailure, reason: string): void {
+    this.state.lastFailure = { at: Date.now(), kind, reason };
     this.log.error(reason);
     if (this.stopping) return;
-    const delay = BACKOFF_MS[Math.min(this.state.restarts, BACKOFF_MS.length - 1)];
+    const delay = BACKOFF_MS[Math.min(this.failuresSinceHealthy, BACKOFF_MS.length - 1)];
+    this.failuresSinceHealthy++;
     this.state.restarts++;
     this.state.state = 'retrying';
     this.state.nextRetryAt = Date.now() + delay;
     this.writeState();
-    this.retryTimer = setTimeout(() => void this.launch(), delay);
+    this.retryTimer = setTimeout(() => this.startLaunch(), delay);
+  }
+
+  private startLaunch(): void {
+    this.launching = this.launch().catch((err) => this.fail('start', `launch failed: ${(err as Error).message}`));
   }
 
   private async launch(): Promise<void> {
     if (this.stopping) return;
     this.state.state = 'starting';
     this.state.nextRetryAt = null;
+    this.state.lastGoodProbeAt = null;
     this.writeState();
+    try {
+      // A dead mount, a hung view or an orphan left by a dead predecessor.
+      await clearMountPoint(this.paths, this.log);
+    } catch (err) {
+      return this.fail('start', `the mount point is not free: ${(err as Error).message}`);
+    }
     let view: ViewProcess;
     try {
-      view = await startViewProcess(this.paths.root, this.paths.viewMount, this.paths.viewState, this.configArgs, (t) => process.stderr.write(t));
+      view = await startViewProcess(this.paths.root, this.paths.viewMount, this.paths.viewState, this.configArgs,
+        (t) => process.stderr.write(t), { [SUPERVISOR_PID_ENV]: String(process.pid) }, this.command);
     } catch (err) {
-      return this.fail(`view did not start: ${(err as Error).message}`);
+      return this.fail('start', `view did not start: ${(err as Error).message}`);
     }
     this.view = view;
     this.state.viewPid = view.child.pid ?? null;
     view.child.once('exit', (code, signal) => this.onViewExit(view, code, signal));
+    if (this.stopping) return;
     const problem = await healthCheck(this.paths);
-    if (problem) {
-      view.child.kill('SIGKILL');
-      return; // onViewExit reports it
-    }
-    if (this.stopping || this.view !== view || view.child.exitCode !== null) return;
-    switchLink(this.paths, 'view');
-    this.state.state = 'serving';
+    if (this.stopping || this.view !== view) return;
+    if (problem) return void this.endView(view, problem.hang ? 'hang' : 'start', `the view failed its first check: ${problem.message}`);
+    this.prober = new Prober(this.paths.viewMount, PROBE_DEADLINE_MS);
+    this.servingSince = Date.now();
+    this.state.lastGoodProbeAt = Date.now();
+    this.state.state = isPaused(this.paths) ? 'paused' : 'serving';
+    this.setLink(this.state.state === 'paused' ? 'real' : 'view');
     this.writeState();
-    this.log.info(`serving: ${this.paths.usrLink} -> view (view pid ${view.child.pid})`);
+    this.log.info(`serving: view pid ${view.child.pid}${isPaused(this.paths) ? ' (paused: the link stays on the real tree)' : ''}`);
+  }
+
+  /** One probe per second of the serving view; at most one outstanding. */
+  private async tick(): Promise<void> {
+    const view = this.view;
+    const prober = this.prober;
+    if (this.stopping || !view || !prober || this.ending) return;
+    this.applyPause(false); // a pause takes the link off the view at once
+    if (prober.busy) return;
+    const r = await prober.probe();
+    if (this.stopping || this.view !== view || this.ending) return;
+    const now = Date.now();
+    if (r.ok) {
+      this.state.lastGoodProbeAt = now;
+      if (now - this.servingSince >= HEALTHY_RESET_MS) this.failuresSinceHealthy = 0;
+      this.applyPause(true);
+      this.writeState();
+      return;
+    }
+    this.state.lastProbeError = { at: now, kind: r.kind, message: r.message };
+    if (r.kind === 'error') this.retire(view, `the view answers wrongly: ${r.message}`);
+    else void this.endView(view, r.kind, r.kind === 'hang' ? `the view hangs: ${r.message}` : `the view's connection is dead: ${r.message}`);
+  }
+
+  /**
+   * A view that answers but answers wrongly: R/usr to the real tree, then the view is told
+   * to detach (it serves its last users) and a new one is started after the back-off.
+   */
+  private retire(view: ViewProcess, reason: string): void {
+    this.setLink('real');
+    this.view = undefined;
+    this.prober = undefined;
+    this.state.viewPid = null;
+    view.child.kill('SIGTERM');
+    this.fail('probe-error', `${reason}; ${this.paths.usrLink} -> real tree, the view told to detach`);
+  }
+
+  /**
+   * A hung view or a dead connection: R/usr to the real tree first, then the connection is
+   * aborted (launches caught in the hang end with an error), the view killed and its mount
+   * detached lazily. The view's exit reports the failure and schedules the restart.
+   */
+  private async endView(view: ViewProcess, kind: SupervisorFailure, reason: string): Promise<void> {
+    if (this.ending) return;
+    this.ending = { kind, reason };
+    this.setLink('real');
+    this.log.error(`${reason}: ${this.paths.usrLink} -> real tree; ending the view`);
+    this.writeState();
+    const aborted = abortMount(this.paths, this.paths.viewMount);
+    view.child.kill('SIGKILL');
+    const detached = fuseMountAt(this.paths.viewMount) ? await lazyDetach(this.paths, this.paths.viewMount) : true;
+    this.log.info(`${aborted}; view pid ${view.child.pid} killed; ${detached ? 'mount detached' : 'lazy unmount failed'}`);
+    // A process that cannot die (still in the kernel) must not stop supervision.
+    await sleep(DETACH_GRACE_MS);
+    if (this.view === view) this.onViewExit(view, null, null);
   }
 
   private onViewExit(view: ViewProcess, code: number | null, signal: NodeJS.Signals | null): void {
     if (this.view !== view) return;
     this.view = undefined;
+    this.prober = undefined;
     this.state.viewPid = null;
     // First the link: launches must not resolve through a dead view.
-    switchLink(this.paths, 'real');
+    this.setLink('real');
+    const ending = this.ending;
+    this.ending = undefined;
     if (this.stopping) return;
     const tail = view.log().trim().split('\n').slice(-2).join(' | ');
-    this.fail(`view exited (${signal ?? `code ${code}`}); ${this.paths.usrLink} -> real tree${tail ? `; last log: ${tail}` : ''}`);
+    const what = ending?.reason ?? `view exited (${signal ?? (code === null ? 'did not exit' : `code ${code}`)})`;
+    this.fail(ending?.kind ?? 'exit', `${what}; ${this.paths.usrLink} -> real tree${tail ? `; last log: ${tail}` : ''}`);
   }
 
   async stop(sig: string): Promise<void> {
@@ -164,15 +348,24 @@ export class Supervisor {
     this.stopping = true;
     this.log.info(`${sig}: switching ${this.paths.usrLink} to the real tree and detaching the view`);
     clearTimeout(this.retryTimer);
+    clearInterval(this.tickTimer);
     this.state.state = 'stopping';
-    switchLink(this.paths, 'real');
+    this.setLink('real');
     this.writeState();
+    await this.launching;
     const view = this.view;
-    if (view && view.child.exitCode === null) {
+    if (view && view.child.exitCode === null && view.child.signalCode === null) {
       view.child.kill('SIGTERM');
       // Wait until the mount is detached; the view process itself may live on while users remain.
-      const deadline = Date.now() + 10000;
-      while (isMountPoint(this.paths.viewMount) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+      const deadline = Date.now() + DETACH_GRACE_MS;
+      while (fuseMountAt(this.paths.viewMount) && Date.now() < deadline) await sleep(50);
+      if (fuseMountAt(this.paths.viewMount)) {
+        // It did not detach: hung. A hung view serves nobody; end it so nothing waits on it.
+        const aborted = abortMount(this.paths, this.paths.viewMount);
+        view.child.kill('SIGKILL');
+        await lazyDetach(this.paths, this.paths.viewMount);
+        this.log.warn(`the view did not detach within ${DETACH_GRACE_MS} ms: ${aborted}, killed`);
+      }
     }
     fs.rmSync(supervisorStateFile(this.paths), { force: true });
     this.done();

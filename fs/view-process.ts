@@ -5,10 +5,10 @@
  */
 import { ChildProcess, spawn } from 'child_process';
 import * as fs from 'fs';
-import { isMountPoint } from './preflight';
-import type { ViewState } from './view-service';
-
 import { CLI_ENTRY } from './package-root';
+import { isMountPoint } from './preflight';
+import type { SelfCommand } from './self-command';
+import type { ViewState } from './view-service';
 
 export { CLI_ENTRY };
 
@@ -30,8 +30,10 @@ export async function startViewProcess(
   extraArgs: string[] = [],
   onLog?: (text: string) => void,
   env?: NodeJS.ProcessEnv,
+  command: SelfCommand = { node: process.execPath, cli: CLI_ENTRY },
 ): Promise<ViewProcess> {
-  const child = spawn(process.execPath, [CLI_ENTRY, '--root', root, ...extraArgs, 'mount'], {
+  // The supervisor passes node and the CLI as paths in the real tree (fs/self-command.ts).
+  const child = spawn(command.node, [command.cli, '--root', root, ...extraArgs, 'mount'], {
     stdio: ['ignore', 'ignore', 'pipe'],
     env: env && { ...process.env, ...env },
     // Its own process group: a signal meant for the caller's group must not stop a view that still has users.

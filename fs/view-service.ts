@@ -12,6 +12,7 @@ import type { Config } from './config';
 import { FsCacheError } from './errors';
 import { StoreIndex } from './index-db';
 import type { Logger } from './log';
+import { supervisorPidFromEnv, watchSupervisor } from './orphan-watch';
 import type { Paths } from './paths';
 import { checkFuseDevice, checkRealTree, prepareMountPoint } from './preflight';
 import type { FuseSession } from './session';
@@ -35,6 +36,8 @@ export interface ViewState {
   watcher?: WatcherState;
   requests: Record<string, number>;
   detached?: boolean;
+  /** The supervisor that started this view; absent for `fscache mount` run by hand. */
+  supervisorPid?: number;
 }
 
 export class RunningView {
@@ -42,6 +45,7 @@ export class RunningView {
   private stopping?: Promise<void>;
   readonly startedAt = Date.now();
   private detached = false;
+  private stopOrphanWatch = (): void => undefined;
 
   private constructor(
     private readonly paths: Paths,
@@ -100,6 +104,7 @@ export class RunningView {
     const running = new RunningView(paths, config, log, view, session, store, watcher, storeTrouble);
     running.flushTimer = setInterval(() => running.flush(), config.accessFlushMs);
     running.flush();
+    running.stopOrphanWatch = watchSupervisor(paths, log);
     log.info(`view of ${paths.realTree} mounted at ${paths.viewMount} (session ${session.name})`);
     return running;
   }
@@ -118,17 +123,14 @@ export class RunningView {
       watcher: this.watcher.active ? { ...this.watcher.status } : undefined,
       requests: this.session.requestCounts(),
       detached: this.detached,
+      supervisorPid: supervisorPidFromEnv(),
     };
   }
 
   /** Writes batched index updates and the state file. Never throws: the view must not die of it. */
   flush(): void {
-    try {
-      this.store?.index.flushAccess();
-      this.store?.refreshUsage();
-    } catch (err) {
-      this.log.warn(`index flush failed: ${err}`);
-    }
+    // Also checks the index file and rebuilds a broken one (the store fails open).
+    this.store?.flush();
     try {
       const tmp = `${this.paths.viewState}.${process.pid}.tmp`;
       fs.writeFileSync(tmp, JSON.stringify(this.state(), null, 2));
@@ -142,6 +144,7 @@ export class RunningView {
   stop(): Promise<void> {
     this.stopping ??= (async () => {
       this.log.info('stopping: detaching the view; serving until its last user is gone');
+      this.stopOrphanWatch();
       await this.session.detach();
       this.detached = true;
       this.flush();
@@ -149,7 +152,7 @@ export class RunningView {
       clearInterval(this.flushTimer);
       await this.watcher.stop();
       await this.store?.stop();
-      this.store?.index.close();
+      this.store?.close();
       fs.rmSync(this.paths.viewState, { force: true });
       this.log.info('view stopped');
     })();

@@ -11,14 +11,19 @@
  *   mtime in ns) — taken from fstat of the real file opened now, or from vouched
  *   metadata; otherwise the real file is served and a background copy is started. The kernel keeps pages across opens only while mtime
  *   and size are unchanged (auto_cache), and attributes for attr_timeout seconds.
- * - Fail open: every handler answers with an errno on failure; a fill or index error
- *   falls back to the real file.
+ * - A node keeps the bytes it was looked up as: open() with `expect` (the kernel session's
+ *   nodes) serves only that object, from the real file if the name still names it (same
+ *   device and inode), else from a flash copy of exactly that version, else EIO; never
+ *   another file's bytes under an old node.
+ * - Fail open: every handler answers with an errno on failure; a fill, index or flash
+ *   error falls back to the real file (a failed read of a copy is retried from the real
+ *   file when that is still the copy's version).
  * - The view never touches its own mount: every path below is under the real tree.
  */
 import * as fs from 'fs';
 import * as path from 'path';
 import { errnoCode } from './errors';
-import { identityOf } from './identity';
+import { identityOf, RealIdentity, sameIdentity } from './identity';
 import type { Logger } from './log';
 import { Attr, Errno, FsStats, Handle, ViewHandlers } from './session';
 import type { Store } from './store';
@@ -26,12 +31,19 @@ import type { VouchedMeta } from './vouched-meta';
 import type { Watcher } from './watcher';
 import { readXattrs } from './xattr';
 
+const S_IFMT = 0o170000;
 const WRITE_FLAGS = fs.constants.O_WRONLY | fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_TRUNC | fs.constants.O_APPEND;
 
 interface OpenFile {
   fd: number;
   relPath: string;
   fromStore: boolean;
+  /** The version a copy was made from (a failed copy read falls back to the real file only if it still is that). */
+  identity?: RealIdentity;
+  /** Reads in flight: a descriptor replaced meanwhile is closed when they are done. */
+  inflight: number;
+  /** Copy descriptors replaced by the real file, waiting for the reads in flight. */
+  retired?: number[];
 }
 
 export interface ViewCounters {
@@ -52,7 +64,7 @@ function toAttr(st: fs.BigIntStats): Attr {
   return {
     mode: Number(st.mode), uid: Number(st.uid), gid: Number(st.gid), size: Number(st.size), dev: Number(st.dev),
     ino: Number(st.ino), nlink: Number(st.nlink), rdev: Number(st.rdev), blksize: Number(st.blksize),
-    blocks: Number(st.blocks), atime: date(st.atimeNs), mtime: date(st.mtimeNs), ctime: date(st.ctimeNs),
+    blocks: Number(st.blocks), atime: date(st.atimeNs), mtime: date(st.mtimeNs), ctime: date(st.ctimeNs), mtimeNs: st.mtimeNs,
   };
 }
 
@@ -67,7 +79,9 @@ export class View implements ViewHandlers {
     private readonly log: Logger,
     private readonly watcher?: Watcher,
     private readonly meta?: VouchedMeta,
-  ) {}
+  ) {
+    if (store) store.onDropped = (relPath) => this.copyDropped(relPath);
+  }
 
   /** Whether what is read now about entries of `dir` may be kept: its watch is live first. */
   private vouches(dir: string): boolean {
@@ -112,7 +126,7 @@ export class View implements ViewHandlers {
     const st = this.lstat(this.real(p));
     // A session without OPEN (kernel) sees a warm launch only as lookups: count them as use,
     // so that eviction keeps what is used (batched; a path without a copy is a no-op).
-    if (this.store && st.isFile()) this.store.index.recordAccess(p.slice(1), false);
+    if (this.store && st.isFile()) this.store.recordAccess(p.slice(1), false);
     return toAttr(st);
   }
 
@@ -142,24 +156,48 @@ export class View implements ViewHandlers {
     return value;
   }
 
-  async open(p: string, flags: number): Promise<Handle> {
+  async open(p: string, flags: number, expect?: Attr): Promise<Handle> {
     if (flags & WRITE_FLAGS) throw new Errno('EROFS');
     const relPath = p.slice(1);
     const vouched = this.store ? this.meta?.attr(this.real(p)) : undefined;
-    if (vouched?.isFile()) {
+    if (vouched?.isFile() && (!expect || sameObject(vouched, expect))) {
       // The watcher vouches for this identity: the copy can be served without touching the real tree.
       const copyFd = this.store!.openCopy(relPath, identityOf(vouched));
-      if (copyFd !== undefined) return this.opened({ fd: copyFd, relPath, fromStore: true });
+      if (copyFd !== undefined) return this.opened({ fd: copyFd, relPath, fromStore: true, identity: identityOf(vouched), inflight: 0 });
     }
-    const realFd = fs.openSync(this.real(p), fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
-    let file: OpenFile = { fd: realFd, relPath, fromStore: false };
+    let realFd: number | undefined;
     try {
-      if (this.store) file = this.chooseSource(realFd, relPath);
+      realFd = fs.openSync(this.real(p), fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
+    } catch (err) {
+      if (!expect) throw err;
+    }
+    let st = realFd === undefined ? undefined : fs.fstatSync(realFd, { bigint: true });
+    if (expect && st && !sameObject(st, expect)) {
+      fs.closeSync(realFd!);
+      realFd = st = undefined;
+    }
+    if (realFd === undefined || !st) return this.openReplaced(relPath, expect!);
+    let file: OpenFile = { fd: realFd, relPath, fromStore: false, inflight: 0 };
+    try {
+      if (this.store) file = this.chooseSource(realFd, st, relPath);
     } catch (err) {
       this.log.warn(`store lookup for ${relPath} failed (${err}); serving the real file`);
     }
     if (file.fd !== realFd) fs.closeSync(realFd);
     return this.opened(file);
+  }
+
+  /**
+   * The name no longer names the object the kernel's node was made for (replaced by
+   * rename, or removed): only a flash copy of exactly that version has its bytes.
+   * Anything else would put another file's bytes under pages the kernel already holds.
+   */
+  private openReplaced(relPath: string, expect: Attr): Handle {
+    const identity = identityOfAttr(expect);
+    const copyFd = this.store?.openCopy(relPath, identity);
+    if (copyFd !== undefined) return this.opened({ fd: copyFd, relPath, fromStore: true, identity, inflight: 0 });
+    this.log.info(`/${relPath} was replaced and no copy of the version still in use is left: EIO for that version`);
+    throw new Errno('EIO');
   }
 
   private opened(file: OpenFile): Handle {
@@ -169,7 +207,7 @@ export class View implements ViewHandlers {
     this.counters.opens++;
     if (file.fromStore) {
       this.counters.hits++;
-      this.store!.index.recordAccess(relPath, true);
+      this.store!.recordAccess(relPath, true);
       this.store!.inUse.set(relPath, (this.store!.inUse.get(relPath) ?? 0) + 1);
     } else {
       this.counters.misses++;
@@ -178,39 +216,89 @@ export class View implements ViewHandlers {
   }
 
   /** Decides on the object actually opened: the identity comes from fstat of realFd. */
-  private chooseSource(realFd: number, relPath: string): OpenFile {
-    const st = fs.fstatSync(realFd, { bigint: true });
-    if (!st.isFile()) return { fd: realFd, relPath, fromStore: false };
+  private chooseSource(realFd: number, st: fs.BigIntStats, relPath: string): OpenFile {
+    if (!st.isFile()) return { fd: realFd, relPath, fromStore: false, inflight: 0 };
     const identity = identityOf(st);
     const copyFd = this.store!.openCopy(relPath, identity);
-    if (copyFd !== undefined) return { fd: copyFd, relPath, fromStore: true };
+    if (copyFd !== undefined) return { fd: copyFd, relPath, fromStore: true, identity, inflight: 0 };
     if (this.store!.wants(relPath, identity.size)) void this.store!.fill(relPath);
-    return { fd: realFd, relPath, fromStore: false };
+    return { fd: realFd, relPath, fromStore: false, inflight: 0 };
   }
 
-  read(handle: Handle, into: Buffer, length: number, position: number): Promise<number> {
+  async read(handle: Handle, into: Buffer, length: number, position: number): Promise<number> {
     const file = this.open_.get(handle);
-    if (!file) return Promise.reject(new Errno('EBADF'));
-    return new Promise((resolve, reject) =>
-      fs.read(file.fd, into, 0, length, position, (err, n) => {
-        if (err) return reject(err);
-        if (file.fromStore) this.counters.bytesFromStore += n;
-        else this.counters.bytesFromReal += n;
-        resolve(n);
-      }),
-    );
+    if (!file) throw new Errno('EBADF');
+    const fd = file.fd;
+    let n: number;
+    file.inflight++;
+    try {
+      n = await readAt(fd, into, length, position);
+    } catch (err) {
+      // Fail open: a flash copy that cannot be read (card pulled, I/O error) is replaced
+      // by the real file, if that still is the version the copy was made from.
+      if (file.fd === fd && !(file.fromStore && this.toRealFile(file, `unreadable (${errnoCode(err) ?? err})`))) throw err;
+      n = await readAt(file.fd, into, length, position);
+    } finally {
+      if (--file.inflight === 0) this.closeRetired(file);
+    }
+    if (file.fromStore) this.counters.bytesFromStore += n;
+    else this.counters.bytesFromReal += n;
+    return n;
+  }
+
+  /** Switches `file` from its copy to the real file when that has the copy's identity. */
+  private toRealFile(file: OpenFile, trouble?: string): boolean {
+    let fd: number | undefined;
+    try {
+      fd = fs.openSync(this.real('/' + file.relPath), fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
+      if (!file.identity || !sameIdentity(identityOf(fs.fstatSync(fd, { bigint: true })), file.identity)) {
+        fs.closeSync(fd);
+        return false;
+      }
+    } catch {
+      if (fd !== undefined) fs.closeSync(fd);
+      return false;
+    }
+    if (trouble) this.log.warn(`flash copy of ${file.relPath} ${trouble}; serving the real file`);
+    this.releaseCopy(file);
+    // Closed when no read is in flight: a reused descriptor number would read another file.
+    (file.retired ??= []).push(file.fd);
+    file.fd = fd;
+    file.fromStore = false;
+    if (file.inflight === 0) this.closeRetired(file);
+    return true;
+  }
+
+  private closeRetired(file: OpenFile): void {
+    for (const fd of file.retired ?? []) fs.close(fd, () => undefined);
+    file.retired = undefined;
+  }
+
+  /**
+   * A copy was removed from the store while handles still read it (kernel nodes hold
+   * theirs until the kernel forgets them): those whose real file is still that version
+   * move to it, so the copy's flash space is freed now. The others keep the copy: it is
+   * the only source left of the bytes their processes mapped.
+   */
+  private copyDropped(relPath: string): void {
+    if (!this.store?.inUse.has(relPath)) return;
+    for (const file of this.open_.values()) if (file.fromStore && file.relPath === relPath) this.toRealFile(file);
+  }
+
+  private releaseCopy(file: OpenFile): void {
+    if (!file.fromStore || !this.store) return;
+    const n = (this.store.inUse.get(file.relPath) ?? 1) - 1;
+    if (n > 0) this.store.inUse.set(file.relPath, n);
+    else this.store.inUse.delete(file.relPath);
   }
 
   async release(handle: Handle): Promise<void> {
     const file = this.open_.get(handle);
     if (!file) return;
     this.open_.delete(handle);
-    if (file.fromStore && this.store) {
-      const n = (this.store.inUse.get(file.relPath) ?? 1) - 1;
-      if (n > 0) this.store.inUse.set(file.relPath, n);
-      else this.store.inUse.delete(file.relPath);
-    }
+    this.releaseCopy(file);
     fs.closeSync(file.fd);
+    this.closeRetired(file);
   }
 
   async statfs(): Promise<FsStats> {
@@ -245,3 +333,17 @@ export class View implements ViewHandlers {
   }
 }
 
+
+/** Whether `st` is the object `expect` was answered for: same device, inode and file type. */
+function sameObject(st: fs.BigIntStats, expect: Attr): boolean {
+  return Number(st.dev) === expect.dev && Number(st.ino) === expect.ino && (Number(st.mode) & S_IFMT) === (expect.mode & S_IFMT);
+}
+
+/** The full identity a node was answered with (mtime in ns when the view gave it). */
+function identityOfAttr(a: Attr): RealIdentity {
+  return { dev: BigInt(a.dev), ino: BigInt(a.ino), size: BigInt(a.size), mtimeNs: a.mtimeNs ?? BigInt(a.mtime.getTime()) * 1000000n };
+}
+
+function readAt(fd: number, into: Buffer, length: number, position: number): Promise<number> {
+  return new Promise((resolve, reject) => fs.read(fd, into, 0, length, position, (err, n) => (err ? reject(err) : resolve(n))));
+}

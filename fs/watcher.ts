@@ -67,7 +67,7 @@ export class Watcher {
       this.packageWatcher.on('error', (err) => this.onError(err));
     }
     this.watchDir(this.paths.realTree);
-    for (const entry of this.store?.index.all() ?? []) this.watchDir(path.dirname(path.join(this.paths.realTree, entry.path)));
+    for (const rel of this.store?.indexedPaths() ?? []) this.watchDir(path.dirname(path.join(this.paths.realTree, rel)));
   }
 
   isWatched(dir: string): boolean {
@@ -130,7 +130,7 @@ export class Watcher {
     if (!changed.startsWith(this.paths.realTree + '/')) return;
     const relPath = path.relative(this.paths.realTree, changed);
     this.onInvalidate?.(relPath);
-    if (this.store?.index.get(relPath)) {
+    if (this.store?.has(relPath)) {
       this.store.drop(relPath);
       this.status.invalidations++;
       this.log.debug(`${relPath} changed: flash copy dropped`);

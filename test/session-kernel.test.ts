@@ -389,21 +389,31 @@ describe('kernel session protocol, without a mount', () => {
   const dirAttr: Attr = { ...fileAttr, mode: 0o040755, ino: 2 };
   const names = Array.from({ length: 40 }, (_, i) => `entry-${i}-${'x'.repeat(i)}`);
   let opens = 0;
+  /** What '/a' is now (a test renames another file over it), and the opens with the inode they expected. */
+  let aAttr = fileAttr;
+  let released = 0;
+  const openedWith: Array<{ path: string; ino?: number }> = [];
   const handlers: ViewHandlers = {
     getattr: async (p) => {
       if (p === '/' || p === '/dir') return dirAttr;
-      if (p === '/a') return fileAttr;
+      if (p === '/a') return aAttr;
+      if (/^\/f\d+$/.test(p)) return { ...fileAttr, ino: 1000 + Number(p.slice(2)) };
       if (p === '/denied') throw Object.assign(new Error('no'), { code: 'EACCES' });
       throw Object.assign(new Error('none'), { code: 'ENOENT' });
     },
     readdir: async () => names,
     readlink: async () => 'target',
-    open: async () => ++opens,
+    open: async (p, _flags, expect) => {
+      openedWith.push({ path: p, ino: expect?.ino });
+      return ++opens;
+    },
     read: async (_h, into, length, position) => {
       const data = Buffer.from('hello, world');
       return data.copy(into, 0, position, Math.min(data.length, position + length));
     },
-    release: async () => undefined,
+    release: async () => {
+      released++;
+    },
     statfs: async () => ({ bsize: 4096, frsize: 4096, blocks: 10, bfree: 5, bavail: 5, files: 9, ffree: 3, favail: 3, fsid: 0, flag: 1, namemax: 255 }),
     access: async () => undefined,
     getxattr: async (_p, name) => (name === 'user.x' ? Buffer.from('val') : undefined),
@@ -423,6 +433,7 @@ describe('kernel session protocol, without a mount', () => {
     session = new KernelSession(handlers, { mountpoint: dir, attrTimeout: 2, entryTimeout: 3, negativeTimeout: 4, fsname: 'fscache' });
     internals().fd = fs.openSync(file, 'w+');
     read = 0;
+    aAttr = fileAttr;
   });
   afterEach(() => {
     fs.closeSync(internals().fd);
@@ -547,6 +558,61 @@ describe('kernel session protocol, without a mount', () => {
       }
     }
     expect(seen).toEqual(['.', '..', ...names]);
+  });
+
+  test('a name renamed over: a new node for the new file; the old node keeps its handle, attributes and pages', async () => {
+    await init();
+    const old = Number((await send(Op.LOOKUP, 1, name('a')))[0].body.readBigUInt64LE(0));
+    expect((await send(Op.READ, old, readIn(0, 5)))[0].body.toString()).toBe('hello');
+    expect(openedWith[openedWith.length - 1]).toEqual({ path: '/a', ino: 77 });
+    const opensBefore = opens;
+
+    aAttr = { ...fileAttr, ino: 78, size: 99 };
+    session.invalidate('/a');
+    await new Promise((r) => setTimeout(r, 300)); // and its trailing repeat
+    const notes: Array<{ code: number; node: bigint }> = [];
+    const all = fs.readFileSync(file);
+    for (; read < all.length; read += all.readUInt32LE(read)) notes.push({ code: all.readInt32LE(read + 4), node: all.readBigUInt64LE(read + 16) });
+    // INVAL_ENTRY (3) of the name in the root; no INVAL_INODE (2) of the old node: its pages stay.
+    expect(notes).toContainEqual({ code: 3, node: 1n });
+    expect(notes.filter((n) => n.code === 2 && n.node === BigInt(old))).toEqual([]);
+
+    const fresh = Number((await send(Op.LOOKUP, 1, name('a')))[0].body.readBigUInt64LE(0));
+    expect(fresh).toBeGreaterThan(old);
+    // attr_out: valid, valid_nsec, dummy, then the attributes starting with ino.
+    expect((await send(Op.GETATTR, old, Buffer.alloc(16)))[0].body.readBigUInt64LE(16)).toBe(77n);
+    expect((await send(Op.GETATTR, fresh, Buffer.alloc(16)))[0].body.readBigUInt64LE(16)).toBe(78n);
+    // The old node reads through the handle it has; the new one opens its own, for inode 78.
+    expect((await send(Op.READ, old, readIn(7, 5)))[0].body.toString()).toBe('world');
+    expect(opens).toBe(opensBefore);
+    await send(Op.READ, fresh, readIn(0, 5));
+    expect(openedWith[openedWith.length - 1]).toEqual({ path: '/a', ino: 78 });
+  });
+
+  test('node handles are held until FORGET; beyond the descriptor budget the least recently read close', async () => {
+    await init();
+    (session as unknown as { handleBudget: number }).handleBudget = 10;
+    const ids: number[] = [];
+    const releasedBefore = released;
+    for (let i = 0; i < 25; i++) {
+      const id = Number((await send(Op.LOOKUP, 1, name(`f${i}`)))[0].body.readBigUInt64LE(0));
+      await send(Op.READ, id, readIn(0, 5));
+      ids.push(id);
+    }
+    await new Promise((r) => setImmediate(r));
+    // 25 opened, at most 10 held: the oldest went first.
+    expect(released - releasedBefore).toBeGreaterThanOrEqual(15);
+    const opened = opens;
+    await send(Op.READ, ids[24], readIn(0, 5)); // the most recent still has its handle
+    expect(opens).toBe(opened);
+    await send(Op.READ, ids[0], readIn(0, 5)); // the oldest opens again
+    expect(opens).toBe(opened + 1);
+    const forget = Buffer.alloc(8);
+    forget.writeBigUInt64LE(1n);
+    const before = released;
+    await send(Op.FORGET, ids[24], forget);
+    await new Promise((r) => setImmediate(r));
+    expect(released - before).toBe(1);
   });
 
   test('xattrs: a size-0 probe gets the size, a short buffer ERANGE, a missing name ENODATA', async () => {

@@ -1,0 +1,40 @@
+/**
+ * A view started by a supervisor does not outlive it by more than ~0.5 s: without its
+ * supervisor nothing would switch R/usr back if the view hung or died. The supervisor
+ * passes its pid in the view's environment; a view run by hand (`fscache mount`) has
+ * none and is not watched.
+ */
+import { readLinkState, switchLink } from './link';
+import type { Logger } from './log';
+import type { Paths } from './paths';
+
+export const SUPERVISOR_PID_ENV = 'FSCACHE_SUPERVISOR_PID';
+
+/** The supervisor that started this process, if any. */
+export function supervisorPidFromEnv(): number | undefined {
+  const pid = Number(process.env[SUPERVISOR_PID_ENV]);
+  return Number.isInteger(pid) && pid > 1 ? pid : undefined;
+}
+
+/**
+ * Every 250 ms: is this process still the supervisor's child? (A dead parent's children
+ * are reparented, so the test cannot be fooled by a reused pid.) When it is not, switch
+ * R/usr to the real tree if it is on the view, then stop exactly as on SIGTERM (the mount
+ * verb's handler: detach lazily, serve the last users, exit). Returns the cancel function.
+ */
+export function watchSupervisor(paths: Paths, log: Logger): () => void {
+  const sup = supervisorPidFromEnv();
+  if (!sup) return () => undefined;
+  const timer = setInterval(() => {
+    if (process.ppid === sup) return;
+    clearInterval(timer);
+    log.warn(`the supervisor (pid ${sup}) is gone: switching ${paths.usrLink} to the real tree and detaching`);
+    try {
+      if (readLinkState(paths).state === 'view') switchLink(paths, 'real');
+    } catch (err) {
+      log.error(`switching ${paths.usrLink} to the real tree failed: ${(err as Error).message}`);
+    }
+    process.kill(process.pid, 'SIGTERM');
+  }, 250);
+  return () => clearInterval(timer);
+}
