@@ -11,7 +11,7 @@ import { mirrorMounted } from '../fs/mirror';
 import { dropMirrorCopy, filesChangedSince } from '../fs/mirror-refresh';
 import { clearPause, PauseState, readPause, writePause } from '../fs/pause';
 import { installPackageHooks, removePackageHooks } from '../fs/pkg-hooks';
-import { readSupervisorState } from '../fs/supervisor';
+import { PROBE_DEADLINE_MS, PROBE_INTERVAL_MS, readSupervisorState } from '../fs/supervisor';
 import { mirrorMarker, syncStore } from '../fs/sync';
 import type { Context } from './context';
 
@@ -19,9 +19,11 @@ const out = (s: string): void => void process.stdout.write(s + '\n');
 
 /** How long resume waits for the supervisor to put R/usr back on the view. */
 const RESUME_WAIT_MS = 5000;
+/** How long pause waits for the supervisor to see it: one tick and its probe's deadline. */
+const PAUSE_ACK_MS = PROBE_INTERVAL_MS + PROBE_DEADLINE_MS + 500;
 const CTIME_SLACK_MS = 2000;
 
-export function pauseVerb(ctx: Context, holder: string): void {
+export async function pauseVerb(ctx: Context, holder: string): Promise<void> {
   const { paths } = ctx;
   const { state } = readLinkState(paths, ctx.config.mode);
   const pause = readPause(paths);
@@ -37,6 +39,14 @@ export function pauseVerb(ctx: Context, holder: string): void {
     resumeTo: pause?.resumeTo ?? (ctx.config.mode === 'mirror' ? 'mirror' : 'view'),
   });
   if (state === 'view' || state === 'mirror') switchLink(paths, 'real');
+  // The supervisor switches back only when a pause it has seen ends: a pause shorter than its
+  // tick would leave R/usr on the real tree for good. Wait until it says it is paused.
+  const sup = readSupervisorState(paths);
+  if (sup?.state === 'serving') {
+    const t0 = Date.now();
+    while (readSupervisorState(paths)?.state === 'serving' && Date.now() - t0 < PAUSE_ACK_MS) await new Promise((r) => setTimeout(r, 50));
+    if (readSupervisorState(paths)?.state === 'serving') out(`warning: the supervisor has not seen the pause within ${PAUSE_ACK_MS / 1000} s; after resume ${paths.usrLink} may stay on the real tree until it restarts the view`);
+  }
   out(`paused (${holder}): ${paths.usrLink} -> real tree until 'fscache resume'`);
 }
 

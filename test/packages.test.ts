@@ -280,7 +280,7 @@ maybe('package managers while fscache runs', () => {
 
     let run = await dpkg(r, '-i', debs[1]);
     expect(run).toMatchObject({ code: 0, stdout: expect.stringMatching(/paused \(dpkg\)[\s\S]*resumed/) });
-    // Needs the supervisor to honour the pause file (helper B, branch wt-supervisor): R/usr back on the view after resume.
+    // The supervisor saw the pause and its end: R/usr back on the view after resume.
     expect(readLinkState(r.paths).state).toBe('view');
     expect(readPause(r.paths)).toBeUndefined();
     expect(fs.existsSync(realFile(r, 'lib/fscache-test/libfscachetest.so.1'))).toBe(true);
@@ -324,9 +324,8 @@ maybe('package managers while fscache runs', () => {
     expect(await dpkg(r, '-i', debs[1])).toMatchObject({ code: 0 });
     expect(await r.chroot(['/usr/bin/fscache-test'])).toMatchObject({ code: 0, stdout: '1\n' });
 
-    // HELPER C's part (the view reads an old node from the object it was opened as, branch
-    // wt-nodes): until that is merged, the program that mapped v1 through the view switches to
-    // v2's code (prints 2). With wt-nodes merged this passed (2026-12-05).
+    // The view reads an old node from the object it was opened as: the program that mapped v1
+    // through the view keeps v1's code (before that fix it switched to v2's: printed 2).
     expect(printedAfterUpgrade).toEqual(['1']);
   }, 300000);
 
