@@ -9,8 +9,7 @@ import { execFile, spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as path from 'path';
 import { parseConfig } from '../fs/config';
-import { abortConnection, fuseMountAt } from '../fs/fusectl';
-import { isFuse, mountTable } from '../fs/mounts';
+import { abortConnection, fuseMountAt, fuseMountsBelow } from '../fs/fusectl';
 import { readLinkState } from '../fs/link';
 import { derivePaths, Paths } from '../fs/paths';
 import { makeSandbox, Sandbox } from '../fs/sandbox';
@@ -77,7 +76,7 @@ async function oneRun(fault: Fault): Promise<{ flipMs: number; caughtMs?: number
     return { flipMs, caughtMs: caught && (await caught) };
   } finally {
     if (stopped) spawnSync('kill', ['-CONT', String(stopped)]);
-    for (const m of mountTable()) if (m.mountPoint.startsWith(sandbox.root + '/') && isFuse(m)) abortConnection(Number(m.device.split(':')[1]));
+    for (const m of fuseMountsBelow(sandbox.root)) abortConnection(m.minor);
     spawnSync(process.execPath, [CLI_ENTRY, '--root', sandbox.root, 'stop'], { timeout: 30000 });
     sandbox.cleanup();
   }

@@ -11,16 +11,31 @@ import { execFile, spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as path from 'path';
 import { errnoCode } from './errors';
-import { isFuse, mountAt, mountTable } from './mounts';
+import { isFuse, mountAt, MountEntry, mountTable } from './mounts';
 import type { Paths } from './paths';
 import { findProgram } from './programs';
 
 export const FUSECTL_DIR = '/sys/fs/fuse/connections';
 
-/** The FUSE mount at `mountpoint` (the topmost if several are stacked there) and its connection number, or undefined. */
-export function fuseMountAt(mountpoint: string): { minor: number } | undefined {
-  const m = mountAt(mountpoint);
-  return m && isFuse(m) ? { minor: Number(m.device.split(':')[1]) } : undefined;
+export interface FuseMount {
+  mountPoint: string;
+  /** The fusectl connection number: the minor device number of the mount. */
+  minor: number;
+}
+
+function asFuseMount(m: MountEntry | undefined): FuseMount | undefined {
+  return m && isFuse(m) ? { mountPoint: m.mountPoint, minor: Number(m.device.split(':')[1]) } : undefined;
+}
+
+/** The FUSE mount at `mountpoint` (the topmost if several are stacked there), or undefined. */
+export function fuseMountAt(mountpoint: string): FuseMount | undefined {
+  return asFuseMount(mountAt(mountpoint));
+}
+
+/** Every FUSE mount at or below `dir`. */
+export function fuseMountsBelow(dir: string): FuseMount[] {
+  const base = path.resolve(dir);
+  return mountTable().filter((m) => m.mountPoint === base || m.mountPoint.startsWith(base + '/')).flatMap((m) => asFuseMount(m) ?? []);
 }
 
 /** Mounts fusectl if it is not mounted (a Debian system does not by default). Returns a problem, or undefined. */

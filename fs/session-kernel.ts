@@ -136,6 +136,10 @@ export class KernelSession implements FuseSession {
     process.env.UV_THREADPOOL_SIZE ??= '16';
   }
 
+  private program(name: string): string {
+    return this.options.program?.(name) ?? name;
+  }
+
   requestCounts(): Record<string, number> {
     const counts = { ...this.counts };
     for (const [op, n] of Object.entries(this.reader?.answered() ?? {})) if (n) counts[op] = (counts[op] ?? 0) + n;
@@ -164,7 +168,7 @@ export class KernelSession implements FuseSession {
     const inited = new Promise<void>((resolve, reject) => (this.onInit = (err) => (err ? reject(err) : resolve())));
     try {
       // -i: no /sbin/mount.fuse.fscache helper; the mount syscall itself with our descriptor.
-      await runMount(['-i', '-t', 'fuse.fscache', '-o', options, o.fsname, o.mountpoint], this.fd);
+      await runMount(this.program('mount'), ['-i', '-t', 'fuse.fscache', '-o', options, o.fsname, o.mountpoint], this.fd);
     } catch (err) {
       fs.closeSync(this.fd);
       this.fd = -1;
@@ -203,8 +207,8 @@ export class KernelSession implements FuseSession {
   async detach(): Promise<void> {
     // A lazy unmount: the name goes now, users keep the files they have open or mapped,
     // and the kernel ends the connection when the last one is gone.
-    const ok = await run('umount', ['-l', this.options.mountpoint]);
-    if (!ok) await run('fusermount', ['-uz', this.options.mountpoint]);
+    const ok = await run(this.program('umount'), ['-l', this.options.mountpoint]);
+    if (!ok) await run(this.program('fusermount'), ['-uz', this.options.mountpoint]);
   }
 
   closed(): Promise<void> {
@@ -794,9 +798,9 @@ function sized(value: Buffer, size: number): Buffer {
 }
 
 /** mount(8) with `fd` as its descriptor 3; rejects with its stderr. */
-function runMount(args: string[], fd: number): Promise<void> {
+function runMount(mount: string, args: string[], fd: number): Promise<void> {
   return new Promise((resolve, reject) => {
-    const child = spawn('mount', args, { stdio: ['ignore', 'ignore', 'pipe', fd] });
+    const child = spawn(mount, args, { stdio: ['ignore', 'ignore', 'pipe', fd] });
     let stderr = '';
     child.stderr!.on('data', (d) => (stderr += d));
     child.on('error', reject);

@@ -107,7 +107,7 @@ export class Libfuse2Session implements FuseSession {
   async detach(): Promise<void> {
     // fusermount -uz: a lazy unmount; users keep the files they have open or mapped.
     await new Promise<void>((resolve) =>
-      execFile('fusermount', ['-uz', this.options.mountpoint], () => resolve()),
+      execFile(this.options.program?.('fusermount') ?? 'fusermount', ['-uz', this.options.mountpoint], () => resolve()),
     );
   }
 

@@ -72,6 +72,12 @@ export interface SessionOptions {
   entryTimeout: number;
   negativeTimeout: number;
   fsname: string;
+  /**
+   * The absolute path of a program the session runs (mount, umount, fusermount): found in
+   * the real tree by the caller (fs/programs.ts), never through PATH. Default: the bare name,
+   * for sessions mounted outside any root (protocol tests).
+   */
+  program?: (name: string) => string;
 }
 
 export interface FuseSession {

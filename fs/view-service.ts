@@ -16,6 +16,7 @@ import { supervisorPidFromEnv, watchSupervisor } from './orphan-watch';
 import type { Paths } from './paths';
 import { checkFuseDevice, checkRealTree, prepareMountPoint } from './preflight';
 import type { FuseSession } from './session';
+import { programPath } from './programs';
 import { createSession } from './sessions';
 import { Store, StoreCounters } from './store';
 import { View, ViewCounters } from './view';
@@ -92,6 +93,7 @@ export class RunningView {
       entryTimeout: config.entryTimeout,
       negativeTimeout: config.negativeTimeout,
       fsname: 'fscache',
+      program: (name) => programPath(paths, name),
     });
     watcher.onInvalidate = (rel) => session.invalidate('/' + rel);
     watcher.onForgetAll = () => {

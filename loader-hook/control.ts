@@ -11,9 +11,8 @@ import * as path from 'path';
 import { FsCacheError } from '../fs/errors';
 import type { Paths } from '../fs/paths';
 import { randomizerNodeFlags } from '../elf/node-flags';
+import { selfCommand } from '../fs/self-command';
 import { hookPaths } from './images';
-
-import { CLI_ENTRY } from '../fs/package-root';
 
 /** The daemon's pid if it runs (pid file names a live `fscache ... daemon` process). */
 export function daemonPid(paths: Paths): number | undefined {
@@ -40,9 +39,10 @@ export async function startDaemon(paths: Paths, configFile?: string, timeoutMs =
   const hp = hookPaths(paths);
   fs.mkdirSync(path.dirname(hp.pidFile), { recursive: true, mode: 0o755 });
   const log = fs.openSync(hp.logFile, 'a', 0o640);
-  const args = [CLI_ENTRY, '--root', paths.root, ...(configFile ? ['--config', configFile] : []), 'daemon'];
+  const self = selfCommand(paths); // node and the CLI from the real tree, never through the view
+  const args = [self.cli, '--root', paths.root, ...(configFile ? ['--config', configFile] : []), 'daemon'];
   // The daemon's Node runs with the randomizer's flags (see elf/node-flags.ts).
-  const child = spawn(process.execPath, [...randomizerNodeFlags(), ...args], { detached: true, stdio: ['ignore', log, log] });
+  const child = spawn(self.node, [...randomizerNodeFlags(), ...args], { detached: true, stdio: ['ignore', log, log] });
   fs.closeSync(log);
   child.unref();
   fs.writeFileSync(hp.pidFile, `${child.pid}\n`);

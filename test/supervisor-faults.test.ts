@@ -11,7 +11,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { runInChroot } from '../cli/demo';
 import { defaultConfig } from '../fs/config';
-import { abortConnection, fuseMountAt, mountTable } from '../fs/fusectl';
+import { abortConnection, fuseMountAt, fuseMountsBelow } from '../fs/fusectl';
 import { linkTargetPath, readLinkState, switchLink } from '../fs/link';
 import { derivePaths } from '../fs/paths';
 import { inRealTree } from '../fs/self-command';
@@ -93,9 +93,7 @@ maybe('supervisor faults', () => {
       }
     }
     if (ops) {
-      for (const m of mountTable()) {
-        if (m.mountpoint.startsWith(ops.root + '/') && m.fstype.startsWith('fuse')) abortConnection(m.minor);
-      }
+      for (const m of fuseMountsBelow(ops.root)) abortConnection(m.minor);
     }
     await ops?.dispose();
     ops = undefined;
@@ -283,10 +281,11 @@ maybe('supervisor faults', () => {
 
   test('fusectl is mounted when it is missing (in a private mount namespace)', () => {
     const script = `
-      const { ensureFusectl, mountTable, FUSECTL_DIR } = require(${JSON.stringify(path.resolve('dist/fs/fusectl.js'))});
+      const { ensureFusectl, FUSECTL_DIR } = require(${JSON.stringify(path.resolve('dist/fs/fusectl.js'))});
+      const { mountTable } = require(${JSON.stringify(path.resolve('dist/fs/mounts.js'))});
       const { derivePaths } = require(${JSON.stringify(path.resolve('dist/fs/paths.js'))});
       const { defaultConfig } = require(${JSON.stringify(path.resolve('dist/fs/config.js'))});
-      const has = () => mountTable().some((m) => m.mountpoint === FUSECTL_DIR && m.fstype === 'fusectl');
+      const has = () => mountTable().some((m) => m.mountPoint === FUSECTL_DIR && m.fstype === 'fusectl');
       const before = has();
       const problem = ensureFusectl(derivePaths('/nonexistent-root', defaultConfig()));
       console.log(JSON.stringify({ before, problem: problem ?? null, after: has() }));`;
