@@ -1,8 +1,9 @@
 /**
  * The pause of a package transaction. While R/run/fscache/paused exists, R/usr stays on
- * the real tree: a package manager writes there (the view is read-only, the mirror is a
- * copy that the next sync would overwrite), and the supervisor does not switch back to
- * the view. The view stays mounted meanwhile, so programs started from it keep running.
+ * the real tree: a package manager writes there (the view and the mirror are read-only, and
+ * a write into the mirror would be undone by the next sync), the supervisor does not switch
+ * back to the view, and a mirror sync does not switch back to the mirror. The view stays
+ * mounted meanwhile, so programs started from it keep running.
  *
  * The file names its holders (who paused, with pid and time): a transaction can nest
  * another (Portage merges the new version, then unmerges the old one, each with its own
