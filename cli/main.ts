@@ -12,6 +12,7 @@ import { registerHookVerbs } from './hook-verbs';
 // the view from the view's own process waits for itself.
 const demo = () => import('./demo');
 const ops = () => import('./ops');
+const pkg = () => import('./pkg');
 const status = () => import('./status');
 
 // The local time zone is read (/etc/localtime, a link into /usr/share/zoneinfo) when the
@@ -68,6 +69,18 @@ program
   .command('stop')
   .description('switch R/usr back to the real tree, then detach the view; programs using it keep running; idempotent')
   .action(async () => (await ops()).stopVerb(contextFrom(globals())));
+
+program
+  .command('pause')
+  .description('before a package transaction: switch R/usr to the real tree and keep it there until resume (the hooks start installs run it)')
+  .option('--holder <name>', 'who pauses; R/usr goes back when every holder has resumed', 'manual')
+  .action(async (opts: { holder: string }) => (await pkg()).pauseVerb(contextFrom(globals()), opts.holder));
+
+program
+  .command('resume')
+  .description('after a package transaction: switch R/usr back to the view (mirror mode: sync the mirror first; if that fails R/usr stays on the real tree)')
+  .option('--holder <name>', 'end only this holder\'s pause (default: every pause)')
+  .action(async (opts: { holder?: string }) => (await pkg()).resumeVerb(contextFrom(globals()), opts.holder));
 
 program
   .command('sync')

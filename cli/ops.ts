@@ -12,6 +12,7 @@ import { checkMayClear, clearMountPoint } from '../fs/stale';
 import { readSupervisorRecord, readSupervisorState, Supervisor, supervisorStateFile } from '../fs/supervisor';
 import { syncStore } from '../fs/sync';
 import type { Context } from './context';
+import { packageHooksOnStart, packageHooksOnStop } from './pkg';
 
 const out = (s: string): void => void process.stdout.write(s + '\n');
 
@@ -84,6 +85,7 @@ async function stopHook(ctx: Context): Promise<void> {
 
 export async function startVerb(ctx: Context, foreground: boolean, extraArgs: string[]): Promise<number> {
   checkLinkIsOurs(ctx);
+  packageHooksOnStart(ctx);
   await startHook(ctx);
   if (ctx.config.mode === 'mirror') {
     out(await startMirror(ctx.paths, ctx.log));
@@ -144,6 +146,7 @@ async function replaceStale(ctx: Context, stopByHand = false): Promise<void> {
 }
 
 export async function stopVerb(ctx: Context): Promise<void> {
+  packageHooksOnStop(ctx);
   if (mirrorMounted(ctx.paths) || (ctx.config.mode === 'mirror' && !readSupervisorState(ctx.paths))) {
     out(stopMirror(ctx.paths));
     return stopHook(ctx);

@@ -15,9 +15,11 @@ import * as path from 'path';
 import type { Config } from './config';
 import { FsCacheError } from './errors';
 import { identityOf } from './identity';
+import type { IndexEntry } from './index-db';
 import { readLinkState, switchLink } from './link';
 import type { Logger } from './log';
 import { isFuse, mountAt } from './mounts';
+import { isPaused } from './pause';
 import type { Paths } from './paths';
 import { programPath } from './programs';
 
@@ -103,7 +105,8 @@ async function syncMirror(paths: Paths, log: Logger, options: SyncOptions): Prom
   if (serving) switchLink(paths, 'real');
   const r = await rsync(paths, args, options, log);
   if (!options.dryRun) fs.writeFileSync(mirrorMarker(paths), JSON.stringify({ completedAt: Date.now(), rsyncExit: r.exit }) + '\n');
-  if (serving) switchLink(paths, 'mirror');
+  // A package transaction that paused meanwhile keeps R/usr on the real tree (its resume syncs and switches).
+  if (serving && !isPaused(paths)) switchLink(paths, 'mirror');
   return {
     mode: 'mirror',
     transferred: r.itemized.filter((l) => /^[<>c]f/.test(l)).length,
@@ -118,6 +121,10 @@ async function syncViewStore(paths: Paths, log: Logger, options: SyncOptions): P
   const index = StoreIndex.open(paths.index, log);
   try {
     const entries = index.all();
+    // rsync's quick check compares size and mtime only, and a package's files carry their build's
+    // mtime in whole seconds: the copy of a file since replaced (another inode) is removed first,
+    // so that rsync copies the new file rather than the index taking the old copy for it.
+    if (!options.dryRun) for (const e of entries) if (replacedSince(paths, e)) fs.rmSync(path.join(paths.store, e.path), { force: true });
     const list = path.join(paths.storePartial, `sync-list-${process.pid}`);
     fs.mkdirSync(paths.storePartial, { recursive: true, mode: 0o700 });
     fs.writeFileSync(list, entries.map((e) => e.path).join('\0'));
@@ -158,6 +165,14 @@ async function syncViewStore(paths: Paths, log: Logger, options: SyncOptions): P
     return result;
   } finally {
     index.close();
+  }
+}
+
+function replacedSince(paths: Paths, entry: IndexEntry): boolean {
+  try {
+    return fs.lstatSync(path.join(paths.realTree, entry.path), { bigint: true }).ino !== entry.ino;
+  } catch {
+    return false; // gone: dropped below
   }
 }
 

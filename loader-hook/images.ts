@@ -28,6 +28,7 @@ import { identityOf, RealIdentity, sameIdentity } from '../fs/identity';
 import { StoreIndex } from '../fs/index-db';
 import type { Logger } from '../fs/log';
 import type { Paths } from '../fs/paths';
+import { writeAtomic } from '../fs/write-atomic';
 import { RealPathError, realTreePath, realTreePathOrUndefined } from './real-path';
 
 export type ImageKey = string;
@@ -98,34 +99,8 @@ function bootId(): string {
   }
 }
 
-/** Writes `data` to `file` atomically: temporary name in the same directory, fsync, rename, fsync dir. */
-export function writeAtomic(file: string, data: Uint8Array | string, mode: number): void {
-  const dir = path.dirname(file);
-  const tmp = path.join(dir, `.${path.basename(file)}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`);
-  let fd = -1;
-  try {
-    fd = fs.openSync(tmp, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL | O_NOFOLLOW, mode);
-    const bytes = typeof data === 'string' ? Buffer.from(data) : data;
-    for (let off = 0; off < bytes.length; ) off += fs.writeSync(fd, bytes, off, bytes.length - off);
-    fs.fchmodSync(fd, mode); // the umask must not decide what the hook trusts
-    fs.fchownSync(fd, 0, 0);
-    fs.fsyncSync(fd);
-    fs.closeSync(fd);
-    fd = -1;
-    fs.renameSync(tmp, file);
-  } catch (e) {
-    if (fd >= 0) fs.closeSync(fd);
-    fs.rmSync(tmp, { force: true });
-    throw e;
-  }
-  try {
-    const dfd = fs.openSync(dir, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY);
-    fs.fsyncSync(dfd);
-    fs.closeSync(dfd);
-  } catch {
-    // a directory fsync failing loses durability, not correctness
-  }
-}
+// One atomic write for the whole project; re-exported for env.ts and older callers.
+export { writeAtomic };
 
 /** A root-owned 0755 directory (created or fixed), refusing a symlink in its place. */
 function ensureRootDir(dir: string): void {
