@@ -23,6 +23,7 @@ import { abortMount, ensureFusectl, fuseMountAt, lazyDetach } from './fusectl';
 import { readLinkState, switchLink } from './link';
 import type { Logger } from './log';
 import { SUPERVISOR_PID_ENV } from './orphan-watch';
+import { isPaused, pauseFile } from './pause';
 import type { Paths } from './paths';
 import { Prober, ProbeFailure } from './probe';
 import { selfCommand, SelfCommand } from './self-command';
@@ -72,21 +73,6 @@ export function readSupervisorRecord(paths: Paths): { state: SupervisorState; al
 export function readSupervisorState(paths: Paths): SupervisorState | undefined {
   const r = readSupervisorRecord(paths);
   return r?.alive ? r.state : undefined;
-}
-
-/** The pause contract: while this file exists, R/usr is never switched to the view. */
-export function pauseFile(paths: Paths): string {
-  return path.join(paths.runDir, 'paused');
-}
-
-export function isPaused(paths: Paths): boolean {
-  try {
-    const st = fs.lstatSync(pauseFile(paths));
-    // Only a root-owned regular file is ours: trust only root-owned state.
-    return st.isFile() && st.uid === 0;
-  } catch {
-    return false;
-  }
 }
 
 /**
