@@ -7,7 +7,8 @@
  *
  * View mode runs on a whole root (R/usr.real an overlay over this machine's /usr); mirror
  * mode on a small real tree (sh and python3 with its library), which its sync copies whole.
- * fscache runs from the checkout with --root R. Every call is bounded; cleanup aborts FUSE
+ * fscache runs from the checkout with --root R, and, for the cuts during rerandomize and warm, as
+ * the package installed inside the root (chroot R, the hook on). Every call is bounded; cleanup aborts FUSE
  * connections before unmounting, also after a failure.
  */
 import { ChildProcess, execFileSync, spawn } from 'child_process';
@@ -259,6 +260,43 @@ maybe('power cut', () => {
     await expectOk('start', fscache(root, ['start']));
     await expectOk('launch', launch(['/usr/bin/python3', '-c', 'import json']));
     await expectOk('stop', fscache(root, ['stop']));
+    expect(fs.readlinkSync(path.join(root, 'usr'))).toBe('usr.real');
+  }, 600000);
+
+  test('installed in the root, hook on: during rerandomize and during warm, R/usr boots the real tree and the leftover LD_AUDIT says nothing', async () => {
+    const c = wholeCutRoot(`access_flush_ms = 200\n${session ? `fuse_session = ${session}\n` : ''}`);
+    cut = c;
+    const { root, wr } = c;
+    /** The LD_AUDIT a login gets from R/etc/environment after the cut (start wrote it; nothing removed it). */
+    const leftoverAudit = () => /^LD_AUDIT=["']?([^"'\n]*)/m.exec(fs.readFileSync(path.join(root, 'etc', 'environment'), 'utf8'))?.[1];
+    const expectQuietWithAudit = async (moment: string) => {
+      const audit = leftoverAudit();
+      expect({ moment, audit: !!audit }).toEqual({ moment, audit: true });
+      // Set inside the root (env(1)): given to chroot(8), the host's loader would look for the auditor on the host.
+      const r = await wr.run(['/usr/bin/env', `LD_AUDIT=${audit}`, '/usr/bin/python3', '-c', 'import json'], { timeoutMs: 30000 });
+      expect({ moment, code: r.code, stderr: r.stderr }).toEqual({ moment, code: 0, stderr: '' });
+    };
+
+    // 5. During rerandomize: run by the installed package inside the root, as an administrator would.
+    await expectOk('start (installed)', wr.fscache(['start'], { timeoutMs: 60000 }));
+    await expectOk('git through the view', wr.run(['/usr/bin/git', '--version'], { timeoutMs: 30000 }));
+    const rerandomize = wr.spawnIn(['/usr/bin/fscache', 'rerandomize']);
+    await sleep(150);
+    const rerandomizeAt = when(rerandomize);
+    c.powerCut();
+    await expectBoots(root, `during rerandomize (installed, hook on), ${rerandomizeAt}`);
+    await expectQuietWithAudit('after a cut during rerandomize');
+
+    // 6. During warm (the daemon and warm randomizing libraries).
+    await expectOk('start again (installed)', wr.fscache(['start'], { timeoutMs: 60000 }));
+    const warm = wr.spawnIn(['/usr/bin/fscache', 'warm']);
+    await sleep(1500);
+    const warmAt = when(warm);
+    c.powerCut();
+    await expectBoots(root, `during warm (installed, hook on), ${warmAt}`);
+    await expectQuietWithAudit('after a cut during warm');
+    await expectOk('start after the cuts (installed)', wr.fscache(['start'], { timeoutMs: 60000 }));
+    await expectOk('stop (installed)', wr.fscache(['stop'], { timeoutMs: 60000 }));
     expect(fs.readlinkSync(path.join(root, 'usr'))).toBe('usr.real');
   }, 600000);
 

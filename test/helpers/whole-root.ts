@@ -31,6 +31,7 @@ export interface RunResult {
 
 export interface RunOptions {
   timeoutMs?: number;
+  /** Added to INIT_ENV. chroot(8) gets it too, and the host's loader reads LD_* variables: set those inside with /usr/bin/env. */
   env?: Record<string, string>;
   /** Run as this uid/gid (setpriv), e.g. 65534 for an unprivileged attacker. */
   asUser?: number;
@@ -175,7 +176,11 @@ export function createWholeRoot(options: { config?: string; prefix?: string } = 
     fscache: (args, o) => run(['/usr/bin/fscache', ...args], o),
     spawnIn(argv, o = {}) {
       const inner = o.asUser !== undefined ? ['/usr/bin/setpriv', `--reuid=${o.asUser}`, `--regid=${o.asUser}`, '--clear-groups', ...argv] : argv;
-      return spawn(CHROOT, [root, ...inner], { env: { ...INIT_ENV, ...o.env }, cwd: '/', stdio: ['ignore', 'pipe', 'pipe'] });
+      const child = spawn(CHROOT, [root, ...inner], { env: { ...INIT_ENV, ...o.env }, cwd: '/', stdio: ['ignore', 'pipe', 'pipe'] });
+      // Drained unless a caller listens: a full pipe must not stop the program.
+      child.stdout!.resume();
+      child.stderr!.resume();
+      return child;
     },
     processesInside: () => processesWithRootIn(root),
     abortFuse: () => abortFuseBelow(root),
