@@ -9,7 +9,7 @@
  * as a package would be (the hook runs it from there, inside the chroot), an empty dpkg
  * database. fscache is run inside the root (chroot, root /) as its package installs it.
  */
-import { ChildProcess, execFileSync, spawn, spawnSync } from 'child_process';
+import { ChildProcess, execFileSync, spawnSync } from 'child_process';
 import { createHash } from 'crypto';
 import * as fs from 'fs';
 import * as os from 'os';
@@ -23,7 +23,7 @@ import { derivePaths, Paths } from '../fs/paths';
 import { parseConfig } from '../fs/config';
 import { dpkgHookFile, dpkgHookText, hookCommand, installPackageHooks, portageBashrc, portageBlock, removePackageHooks } from '../fs/pkg-hooks';
 import { PACKAGE_ROOT } from '../fs/package-root';
-import { abortFuseBelow } from './helpers/whole-root';
+import { createWholeRoot, WholeRoot } from './helpers/whole-root';
 import { fuseAvailable, waitFor } from './helpers/view-sandbox';
 
 const skip = fuseAvailable() ?? (fs.existsSync('/usr/bin/dpkg-deb') && fs.existsSync('/usr/bin/gcc') ? undefined : 'dpkg-deb or gcc missing');
@@ -31,7 +31,6 @@ const maybe = skip ? describe.skip : describe;
 if (skip) console.warn(`package tests skipped: ${skip}`);
 
 const sha256 = (b: Buffer) => createHash('sha256').update(b).digest('hex');
-const CHROOT_ENV = { PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', HOME: '/root', LANG: 'C' };
 /** Large trees of /usr that neither dpkg nor the test program needs (whited out in the overlay). */
 const PRUNED = ['lib/google-cloud-sdk', 'lib/jvm', 'lib/llvm-14', 'lib/postgresql', 'lib/gcc', 'local', 'include', 'share/doc', 'share/locale', 'share/man', 'share/package-lists'];
 
@@ -41,86 +40,28 @@ interface Run {
   stderr: string;
 }
 
-function mountInfo(): Array<{ dir: string; fstype: string; minor: number }> {
-  return fs.readFileSync('/proc/self/mountinfo', 'utf8').trim().split('\n').map((l) => {
-    const f = l.split(' ');
-    const dash = f.indexOf('-');
-    return { dir: f[4].replace(/\\([0-7]{3})/g, (_m, o) => String.fromCharCode(parseInt(o, 8))), fstype: f[dash + 1], minor: Number(f[2].split(':')[1]) };
-  });
-}
-
-/** Processes whose root directory is `root` (started by chroot into it). */
-function processesIn(root: string): number[] {
-  return fs.readdirSync('/proc').filter((n) => /^\d+$/.test(n)).filter((n) => {
-    try {
-      return fs.readlinkSync(`/proc/${n}/root`) === root;
-    } catch {
-      return false;
-    }
-  }).map(Number);
-}
-
-/** A whole root for package tests; everything it made is undone by dispose(), also after a failure. */
+/** A whole root for package tests (test/helpers/whole-root.ts), with what these tests add to it. */
 class PkgRoot {
-  readonly base = fs.mkdtempSync(path.join(os.tmpdir(), 'fscache-pkg-'));
-  readonly root = path.join(this.base, 'root');
-  paths!: Paths;
+  readonly paths: Paths;
   readonly children = new Set<ChildProcess>();
-  /** The installed package, inside the real tree. */
-  pkgDir!: string;
 
-  constructor(configText: string) {
-    try {
-      this.build(configText);
-    } catch (err) {
-      this.unmountAll();
-      throw err;
-    }
+  private constructor(readonly wr: WholeRoot, configText: string) {
+    this.paths = derivePaths(wr.root, parseConfig(configText, 'test config'));
   }
 
-  private build(configText: string): void {
-    const session = process.env.FSCACHE_TEST_SESSION ? `fuse_session = ${process.env.FSCACHE_TEST_SESSION}\n` : '';
-    const config = parseConfig(configText + session, 'test config');
-    this.paths = derivePaths(this.root, config);
-    const r = this.root;
-    const upper = path.join(this.base, 'upper');
-    const work = path.join(this.base, 'work');
-    for (const d of [r, upper, work, this.paths.realTree]) fs.mkdirSync(d, { recursive: true });
-    for (const p of PRUNED) {
-      if (!fs.existsSync(path.join('/usr', p))) continue;
-      fs.mkdirSync(path.dirname(path.join(upper, p)), { recursive: true });
-      execFileSync('mknod', [path.join(upper, p), 'c', '0', '0']); // an overlay whiteout
-    }
-    execFileSync('mount', ['-t', 'overlay', 'overlay', '-o', `lowerdir=/usr,upperdir=${upper},workdir=${work}`, this.paths.realTree]);
-    fs.symlinkSync('usr.real', this.paths.usrLink); // as `fscache setup` leaves it
-    for (const d of ['bin', 'sbin', 'lib', 'lib64']) fs.symlinkSync(`usr/${d}`, path.join(r, d));
-    for (const d of ['etc/dpkg/dpkg.cfg.d', 'var/lib/dpkg/info', 'var/lib/dpkg/updates', 'var/lib/dpkg/triggers', 'var/log', 'root', 'dev', 'proc', 'sys', 'run/fscache']) {
-      fs.mkdirSync(path.join(r, d), { recursive: true });
-    }
-    for (const f of ['status', 'available']) fs.writeFileSync(path.join(r, 'var/lib/dpkg', f), '');
-    for (const f of ['passwd', 'group', 'nsswitch.conf', 'ld.so.cache', 'ld.so.conf']) {
-      if (fs.existsSync(`/etc/${f}`)) fs.copyFileSync(`/etc/${f}`, path.join(r, 'etc', f));
-    }
-    fs.writeFileSync(path.join(r, 'etc/fscache.conf'), configText + session);
-    fs.mkdirSync(path.join(r, 'tmp'), { mode: 0o1777 });
-    fs.chmodSync(path.join(r, 'tmp'), 0o1777);
-    for (const [name, major, minor] of [['null', 1, 3], ['zero', 1, 5], ['urandom', 1, 9], ['random', 1, 8], ['fuse', 10, 229]] as const) {
-      execFileSync('mknod', ['-m', '666', path.join(r, 'dev', name), 'c', String(major), String(minor)]);
-    }
-    execFileSync('mount', ['-t', 'proc', 'proc', path.join(r, 'proc')]);
-    execFileSync('mount', ['-t', 'sysfs', 'sysfs', path.join(r, 'sys')]);
-    // fscache as its package installs it: the built checkout and its modules, inside the real tree.
-    this.pkgDir = path.join(this.paths.realTree, 'lib', 'fscache');
-    fs.mkdirSync(this.pkgDir);
-    for (const f of ['package.json', 'bin', 'dist', 'loader-hook', 'native']) execFileSync('cp', ['-a', path.join(PACKAGE_ROOT, f), this.pkgDir]);
-    execFileSync('cp', ['-a', fs.realpathSync(path.join(PACKAGE_ROOT, 'node_modules')), path.join(this.pkgDir, 'node_modules')]);
-    fs.rmSync(path.join(this.paths.realTree, 'bin', 'fscache'), { force: true });
-    fs.symlinkSync('../lib/fscache/bin/fscache', path.join(this.paths.realTree, 'bin', 'fscache'));
+  get root(): string {
+    return this.wr.root;
+  }
+
+  /** The installed package, inside the real tree. */
+  get pkgDir(): string {
+    return this.wr.packageDir;
   }
 
   /** A root as `fscache setup --yes` leaves it (run inside the root: R/usr.view and its links). */
   static async create(configText: string): Promise<PkgRoot> {
-    const r = new PkgRoot(configText);
+    const session = process.env.FSCACHE_TEST_SESSION ? `fuse_session = ${process.env.FSCACHE_TEST_SESSION}\n` : '';
+    const r = new PkgRoot(createWholeRoot({ config: configText + session, prune: PRUNED, prefix: 'fscache-pkg-' }), configText + session);
     const setup = await r.cli(['setup', '--yes']);
     if (setup.code !== 0) {
       await r.dispose();
@@ -134,30 +75,15 @@ class PkgRoot {
     return this.chroot(['/usr/bin/fscache', ...args], timeout);
   }
 
-  /** Runs argv in `chroot R`; bounded: past the deadline it is killed, and the FUSE connections under R aborted if it hangs on one. */
-  chroot(argv: string[], timeout = 120000): Promise<Run> {
-    const child = spawn('chroot', [this.root, ...argv], { env: CHROOT_ENV, cwd: '/', stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout!.on('data', (d) => (stdout += d));
-    child.stderr!.on('data', (d) => (stderr += d));
-    return new Promise((resolve) => {
-      const timer = setTimeout(() => {
-        stderr += `\n(killed after ${timeout} ms)`;
-        child.kill('SIGKILL');
-        // A process stuck on a FUSE request ignores SIGKILL until its connection is aborted.
-        setTimeout(() => child.exitCode === null && child.signalCode === null && abortFuseBelow(this.root), 1000);
-      }, timeout);
-      child.on('close', (code) => {
-        clearTimeout(timer);
-        resolve({ code, stdout, stderr });
-      });
-    });
+  /** Runs argv in `chroot R`, bounded (whole-root's run). */
+  async chroot(argv: string[], timeout = 120000): Promise<Run> {
+    const r = await this.wr.run(argv, { timeoutMs: timeout });
+    return { code: r.code, stdout: r.stdout, stderr: r.stderr + (r.timedOut ? `\n(killed after ${timeout} ms)` : '') };
   }
 
   /** A program running inside the root; its output so far in `output()`. */
   spawn(argv: string[]): { child: ChildProcess; output: () => string } {
-    const child = spawn('chroot', [this.root, ...argv], { env: CHROOT_ENV, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = this.wr.spawnIn(argv);
     this.children.add(child);
     let out = '';
     child.stdout!.on('data', (d) => (out += d));
@@ -167,32 +93,7 @@ class PkgRoot {
 
   async dispose(): Promise<void> {
     for (const c of this.children) c.kill('SIGKILL');
-    if (this.paths && fs.existsSync(this.paths.realTree)) await this.cli(['stop'], 30000);
-    for (let i = 0; i < 3; i++) {
-      abortFuseBelow(this.root);
-      for (const pid of processesIn(this.root)) {
-        try {
-          process.kill(pid, 'SIGKILL');
-        } catch {
-          // gone
-        }
-      }
-      await new Promise((res) => setTimeout(res, 200));
-    }
-    this.unmountAll();
-  }
-
-  /** Every mount below the root, deepest first; the temp dirs go once none is left. */
-  unmountAll(): void {
-    const below = () => mountInfo().filter((m) => m.dir === this.root || m.dir.startsWith(this.root + '/')).sort((a, b) => b.dir.length - a.dir.length);
-    // A FUSE mount left behind may hang whoever touches it: abort its connection first (never stat it).
-    const fuse = below().filter((m) => m.fstype.startsWith('fuse'));
-    if (fuse.length) {
-      spawnSync('sh', ['-c', 'mountpoint -q /sys/fs/fuse/connections || mount -t fusectl fusectl /sys/fs/fuse/connections'], { timeout: 5000 });
-      for (const m of fuse) spawnSync('sh', ['-c', `echo 1 > /sys/fs/fuse/connections/${m.minor}/abort`], { timeout: 5000 });
-    }
-    for (const m of below()) spawnSync('umount', ['-l', m.dir], { timeout: 10000 });
-    if (below().length === 0) fs.rmSync(this.base, { recursive: true, force: true });
+    await this.wr.dispose();
   }
 }
 
@@ -245,7 +146,7 @@ maybe('package managers while fscache runs', () => {
 
   /** Copies the debs into R/tmp; returns their paths as seen inside the root. */
   function debsInRoot(r: PkgRoot): Debs {
-    const built = buildDebs(fs.mkdtempSync(path.join(r.base, 'debs-')));
+    const built = buildDebs(fs.mkdtempSync(path.join(r.root, '.debs-')));
     const inRoot = {} as Debs;
     for (const v of [1, 2, 'broken'] as const) {
       fs.copyFileSync(built[v], path.join(r.root, 'tmp', path.basename(built[v])));

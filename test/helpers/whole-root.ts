@@ -134,7 +134,14 @@ function unmountBelow(dir: string): void {
   for (const m of mountsBelow(dir)) spawnSync('umount', ['-l', m], { stdio: 'ignore', timeout: 10000 });
 }
 
-export function createWholeRoot(options: { config?: string; prefix?: string } = {}): WholeRoot {
+export interface WholeRootOptions {
+  config?: string;
+  prefix?: string;
+  /** Trees of /usr (relative) whited out in the overlay: what a test's full copy (a mirror sync) need not carry. */
+  prune?: string[];
+}
+
+export function createWholeRoot(options: WholeRootOptions = {}): WholeRoot {
   const root = fs.realpathSync(fs.mkdtempSync(path.join(os.tmpdir(), options.prefix ?? 'fscache-root-')));
   const realTree = path.join(root, 'usr.real');
   const packageDir = path.join(realTree, 'lib', 'fscache');
@@ -211,6 +218,11 @@ export function createWholeRoot(options: { config?: string; prefix?: string } = 
 
   try {
     for (const d of ['upper', 'work']) fs.mkdirSync(path.join(layers, d), { recursive: true });
+    for (const p of options.prune ?? []) {
+      if (!fs.existsSync(path.join('/usr', p))) continue;
+      fs.mkdirSync(path.dirname(path.join(layers, 'upper', p)), { recursive: true });
+      execFileSync('mknod', [path.join(layers, 'upper', p), 'c', '0', '0']); // an overlay whiteout
+    }
     fs.mkdirSync(realTree);
     mount(['-t', 'overlay', 'overlay', '-o', `lowerdir=/usr,upperdir=${layers}/upper,workdir=${layers}/work`, realTree]);
     // fscache as a package installs it: its files in /usr/lib/fscache, its command in /usr/bin.
