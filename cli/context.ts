@@ -19,6 +19,6 @@ export interface Context {
 export function contextFrom(opts: GlobalOptions): Context {
   const root = path.resolve(opts.root ?? process.env.FSCACHE_ROOT ?? '/');
   const configFile = opts.config ? path.resolve(opts.config) : configFileFor(root);
-  const config = loadConfig(configFile);
+  const config = loadConfig(configFile, root);
   return { paths: derivePaths(root, config), config, configFile, log: makeLogger(config.logLevel) };
 }

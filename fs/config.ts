@@ -4,8 +4,9 @@
  * what it does; `fscache config --defaults` prints this table as a commented file.
  * An unknown key or a bad value is an error that names the key and what is allowed.
  */
-import * as fs from 'fs';
-import { FsCacheError, errnoCode } from './errors';
+import * as path from 'path';
+import { FsCacheError } from './errors';
+import { readTrustedFile } from './trust';
 
 export type Mode = 'view' | 'mirror';
 export type WatchMode = 'cached-dirs' | 'off';
@@ -238,15 +239,21 @@ export function parseConfig(text: string, where: string): Config {
 }
 
 /** Reads the config file; a missing file means all defaults. */
-export function loadConfig(file: string): Config {
-  let text: string;
+/**
+ * Reads the config, trusted only if it and the directories from R down to it are root's alone
+ * (fs/trust.ts): a config others can write chooses the store root serves from. A config given
+ * outside R (--config) is checked from its own directory.
+ */
+export function loadConfig(file: string, root = '/'): Config {
+  const inRoot = !path.relative(root, file).startsWith('..');
+  let text: string | undefined;
   try {
-    text = fs.readFileSync(file, 'utf8');
+    text = readTrustedFile(inRoot ? root : path.dirname(file), file);
   } catch (err) {
-    if (errnoCode(err) === 'ENOENT') return defaultConfig();
+    if (err instanceof FsCacheError) throw err;
     throw new FsCacheError('usage', `cannot read config ${file}: ${(err as Error).message}`);
   }
-  return parseConfig(text, file);
+  return text === undefined ? defaultConfig() : parseConfig(text, file);
 }
 
 /** The documented default config file: every key, its default and allowed values. */

@@ -23,6 +23,7 @@ import { identityOf, RealIdentity, sameIdentity } from './identity';
 import { IndexEntry, StoreIndex } from './index-db';
 import type { Logger } from './log';
 import type { Paths } from './paths';
+import { checkTrustedPath } from './trust';
 import type { Config } from './config';
 
 const COPY_CHUNK = 1 << 20;
@@ -83,6 +84,10 @@ export class Store {
     fs.mkdirSync(paths.flash, { recursive: true, mode: 0o700 });
     fs.mkdirSync(paths.store, { recursive: true, mode: 0o700 });
     fs.mkdirSync(paths.storePartial, { recursive: true, mode: 0o700 });
+    // A store or index that others can write (or a symlink to theirs) would let them choose
+    // the bytes root serves: refused, and the view serves the real tree (fs/trust.ts).
+    checkTrustedPath(paths.root, paths.storePartial);
+    checkTrustedPath(paths.root, paths.index);
   }
 
   copyPath(relPath: string): string {

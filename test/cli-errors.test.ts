@@ -103,7 +103,7 @@ maybe('mount-time errors', () => {
   test('a full flash store: files are still served right, status says degraded (exit 4)', async () => {
     vs = createViewSandbox({ copy: true, config: 'access_flush_ms = 100\n' });
     fs.mkdirSync(vs.paths.flash, { recursive: true });
-    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=256k', 'fscache-test-flash', vs.paths.flash]);
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=256k,mode=700', 'fscache-test-flash', vs.paths.flash]);
     const big = randomBytes(1024 * 1024);
     fs.mkdirSync(path.join(vs.paths.realTree, 'lib'));
     fs.writeFileSync(path.join(vs.paths.realTree, 'lib', 'libbig.so'), big);

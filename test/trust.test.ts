@@ -1,0 +1,78 @@
+/**
+ * Trust only root-owned state (issue 14, finding 1): a config, store or index that someone
+ * other than root can write, or a symlink in their place, is never used. The config is
+ * refused with exit 3 naming what is wrong; a store is refused by the view, which then
+ * serves the real tree (fail open) and says why.
+ */
+import { spawnSync } from 'child_process';
+import * as fs from 'fs';
+import * as os from 'os';
+import * as path from 'path';
+import { CLI_ENTRY } from '../fs/package-root';
+import { createViewSandbox, fuseAvailable, ViewSandbox } from './helpers/view-sandbox';
+
+const NOBODY = 65534;
+
+function cli(args: string[]): { code: number | null; stdout: string; stderr: string } {
+  const r = spawnSync(process.execPath, [CLI_ENTRY, ...args], { encoding: 'utf8', timeout: 30000 });
+  return { code: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+const asRoot = process.getuid?.() === 0;
+(asRoot ? describe : describe.skip)('the config is trusted only if root alone can write it', () => {
+  let root: string;
+  let conf: string;
+  beforeEach(() => {
+    root = fs.mkdtempSync(path.join(os.tmpdir(), 'fscache-trust-'));
+    fs.mkdirSync(path.join(root, 'etc'));
+    conf = path.join(root, 'etc', 'fscache.conf');
+    fs.writeFileSync(conf, 'mode = view\n');
+  });
+  afterEach(() => fs.rmSync(root, { recursive: true, force: true }));
+
+  test('a root-owned 0644 config is used', () => {
+    expect(cli(['--root', root, 'status', '--json']).code).toBe(7);
+  });
+
+  test('writable by others, owned by another user, or in a directory others can write: refused with exit 3', () => {
+    fs.chmodSync(conf, 0o666);
+    let r = cli(['--root', root, 'status']);
+    expect(r).toMatchObject({ code: 3, stderr: expect.stringMatching(/fscache.conf is writable by others \(mode 666\): fscache trusts only root-owned state/) });
+    fs.chmodSync(conf, 0o644);
+    fs.chownSync(conf, NOBODY, NOBODY);
+    r = cli(['--root', root, 'status']);
+    expect(r).toMatchObject({ code: 3, stderr: expect.stringMatching(/fscache.conf is owned by uid 65534, not root/) });
+    fs.chownSync(conf, 0, 0);
+    fs.chmodSync(path.join(root, 'etc'), 0o777);
+    r = cli(['--root', root, 'status']);
+    expect(r).toMatchObject({ code: 3, stderr: expect.stringMatching(/etc is writable by others/) });
+  });
+
+  test('a symlink in the config\'s place is refused, not followed', () => {
+    const elsewhere = path.join(root, 'their.conf');
+    fs.renameSync(conf, elsewhere);
+    fs.symlinkSync(elsewhere, conf);
+    const r = cli(['--root', root, 'status']);
+    expect(r).toMatchObject({ code: 3, stderr: expect.stringMatching(/fscache.conf is a symbolic link/) });
+  });
+});
+
+const skipView = fuseAvailable();
+(skipView ? describe.skip : describe)('a store others could write is not used', () => {
+  let vs: ViewSandbox | undefined;
+  afterEach(async () => {
+    await vs?.dispose();
+    vs = undefined;
+  });
+
+  test('store directory owned by another user: the view serves the real tree and says why', async () => {
+    vs = createViewSandbox();
+    const { paths } = vs;
+    fs.mkdirSync(paths.store, { recursive: true, mode: 0o700 });
+    fs.chownSync(paths.store, NOBODY, NOBODY);
+    const view = await vs.startView();
+    expect(view.state()?.storeTrouble).toMatch(/owned by uid 65534, not root.*serving the real tree only/);
+    // Still serving: the real tree's bytes.
+    expect(fs.readFileSync(vs.inView('bin/true')).equals(fs.readFileSync(path.join(paths.realTree, 'bin', 'true')))).toBe(true);
+  });
+});
