@@ -17,7 +17,8 @@ import * as path from 'path';
 import { isMountPoint, mountsBelow } from '../fs/mounts';
 import { CLI_ENTRY } from '../fs/package-root';
 import { makeSandbox, Sandbox } from '../fs/sandbox';
-import { abortFuseBelow, createWholeRoot, INIT_ENV, RunResult, WholeRoot, wholeRootAvailable } from './helpers/whole-root';
+import { abortFuseBelow, RunResult, runBounded } from './helpers/bounded';
+import { createWholeRoot, INIT_ENV, WholeRoot, wholeRootAvailable } from './helpers/whole-root';
 
 const skip = wholeRootAvailable();
 const maybe = skip ? describe.skip : describe;
@@ -26,27 +27,9 @@ if (skip) console.warn(`power-cut tests skipped: ${skip}`);
 const session = process.env.FSCACHE_TEST_SESSION;
 const CHROOT = ['/usr/sbin/chroot', '/usr/bin/chroot'].find((p) => fs.existsSync(p)) ?? 'chroot';
 
-/** Runs a command, bounded: past the deadline it is killed, and the FUSE connections under `root` are aborted if it still hangs. */
-function bounded(cmd: string, args: string[], root: string, timeoutMs: number): Promise<RunResult> {
-  const t0 = Date.now();
-  const child = spawn(cmd, args, { env: INIT_ENV, cwd: '/', stdio: ['ignore', 'pipe', 'pipe'] });
-  let stdout = '';
-  let stderr = '';
-  child.stdout!.on('data', (d) => (stdout += d));
-  child.stderr!.on('data', (d) => (stderr += d));
-  return new Promise((resolve) => {
-    let timedOut = false;
-    const timer = setTimeout(() => {
-      timedOut = true;
-      child.kill('SIGKILL');
-      setTimeout(() => child.exitCode === null && child.signalCode === null && abortFuseBelow(root), 1000);
-    }, timeoutMs);
-    child.on('close', (code, signal) => {
-      clearTimeout(timer);
-      resolve({ code, signal, stdout, stderr, ms: Date.now() - t0, timedOut });
-    });
-  });
-}
+/** Runs a command with the init-like environment, bounded (test/helpers/bounded.ts). */
+const bounded = (cmd: string, args: string[], root: string, timeoutMs: number): Promise<RunResult> =>
+  runBounded(cmd, args, { abortBelow: root, timeoutMs, env: INIT_ENV });
 
 /** fscache from the checkout, on the host, with --root R (as the lead's brief: not yet installed in R). */
 const fscache = (root: string, args: string[], timeoutMs = 60000) => bounded(process.execPath, [CLI_ENTRY, '--root', root, ...args], root, timeoutMs);

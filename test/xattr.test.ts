@@ -60,7 +60,7 @@ maybe.each(['kernel', 'libfuse2'])('xattrs through the view (fuse_session = %s)'
     const mount = vs.paths.viewMount;
     // What getfattr (run here, on the host side) prints for a file, with the file's path cut out.
     const getfattr = async (args: string[], file: string, prefix: string) => {
-      const r = await runBounded('getfattr', ['--absolute-names', '--no-dereference', ...args, file], mount);
+      const r = await runBounded('getfattr', ['--absolute-names', '--no-dereference', ...args, file], { abortBelow: mount, timeoutMs: 10000 });
       return { code: r.code, out: (r.stdout + r.stderr).split(prefix).join('') };
     };
     for (const rel of ['bin/capcat', 'share/note', 'share/plain', 'share/link']) {
@@ -73,13 +73,13 @@ maybe.each(['kernel', 'libfuse2'])('xattrs through the view (fuse_session = %s)'
     const note = await getfattr(['--dump', '--match=-'], vs.inView('share/note'), mount);
     expect(note.out).toContain('user.fscache="hello"');
     expect(note.out).toContain('user.empty');
-    const getcap = await runBounded('getcap', [vs.inView('bin/capcat')], mount);
+    const getcap = await runBounded('getcap', [vs.inView('bin/capcat')], { abortBelow: mount, timeoutMs: 10000 });
     expect(getcap.stdout.trim()).toBe(`${vs.inView('bin/capcat')} cap_net_raw=ep`);
 
     // Honoured: with root's automatic capabilities off (securebits noroot), exec grants the
     // file's capability from the view exactly as from the real tree.
     const capEff = async (file: string) => {
-      const r = await runBounded('setpriv', ['--securebits', '+noroot,+noroot_locked', '--inh-caps=-all', '--', file, '/proc/self/status'], mount);
+      const r = await runBounded('setpriv', ['--securebits', '+noroot,+noroot_locked', '--inh-caps=-all', '--', file, '/proc/self/status'], { abortBelow: mount, timeoutMs: 10000 });
       return /^CapEff:\s*(\w+)$/m.exec(r.stdout)?.[1];
     };
     expect(await capEff(real('bin/capcat'))).toBe('0000000000002000');

@@ -1,68 +1,73 @@
 /**
- * Running a program against a FUSE mount with a deadline. A process waiting on a request
- * the server already read is in D state and ignores SIGKILL (FINDINGS.md); only aborting
- * the connection frees it. So at the deadline the mount's connection is aborted through
- * fusectl, its number read from /proc/self/mountinfo (a stat of the mount point would hang
- * too), the program is killed and the run fails.
+ * Running a program that may block on a FUSE mount, with a deadline. A process waiting on a
+ * request the server already read is in D state and ignores SIGKILL (FINDINGS.md); only
+ * aborting the connection frees it. So at the deadline the program is killed and, if it has
+ * not ended a second later, the connections of the FUSE mounts below `abortBelow` are aborted
+ * through fusectl (their numbers read from /proc/self/mountinfo: a stat of a mount point would
+ * hang too). The result says whether the deadline was hit; it never hangs.
  */
-import { execFileSync, spawn } from 'child_process';
-import * as fs from 'fs';
-import * as os from 'os';
-import * as path from 'path';
-import { isMountPoint } from '../../fs/preflight';
+import { spawn, spawnSync } from 'child_process';
+import { abortConnection, FUSECTL_DIR, fuseMountsBelow } from '../../fs/fusectl';
+import { mountTable } from '../../fs/mounts';
 
-export interface Ran {
+export interface RunResult {
   code: number | null;
+  signal: NodeJS.Signals | null;
   stdout: string;
   stderr: string;
+  ms: number;
+  timedOut: boolean;
 }
 
-export function runBounded(cmd: string, args: string[], mountpoint: string, timeoutMs = 10000): Promise<Ran> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout!.on('data', (d) => (stdout += d));
-    child.stderr!.on('data', (d) => (stderr += d));
+export interface BoundedOptions {
+  /** The FUSE mounts at or below this directory are aborted if the program outlives its deadline. */
+  abortBelow: string;
+  timeoutMs?: number;
+  env?: NodeJS.ProcessEnv;
+  input?: string;
+}
+
+/** Aborts the connections of every FUSE mount at or below `dir` (fusectl mounted first if it is not). */
+export function abortFuseBelow(dir: string): void {
+  const mounts = fuseMountsBelow(dir);
+  if (mounts.length === 0) return;
+  if (!mountTable().some((m) => m.mountPoint === FUSECTL_DIR && m.fstype === 'fusectl')) {
+    spawnSync('mount', ['-t', 'fusectl', 'fusectl', FUSECTL_DIR], { timeout: 5000 });
+  }
+  for (const m of mounts) {
+    try {
+      abortConnection(m.minor);
+    } catch {
+      // gone meanwhile
+    }
+  }
+}
+
+export function runBounded(cmd: string, args: string[], o: BoundedOptions): Promise<RunResult> {
+  const t0 = Date.now();
+  const child = spawn(cmd, args, { env: o.env ?? process.env, cwd: '/', stdio: ['pipe', 'pipe', 'pipe'] });
+  let stdout = '';
+  let stderr = '';
+  child.stdout!.on('data', (d) => (stdout += d));
+  child.stderr!.on('data', (d) => (stderr += d));
+  child.stdin!.on('error', () => undefined);
+  child.stdin!.end(o.input ?? '');
+  return new Promise((resolve) => {
+    let timedOut = false;
     const timer = setTimeout(() => {
-      abortConnection(mountpoint);
+      timedOut = true;
       child.kill('SIGKILL');
-      reject(new Error(`${cmd} ${args.join(' ')}: no answer within ${timeoutMs} ms; the connection of ${mountpoint} was aborted`));
-    }, timeoutMs);
+      // Still there a second later: stuck on a FUSE request, which only an abort ends.
+      setTimeout(() => {
+        if (child.exitCode === null && child.signalCode === null) abortFuseBelow(o.abortBelow);
+      }, 1000);
+    }, o.timeoutMs ?? 60000);
     child.on('error', (err) => {
-      clearTimeout(timer);
-      reject(err);
+      stderr += String(err);
     });
-    child.on('close', (code) => {
+    child.on('close', (code, signal) => {
       clearTimeout(timer);
-      resolve({ code, stdout, stderr });
+      resolve({ code, signal, stdout, stderr, ms: Date.now() - t0, timedOut });
     });
   });
-}
-
-/** The FUSE connection number of the mount at `mountpoint` (its device minor), if mounted. */
-export function connectionOf(mountpoint: string): number | undefined {
-  let minor: number | undefined;
-  for (const line of fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n')) {
-    const fields = line.split(' ');
-    const where = fields[4]?.replace(/\\([0-7]{3})/g, (_, octal: string) => String.fromCharCode(parseInt(octal, 8)));
-    // The last of stacked mounts is the one in use.
-    if (where === mountpoint) minor = Number(fields[2].split(':')[1]);
-  }
-  return minor;
-}
-
-/** Aborts the FUSE connection at `mountpoint`: requests waiting on it fail, their processes end. */
-export function abortConnection(mountpoint: string): void {
-  const n = connectionOf(mountpoint);
-  if (n === undefined) return;
-  // A private fusectl mount: nothing is left mounted on the host.
-  const ctl = fs.mkdtempSync(path.join(os.tmpdir(), 'fscache-fusectl-'));
-  try {
-    execFileSync('mount', ['-t', 'fusectl', 'fscache-test-fusectl', ctl]);
-    fs.writeFileSync(path.join(ctl, String(n), 'abort'), '1');
-  } finally {
-    if (isMountPoint(ctl)) execFileSync('umount', [ctl]);
-    fs.rmdirSync(ctl);
-  }
 }

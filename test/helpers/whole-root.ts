@@ -18,16 +18,11 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { PACKAGE_ROOT } from '../../fs/package-root';
-import { mountsBelow } from '../../fs/preflight';
+import { mountsBelow } from '../../fs/mounts';
+import { abortFuseBelow, RunResult, runBounded } from './bounded';
 
-export interface RunResult {
-  code: number | null;
-  signal: NodeJS.Signals | null;
-  stdout: string;
-  stderr: string;
-  ms: number;
-  timedOut: boolean;
-}
+export { abortFuseBelow };
+export type { RunResult };
 
 export interface RunOptions {
   timeoutMs?: number;
@@ -76,35 +71,6 @@ export function wholeRootAvailable(): string | undefined {
   return undefined;
 }
 
-/** FUSE mounts below `root` as [mount point, connection number] (the minor device number is the fusectl connection). */
-export function fuseMountsBelow(root: string): Array<[string, number]> {
-  const found: Array<[string, number]> = [];
-  for (const line of fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n')) {
-    const fields = line.split(' ');
-    const sep = fields.indexOf('-');
-    if (sep < 0) continue;
-    const mountPoint = fields[4].replace(/\\040/g, ' ');
-    if (!/^fuse(\.|blk|$)/.test(fields[sep + 1])) continue;
-    if (mountPoint === root || mountPoint.startsWith(root + '/')) found.push([mountPoint, Number(fields[2].split(':')[1])]);
-  }
-  return found;
-}
-
-/** Aborts the FUSE connections of mounts below `root` through fusectl (mounted here if it is not). */
-export function abortFuseBelow(root: string): void {
-  const conns = '/sys/fs/fuse/connections';
-  const mounts = fuseMountsBelow(root);
-  if (mounts.length === 0) return;
-  if (!fs.readFileSync('/proc/self/mountinfo', 'utf8').includes(` ${conns} `)) spawnSync('mount', ['-t', 'fusectl', 'fusectl', conns], { timeout: 5000 });
-  for (const [, conn] of mounts) {
-    try {
-      fs.writeFileSync(path.join(conns, String(conn), 'abort'), '1');
-    } catch {
-      // already gone
-    }
-  }
-}
-
 function processesWithRootIn(root: string): number[] {
   const pids: number[] = [];
   for (const name of fs.readdirSync('/proc')) {
@@ -149,30 +115,8 @@ export function createWholeRoot(options: WholeRootOptions = {}): WholeRoot {
   const mount = (args: string[]) => execFileSync('mount', args, { stdio: 'pipe', timeout: 10000 });
 
   const run = (argv: string[], o: RunOptions = {}): Promise<RunResult> => {
-    const t0 = Date.now();
     const inner = o.asUser !== undefined ? ['/usr/bin/setpriv', `--reuid=${o.asUser}`, `--regid=${o.asUser}`, '--clear-groups', ...argv] : argv;
-    const child = spawn(CHROOT, [root, ...inner], { env: { ...INIT_ENV, ...o.env }, cwd: '/', stdio: ['pipe', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout!.on('data', (d) => (stdout += d));
-    child.stderr!.on('data', (d) => (stderr += d));
-    child.stdin!.end(o.input ?? '');
-    child.stdin!.on('error', () => undefined);
-    return new Promise((resolve) => {
-      let timedOut = false;
-      const timer = setTimeout(() => {
-        timedOut = true;
-        // A process stuck on a FUSE request ignores SIGKILL until the connection is aborted.
-        child.kill('SIGKILL');
-        setTimeout(() => {
-          if (child.exitCode === null && child.signalCode === null) abortFuseBelow(root);
-        }, 1000);
-      }, o.timeoutMs ?? 60000);
-      child.on('close', (code, signal) => {
-        clearTimeout(timer);
-        resolve({ code, signal, stdout, stderr, ms: Date.now() - t0, timedOut });
-      });
-    });
+    return runBounded(CHROOT, [root, ...inner], { abortBelow: root, timeoutMs: o.timeoutMs, env: { ...INIT_ENV, ...o.env }, input: o.input });
   };
 
   const wr: WholeRoot = {
