@@ -12,6 +12,8 @@ import * as path from 'path';
 import { makeSandbox, Sandbox } from '../../fs/sandbox';
 import { mountsBelow } from '../../fs/preflight';
 import { CLI } from './sandbox';
+import { fuseMountsBelow } from '../../fs/fusectl';
+import { abortFuseBelow as abortFuseConnections } from '../helpers/bounded';
 
 export interface ViewRoot {
   sandbox: Sandbox;
@@ -91,24 +93,9 @@ export function makeViewRoot(conf: string): ViewRoot {
 
 /** Aborts every FUSE connection mounted below `root` (fusectl), then detaches the mounts: never a stat of the mount point. */
 export function abortFuseBelow(root: string): void {
-  const conns = '/sys/fs/fuse/connections';
-  const mounted = spawnSync('mountpoint', ['-q', conns]).status === 0 || spawnSync('mount', ['-t', 'fusectl', 'fusectl', conns]).status === 0;
-  for (const line of fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n')) {
-    const f = line.split(' ');
-    const sep = f.indexOf('-');
-    if (sep < 0 || !f[sep + 1]?.startsWith('fuse')) continue;
-    const mp = f[4].replace(/\\([0-7]{3})/g, (_m, o) => String.fromCharCode(parseInt(o, 8)));
-    if (!(mp === root || mp.startsWith(root + '/'))) continue;
-    const minor = f[2].split(':')[1];
-    if (mounted) {
-      try {
-        fs.writeFileSync(path.join(conns, minor, 'abort'), '1');
-      } catch {
-        // already gone
-      }
-    }
-    spawnSync('umount', ['-l', mp], { timeout: 10_000 });
-  }
+  const fuse = fuseMountsBelow(root);
+  abortFuseConnections(root);
+  for (const m of fuse) spawnSync('umount', ['-l', m.mountPoint], { timeout: 10_000 });
 }
 
 /** Unmounts everything under `dir` (deepest first), lazily. */
