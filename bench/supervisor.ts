@@ -82,7 +82,22 @@ async function oneRun(fault: Fault): Promise<{ flipMs: number; caughtMs?: number
   }
 }
 
-async function idleMemory(): Promise<{ supervisor: number; view: number }> {
+/** The supervisor's guard (guard/fscache-guard), found as its child by name. */
+function guardPid(supervisor: number): number | undefined {
+  for (const name of fs.readdirSync('/proc').filter((n) => /^\d+$/.test(n))) {
+    try {
+      const stat = fs.readFileSync(`/proc/${name}/stat`, 'utf8');
+      const comm = stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'));
+      const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+      if (comm === 'fscache-guard' && ppid === supervisor) return Number(name);
+    } catch {
+      // gone
+    }
+  }
+  return undefined;
+}
+
+async function idleMemory(): Promise<{ supervisor: number; view: number; guard: number | undefined }> {
   const sandbox = makeSandbox({ prefix: 'fscache-bench-sup-' });
   fs.writeFileSync(path.join(sandbox.root, 'etc', 'fscache.conf'), CONFIG);
   const paths = derivePaths(sandbox.root, parseConfig(CONFIG, 'bench config'));
@@ -91,7 +106,8 @@ async function idleMemory(): Promise<{ supervisor: number; view: number }> {
     await sleep(10000);
     const sup = readSupervisorState(paths)!.pid;
     const view = JSON.parse(fs.readFileSync(paths.viewState, 'utf8')).pid as number;
-    return { supervisor: rssKiB(sup), view: rssKiB(view) };
+    const guard = guardPid(sup);
+    return { supervisor: rssKiB(sup), view: rssKiB(view), guard: guard && rssKiB(guard) };
   } finally {
     spawnSync(process.execPath, [CLI_ENTRY, '--root', sandbox.root, 'stop'], { timeout: 30000 });
     sandbox.cleanup();
@@ -99,6 +115,7 @@ async function idleMemory(): Promise<{ supervisor: number; view: number }> {
 }
 
 async function main(): Promise<void> {
+  if (process.argv.includes('--memory-only')) return printMemory(await idleMemory());
   console.log(`supervisor reaction times, ${RUNS} runs per fault, session ${process.env.FSCACHE_BENCH_SESSION ?? 'kernel (default)'}`);
   console.log('| fault | link back on the real tree, median (min–max) | launch caught in the hang ends after, median |');
   console.log('|---|---|---|');
@@ -109,8 +126,12 @@ async function main(): Promise<void> {
     const caught = runs.map((r) => r.caughtMs).filter((x): x is number => x !== undefined);
     console.log(`| ${fault} | ${median(flips).toFixed(0)} ms (${Math.min(...flips).toFixed(0)}–${Math.max(...flips).toFixed(0)}) | ${caught.length ? `${median(caught).toFixed(0)} ms` : '–'} |`);
   }
-  const mem = await idleMemory();
-  console.log(`\nRSS after 10 s idle: supervisor ${(mem.supervisor / 1024).toFixed(1)} MiB, view ${(mem.view / 1024).toFixed(1)} MiB`);
+  printMemory(await idleMemory());
+}
+
+function printMemory(mem: { supervisor: number; view: number; guard: number | undefined }): void {
+  console.log(`\nRSS after 10 s idle: supervisor ${(mem.supervisor / 1024).toFixed(1)} MiB, view ${(mem.view / 1024).toFixed(1)} MiB, ` +
+    `guard ${mem.guard === undefined ? 'not running' : `${mem.guard} KiB`}`);
 }
 
 void main();

@@ -17,16 +17,18 @@
  * umount and mount by absolute path in the real tree, and every module is loaded at start.
  * State for `fscache status` (last good probe, last probe error) is in supervisor.json.
  */
+import { ChildProcess, spawn } from 'child_process';
 import * as fs from 'fs';
 import * as path from 'path';
 import { abortMount, ensureFusectl, fuseMountAt, lazyDetach } from './fusectl';
-import { readLinkState, switchLink } from './link';
+import { linkTargetPath, readLinkState, switchLink } from './link';
 import type { Logger } from './log';
 import { SUPERVISOR_PID_ENV } from './orphan-watch';
 import { isPaused, pauseFile } from './pause';
 import type { Paths } from './paths';
 import { Prober, ProbeFailure } from './probe';
-import { selfCommand, SelfCommand } from './self-command';
+import { PACKAGE_ROOT } from './package-root';
+import { inRealTree, selfCommand, SelfCommand } from './self-command';
 import { clearMountPoint, processAlive } from './stale';
 import { startViewProcess, ViewProcess } from './view-process';
 
@@ -131,6 +133,7 @@ export class Supervisor {
   private launching?: Promise<void>;
   private retryTimer?: NodeJS.Timeout;
   private tickTimer?: NodeJS.Timeout;
+  private guard?: ChildProcess;
   private readonly command: SelfCommand;
   private readonly state: SupervisorState = {
     pid: process.pid, startedAt: Date.now(), state: 'starting', viewPid: null, restarts: 0, lastFailure: null, nextRetryAt: null,
@@ -160,9 +163,27 @@ export class Supervisor {
     const problem = ensureFusectl(this.paths);
     if (problem) this.log.warn(`${problem}: a hung view can be killed but launches caught in it may not end`);
     this.writeState();
+    this.startGuard();
     this.tickTimer = setInterval(() => void this.tick(), PROBE_INTERVAL_MS);
     this.startLaunch();
     return finished;
+  }
+
+  /**
+   * guard/fscache-guard, a static program that outlives this process: if it dies while its view
+   * hangs (the view's own orphan watch cannot run then), the guard puts R/usr back and ends the
+   * view. Taken from the real tree; without it supervision goes on (fail open), said in the log.
+   */
+  private startGuard(): void {
+    const guard = inRealTree(this.paths, path.join(PACKAGE_ROOT, 'guard', 'fscache-guard'));
+    const args = [this.paths.usrLink, linkTargetPath(this.paths, 'real'), linkTargetPath(this.paths, 'view'), this.paths.viewMount, this.paths.viewState];
+    try {
+      fs.accessSync(guard, fs.constants.X_OK);
+      this.guard = spawn(guard, args, { stdio: ['ignore', 'ignore', 'inherit'] });
+      this.guard.on('error', (err) => this.log.warn(`the guard did not start (${err.message}): a hung view would outlive a dead supervisor`));
+    } catch (err) {
+      this.log.warn(`no guard at ${guard} (${(err as Error).message}): a hung view would outlive a dead supervisor`);
+    }
   }
 
   private writeState(): void {
@@ -354,6 +375,7 @@ export class Supervisor {
       }
     }
     fs.rmSync(supervisorStateFile(this.paths), { force: true });
+    this.guard?.kill('SIGTERM'); // a stop, not a death: nothing for it to do
     this.done();
   }
 }

@@ -181,6 +181,33 @@ maybe('supervisor faults', () => {
     expect(status(ops)).toMatchObject({ code: 0, report: { state: 'healthy' } });
   });
 
+  test('supervisor killed while its view hangs: the guard puts the link back, ends the view, and a launch caught in the hang ends', async () => {
+    ops = createOpsSandbox();
+    started(ops);
+    expect((await freshLookup(ops)).code).toBe(0);
+    const sup = readSupervisorState(ops.paths)!.pid;
+    const pid = viewPid(ops);
+    stopped.push(pid);
+    process.kill(pid, 'SIGSTOP'); // hung: its own orphan watch cannot run
+    const killedAt = Date.now();
+    process.kill(sup, 'SIGKILL');
+    const caught = freshLookup(ops);
+    // The guard sees the supervisor gone (250 ms), gives the probe its 2 s deadline, then acts.
+    const flipMs = await backOnRealAfter(ops, killedAt, 6000);
+    if (flipMs < 0) console.log(fs.readFileSync(ops.paths.log, 'utf8').slice(-3000));
+    expect(flipMs).toBeGreaterThanOrEqual(0);
+    expect(flipMs).toBeLessThanOrEqual(5000);
+    const hung = await caught;
+    expect(hung.ms).toBeLessThanOrEqual(10000);
+    expect(await waitFor(() => !alive(pid), 3000, 20)).toBeGreaterThanOrEqual(0);
+    expect(fuseMountAt(ops.paths.viewMount)).toBeUndefined();
+    expect(await runInChroot(ops.sandbox, ['/usr/bin/git', '--version'])).toMatchObject({ code: 0 });
+    console.log(`supervisor killed while its view hung: the guard put the link back after ${flipMs} ms; the caught launch ended after ${hung.ms} ms`);
+    const start = ops.cli(['start']);
+    expect(start).toMatchObject({ code: 0, stdout: expect.stringMatching(/^started/) });
+    expect(linkState(ops)).toBe('view');
+  });
+
   test('supervisor killed while its view hangs: status says orphaned (root and non-root agree); start replaces the hung view', async () => {
     ops = createOpsSandbox();
     started(ops);

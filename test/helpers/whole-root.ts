@@ -61,7 +61,7 @@ const CHROOT = ['/usr/sbin/chroot', '/sbin/chroot', '/usr/bin/chroot'].find((p) 
 const HOST_ETC_FILES = ['passwd', 'group', 'shadow', 'ld.so.cache', 'ld.so.conf', 'nsswitch.conf', 'hosts', 'os-release'];
 const DEVICES: Array<[string, number, number]> = [['null', 1, 3], ['zero', 1, 5], ['full', 1, 7], ['random', 1, 8], ['urandom', 1, 9], ['tty', 5, 0], ['fuse', 10, 229]];
 /** What a package install of fscache holds (no tests, benchmarks or VCS data). */
-const PACKAGE_PARTS = ['package.json', 'bin', 'dist', 'loader-hook', 'native', 'initscripts'];
+const PACKAGE_PARTS = ['package.json', 'bin', 'dist', 'loader-hook', 'guard', 'native', 'initscripts'];
 
 export function wholeRootAvailable(): string | undefined {
   if (process.getuid?.() !== 0) return 'whole-root tests need root (mounts, chroot)';
