@@ -6,7 +6,7 @@
  * mapped to the real tree. Every call is bounded; cleanup aborts any FUSE connection left
  * below the root.
  */
-import { execFile, spawnSync } from 'child_process';
+import { ChildProcess, execFile, spawn, spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as path from 'path';
 import { runInChroot } from '../cli/demo';
@@ -133,6 +133,57 @@ maybe('supervisor faults', () => {
     expect(after.report.supervisor?.lastFailure).toMatchObject({ kind: 'hang' });
     expect(await waitFor(() => status(ops!).report.state === 'healthy', 5000, 200)).toBeGreaterThanOrEqual(0);
     expect((await freshLookup(ops)).code).toBe(0);
+  });
+
+  test('a deadlocked handler (the view waits on a real tree that stopped answering): the link goes back, the caught launch ends, service resumes', async () => {
+    // The real tree is itself a FUSE mount (bindfs over this machine's /usr) that the test stops:
+    // the view's process runs, but its handlers wait for ever. watch = off, so that every lookup
+    // asks the real tree (nothing is answered from vouched memory).
+    ops = createOpsSandbox({ config: 'watch = off\nhook = off\n' });
+    expect(ops.cli(['setup', '--yes']).code).toBe(0);
+    const bindfs: ChildProcess = spawn('/usr/bin/bindfs', ['-f', '-r', '/usr', ops.paths.realTree], { stdio: 'ignore' });
+    try {
+      expect(await waitFor(() => !!fuseMountAt(ops!.paths.realTree), 10000, 20)).toBeGreaterThanOrEqual(0);
+      expect(ops.cli(['start'])).toMatchObject({ code: 0 });
+      expect(linkState(ops)).toBe('view');
+      expect((await freshLookup(ops)).code).toBe(0);
+
+      // A shell already running in the root (so that nothing it needs is looked up later) will
+      // look a fresh name up in the view's own mount: its handler then waits on the stopped real tree.
+      const [cmd, args] = ops.sandbox.chrootArgs(['/usr/bin/sh', '-c', `read go; test -e /usr.view/lib/fscache-fresh-${Date.now()}; echo ended $?`]);
+      const shell = spawn(cmd, args, { stdio: ['pipe', 'pipe', 'ignore'] });
+      let shellOut = '';
+      shell.stdout!.on('data', (d) => (shellOut += d));
+      const shellEnded = new Promise<number>((resolve) => shell.on('close', () => resolve(Date.now())));
+      await new Promise((r) => setTimeout(r, 300));
+      process.kill(bindfs.pid!, 'SIGSTOP');
+      const stuckAt = Date.now();
+      shell.stdin!.write('go\n');
+      const flipMs = await backOnRealAfter(ops, stuckAt, 6000);
+      expect(flipMs).toBeGreaterThanOrEqual(0);
+      expect(flipMs).toBeLessThanOrEqual(4500);
+      const timer = setTimeout(() => shell.kill('SIGKILL'), 10000);
+      const hung = { ms: (await shellEnded) - stuckAt };
+      clearTimeout(timer);
+      expect(hung.ms).toBeLessThanOrEqual(10000);
+      expect(shellOut).toMatch(/^ended 1/); // the lookup failed (connection aborted): the shell went on
+      console.log(`deadlocked handler: link back on the real tree ${flipMs} ms after the real tree stopped answering; the caught launch ended after ${hung.ms} ms`);
+
+      process.kill(bindfs.pid!, 'SIGCONT');
+      expect(await runInChroot(ops.sandbox, ['/usr/bin/git', '--version'])).toMatchObject({ code: 0 });
+      expect(await waitFor(() => readSupervisorState(ops!.paths)?.state === 'serving' && linkState(ops!) === 'view', 30000, 100)).toBeGreaterThanOrEqual(0);
+      expect(status(ops).report.supervisor?.lastFailure).toMatchObject({ kind: 'hang' });
+      expect((await freshLookup(ops)).code).toBe(0);
+    } finally {
+      try {
+        process.kill(bindfs.pid!, 'SIGCONT');
+      } catch {
+        // gone
+      }
+      await ops.dispose();
+      ops = undefined;
+      bindfs.kill('SIGKILL');
+    }
   });
 
   test('aborted FUSE connection: the link goes back within 2 s, status names the dead mount, the view is restarted and serves', async () => {
