@@ -1,7 +1,10 @@
 /** The `fscache` command: argument parsing and the verbs, each calling into fs/ or elf/. */
 import { Command, CommanderError } from 'commander';
+import * as fs from 'fs';
+import * as path from 'path';
 import { renderDefaultConfig } from '../fs/config';
 import { errnoCode, EXIT_CODES, FsCacheError } from '../fs/errors';
+import { PACKAGE_ROOT } from '../fs/package-root';
 import { contextFrom, GlobalOptions } from './context';
 import { exitCodeFor as elfExitCode, registerElfVerbs } from './elf-verbs';
 import { registerHookVerbs } from './hook-verbs';
@@ -23,6 +26,8 @@ new Date().toISOString();
 const program = new Command();
 program
   .name('fscache')
+  // The version of the package that is running (its package.json, read once at start).
+  .version((JSON.parse(fs.readFileSync(path.join(PACKAGE_ROOT, 'package.json'), 'utf8')) as { version: string }).version, '-V, --version', 'print the version and exit')
   .description('A flash cache of /usr served through a FUSE view, for hardened and small Linux systems.')
   .option('--root <dir>', 'root prefix R: every path lives under it (default: $FSCACHE_ROOT or /)')
   .option('--config <file>', 'config file (default: R/etc/fscache.conf)')
