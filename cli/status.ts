@@ -216,6 +216,8 @@ export function renderStatus(r: StatusReport): string {
     rows.push(['opens', `${r.counters.opens} (${r.counters.hits} from flash, ${ratio}% since start)`]);
   }
   if (r.fills) rows.push(['fills', `${r.fills.fills} copies, ${MiB(r.fills.fillBytes)}, ${r.fills.fillFailures} failed, ${r.fills.evictions} evicted, ${r.fills.staleFound} stale copies refused`]);
+  // The view rebuilt a broken index while serving (it served the real tree meanwhile): say so, it is worth a look at the flash.
+  if (r.fills?.indexRebuilds) rows.push(['index', `rebuilt ${r.fills.indexRebuilds} times while serving; last: ${r.fills.indexTrouble ?? '?'}`]);
   if (r.watcher) rows.push(['watcher', `${r.watcher.state}, ${r.watcher.directories} directories, ${r.watcher.invalidations} invalidations`]);
   rows.push(['hook', r.hook.enabled ? `LD_AUDIT set, daemon ${r.hook.daemonPid ? `pid ${r.hook.daemonPid}` : 'not running'}, epoch ${r.hook.epoch ?? 'none'}, ${r.hook.images.count} images (${MiB(r.hook.images.bytes)}), ${r.hook.passThroughs.length} passed through` : 'off']);
   for (const p of r.hook.passThroughs.slice(0, 10)) rows.push(['passed', `${p.source}: ${p.reason}`]);
