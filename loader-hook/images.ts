@@ -130,22 +130,21 @@ function protectIndex(index: string): void {
 }
 
 /**
- * Whether every user could reach `file` by name: each directory from R down to it searchable by
- * others. A file's identity (the key naming its image or marker) must not be told about a file in
- * a directory others cannot search (finding: a .pass marker gave the inode, size and mtime of a
- * file in a 0700 directory).
+ * Whether every user could reach `file` by name: each directory below R down to it searchable by
+ * others (R itself is / to the processes in it). A file's identity (the key naming its image or
+ * marker) must not be told about a file in a directory others cannot search (finding: a .pass
+ * marker gave the inode, size and mtime of a file in a 0700 directory).
  */
 function reachableByAll(root: string, file: string): boolean {
-  for (let d = path.dirname(file); ; d = path.dirname(d)) {
-    let st: fs.Stats;
+  const top = root.endsWith('/') ? root : root + '/';
+  for (let d = path.dirname(file); d.startsWith(top) && d !== path.dirname(d); d = path.dirname(d)) {
     try {
-      st = fs.statSync(d);
+      if ((fs.statSync(d).mode & 0o001) === 0) return false;
     } catch {
       return false;
     }
-    if ((st.mode & 0o001) === 0) return false;
-    if (d === root || d === path.dirname(d) || !d.startsWith(root + '/')) return true;
   }
+  return true;
 }
 
 /** Absolute paths of every file under `prefix` that some process maps now (from /proc/PID/maps). */
