@@ -15,6 +15,9 @@
  * root-owned library discloses nothing and the daemon decides everything on its own descriptor.
  * Every refusal goes to a bounded record (refusals.ts) that `fscache images` shows; what is kept
  * per request claim (jobs waiting, refusals remembered) is bounded too, since anyone may claim anything.
+ * Time is bounded per connection from accept (REQUEST_DEADLINE_MS for the request line, then
+ * ANSWER_DEADLINE_MS), and connections still sending their line are capped, the oldest dropped:
+ * slow clients push out each other, never a hook's request.
  */
 import * as fs from 'fs';
 import * as net from 'net';
