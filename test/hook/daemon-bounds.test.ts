@@ -88,7 +88,7 @@ run('the daemon against an unprivileged user', () => {
     removeSandbox(sb);
   });
 
-  test('finding 5: 400 slow connections from nobody are cut at the request deadline; root is still answered', async () => {
+  test('finding 5: 400 slow connections from nobody (more than the cap) push out each other; root is still answered at once', async () => {
     await startDaemon(sb);
     // 400 connections, one byte each per second, reopened as soon as the daemon drops one, for 9 s.
     const slow = spawn('setpriv', [...NOBODY, process.execPath, '-e', SLOW_CLIENTS, sock, '400', '1000', '9000'], { stdio: ['ignore', 'pipe', 'pipe'] });
@@ -111,6 +111,16 @@ run('the daemon against an unprivileged user', () => {
     expect(r.maxLife).toBeLessThan(5000);
     expect(r.opened).toBeGreaterThan(400);
     expect(sb.daemon!.exitCode).toBeNull();
+  }, 60_000);
+
+  test('finding 5: fewer slow connections than the cap are each cut at the request deadline, however often they send', async () => {
+    await startDaemon(sb);
+    const r = nodeAsNobody(SLOW_CLIENTS, [sock, '60', '500', '7000'], 30_000);
+    const seen = JSON.parse(r.out) as { opened: number; maxLife: number; refusedAtOnce: number };
+    // A byte every 0.5 s used to keep a connection for ever (an idle timeout); now 3 s from accept.
+    expect(seen.maxLife).toBeGreaterThan(2500);
+    expect(seen.maxLife).toBeLessThan(4500);
+    expect(seen.opened).toBeGreaterThanOrEqual(120); // each of the 60 reopened at least once in 7 s
   }, 60_000);
 
   test('findings 3 and 4: claimed identities neither grow the daemon nor poison the answer for the real library', async () => {
