@@ -4,7 +4,6 @@
  * are "refused" (3).
  */
 import { Command, InvalidArgumentError } from 'commander';
-import * as fs from 'fs';
 import { ElfFormatError, ElfRefusal } from '../elf/errors';
 
 // The randomizer (and iced-x86's wasm decoder, ~0.3 s to load) is loaded only by these verbs.
@@ -53,8 +52,8 @@ export function registerElfVerbs(program: Command): void {
     .argument('<lib>', 'shared library')
     .option('--json', 'machine-readable output')
     .action(async (lib: string, opts: { json?: boolean }) => {
-      const { inspectBytes } = await elf();
-      const rep = inspectBytes(fs.readFileSync(lib));
+      const { inspectBytes, readRegularFile } = await elf();
+      const rep = inspectBytes(readRegularFile(lib).bytes); // a FIFO or device is refused, not read
       if (opts.json) {
         process.stdout.write(JSON.stringify({ path: lib, ...rep }, null, 2) + '\n');
       } else if (rep.randomizable) {

@@ -7,3 +7,4 @@ export type { VerifyMode } from './verify';
 export { inspectBytes } from './inspect';
 export { unmovedNote } from './layout';
 export type { InspectReport } from './inspect';
+export { readRegularFile, checkOutputPath } from './files';

@@ -7,6 +7,7 @@ import { randomBytes } from 'crypto';
 import * as fs from 'fs';
 import * as path from 'path';
 import { ElfRefusal } from './errors';
+import { checkOutputPath, readRegularFile } from './files';
 import { Image, loadImage } from './image';
 import { entropyBits, Layout, planLayout, ShuffleRng } from './layout';
 import { moveCodeAndPatch, PatchStats } from './patch';
@@ -113,13 +114,14 @@ export function randomizeBytes(input: Uint8Array, seed: Uint8Array = randomBytes
  * a partial image.
  */
 export function randomizeFile(inPath: string, outPath: string, seed?: Uint8Array, opts: RandomizeOptions = {}): RandomizeResult {
-  const input = fs.readFileSync(inPath);
-  const res = randomizeBytes(input, seed, opts);
+  checkOutputPath(outPath);
+  const input = readRegularFile(inPath);
+  const res = randomizeBytes(input.bytes, seed, opts);
   const dir = path.dirname(path.resolve(outPath));
   const tmp = path.join(dir, `.${path.basename(outPath)}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`);
   try {
     // Never group/world-writable, whatever the input's mode: images are shared by every process.
-    const mode = fs.statSync(inPath).mode & 0o755;
+    const mode = input.mode & 0o755;
     // 'wx' (O_CREAT|O_EXCL): never write through a file or symlink someone planted at the temp name.
     const fd = fs.openSync(tmp, 'wx', mode);
     try {
@@ -128,6 +130,7 @@ export function randomizeFile(inPath: string, outPath: string, seed?: Uint8Array
     } finally {
       fs.closeSync(fd);
     }
+    checkOutputPath(outPath); // again: the check above was before the (long) work
     fs.renameSync(tmp, outPath);
   } catch (e) {
     fs.rmSync(tmp, { force: true });

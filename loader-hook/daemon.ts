@@ -15,6 +15,9 @@
  * root-owned library discloses nothing and the daemon decides everything on its own descriptor.
  * Every refusal goes to a bounded record (refusals.ts) that `fscache images` shows; what is kept
  * per request claim (jobs waiting, refusals remembered) is bounded too, since anyone may claim anything.
+ * Time is bounded per connection from accept (REQUEST_DEADLINE_MS for the request line, then
+ * ANSWER_DEADLINE_MS), and connections still sending their line are capped, the oldest dropped:
+ * slow clients push out each other, never a hook's request.
  */
 import * as fs from 'fs';
 import * as net from 'net';
@@ -22,12 +25,23 @@ import * as path from 'path';
 import type { Config } from '../fs/config';
 import type { Logger } from '../fs/log';
 import type { Paths } from '../fs/paths';
-import { HookFailure, ImageStore, MakeResult } from './images';
+import { HookFailure, ImageStore, MakeResult, writeAtomic } from './images';
 import { RefusalLog } from './refusals';
 
 const MAX_REQUEST = 8192;
-const CONN_TIMEOUT_MS = 30_000;
-const MAX_CONNECTIONS = 256;
+/** From accept to the request's newline: the hook writes its line at once, a slow client is cut off here. */
+const REQUEST_DEADLINE_MS = 3_000;
+/** From accept to the answer, whatever the client sends: a waiting hook gives up long before (miss_wait_ms). */
+const ANSWER_DEADLINE_MS = 120_000;
+/**
+ * Connections still sending their request line, at most this many: a new one drops the oldest of
+ * them. Node cannot tell the peer's uid (no SO_PEERCRED), so the cap is global; since a hook sends
+ * its line as soon as it connects, it leaves this set within microseconds, and a crowd of slow
+ * clients can only push out each other, never keep a new request from being read.
+ */
+const MAX_READING = 128;
+/** Descriptors at all (reading or waiting for a job), a bound on what anyone can make us hold. */
+const MAX_CONNECTIONS = 4096;
 const GC_INTERVAL_MS = 30_000;
 /** Jobs waiting at once (distinct identities): beyond it a request is answered ERR busy at once. */
 const MAX_JOBS = 1024;
@@ -51,6 +65,8 @@ export class HookDaemon {
   private gcTimer?: NodeJS.Timeout;
   /** Policy refusals answered from memory for a while, so a refused library costs no re-check per launch. */
   private readonly refusedRecently = new Map<string, { reason: string; library?: string; until: number }>();
+  /** Connections that have not sent their request line yet, oldest first (insertion order). */
+  private readonly reading = new Set<net.Socket>();
   readonly store: ImageStore;
   readonly refusals: RefusalLog;
 
@@ -64,7 +80,8 @@ export class HookDaemon {
     const sock = this.store.hp.socket;
     fs.rmSync(sock, { force: true }); // a stale socket from a crashed daemon
     this.server = net.createServer((c) => this.onConnection(c));
-    // Anyone may connect: bound the descriptors idle or slow clients can hold (the hook then loads originals).
+    // Anyone may connect: bound the descriptors all clients together can hold (beyond it the hook loads
+    // originals); slow ones are bounded per connection in onConnection.
     this.server.maxConnections = MAX_CONNECTIONS;
     await new Promise<void>((resolve, reject) => {
       this.server!.once('error', reject);
@@ -97,9 +114,26 @@ export class HookDaemon {
   private onConnection(c: net.Socket): void {
     let buf = '';
     let done = false;
-    c.setTimeout(CONN_TIMEOUT_MS, () => c.destroy());
+    // Deadlines from accept, not idle timeouts: a byte now and then must not keep a connection open.
+    this.reading.add(c);
+    if (this.reading.size > MAX_READING) {
+      const oldest = this.reading.values().next().value as net.Socket;
+      this.reading.delete(oldest);
+      oldest.destroy();
+    }
+    const readDeadline = setTimeout(() => c.destroy(), REQUEST_DEADLINE_MS);
+    const answerDeadline = setTimeout(() => c.destroy(), ANSWER_DEADLINE_MS);
+    const stopReading = () => {
+      this.reading.delete(c);
+      clearTimeout(readDeadline);
+    };
+    c.on('close', () => {
+      stopReading();
+      clearTimeout(answerDeadline);
+    });
     c.on('error', () => undefined); // the hook may have hung up (on_miss=original, or it timed out)
     const reply = (s: string) => {
+      stopReading();
       if (done) return;
       done = true;
       if (!c.destroyed) c.end(s);
@@ -112,6 +146,7 @@ export class HookDaemon {
         if (buf.length > MAX_REQUEST) reply('ERR request too long\n');
         return;
       }
+      stopReading(); // the line is in: now only the answer deadline holds
       const req = parseRequest(buf.slice(0, nl));
       if (!req) return reply('ERR bad request\n');
       this.request(req).then(
@@ -139,7 +174,8 @@ export class HookDaemon {
     }
     list = [{ at: Date.now(), source, message }, ...list.filter((f) => f.source !== source)].slice(0, 20);
     try {
-      fs.writeFileSync(file, JSON.stringify(list, null, 2) + '\n', { mode: 0o644 });
+      // 0600: it names files that may be unreadable to others (whatever anyone asked about).
+      writeAtomic(file, JSON.stringify(list, null, 2) + '\n', 0o600);
     } catch {
       // the log line above still says it
     }

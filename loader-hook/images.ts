@@ -1,7 +1,8 @@
 /**
  * The image store of the loader hook: epochs, randomized images and refused libraries.
  *
- * Layout (all root-owned): R/fscache/images/<epoch>/<key>.so (0444, in a 0755 directory),
+ * Layout (all root-owned): R/fscache/images/<epoch>/<key>.so (0444, in a 0711 directory: every
+ * process's hook opens its image by name, nobody lists which libraries have one),
  * R/fscache/images/<epoch>/<key>.pass (a refused library: the hook loads the original without
  * asking), R/run/fscache/epoch (what the hook reads once per process: "<epoch> <on_miss>
  * <miss_wait_ms> <images dir relative to R> <library dirs relative to R, ':'-joined> <real tree relative to R>
@@ -16,6 +17,9 @@
  * asked for as /usr/lib/x.so while the link points at the view is the real tree's file, and the
  * daemon never opens anything through the view; a library the randomizer refuses is remembered
  * with its reason (and tried once more in the next epoch, since a refusal can depend on the seed).
+ * Disclosure: the seed of each epoch (which decides every layout) and the list of cached paths live
+ * in the index, kept 0600 under a 0711 R/fscache; an image or marker, whose name is a file's
+ * identity, is made only for a file every user could stat anyway.
  */
 import Database from 'better-sqlite3';
 import { createHash, randomBytes } from 'crypto';
@@ -102,13 +106,45 @@ function bootId(): string {
 // One atomic write for the whole project; re-exported for env.ts and older callers.
 export { writeAtomic };
 
-/** A root-owned 0755 directory (created or fixed), refusing a symlink in its place. */
-function ensureRootDir(dir: string): void {
-  fs.mkdirSync(dir, { recursive: true, mode: 0o755 });
+/**
+ * A root-owned directory (created or fixed), refusing a symlink in its place. 0711 by default: the
+ * hook in every process reaches files in it by name, and no one but root lists what is there.
+ */
+function ensureRootDir(dir: string, mode = 0o711): void {
+  fs.mkdirSync(dir, { recursive: true, mode });
   const st = fs.lstatSync(dir);
   if (!st.isDirectory()) throw new Error(`${dir} is not a directory`);
   fs.chownSync(dir, 0, 0);
-  fs.chmodSync(dir, 0o755);
+  fs.chmodSync(dir, mode);
+}
+
+/** The index (and its WAL files, which SQLite creates with the index's mode) readable by root only. */
+function protectIndex(index: string): void {
+  for (const f of [index, `${index}-wal`, `${index}-shm`]) {
+    try {
+      if (fs.lstatSync(f).isFile()) fs.chmodSync(f, 0o600);
+    } catch {
+      // not there (yet): SQLite copies the index's mode when it makes one
+    }
+  }
+}
+
+/**
+ * Whether every user could reach `file` by name: each directory below R down to it searchable by
+ * others (R itself is / to the processes in it). A file's identity (the key naming its image or
+ * marker) must not be told about a file in a directory others cannot search (finding: a .pass
+ * marker gave the inode, size and mtime of a file in a 0700 directory).
+ */
+function reachableByAll(root: string, file: string): boolean {
+  const top = root.endsWith('/') ? root : root + '/';
+  for (let d = path.dirname(file); d.startsWith(top) && d !== path.dirname(d); d = path.dirname(d)) {
+    try {
+      if ((fs.statSync(d).mode & 0o001) === 0) return false;
+    } catch {
+      return false;
+    }
+  }
+  return true;
 }
 
 /** Absolute paths of every file under `prefix` that some process maps now (from /proc/PID/maps). */
@@ -140,8 +176,11 @@ export class ImageStore {
 
   constructor(readonly paths: Paths, readonly config: Config, readonly log: Logger) {
     this.hp = hookPaths(paths);
-    fs.mkdirSync(paths.flash, { recursive: true });
+    // Root's, and searchable only: the hook in every process reaches R/fscache/images through it;
+    // the index and the store in it are not for others to read or list.
+    ensureRootDir(paths.flash);
     StoreIndex.open(paths.index, log).close(); // creates or migrates the schema
+    protectIndex(paths.index); // it holds every epoch's seed and the paths of what is cached
     this.db = new Database(paths.index);
     this.db.pragma('journal_mode = WAL');
     this.db.pragma('busy_timeout = 5000');
@@ -203,7 +242,7 @@ export class ImageStore {
   }
 
   writeEpochFile(epoch: Epoch): void {
-    ensureRootDir(path.dirname(this.hp.epochFile));
+    ensureRootDir(path.dirname(this.hp.epochFile), 0o755); // as fs/pause.ts makes it; what is secret in it is 0600
     const rel = path.relative(this.paths.root, this.hp.images);
     // The hook asks the daemon only about paths under these (a gate, not a trust decision).
     const dirs = this.config.libraryDirs.join(':');
@@ -292,11 +331,14 @@ export class ImageStore {
       const policy = st.uid !== 0n ? 'not owned by root'
         : (st.mode & 0o004n) === 0n ? 'not readable by others'
         : (st.mode & 0o022n) !== 0n ? 'writable by group or others' : undefined;
+      const hidden = !reachableByAll(this.paths.root, real);
       if (policy) {
         // Marked for this epoch only (no index row): a later chmod is picked up by the next epoch.
-        this.markPass(cur.epoch, keyOf(id), `not eligible: ${policy}`);
+        if (!hidden) this.markPass(cur.epoch, keyOf(id), `not eligible: ${policy}`);
         return { kind: 'refused', reason: policy, library: real };
       }
+      // No image and no marker: either would name the identity of a file others cannot stat.
+      if (hidden) return { kind: 'refused', reason: 'in a directory others cannot search', library: real };
       if (st.size > MAX_LIBRARY_BYTES) return { kind: 'refused', reason: `larger than ${MAX_LIBRARY_BYTES >> 20n} MiB`, library: real };
       // Compared only now, for a file anyone may stat anyway: no oracle about unreadable files.
       if (expected && !sameIdentity(id, expected)) return { kind: 'refused', reason: 'file is not the one the hook found (changed?)', library: real };

@@ -1,6 +1,7 @@
 /**
  * The daemon's record of refusals: which library was answered "no image", why, how often, and
- * when last, for `fscache images` (R/run/fscache/hook-refusals.json, root-owned 0644).
+ * when last, for `fscache images` (R/run/fscache/hook-refusals.json, root-owned 0600: it names
+ * whatever anyone asked about, files others cannot read included).
  *
  * Anyone may ask the daemon about any path, so everything here is bounded, in memory and on
  * disk: at most MAX_ENTRIES (library, reason) pairs, the least recently refused dropped first;
@@ -91,7 +92,7 @@ export class RefusalLog {
     this.flushTimer = undefined;
     this.lastFlush = Date.now();
     try {
-      writeAtomic(this.file, JSON.stringify(this.list(), null, 1) + '\n', 0o644);
+      writeAtomic(this.file, JSON.stringify(this.list(), null, 1) + '\n', 0o600);
     } catch (e) {
       this.log.warn(`hook: cannot write ${this.file}: ${(e as Error).message}`);
     }

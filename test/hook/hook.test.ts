@@ -22,7 +22,7 @@ const run = 'skip' in L ? describe.skip : describe;
 if ('skip' in L) announceSkip('loader hook tests', L.skip);
 
 function storeOf(sb: Sandbox): ImageStore {
-  const config = loadConfig(sb.conf);
+  const config = loadConfig(sb.conf, sb.root); // trusted from R down, as the CLI reads it
   return new ImageStore(derivePaths(sb.root, config), config, silentLogger);
 }
 
