@@ -60,6 +60,15 @@ function hookEnabled(ctx: Context): boolean {
   }
 }
 
+function mayRead(file: string): boolean {
+  try {
+    fs.accessSync(file, fs.constants.R_OK);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 /** The loader hook's state, read without changing anything (the index opened read-only). */
 function hookStatus(ctx: Context): HookStatus {
   const hp = hookPaths(ctx.paths);
@@ -149,7 +158,9 @@ export function collectStatus(ctx: Context): StatusReport {
   const supervisor = record?.alive ? record.state : undefined;
   const mirrorComplete = fs.existsSync(mirrorMarker(paths));
   let store: StatusReport['store'] = null;
-  if (fs.existsSync(paths.index)) {
+  // The index names every cached path and the seed: root's only (0600). Run by another user,
+  // status leaves its figures out rather than call the index unreadable: health is the same for all.
+  if (fs.existsSync(paths.index) && mayRead(paths.index)) {
     try {
       const index = StoreIndex.open(paths.index, silentLogger, { readonly: true });
       store = { ...index.totals(), quota: config.quotaBytes };
