@@ -348,6 +348,8 @@ export class Store {
       this.guarded(undefined, () => {
         if (this.index.get(relPath)?.hash === entry.hash) this.dropUnguarded(relPath);
       });
+      // A good copy again, from the real file (the handles that wait for this check read that meanwhile).
+      if (this.wants(relPath, entry.size)) void this.fill(relPath);
       return false;
     })().finally(() => this.checking.delete(`${relPath}\0${key}`));
     this.checking.set(`${relPath}\0${key}`, job);
