@@ -8,7 +8,7 @@
  *   (VouchedMeta). On a cold launch from a slow disk that saves a disk read per name.
  * - Never stale, never torn: at every open the flash copy is served only if it was
  *   made from a file of exactly the real file's current identity (dev, inode, size,
- *   mtime in ns) — taken from fstat of the real file opened now, or from vouched
+ *   mtime in ns, and ctime, which nobody can set back) — taken from fstat of the real file opened now, or from vouched
  *   metadata; otherwise the real file is served and a background copy is started. The kernel keeps pages across opens only while mtime
  *   and size are unchanged (auto_cache), and attributes for attr_timeout seconds.
  * - A copy's bytes are hashed the first time this process serves it (Store.checkCopy),
