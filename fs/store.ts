@@ -413,6 +413,7 @@ export class Store {
     const entry = this.index.get(relPath);
     // Removed by name only where no directory on the way is a symlink: never a file it leads to.
     if (this.trustedDir(path.dirname(this.copyPath(relPath)))) fs.rmSync(this.copyPath(relPath), { force: true });
+    this.verified.delete(relPath);
     this.index.remove(relPath);
     if (entry) this.usedBytes -= Number(entry.size);
     if (entry) this.onDropped?.(relPath);
