@@ -7,6 +7,7 @@ import { createHash } from 'crypto';
 import * as fs from 'fs';
 import * as path from 'path';
 import { StoreIndex } from '../fs/index-db';
+import { checkTrustedPath } from '../fs/trust';
 import type { Context } from './context';
 
 const CHUNK = 1 << 20;
@@ -37,7 +38,8 @@ export function verifyStore(ctx: Context, fix: boolean): VerifyResult {
         continue;
       }
       if (fix) {
-        fs.rmSync(copy, { force: true });
+        // Removed by name only where no store directory on the way is a symlink (never a file it leads to).
+        if (trustedDir(paths.root, path.dirname(copy))) fs.rmSync(copy, { force: true });
         index.remove(entry.path);
         result.dropped++;
       }
@@ -46,6 +48,15 @@ export function verifyStore(ctx: Context, fix: boolean): VerifyResult {
     index.close();
   }
   return result;
+}
+
+function trustedDir(root: string, dir: string): boolean {
+  try {
+    checkTrustedPath(root, dir);
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 /** sha256 of a regular file's bytes, or undefined if it is missing, unreadable or not a regular file (never followed as a symlink). */
