@@ -226,7 +226,7 @@ export function renderStatus(r: StatusReport): string {
     const ratio = r.counters.opens ? ((100 * r.counters.hits) / r.counters.opens).toFixed(1) : '0.0';
     rows.push(['opens', `${r.counters.opens} (${r.counters.hits} from flash, ${ratio}% since start)`]);
   }
-  if (r.fills) rows.push(['fills', `${r.fills.fills} copies, ${MiB(r.fills.fillBytes)}, ${r.fills.fillFailures} failed, ${r.fills.evictions} evicted, ${r.fills.staleFound} stale copies refused`]);
+  if (r.fills) rows.push(['fills', `${r.fills.fills} copies, ${MiB(r.fills.fillBytes)}, ${r.fills.fillFailures} failed, ${r.fills.evictions} evicted, ${r.fills.staleFound} stale copies refused, ${r.fills.corruptFound ?? 0} failed their check`]);
   // The view rebuilt a broken index while serving (it served the real tree meanwhile): say so, it is worth a look at the flash.
   if (r.fills?.indexRebuilds) rows.push(['index', `rebuilt ${r.fills.indexRebuilds} times while serving; last: ${r.fills.indexTrouble ?? '?'}`]);
   if (r.watcher) rows.push(['watcher', `${r.watcher.state}, ${r.watcher.directories} directories, ${r.watcher.invalidations} invalidations`]);

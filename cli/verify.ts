@@ -1,17 +1,23 @@
-/** `fscache verify`: hash every flash copy and compare it with the index and the real file. */
+/**
+ * `fscache verify`: compare every flash copy's bytes with the index's hash and with the
+ * real file's bytes now. Contents, not identities: a same-size rewrite that left the
+ * identity as it was (coarse timestamps, an mtime restored) is found too.
+ */
 import { createHash } from 'crypto';
 import * as fs from 'fs';
 import * as path from 'path';
-import { identityOf, sameIdentity } from '../fs/identity';
 import { StoreIndex } from '../fs/index-db';
+import { checkTrustedPath } from '../fs/trust';
 import type { Context } from './context';
+
+const CHUNK = 1 << 20;
 
 export interface VerifyResult {
   checked: number;
   good: number;
   /** Copy whose bytes differ from what was indexed. */
   corrupt: string[];
-  /** Copy whose real file has changed or gone. */
+  /** Copy whose bytes differ from the real file's now, or whose real file is gone. */
   stale: string[];
   dropped: number;
 }
@@ -24,26 +30,16 @@ export function verifyStore(ctx: Context, fix: boolean): VerifyResult {
     for (const entry of index.all()) {
       result.checked++;
       const copy = path.join(paths.store, entry.path);
-      let hash = '';
-      try {
-        hash = createHash('sha256').update(fs.readFileSync(copy)).digest('hex');
-      } catch {
-        hash = '';
-      }
-      let fresh = false;
-      try {
-        fresh = sameIdentity(entry, identityOf(fs.lstatSync(path.join(paths.realTree, entry.path), { bigint: true })));
-      } catch {
-        fresh = false;
-      }
-      if (hash !== entry.hash) result.corrupt.push(entry.path);
-      else if (!fresh) result.stale.push(entry.path);
+      const copyHash = hashFile(copy);
+      if (copyHash !== entry.hash) result.corrupt.push(entry.path);
+      else if (hashFile(path.join(paths.realTree, entry.path)) !== copyHash) result.stale.push(entry.path);
       else {
         result.good++;
         continue;
       }
       if (fix) {
-        fs.rmSync(copy, { force: true });
+        // Removed by name only where no store directory on the way is a symlink (never a file it leads to).
+        if (trustedDir(paths.root, path.dirname(copy))) fs.rmSync(copy, { force: true });
         index.remove(entry.path);
         result.dropped++;
       }
@@ -52,4 +48,35 @@ export function verifyStore(ctx: Context, fix: boolean): VerifyResult {
     index.close();
   }
   return result;
+}
+
+function trustedDir(root: string, dir: string): boolean {
+  try {
+    checkTrustedPath(root, dir);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** sha256 of a regular file's bytes, or undefined if it is missing, unreadable or not a regular file (never followed as a symlink). */
+function hashFile(file: string): string | undefined {
+  let fd: number;
+  try {
+    // O_NONBLOCK: a FIFO in the file's place must not hang verify.
+    fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW | fs.constants.O_NONBLOCK);
+  } catch {
+    return undefined;
+  }
+  try {
+    if (!fs.fstatSync(fd).isFile()) return undefined;
+    const hash = createHash('sha256');
+    const buf = Buffer.allocUnsafe(CHUNK);
+    for (let n; (n = fs.readSync(fd, buf, 0, CHUNK, null)) > 0; ) hash.update(buf.subarray(0, n));
+    return hash.digest('hex');
+  } catch {
+    return undefined;
+  } finally {
+    fs.closeSync(fd);
+  }
 }

@@ -19,6 +19,12 @@ export interface IndexEntry extends RealIdentity {
   path: string;
   /** sha256 of the copy, hex. */
   hash: string;
+  /**
+   * The real file's ctime at copy time (null in rows from before it was recorded, which
+   * are then never served). Nobody can set a ctime: a rewrite whose mtime was restored
+   * (touch -d, or through another hard link) still changes it.
+   */
+  ctimeNs?: bigint | null;
   filledAt: number;
   lastAccess: number;
   hits: number;
@@ -47,6 +53,8 @@ const MIGRATIONS: string[] = [
    CREATE TABLE hook_passthrough (
      key TEXT PRIMARY KEY, source TEXT NOT NULL, reason TEXT NOT NULL, epoch TEXT NOT NULL, at INTEGER NOT NULL
    );`,
+  // The real file's ctime (finding 6 of issue 14); older rows keep NULL and are refilled.
+  `ALTER TABLE entries ADD COLUMN ctime_ns INTEGER;`,
 ];
 export const SCHEMA_VERSION = MIGRATIONS.length;
 const SQLITE_MAGIC = Buffer.from('SQLite format 3\0', 'latin1');
@@ -58,6 +66,7 @@ interface Row {
   ino: bigint;
   size: bigint;
   mtime_ns: bigint;
+  ctime_ns: bigint | null;
   hash: string;
   filled_at: bigint;
   last_access: bigint;
@@ -66,9 +75,25 @@ interface Row {
 
 function fromRow(r: Row): IndexEntry {
   return {
-    path: r.path, dev: r.dev, ino: r.ino, size: r.size, mtimeNs: r.mtime_ns, hash: r.hash,
+    path: r.path, dev: r.dev, ino: r.ino, size: r.size, mtimeNs: r.mtime_ns, ctimeNs: r.ctime_ns, hash: r.hash,
     filledAt: Number(r.filled_at), lastAccess: Number(r.last_access), hits: Number(r.hits),
   };
+}
+
+/** Takes group and other permissions off an index file that exists (a missing -wal or -shm is fine). */
+function restrictMode(file: string): void {
+  let fd: number;
+  try {
+    fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW | fs.constants.O_NONBLOCK);
+  } catch (err) {
+    if (errnoCode(err) === 'ENOENT') return;
+    throw err;
+  }
+  try {
+    if ((fs.fstatSync(fd).mode & 0o077) !== 0) fs.fchmodSync(fd, 0o600);
+  } finally {
+    fs.closeSync(fd);
+  }
 }
 
 export class StoreIndex {
@@ -89,9 +114,9 @@ export class StoreIndex {
     this.stmt = {
       get: db.prepare('SELECT * FROM entries WHERE path = ?'),
       put: db.prepare(
-        `INSERT INTO entries (path, dev, ino, size, mtime_ns, hash, filled_at, last_access, hits)
-         VALUES (@path, @dev, @ino, @size, @mtimeNs, @hash, @filledAt, @lastAccess, @hits)
-         ON CONFLICT(path) DO UPDATE SET dev=@dev, ino=@ino, size=@size, mtime_ns=@mtimeNs, hash=@hash,
+        `INSERT INTO entries (path, dev, ino, size, mtime_ns, ctime_ns, hash, filled_at, last_access, hits)
+         VALUES (@path, @dev, @ino, @size, @mtimeNs, @ctimeNs, @hash, @filledAt, @lastAccess, @hits)
+         ON CONFLICT(path) DO UPDATE SET dev=@dev, ino=@ino, size=@size, mtime_ns=@mtimeNs, ctime_ns=@ctimeNs, hash=@hash,
            filled_at=@filledAt, last_access=@lastAccess`,
       ),
       remove: db.prepare('DELETE FROM entries WHERE path = ?'),
@@ -182,8 +207,17 @@ export class StoreIndex {
   }
 
   private static openChecked(file: string): Database.Database {
-    const db = new Database(file);
+    // The index names every cached path and the hash of files that may be 0600: root only,
+    // created so (umask) and fixed on installs made before (finding 8 of issue 14).
+    const umask = process.umask(0o077);
+    let db: Database.Database;
     try {
+      db = new Database(file);
+    } finally {
+      process.umask(umask);
+    }
+    try {
+      for (const suffix of ['', '-wal', '-shm']) restrictMode(file + suffix);
       db.pragma('journal_mode = WAL');
       db.pragma('synchronous = NORMAL');
       const check = db.pragma('quick_check', { simple: true });
@@ -194,6 +228,8 @@ export class StoreIndex {
         for (let v = version; v < SCHEMA_VERSION; v++) db.exec(MIGRATIONS[v]);
         db.pragma(`user_version = ${SCHEMA_VERSION}`);
       })();
+      // The -wal and -shm exist now (WAL mode): SQLite gives them the database's mode, checked anyway.
+      for (const suffix of ['-wal', '-shm']) restrictMode(file + suffix);
       return db;
     } catch (err) {
       db.close();
@@ -207,7 +243,7 @@ export class StoreIndex {
   }
 
   put(entry: IndexEntry): void {
-    this.stmt.put.run({ ...entry, dev: entry.dev, ino: entry.ino, size: entry.size, mtimeNs: entry.mtimeNs, hits: entry.hits });
+    this.stmt.put.run({ ...entry, dev: entry.dev, ino: entry.ino, size: entry.size, mtimeNs: entry.mtimeNs, ctimeNs: entry.ctimeNs ?? null, hits: entry.hits });
   }
 
   remove(path: string): void {

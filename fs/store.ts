@@ -5,8 +5,12 @@
  * Never torn: a copy is written under .partial/, fsynced, checked against the real
  * file's identity taken before and after the copy from the same descriptor, then
  * renamed into place, its directory fsynced, and only then indexed. A copy is served
- * only while the real file's current identity equals the indexed one and the copy's
- * size matches. Recovery at start removes partial files, copies without a row and
+ * only while the real file's current identity (and ctime) equals the indexed one and the
+ * copy's size matches; the first time a view process serves a copy, its bytes are hashed
+ * and compared with the hash taken at fill (flash rots), and a copy reached through a
+ * symlink is never served. A file changed less than a timestamp tick before its copy was
+ * read (coarse, 1-second timestamps) is read again and hashed once that second has passed:
+ * a rewrite inside it leaves no trace in mtime or ctime. Recovery at start removes partial files, copies without a row and
  * rows without a whole copy, so a kill at any instant leaves nothing servable torn.
  *
  * Fail open on a broken index: every index call made while serving goes through
@@ -27,6 +31,11 @@ import { checkTrustedPath } from './trust';
 import type { Config } from './config';
 
 const COPY_CHUNK = 1 << 20;
+const SECOND_NS = 1000000000n;
+/** The kernel stamps files from a clock that may lag by a tick: a margin past the second. */
+const TICK_MARGIN_NS = 50000000n;
+/** Longest wait for a just-changed file's second to pass (a ctime in the future is not waited for). */
+const MAX_SETTLE_NS = 2n * SECOND_NS;
 
 export interface StoreCounters {
   fills: number;
@@ -45,10 +54,17 @@ export interface StoreCounters {
   indexRebuilds: number;
   /** The last of those, with its time; stays set so that status can show it. */
   indexTrouble?: string;
+  /** Copies hashed at their first serve in this process, and the milliseconds that took. */
+  copiesChecked: number;
+  checkMs: number;
+  /** Copies refused at that check (bytes that differ from their hash, a symlink on the way): dropped, the real file served. */
+  corruptFound: number;
+  /** The last of those, with its time and why. */
+  lastCorrupt?: string;
 }
 
 export class Store {
-  readonly counters: StoreCounters = { fills: 0, fillBytes: 0, fillFailures: 0, evictions: 0, evictedBytes: 0, staleFound: 0, indexErrors: 0, indexRebuilds: 0 };
+  readonly counters: StoreCounters = { fills: 0, fillBytes: 0, fillFailures: 0, evictions: 0, evictedBytes: 0, staleFound: 0, indexErrors: 0, indexRebuilds: 0, copiesChecked: 0, checkMs: 0, corruptFound: 0 };
   private readonly wantsFill: PathMatcher;
   private readonly inFlight = new Map<string, Promise<boolean>>();
   private readonly queue: Array<() => void> = [];
@@ -61,6 +77,12 @@ export class Store {
   private stopped = false;
   /** Why the index must be rebuilt before it is used again; copies are not served meanwhile. */
   private broken?: string;
+  /** Copies whose bytes this process has hashed (or written): relPath -> "copy inode:hash". */
+  private readonly verified = new Map<string, string>();
+  /** Hashes of copies in progress, one per copy however many handles wait for it. */
+  private readonly checking = new Map<string, Promise<boolean>>();
+  /** The store directory as the kernel names it: an opened copy must resolve under it. */
+  private readonly storeReal: string;
   /** Called after a copy lands (the watcher starts watching its directory). */
   onFilled?: (relPath: string) => void;
   /**
@@ -77,17 +99,24 @@ export class Store {
   ) {
     this.wantsFill = compileGlobs(config.fillGlobs);
     this.usedBytes = index.totals().bytes;
+    this.storeReal = fs.realpathSync(paths.store);
   }
 
   /** Creates the store directories. The store holds copies of files that may be secret: root only. */
   static prepare(paths: Paths): void {
-    fs.mkdirSync(paths.flash, { recursive: true, mode: 0o700 });
+    fs.mkdirSync(paths.flash, { recursive: true, mode: 0o711 });
     fs.mkdirSync(paths.store, { recursive: true, mode: 0o700 });
     fs.mkdirSync(paths.storePartial, { recursive: true, mode: 0o700 });
     // A store or index that others can write (or a symlink to theirs) would let them choose
     // the bytes root serves: refused, and the view serves the real tree (fs/trust.ts).
     checkTrustedPath(paths.root, paths.storePartial);
     checkTrustedPath(paths.root, paths.index);
+    // Modes of installs made before (finding 8 of issue 14): the store's names and bytes are root's
+    // only; R/fscache keeps only search for others, as the auditor in every process reads images below it.
+    // Safe to chmod by name: the check above proved every directory on the way writable by root only.
+    if ((fs.lstatSync(paths.flash).mode & 0o777) !== 0o711) fs.chmodSync(paths.flash, 0o711);
+    restrictDirMode(paths.store, 0o700);
+    restrictDirMode(paths.storePartial, 0o700);
   }
 
   copyPath(relPath: string): string {
@@ -245,17 +274,28 @@ export class Store {
    * Opens the copy of `relPath` if it may be served for a real file whose identity
    * (from fstat of the descriptor the view opened) is `real`; otherwise undefined.
    */
-  openCopy(relPath: string, real: RealIdentity): number | undefined {
+  openCopy(relPath: string, real: RealIdentity, ctimeNs?: bigint): number | undefined {
     const entry = this.guarded(undefined, () => this.index.get(relPath));
     if (!entry) return undefined;
-    if (!sameIdentity(entry, real)) {
+    // ctime too (when the caller has it): a rewrite with its mtime restored still changes it.
+    if (!sameIdentity(entry, real) || (ctimeNs !== undefined && entry.ctimeNs !== ctimeNs)) {
       this.counters.staleFound++;
       return undefined;
     }
     let fd: number | undefined;
     try {
       fd = fs.openSync(this.copyPath(relPath), fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
-      if (fs.fstatSync(fd, { bigint: true }).size === real.size) return fd;
+      // O_NOFOLLOW covers the last component only: where the kernel actually went tells whether a
+      // store directory was swapped for a symlink to a decoy. Not dropped by name (that follows it too).
+      const resolved = fs.readlinkSync(`/proc/self/fd/${fd}`);
+      if (resolved !== path.join(this.storeReal, relPath)) {
+        this.refused(relPath, `resolves to ${resolved}, outside the store`);
+        fs.closeSync(fd);
+        this.guarded(undefined, () => this.forget(relPath));
+        return undefined;
+      }
+      const st = fs.fstatSync(fd, { bigint: true });
+      if (st.isFile() && st.size === real.size) return fd;
       this.log.warn(`copy of ${relPath} has the wrong size; dropped`);
     } catch (err) {
       this.log.warn(`copy of ${relPath} cannot be opened (${errnoCode(err) ?? err}); dropped`);
@@ -263,6 +303,63 @@ export class Store {
     if (fd !== undefined) fs.closeSync(fd);
     this.drop(relPath);
     return undefined;
+  }
+
+  /**
+   * The check of a copy's bytes at its first serve in this process, for the descriptor
+   * openCopy() just returned (same tick): undefined when already done, else resolves
+   * false when the bytes differ from the hash taken at fill (the copy is then dropped).
+   * Hashed from the descriptor opened, through a descriptor of its own (the handle may close).
+   */
+  checkCopy(relPath: string, fd: number): Promise<boolean> | undefined {
+    const entry = this.guarded(undefined, () => this.index.get(relPath));
+    if (!entry) return undefined;
+    let key: string;
+    let own: number;
+    try {
+      key = `${fs.fstatSync(fd).ino}:${entry.hash}`;
+      if (this.verified.get(relPath) === key) return undefined;
+      const running = this.checking.get(`${relPath}\0${key}`);
+      if (running) return running;
+      own = fs.openSync(`/proc/self/fd/${fd}`, fs.constants.O_RDONLY);
+    } catch (err) {
+      // Unchecked bytes are not served; the copy stays for a later check.
+      this.log.warn(`flash copy of ${relPath} cannot be checked (${errnoCode(err) ?? err}); serving the real file`);
+      return Promise.resolve(false);
+    }
+    const job = (async () => {
+      const t0 = process.hrtime.bigint();
+      let hash = '';
+      try {
+        hash = await hashHandle(own, Number(entry.size));
+      } catch (err) {
+        hash = `unreadable (${errnoCode(err) ?? err})`;
+      } finally {
+        fs.close(own, () => undefined);
+        this.counters.copiesChecked++;
+        this.counters.checkMs += Number(process.hrtime.bigint() - t0) / 1e6;
+      }
+      if (hash === entry.hash) {
+        this.verified.set(relPath, key);
+        return true;
+      }
+      this.refused(relPath, hash.startsWith('unreadable') ? hash : 'differs from the hash taken when it was filled');
+      // Dropped only if the row still describes the copy checked (a fill may have replaced both).
+      this.guarded(undefined, () => {
+        if (this.index.get(relPath)?.hash === entry.hash) this.dropUnguarded(relPath);
+      });
+      // A good copy again, from the real file (the handles that wait for this check read that meanwhile).
+      if (this.wants(relPath, entry.size)) void this.fill(relPath);
+      return false;
+    })().finally(() => this.checking.delete(`${relPath}\0${key}`));
+    this.checking.set(`${relPath}\0${key}`, job);
+    return job;
+  }
+
+  private refused(relPath: string, why: string): void {
+    this.counters.corruptFound++;
+    this.counters.lastCorrupt = `${new Date().toISOString()}: ${relPath} ${why}`;
+    this.log.warn(`flash copy of ${relPath} ${why}; not served (the real file is)`);
   }
 
   /** Whether the `fill` globs and size limits select this file for flash. */
@@ -314,10 +411,28 @@ export class Store {
 
   private dropUnguarded(relPath: string): void {
     const entry = this.index.get(relPath);
-    fs.rmSync(this.copyPath(relPath), { force: true });
+    // Removed by name only where no directory on the way is a symlink: never a file it leads to.
+    if (this.trustedDir(path.dirname(this.copyPath(relPath)))) fs.rmSync(this.copyPath(relPath), { force: true });
+    this.verified.delete(relPath);
     this.index.remove(relPath);
     if (entry) this.usedBytes -= Number(entry.size);
     if (entry) this.onDropped?.(relPath);
+  }
+
+  /** Removes the row only (its copy is left to recover(), which removes what no row names without following links). */
+  private forget(relPath: string): void {
+    const entry = this.index.get(relPath);
+    this.index.remove(relPath);
+    if (entry) this.usedBytes -= Number(entry.size);
+  }
+
+  private trustedDir(dir: string): boolean {
+    try {
+      checkTrustedPath(this.paths.root, dir);
+      return true;
+    } catch {
+      return false;
+    }
   }
 
   /** Evicts least recently used copies until `incoming` more bytes fit the quota. */
@@ -347,15 +462,17 @@ export class Store {
     if (this.broken) return false;
     try {
       real = await fs.promises.open(realPath, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
-      const before = identityOf(await real.stat({ bigint: true }));
+      const beforeSt = await real.stat({ bigint: true });
+      const before = identityOf(beforeSt);
       const existing = this.index.get(relPath);
-      if (existing && sameIdentity(existing, before)) return true;
+      if (existing && sameIdentity(existing, before) && existing.ctimeNs === beforeSt.ctimeNs) return true;
       if (!this.wants(relPath, before.size)) return false;
       if (!this.makeRoom(Number(before.size))) return false;
       reserved = Number(before.size);
       this.reservedBytes += reserved;
 
       out = await fs.promises.open(partial, 'wx', 0o600);
+      const readFrom = BigInt(Date.now()) * 1000000n;
       const hash = createHash('sha256');
       const buf = Buffer.allocUnsafe(COPY_CHUNK);
       let pos = 0;
@@ -369,14 +486,21 @@ export class Store {
       await out.sync();
       await out.close();
       out = undefined;
+      const digest = hash.digest('hex');
       // The same descriptor, before and after: if the file changed while we copied, the copy may mix versions.
-      const after = identityOf(await real.stat({ bigint: true }));
-      if (!sameIdentity(before, after) || BigInt(pos) !== before.size) {
+      const afterSt = await real.stat({ bigint: true });
+      if (!sameIdentity(before, identityOf(afterSt)) || afterSt.ctimeNs !== beforeSt.ctimeNs || BigInt(pos) !== before.size) {
         this.log.info(`${relPath} changed while being copied; not stored`);
+        return false;
+      }
+      if (!(await this.settled(real, beforeSt, readFrom, digest))) {
+        this.log.info(`${relPath} changed within its timestamps' second while being copied; not stored`);
         return false;
       }
       const dest = this.copyPath(relPath);
       fs.mkdirSync(path.dirname(dest), { recursive: true, mode: 0o700 });
+      // Never written through a store directory swapped for a symlink.
+      if (!this.trustedDir(path.dirname(dest))) throw new Error(`${path.dirname(dest)} is not a directory of the store (symlink or not root's)`);
       // An older copy's row goes before its file is replaced: a row never names bytes that are not its copy.
       this.dropUnguarded(relPath);
       await fs.promises.rename(partial, dest);
@@ -389,8 +513,10 @@ export class Store {
         return false;
       }
       const now = Date.now();
-      const entry: IndexEntry = { path: relPath, ...before, hash: hash.digest('hex'), filledAt: now, lastAccess: now, hits: 0 };
+      const entry: IndexEntry = { path: relPath, ...before, ctimeNs: beforeSt.ctimeNs, hash: digest, filledAt: now, lastAccess: now, hits: 0 };
       this.index.put(entry);
+      // Its bytes were hashed as they were written: no check at its first serve in this process.
+      this.verified.set(relPath, `${fs.statSync(dest).ino}:${digest}`);
       this.usedBytes += pos;
       this.counters.fills++;
       this.counters.fillBytes += pos;
@@ -418,6 +544,25 @@ export class Store {
     }
   }
 
+  /**
+   * Whether a copy read from `real` (from `readFrom`, wall clock ns) may be adopted. A write
+   * within the second of the file's last change may leave mtime and ctime as they were (1-second
+   * timestamps; a stamp may also lag a tick): when the copy was read before that second (plus a
+   * margin) had passed, wait for it, read the real file again through the same descriptor and
+   * adopt the copy only if its hash is the copy's and the identity and ctime are unchanged.
+   * From then on any write stamps a later second, which the identity check at serve sees.
+   */
+  private async settled(real: fs.promises.FileHandle, st: fs.BigIntStats, readFrom: bigint, digest: string): Promise<boolean> {
+    const settledAt = st.ctimeNs - (st.ctimeNs % SECOND_NS) + SECOND_NS + TICK_MARGIN_NS;
+    if (readFrom >= settledAt) return true;
+    const wait = settledAt - BigInt(Date.now()) * 1000000n;
+    if (wait > MAX_SETTLE_NS) return false; // a ctime in the future (clock stepped back): refuse rather than guess
+    if (wait > 0n) await new Promise((r) => setTimeout(r, Number(wait / 1000000n) + 1));
+    const again = await hashHandle(real.fd, Number(st.size));
+    const now = await real.stat({ bigint: true });
+    return again === digest && sameIdentity(identityOf(st), identityOf(now)) && now.ctimeNs === st.ctimeNs;
+  }
+
   private stillNamesIdentity(realPath: string, identity: RealIdentity): boolean {
     try {
       return sameIdentity(identity, identityOf(fs.lstatSync(realPath, { bigint: true })));
@@ -437,6 +582,26 @@ export class Store {
     }
     return dropped;
   }
+}
+
+/** sha256 (hex) of the whole file open as `fd`, read asynchronously in chunks of up to 1 MiB (`size` only sizes the buffer). */
+async function hashHandle(fd: number, size: number): Promise<string> {
+  const hash = createHash('sha256');
+  const buf = Buffer.allocUnsafe(Math.min(COPY_CHUNK, Math.max(size, 1)));
+  let pos = 0;
+  for (;;) {
+    const n = await new Promise<number>((resolve, reject) => fs.read(fd, buf, 0, buf.length, pos, (err, got) => (err ? reject(err) : resolve(got))));
+    if (n === 0) break;
+    hash.update(buf.subarray(0, n));
+    pos += n;
+  }
+  return hash.digest('hex');
+}
+
+/** Takes `mode`'s missing bits off a directory's mode (a mode already stricter is kept). */
+function restrictDirMode(dir: string, mode: number): void {
+  const st = fs.lstatSync(dir);
+  if (st.isDirectory() && (st.mode & 0o777 & ~mode) !== 0) fs.chmodSync(dir, st.mode & 0o777 & mode);
 }
 
 async function syncDirectory(dir: string): Promise<void> {

@@ -149,7 +149,9 @@ async function syncViewStore(paths: Paths, log: Logger, options: SyncOptions): P
       } catch {
         real = undefined;
       }
-      if (!real || !copy || !real.isFile() || real.size !== copy.size || real.mtimeNs !== copy.mtimeNs) {
+      // A ctime changed without rsync copying (mtime restored, same size): the copy may hold other bytes.
+      if (!real || !copy || !real.isFile() || real.size !== copy.size || real.mtimeNs !== copy.mtimeNs ||
+        (!changed.has(entry.path) && real.ctimeNs !== entry.ctimeNs)) {
         fs.rmSync(path.join(paths.store, entry.path), { force: true });
         index.remove(entry.path);
         result.dropped++;
@@ -158,7 +160,7 @@ async function syncViewStore(paths: Paths, log: Logger, options: SyncOptions): P
       const identity = identityOf(real);
       const hash = changed.has(entry.path) ? createHash('sha256').update(fs.readFileSync(path.join(paths.store, entry.path))).digest('hex') : entry.hash;
       if (changed.has(entry.path) || identity.ino !== entry.ino || identity.dev !== entry.dev || identity.mtimeNs !== entry.mtimeNs) {
-        index.put({ ...entry, ...identity, hash, filledAt: Date.now() });
+        index.put({ ...entry, ...identity, ctimeNs: real.ctimeNs, hash, filledAt: Date.now() });
         result.updated++;
       }
     }

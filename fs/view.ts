@@ -8,9 +8,12 @@
  *   (VouchedMeta). On a cold launch from a slow disk that saves a disk read per name.
  * - Never stale, never torn: at every open the flash copy is served only if it was
  *   made from a file of exactly the real file's current identity (dev, inode, size,
- *   mtime in ns) — taken from fstat of the real file opened now, or from vouched
+ *   mtime in ns, and ctime, which nobody can set back) — taken from fstat of the real file opened now, or from vouched
  *   metadata; otherwise the real file is served and a background copy is started. The kernel keeps pages across opens only while mtime
  *   and size are unchanged (auto_cache), and attributes for attr_timeout seconds.
+ * - A copy's bytes are hashed the first time this process serves it (Store.checkCopy),
+ *   before the first read of it is answered: a copy that rotted on flash is dropped and
+ *   that read, and every later one, comes from the real file.
  * - A node keeps the bytes it was looked up as: open() with `expect` (the kernel session's
  *   nodes) serves only that object, from the real file if the name still names it (same
  *   device and inode), else from a flash copy of exactly that version, else EIO; never
@@ -44,6 +47,10 @@ interface OpenFile {
   inflight: number;
   /** Copy descriptors replaced by the real file, waiting for the reads in flight. */
   retired?: number[];
+  /** The check of the copy's bytes at its first serve in this process, awaited by the first read. */
+  check?: Promise<boolean>;
+  /** The copy failed that check and the real file is another version now: EIO. */
+  unservable?: boolean;
 }
 
 export interface ViewCounters {
@@ -162,7 +169,7 @@ export class View implements ViewHandlers {
     const vouched = this.store ? this.meta?.attr(this.real(p)) : undefined;
     if (vouched?.isFile() && (!expect || sameObject(vouched, expect))) {
       // The watcher vouches for this identity: the copy can be served without touching the real tree.
-      const copyFd = this.store!.openCopy(relPath, identityOf(vouched));
+      const copyFd = this.store!.openCopy(relPath, identityOf(vouched), vouched.ctimeNs);
       if (copyFd !== undefined) return this.opened({ fd: copyFd, relPath, fromStore: true, identity: identityOf(vouched), inflight: 0 });
     }
     let realFd: number | undefined;
@@ -206,6 +213,8 @@ export class View implements ViewHandlers {
     this.open_.set(handle, file);
     this.counters.opens++;
     if (file.fromStore) {
+      // In the same tick as openCopy(): the row checked is the one the copy was opened for.
+      file.check = this.store!.checkCopy(relPath, file.fd);
       this.counters.hits++;
       this.store!.recordAccess(relPath, true);
       this.store!.inUse.set(relPath, (this.store!.inUse.get(relPath) ?? 0) + 1);
@@ -219,7 +228,7 @@ export class View implements ViewHandlers {
   private chooseSource(realFd: number, st: fs.BigIntStats, relPath: string): OpenFile {
     if (!st.isFile()) return { fd: realFd, relPath, fromStore: false, inflight: 0 };
     const identity = identityOf(st);
-    const copyFd = this.store!.openCopy(relPath, identity);
+    const copyFd = this.store!.openCopy(relPath, identity, st.ctimeNs);
     if (copyFd !== undefined) return { fd: copyFd, relPath, fromStore: true, identity, inflight: 0 };
     if (this.store!.wants(relPath, identity.size)) void this.store!.fill(relPath);
     return { fd: realFd, relPath, fromStore: false, inflight: 0 };
@@ -228,6 +237,8 @@ export class View implements ViewHandlers {
   async read(handle: Handle, into: Buffer, length: number, position: number): Promise<number> {
     const file = this.open_.get(handle);
     if (!file) throw new Errno('EBADF');
+    if (file.check) await this.checked(file);
+    if (file.unservable) throw new Errno('EIO');
     const fd = file.fd;
     let n: number;
     file.inflight++;
@@ -244,6 +255,17 @@ export class View implements ViewHandlers {
     if (file.fromStore) this.counters.bytesFromStore += n;
     else this.counters.bytesFromReal += n;
     return n;
+  }
+
+  /**
+   * Waits for the check of the copy `file` reads; a copy that failed it (dropped by the store,
+   * which moves handles to the real file where that is the same version) is never read again.
+   */
+  private async checked(file: OpenFile): Promise<void> {
+    const good = await file.check;
+    file.check = undefined;
+    if (good || !file.fromStore) return;
+    if (!this.toRealFile(file, 'failed its check')) file.unservable = true;
   }
 
   /** Switches `file` from its copy to the real file when that has the copy's identity. */
