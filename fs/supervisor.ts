@@ -298,6 +298,11 @@ export class Supervisor {
       return;
     }
     this.state.lastProbeError = { at: now, kind: r.kind, message: r.message };
+    // A view that died answers ENOTCONN too, maybe before its exit event arrives: then the exit is the failure to report.
+    if (r.kind !== 'hang' && view.child.pid && !processAlive(view.child.pid)) {
+      this.setLink('real');
+      return;
+    }
     if (r.kind === 'error') this.retire(view, `the view answers wrongly: ${r.message}`);
     else void this.endView(view, r.kind, r.kind === 'hang' ? `the view hangs: ${r.message}` : `the view's connection is dead: ${r.message}`);
   }
