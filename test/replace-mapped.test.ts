@@ -122,7 +122,8 @@ maybe('a library replaced by rename while a program maps it through the view', (
       lines.splice(0, lines.length, ...stdout.split('\n').filter(Boolean));
     });
     child.stderr.on('data', (d) => (stderr += d));
-    const exited = new Promise<number | null>((resolve) => child!.once('exit', (code, signal) => resolve(code ?? (signal ? 128 : null))));
+    // 'close', not 'exit': the last line may still be in the pipe when the process has exited.
+    const exited = new Promise<number | null>((resolve) => child!.once('close', (code, signal) => resolve(code ?? (signal ? 128 : null))));
     let readsAfterReplace = 0;
     for (let i = 0; i < CALLS; i++) {
       if (i === 3) {
