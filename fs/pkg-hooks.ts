@@ -19,7 +19,7 @@ import * as path from 'path';
 import { linkTargetPath, LinkTarget } from './link';
 import { PACKAGE_ROOT } from './package-root';
 import type { Paths } from './paths';
-import { writeAtomic } from './write-atomic';
+import { modeOr, readTextOr, writeAtomic } from './write-atomic';
 
 const MARK = '# fscache: package-manager hooks (written by fscache start, removed by fscache stop)';
 const BEGIN = '# >>> fscache package-manager hooks: fscache stop removes this block';
@@ -116,22 +116,6 @@ export function withoutBlock(text: string): string {
   return text.slice(0, start).replace(/\n\n$/, '\n') + after;
 }
 
-function readOr(file: string): string | undefined {
-  try {
-    return fs.readFileSync(file, 'utf8');
-  } catch {
-    return undefined;
-  }
-}
-
-function modeOr(file: string, dflt: number): number {
-  try {
-    return fs.statSync(file).mode & 0o7777;
-  } catch {
-    return dflt;
-  }
-}
-
 const isDir = (dir: string): boolean => {
   try {
     return fs.lstatSync(dir).isDirectory();
@@ -158,10 +142,10 @@ export function installPackageHooks(paths: Paths, configFile: string, packageRoo
   const { command } = hook;
   if (wanted.includes(dpkg)) {
     const text = dpkgHookText(command);
-    if (readOr(dpkg) !== text) writeAtomic(dpkg, text, 0o644);
+    if (readTextOr(dpkg) !== text) writeAtomic(dpkg, text, 0o644);
   }
   if (wanted.includes(portage)) {
-    const before = readOr(portage) ?? '';
+    const before = readTextOr(portage) ?? '';
     const rest = withoutBlock(before);
     const after = (rest === '' ? '' : rest.endsWith('\n') ? `${rest}\n` : `${rest}\n\n`) + portageBlock(command);
     if (after !== before) writeAtomic(portage, after, modeOr(portage, 0o644));
@@ -173,9 +157,9 @@ export function installPackageHooks(paths: Paths, configFile: string, packageRoo
 export function removePackageHooks(paths: Paths): void {
   const dpkg = dpkgHookFile(paths);
   // Only our own file: one the administrator wrote under the same name stays.
-  if (readOr(dpkg)?.startsWith(MARK)) fs.rmSync(dpkg, { force: true });
+  if (readTextOr(dpkg)?.startsWith(MARK)) fs.rmSync(dpkg, { force: true });
   const portage = portageBashrc(paths);
-  const before = readOr(portage);
+  const before = readTextOr(portage);
   if (before === undefined) return;
   const after = withoutBlock(before);
   if (after === before) return;

@@ -31,3 +31,21 @@ export function writeAtomic(file: string, data: Uint8Array | string, mode: numbe
     // a directory fsync failing loses durability, not correctness
   }
 }
+
+/** A text file's content, or undefined when it cannot be read (missing): what an edit starts from. */
+export function readTextOr(file: string): string | undefined {
+  try {
+    return fs.readFileSync(file, 'utf8');
+  } catch {
+    return undefined;
+  }
+}
+
+/** A file's permission bits, or `dflt` when it is missing: an edit keeps the administrator's mode. */
+export function modeOr(file: string, dflt: number): number {
+  try {
+    return fs.statSync(file).mode & 0o7777;
+  } catch {
+    return dflt;
+  }
+}

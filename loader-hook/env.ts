@@ -19,7 +19,7 @@ import * as path from 'path';
 import { FsCacheError } from '../fs/errors';
 import { PACKAGE_ROOT } from '../fs/package-root';
 import type { Paths } from '../fs/paths';
-import { writeAtomic } from './images';
+import { modeOr, readTextOr, writeAtomic } from '../fs/write-atomic';
 import { realTreePathOrUndefined } from './real-path';
 
 
@@ -67,22 +67,6 @@ export function installedAuditor(paths: Paths, built = BUILT_AUDITOR): { file: s
 
 const MARK = '# fscache: the loader hook (fscache stop removes it)';
 
-function readOr(file: string, dflt: string): string {
-  try {
-    return fs.readFileSync(file, 'utf8');
-  } catch {
-    return dflt;
-  }
-}
-
-function modeOr(file: string, dflt: number): number {
-  try {
-    return fs.statSync(file).mode & 0o7777;
-  } catch {
-    return dflt;
-  }
-}
-
 /** Adds or removes `value` in the LD_AUDIT line of an /etc/environment text; other lines untouched. */
 export function editEnvironment(text: string, value: string, add: boolean): string {
   const lines = text === '' ? [] : text.replace(/\n$/, '').split('\n');
@@ -127,7 +111,7 @@ export function enableHook(paths: Paths, built = BUILT_AUDITOR): void {
 
   const envFile = path.join(paths.root, 'etc', 'environment');
   fs.mkdirSync(path.dirname(envFile), { recursive: true });
-  const before = readOr(envFile, '');
+  const before = readTextOr(envFile) ?? '';
   let after = before;
   for (const value of ourValues(paths, built)) if (value !== ldAudit) after = editEnvironment(after, value, false);
   after = editEnvironment(after, ldAudit, true);
@@ -136,19 +120,19 @@ export function enableHook(paths: Paths, built = BUILT_AUDITOR): void {
   const dropIn = systemdDropIn(paths);
   fs.mkdirSync(path.dirname(dropIn), { recursive: true });
   const unit = `${MARK}\n[Manager]\nDefaultEnvironment=LD_AUDIT=${ldAudit}\n`;
-  if (readOr(dropIn, '') !== unit) writeAtomic(dropIn, unit, 0o644);
+  if ((readTextOr(dropIn) ?? '') !== unit) writeAtomic(dropIn, unit, 0o644);
 
   const envd = gentooEnvD(paths);
   if (fs.existsSync(path.dirname(envd))) {
     const text = `${MARK}\nLD_AUDIT="${ldAudit}"\n`;
-    if (readOr(envd, '') !== text) writeAtomic(envd, text, 0o644);
+    if ((readTextOr(envd) ?? '') !== text) writeAtomic(envd, text, 0o644);
   }
 }
 
 export function disableHook(paths: Paths, built = BUILT_AUDITOR): void {
   const envFile = path.join(paths.root, 'etc', 'environment');
   if (fs.existsSync(envFile)) {
-    const before = readOr(envFile, '');
+    const before = readTextOr(envFile) ?? '';
     let after = before;
     for (const value of ourValues(paths, built)) after = editEnvironment(after, value, false);
     if (after !== before) writeAtomic(envFile, after, modeOr(envFile, 0o644));
