@@ -17,7 +17,7 @@ import * as path from 'path';
 import { isMountPoint, mountsBelow } from '../fs/mounts';
 import { CLI_ENTRY } from '../fs/package-root';
 import { makeSandbox, Sandbox } from '../fs/sandbox';
-import { abortFuseBelow, RunResult, runBounded } from './helpers/bounded';
+import { abortFuseBelow, processesOfRoot, RunResult, runBounded } from './helpers/bounded';
 import { createWholeRoot, INIT_ENV, WholeRoot, wholeRootAvailable } from './helpers/whole-root';
 
 const skip = wholeRootAvailable();
@@ -37,25 +37,9 @@ const spawnFscache = (root: string, args: string[]): ChildProcess =>
   spawn(process.execPath, [CLI_ENTRY, '--root', root, ...args], { env: INIT_ENV, cwd: '/', stdio: 'ignore' });
 const inRoot = (root: string, argv: string[], timeoutMs = 30000) => bounded(CHROOT, [root, ...argv], root, timeoutMs);
 
-/** Every process working for or in this root: fscache's (their command lines name R), rsync, mount, the launches. */
-function processesOf(root: string): number[] {
-  const pids: number[] = [];
-  for (const name of fs.readdirSync('/proc')) {
-    if (!/^\d+$/.test(name) || Number(name) === process.pid) continue;
-    try {
-      const cmdline = fs.readFileSync(`/proc/${name}/cmdline`, 'utf8');
-      const rootDir = fs.readlinkSync(`/proc/${name}/root`);
-      if (cmdline.includes(root) || rootDir === root) pids.push(Number(name));
-    } catch {
-      // exited, or a kernel thread
-    }
-  }
-  return pids;
-}
-
 function killAll(root: string): void {
   for (let round = 0; round < 3; round++) {
-    for (const pid of processesOf(root)) {
+    for (const pid of processesOfRoot(root)) {
       try {
         process.kill(pid, 'SIGKILL');
       } catch {
@@ -161,7 +145,7 @@ async function until(cond: () => boolean, timeoutMs = 20000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (!cond() && Date.now() < deadline) await sleep(5);
 }
-const rsyncRunning = (root: string) => processesOf(root).some((pid) => {
+const rsyncRunning = (root: string) => processesOfRoot(root).some((pid) => {
   try {
     return fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0')[0].endsWith('rsync');
   } catch {

@@ -7,6 +7,7 @@
  * hang too). The result says whether the deadline was hit; it never hangs.
  */
 import { spawn, spawnSync } from 'child_process';
+import * as fs from 'fs';
 import { abortConnection, FUSECTL_DIR, fuseMountsBelow } from '../../fs/fusectl';
 import { mountTable } from '../../fs/mounts';
 
@@ -70,4 +71,22 @@ export function runBounded(cmd: string, args: string[], o: BoundedOptions): Prom
       resolve({ code, signal, stdout, stderr, ms: Date.now() - t0, timedOut });
     });
   });
+}
+
+/**
+ * Every process (but this one) working in or for `root`: its root directory at or below R
+ * (run by chroot R), or an argument naming R or a path below it (fscache --root R, rsync, a guard).
+ */
+export function processesOfRoot(root: string): number[] {
+  const inRoot = (p: string) => p === root || p.startsWith(root + '/');
+  const pids: number[] = [];
+  for (const name of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(name) || Number(name) === process.pid) continue;
+    try {
+      if (inRoot(fs.readlinkSync(`/proc/${name}/root`)) || fs.readFileSync(`/proc/${name}/cmdline`, 'utf8').split('\0').some(inRoot)) pids.push(Number(name));
+    } catch {
+      // exited, or a kernel thread
+    }
+  }
+  return pids;
 }

@@ -13,6 +13,7 @@ import { isMountPoint } from '../../fs/preflight';
 import { makeSandbox, Sandbox } from '../../fs/sandbox';
 import { CLI_ENTRY } from '../../fs/view-process';
 import { readSupervisorState } from '../../fs/supervisor';
+import { processesOfRoot } from './bounded';
 
 export interface CliResult {
   code: number | null;
@@ -64,7 +65,7 @@ export function createOpsSandbox(options: { config?: string } = {}): OpsSandbox 
       }
       if (isMountPoint(paths.viewMount)) spawnSync('fusermount', ['-uz', paths.viewMount]);
       // Whatever else still runs for this root (a hook daemon or a guard whose supervisor a test killed).
-      for (const pid of processesNaming(sandbox.root)) {
+      for (const pid of processesOfRoot(sandbox.root)) {
         try {
           process.kill(pid, 'SIGKILL');
         } catch {
@@ -75,18 +76,4 @@ export function createOpsSandbox(options: { config?: string } = {}): OpsSandbox 
     },
   };
   return ops;
-}
-
-/** Processes other than this one whose command line names `root` (fscache's run with --root R). */
-function processesNaming(root: string): number[] {
-  const pids: number[] = [];
-  for (const name of fs.readdirSync('/proc')) {
-    if (!/^\d+$/.test(name) || Number(name) === process.pid) continue;
-    try {
-      if (fs.readFileSync(`/proc/${name}/cmdline`, 'utf8').split('\0').some((a) => a === root || a.startsWith(root + '/'))) pids.push(Number(name));
-    } catch {
-      // exited
-    }
-  }
-  return pids;
 }

@@ -19,7 +19,7 @@ import * as os from 'os';
 import * as path from 'path';
 import { PACKAGE_ROOT } from '../../fs/package-root';
 import { mountsBelow } from '../../fs/mounts';
-import { abortFuseBelow, RunResult, runBounded } from './bounded';
+import { abortFuseBelow, processesOfRoot, RunResult, runBounded } from './bounded';
 
 export { abortFuseBelow };
 export type { RunResult };
@@ -71,20 +71,6 @@ export function wholeRootAvailable(): string | undefined {
   return undefined;
 }
 
-function processesWithRootIn(root: string): number[] {
-  const pids: number[] = [];
-  for (const name of fs.readdirSync('/proc')) {
-    if (!/^\d+$/.test(name)) continue;
-    try {
-      const r = fs.readlinkSync(`/proc/${name}/root`);
-      if (r === root || r.startsWith(root + '/')) pids.push(Number(name));
-    } catch {
-      // exited, or a kernel thread
-    }
-  }
-  return pids;
-}
-
 function killAll(pids: number[]): void {
   for (const pid of pids) {
     try {
@@ -133,12 +119,12 @@ export function createWholeRoot(options: WholeRootOptions = {}): WholeRoot {
       child.stderr!.resume();
       return child;
     },
-    processesInside: () => processesWithRootIn(root),
+    processesInside: () => processesOfRoot(root),
     abortFuse: () => abortFuseBelow(root),
     powerCut() {
-      killAll(processesWithRootIn(root));
+      killAll(processesOfRoot(root));
       abortFuseBelow(root);
-      killAll(processesWithRootIn(root));
+      killAll(processesOfRoot(root));
       // What the next boot sees: nothing of fscache mounted (the view's mount point may be anywhere
       // under R but the real tree's overlay), and an empty /run.
       for (const m of mountsBelow(root)) {
@@ -149,10 +135,10 @@ export function createWholeRoot(options: WholeRootOptions = {}): WholeRoot {
     },
     async dispose() {
       // Bounded at every step; a deadlocked view is freed by aborting its connection.
-      if (processesWithRootIn(root).length > 0) await run(['/usr/bin/fscache', 'stop'], { timeoutMs: 30000 });
+      if (processesOfRoot(root).length > 0) await run(['/usr/bin/fscache', 'stop'], { timeoutMs: 30000 });
       for (let i = 0; i < 3; i++) {
         abortFuseBelow(root);
-        killAll(processesWithRootIn(root));
+        killAll(processesOfRoot(root));
         await new Promise((r) => setTimeout(r, 200));
       }
       unmountBelow(root);
