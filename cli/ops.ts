@@ -94,7 +94,7 @@ export async function startVerb(ctx: Context, foreground: boolean, extraArgs: st
   const running = readSupervisorState(ctx.paths);
   if (foreground) {
     if (running) throw new FsCacheError('busy', `already supervised by pid ${running.pid}`);
-    await new Supervisor(ctx.paths, extraArgs, ctx.log).run();
+    await new Supervisor(ctx.paths, extraArgs, ctx.log, ctx.config.fuseSession === 'libfuse2').run();
     return 0;
   }
   if (running && (running.state === 'serving' || running.state === 'paused')) {

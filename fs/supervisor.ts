@@ -9,7 +9,8 @@
  *   view and detaches its mount lazily, all without touching the mount point.
  * - Each failure restarts the view with back-off (1 s … 60 s), reset after 60 s of service.
  * - A root-owned R/run/fscache/paused (package managers, `fscache pause`) keeps R/usr on the
- *   real tree; once it is gone and a probe answers, R/usr goes back to the view.
+ *   real tree; once it is gone and a probe answers, R/usr goes back to the view. A libfuse2
+ *   view is renewed first (see renew()).
  * - SIGTERM: the link goes back first, then the view is told to detach; it keeps serving
  *   its last users by itself. A view that does not detach within 5 s is hung and aborted.
  *
@@ -145,6 +146,8 @@ export class Supervisor {
     private readonly paths: Paths,
     private readonly configArgs: string[],
     private readonly log: Logger,
+    /** Replace the view with a fresh one when a pause ends (the libfuse2 session: see renew()). */
+    private readonly renewAfterPause = false,
   ) {
     // Resolved now, before R/usr is ever switched: never a path through the view.
     this.command = selfCommand(paths);
@@ -222,6 +225,7 @@ export class Supervisor {
     const paused = isPaused(this.paths);
     if (paused) this.setLink('real');
     if (paused === (this.state.state === 'paused') || (!paused && !mayServe)) return;
+    if (!paused && this.renewAfterPause) return void this.renew(this.view);
     if (!paused) this.setLink('view');
     this.log.info(paused ? `paused (${pauseFile(this.paths)}): ${this.paths.usrLink} stays on the real tree` : 'pause ended');
     this.state.state = paused ? 'paused' : 'serving';
@@ -318,6 +322,28 @@ export class Supervisor {
     this.state.viewPid = null;
     view.child.kill('SIGTERM');
     this.fail('probe-error', `${reason}; ${this.paths.usrLink} -> real tree, the view told to detach`);
+  }
+
+  /**
+   * The end of a pause with the libfuse2 session. libfuse2 names kernel nodes by path, so a
+   * file a package replaced would keep its old node, and with it the old file's cached pages
+   * (a same-size, same-mtime replacement even across opens: new launches read old bytes).
+   * So the view is replaced: the old one detaches and drains (running programs keep the bytes
+   * they mapped, read from the objects they opened), and a fresh one starts with no nodes.
+   * R/usr stays on the real tree until the new view answers; this is no failure (no back-off).
+   */
+  private async renew(view: ViewProcess): Promise<void> {
+    this.view = undefined;
+    this.prober = undefined;
+    this.state.viewPid = null;
+    this.state.state = 'starting';
+    this.writeState();
+    this.log.info(`pause ended: renewing the libfuse2 view (pid ${view.child.pid} detaches and serves its last users)`);
+    view.child.kill('SIGTERM');
+    const deadline = Date.now() + DETACH_GRACE_MS;
+    while (fuseMountAt(this.paths.viewMount) && Date.now() < deadline) await sleep(50);
+    // Not detached in time: hung; launch()'s clearing of the mount point ends it.
+    if (!this.stopping) this.startLaunch();
   }
 
   /**
