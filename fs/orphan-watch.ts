@@ -16,6 +16,17 @@ export function supervisorPidFromEnv(): number | undefined {
   return Number.isInteger(pid) && pid > 1 ? pid : undefined;
 }
 
+/** The signal by which a view asks its supervisor to replace it with a fresh one (Supervisor.renew). */
+export const RENEW_SIGNAL = 'SIGUSR2';
+
+/** Asks the supervisor for a fresh view; false when there is none to ask (a view run by hand). */
+export function requestRenewal(): boolean {
+  const sup = supervisorPidFromEnv();
+  if (!sup || process.ppid !== sup) return false;
+  process.kill(sup, RENEW_SIGNAL);
+  return true;
+}
+
 /**
  * Every 250 ms: is this process still the supervisor's child? (A dead parent's children
  * are reparented, so the test cannot be fooled by a reused pid.) When it is not, switch

@@ -7,21 +7,33 @@
  * object opened, real file or flash copy), never through the name, so a process that
  * holds the old file keeps reading the old bytes (test/replace-mapped.test.ts). What
  * this API cannot do is give the new file a kernel inode of its own: libfuse2 names
- * nodes by path, so while an old mapping lives, old and new file share one page cache,
- * and a launch in that time may meet pages of either. The kernel session has no such
- * window (a new node per object).
+ * nodes by path, so old and new file would share one page cache (and with auto_cache, a
+ * replacement of the same size and mtime would keep the old pages for new launches too).
+ * So when a file this session opened changes, it asks the supervisor for a fresh view
+ * (Supervisor.renew): the old one drains, serving the programs that mapped old files. A
+ * package transaction's end renews it anyway. The kernel session needs none of this (a new
+ * node per object, and invalidation notices).
  */
 import Fuse from 'fuse-native';
 import { execFile } from 'child_process';
 import { Attr, errnoOf, FuseSession, SessionOptions, ViewHandlers } from './session';
 import { fuseDescriptors } from './fuse-fd';
+import { requestRenewal } from './orphan-watch';
 
 type Cb = (code: number, ...values: unknown[]) => void;
+
+/** At ~100 bytes a path, at most a few MiB of names. */
+const MAX_OPENED_KEPT = 50000;
 
 export class Libfuse2Session implements FuseSession {
   readonly name = 'libfuse2';
   private readonly counts: Record<string, number> = {};
   private connectionFds = new Set<number>();
+  /** Paths of regular files opened through this session: their change needs a fresh view. */
+  private readonly opened = new Set<string>();
+  /** More files were opened than `opened` keeps: then any change needs a fresh view. */
+  private openedOverflow = false;
+  private renewalAsked = false;
 
   constructor(
     private readonly handlers: ViewHandlers,
@@ -56,7 +68,10 @@ export class Libfuse2Session implements FuseSession {
       getattr: (p: string, cb: Cb) => this.answer('getattr', cb, () => h.getattr(p), (a: Attr) => cb(0, a)),
       readdir: (p: string, cb: Cb) => this.answer('readdir', cb, () => h.readdir(p), (names) => cb(0, names)),
       readlink: (p: string, cb: Cb) => this.answer('readlink', cb, () => h.readlink(p), (t) => cb(0, t)),
-      open: (p: string, flags: number, cb: Cb) => this.answer('open', cb, () => h.open(p, flags), (fh) => cb(0, fh)),
+      open: (p: string, flags: number, cb: Cb) => this.answer('open', cb, () => h.open(p, flags), (fh) => {
+        this.noteOpened(p);
+        cb(0, fh);
+      }),
       read: (_p: string, fh: number, buf: Buffer, len: number, pos: number, cb: Cb) =>
         this.answer('read', cb, () => h.read(fh, buf, len, pos), (n) => cb(n)),
       release: (_p: string, fh: number, cb: Cb) => this.answer('release', cb, () => h.release(fh), () => cb(0)),
@@ -99,9 +114,17 @@ export class Libfuse2Session implements FuseSession {
     // As invalidate(): the timeouts bound it.
   }
 
-  invalidate(): void {
-    // libfuse2's high-level API cannot send invalidation notifications; auto_cache
-    // and the 1 s attribute/entry timeouts bound how long the kernel shows the old file.
+  private noteOpened(p: string): void {
+    if (this.opened.size < MAX_OPENED_KEPT) this.opened.add(p);
+    else if (!this.opened.has(p)) this.openedOverflow = true;
+  }
+
+  invalidate(p: string): void {
+    // libfuse2's high-level API cannot send invalidation notifications. For a name never
+    // opened, auto_cache and the 1 s timeouts bound how long the kernel shows the old one;
+    // an opened file may have pages cached under its path's node: only a fresh view drops them.
+    if (this.renewalAsked || !(this.openedOverflow || this.opened.has(p))) return;
+    this.renewalAsked = requestRenewal();
   }
 
   async detach(): Promise<void> {

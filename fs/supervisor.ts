@@ -24,7 +24,7 @@ import * as path from 'path';
 import { abortMount, ensureFusectl, fuseMountAt, lazyDetach } from './fusectl';
 import { linkTargetPath, readLinkState, switchLink } from './link';
 import type { Logger } from './log';
-import { SUPERVISOR_PID_ENV } from './orphan-watch';
+import { RENEW_SIGNAL, SUPERVISOR_PID_ENV } from './orphan-watch';
 import { isPaused, pauseFile } from './pause';
 import type { Paths } from './paths';
 import { Prober, ProbeFailure } from './probe';
@@ -146,8 +146,8 @@ export class Supervisor {
     private readonly paths: Paths,
     private readonly configArgs: string[],
     private readonly log: Logger,
-    /** Replace the view with a fresh one when a pause ends (the libfuse2 session: see renew()). */
-    private readonly renewAfterPause = false,
+    /** Replace the view with a fresh one when files change (the libfuse2 session: see renew()). */
+    private readonly renewOnChange = false,
   ) {
     // Resolved now, before R/usr is ever switched: never a path through the view.
     this.command = selfCommand(paths);
@@ -160,6 +160,7 @@ export class Supervisor {
   run(): Promise<void> {
     const finished = new Promise<void>((resolve) => (this.done = resolve));
     for (const sig of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) process.on(sig, () => void this.stop(sig));
+    process.on(RENEW_SIGNAL, () => this.renewAsked());
     // Until a view of ours answers, R/usr is the real tree: a link left on a predecessor's hung
     // view would hang the programs run below (mount, umount load their libraries through R/usr).
     this.setLink('real');
@@ -225,7 +226,7 @@ export class Supervisor {
     const paused = isPaused(this.paths);
     if (paused) this.setLink('real');
     if (paused === (this.state.state === 'paused') || (!paused && !mayServe)) return;
-    if (!paused && this.renewAfterPause) return void this.renew(this.view);
+    if (!paused && this.renewOnChange) return void this.renew(this.view);
     if (!paused) this.setLink('view');
     this.log.info(paused ? `paused (${pauseFile(this.paths)}): ${this.paths.usrLink} stays on the real tree` : 'pause ended');
     this.state.state = paused ? 'paused' : 'serving';
@@ -325,6 +326,18 @@ export class Supervisor {
   }
 
   /**
+   * The view asked for renewal (a libfuse2 view saw a file it had opened change: see renew()).
+   * Outside a pause: R/usr to the real tree at once, then a fresh view; during one nothing
+   * more is needed (its end renews). Only root can signal this process.
+   */
+  private renewAsked(): void {
+    const view = this.view;
+    if (!this.renewOnChange || !view || this.ending || this.stopping || this.state.state !== 'serving') return;
+    this.setLink('real');
+    void this.renew(view);
+  }
+
+  /**
    * The end of a pause with the libfuse2 session. libfuse2 names kernel nodes by path, so a
    * file a package replaced would keep its old node, and with it the old file's cached pages
    * (a same-size, same-mtime replacement even across opens: new launches read old bytes).
@@ -338,7 +351,7 @@ export class Supervisor {
     this.state.viewPid = null;
     this.state.state = 'starting';
     this.writeState();
-    this.log.info(`pause ended: renewing the libfuse2 view (pid ${view.child.pid} detaches and serves its last users)`);
+    this.log.info(`renewing the libfuse2 view (pid ${view.child.pid} detaches and serves its last users)`);
     view.child.kill('SIGTERM');
     const deadline = Date.now() + DETACH_GRACE_MS;
     while (fuseMountAt(this.paths.viewMount) && Date.now() < deadline) await sleep(50);

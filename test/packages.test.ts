@@ -144,9 +144,13 @@ maybe('package managers while fscache runs', () => {
     root = undefined;
   });
 
+  /** Where buildDebs left version 1's library (outside R/usr), set by debsInRoot. */
+  let libV1 = '';
   /** Copies the debs into R/tmp; returns their paths as seen inside the root. */
   function debsInRoot(r: PkgRoot): Debs {
-    const built = buildDebs(fs.mkdtempSync(path.join(r.root, '.debs-')));
+    const dir = fs.mkdtempSync(path.join(r.root, '.debs-'));
+    const built = buildDebs(dir);
+    libV1 = path.join(dir, 'pkg1/usr/lib/fscache-test/libfscachetest.so.1');
     const inRoot = {} as Debs;
     for (const v of [1, 2, 'broken'] as const) {
       fs.copyFileSync(built[v], path.join(r.root, 'tmp', path.basename(built[v])));
@@ -213,6 +217,25 @@ maybe('package managers while fscache runs', () => {
     expect(await r.cli(['sync'])).toMatchObject({ code: 0 });
     expect(await r.chroot(['/usr/bin/fscache-test'])).toMatchObject({ code: 0, stdout: '2\n' });
     expect(await r.chroot(['/usr/bin/dpkg-query', '-W', '-f', '${Version}', 'fscache-test'])).toMatchObject({ code: 0, stdout: '2' });
+
+    // Outside a package transaction (an administrator's copy and rename into the real tree), a
+    // library of the same size and mtime again: a new launch gets it, a running program keeps its own.
+    const v2 = r.spawn(['/usr/bin/fscache-test', 'loop']);
+    expect(await waitFor(() => valuesAfter(v2.output(), 0).length >= 3, 10000)).toBeGreaterThanOrEqual(0);
+    const libPath = realFile(r, 'lib/fscache-test/libfscachetest.so.1');
+    const { mtime } = fs.statSync(libPath);
+    fs.copyFileSync(libV1, `${libPath}.new`);
+    fs.utimesSync(`${libPath}.new`, mtime, mtime);
+    fs.renameSync(`${libPath}.new`, libPath);
+    await new Promise((res) => setTimeout(res, 2000));
+    expect(await waitFor(() => readLinkState(r.paths).state === 'view', 15000, 50)).toBeGreaterThanOrEqual(0);
+    expect(await r.chroot(['/usr/bin/fscache-test'])).toMatchObject({ code: 0, stdout: '1\n' });
+    const markV2 = v2.output().length;
+    await new Promise((res) => setTimeout(res, 1000));
+    execFileSync('sh', ['-c', 'echo 3 > /proc/sys/vm/drop_caches']);
+    await new Promise((res) => setTimeout(res, 1000));
+    expect([...new Set(valuesAfter(v2.output(), markV2))]).toEqual(['2']);
+    v2.child.kill('SIGKILL');
 
     run = await dpkg(r, '-r', 'fscache-test');
     expect(run).toMatchObject({ code: 0 });
