@@ -5,6 +5,7 @@
  */
 import { Command, InvalidArgumentError } from 'commander';
 import { ElfFormatError, ElfRefusal } from '../elf/errors';
+import type { Paths } from '../fs/paths';
 
 // The randomizer (and iced-x86's wasm decoder, ~0.3 s to load) is loaded only by these verbs.
 const elf = () => import('../elf');
@@ -17,7 +18,8 @@ export function exitCodeFor(err: unknown): number | undefined {
   return undefined;
 }
 
-export function registerElfVerbs(program: Command): void {
+/** `paths`: the root's paths, for `inspect --installed` (resolved only when asked). */
+export function registerElfVerbs(program: Command, paths?: () => Paths): void {
   program
     .command('randomize')
     .description('write a copy of an x86-64 shared library with its functions in a random, verified order')
@@ -48,22 +50,14 @@ export function registerElfVerbs(program: Command): void {
     });
   program
     .command('inspect')
-    .description('say whether a library can be randomized, and if not, why')
-    .argument('<lib>', 'shared library')
+    .description('say whether libraries can be randomized, and if not, why and what to do (rebuild with the flags, do not strip)')
+    .argument('[libs...]', 'shared libraries')
+    .option('--installed', "every shared library under the real tree, grouped by the package that owns it (dpkg, Portage's qfile, opkg)")
     .option('--json', 'machine-readable output')
-    .action(async (lib: string, opts: { json?: boolean }) => {
-      const { inspectBytes, readRegularFile } = await elf();
-      const rep = inspectBytes(readRegularFile(lib).bytes); // a FIFO or device is refused, not read
-      if (opts.json) {
-        process.stdout.write(JSON.stringify({ path: lib, ...rep }, null, 2) + '\n');
-      } else if (rep.randomizable) {
-        process.stdout.write(
-          `${lib}: randomizable: ${rep.units} units (${rep.joinedSymbols} symbols kept with a neighbour), ` +
-          `${rep.entropyBits} bits of entropy, ${rep.textBytes} bytes of .text; touches ${rep.sectionsTouched!.join(' ')}\n`,
-        );
-      } else {
-        process.stdout.write(`${lib}: not randomizable: ${rep.reason}\n`);
-      }
-      // Not randomizable is an answer, not an error: exit 0 unless --json consumers want otherwise.
+    .addHelpText('after', '\nNot randomizable is an answer (exit 0); a named file that cannot be read is exit 2, after the others are reported.')
+    .action(async (libs: string[], opts: { json?: boolean; installed?: boolean }) => {
+      const { inspectVerb } = await import('./inspect');
+      if (opts.installed && !paths) throw new InvalidArgumentError('--installed needs the root (run through the fscache command)');
+      await inspectVerb(libs, opts, () => paths!());
     });
 }

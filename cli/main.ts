@@ -122,7 +122,7 @@ program
     exitCode = r.corrupt.length + r.stale.length > r.dropped ? EXIT_CODES.degraded : EXIT_CODES.ok;
   });
 
-registerElfVerbs(program);
+registerElfVerbs(program, () => contextFrom(globals()).paths);
 registerHookVerbs(program);
 
 program
