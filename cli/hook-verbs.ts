@@ -87,10 +87,14 @@ export function registerHookVerbs(program: Command): void {
   program
     .command('hook-enable')
     .description('install the auditor under R and add LD_AUDIT to R/etc/environment, the systemd drop-in and Gentoo env.d (what start does)')
-    .action(async () => (await import('../loader-hook/env')).enableHook(ctx().paths));
+    .action(async () => printNotes((await import('../loader-hook/env')).enableHook(ctx().paths)));
 
   program
     .command('hook-disable')
     .description('remove fscache\'s LD_AUDIT entries again (what stop does)')
-    .action(async () => (await import('../loader-hook/env')).disableHook(ctx().paths));
+    .action(async () => printNotes((await import('../loader-hook/env')).disableHook(ctx().paths)));
+}
+
+function printNotes(notes: string[]): void {
+  for (const note of notes) process.stdout.write(note + '\n');
 }

@@ -69,7 +69,7 @@ async function startHook(ctx: Context): Promise<void> {
   const { startDaemon, disableHook, enableHook } = await hookModules();
   try {
     await startDaemon(ctx.paths, ctx.configFile);
-    enableHook(ctx.paths);
+    for (const note of enableHook(ctx.paths)) ctx.log.info(note);
   } catch (err) {
     ctx.log.warn(`loader hook not enabled: ${(err as Error).message}`);
     disableHook(ctx.paths);
@@ -79,7 +79,7 @@ async function startHook(ctx: Context): Promise<void> {
 async function stopHook(ctx: Context): Promise<void> {
   const { stopDaemon, disableHook } = await hookModules();
   // New processes first lose LD_AUDIT; processes already running keep the images they mapped.
-  disableHook(ctx.paths);
+  for (const note of disableHook(ctx.paths)) ctx.log.info(note);
   await stopDaemon(ctx.paths);
 }
 

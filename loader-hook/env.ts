@@ -16,9 +16,11 @@
  */
 import * as fs from 'fs';
 import * as path from 'path';
+import { spawnSync } from 'child_process';
 import { FsCacheError } from '../fs/errors';
 import { PACKAGE_ROOT } from '../fs/package-root';
 import type { Paths } from '../fs/paths';
+import { findProgram } from '../fs/programs';
 import { modeOr, readTextOr, writeAtomic } from '../fs/write-atomic';
 import { realTreePathOrUndefined } from './real-path';
 
@@ -97,7 +99,11 @@ function gentooEnvD(paths: Paths): string {
   return path.join(paths.root, 'etc', 'env.d', '99fscache');
 }
 
-export function enableHook(paths: Paths, built = BUILT_AUDITOR): void {
+/**
+ * Makes new processes load the auditor. Returns what took effect and what did not, one line
+ * each, for the administrator: files alone change no running process.
+ */
+export function enableHook(paths: Paths, built = BUILT_AUDITOR): string[] {
   if (!fs.existsSync(built)) throw new FsCacheError('environment', `${built} is not built: run npm run build`);
   const { file, ldAudit, copy } = installedAuditor(paths, built);
   if (copy) {
@@ -122,14 +128,32 @@ export function enableHook(paths: Paths, built = BUILT_AUDITOR): void {
   const unit = `${MARK}\n[Manager]\nDefaultEnvironment=LD_AUDIT=${ldAudit}\n`;
   if ((readTextOr(dropIn) ?? '') !== unit) writeAtomic(dropIn, unit, 0o644);
 
+  const notes = [`LD_AUDIT=${ldAudit} for new logins (${path.relative(paths.root, envFile)}) and services started from now on (systemd: after \`systemctl daemon-reexec\`); running processes and services keep their environment until restarted`];
   const envd = gentooEnvD(paths);
   if (fs.existsSync(path.dirname(envd))) {
     const text = `${MARK}\nLD_AUDIT="${ldAudit}"\n`;
-    if ((readTextOr(envd) ?? '') !== text) writeAtomic(envd, text, 0o644);
+    if ((readTextOr(envd) ?? '') !== text) {
+      writeAtomic(envd, text, 0o644);
+      notes.push(envUpdate(paths));
+    }
   }
+  return notes;
 }
 
-export function disableHook(paths: Paths, built = BUILT_AUDITOR): void {
+/**
+ * Gentoo's env.d reaches /etc/profile.env only through env-update. Run by absolute path in the
+ * root (never via PATH), for the root given (ROOT); bounded. Says so when it cannot.
+ */
+function envUpdate(paths: Paths): string {
+  const program = findProgram(paths, 'env-update');
+  if (!program) return `${path.relative(paths.root, gentooEnvD(paths))} changed, but no env-update was found: run \`env-update && . /etc/profile\``;
+  const r = spawnSync(program, [], { encoding: 'utf8', timeout: 60000, env: { PATH: '/usr/sbin:/usr/bin:/sbin:/bin', ROOT: paths.root } });
+  if (r.status === 0) return `env-update ran: LD_AUDIT is in /etc/profile.env for new shells`;
+  return `env-update failed (${r.error?.message ?? `exit ${r.status}`}${r.stderr ? `: ${r.stderr.trim().split('\n').pop()}` : ''}): run it by hand`;
+}
+
+/** Takes LD_AUDIT out again; returns what took effect and what did not, as enableHook. */
+export function disableHook(paths: Paths, built = BUILT_AUDITOR): string[] {
   const envFile = path.join(paths.root, 'etc', 'environment');
   if (fs.existsSync(envFile)) {
     const before = readTextOr(envFile) ?? '';
@@ -138,6 +162,11 @@ export function disableHook(paths: Paths, built = BUILT_AUDITOR): void {
     if (after !== before) writeAtomic(envFile, after, modeOr(envFile, 0o644));
   }
   fs.rmSync(systemdDropIn(paths), { force: true });
-  fs.rmSync(gentooEnvD(paths), { force: true });
+  const notes = ['LD_AUDIT removed for new logins and services; running processes keep the images they mapped until restarted'];
+  if (fs.existsSync(gentooEnvD(paths))) {
+    fs.rmSync(gentooEnvD(paths), { force: true });
+    notes.push(envUpdate(paths));
+  }
   // The installed auditor stays: processes started with the old environment still name it.
+  return notes;
 }

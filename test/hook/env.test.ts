@@ -135,3 +135,23 @@ test('startDaemon and stopDaemon: idempotent, pid file, socket', async () => {
   expect(daemonPid(paths)).toBeUndefined();
   expect(fs.existsSync(`/proc/${pid}`)).toBe(false);
 });
+
+test('Gentoo: env-update runs (by path in the root, for that root) when env.d changed, and enable/disable say what took effect', () => {
+  fs.mkdirSync(path.join(root, 'etc', 'env.d'), { recursive: true });
+  // No env-update anywhere (this is not Gentoo's host): said, not silently skipped.
+  let notes = enableHook(paths);
+  expect(notes[0]).toMatch(/^LD_AUDIT=\S+ for new logins .*running processes and services keep their environment until restarted$/);
+  expect(notes[1]).toMatch(/etc\/env\.d\/99fscache changed, but no env-update was found: run `env-update/);
+  disableHook(paths);
+  // The root's own env-update (a stand-in recording what it was run for), found in R/sbin.
+  fs.mkdirSync(path.join(root, 'sbin'));
+  fs.writeFileSync(path.join(root, 'sbin', 'env-update'), '#!/bin/sh\ncat "$ROOT/etc/env.d/99fscache" > "$ROOT/etc/profile.env"\n', { mode: 0o755 });
+  notes = enableHook(paths);
+  expect(notes[1]).toBe('env-update ran: LD_AUDIT is in /etc/profile.env for new shells');
+  expect(read('etc/profile.env')).toContain(`LD_AUDIT="${installedAuditor(paths).ldAudit}"`);
+  // Unchanged env.d: nothing to update.
+  expect(enableHook(paths)).toHaveLength(1);
+  fs.writeFileSync(path.join(root, 'sbin', 'env-update'), '#!/bin/sh\necho "!!! broken profile" >&2\nexit 1\n', { mode: 0o755 });
+  notes = disableHook(paths);
+  expect(notes).toEqual([expect.stringMatching(/^LD_AUDIT removed/), 'env-update failed (exit 1: !!! broken profile): run it by hand']);
+});
