@@ -11,8 +11,19 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { identityOf } from '../fs/identity';
+import { CLI_ENTRY } from '../fs/package-root';
 import { keyOf } from '../loader-hook/images';
 import { announceSkip, REPO } from './elf/libs';
+
+describe('the architecture-independent core', () => {
+  test('the view with the kernel session (the default) loads no fuse-native, whose prebuilt addon is x64-only', () => {
+    const script = `for (const m of ['fs/view-service', 'cli/mount', 'cli/ops', 'fs/supervisor']) require(${JSON.stringify(path.join(REPO, 'dist'))} + '/' + m + '.js');
+      console.log(JSON.stringify(Object.keys(require.cache).filter((k) => /fuse-native|session-libfuse2/.test(k))));`;
+    const r = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8', timeout: 20000 });
+    expect(r.stderr).toBe('');
+    expect(JSON.parse(r.stdout)).toEqual([]);
+  });
+});
 
 const CROSS_CC = 'aarch64-linux-gnu-gcc';
 const SYSROOT = '/usr/aarch64-linux-gnu';
@@ -98,6 +109,11 @@ int main(void) {
     // Mapped for the program's whole life: ld.so unloads an auditor whose la_version returned 0.
     expect(r.stdout).toContain(auditor);
     expect(r.stdout).toContain(lib);
+  });
+
+  test('the randomizer refuses an aarch64 library with its reason', () => {
+    const r = spawnSync(process.execPath, [CLI_ENTRY, 'inspect', lib], { encoding: 'utf8', timeout: 20000 });
+    expect(r.stdout + r.stderr).toMatch(/not randomizable: not x86-64 \(e_machine 183\)/);
   });
 
   test('with an epoch, the library is served as the image keyed by its identity', () => {
