@@ -64,7 +64,7 @@ describe('npm pack, npm install -g, fscache', () => {
   });
 
   test('the tarball holds what runs and what rebuilds, and no tests, benchmarks or CI', () => {
-    for (const f of ['bin/fscache', 'dist/cli/main.js', 'dist/doc/fscache.1', 'dist/doc/fscache.bash', 'loader-hook/fscache-audit.so', 'loader-hook/audit.c',
+    for (const f of ['bin/fscache', 'dist/cli/main.js', 'native/build/Release/arch', 'dist/doc/fscache.1', 'dist/doc/fscache.bash', 'loader-hook/fscache-audit.so', 'loader-hook/audit.c',
       'loader-hook/audit.map', 'loader-hook/Makefile', 'loader-hook/demo/hookdemo.c', 'guard/fscache-guard', 'guard/guard.c', 'guard/Makefile',
       'native/build/Release/fscache_native.node', 'native/fscache_native.c', 'native/binding.gyp', 'initscripts/systemd/fscache.service',
       'README.md', 'LICENSE', 'package.json']) {
@@ -114,4 +114,20 @@ describe('npm pack, npm install -g, fscache', () => {
     for (const f of [found.BUILT_AUDITOR, found.NATIVE_ADDON, path.join(real, 'guard', 'fscache-guard')]) expect(fs.statSync(f).isFile()).toBe(true);
     expect(fs.statSync(path.join(real, 'guard', 'fscache-guard')).mode & 0o111).not.toBe(0);
   });
+
+  test('its install script rebuilds the C parts only where they were built for another architecture', () => {
+    if (skipped) return;
+    const marker = path.join(installed, 'native', 'build', 'Release', 'arch');
+    const auditor = path.join(installed, 'loader-hook', 'fscache-audit.so');
+    expect(fs.readFileSync(marker, 'utf8').trim()).toBe(process.arch);
+    const packedTime = fs.statSync(auditor).mtimeMs; // npm gives every file of a tarball one old date
+    expect(sh('npm', ['run', '--silent', 'install'], 20000, installed).status).toBe(0);
+    expect(fs.statSync(auditor).mtimeMs).toBe(packedTime); // same architecture: nothing rebuilt
+    fs.writeFileSync(marker, 'arm64\n'); // as if packed on an aarch64 machine
+    const r = sh('npm', ['run', '--silent', 'install'], 60000, installed);
+    expect(r.status).toBe(0);
+    expect(fs.readFileSync(marker, 'utf8').trim()).toBe(process.arch);
+    expect(fs.statSync(auditor).mtimeMs).toBeGreaterThan(packedTime);
+    expect(sh(path.join(prefix, 'bin', 'fscache'), ['--version'], 20000, tmp).stdout.trim()).toBe(pkg.version);
+  }, 90000);
 });
