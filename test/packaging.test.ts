@@ -70,7 +70,7 @@ describe('npm pack, npm install -g, fscache', () => {
       'README.md', 'LICENSE', 'package.json']) {
       expect(packed).toContain(f);
     }
-    const unwanted = packed.filter((f) => /^(test|bench|\.ci|scripts|node_modules)\//.test(f) || (f.endsWith('.ts') && !f.endsWith('.d.ts')));
+    const unwanted = packed.filter((f) => /^(dist\/)?(test|bench|\.ci|scripts|node_modules)\//.test(f) || (f.endsWith('.ts') && !f.endsWith('.d.ts')));
     expect(unwanted).toEqual([]);
   });
 
