@@ -98,12 +98,36 @@ program
 program
   .command('status')
   .description('show mode, link, view, store, watcher; exit 0 healthy, 4 degraded, 7 stopped')
-  .option('--json', 'machine-readable output')
-  .action(async (opts: { json?: boolean }) => {
-    const { collectStatus, renderStatus, statusExitCode } = await status();
+  .option('--json', 'machine-readable output (with a schema version)')
+  .option('--check', 'one line with perfdata, Nagios plugin exit codes: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN')
+  .option('--prometheus', 'node_exporter textfile-collector text; exit 0 when written')
+  .option('--prometheus-file <file>', 'write that text to FILE atomically (for the textfile collector\'s directory)')
+  .action(async (opts: { json?: boolean; check?: boolean; prometheus?: boolean; prometheusFile?: string }) => {
+    const { checkLine, collectStatus, prometheusText, renderStatus, statusExitCode, unknownLine } = await status();
+    if ([opts.json, opts.check, opts.prometheus || opts.prometheusFile].filter(Boolean).length > 1) {
+      throw new FsCacheError('usage', 'status: choose one of --json, --check, --prometheus');
+    }
+    if (opts.check) {
+      // A check that cannot even read its config is UNKNOWN, not a usage error: the monitor must see 0-3 only.
+      let r: { code: number; line: string };
+      try {
+        r = checkLine(collectStatus(contextFrom(globals())));
+      } catch (err) {
+        r = unknownLine(err);
+      }
+      process.stdout.write(r.line + '\n');
+      exitCode = r.code;
+      return;
+    }
     const report = collectStatus(contextFrom(globals()));
-    process.stdout.write((opts.json ? JSON.stringify(report, null, 2) : renderStatus(report)) + '\n');
-    exitCode = statusExitCode(report);
+    if (opts.prometheusFile) {
+      (await import('../fs/write-atomic')).writeAtomic(path.resolve(opts.prometheusFile), prometheusText(report), 0o644);
+    } else if (opts.prometheus) {
+      process.stdout.write(prometheusText(report));
+    } else {
+      process.stdout.write((opts.json ? JSON.stringify(report, null, 2) : renderStatus(report)) + '\n');
+      exitCode = statusExitCode(report);
+    }
   });
 
 program

@@ -1,4 +1,9 @@
-/** `fscache status`: what is running and how well, as a table or JSON; exit code for monitoring. */
+/**
+ * `fscache status`: what is running and how well, as a table or JSON; exit code for monitoring.
+ * For monitoring systems also as a Nagios plugin's one line (--check: 0 OK, 1 WARNING, 2 CRITICAL,
+ * 3 UNKNOWN, the codes such checks understand, where the project's own table says 4 and 7) and as
+ * node_exporter textfile-collector text (--prometheus). Same report, three renderings.
+ */
 import * as fs from 'fs';
 import * as path from 'path';
 import Database from 'better-sqlite3';
@@ -26,7 +31,11 @@ import type { Context } from './context';
  */
 export type NamedState = 'healthy' | 'degraded' | 'stopped' | 'hung' | 'dead-mount' | 'orphaned' | 'draining' | 'paused';
 
+/** The version of `status --json`'s shape: raised when a field changes meaning or goes away (a new field does not). */
+export const STATUS_SCHEMA = 1;
+
 export interface StatusReport {
+  schema: typeof STATUS_SCHEMA;
   health: 'healthy' | 'degraded' | 'stopped';
   state: NamedState;
   problems: string[];
@@ -186,7 +195,7 @@ export function collectStatus(ctx: Context): StatusReport {
   // Nothing of fscache running is 'stopped' (problems are still listed, e.g. R/usr a directory).
   const health = !active ? 'stopped' : problems.length ? 'degraded' : 'healthy';
   return {
-    health, state: named ?? health, problems, mode: config.mode, root: paths.root,
+    schema: STATUS_SCHEMA, health, state: named ?? health, problems, mode: config.mode, root: paths.root,
     link,
     supervisor: supervisor ? {
       pid: supervisor.pid, state: supervisor.state, restarts: supervisor.restarts, lastFailure: supervisor.lastFailure, nextRetryAt: supervisor.nextRetryAt,
@@ -236,4 +245,86 @@ export function renderStatus(r: StatusReport): string {
   for (const p of r.problems) rows.push(['problem', p]);
   const width = Math.max(...rows.map(([k]) => k.length));
   return rows.map(([k, v]) => `${k.padEnd(width)}  ${v}`).join('\n');
+}
+
+/** Nagios plugin exit codes (monitoring-plugins' guidelines). */
+export const CHECK_CODES = { ok: 0, warning: 1, critical: 2, unknown: 3 } as const;
+
+/**
+ * One line for a Nagios-style check, with perfdata. Stopped, hung and a dead mount are CRITICAL
+ * (nothing served, or launches waiting until the supervisor flips R/usr back); any other
+ * degradation is a WARNING: programs still start, from the real tree or the view.
+ */
+export function checkLine(r: StatusReport): { code: number; line: string } {
+  const critical = r.health === 'stopped' || r.state === 'hung' || r.state === 'dead-mount';
+  const level = r.health === 'healthy' ? 'ok' : critical ? 'critical' : 'warning';
+  const what = r.state === r.health ? r.health : `${r.health} (${r.state})`;
+  const why = r.problems.length ? `: ${r.problems[0]}${r.problems.length > 1 ? ` (+${r.problems.length - 1} more)` : ''}` : '';
+  const perf: string[] = [];
+  const c = r.counters;
+  if (c) perf.push(`opens=${c.opens}c`, `hits=${c.hits}c`, `misses=${c.misses}c`);
+  if (r.store) perf.push(`store_bytes=${r.store.bytes}B;;;0;${r.store.quota}`, `store_files=${r.store.entries}`);
+  if (r.supervisor) perf.push(`restarts=${r.supervisor.restarts}c`);
+  if (r.fills) perf.push(`index_rebuilds=${r.fills.indexRebuilds ?? 0}c`);
+  perf.push(`hook_refusals=${r.hook.passThroughs.length}`);
+  // Perfdata is separated by '|'; a problem text must not contain one (nor a newline).
+  const text = `FSCACHE ${level.toUpperCase()} - ${r.mode} mode, ${what}${why}`.replace(/[|\n]/g, ' ');
+  return { code: CHECK_CODES[level], line: `${text} | ${perf.join(' ')}` };
+}
+
+/** The line a check prints when status itself could not be collected (bad config, unreadable state). */
+export function unknownLine(err: unknown): { code: number; line: string } {
+  return { code: CHECK_CODES.unknown, line: `FSCACHE UNKNOWN - ${(err as Error)?.message ?? String(err)}`.replace(/[|\n]/g, ' ') };
+}
+
+const NAMED_STATES: NamedState[] = ['healthy', 'degraded', 'stopped', 'hung', 'dead-mount', 'orphaned', 'draining', 'paused'];
+
+/** Prometheus text exposition format, for node_exporter's textfile collector. */
+export function prometheusText(r: StatusReport): string {
+  const label = (v: string) => v.replace(/\\/g, '\\\\').replace(/"/g, '\\"').replace(/\n/g, '\\n');
+  const out: string[] = [];
+  const metric = (name: string, type: 'gauge' | 'counter', help: string, samples: Array<[string, number]>) => {
+    out.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`);
+    for (const [labels, value] of samples) out.push(`${name}${labels} ${value}`);
+  };
+  metric('fscache_info', 'gauge', 'Which fscache this is: root prefix, mode, FUSE session, status schema.',
+    [[`{root="${label(r.root)}",mode="${label(r.mode)}",session="${label(r.view.session ?? '')}",schema="${r.schema}"}`, 1]]);
+  metric('fscache_up', 'gauge', '1 when fscache runs (healthy or degraded), 0 when stopped.', [['', r.health === 'stopped' ? 0 : 1]]);
+  metric('fscache_state', 'gauge', "The named state (fscache status): 1 for the current one.",
+    NAMED_STATES.map((s) => [`{state="${s}"}`, r.state === s ? 1 : 0]));
+  metric('fscache_problems', 'gauge', 'Problems status lists.', [['', r.problems.length]]);
+  metric('fscache_view_mounted', 'gauge', '1 when the view is mounted.', [['', r.view.mounted ? 1 : 0]]);
+  if (r.view.uptimeSeconds !== null) metric('fscache_view_uptime_seconds', 'gauge', "The view process's age.", [['', r.view.uptimeSeconds]]);
+  const c = r.counters;
+  if (c) {
+    metric('fscache_view_opens_total', 'counter', 'Opens answered by the view since it started.', [['', c.opens]]);
+    metric('fscache_view_hits_total', 'counter', 'Opens served from a flash copy.', [['', c.hits]]);
+    metric('fscache_view_misses_total', 'counter', 'Opens served from the real tree.', [['', c.misses]]);
+    metric('fscache_view_read_bytes_total', 'counter', 'Bytes read through the view, by source.', [['{source="flash"}', c.bytesFromStore], ['{source="real"}', c.bytesFromReal]]);
+  }
+  if (r.store) {
+    metric('fscache_store_files', 'gauge', 'Copies in the flash store.', [['', r.store.entries]]);
+    metric('fscache_store_bytes', 'gauge', 'Bytes in the flash store.', [['', r.store.bytes]]);
+    metric('fscache_store_quota_bytes', 'gauge', 'The quota config key.', [['', r.store.quota]]);
+  }
+  const f = r.fills;
+  if (f) {
+    metric('fscache_fills_total', 'counter', 'Copies made to flash since the view started.', [['', f.fills]]);
+    metric('fscache_fill_failures_total', 'counter', 'Copies that failed.', [['', f.fillFailures]]);
+    metric('fscache_evictions_total', 'counter', 'Copies evicted under the quota.', [['', f.evictions]]);
+    metric('fscache_stale_copies_total', 'counter', 'Copies refused because the real file changed.', [['', f.staleFound]]);
+    metric('fscache_corrupt_copies_total', 'counter', 'Copies that failed their content check.', [['', f.corruptFound ?? 0]]);
+    metric('fscache_index_rebuilds_total', 'counter', 'Times the index was rebuilt while serving.', [['', f.indexRebuilds ?? 0]]);
+  }
+  if (r.supervisor) metric('fscache_supervisor_restarts_total', 'counter', 'Views the supervisor restarted.', [['', r.supervisor.restarts]]);
+  if (r.watcher) {
+    metric('fscache_watcher_directories', 'gauge', 'Directories under inotify watch.', [['', r.watcher.directories]]);
+    metric('fscache_watcher_invalidations_total', 'counter', 'Changes the watcher passed on.', [['', r.watcher.invalidations]]);
+  }
+  metric('fscache_hook_daemon_up', 'gauge', '1 when the randomization daemon runs.', [['', r.hook.daemonPid ? 1 : 0]]);
+  metric('fscache_hook_images', 'gauge', "Randomized images of the current epoch.", [['', r.hook.images.count]]);
+  metric('fscache_hook_image_bytes', 'gauge', 'Bytes of those images.', [['', r.hook.images.bytes]]);
+  metric('fscache_hook_refusals', 'gauge', 'Libraries of the current epoch that load unrandomized (refused).', [['', r.hook.passThroughs.length]]);
+  metric('fscache_hook_failures', 'gauge', "The daemon's recent failures.", [['', r.hook.failures.length]]);
+  return out.join('\n') + '\n';
 }

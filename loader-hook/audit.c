@@ -65,7 +65,10 @@
 #define LAV_CURRENT_OURS 2u
 #define LA_SER_ORIG 0x01u
 
-/* ---- raw syscalls (x86-64) ---- */
+/* ---- raw syscalls, per architecture (musl's arch/<arch>/syscall_arch.h and bits/syscall.h) ----
+ * Each architecture gives its syscall numbers, sc1..sc6, its kernel struct stat and the flags of
+ * its own ld.so.cache entries and ELF machine; everything below this section is architecture-independent. */
+#if defined(__x86_64__)
 #define SYS_read 0
 #define SYS_close 3
 #define SYS_fstat 5
@@ -118,6 +121,85 @@ static inline long sc6(long n, long a, long b, long c, long d, long e, long f) {
   return (long)r;
 }
 
+/* The kernel's struct stat on x86-64. */
+struct kstat {
+  unsigned long dev, ino, nlink;
+  unsigned int mode, uid, gid, pad0;
+  unsigned long rdev;
+  long size, blksize, blocks;
+  unsigned long atime, atime_ns, mtime, mtime_ns, ctime, ctime_ns;
+  long unused[3];
+};
+/* ld.so.cache entries the loader of this architecture uses: FLAG_ELF_LIBC6 | FLAG_X8664_LIB64. */
+#define CACHE_FLAGS_NATIVE 0x0303u
+#define EM_NATIVE EM_X86_64
+
+#elif defined(__aarch64__)
+/* The generic syscall table (asm-generic/unistd.h). */
+#define SYS_read 63
+#define SYS_close 57
+#define SYS_fstat 80
+#define SYS_pread64 67
+#define SYS_socket 198
+#define SYS_connect 203
+#define SYS_sendto 206
+#define SYS_setsockopt 208
+#define SYS_getsockopt 209
+#define SYS_openat 56
+#define SYS_mmap 222
+#define SYS_newfstatat 79
+#define SYS_readlinkat 78
+
+/* svc 0: number in x8, arguments in x0..x5, result in x0. */
+#define SVC(...) __asm__ volatile("svc 0" : "=r"(x0) : __VA_ARGS__ : "memory", "cc"); return x0
+static inline long sc1(long n, long a) {
+  register long x8 __asm__("x8") = n, x0 __asm__("x0") = a;
+  SVC("r"(x8), "0"(x0));
+}
+static inline long sc2(long n, long a, long b) {
+  register long x8 __asm__("x8") = n, x0 __asm__("x0") = a, x1 __asm__("x1") = b;
+  SVC("r"(x8), "0"(x0), "r"(x1));
+}
+static inline long sc3(long n, long a, long b, long c) {
+  register long x8 __asm__("x8") = n, x0 __asm__("x0") = a, x1 __asm__("x1") = b, x2 __asm__("x2") = c;
+  SVC("r"(x8), "0"(x0), "r"(x1), "r"(x2));
+}
+static inline long sc4(long n, long a, long b, long c, long d) {
+  register long x8 __asm__("x8") = n, x0 __asm__("x0") = a, x1 __asm__("x1") = b, x2 __asm__("x2") = c;
+  register long x3 __asm__("x3") = d;
+  SVC("r"(x8), "0"(x0), "r"(x1), "r"(x2), "r"(x3));
+}
+static inline long sc5(long n, long a, long b, long c, long d, long e) {
+  register long x8 __asm__("x8") = n, x0 __asm__("x0") = a, x1 __asm__("x1") = b, x2 __asm__("x2") = c;
+  register long x3 __asm__("x3") = d, x4 __asm__("x4") = e;
+  SVC("r"(x8), "0"(x0), "r"(x1), "r"(x2), "r"(x3), "r"(x4));
+}
+static inline long sc6(long n, long a, long b, long c, long d, long e, long f) {
+  register long x8 __asm__("x8") = n, x0 __asm__("x0") = a, x1 __asm__("x1") = b, x2 __asm__("x2") = c;
+  register long x3 __asm__("x3") = d, x4 __asm__("x4") = e, x5 __asm__("x5") = f;
+  SVC("r"(x8), "0"(x0), "r"(x1), "r"(x2), "r"(x3), "r"(x4), "r"(x5));
+}
+
+/* The kernel's struct stat on aarch64 (asm-generic/stat.h): nlink is 32-bit and follows mode. */
+struct kstat {
+  unsigned long dev, ino;
+  unsigned int mode, nlink, uid, gid;
+  unsigned long rdev, pad1;
+  long size;
+  int blksize, pad2;
+  long blocks;
+  unsigned long atime, atime_ns, mtime, mtime_ns, ctime, ctime_ns;
+  unsigned int unused[2];
+};
+/* FLAG_ELF_LIBC6 | FLAG_AARCH64_LIB64. */
+#define CACHE_FLAGS_NATIVE 0x0a03u
+#define EM_NATIVE EM_AARCH64
+
+#else
+/* 32-bit ARM and others: stat64/fstatat64, mmap2 and a 32-bit ELF reader below would be needed. */
+#error "loader-hook/audit.c: no syscall wrappers for this architecture (x86-64 and aarch64 are supported)"
+#endif
+
 #define AT_FDCWD (-100)
 #define AT_SYMLINK_NOFOLLOW 0x100
 #define ENOENT_ 2
@@ -139,15 +221,6 @@ static inline long sc6(long n, long a, long b, long c, long d, long e, long f) {
 #define PROT_READ 1
 #define MAP_PRIVATE 2
 
-/* The kernel's struct stat on x86-64. */
-struct kstat {
-  unsigned long dev, ino, nlink;
-  unsigned int mode, uid, gid, pad0;
-  unsigned long rdev;
-  long size, blksize, blocks;
-  unsigned long atime, atime_ns, mtime, mtime_ns, ctime, ctime_ns;
-  long unused[3];
-};
 struct ktimeval { long sec, usec; };
 struct kucred { int pid; unsigned int uid, gid; };
 struct ksockaddr_un { unsigned short family; char path[108]; };
@@ -323,7 +396,7 @@ static void load_epoch(void) {
  * come first: LD_LIBRARY_PATH unset, no object of the namespace has DT_RPATH (the requester's
  * loaders and the main program would be searched), the requester has no DT_RUNPATH and neither it
  * nor the main program has DF_1_NODEFLIB, and the cache has exactly one entry for the name, for
- * x86-64 libc6 and without hwcaps (a glibc-hwcaps subdirectory entry would depend on the CPU).
+ * this architecture's libc6 and without hwcaps (a glibc-hwcaps subdirectory entry would depend on the CPU).
  * Anything else: the name goes on unchanged and the candidate is redirected at a later stage. */
 static struct {
   int env_ok;                   /* LD_LIBRARY_PATH known to be unset (read in la_version) */
@@ -399,8 +472,8 @@ static const char *cache_lookup(const char *name) {
     unsigned long j = 0;
     while (key + j < c.len && name[j] && b[key + j] == (unsigned char)name[j]) j++;
     if (name[j] || key + j >= c.len || b[key + j]) continue;
-    /* 0x0303: FLAG_ELF_LIBC6 | FLAG_X8664_LIB64; any hwcap bits: CPU-dependent choice. */
-    if (rd32(e) != 0x0303 || rd32(e + 16) || rd32(e + 20) || found) return 0;
+    /* This architecture's libc6 entries only; any hwcap bits: CPU-dependent choice. */
+    if (rd32(e) != CACHE_FLAGS_NATIVE || rd32(e + 16) || rd32(e + 20) || found) return 0;
     unsigned long k = val;
     while (k < c.len && b[k]) k++;
     if (k >= c.len || b[val] != '/') return 0;
@@ -447,7 +520,7 @@ static int uses_origin(int fd) {
   Elf64_Ehdr eh;
   if (sys_pread(fd, &eh, sizeof eh, 0) != (long)sizeof eh) return -1;
   if (eh.e_ident[0] != 0x7f || eh.e_ident[1] != 'E' || eh.e_ident[2] != 'L' || eh.e_ident[3] != 'F') return -1;
-  if (eh.e_ident[EI_CLASS] != ELFCLASS64 || eh.e_ident[EI_DATA] != ELFDATA2LSB || eh.e_machine != EM_X86_64 ||
+  if (eh.e_ident[EI_CLASS] != ELFCLASS64 || eh.e_ident[EI_DATA] != ELFDATA2LSB || eh.e_machine != EM_NATIVE ||
       eh.e_type != ET_DYN || eh.e_phentsize != sizeof(Elf64_Phdr) || eh.e_phnum > 32)
     return -1;
   /* Small buffers: la_objsearch may run on a thread with a small stack (dlopen from a thread). */

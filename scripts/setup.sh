@@ -6,8 +6,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # fuse (2.9) and libfuse2, not fuse3: fuse3 Breaks/Replaces fuse and would remove bindfs.
+# gcc-aarch64-linux-gnu, libc6-dev-arm64-cross and qemu-user: the auditor cross-built for aarch64 and
+# run under the aarch64 loader (test/arch.test.ts). man-db: the man page's check (test/man.test.ts).
 APT_PACKAGES=(libfuse2 fuse rsync bindfs hyperfine attr nbdkit libnbd-bin gdb dpkg-dev
-              build-essential python3 perl time libcap2-bin)
+              build-essential python3 perl time libcap2-bin
+              gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user man-db)
 
 if ! grep -rqsE '^(Types: *deb-src|deb-src )' /etc/apt/sources.list /etc/apt/sources.list.d/; then
   cat > /etc/apt/sources.list.d/fscache-deb-src.sources <<'SRC'
