@@ -67,6 +67,7 @@ describe('npm pack, npm install -g, fscache', () => {
     for (const f of ['bin/fscache', 'dist/cli/main.js', 'native/build/Release/arch', 'dist/doc/fscache.1', 'dist/doc/fscache.bash', 'loader-hook/fscache-audit.so', 'loader-hook/audit.c',
       'loader-hook/audit.map', 'loader-hook/Makefile', 'loader-hook/demo/hookdemo.c', 'guard/fscache-guard', 'guard/guard.c', 'guard/Makefile',
       'native/build/Release/fscache_native.node', 'native/fscache_native.c', 'native/binding.gyp', 'initscripts/systemd/fscache.service',
+      'contrib/yocto/classes/fscache-randomizable.bbclass', 'contrib/gentoo/env/fscache-randomizable.conf', 'docs/DESIGN.md',
       'README.md', 'LICENSE', 'package.json']) {
       expect(packed).toContain(f);
     }
