@@ -8,6 +8,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import Database from 'better-sqlite3';
 import { EXIT_CODES } from '../fs/errors';
+import { auditorUse, AuditorUse } from '../loader-hook/active';
 import { daemonPid } from '../loader-hook/control';
 import { installedAuditor } from '../loader-hook/env';
 import { hookPaths, readFailures } from '../loader-hook/images';
@@ -53,7 +54,10 @@ export interface StatusReport {
 }
 
 export interface HookStatus {
+  /** LD_AUDIT is in R/etc/environment: what new logins get. */
   enabled: boolean;
+  /** What is active now: processes that have the auditor mapped (and those this user could not look at). */
+  active: AuditorUse;
   daemonPid: number | null;
   epoch: string | null;
   images: { count: number; bytes: number };
@@ -88,7 +92,7 @@ function hookStatus(ctx: Context): HookStatus {
     epoch = null;
   }
   const status: HookStatus = {
-    enabled: hookEnabled(ctx), daemonPid: daemonPid(ctx.paths) ?? null, epoch,
+    enabled: hookEnabled(ctx), active: auditorUse(ctx.paths), daemonPid: daemonPid(ctx.paths) ?? null, epoch,
     images: { count: 0, bytes: 0 }, passThroughs: [], failures: readFailures(hp).map(({ source, message }) => ({ source, message })),
   };
   if (!fs.existsSync(ctx.paths.index)) return status;
@@ -239,7 +243,8 @@ export function renderStatus(r: StatusReport): string {
   // The view rebuilt a broken index while serving (it served the real tree meanwhile): say so, it is worth a look at the flash.
   if (r.fills?.indexRebuilds) rows.push(['index', `rebuilt ${r.fills.indexRebuilds} times while serving; last: ${r.fills.indexTrouble ?? '?'}`]);
   if (r.watcher) rows.push(['watcher', `${r.watcher.state}, ${r.watcher.directories} directories, ${r.watcher.invalidations} invalidations`]);
-  rows.push(['hook', r.hook.enabled ? `LD_AUDIT set, daemon ${r.hook.daemonPid ? `pid ${r.hook.daemonPid}` : 'not running'}, epoch ${r.hook.epoch ?? 'none'}, ${r.hook.images.count} images (${MiB(r.hook.images.bytes)}), ${r.hook.passThroughs.length} passed through` : 'off']);
+  const mapped = `${r.hook.active.processes} processes map the auditor${r.hook.active.unreadable ? ` (${r.hook.active.unreadable} not visible to this user)` : ''}`;
+  rows.push(['hook', r.hook.enabled ? `LD_AUDIT set (${mapped}), daemon ${r.hook.daemonPid ? `pid ${r.hook.daemonPid}` : 'not running'}, epoch ${r.hook.epoch ?? 'none'}, ${r.hook.images.count} images (${MiB(r.hook.images.bytes)}), ${r.hook.passThroughs.length} passed through` : `off${r.hook.active.processes ? ` (${mapped}: started while it was on)` : ''}`]);
   for (const p of r.hook.passThroughs.slice(0, 10)) rows.push(['passed', `${p.source}: ${p.reason}`]);
   for (const f of r.hook.failures.slice(-3)) rows.push(['hook error', `${f.source}: ${f.message}`]);
   for (const p of r.problems) rows.push(['problem', p]);
@@ -321,6 +326,7 @@ export function prometheusText(r: StatusReport): string {
     metric('fscache_watcher_directories', 'gauge', 'Directories under inotify watch.', [['', r.watcher.directories]]);
     metric('fscache_watcher_invalidations_total', 'counter', 'Changes the watcher passed on.', [['', r.watcher.invalidations]]);
   }
+  metric('fscache_hook_processes', 'gauge', 'Processes that have the auditor mapped (those readable by the collector).', [['', r.hook.active.processes]]);
   metric('fscache_hook_daemon_up', 'gauge', '1 when the randomization daemon runs.', [['', r.hook.daemonPid ? 1 : 0]]);
   metric('fscache_hook_images', 'gauge', "Randomized images of the current epoch.", [['', r.hook.images.count]]);
   metric('fscache_hook_image_bytes', 'gauge', 'Bytes of those images.', [['', r.hook.images.bytes]]);

@@ -21,6 +21,12 @@ describe('man page and completion (built by npm run build)', () => {
   const verbs = parseHelp(spawnSync(process.execPath, [CLI_ENTRY, '--help'], { encoding: 'utf8', timeout: 20000 }).stdout).commands
     .map((c) => c.term.split(' ')[0]).filter((v) => v !== 'help');
 
+  test("the README's command table names every verb the CLI has", () => {
+    const readme = fs.readFileSync(path.join(REPO, 'README.md'), 'utf8');
+    const listed = new Set([...readme.matchAll(/^\| `([a-z-]+)[` ]/gm)].map((m) => m[1]).concat([...readme.matchAll(/^\| `[a-z-]+`, `([a-z-]+)`/gm)].map((m) => m[1])));
+    expect(verbs.filter((v) => !listed.has(v))).toEqual([]);
+  });
+
   test('renders without warnings', () => {
     if (!has('groff')) {
       console.warn('SKIP rendering the man page: groff not installed; checking its structure only');

@@ -9,6 +9,8 @@ import { daemonPid, startDaemon, stopDaemon } from '../../loader-hook/control';
 import { parseRequest } from '../../loader-hook/daemon';
 import { readRefusals } from '../../loader-hook/refusals';
 import { BUILT_AUDITOR, disableHook, editEnvironment, enableHook, installedAuditor } from '../../loader-hook/env';
+import { auditorUse } from '../../loader-hook/active';
+import { spawn } from 'child_process';
 
 let root: string;
 let paths: Paths;
@@ -154,4 +156,20 @@ test('Gentoo: env-update runs (by path in the root, for that root) when env.d ch
   fs.writeFileSync(path.join(root, 'sbin', 'env-update'), '#!/bin/sh\necho "!!! broken profile" >&2\nexit 1\n', { mode: 0o755 });
   notes = disableHook(paths);
   expect(notes).toEqual([expect.stringMatching(/^LD_AUDIT removed/), 'env-update failed (exit 1: !!! broken profile): run it by hand']);
+});
+
+test('what is active: processes that have an auditor under R mapped are counted, others not', async () => {
+  const copy = path.join(root, 'etc', 'fscache', 'fscache-audit.so');
+  fs.mkdirSync(path.dirname(copy), { recursive: true });
+  fs.copyFileSync(BUILT_AUDITOR, copy);
+  expect(auditorUse(paths).processes).toBe(0);
+  // The auditor outside R (the build's own) does not count for this root.
+  const outside = spawn('/usr/bin/sleep', ['20'], { env: { LD_AUDIT: BUILT_AUDITOR } });
+  const inside = [spawn('/usr/bin/sleep', ['20'], { env: { LD_AUDIT: copy } }), spawn('/usr/bin/sleep', ['20'], { env: { LD_AUDIT: copy } })];
+  try {
+    await new Promise((r) => setTimeout(r, 500));
+    expect(auditorUse(paths).processes).toBe(2); // (pid 1 of this machine's sandbox is unreadable even to root)
+  } finally {
+    for (const c of [outside, ...inside]) c.kill('SIGKILL');
+  }
 });
