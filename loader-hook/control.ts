@@ -12,7 +12,7 @@ import { FsCacheError } from '../fs/errors';
 import type { Paths } from '../fs/paths';
 import { randomizerNodeFlags } from '../elf/node-flags';
 import { selfCommand } from '../fs/self-command';
-import { hookPaths } from './images';
+import { hookPaths } from './hook-paths';
 
 /** The daemon's pid if it runs (pid file names a live `fscache ... daemon` process). */
 export function daemonPid(paths: Paths): number | undefined {
