@@ -3,14 +3,18 @@
  * (issue 14, findings 3, 4, 5 and 8): slow clients cannot starve others, claimed identities
  * cannot grow its memory or poison others' answers, and nothing it writes tells nobody the
  * epoch's seed, the list of cached paths or the identity of a file nobody could stat, while
- * nobody's own launches still get images. Run `npx tsc -p . && make -C loader-hook` first.
+ * nobody's own launches still get images; a daemon that dies anyway (finding 3: nothing restarted
+ * it) is started again by the supervisor. Run `npm run build` first.
  */
 import { spawn, spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as net from 'net';
 import * as path from 'path';
 import { announceSkip } from '../elf/libs';
-import { currentEpoch, daemonLog, imageFor, installLib, Libs, libs, makeSandbox, removeSandbox, Sandbox, startDaemon, stopDaemon } from './sandbox';
+import { readSupervisorState } from '../../fs/supervisor';
+import { createOpsSandbox, OpsSandbox } from '../helpers/ops-sandbox';
+import { fuseAvailable, waitFor } from '../helpers/view-sandbox';
+import { currentEpoch, daemonLog, imageFor, installLib, Libs, libs, makeSandbox, removeSandbox, Sandbox, startDaemon, stopDaemon } from '../hook/sandbox';
 
 const L = libs();
 const run = 'skip' in L ? describe.skip : describe;
@@ -194,4 +198,45 @@ console.log(JSON.stringify(out));`;
     expect([mode(fscache), mode(path.join(fscache, 'images')), mode(path.join(fscache, 'images', e)), mode(path.join(fscache, 'index.sqlite'))])
       .toEqual([0o711, 0o711, 0o711, 0o600]);
   }, 180_000);
+});
+
+const noFuse = fuseAvailable();
+(noFuse ? describe.skip : describe)('the daemon under the supervisor', () => {
+  let ops: OpsSandbox | undefined;
+  afterEach(async () => {
+    await ops?.dispose(); // stops, then kills whatever still runs for the root (the daemon too)
+    ops = undefined;
+  });
+
+  test('finding 3: a daemon killed (as the OOM killer would) is started again by the supervisor within seconds; stop does not bring it back', async () => {
+    ops = createOpsSandbox();
+    expect(ops.cli(['setup', '--yes']).code).toBe(0);
+    ops.bindHostUsr();
+    expect(ops.cli(['start'])).toMatchObject({ code: 0 });
+    const pidFile = path.join(ops.paths.runDir, 'hook-daemon.pid');
+    const pidNow = () => { try { return Number(fs.readFileSync(pidFile, 'utf8')); } catch { return 0; } };
+    const alive = (pid: number) => pid > 0 && fs.existsSync(`/proc/${pid}`) && !/^State:\s+Z/m.test(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
+    const first = pidNow();
+    expect(alive(first)).toBe(true);
+    expect(readSupervisorState(ops.paths)).toBeTruthy();
+
+    const killedAt = Date.now();
+    process.kill(first, 'SIGKILL');
+    const ms = await waitFor(() => { const p = pidNow(); return p !== first && alive(p); }, 15_000, 50);
+    expect(ms).toBeGreaterThanOrEqual(0);
+    const second = pidNow();
+    // It answers (once it listens): a request on the socket gets a line back.
+    let answer = '';
+    for (let i = 0; i < 100 && answer === ''; i++) {
+      answer = (await ask(path.join(ops.paths.runDir, 'hook.sock'), 'garbage\n', 2000)).answer;
+      if (answer === '') await new Promise((r) => setTimeout(r, 100));
+    }
+    expect(answer).toBe('ERR bad request\n');
+    console.log(`hook daemon killed: started again by the supervisor after ${Date.now() - killedAt} ms`);
+
+    expect(ops.cli(['stop']).code).toBe(0);
+    await new Promise((r) => setTimeout(r, 3000)); // longer than the supervisor's check: had it lived, it would have restarted it
+    expect(alive(second)).toBe(false);
+    expect(fs.existsSync(pidFile)).toBe(false);
+  }, 120_000);
 });
