@@ -6,7 +6,7 @@
  * nobody's own launches still get images; a daemon that dies anyway (finding 3: nothing restarted
  * it) is started again by the supervisor. Run `npm run build` first.
  */
-import { spawn, spawnSync } from 'child_process';
+import { execFileSync, spawn, spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as net from 'net';
 import * as path from 'path';
@@ -138,6 +138,47 @@ run('the daemon against an unprivileged user', () => {
     expect(seen.refusedAtOnce).toBeGreaterThan(100);
     expect((await ask(sock, requestFor(sb, zlib))).answer).toBe('OK\n');
   }, 60_000);
+
+  test('held: malformed requests from nobody (garbage, a 5 MB line, no newline, .., /proc/self/root, a FIFO and a device in library_dirs, a 3000-connection burst)', async () => {
+    // Special files inside the library directory, as a careless package might leave them.
+    execFileSync('mkfifo', [path.join(sb.lib, 'libfifo.so')]);
+    execFileSync('mknod', [path.join(sb.lib, 'libzero.so'), 'c', '1', '5']);
+    await startDaemon(sb);
+    const st = fs.statSync(zlib, { bigint: true });
+    const id = `${st.dev} ${st.ino} ${st.size} ${st.mtimeNs}`;
+    const MALFORMED = `
+const net = require('net'); const [sock, id] = process.argv.slice(1);
+function ask(data, ms) { return new Promise((resolve) => { const t0 = Date.now(); const c = net.connect(sock); let out = '';
+  const timer = setTimeout(() => c.destroy(), ms); c.on('connect', () => c.write(data)); c.on('data', (d) => (out += d));
+  c.on('error', () => undefined); c.on('close', () => { clearTimeout(timer); resolve({ out, ms: Date.now() - t0 }); }); }); }
+(async () => {
+  const r = {};
+  r.garbage = await ask('hello daemon\\n', 5000);
+  r.huge = await ask('Q ' + 'x'.repeat(5 * 1024 * 1024), 10000);
+  r.noNewline = await ask('Q ' + id + ' /lib/libz.so.1', 10000);
+  r.dotdot = await ask('Q ' + id + ' /lib/../../../../etc/shadow\\n', 10000);
+  r.procRoot = await ask('Q ' + id + ' /proc/self/root/lib/libz.so.1\\n', 10000);
+  r.fifo = await ask('Q 1 2 3 4 /lib/libfifo.so\\n', 10000);
+  r.device = await ask('Q 1 2 3 4 /lib/libzero.so\\n', 10000);
+  const burst = await Promise.all(Array.from({ length: 3000 }, () => ask('junk\\n', 20000)));
+  r.burst = { answered: burst.filter((b) => b.out === 'ERR bad request\\n').length, slowest: Math.max(...burst.map((b) => b.ms)) };
+  console.log(JSON.stringify(r));
+})();`;
+    const r = nodeAsNobody(MALFORMED, [sock, id], 90_000);
+    const seen = JSON.parse(r.out) as Record<string, { out: string; ms: number }> & { burst: { answered: number; slowest: number } };
+    expect(seen.garbage.out).toBe('ERR bad request\n');
+    expect(seen.huge.out).toBe('ERR request too long\n');
+    expect(seen.noNewline).toMatchObject({ out: '' });
+    expect(seen.noNewline.ms).toBeLessThan(5000); // cut at the request deadline (3 s)
+    for (const k of ['dotdot', 'procRoot', 'fifo', 'device']) expect([k, seen[k].out]).toEqual([k, 'PASS not eligible\n']);
+    expect(seen.fifo.ms).toBeLessThan(5000); // never opened for reading (it would block)
+    // The burst: every connection answered or dropped, nothing held; the daemon lives and still makes images.
+    expect(seen.burst.slowest).toBeLessThan(20000);
+    console.log(`3000-connection burst from nobody: ${seen.burst.answered} answered, slowest ${seen.burst.slowest} ms`);
+    expect(sb.daemon!.exitCode).toBeNull();
+    expect((await ask(sock, requestFor(sb, zlib))).answer).toBe('OK\n');
+    expect(fs.readdirSync(path.join(sb.root, 'fscache', 'images', currentEpoch(sb))).some((n) => n.startsWith('1-2-3-4'))).toBe(false);
+  }, 180_000);
 
   test('findings 3 and 4: claimed identities neither grow the daemon nor poison the answer for the real library', async () => {
     await startDaemon(sb);
