@@ -115,7 +115,8 @@ export class VouchedMeta {
    * Something changed at `file`: forget it and its directory's listing, and with
    * `subtree` (it is or was a watched directory) everything below it too. Only a
    * directory under watch can have vouched entries below it, so a plain file's event
-   * costs a few map deletions even with many entries recorded.
+   * costs a few map deletions even with many entries recorded. The file's other names
+   * (same device and inode as recorded, or as `now`) are forgotten too, and returned.
    */
   forget(file: string, subtree: boolean, now?: InodeKey): string[] {
     // The file's other names go with it: what was recorded for this name, and what it is now.
