@@ -55,6 +55,7 @@ const MIGRATIONS: string[] = [
    );`,
   // The real file's ctime (finding 6 of issue 14); older rows keep NULL and are refilled.
   `ALTER TABLE entries ADD COLUMN ctime_ns INTEGER;`,
+  `ALTER TABLE hook_images ADD COLUMN sha256 TEXT;`,
 ];
 export const SCHEMA_VERSION = MIGRATIONS.length;
 const SQLITE_MAGIC = Buffer.from('SQLite format 3\0', 'latin1');

@@ -14,11 +14,15 @@
  * - SIGTERM: the link goes back first, then the view is told to detach; it keeps serving
  *   its last users by itself. A view that does not detach within 5 s is hung and aborted.
  *
+ * - The loader hook's daemon, if start started one, is started again when it dies (checked every
+ *   DAEMON_CHECK_MS, with back-off).
+ *
  * It runs nothing through R/usr: node and the CLI come from the real tree (fs/self-command.ts),
  * umount and mount by absolute path in the real tree, and every module is loaded at start.
  * State for `fscache status` (last good probe, last probe error) is in supervisor.json.
  */
 import { ChildProcess, spawn } from 'child_process';
+import { reviveDaemon } from '../loader-hook/control';
 import * as fs from 'fs';
 import * as path from 'path';
 import { abortMount, ensureFusectl, fuseMountAt, lazyDetach } from './fusectl';
@@ -57,6 +61,7 @@ const BACKOFF_MS = [1000, 2000, 4000, 8000, 16000, 30000, 60000];
 const HEALTHY_RESET_MS = 60000;
 const HEALTH_TIMEOUT_MS = 5000;
 const DETACH_GRACE_MS = 5000;
+const DAEMON_CHECK_MS = 2000;
 
 export function supervisorStateFile(paths: Paths): string {
   return path.join(paths.runDir, 'supervisor.json');
@@ -135,6 +140,10 @@ export class Supervisor {
   private retryTimer?: NodeJS.Timeout;
   private tickTimer?: NodeJS.Timeout;
   private guard?: ChildProcess;
+  private daemonTimer?: NodeJS.Timeout;
+  /** Daemon restarts that failed in a row, for their back-off. */
+  private daemonFailures = 0;
+  private daemonNextTry = 0;
   private readonly command: SelfCommand;
   private readonly state: SupervisorState = {
     pid: process.pid, startedAt: Date.now(), state: 'starting', viewPid: null, restarts: 0, lastFailure: null, nextRetryAt: null,
@@ -169,6 +178,7 @@ export class Supervisor {
     this.writeState();
     this.startGuard();
     this.tickTimer = setInterval(() => void this.tick(), PROBE_INTERVAL_MS);
+    this.daemonTimer = setInterval(() => void this.keepDaemon(), DAEMON_CHECK_MS);
     this.startLaunch();
     return finished;
   }
@@ -283,6 +293,22 @@ export class Supervisor {
     this.setLink(this.state.state === 'paused' ? 'real' : 'view');
     this.writeState();
     this.log.info(`serving: view pid ${view.child.pid}${isPaused(this.paths) ? ' (paused: the link stays on the real tree)' : ''}`);
+  }
+
+  /** The hook's daemon back if it died (a crash or an OOM left launches without images until a restart). */
+  private async keepDaemon(): Promise<void> {
+    if (this.stopping || Date.now() < this.daemonNextTry) return;
+    this.daemonNextTry = Number.MAX_SAFE_INTEGER; // one attempt at a time
+    const i = this.configArgs.indexOf('--config');
+    try {
+      const pid = await reviveDaemon(this.paths, i >= 0 ? this.configArgs[i + 1] : undefined);
+      if (pid) this.log.warn(`the hook daemon was gone: started again (pid ${pid})`);
+      this.daemonFailures = 0;
+      this.daemonNextTry = 0;
+    } catch (err) {
+      this.daemonNextTry = Date.now() + BACKOFF_MS[Math.min(this.daemonFailures++, BACKOFF_MS.length - 1)];
+      this.log.error(`the hook daemon did not start again: ${(err as Error).message}`);
+    }
   }
 
   /** One probe per second of the serving view; at most one outstanding. */
@@ -400,6 +426,7 @@ export class Supervisor {
     this.log.info(`${sig}: switching ${this.paths.usrLink} to the real tree and detaching the view`);
     clearTimeout(this.retryTimer);
     clearInterval(this.tickTimer);
+    clearInterval(this.daemonTimer);
     this.state.state = 'stopping';
     this.setLink('real');
     this.writeState();

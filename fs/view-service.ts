@@ -85,7 +85,11 @@ export class RunningView {
 
     const watcher = new Watcher(paths, config, store, log);
     const meta = new VouchedMeta(config.watch === 'off' ? 0 : config.metadataTrustSeconds * 1000);
-    watcher.onChange = (abs, subtree) => meta.forget(abs, subtree);
+    // All names of a file go together (hard links): the watcher learns them from vouched memory,
+    // which vouches for a file with other links only while the watcher watches its inode.
+    watcher.onChange = (abs, subtree, inode) => meta.forget(abs, subtree, inode);
+    watcher.namesOf = (inode) => meta.namesOf(inode);
+    meta.watchInode = (file, st) => watcher.watchInode(file, st);
     const view = new View(paths.realTree, store, log, watcher, meta);
     const session = createSession(config.fuseSession, view, {
       mountpoint: paths.viewMount,

@@ -10,6 +10,10 @@
  * chokidar watches the package-manager databases, whose change (an install or upgrade)
  * re-checks every flash copy and forgets all vouched metadata.
  *
+ * A file with other hard links is watched itself as well (an inotify watch is on the inode, so
+ * it sees a write through any name, also one outside the real tree), within the same cap; the
+ * directory watch would only see writes through names in that directory.
+ *
  * Correctness never rests on the store's side of this: the identity check refuses a
  * stale copy anyway; the watcher frees stale copies early and invalidates caches.
  */
@@ -21,6 +25,7 @@ import { errnoCode } from './errors';
 import type { Logger } from './log';
 import type { Paths } from './paths';
 import type { Store } from './store';
+import { InodeKey, inodeKey } from './vouched-meta';
 
 export interface WatcherState {
   state: 'off' | 'watching' | 'capped' | 'failed';
@@ -34,12 +39,19 @@ export interface WatcherState {
 export class Watcher {
   readonly status: WatcherState = { state: 'off', directories: 0, packageDbs: [], invalidations: 0 };
   private readonly dirs = new Map<string, fs.FSWatcher>();
+  /** Files with other hard links, watched by inode (watchInode). */
+  private readonly inodes = new Map<InodeKey, fs.FSWatcher>();
   private packageWatcher?: ChokidarWatcher;
   private revalidateTimer?: NodeJS.Timeout;
   /** No new watches after the kernel refused one (inotify limits). */
   private refusing = false;
-  /** A real path (absolute) changed; `subtree` when it is or was a watched directory. */
-  onChange?: (absPath: string, subtree: boolean) => void;
+  /**
+   * A real path (absolute) changed; `subtree` when it is or was a watched directory; `inode`: what
+   * the name is now, if a file. Returns the other names of the same file, which changed with it.
+   */
+  onChange?: (absPath: string, subtree: boolean, inode?: InodeKey) => string[];
+  /** The names known for a file (all its hard links the view has answered for). */
+  namesOf?: (inode: InodeKey) => string[];
   /** Every cached metadata must be forgotten (package operation, lost watch). */
   onForgetAll?: () => void;
   /** Told of every changed path below the real tree, so the FUSE session can invalidate the kernel's cache. */
@@ -109,6 +121,45 @@ export class Watcher {
     return true;
   }
 
+  /**
+   * Watches the inode of `file` (a regular file with other hard links, lstat `st`); true when the
+   * watch is live and the file is still `st`, so that every change from then on will be reported.
+   */
+  watchInode(file: string, st: fs.BigIntStats): boolean {
+    const key = inodeKey(st);
+    if (this.inodes.has(key)) return true;
+    if (this.status.state === 'off' || this.refusing || this.dirs.size + this.inodes.size >= this.config.watchMaxDirs) return false;
+    let watcher: fs.FSWatcher;
+    try {
+      watcher = fs.watch(file, { persistent: false }, () => this.onInodeEvent(key));
+    } catch {
+      return false;
+    }
+    // Changed between the caller's lstat and the watch: that change would never be reported.
+    let now: fs.BigIntStats | undefined;
+    try {
+      now = fs.lstatSync(file, { bigint: true });
+    } catch {
+      now = undefined;
+    }
+    if (!now || inodeKey(now) !== key || now.ctimeNs !== st.ctimeNs) {
+      watcher.close();
+      return false;
+    }
+    watcher.on('error', () => {
+      this.inodes.get(key)?.close();
+      this.inodes.delete(key);
+      this.onInodeEvent(key);
+    });
+    this.inodes.set(key, watcher);
+    return true;
+  }
+
+  /** A file with other hard links changed (through any name): every name of it changed. */
+  private onInodeEvent(key: InodeKey): void {
+    for (const name of this.namesOf?.(key) ?? []) this.changed(name, false, key);
+  }
+
   private unwatch(dir: string): void {
     this.dirs.get(dir)?.close();
     this.dirs.delete(dir);
@@ -126,14 +177,28 @@ export class Watcher {
         subtree = true;
       }
     }
-    this.onChange?.(changed, subtree);
-    if (!changed.startsWith(this.paths.realTree + '/')) return;
-    const relPath = path.relative(this.paths.realTree, changed);
-    this.onInvalidate?.(relPath);
-    if (this.store?.has(relPath)) {
-      this.store.drop(relPath);
-      this.status.invalidations++;
-      this.log.debug(`${relPath} changed: flash copy dropped`);
+    let inode: InodeKey | undefined;
+    try {
+      const st = fs.lstatSync(changed, { bigint: true });
+      if (st.isFile()) inode = inodeKey(st);
+    } catch {
+      // removed: the name's old file is what was recorded for it
+    }
+    this.changed(changed, subtree, inode);
+  }
+
+  /** `changed` and every other name of the same file: forgotten, invalidated, copies dropped. */
+  private changed(changed: string, subtree: boolean, inode?: InodeKey): void {
+    const others = this.onChange?.(changed, subtree, inode) ?? [];
+    for (const name of [changed, ...others]) {
+      if (!name.startsWith(this.paths.realTree + '/')) continue;
+      const relPath = path.relative(this.paths.realTree, name);
+      this.onInvalidate?.(relPath);
+      if (this.store?.has(relPath)) {
+        this.store.drop(relPath);
+        this.status.invalidations++;
+        this.log.debug(`${relPath} changed: flash copy dropped`);
+      }
     }
   }
 
@@ -165,6 +230,8 @@ export class Watcher {
   async stop(): Promise<void> {
     clearTimeout(this.revalidateTimer);
     for (const dir of [...this.dirs.keys()]) this.unwatch(dir);
+    for (const w of this.inodes.values()) w.close();
+    this.inodes.clear();
     await this.packageWatcher?.close();
     this.status.state = 'off';
   }

@@ -3,8 +3,11 @@ import { randomBytes } from 'crypto';
 import * as fs from 'fs';
 import * as path from 'path';
 
-/** Writes `data` to `file` atomically: temporary name in the same directory, fsync, rename, fsync dir. */
-export function writeAtomic(file: string, data: Uint8Array | string, mode: number): void {
+/**
+ * Writes `data` to `file` atomically: temporary name in the same directory, fsync, rename, fsync dir.
+ * `mtimeSec`: the file's times, set before the rename (the hook's images record their size there).
+ */
+export function writeAtomic(file: string, data: Uint8Array | string, mode: number, o: { mtimeSec?: number } = {}): void {
   const dir = path.dirname(file);
   const tmp = path.join(dir, `.${path.basename(file)}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`);
   let fd = -1;
@@ -14,6 +17,7 @@ export function writeAtomic(file: string, data: Uint8Array | string, mode: numbe
     for (let off = 0; off < bytes.length; ) off += fs.writeSync(fd, bytes, off, bytes.length - off);
     fs.fchmodSync(fd, mode); // the umask must not decide what readers trust
     fs.fchownSync(fd, 0, 0);
+    if (o.mtimeSec !== undefined) fs.futimesSync(fd, o.mtimeSec, o.mtimeSec);
     fs.fsyncSync(fd);
     fs.closeSync(fd);
     fd = -1;

@@ -12,7 +12,8 @@
  *     that descriptor), the epoch directory (once per process) and the image (at each use) checked
  *     with lstat: root-owned, not writable by group or others, right file type, not a symlink. The
  *     loader opens the returned path by name anyway, so a descriptor would prove no more.
- *     The daemon's socket must have a root peer.
+ *     The daemon's socket must have a root peer. An image is used only if its size equals its mtime
+ *     (the daemon's seal of the size it wrote; contents are re-hashed by a daemon taking over an epoch).
  *
  * Cost: a hit at a later stage is two stat calls (the candidate, the image); at LA_SER_ORIG the
  * candidate is opened and its dynamic section read ($ORIGIN check). ld.so.cache is mapped only
@@ -581,7 +582,11 @@ static int lookup(const char *key, char *out) {
     int r = sys_stat(out, &st, AT_SYMLINK_NOFOLLOW);
     if (r == -ENOENT_) continue;
     /* A regular file (a symlink planted under the key is S_IFLNK here), root-owned, not writable by others. */
-    return r == 0 && trusted(&st, S_IFREG) ? (i == 0 ? IMAGE : PASS) : UNTRUSTED;
+    if (r != 0 || !trusted(&st, S_IFREG)) return UNTRUSTED;
+    /* The daemon seals an image with its size as its mtime: a truncated one would SIGBUS the launch
+       (flash rot); load the original and ask, and the daemon makes it again. */
+    if (i == 0 && (unsigned long)st.size != st.mtime) return NONE;
+    return i == 0 ? IMAGE : PASS;
   }
   return NONE;
 }

@@ -2,7 +2,8 @@
  * Starting and stopping the randomization daemon as a background process, for `fscache start`
  * and `stop`: `startDaemon` spawns `fscache daemon` in its own process group with its log in
  * R/run/fscache/hook-daemon.log and its pid in R/run/fscache/hook-daemon.pid, and returns once
- * its socket answers; `stopDaemon` sends SIGTERM and waits. Both idempotent.
+ * its socket answers; `stopDaemon` sends SIGTERM and waits. Both idempotent. `reviveDaemon`: the
+ * supervisor's restart of a daemon that died (nothing else would: launches then miss for good).
  */
 import { spawn } from 'child_process';
 import * as fs from 'fs';
@@ -12,7 +13,7 @@ import { FsCacheError } from '../fs/errors';
 import type { Paths } from '../fs/paths';
 import { randomizerNodeFlags } from '../elf/node-flags';
 import { selfCommand } from '../fs/self-command';
-import { hookPaths } from './images';
+import { hookPaths } from './hook-paths';
 
 /** The daemon's pid if it runs (pid file names a live `fscache ... daemon` process). */
 export function daemonPid(paths: Paths): number | undefined {
@@ -55,9 +56,20 @@ export async function startDaemon(paths: Paths, configFile?: string, timeoutMs =
   throw new FsCacheError('degraded', `the hook daemon did not start; see ${hp.logFile}`);
 }
 
+/**
+ * For the supervisor: starts the daemon again if `start` started one (its pid file is there) and
+ * it is gone. Returns the new pid, or undefined when nothing had to be done.
+ */
+export async function reviveDaemon(paths: Paths, configFile?: string): Promise<number | undefined> {
+  if (!fs.existsSync(hookPaths(paths).pidFile) || daemonPid(paths)) return undefined;
+  return startDaemon(paths, configFile);
+}
+
 export async function stopDaemon(paths: Paths, timeoutMs = 10_000): Promise<void> {
   const pid = daemonPid(paths);
   const hp = hookPaths(paths);
+  // The pid file first: a supervisor seeing the daemon gone must not start it again (reviveDaemon).
+  fs.rmSync(hp.pidFile, { force: true });
   if (pid) {
     process.kill(pid, 'SIGTERM');
     const deadline = Date.now() + timeoutMs;

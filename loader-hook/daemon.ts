@@ -17,13 +17,15 @@
  * per request claim (jobs waiting, refusals remembered) is bounded too, since anyone may claim anything.
  * Time is bounded per connection from accept (REQUEST_DEADLINE_MS for the request line, then
  * ANSWER_DEADLINE_MS), and connections still sending their line are capped, the oldest dropped:
- * slow clients push out each other, never a hook's request.
+ * slow clients push out each other, never a hook's request. Connections open at once are capped
+ * per uid (MAX_PER_UID, where the native addon tells the peer's uid) and in all (MAX_CONNECTIONS).
  */
 import * as fs from 'fs';
 import * as net from 'net';
 import * as path from 'path';
 import type { Config } from '../fs/config';
 import type { Logger } from '../fs/log';
+import { native } from '../fs/native';
 import type { Paths } from '../fs/paths';
 import { HookFailure, ImageStore, MakeResult, writeAtomic } from './images';
 import { RefusalLog } from './refusals';
@@ -35,11 +37,17 @@ const REQUEST_DEADLINE_MS = 3_000;
 const ANSWER_DEADLINE_MS = 120_000;
 /**
  * Connections still sending their request line, at most this many: a new one drops the oldest of
- * them. Node cannot tell the peer's uid (no SO_PEERCRED), so the cap is global; since a hook sends
- * its line as soon as it connects, it leaves this set within microseconds, and a crowd of slow
- * clients can only push out each other, never keep a new request from being read.
+ * them. Since a hook sends its line as soon as it connects, it leaves this set within microseconds,
+ * and a crowd of slow clients can only push out each other, never keep a new request from being read.
  */
 const MAX_READING = 128;
+/**
+ * Connections open at once per uid other than root's (the peer's uid from SO_PEERCRED): one user's
+ * crowd cannot take the descriptors everyone shares (MAX_CONNECTIONS); beyond it their hooks load
+ * originals. Node has no SO_PEERCRED: the uid comes from the native addon's peerUid when it has
+ * one, and without it only the global caps hold (status quo, said in the log at start).
+ */
+const MAX_PER_UID = 64;
 /** Descriptors at all (reading or waiting for a job), a bound on what anyone can make us hold. */
 const MAX_CONNECTIONS = 4096;
 const GC_INTERVAL_MS = 30_000;
@@ -48,6 +56,20 @@ const MAX_JOBS = 1024;
 /** Policy refusals answered from memory: at most this many identities, each for REFUSED_TTL_MS. */
 const MAX_REFUSED_REMEMBERED = 1024;
 const REFUSED_TTL_MS = 60_000;
+
+/** getsockopt(SO_PEERCRED) on a socket's descriptor, if the native addon has it (fs/native.ts). */
+const peerUidCall = (native as Partial<{ peerUid(fd: number): number }>).peerUid;
+
+/** The uid of the process at the other end of `c`, or undefined when it cannot be known. */
+function peerUid(c: net.Socket): number | undefined {
+  const fd = (c as unknown as { _handle?: { fd?: number } })._handle?.fd;
+  if (!peerUidCall || fd === undefined || fd < 0) return undefined;
+  try {
+    return peerUidCall(fd);
+  } catch {
+    return undefined;
+  }
+}
 
 export interface Request { dev: bigint; ino: bigint; size: bigint; mtimeNs: bigint; path: string }
 
@@ -67,6 +89,8 @@ export class HookDaemon {
   private readonly refusedRecently = new Map<string, { reason: string; library?: string; until: number }>();
   /** Connections that have not sent their request line yet, oldest first (insertion order). */
   private readonly reading = new Set<net.Socket>();
+  /** Open connections per non-root uid. */
+  private readonly perUid = new Map<number, number>();
   readonly store: ImageStore;
   readonly refusals: RefusalLog;
 
@@ -88,6 +112,7 @@ export class HookDaemon {
       this.server!.listen(sock, () => resolve());
     });
     fs.chmodSync(sock, 0o666);
+    if (!peerUidCall) this.log.warn(`hook: the native addon has no peerUid: no cap per uid, only the global caps on connections`);
     this.gcTimer = setInterval(() => this.housekeeping(), GC_INTERVAL_MS);
     this.gcTimer.unref();
     this.log.info(`hook daemon listening on ${sock}`);
@@ -114,6 +139,18 @@ export class HookDaemon {
   private onConnection(c: net.Socket): void {
     let buf = '';
     let done = false;
+    const uid = peerUid(c);
+    if (uid !== undefined && uid !== 0) {
+      const n = (this.perUid.get(uid) ?? 0) + 1;
+      // Refused at once, nothing read: that user's hooks load originals (fail open) until theirs close.
+      if (n > MAX_PER_UID) return void c.destroy();
+      this.perUid.set(uid, n);
+      c.once('close', () => {
+        const left = (this.perUid.get(uid) ?? 1) - 1;
+        if (left > 0) this.perUid.set(uid, left);
+        else this.perUid.delete(uid);
+      });
+    }
     // Deadlines from accept, not idle timeouts: a byte now and then must not keep a connection open.
     this.reading.add(c);
     if (this.reading.size > MAX_READING) {

@@ -17,6 +17,10 @@
  * asked for as /usr/lib/x.so while the link points at the view is the real tree's file, and the
  * daemon never opens anything through the view; a library the randomizer refuses is remembered
  * with its reason (and tried once more in the next epoch, since a refusal can depend on the seed).
+ * Images checked before the hook may use them: an image's mtime is set to its size in
+ * seconds before it is renamed into place, and the hook uses an image only where its lstat shows
+ * the two equal (a truncated image would make the next launch die of SIGBUS); its sha256 is in the
+ * index, and a daemon taking over an epoch re-hashes every image before it answers (checkImages).
  * Disclosure: the seed of each epoch (which decides every layout) and the list of cached paths live
  * in the index, kept 0600 under a 0711 R/fscache; an image or marker, whose name is a file's
  * identity, is made only for a file every user could stat anyway.
@@ -33,25 +37,14 @@ import { StoreIndex } from '../fs/index-db';
 import type { Logger } from '../fs/log';
 import type { Paths } from '../fs/paths';
 import { writeAtomic } from '../fs/write-atomic';
+import { HookPaths, hookPaths } from './hook-paths';
 import { RealPathError, realTreePath, realTreePathOrUndefined } from './real-path';
+
+export { hookPaths };
+export type { HookPaths };
 
 export type ImageKey = string;
 export type Epoch = string;
-
-export interface HookPaths {
-  /** R/fscache/images */
-  images: string;
-  /** R/run/fscache/epoch: the hook's only configuration. */
-  epochFile: string;
-  /** R/run/fscache/hook.sock */
-  socket: string;
-  pidFile: string;
-  logFile: string;
-  /** The daemon's last failures (JSON list of HookFailure). */
-  failuresFile: string;
-  /** The daemon's refusals, bounded (refusals.ts). */
-  refusalsFile: string;
-}
 
 export interface HookFailure { at: number; source: string; message: string }
 
@@ -61,19 +54,6 @@ export function readFailures(hp: HookPaths): HookFailure[] {
   } catch {
     return [];
   }
-}
-
-export function hookPaths(paths: Paths): HookPaths {
-  // audit.c looks for R/run/fscache/{epoch,hook.sock}: the hook works with the default run_dir only.
-  return {
-    images: paths.images,
-    epochFile: path.join(paths.runDir, 'epoch'),
-    socket: path.join(paths.runDir, 'hook.sock'),
-    pidFile: path.join(paths.runDir, 'hook-daemon.pid'),
-    logFile: path.join(paths.runDir, 'hook-daemon.log'),
-    failuresFile: path.join(paths.runDir, 'hook-failures.json'),
-    refusalsFile: path.join(paths.runDir, 'hook-refusals.json'),
-  };
 }
 
 export function keyOf(id: RealIdentity): ImageKey {
@@ -215,6 +195,8 @@ export class ImageStore {
     if (cur) {
       const row = this.db.prepare('SELECT boot_id FROM hook_epochs WHERE epoch = ?').get(cur.epoch) as { boot_id: string };
       if (row.boot_id === bootId()) {
+        // Images made by an earlier daemon of this boot have sat on flash since: checked before it goes on.
+        this.checkImages(cur.epoch);
         this.writeEpochFile(cur.epoch); // on_miss/miss_wait_ms may have changed
         return cur.epoch;
       }
@@ -275,6 +257,51 @@ export class ImageStore {
     }
     if (removed.length) this.log.info(`hook: removed unused epochs ${removed.join(', ')}`);
     return removed;
+  }
+
+  /**
+   * Checks every image of `epoch` against the size and sha256 recorded when it was made, and
+   * removes what does not match (a byte rotted on flash, a truncation, an image without a row):
+   * the hook then asks again and a new image is made. Images of before the sha256 column are
+   * removed too (nothing to check them against). Once per daemon start, before it answers.
+   */
+  checkImages(epoch: Epoch): { checked: number; removed: string[]; ms: number } {
+    const t0 = performance.now();
+    const dir = path.join(this.hp.images, epoch);
+    const removed: string[] = [];
+    let checked = 0;
+    let names: string[];
+    try {
+      names = fs.readdirSync(dir).filter((n) => n.endsWith('.so'));
+    } catch {
+      return { checked, removed, ms: 0 };
+    }
+    const rowOf = this.db.prepare('SELECT size, sha256 FROM hook_images WHERE epoch = ? AND key = ?');
+    for (const name of names) {
+      const file = path.join(dir, name);
+      const key = name.slice(0, -3);
+      const row = rowOf.get(epoch, key) as { size: number; sha256: string | null } | undefined;
+      let why: string | undefined;
+      try {
+        const st = fs.lstatSync(file);
+        if (!st.isFile()) why = 'not a regular file';
+        else if (!row?.sha256) why = 'no recorded hash';
+        else if (st.size !== row.size) why = `size ${st.size}, made with ${row.size}`;
+        else if (createHash('sha256').update(fs.readFileSync(file)).digest('hex') !== row.sha256) why = 'contents differ from those made';
+        else if (Math.floor(st.mtimeMs / 1000) !== st.size) fs.utimesSync(file, st.size, st.size); // sealed as the hook expects
+        checked++;
+      } catch (e) {
+        why = `unreadable (${errnoCode(e) ?? (e as Error).message})`;
+      }
+      if (!why) continue;
+      fs.rmSync(file, { force: true, recursive: false });
+      this.db.prepare('DELETE FROM hook_images WHERE epoch = ? AND key = ?').run(epoch, key);
+      removed.push(name);
+      this.log.warn(`hook: image ${file} removed: ${why}`);
+    }
+    const ms = performance.now() - t0;
+    this.log.info(`hook: checked ${checked} image(s) of epoch ${epoch} in ${ms.toFixed(0)} ms, ${removed.length} removed`);
+    return { checked, removed, ms };
   }
 
   // ---- eligibility and randomization ----
@@ -344,7 +371,7 @@ export class ImageStore {
       if (expected && !sameIdentity(id, expected)) return { kind: 'refused', reason: 'file is not the one the hook found (changed?)', library: real };
       const key = keyOf(id);
       const image = path.join(this.hp.images, cur.epoch, `${key}.so`);
-      if (fs.existsSync(image)) return { kind: 'image', key, image, made: false, ms: 0 };
+      if (this.intact(cur.epoch, key, image)) return { kind: 'image', key, image, made: false, ms: 0 };
       const known = this.db.prepare('SELECT reason FROM hook_passthrough WHERE key = ? AND epoch = ?').get(key, cur.epoch) as { reason: string } | undefined;
       if (known) {
         this.markPass(cur.epoch, key, known.reason);
@@ -373,16 +400,36 @@ export class ImageStore {
       }
       this.randomizations++;
       this.evict(out.length);
-      writeAtomic(image, out, 0o444);
+      // Sealed before the rename (the header): the hook never sees an image without its recorded size.
+      writeAtomic(image, out, 0o444, { mtimeSec: out.length });
       const ms = Math.round(performance.now() - t0);
       const now = Date.now();
-      this.db.prepare(`INSERT OR REPLACE INTO hook_images (epoch, key, source, size, made_ms, created, last_access)
-        VALUES (?, ?, ?, ?, ?, ?, ?)`).run(cur.epoch, key, real, out.length, ms, now, now);
+      this.db.prepare(`INSERT OR REPLACE INTO hook_images (epoch, key, source, size, made_ms, created, last_access, sha256)
+        VALUES (?, ?, ?, ?, ?, ?, ?, ?)`).run(cur.epoch, key, real, out.length, ms, now, now, createHash('sha256').update(out).digest('hex'));
       this.log.info(`hook: randomized ${real} -> ${image} in ${ms} ms` + (unmoved ? `; ${unmoved}` : ''));
       return { kind: 'image', key, image, made: true, ms };
     } finally {
       fs.closeSync(fd);
     }
+  }
+
+  /**
+   * Whether the image is there with the size it was made with and its seal (mtime = size); one
+   * that is not (truncated on flash: the hook loads the original and asks) is removed, to be made again.
+   */
+  private intact(epoch: Epoch, key: ImageKey, image: string): boolean {
+    let st: fs.Stats;
+    try {
+      st = fs.lstatSync(image);
+    } catch {
+      return false;
+    }
+    const row = this.db.prepare('SELECT size FROM hook_images WHERE epoch = ? AND key = ?').get(epoch, key) as { size: number } | undefined;
+    if (st.isFile() && row?.size === st.size && Math.floor(st.mtimeMs / 1000) === st.size) return true;
+    this.log.warn(`hook: image ${image} removed: size ${st.size}, made with ${row?.size ?? 'no record'}`);
+    fs.rmSync(image, { force: true });
+    this.db.prepare('DELETE FROM hook_images WHERE epoch = ? AND key = ?').run(epoch, key);
+    return false;
   }
 
   private markPass(epoch: Epoch, key: ImageKey, reason: string): void {

@@ -163,7 +163,8 @@ run('loader hook', () => {
       how(img);
       return launch(sb);
     };
-    const copy = (p: string) => fs.copyFileSync(good, p);
+    // Copied with the daemon's seal (mtime = size): only trust, not the seal, is under test here.
+    const copy = (p: string) => { fs.copyFileSync(good, p); const n = fs.statSync(p).size; fs.utimesSync(p, n, n); };
 
     const control = plant((p) => { copy(p); fs.chmodSync(p, 0o444); });
     expect(control.maps.has(img)).toBe(true); // the planting is at the right name

@@ -3,15 +3,17 @@
  * forever, a device like /dev/zero to be read until 12 GB, and `randomize good.so /dev/full` to
  * replace the device node with a regular file. Each is now refused at once with one line and
  * exit 3. The CLI runs as its own process with a timeout (a hang fails the test, not the run);
- * the FIFO and device nodes are our own, made with mknod in a temporary directory.
+ * the FIFO is planted by nobody in a directory anyone may write (the attack: root's inspect of a
+ * user's file), the device nodes are our own, made with mknod in that directory.
  */
 import { execFileSync, spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { announceSkip, buildZlib } from './libs';
+import { announceSkip, buildZlib } from '../elf/libs';
 
 const CLI = path.join(__dirname, '..', '..', 'dist', 'cli', 'main.js');
+const NOBODY = ['--reuid=65534', '--regid=65534', '--clear-groups'];
 const z = buildZlib();
 const run = z.ok ? describe : describe.skip;
 if (!z.ok) announceSkip('special-file CLI tests', z.skip);
@@ -33,8 +35,10 @@ run('inspect and randomize on special files', () => {
     dir = fs.mkdtempSync(path.join(os.tmpdir(), 'fscache-special-'));
     good = path.join(dir, 'libz.so.1');
     fs.copyFileSync((z as { lib: string }).lib, good);
+    fs.chmodSync(dir, 0o1777); // as /tmp: anyone may plant a file there
     fifo = path.join(dir, 'fifo');
-    execFileSync('mkfifo', [fifo]);
+    execFileSync('setpriv', [...NOBODY, 'mkfifo', fifo], { timeout: 10_000 });
+    expect(fs.statSync(fifo).uid).toBe(65534);
     zero = path.join(dir, 'zero');
     execFileSync('mknod', [zero, 'c', '1', '5']); // as /dev/zero
     full = path.join(dir, 'full');
