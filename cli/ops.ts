@@ -156,7 +156,7 @@ function mirrorServiceFile(ctx: Context): string {
 
 interface MirrorServiceState {
   pid: number;
-  state: 'starting' | 'serving' | 'failed';
+  state: 'starting' | 'serving' | 'retrying';
   reason?: string;
 }
 
@@ -166,27 +166,46 @@ function writeMirrorService(ctx: Context, state: MirrorServiceState): void {
   fs.renameSync(`${mirrorServiceFile(ctx)}.tmp`, mirrorServiceFile(ctx));
 }
 
+/** The supervisor's back-off, for a mirror that cannot be served yet (incomplete, older than the real tree). */
+const MIRROR_RETRY_MS = [1000, 2000, 4000, 8000, 16000, 30000, 60000];
+
 /**
  * `start --foreground` in mirror mode: the mirror is bound and R/usr switched to it, readiness
  * is told to systemd, then the process stays until SIGTERM (the init system's stop), which
- * switches R/usr back and unbinds the mirror. A mirror that cannot be served fails the start.
+ * switches R/usr back and unbinds the mirror. A mirror that cannot be served (not synced yet,
+ * older than the real tree) leaves R/usr on the real tree and is tried again with back-off,
+ * as the supervisor retries a view: `start --wait` reports it, and the init script stops the service.
  */
 async function mirrorForeground(ctx: Context): Promise<number> {
-  writeMirrorService(ctx, { pid: process.pid, state: 'starting' });
-  try {
-    out(await startMirror(ctx.paths, ctx.log));
-  } catch (err) {
-    writeMirrorService(ctx, { pid: process.pid, state: 'failed', reason: (err as Error).message });
-    sdNotify(ctx.paths, `STATUS=${(err as Error).message}`, ctx.log);
-    throw err;
-  }
-  writeMirrorService(ctx, { pid: process.pid, state: 'serving' });
-  sdNotify(ctx.paths, `READY=1\nSTATUS=serving the mirror: ${ctx.paths.usrLink} -> ${fs.readlinkSync(ctx.paths.usrLink)}`, ctx.log);
-  const sig = await new Promise<string>((resolve) => {
-    for (const s of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) process.once(s, () => resolve(s));
+  let signalled: string | undefined;
+  let wake: () => void = () => undefined;
+  for (const s of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) process.once(s, () => ((signalled = s), wake()));
+  const sleep = (ms: number) => new Promise<void>((resolve) => {
+    const timer = setTimeout(resolve, ms);
+    wake = () => (clearTimeout(timer), resolve());
   });
+  writeMirrorService(ctx, { pid: process.pid, state: 'starting' });
+  for (let attempt = 0; !signalled; attempt++) {
+    try {
+      out(await startMirror(ctx.paths, ctx.log));
+      writeMirrorService(ctx, { pid: process.pid, state: 'serving' });
+      sdNotify(ctx.paths, `READY=1\nSTATUS=serving the mirror: ${ctx.paths.usrLink} -> ${fs.readlinkSync(ctx.paths.usrLink)}`, ctx.log);
+      // Nothing else keeps this process alive while it serves: a timer does, until the signal.
+      const alive = setInterval(() => undefined, 1 << 30);
+      await new Promise<void>((resolve) => (signalled ? resolve() : (wake = resolve)));
+      clearInterval(alive);
+      break;
+    } catch (err) {
+      const delay = MIRROR_RETRY_MS[Math.min(attempt, MIRROR_RETRY_MS.length - 1)];
+      const reason = (err as Error).message;
+      ctx.log.error(`${reason}; retrying in ${delay / 1000} s`);
+      writeMirrorService(ctx, { pid: process.pid, state: 'retrying', reason });
+      sdNotify(ctx.paths, `STATUS=retrying in ${delay / 1000} s, ${ctx.paths.usrLink} on the real tree: ${reason}`, ctx.log);
+      await sleep(delay);
+    }
+  }
   sdNotify(ctx.paths, 'STOPPING=1', ctx.log);
-  ctx.log.info(`${sig}: switching ${ctx.paths.usrLink} to the real tree and unbinding the mirror`);
+  ctx.log.info(`${signalled}: switching ${ctx.paths.usrLink} to the real tree and unbinding the mirror`);
   try {
     out(stopMirror(ctx.paths));
   } finally {
@@ -212,11 +231,14 @@ async function waitStarted(ctx: Context): Promise<number> {
       } catch {
         s = undefined;
       }
-      if (s?.state === 'serving' && processAlive(s.pid) && readLinkState(ctx.paths, 'mirror').state === 'mirror') {
-        out(`started (mirror): ${ctx.paths.usrLink} -> ${fs.readlinkSync(ctx.paths.usrLink)}`);
-        return 0;
+      // Only a living process's state: a dead one's is left from an earlier start.
+      if (s && processAlive(s.pid)) {
+        if (s.state === 'serving' && readLinkState(ctx.paths, 'mirror').state === 'mirror') {
+          out(`started (mirror): ${ctx.paths.usrLink} -> ${fs.readlinkSync(ctx.paths.usrLink)}`);
+          return 0;
+        }
+        if (s.state === 'retrying') throw fail(`the mirror is not served: ${s.reason}`);
       }
-      if (s?.state === 'failed') throw fail(`the mirror is not served: ${s.reason}`);
     } else {
       const s = readSupervisorState(ctx.paths);
       if (s?.state === 'paused') {
