@@ -63,11 +63,12 @@ program
 program
   .command('start')
   .description('mount the view, check it, switch R/usr to it (mirror mode: to the flash copy); idempotent')
-  .option('--foreground', 'run the supervisor in the foreground (what init systems use)')
-  .action(async (opts: { foreground?: boolean }) => {
+  .option('--foreground', 'run the supervisor in the foreground until SIGTERM (what init systems run; tells systemd when R/usr is switched)')
+  .option('--wait', 'wait until the supervisor an init system started has switched R/usr (exit 0), or its first launch failed (exit 4); starts nothing')
+  .action(async (opts: { foreground?: boolean; wait?: boolean }) => {
     const ctx = contextFrom(globals());
     const { startVerb, configArgs } = await ops();
-    exitCode = await startVerb(ctx, !!opts.foreground, configArgs(ctx, globals().config));
+    exitCode = await startVerb(ctx, opts.wait ? 'wait' : opts.foreground ? 'foreground' : 'detach', configArgs(ctx, globals().config));
   });
 
 program
@@ -152,8 +153,11 @@ registerHookVerbs(program);
 program
   .command('config')
   .description('print the config file with every key, its default and allowed values')
-  .action(() => {
-    process.stdout.write(renderDefaultConfig());
+  .option('--check', 'read the config as start does and check what start needs (exit 2 bad value, 3 untrusted or not set up, 5 missing), change nothing')
+  .option('--show', 'with --check: print every key with its effective value')
+  .action(async (opts: { check?: boolean; show?: boolean }) => {
+    if (!opts.check) return void process.stdout.write(renderDefaultConfig());
+    (await import('./config-check')).configCheckVerb(contextFrom(globals()), !!opts.show);
   });
 
 function exitFor(err: unknown): number {

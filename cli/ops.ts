@@ -8,7 +8,9 @@ import { fuseMountAt } from '../fs/fusectl';
 import { mirrorMounted, startMirror, stopMirror } from '../fs/mirror';
 import { selfCommand } from '../fs/self-command';
 import { planSetup, refreshViewDirIfIdle, runSetup } from '../fs/setup';
-import { checkMayClear, clearMountPoint } from '../fs/stale';
+import { keepLogBounded } from '../fs/log';
+import { sdNotify } from '../fs/sd-notify';
+import { checkMayClear, clearMountPoint, processAlive } from '../fs/stale';
 import { readSupervisorRecord, readSupervisorState, Supervisor, supervisorStateFile } from '../fs/supervisor';
 import { syncStore } from '../fs/sync';
 import type { Context } from './context';
@@ -83,16 +85,30 @@ async function stopHook(ctx: Context): Promise<void> {
   await stopDaemon(ctx.paths);
 }
 
-export async function startVerb(ctx: Context, foreground: boolean, extraArgs: string[]): Promise<number> {
+/**
+ * How start runs: `detach` (a person: the supervisor is started in the background and start
+ * returns once R/usr is switched), `foreground` (an init system: this process is the service
+ * until SIGTERM), `wait` (an init system's start that already launched the foreground
+ * process: wait until it switched R/usr, never start one).
+ */
+export type StartHow = 'detach' | 'foreground' | 'wait';
+
+/** How long `start --wait` waits for R/usr to be switched; mirror mode compares the whole tree first. */
+const WAIT_MS = 120000;
+
+export async function startVerb(ctx: Context, how: StartHow, extraArgs: string[]): Promise<number> {
+  if (how === 'wait') return waitStarted(ctx);
   checkLinkIsOurs(ctx);
   packageHooksOnStart(ctx);
   await startHook(ctx);
+  if (how === 'foreground') keepLogBounded(ctx.paths.log); // when stderr is the file log (started detached)
   if (ctx.config.mode === 'mirror') {
+    if (how === 'foreground') return mirrorForeground(ctx);
     out(await startMirror(ctx.paths, ctx.log));
     return 0;
   }
   const running = readSupervisorState(ctx.paths);
-  if (foreground) {
+  if (how === 'foreground') {
     if (running) throw new FsCacheError('busy', `already supervised by pid ${running.pid}`);
     await new Supervisor(ctx.paths, extraArgs, ctx.log, ctx.config.fuseSession === 'libfuse2').run();
     return 0;
@@ -129,6 +145,113 @@ export async function startVerb(ctx: Context, foreground: boolean, extraArgs: st
     if (s?.state === 'retrying' || Date.now() > deadline) {
       throw new FsCacheError('degraded', `the view is not serving (${s?.lastFailure?.reason ?? 'no answer within 30 s'}); ${ctx.paths.usrLink} stays on the real tree, retrying in the background (see ${ctx.paths.log})`);
     }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+/** Mirror mode's service process: its state, for `start --wait`. */
+function mirrorServiceFile(ctx: Context): string {
+  return path.join(ctx.paths.runDir, 'mirror-service.json');
+}
+
+interface MirrorServiceState {
+  pid: number;
+  state: 'starting' | 'serving' | 'retrying';
+  reason?: string;
+}
+
+function writeMirrorService(ctx: Context, state: MirrorServiceState): void {
+  fs.mkdirSync(ctx.paths.runDir, { recursive: true });
+  fs.writeFileSync(`${mirrorServiceFile(ctx)}.tmp`, JSON.stringify(state) + '\n');
+  fs.renameSync(`${mirrorServiceFile(ctx)}.tmp`, mirrorServiceFile(ctx));
+}
+
+/** The supervisor's back-off, for a mirror that cannot be served yet (incomplete, older than the real tree). */
+const MIRROR_RETRY_MS = [1000, 2000, 4000, 8000, 16000, 30000, 60000];
+
+/**
+ * `start --foreground` in mirror mode: the mirror is bound and R/usr switched to it, readiness
+ * is told to systemd, then the process stays until SIGTERM (the init system's stop), which
+ * switches R/usr back and unbinds the mirror. A mirror that cannot be served (not synced yet,
+ * older than the real tree) leaves R/usr on the real tree and is tried again with back-off,
+ * as the supervisor retries a view: `start --wait` reports it, and the init script stops the service.
+ */
+async function mirrorForeground(ctx: Context): Promise<number> {
+  let signalled: string | undefined;
+  let wake: () => void = () => undefined;
+  for (const s of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) process.once(s, () => ((signalled = s), wake()));
+  const sleep = (ms: number) => new Promise<void>((resolve) => {
+    const timer = setTimeout(resolve, ms);
+    wake = () => (clearTimeout(timer), resolve());
+  });
+  writeMirrorService(ctx, { pid: process.pid, state: 'starting' });
+  for (let attempt = 0; !signalled; attempt++) {
+    try {
+      out(await startMirror(ctx.paths, ctx.log));
+      writeMirrorService(ctx, { pid: process.pid, state: 'serving' });
+      sdNotify(ctx.paths, `READY=1\nSTATUS=serving the mirror: ${ctx.paths.usrLink} -> ${fs.readlinkSync(ctx.paths.usrLink)}`, ctx.log);
+      // Nothing else keeps this process alive while it serves: a timer does, until the signal.
+      const alive = setInterval(() => undefined, 1 << 30);
+      await new Promise<void>((resolve) => (signalled ? resolve() : (wake = resolve)));
+      clearInterval(alive);
+      break;
+    } catch (err) {
+      const delay = MIRROR_RETRY_MS[Math.min(attempt, MIRROR_RETRY_MS.length - 1)];
+      const reason = (err as Error).message;
+      ctx.log.error(`${reason}; retrying in ${delay / 1000} s`);
+      writeMirrorService(ctx, { pid: process.pid, state: 'retrying', reason });
+      sdNotify(ctx.paths, `STATUS=retrying in ${delay / 1000} s, ${ctx.paths.usrLink} on the real tree: ${reason}`, ctx.log);
+      await sleep(delay);
+    }
+  }
+  sdNotify(ctx.paths, 'STOPPING=1', ctx.log);
+  ctx.log.info(`${signalled}: switching ${ctx.paths.usrLink} to the real tree and unbinding the mirror`);
+  try {
+    out(stopMirror(ctx.paths));
+  } finally {
+    fs.rmSync(mirrorServiceFile(ctx), { force: true });
+  }
+  return 0;
+}
+
+/**
+ * `start --wait`: what an init script runs after its service manager launched `start
+ * --foreground` (OpenRC's supervise-daemon, start-stop-daemon): 0 once R/usr is switched
+ * (or held on the real tree by a pause), 4 once the first launch failed (the script then
+ * stops the service: nothing is left retrying behind the init system's back), 4 at the deadline.
+ */
+async function waitStarted(ctx: Context): Promise<number> {
+  const deadline = Date.now() + WAIT_MS;
+  const fail = (why: string) => new FsCacheError('degraded', `${why}; ${ctx.paths.usrLink} stays on the real tree (see the service's log)`);
+  for (;;) {
+    if (ctx.config.mode === 'mirror') {
+      let s: MirrorServiceState | undefined;
+      try {
+        s = JSON.parse(fs.readFileSync(mirrorServiceFile(ctx), 'utf8')) as MirrorServiceState;
+      } catch {
+        s = undefined;
+      }
+      // Only a living process's state: a dead one's is left from an earlier start.
+      if (s && processAlive(s.pid)) {
+        if (s.state === 'serving' && readLinkState(ctx.paths, 'mirror').state === 'mirror') {
+          out(`started (mirror): ${ctx.paths.usrLink} -> ${fs.readlinkSync(ctx.paths.usrLink)}`);
+          return 0;
+        }
+        if (s.state === 'retrying') throw fail(`the mirror is not served: ${s.reason}`);
+      }
+    } else {
+      const s = readSupervisorState(ctx.paths);
+      if (s?.state === 'paused') {
+        out(`started, paused: ${ctx.paths.usrLink} stays on the real tree until the pause ends (supervisor pid ${s.pid})`);
+        return 0;
+      }
+      if (s?.state === 'serving' && readLinkState(ctx.paths).state === 'view') {
+        out(`started: ${ctx.paths.usrLink} -> view (supervisor pid ${s.pid}, view pid ${s.viewPid})`);
+        return 0;
+      }
+      if (s?.state === 'retrying') throw fail(`the view is not serving (${s.lastFailure?.reason ?? 'its first launch failed'})`);
+    }
+    if (Date.now() > deadline) throw fail(`not started within ${WAIT_MS / 1000} s`);
     await new Promise((r) => setTimeout(r, 100));
   }
 }

@@ -18,7 +18,7 @@ import type { Logger } from './log';
 import { isFuse, mountAt } from './mounts';
 import type { Paths } from './paths';
 import { programPath } from './programs';
-import { mirrorProblem } from './sync';
+import { mirrorKnownComplete, mirrorProblem } from './sync';
 import { refreshViewDir } from './view-dir';
 
 /** Whether something other than a FUSE view (the mirror's bind) is mounted at the view's mount point. */
@@ -56,7 +56,10 @@ export async function startMirror(paths: Paths, log: Logger): Promise<string> {
   if (isFuse(mountAt(paths.viewMount))) {
     throw new FsCacheError('busy', `the FUSE view is mounted at ${paths.viewMount}: run 'fscache stop' before starting in mirror mode`);
   }
-  const problem = await mirrorProblem(paths, log);
+  // Compared with the whole real tree unless its file system proves it unchanged since the last sync.
+  const known = mirrorKnownComplete(paths);
+  if (known) log.info(`${known}: the mirror is served without comparing it`);
+  const problem = known ? undefined : await mirrorProblem(paths, log);
   if (problem) {
     // Never stale: a mirror that no longer equals the real tree is not served.
     stopMirror(paths);
@@ -71,7 +74,7 @@ export async function startMirror(paths: Paths, log: Logger): Promise<string> {
     bindReadOnly(paths);
   }
   switchLink(paths, 'mirror');
-  return `started (mirror): ${paths.usrLink} -> ${fs.readlinkSync(paths.usrLink)} (the mirror, read-only)`;
+  return `started (mirror): ${paths.usrLink} -> ${fs.readlinkSync(paths.usrLink)} (the mirror, read-only${known ? '; not compared: ' + known : ''})`;
 }
 
 /** `fscache stop` in mirror mode: the link to the real tree first, then a lazy unmount (running programs keep their files). */

@@ -12,6 +12,8 @@ export interface MountEntry {
   fstype: string;
   /** Per-mount options (`ro` for a read-only bind). */
   options: string[];
+  /** The file system's own options (`ro`: read-only through every mount of it). */
+  superOptions: string[];
 }
 
 function unescapeMount(s: string): string {
@@ -24,7 +26,7 @@ export function mountTable(): MountEntry[] {
     const fields = line.split(' ');
     const sep = fields.indexOf('-', 6);
     if (sep < 0) continue;
-    entries.push({ mountPoint: unescapeMount(fields[4]), device: fields[2], options: fields[5].split(','), fstype: fields[sep + 1] ?? '' });
+    entries.push({ mountPoint: unescapeMount(fields[4]), device: fields[2], options: fields[5].split(','), fstype: fields[sep + 1] ?? '', superOptions: (fields[sep + 3] ?? '').split(',') });
   }
   return entries;
 }

@@ -33,6 +33,7 @@ import { isPaused, pauseFile } from './pause';
 import type { Paths } from './paths';
 import { Prober, ProbeFailure } from './probe';
 import { PACKAGE_ROOT } from './package-root';
+import { sdNotify } from './sd-notify';
 import { inRealTree, selfCommand, SelfCommand } from './self-command';
 import { clearMountPoint, processAlive } from './stale';
 import { startViewProcess, ViewProcess } from './view-process';
@@ -144,6 +145,8 @@ export class Supervisor {
   /** Daemon restarts that failed in a row, for their back-off. */
   private daemonFailures = 0;
   private daemonNextTry = 0;
+  /** Whether systemd was told READY=1 (once, when R/usr is first switched). */
+  private ready = false;
   private readonly command: SelfCommand;
   private readonly state: SupervisorState = {
     pid: process.pid, startedAt: Date.now(), state: 'starting', viewPid: null, restarts: 0, lastFailure: null, nextRetryAt: null,
@@ -253,6 +256,7 @@ export class Supervisor {
     this.state.state = 'retrying';
     this.state.nextRetryAt = Date.now() + delay;
     this.writeState();
+    sdNotify(this.paths, `STATUS=retrying in ${delay / 1000} s, ${this.paths.usrLink} on the real tree: ${reason}`, this.log);
     this.retryTimer = setTimeout(() => this.startLaunch(), delay);
   }
 
@@ -292,6 +296,9 @@ export class Supervisor {
     this.state.state = isPaused(this.paths) ? 'paused' : 'serving';
     this.setLink(this.state.state === 'paused' ? 'real' : 'view');
     this.writeState();
+    // Readiness (Type=notify) only now that R/usr is switched: units ordered after fscache start on the view.
+    sdNotify(this.paths, `${this.ready ? '' : 'READY=1\n'}STATUS=${this.state.state}: view pid ${view.child.pid}`, this.log);
+    this.ready = true;
     this.log.info(`serving: view pid ${view.child.pid}${isPaused(this.paths) ? ' (paused: the link stays on the real tree)' : ''}`);
   }
 
@@ -423,6 +430,7 @@ export class Supervisor {
   async stop(sig: string): Promise<void> {
     if (this.stopping) return;
     this.stopping = true;
+    sdNotify(this.paths, 'STOPPING=1', this.log);
     this.log.info(`${sig}: switching ${this.paths.usrLink} to the real tree and detaching the view`);
     clearTimeout(this.retryTimer);
     clearInterval(this.tickTimer);

@@ -22,6 +22,9 @@ import { isFuse, mountAt } from './mounts';
 import { isPaused } from './pause';
 import type { Paths } from './paths';
 import { programPath } from './programs';
+import { readTrustedFile } from './trust';
+import { writeAtomic } from './write-atomic';
+import { sameStamp, WriteStamp, writeStamp } from './write-stamp';
 
 export interface SyncOptions {
   dryRun: boolean;
@@ -103,8 +106,14 @@ async function syncMirror(paths: Paths, log: Logger, options: SyncOptions): Prom
   const serving = !options.dryRun && !!mounted && !isFuse(mounted) && readLinkState(paths, 'mirror').state === 'mirror';
   // Launches meanwhile use the real tree; a failed sync leaves them there (fail open).
   if (serving) switchLink(paths, 'real');
+  // The real tree's write stamp before and after: equal only if nothing wrote to it meanwhile (fs/write-stamp.ts).
+  const before = writeStamp(paths.realTree);
   const r = await rsync(paths, args, options, log);
-  if (!options.dryRun) fs.writeFileSync(mirrorMarker(paths), JSON.stringify({ completedAt: Date.now(), rsyncExit: r.exit }) + '\n');
+  if (!options.dryRun) {
+    const after = writeStamp(paths.realTree);
+    const stamp = 'none' in before || 'none' in after || !sameStamp(before, after) || r.exit !== 0 ? null : after;
+    writeAtomic(mirrorMarker(paths), JSON.stringify({ completedAt: Date.now(), rsyncExit: r.exit, realTree: stamp } satisfies MirrorMarker) + '\n', 0o644);
+  }
   // A package transaction that paused meanwhile keeps R/usr on the real tree (its resume syncs and switches).
   if (serving && !isPaused(paths)) switchLink(paths, 'mirror');
   return {
@@ -176,6 +185,32 @@ function replacedSince(paths: Paths, entry: IndexEntry): boolean {
   } catch {
     return false; // gone: dropped below
   }
+}
+
+interface MirrorMarker {
+  completedAt: number;
+  rsyncExit: number;
+  /** The real tree's write stamp during the sync, if its file system can prove it unchanged since. */
+  realTree: WriteStamp | null;
+}
+
+/**
+ * Mirror mode at boot: why the mirror is known equal to the real tree without comparing them
+ * (the real tree's file system unwritten since the last complete sync, fs/write-stamp.ts),
+ * or undefined. The marker decides what is served: trusted only if root's alone.
+ */
+export function mirrorKnownComplete(paths: Paths): string | undefined {
+  let marker: MirrorMarker;
+  try {
+    const text = readTrustedFile(paths.root, mirrorMarker(paths));
+    if (text === undefined) return undefined;
+    marker = JSON.parse(text) as MirrorMarker;
+  } catch {
+    return undefined;
+  }
+  const now = writeStamp(paths.realTree);
+  if (!marker.realTree || 'none' in now || !sameStamp(marker.realTree, now)) return undefined;
+  return `the real tree's file system (${now.fstype} ${now.device}) is read-only and unwritten since the last complete sync`;
 }
 
 /** Mirror mode: whether the copy on flash is complete and equal to the real tree now. */

@@ -20,6 +20,7 @@
  * found from /proc/self/mountinfo.
  *
  * Usage: fscache-guard LINK REAL_TARGET VIEW_TARGET MOUNT VIEW_STATE
+ *        fscache-guard --notify MESSAGE   (see notify_for_parent below)
  *   LINK         R/usr (absolute)          REAL_TARGET  the link's target for the real tree
  *   VIEW_TARGET  the link's target for the view     MOUNT  the view's mount point (absolute)
  *   VIEW_STATE   the view's state file (its "pid" is killed at the end)
@@ -32,7 +33,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stddef.h>
 #include <sys/mount.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -198,7 +202,52 @@ static pid_t view_pid(void) {
   return pid > 1 ? (pid_t)pid : 0;
 }
 
+/*
+ * --notify MESSAGE: sends MESSAGE ("READY=1", "STATUS=...") to systemd's $NOTIFY_SOCKET for
+ * the parent, the supervisor, which is the service's main process and cannot send a
+ * datagram from Node. The credentials name the parent's pid (root may), so the unit keeps
+ * NotifyAccess=main and systemd attributes the message to a process that still lives.
+ * Without the privilege the message goes out under our own pid (NotifyAccess=all would take it).
+ */
+static int notify_for_parent(const char *message) {
+  const char *socket_path = getenv("NOTIFY_SOCKET");
+  if (!socket_path || !*socket_path) return 0; /* not run by systemd with Type=notify */
+  struct sockaddr_un sa = {.sun_family = AF_UNIX};
+  size_t len = strlen(socket_path);
+  if ((socket_path[0] != '/' && socket_path[0] != '@') || len >= sizeof sa.sun_path) {
+    say("NOTIFY_SOCKET is not a unix socket address");
+    return 1;
+  }
+  memcpy(sa.sun_path, socket_path, len);
+  if (sa.sun_path[0] == '@') sa.sun_path[0] = 0; /* the abstract namespace */
+  int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return 1;
+  struct iovec iov = {.iov_base = (void *)message, .iov_len = strlen(message)};
+  union {
+    struct cmsghdr header;
+    char space[CMSG_SPACE(sizeof(struct ucred))];
+  } control;
+  memset(&control, 0, sizeof control);
+  struct msghdr mh = {.msg_name = &sa, .msg_namelen = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + len),
+                      .msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.space, .msg_controllen = sizeof control.space};
+  struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
+  c->cmsg_level = SOL_SOCKET;
+  c->cmsg_type = SCM_CREDENTIALS;
+  c->cmsg_len = CMSG_LEN(sizeof(struct ucred));
+  struct ucred cred = {.pid = getppid(), .uid = getuid(), .gid = getgid()};
+  memcpy(CMSG_DATA(c), &cred, sizeof cred);
+  ssize_t sent = sendmsg(fd, &mh, MSG_NOSIGNAL);
+  if (sent < 0 && errno == EPERM) {
+    mh.msg_control = NULL, mh.msg_controllen = 0;
+    sent = sendmsg(fd, &mh, MSG_NOSIGNAL);
+  }
+  if (sent < 0) say("the message to NOTIFY_SOCKET was not sent");
+  close(fd);
+  return sent < 0 ? 1 : 0;
+}
+
 int main(int argc, char **argv) {
+  if (argc == 3 && strcmp(argv[1], "--notify") == 0) return notify_for_parent(argv[2]);
   if (argc != 6) {
     dprintf(2, "usage: fscache-guard LINK REAL_TARGET VIEW_TARGET MOUNT VIEW_STATE\n");
     return 2;
