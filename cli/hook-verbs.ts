@@ -13,6 +13,8 @@ export function registerHookVerbs(program: Command): void {
     .description('run the randomization daemon in the foreground: answers the loader hook on R/run/fscache/hook.sock (SIGTERM stops it)')
     .action(async () => {
       const c = ctx();
+      // Started by start, its stderr is R/run/fscache/hook-daemon.log (a tmpfs): kept under a megabyte.
+      (await import('../fs/log')).keepLogBounded((await import('../loader-hook/hook-paths')).hookPaths(c.paths).logFile);
       await (await import('../loader-hook/daemon')).runDaemon(c.paths, c.config, c.log);
     });
 

@@ -121,7 +121,11 @@ test('a flood of made-up requests leaves a bounded refusal record, and the daemo
   expect(list[0]).toMatchObject({ library: path.join(root, 'nope', '599.so'), reason: 'does not resolve (ENOENT)', count: 1 });
 });
 
-test('startDaemon and stopDaemon: idempotent, pid file, socket', async () => {
+test('startDaemon and stopDaemon: idempotent, pid file, socket; the daemon keeps its log under a megabyte', async () => {
+  // A log left large (by a daemon before this one): the new daemon rotates it at start.
+  fs.mkdirSync(paths.runDir, { recursive: true });
+  const log = path.join(paths.runDir, 'hook-daemon.log');
+  fs.writeFileSync(log, 'x'.repeat(2 << 20));
   const pid = await startDaemon(paths);
   expect(await startDaemon(paths)).toBe(pid);
   expect(daemonPid(paths)).toBe(pid);
@@ -132,6 +136,8 @@ test('startDaemon and stopDaemon: idempotent, pid file, socket', async () => {
   expect(flag).toBeLessThan(argv.findIndex((a) => a.endsWith('main.js'))); // a Node option, not the CLI's
   expect(fs.existsSync(path.join(paths.runDir, 'hook.sock'))).toBe(true);
   expect(read('run/fscache/epoch')).toMatch(/^1 original 3000 fscache\/images lib:lib64:usr\/lib:usr\/lib64:usr\/local\/lib usr.real usr.view\n$/);
+  expect(fs.statSync(`${log}.1`).size).toBeGreaterThanOrEqual(2 << 20);
+  expect(fs.statSync(log).size).toBeLessThan(1 << 20);
   await stopDaemon(paths);
   await stopDaemon(paths);
   expect(daemonPid(paths)).toBeUndefined();
