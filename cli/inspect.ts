@@ -4,6 +4,7 @@
  * the flags (README, "Making libraries randomizable"), not strip it, or nothing (a refusal names
  * what the rewriter cannot handle). With --installed, grouped by the owning package.
  */
+import { ElfFormatError, ElfRefusal } from '../elf/errors';
 import { FsCacheError } from '../fs/errors';
 import { installedLibraries, packageOwners } from '../fs/library-census';
 import type { Paths } from '../fs/paths';
@@ -49,11 +50,16 @@ export async function inspectVerb(files: string[], opts: { json?: boolean; insta
     targets.push(...installed.map((l) => ({ path: l.usrPath, file: l.file })));
     owners = packageOwners(p, installed.map((l) => l.usrPath));
   }
+  const inspect = (file: string) => inspectBytes(readRegularFile(file).bytes); // a FIFO or device is refused, not read
+  // One file named: its failure is the verb's (a special file refused: 3; a missing one: 2).
+  const single = targets.length === 1 && !opts.installed;
+  const failures: unknown[] = [];
   const rows: Row[] = targets.map(({ path, file }) => {
+    if (single) return { path, ...withVerdict(inspect(file)) };
     try {
-      const report = inspectBytes(readRegularFile(file).bytes); // a FIFO or device is refused, not read
-      return { path, verdict: verdictOf(report), report, package: owners.get(path) };
+      return { path, ...withVerdict(inspect(file)), package: owners.get(path) };
     } catch (err) {
+      failures.push(err);
       return { path, error: (err as Error).message };
     }
   });
@@ -71,8 +77,16 @@ export async function inspectVerb(files: string[], opts: { json?: boolean; insta
   }
   const unreadable = rows.filter((r) => r.error);
   for (const r of unreadable) process.stderr.write(`fscache: ${r.path}: ${r.error}\n`);
-  // Not randomizable is an answer (exit 0); a file that could not be read is a bad argument.
-  if (unreadable.length) throw new FsCacheError('usage', `${unreadable.length} of ${rows.length} files could not be inspected`);
+  // Not randomizable is an answer (exit 0); a file that could not be read is a bad argument (2),
+  // one that is no regular file or no ELF file at all is refused (3).
+  if (unreadable.length) {
+    const kind = failures.every((e) => e instanceof ElfRefusal || e instanceof ElfFormatError) ? 'refused' : 'usage';
+    throw new FsCacheError(kind, `${unreadable.length} of ${rows.length} files could not be inspected`);
+  }
+}
+
+function withVerdict(report: InspectReport): Pick<Row, 'report' | 'verdict'> {
+  return { report, verdict: verdictOf(report) };
 }
 
 function line(r: Row): string {
