@@ -740,7 +740,13 @@ export class KernelSession implements FuseSession {
       // over or removed, processes that hold the old file keep its bytes, and the name's
       // invalidation below makes the next lookup give the new file a new node.
       if (await this.currentAttr(node).catch(() => undefined)) {
-        this.dropFile(node);
+        // A handle on a flash copy goes (the next READ reopens, checked against the name's
+        // object then); one on the real object stays: it reads what the object holds now, and
+        // it may be the only way left to that object (a link count change, then a rename over
+        // the name, as dpkg does: reopening by name then found the new file, and mapped pages
+        // of the old one faulted in as SIGBUS).
+        const handle = node.file ? await node.file.handle.catch(() => undefined) : undefined;
+        if (node.file && (handle === undefined || this.handlers.readsCopy?.(handle) !== false)) this.dropFile(node);
         this.notify(`i${node.id}`, encodeInvalInode(node.id));
       }
     }

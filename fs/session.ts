@@ -63,6 +63,11 @@ export interface ViewHandlers {
    * 0 when nothing watches it. Sessions that can be told of changes may use it.
    */
   vouchedSeconds?(path: string): number;
+  /**
+   * Whether the handle reads a flash copy (which a change in place makes stale), not the real
+   * object (which always reads as that object now reads).
+   */
+  readsCopy?(handle: Handle): boolean;
 }
 
 export interface SessionOptions {

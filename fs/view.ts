@@ -207,6 +207,10 @@ export class View implements ViewHandlers {
     throw new Errno('EIO');
   }
 
+  readsCopy(handle: Handle): boolean {
+    return this.open_.get(handle)?.fromStore ?? false;
+  }
+
   private opened(file: OpenFile): Handle {
     const { relPath } = file;
     const handle = this.nextHandle++;

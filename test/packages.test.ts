@@ -213,6 +213,9 @@ maybe('package managers while fscache runs', () => {
     await new Promise((res) => setTimeout(res, 1000));
     // Asserted at the end, so that everything else is checked too: see there.
     const printedAfterUpgrade = [...new Set(valuesAfter(v1.output(), mark))];
+    // A signal here (SIGBUS) is the view failing a page of the old library (2026-12-05: the old
+    // node's descriptor was closed on dpkg's link count change, and a later fault found the new file).
+    const v1Signal = v1.child.signalCode;
 
     expect(await r.cli(['sync'])).toMatchObject({ code: 0 });
     expect(await r.chroot(['/usr/bin/fscache-test'])).toMatchObject({ code: 0, stdout: '2\n' });
@@ -252,7 +255,7 @@ maybe('package managers while fscache runs', () => {
 
     // The view reads an old node from the object it was opened as: the program that mapped v1
     // through the view keeps v1's code (before that fix it switched to v2's: printed 2).
-    expect(printedAfterUpgrade).toEqual(['1']);
+    expect({ printedAfterUpgrade, v1Signal }).toEqual({ printedAfterUpgrade: ['1'], v1Signal: null });
   }, 300000);
 
   // Mirror mode has no FUSE session: its run under the default session covers it.
