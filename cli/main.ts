@@ -23,11 +23,13 @@ const status = () => import('./status');
 // after the switch. Read it now.
 new Date().toISOString();
 
+/** The version of the package that is running (its package.json, read once at start). */
+const VERSION = (JSON.parse(fs.readFileSync(path.join(PACKAGE_ROOT, 'package.json'), 'utf8')) as { version: string }).version;
+
 const program = new Command();
 program
   .name('fscache')
-  // The version of the package that is running (its package.json, read once at start).
-  .version((JSON.parse(fs.readFileSync(path.join(PACKAGE_ROOT, 'package.json'), 'utf8')) as { version: string }).version, '-V, --version', 'print the version and exit')
+  .version(VERSION, '-V, --version', 'print the version and exit')
   .description('A flash cache of /usr served through a FUSE view, for hardened and small Linux systems.')
   .option('--root <dir>', 'root prefix R: every path lives under it (default: $FSCACHE_ROOT or /)')
   .option('--config <file>', 'config file (default: R/etc/fscache.conf)')
@@ -149,6 +151,11 @@ program
 
 registerElfVerbs(program, () => contextFrom(globals()).paths);
 registerHookVerbs(program);
+
+program
+  .command('version')
+  .description('print the version (as --version)')
+  .action(() => void process.stdout.write(VERSION + '\n'));
 
 program
   .command('config')

@@ -22,9 +22,9 @@ describe('usage errors', () => {
   });
   afterEach(() => fs.rmSync(root, { recursive: true, force: true }));
 
-  test('--version and -V print the package version and exit 0', () => {
+  test('--version, -V and version print the package version and exit 0', () => {
     const version = JSON.parse(fs.readFileSync(path.join(__dirname, '..', 'package.json'), 'utf8')).version;
-    for (const flag of ['--version', '-V']) expect(cli([flag])).toMatchObject({ code: 0, stdout: `${version}\n` });
+    for (const flag of ['--version', '-V', 'version']) expect(cli([flag])).toMatchObject({ code: 0, stdout: `${version}\n` });
   });
 
   test('an unknown verb or option exits 2', () => {
