@@ -13,6 +13,10 @@
  * - The kernel resolves every symlink it meets in the view itself (READLINK, then LOOKUPs
  *   from the link's directory), so a path the view is asked about never crosses a symlink of
  *   the tree. One that does names a tree changed since the lookup: ESTALE (see resolve()).
+ * - Where the caller knows the object a path was looked up as (the kernel session's nodes), the
+ *   object opened must be it, or the one whose entry is looked up must be the node's directory:
+ *   else ESTALE. A directory renamed over another within the tree (no symlink involved) never
+ *   lets a held node read the object now under its old name.
  * - Paths longer than PATH_MAX (a deep tree reached by `cd` one step at a time, which works
  *   natively) are resolved in pieces, each beneath the previous piece's O_PATH descriptor.
  * - Descriptors are opened O_CLOEXEC (by the addon) and, for anything but O_PATH, O_NONBLOCK:
@@ -20,6 +24,7 @@
  * Requires Linux >= 5.6 (openat2); an older kernel fails at the first call with ENOSYS.
  */
 import * as fs from 'fs';
+import { isObject, ObjectId } from './identity';
 import { Errno } from './session';
 import { native } from './native';
 import { readXattrs } from './xattr';
@@ -31,6 +36,12 @@ const RESOLVE = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS;
 const PIECE_BYTES = 4000;
 /** openat2 may answer EAGAIN when a rename races a RESOLVE_BENEATH walk: tried again, a few times. */
 const TRIES = 4;
+
+/** What the object opened must be: `self` the object itself, `parent` the directory holding its entry. */
+export interface Expected {
+  self?: ObjectId;
+  parent?: ObjectId;
+}
 
 export class RealTree {
   /** O_PATH descriptor of the root, held for the life of the process. */
@@ -44,9 +55,41 @@ export class RealTree {
   /**
    * A descriptor for view path `p` (absolute, normalized; '/' is the root) opened with
    * `flags`; the caller closes it. A final symlink is returned itself only with O_PATH | O_NOFOLLOW.
+   * ESTALE when it, or its directory, is not the object `want` names.
    */
-  open(p: string, flags: number): number {
+  open(p: string, flags: number, want: Expected = {}): number {
     if ((flags & O_PATH) === 0) flags |= fs.constants.O_NONBLOCK;
+    let fd: number;
+    if (want.parent) {
+      // The entry is looked up in the very directory the caller holds, not in whatever its name names now.
+      const slash = p.lastIndexOf('/');
+      const dirfd = this.resolve(p.slice(0, slash) || '/', O_PATH | O_DIRECTORY);
+      try {
+        this.check(dirfd, want.parent);
+        fd = this.openat(dirfd, p.slice(slash + 1), flags);
+      } finally {
+        fs.closeSync(dirfd);
+      }
+    } else {
+      fd = this.resolve(p, flags);
+    }
+    if (want.self) {
+      try {
+        this.check(fd, want.self);
+      } catch (err) {
+        fs.closeSync(fd);
+        throw err;
+      }
+    }
+    return fd;
+  }
+
+  /** Decides on the object opened: another one than the caller looked up is ESTALE. */
+  private check(fd: number, id: ObjectId): void {
+    if (!isObject(fs.fstatSync(fd, { bigint: true }), id)) throw new Errno('ESTALE');
+  }
+
+  private resolve(p: string, flags: number): number {
     const names = p.split('/').filter((n) => n !== '');
     if (names.length === 0) return this.openat(this.rootFd, '.', flags);
     let dirfd = this.rootFd;
@@ -86,8 +129,8 @@ export class RealTree {
   }
 
   /** Calls `use` with an O_PATH descriptor of `p` itself (a final symlink not followed), closed after. */
-  private withPath<T>(p: string, use: (fd: number) => T): T {
-    const fd = this.open(p, O_PATH | O_NOFOLLOW);
+  private withPath<T>(p: string, want: Expected, use: (fd: number) => T): T {
+    const fd = this.open(p, O_PATH | O_NOFOLLOW, want);
     try {
       return use(fd);
     } finally {
@@ -95,12 +138,12 @@ export class RealTree {
     }
   }
 
-  lstat(p: string): fs.BigIntStats {
-    return this.withPath(p, (fd) => fs.fstatSync(fd, { bigint: true }));
+  lstat(p: string, want: Expected = {}): fs.BigIntStats {
+    return this.withPath(p, want, (fd) => fs.fstatSync(fd, { bigint: true }));
   }
 
-  readlink(p: string): string {
-    return this.withPath(p, (fd) => {
+  readlink(p: string, want: Expected = {}): string {
+    return this.withPath(p, want, (fd) => {
       try {
         return native.readlinkat(fd, '');
       } catch (err) {
@@ -112,19 +155,19 @@ export class RealTree {
   }
 
   /** The names in directory `p`, read through the magic link of its descriptor (resolved to that object, never by name). */
-  readdir(p: string): string[] {
-    return this.withPath(p, (fd) => {
+  readdir(p: string, want: Expected = {}): string[] {
+    return this.withPath(p, want, (fd) => {
       if (!fs.fstatSync(fd).isDirectory()) throw new Errno('ENOTDIR');
       return fs.readdirSync(`/proc/self/fd/${fd}`);
     });
   }
 
-  xattrs(p: string): Map<string, Buffer> {
-    return this.withPath(p, (fd) => readXattrs(fd));
+  xattrs(p: string, want: Expected = {}): Map<string, Buffer> {
+    return this.withPath(p, want, (fd) => readXattrs(fd));
   }
 
-  access(p: string, mode: number): void {
-    this.withPath(p, (fd) => fs.accessSync(`/proc/self/fd/${fd}`, mode));
+  access(p: string, mode: number, want: Expected = {}): void {
+    this.withPath(p, want, (fd) => fs.accessSync(`/proc/self/fd/${fd}`, mode));
   }
 
   statfs(): Promise<fs.StatsFs> {

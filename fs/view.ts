@@ -29,7 +29,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { errnoCode } from './errors';
-import { identityOf, RealIdentity, sameIdentity } from './identity';
+import { identityOf, ObjectId, RealIdentity, sameIdentity } from './identity';
 import type { Logger } from './log';
 import { RealTree, realTreeAt } from './real-tree';
 import { Attr, Errno, FsStats, Handle, ViewHandlers } from './session';
@@ -110,8 +110,11 @@ export class View implements ViewHandlers {
     return this.watcher.isWatched(path.dirname(this.real(p))) ? Math.floor(this.meta.trustMs / 1000) : 0;
   }
 
-  /** `p`'s attributes; `real` (its real path) only keys vouched memory, the tree is never asked by it. */
-  private lstat(p: string, real: string): fs.BigIntStats {
+  /**
+   * `p`'s attributes; `real` (its real path) only keys vouched memory, the tree is never asked by it.
+   * Memory holds only what was read from the tree, and the watcher drops it when a directory on the way changes.
+   */
+  private lstat(p: string, real: string, parent?: ObjectId): fs.BigIntStats {
     const known = this.meta?.attr(real);
     if (known !== undefined) this.counters.metaFromMemory++;
     if (known === null) throw new Errno('ENOENT');
@@ -119,7 +122,7 @@ export class View implements ViewHandlers {
     this.counters.metaFromReal++;
     const vouched = this.vouches(path.dirname(real));
     try {
-      const st = this.tree.lstat(p);
+      const st = this.tree.lstat(p, { parent });
       if (vouched) this.meta!.recordAttr(real, st);
       return st;
     } catch (err) {
@@ -138,22 +141,22 @@ export class View implements ViewHandlers {
 
   // Metadata calls are synchronous: on a warm tree each is a few microseconds, less
   // than a hop through libuv's thread pool, and warm launches are made of them.
-  async getattr(p: string): Promise<Attr> {
-    const st = this.lstat(p, this.real(p));
+  async getattr(p: string, parent?: ObjectId): Promise<Attr> {
+    const st = this.lstat(p, this.real(p), parent);
     // A session without OPEN (kernel) sees a warm launch only as lookups: count them as use,
     // so that eviction keeps what is used (batched; a path without a copy is a no-op).
     if (this.store && st.isFile()) this.store.recordAccess(p.slice(1), false);
     return toAttr(st);
   }
 
-  async readdir(p: string): Promise<string[]> {
+  async readdir(p: string, held?: ObjectId): Promise<string[]> {
     const real = this.real(p);
-    return this.recall(this.meta?.listing(real), real, () => this.tree.readdir(p), (names) => this.meta!.recordListing(real, names));
+    return this.recall(this.meta?.listing(real), real, () => this.tree.readdir(p, { self: held }), (names) => this.meta!.recordListing(real, names));
   }
 
-  async readlink(p: string): Promise<string> {
+  async readlink(p: string, held?: ObjectId): Promise<string> {
     const real = this.real(p);
-    return this.recall(this.meta?.link(real), path.dirname(real), () => this.tree.readlink(p), (target) => this.meta!.recordLink(real, target));
+    return this.recall(this.meta?.link(real), path.dirname(real), () => this.tree.readlink(p, { self: held }), (target) => this.meta!.recordLink(real, target));
   }
 
   /**
@@ -340,23 +343,23 @@ export class View implements ViewHandlers {
     };
   }
 
-  async access(p: string, mode: number): Promise<void> {
+  async access(p: string, mode: number, held?: ObjectId): Promise<void> {
     if (mode & fs.constants.W_OK) throw new Errno('EROFS');
-    this.tree.access(p, mode);
+    this.tree.access(p, mode, { self: held });
   }
 
-  async getxattr(p: string, name: string): Promise<Buffer | undefined> {
-    return (await this.xattrList(p)).get(name);
+  async getxattr(p: string, name: string, held?: ObjectId): Promise<Buffer | undefined> {
+    return (await this.xattrList(p, held)).get(name);
   }
 
-  async listxattr(p: string): Promise<string[]> {
-    return [...(await this.xattrList(p)).keys()];
+  async listxattr(p: string, held?: ObjectId): Promise<string[]> {
+    return [...(await this.xattrList(p, held)).keys()];
   }
 
   /** A file's xattrs; from vouched memory when the watcher vouches (setting one is an IN_ATTRIB event). */
-  private xattrList(p: string): Promise<Map<string, Buffer>> {
+  private xattrList(p: string, held?: ObjectId): Promise<Map<string, Buffer>> {
     const real = this.real(p);
-    return this.recall(this.meta?.xattrs(real), path.dirname(real), () => this.tree.xattrs(p), (attrs) => this.meta!.recordXattrs(real, attrs));
+    return this.recall(this.meta?.xattrs(real), path.dirname(real), () => this.tree.xattrs(p, { self: held }), (attrs) => this.meta!.recordXattrs(real, attrs));
   }
 
   openHandles(): number {
