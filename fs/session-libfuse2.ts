@@ -10,6 +10,12 @@
  * nodes by path, so while an old mapping lives, old and new file share one page cache,
  * and a launch in that time may meet pages of either. The kernel session has no such
  * window (a new node per object).
+ *
+ * The same lack of node identity limits what the view can check: names are resolved beneath
+ * the real tree's root through no symlink (fs/real-tree.ts), but a directory renamed within the
+ * tree over one a process holds is read under the held directory's name, as root, while the
+ * kernel still has the held one's attributes (attr_timeout); the kernel session answers ESTALE
+ * there (test/security/directory-swap.test.ts runs that case on the kernel session only).
  */
 import Fuse from 'fuse-native';
 import { execFile } from 'child_process';
