@@ -14,10 +14,15 @@
  *   session-kernel.ts) until the kernel forgets it, as a native file system would for
  *   processes that have the old file open or mapped. A change in place (same inode,
  *   another size or mtime) keeps the node: natively too, everyone sees the new bytes.
+ * - Every request about a node reads the node's own object: LOOKUP in it, READDIR, READLINK,
+ *   ACCESS and xattrs of it pass the node's identity (held()) and the view answers ESTALE when
+ *   its name leads elsewhere now (a directory renamed over, a symlink swapped in), never another
+ *   object's names or bytes. GETATTR answers the node's own attributes then (session-kernel.ts).
  * - A node remembers the view handle its reads go through, opened at its first READ for
  *   the node's object (the view checks device and inode on the descriptor it opens) and
  *   held until FORGET, so the bytes stay readable after the name is gone.
  */
+import type { ObjectId } from './identity';
 import type { Attr, Handle } from './session';
 import { FUSE_ROOT_ID } from './fuse-protocol';
 
@@ -65,6 +70,11 @@ export interface Node {
 }
 
 export const GENERATION = 0;
+
+/** The object `node` was looked up as, for the view to check what it opens; none for the root, whose descriptor the view holds. */
+export function held(node: Node): ObjectId | undefined {
+  return node.id === FUSE_ROOT_ID ? undefined : node;
+}
 
 export class NodeTable {
   private readonly byId = new Map<number, Node>();

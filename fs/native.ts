@@ -9,10 +9,24 @@ import { FsCacheError } from './errors';
 import { PACKAGE_ROOT } from './package-root';
 
 export interface NativeCalls {
-  /** The value of one extended attribute, undefined when the file has none of that name. Never follows a final symlink. */
-  lgetxattr(file: string, name: string): Buffer | undefined;
-  /** The names of a file's extended attributes. Never follows a final symlink. */
-  llistxattr(file: string): string[];
+  /** openat2(2): a descriptor (O_CLOEXEC always) for `file` relative to `dirfd`, resolved as `resolve` (RESOLVE_* bits) allows. */
+  openat2(dirfd: number, file: string, flags: number, resolve: number): number;
+  /** readlinkat(2); `file` '' reads the symlink `fd` itself is open on (O_PATH | O_NOFOLLOW). */
+  readlinkat(fd: number, file: string): string;
+  /** The value of one extended attribute of the object `fd` is open on (also O_PATH, also a symlink); undefined when it has none of that name. */
+  fgetxattr(fd: number, name: string): Buffer | undefined;
+  /** The names of the extended attributes of the object `fd` is open on (also O_PATH, also a symlink). */
+  flistxattr(fd: number): string[];
+  /** Flag values from the system headers (Node's fs.constants lacks them). */
+  constants: {
+    O_PATH: number;
+    O_DIRECTORY: number;
+    O_NOFOLLOW: number;
+    RESOLVE_BENEATH: number;
+    RESOLVE_NO_SYMLINKS: number;
+    RESOLVE_NO_MAGICLINKS: number;
+    AT_FDCWD: number;
+  };
 }
 
 export const NATIVE_ADDON = path.join(PACKAGE_ROOT, 'native', 'build', 'Release', 'fscache_native.node');

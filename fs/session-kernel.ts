@@ -13,7 +13,9 @@
  *   bound to the object it was looked up as (fuse-nodes.ts), its reads come from a view
  *   handle opened for that object at its first READ and held until FORGET (EIO when no
  *   source of exactly those bytes is left, never other bytes), and GETATTR of a node
- *   whose name now names another file answers the node's own attributes.
+ *   whose name now names another file answers the node's own attributes. A LOOKUP in a node,
+ *   its READDIR, READLINK, ACCESS and xattrs read only the node's own object (ESTALE else):
+ *   a user who swaps a directory under a held node never makes root read what is there now.
  * - Never stale: with no OPEN reaching userspace, the view's identity check (real file
  *   vs flash copy) runs at the first READ of a node, i.e. at the first read of a cold
  *   page. invalidate() (the watcher, within a second of a change) tells the kernel to
@@ -51,7 +53,7 @@ import {
   parseInitIn, parseReadIn, parseRequest, Request, WRITE_OPS, writeDirent, writeOutHeader,
 } from './fuse-protocol';
 import { FuseReader } from './fuse-reader';
-import { GENERATION, identityKey, Node, NodeFile, NodeTable, sameObject } from './fuse-nodes';
+import { GENERATION, held, identityKey, Node, NodeFile, NodeTable, sameObject } from './fuse-nodes';
 import { makeLogger } from './log';
 import { Attr, errnoOf, FuseSession, SessionOptions, ViewHandlers } from './session';
 
@@ -432,7 +434,8 @@ export class KernelSession implements FuseSession {
     if (this.debug) this.log.debug(`kernel session: lookup ${childPath}`);
     let attr: Attr;
     try {
-      attr = await this.handlers.getattr(childPath);
+      // Looked up in the directory the kernel holds as `parent`, not in what its name names now (ESTALE).
+      attr = await this.handlers.getattr(childPath, held(parent));
     } catch (err) {
       const errno = errnoOf(err);
       // A missing name as a successful entry with node id 0: the kernel caches it as a
@@ -514,7 +517,8 @@ export class KernelSession implements FuseSession {
   private async readlink(r: Request): Promise<Reply> {
     // Cached by the kernel (CACHE_SYMLINKS) until invalidated.
     if (this.debug) this.log.debug(`kernel session: readlink ${this.node(r.nodeid).path}`);
-    return Buffer.from(await this.handlers.readlink(this.node(r.nodeid).path));
+    const node = this.node(r.nodeid);
+    return Buffer.from(await this.handlers.readlink(node.path, held(node)));
   }
 
   private async open(r: Request): Promise<Reply> {
@@ -631,7 +635,7 @@ export class KernelSession implements FuseSession {
     const { offset, size } = parseReadIn(r.body);
     const node = this.node(r.nodeid);
     if (offset === 0 || !node.listing) {
-      const names = await this.handlers.readdir(node.path);
+      const names = await this.handlers.readdir(node.path, held(node));
       node.listing = ['.', '..', ...names].map((n) => Buffer.from(n));
     }
     const listing = node.listing;
@@ -652,7 +656,8 @@ export class KernelSession implements FuseSession {
   }
 
   private async access(r: Request): Promise<Reply> {
-    await this.handlers.access(this.node(r.nodeid).path, r.body.readUInt32LE(0));
+    const node = this.node(r.nodeid);
+    await this.handlers.access(node.path, r.body.readUInt32LE(0), held(node));
     return undefined;
   }
 
@@ -666,7 +671,7 @@ export class KernelSession implements FuseSession {
     const size = r.body.readUInt32LE(0);
     const name = cString(r.body, 8);
     const node = this.node(r.nodeid);
-    const value = await this.handlers.getxattr(node.path, name);
+    const value = await this.handlers.getxattr(node.path, name, held(node));
     (node.xattrs ??= new Map()).set(name, { value, at: Date.now() });
     // Every exec asks this; the reader thread answers it while the watcher vouches (or
     // for attr_timeout), and forgets it with the node's other xattrs (forgetXattrs). Only
@@ -694,7 +699,8 @@ export class KernelSession implements FuseSession {
 
   private async listxattr(r: Request): Promise<Reply> {
     const size = r.body.readUInt32LE(0);
-    const names = await this.handlers.listxattr(this.node(r.nodeid).path);
+    const node = this.node(r.nodeid);
+    const names = await this.handlers.listxattr(node.path, held(node));
     return sized(Buffer.concat(names.map((n) => Buffer.from(n + '\0'))), size);
   }
 

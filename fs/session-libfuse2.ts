@@ -13,6 +13,12 @@
  * (Supervisor.renew): the old one drains, serving the programs that mapped old files. A
  * package transaction's end renews it anyway. The kernel session needs none of this (a new
  * node per object, and invalidation notices).
+ *
+ * The same lack of node identity limits what the view can check: names are resolved beneath
+ * the real tree's root through no symlink (fs/real-tree.ts), but a directory renamed within the
+ * tree over one a process holds is read under the held directory's name, as root, while the
+ * kernel still has the held one's attributes (attr_timeout); the kernel session answers ESTALE
+ * there (test/security/directory-swap.test.ts runs that case on the kernel session only).
  */
 import Fuse from 'fuse-native';
 import { execFile } from 'child_process';

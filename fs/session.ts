@@ -5,6 +5,7 @@
  * now; a session speaking the kernel protocol itself can sit behind the same interface.
  */
 import * as os from 'os';
+import type { ObjectId } from './identity';
 
 export interface Attr {
   mode: number;
@@ -41,10 +42,14 @@ export interface FsStats {
 /** File handle numbers are the view's own, not descriptors. */
 export type Handle = number;
 
+/**
+ * `parent` / `held`: the object a session's node for the path's directory / for the path was
+ * looked up as; where given, an answer read from another object is ESTALE (fs/real-tree.ts).
+ */
 export interface ViewHandlers {
-  getattr(path: string): Promise<Attr>;
-  readdir(path: string): Promise<string[]>;
-  readlink(path: string): Promise<string>;
+  getattr(path: string, parent?: ObjectId): Promise<Attr>;
+  readdir(path: string, held?: ObjectId): Promise<string[]>;
+  readlink(path: string, held?: ObjectId): Promise<string>;
   /**
    * With `expect`, the handle reads only the object those attributes describe (same device
    * and inode; a flash copy only of exactly that version): a name now naming another file
@@ -54,9 +59,9 @@ export interface ViewHandlers {
   read(handle: Handle, into: Buffer, length: number, position: number): Promise<number>;
   release(handle: Handle): Promise<void>;
   statfs(path: string): Promise<FsStats>;
-  access(path: string, mode: number): Promise<void>;
-  getxattr(path: string, name: string): Promise<Buffer | undefined>;
-  listxattr(path: string): Promise<string[]>;
+  access(path: string, mode: number, held?: ObjectId): Promise<void>;
+  getxattr(path: string, name: string, held?: ObjectId): Promise<Buffer | undefined>;
+  listxattr(path: string, held?: ObjectId): Promise<string[]>;
   /**
    * Seconds the kernel may keep what it was just told about `path` (its attributes, or
    * its name's presence or absence) because a watcher will report a change sooner;

@@ -29,6 +29,7 @@ import type { Logger } from './log';
 import type { Paths } from './paths';
 import { checkTrustedPath } from './trust';
 import type { Config } from './config';
+import { openRealFile, realTreeAt } from './real-tree';
 
 const COPY_CHUNK = 1 << 20;
 const SECOND_NS = 1000000000n;
@@ -461,7 +462,8 @@ export class Store {
     let reserved = 0;
     if (this.broken) return false;
     try {
-      real = await fs.promises.open(realPath, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
+      // Beneath the tree's root, through no symlink: a swapped directory never makes root copy a file from elsewhere.
+      real = await openRealFile(this.paths.realTree, relPath);
       const beforeSt = await real.stat({ bigint: true });
       const before = identityOf(beforeSt);
       const existing = this.index.get(relPath);
@@ -565,7 +567,7 @@ export class Store {
 
   private stillNamesIdentity(realPath: string, identity: RealIdentity): boolean {
     try {
-      return sameIdentity(identity, identityOf(fs.lstatSync(realPath, { bigint: true })));
+      return sameIdentity(identity, identityOf(realTreeAt(this.paths.realTree).lstat('/' + path.relative(this.paths.realTree, realPath))));
     } catch {
       return false;
     }

@@ -22,17 +22,20 @@
  *   error falls back to the real file (a failed read of a copy is retried from the real
  *   file when that is still the copy's version).
  * - The view never touches its own mount: every path below is under the real tree.
+ * - Nothing can redirect it out of the real tree: every name is resolved beneath a
+ *   descriptor of its root, through no symlink (fs/real-tree.ts), and every answer is read
+ *   from the object so opened.
  */
 import * as fs from 'fs';
 import * as path from 'path';
 import { errnoCode } from './errors';
-import { identityOf, RealIdentity, sameIdentity } from './identity';
+import { identityOf, ObjectId, RealIdentity, sameIdentity } from './identity';
 import type { Logger } from './log';
+import { RealTree, realTreeAt } from './real-tree';
 import { Attr, Errno, FsStats, Handle, ViewHandlers } from './session';
 import type { Store } from './store';
 import type { VouchedMeta } from './vouched-meta';
 import type { Watcher } from './watcher';
-import { readXattrs } from './xattr';
 
 const S_IFMT = 0o170000;
 const WRITE_FLAGS = fs.constants.O_WRONLY | fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_TRUNC | fs.constants.O_APPEND;
@@ -79,6 +82,7 @@ export class View implements ViewHandlers {
   readonly counters: ViewCounters = { opens: 0, hits: 0, misses: 0, bytesFromStore: 0, bytesFromReal: 0, metaFromReal: 0, metaFromMemory: 0 };
   private readonly open_ = new Map<Handle, OpenFile>();
   private nextHandle = 1;
+  private readonly tree: RealTree;
 
   constructor(
     private readonly realTree: string,
@@ -87,6 +91,7 @@ export class View implements ViewHandlers {
     private readonly watcher?: Watcher,
     private readonly meta?: VouchedMeta,
   ) {
+    this.tree = realTreeAt(realTree);
     if (store) store.onDropped = (relPath) => this.copyDropped(relPath);
   }
 
@@ -105,7 +110,11 @@ export class View implements ViewHandlers {
     return this.watcher.isWatched(path.dirname(this.real(p))) ? Math.floor(this.meta.trustMs / 1000) : 0;
   }
 
-  private lstat(real: string): fs.BigIntStats {
+  /**
+   * `p`'s attributes; `real` (its real path) only keys vouched memory, the tree is never asked by it.
+   * Memory holds only what was read from the tree, and the watcher drops it when a directory on the way changes.
+   */
+  private lstat(p: string, real: string, parent?: ObjectId): fs.BigIntStats {
     const known = this.meta?.attr(real);
     if (known !== undefined) this.counters.metaFromMemory++;
     if (known === null) throw new Errno('ENOENT');
@@ -113,7 +122,7 @@ export class View implements ViewHandlers {
     this.counters.metaFromReal++;
     const vouched = this.vouches(path.dirname(real));
     try {
-      const st = fs.lstatSync(real, { bigint: true });
+      const st = this.tree.lstat(p, { parent });
       if (vouched) this.meta!.recordAttr(real, st);
       return st;
     } catch (err) {
@@ -122,29 +131,32 @@ export class View implements ViewHandlers {
     }
   }
 
-  /** The real path for a view path; the kernel sends normalized absolute paths. */
+  /**
+   * The real path for a view path (the kernel sends normalized absolute paths): a key for
+   * vouched memory and the watcher, never opened by this name (this.tree resolves it).
+   */
   private real(p: string): string {
     return p === '/' ? this.realTree : this.realTree + p;
   }
 
   // Metadata calls are synchronous: on a warm tree each is a few microseconds, less
   // than a hop through libuv's thread pool, and warm launches are made of them.
-  async getattr(p: string): Promise<Attr> {
-    const st = this.lstat(this.real(p));
+  async getattr(p: string, parent?: ObjectId): Promise<Attr> {
+    const st = this.lstat(p, this.real(p), parent);
     // A session without OPEN (kernel) sees a warm launch only as lookups: count them as use,
     // so that eviction keeps what is used (batched; a path without a copy is a no-op).
     if (this.store && st.isFile()) this.store.recordAccess(p.slice(1), false);
     return toAttr(st);
   }
 
-  async readdir(p: string): Promise<string[]> {
+  async readdir(p: string, held?: ObjectId): Promise<string[]> {
     const real = this.real(p);
-    return this.recall(this.meta?.listing(real), real, () => fs.readdirSync(real), (names) => this.meta!.recordListing(real, names));
+    return this.recall(this.meta?.listing(real), real, () => this.tree.readdir(p, { self: held }), (names) => this.meta!.recordListing(real, names));
   }
 
-  async readlink(p: string): Promise<string> {
+  async readlink(p: string, held?: ObjectId): Promise<string> {
     const real = this.real(p);
-    return this.recall(this.meta?.link(real), path.dirname(real), () => fs.readlinkSync(real), (target) => this.meta!.recordLink(real, target));
+    return this.recall(this.meta?.link(real), path.dirname(real), () => this.tree.readlink(p, { self: held }), (target) => this.meta!.recordLink(real, target));
   }
 
   /**
@@ -174,7 +186,7 @@ export class View implements ViewHandlers {
     }
     let realFd: number | undefined;
     try {
-      realFd = fs.openSync(this.real(p), fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
+      realFd = this.tree.open(p, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
     } catch (err) {
       if (!expect) throw err;
     }
@@ -276,7 +288,7 @@ export class View implements ViewHandlers {
   private toRealFile(file: OpenFile, trouble?: string): boolean {
     let fd: number | undefined;
     try {
-      fd = fs.openSync(this.real('/' + file.relPath), fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
+      fd = this.tree.open('/' + file.relPath, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
       if (!file.identity || !sameIdentity(identityOf(fs.fstatSync(fd, { bigint: true })), file.identity)) {
         fs.closeSync(fd);
         return false;
@@ -328,30 +340,30 @@ export class View implements ViewHandlers {
   }
 
   async statfs(): Promise<FsStats> {
-    const s = await fs.promises.statfs(this.realTree);
+    const s = await this.tree.statfs();
     return {
       bsize: s.bsize, frsize: s.bsize, blocks: s.blocks, bfree: s.bfree, bavail: s.bavail,
       files: s.files, ffree: s.ffree, favail: s.ffree, fsid: 0, flag: 1 /* ST_RDONLY */, namemax: 255,
     };
   }
 
-  async access(p: string, mode: number): Promise<void> {
+  async access(p: string, mode: number, held?: ObjectId): Promise<void> {
     if (mode & fs.constants.W_OK) throw new Errno('EROFS');
-    await fs.promises.access(this.real(p), mode);
+    this.tree.access(p, mode, { self: held });
   }
 
-  async getxattr(p: string, name: string): Promise<Buffer | undefined> {
-    return (await this.xattrList(p)).get(name);
+  async getxattr(p: string, name: string, held?: ObjectId): Promise<Buffer | undefined> {
+    return (await this.xattrList(p, held)).get(name);
   }
 
-  async listxattr(p: string): Promise<string[]> {
-    return [...(await this.xattrList(p)).keys()];
+  async listxattr(p: string, held?: ObjectId): Promise<string[]> {
+    return [...(await this.xattrList(p, held)).keys()];
   }
 
   /** A file's xattrs; from vouched memory when the watcher vouches (setting one is an IN_ATTRIB event). */
-  private xattrList(p: string): Promise<Map<string, Buffer>> {
+  private xattrList(p: string, held?: ObjectId): Promise<Map<string, Buffer>> {
     const real = this.real(p);
-    return this.recall(this.meta?.xattrs(real), path.dirname(real), () => readXattrs(real), (attrs) => this.meta!.recordXattrs(real, attrs));
+    return this.recall(this.meta?.xattrs(real), path.dirname(real), () => this.tree.xattrs(p, { self: held }), (attrs) => this.meta!.recordXattrs(real, attrs));
   }
 
   openHandles(): number {

@@ -6,13 +6,27 @@
  * security.capability made the view exec getfattr, which is found and loaded through
  * PATH = /usr = the view, whose main thread was waiting for that exec. A system call on
  * the real tree, made in the view's own process, never goes through the view.
+ * Node's fs has no openat either: every call takes a path resolved from / (or the cwd),
+ * and a directory of the real tree swapped for a symlink redirects it anywhere (issue 14,
+ * finding 2). The view resolves the real tree beneath one descriptor of its root instead
+ * (fs/real-tree.ts), with the calls below; fstat, read and close of a descriptor are Node's.
  *
  * Calls, synchronous (each is a few microseconds on the real tree):
- *   lgetxattr(path, name) -> Buffer | undefined    undefined: no such attribute (ENODATA)
- *   llistxattr(path)      -> string[]
- * Neither follows a final symlink: the view serves symlinks as symlinks. A failure throws
- * what Node's fs throws: an Error with code (the errno name, e.g. 'ENOENT'), errno
- * (negative), syscall and path. Built by node-gyp (binding.gyp) in `npm run build`.
+ *   openat2(dirfd, path, flags, resolve) -> fd   openat2(2) (Linux >= 5.6): `resolve` holds
+ *       RESOLVE_* bits (struct open_how); O_CLOEXEC is always added. A descriptor is an int.
+ *   readlinkat(fd, path)  -> string              readlinkat(2); path "" reads the symlink that
+ *       fd itself is (opened O_PATH | O_NOFOLLOW).
+ *   fgetxattr(fd, name)   -> Buffer | undefined  undefined: no such attribute (ENODATA)
+ *   flistxattr(fd)        -> string[]
+ *       Of the object fd is open on, also a symlink opened O_PATH | O_NOFOLLOW: fgetxattr(2)
+ *       refuses O_PATH descriptors (EBADF, measured on 6.18), so these call getxattr(2) on
+ *       /proc/self/fd/N, a magic link the kernel resolves to exactly that open object (never
+ *       by name, so nothing in the tree can redirect it; measured: a symlink's own trusted.*
+ *       attributes are read, not its target's).
+ *   constants             { O_PATH, O_DIRECTORY, O_NOFOLLOW, RESOLVE_BENEATH, RESOLVE_NO_SYMLINKS,
+ *                           RESOLVE_NO_MAGICLINKS, AT_FDCWD }: from the system headers, per architecture.
+ * A failure throws what Node's fs throws: an Error with code (the errno name, e.g. 'ENOENT'),
+ * errno (negative), syscall and path. Built by node-gyp (binding.gyp) in `npm run build`.
  */
 #define _GNU_SOURCE
 #define NAPI_VERSION 8
@@ -21,7 +35,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <linux/openat2.h>
+#include <sys/syscall.h>
 #include <sys/xattr.h>
+#include <unistd.h>
 
 /* A value can grow between the size probe and the read (ERANGE): read again, a few times. */
 #define TRIES 8
@@ -47,8 +65,8 @@ static napi_value throw_errno(napi_env env, int err, const char *syscall, const 
 
 /* Argument i as a malloc'd C string; NULL (with a TypeError thrown) when it is none. */
 static char *string_arg(napi_env env, napi_callback_info info, size_t i) {
-  napi_value args[2];
-  size_t argc = 2, len;
+  napi_value args[4];
+  size_t argc = 4, len;
   char *s;
   napi_get_cb_info(env, info, &argc, args, NULL, NULL);
   if (i >= argc || napi_get_value_string_utf8(env, args[i], NULL, 0, &len) != napi_ok) {
@@ -69,9 +87,21 @@ static char *string_arg(napi_env env, napi_callback_info info, size_t i) {
   return s;
 }
 
-/* lgetxattr of `name`, or llistxattr when name is NULL: one size-probing loop serves both. */
+/* Argument i as an int32 in *out; false (with a TypeError thrown) when it is none. */
+static int int_arg(napi_env env, napi_callback_info info, size_t i, int32_t *out) {
+  napi_value args[4];
+  size_t argc = 4;
+  napi_get_cb_info(env, info, &argc, args, NULL, NULL);
+  if (i >= argc || napi_get_value_int32(env, args[i], out) != napi_ok) {
+    napi_throw_type_error(env, NULL, "expected an integer argument");
+    return 0;
+  }
+  return 1;
+}
+
+/* getxattr of `name`, or listxattr when name is NULL: one size-probing loop serves both. */
 static ssize_t xattr_call(const char *path, const char *name, char *buf, size_t size) {
-  return name ? lgetxattr(path, name, buf, size) : llistxattr(path, buf, size);
+  return name ? getxattr(path, name, buf, size) : listxattr(path, buf, size);
 }
 
 /*
@@ -99,50 +129,106 @@ static ssize_t read_all(const char *path, const char *name, char **out) {
   return -1;
 }
 
-static napi_value js_lgetxattr(napi_env env, napi_callback_info info) {
-  char *path = string_arg(env, info, 0), *name = path ? string_arg(env, info, 1) : NULL, *buf = NULL;
+/* The magic link naming the object `fd` is open on (see the header: why not fgetxattr). */
+static void proc_fd(char out[32], int32_t fd) {
+  snprintf(out, 32, "/proc/self/fd/%d", fd);
+}
+
+static napi_value js_openat2(napi_env env, napi_callback_info info) {
+  int32_t dirfd, flags, resolve;
+  if (!int_arg(env, info, 0, &dirfd) || !int_arg(env, info, 2, &flags) || !int_arg(env, info, 3, &resolve)) return NULL;
+  char *path = string_arg(env, info, 1);
+  if (!path) return NULL;
+  /* Unsigned conversions: flags and resolve are bit sets. */
+  struct open_how how = { .flags = (uint32_t)flags | O_CLOEXEC, .mode = 0, .resolve = (uint32_t)resolve };
+  long fd = syscall(SYS_openat2, dirfd, path, &how, sizeof how);
+  napi_value result = NULL;
+  if (fd < 0) throw_errno(env, errno, "openat2", path);
+  else napi_create_int32(env, (int32_t)fd, &result);
+  free(path);
+  return result;
+}
+
+static napi_value js_readlinkat(napi_env env, napi_callback_info info) {
+  int32_t fd;
+  if (!int_arg(env, info, 0, &fd)) return NULL;
+  char *path = string_arg(env, info, 1);
+  if (!path) return NULL;
+  /* A target is at most PATH_MAX bytes; one more tells a truncation apart. */
+  char target[4097];
+  ssize_t n = readlinkat(fd, path, target, sizeof target);
+  napi_value result = NULL;
+  if (n < 0) throw_errno(env, errno, "readlinkat", path);
+  else if ((size_t)n == sizeof target) throw_errno(env, ENAMETOOLONG, "readlinkat", path);
+  else napi_create_string_utf8(env, target, n, &result);
+  free(path);
+  return result;
+}
+
+static napi_value js_fgetxattr(napi_env env, napi_callback_info info) {
+  int32_t fd;
+  if (!int_arg(env, info, 0, &fd)) return NULL;
+  char *name = string_arg(env, info, 1), *buf = NULL, path[32];
   napi_value result = NULL;
   if (name) {
+    proc_fd(path, fd);
     ssize_t n = read_all(path, name, &buf);
     if (n >= 0) napi_create_buffer_copy(env, n, buf, NULL, &result);
     else if (errno == ENODATA) napi_get_undefined(env, &result);
-    else throw_errno(env, errno, "lgetxattr", path);
+    else throw_errno(env, errno, "fgetxattr", path);
   }
   free(buf);
   free(name);
-  free(path);
   return result;
 }
 
-static napi_value js_llistxattr(napi_env env, napi_callback_info info) {
-  char *path = string_arg(env, info, 0), *buf = NULL;
+static napi_value js_flistxattr(napi_env env, napi_callback_info info) {
+  int32_t fd;
+  if (!int_arg(env, info, 0, &fd)) return NULL;
+  char *buf = NULL, path[32];
   napi_value result = NULL;
-  if (path) {
-    ssize_t n = read_all(path, NULL, &buf);
-    if (n < 0) {
-      throw_errno(env, errno, "llistxattr", path);
-    } else {
-      /* The kernel's list: names, each ending in a NUL. */
-      napi_create_array(env, &result);
-      uint32_t count = 0;
-      for (ssize_t at = 0; at < n;) {
-        size_t len = strnlen(buf + at, n - at);
-        napi_value s;
-        napi_create_string_utf8(env, buf + at, len, &s);
-        napi_set_element(env, result, count++, s);
-        at += len + 1;
-      }
+  proc_fd(path, fd);
+  ssize_t n = read_all(path, NULL, &buf);
+  if (n < 0) {
+    throw_errno(env, errno, "flistxattr", path);
+  } else {
+    /* The kernel's list: names, each ending in a NUL. */
+    napi_create_array(env, &result);
+    uint32_t count = 0;
+    for (ssize_t at = 0; at < n;) {
+      size_t len = strnlen(buf + at, n - at);
+      napi_value s;
+      napi_create_string_utf8(env, buf + at, len, &s);
+      napi_set_element(env, result, count++, s);
+      at += len + 1;
     }
   }
   free(buf);
-  free(path);
   return result;
 }
 
+static void set_int(napi_env env, napi_value obj, const char *name, int64_t value) {
+  napi_value v;
+  napi_create_int64(env, value, &v);
+  napi_set_named_property(env, obj, name, v);
+}
+
 NAPI_MODULE_INIT() {
+  napi_value constants;
+  napi_create_object(env, &constants);
+  set_int(env, constants, "O_PATH", O_PATH);
+  set_int(env, constants, "O_DIRECTORY", O_DIRECTORY);
+  set_int(env, constants, "O_NOFOLLOW", O_NOFOLLOW);
+  set_int(env, constants, "RESOLVE_BENEATH", RESOLVE_BENEATH);
+  set_int(env, constants, "RESOLVE_NO_SYMLINKS", RESOLVE_NO_SYMLINKS);
+  set_int(env, constants, "RESOLVE_NO_MAGICLINKS", RESOLVE_NO_MAGICLINKS);
+  set_int(env, constants, "AT_FDCWD", AT_FDCWD);
   napi_property_descriptor calls[] = {
-    { "lgetxattr", NULL, js_lgetxattr, NULL, NULL, NULL, napi_enumerable, NULL },
-    { "llistxattr", NULL, js_llistxattr, NULL, NULL, NULL, napi_enumerable, NULL },
+    { "openat2", NULL, js_openat2, NULL, NULL, NULL, napi_enumerable, NULL },
+    { "readlinkat", NULL, js_readlinkat, NULL, NULL, NULL, napi_enumerable, NULL },
+    { "fgetxattr", NULL, js_fgetxattr, NULL, NULL, NULL, napi_enumerable, NULL },
+    { "flistxattr", NULL, js_flistxattr, NULL, NULL, NULL, napi_enumerable, NULL },
+    { "constants", NULL, NULL, NULL, NULL, constants, napi_enumerable, NULL },
   };
   napi_define_properties(env, exports, sizeof calls / sizeof calls[0], calls);
   return exports;
