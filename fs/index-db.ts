@@ -10,6 +10,7 @@
 import Database from 'better-sqlite3';
 import * as fs from 'fs';
 import * as path from 'path';
+import { native } from './native';
 import { errnoCode } from './errors';
 import type { RealIdentity } from './identity';
 import type { Logger } from './log';
@@ -81,17 +82,26 @@ function fromRow(r: Row): IndexEntry {
   };
 }
 
-/** Takes group and other permissions off an index file that exists (a missing -wal or -shm is fine). */
+/**
+ * Takes group and other permissions off an index file that exists (a missing -wal or -shm is fine).
+ * Through an O_PATH descriptor: closing any other descriptor of a file drops every POSIX lock this
+ * process holds on it, and SQLite's locks on -shm are what tell the next process it is not alone
+ * (measured: the view's lock gone, a status run reset -shm and the view died of SIGBUS in SQLite).
+ * Closing an O_PATH descriptor drops no lock; chmod of its /proc/self/fd link changes that object.
+ */
 function restrictMode(file: string): void {
   let fd: number;
   try {
-    fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW | fs.constants.O_NONBLOCK);
+    fd = fs.openSync(file, native.constants.O_PATH | fs.constants.O_NOFOLLOW);
   } catch (err) {
     if (errnoCode(err) === 'ENOENT') return;
     throw err;
   }
   try {
-    if ((fs.fstatSync(fd).mode & 0o077) !== 0) fs.fchmodSync(fd, 0o600);
+    const st = fs.fstatSync(fd);
+    // Never through a symlink planted in the index's place (O_NOFOLLOW gave the link itself).
+    if (!st.isFile()) throw new Error(`${file} is not a regular file`);
+    if ((st.mode & 0o077) !== 0) fs.chmodSync(`/proc/self/fd/${fd}`, 0o600);
   } finally {
     fs.closeSync(fd);
   }

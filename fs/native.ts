@@ -17,6 +17,8 @@ export interface NativeCalls {
   fgetxattr(fd: number, name: string): Buffer | undefined;
   /** The names of the extended attributes of the object `fd` is open on (also O_PATH, also a symlink). */
   flistxattr(fd: number): string[];
+  /** getsockopt(SO_PEERCRED): the uid of the peer of a connected unix socket. */
+  peerUid(fd: number): number;
   /** Flag values from the system headers (Node's fs.constants lacks them). */
   constants: {
     O_PATH: number;

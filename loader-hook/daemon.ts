@@ -44,8 +44,7 @@ const MAX_READING = 128;
 /**
  * Connections open at once per uid other than root's (the peer's uid from SO_PEERCRED): one user's
  * crowd cannot take the descriptors everyone shares (MAX_CONNECTIONS); beyond it their hooks load
- * originals. Node has no SO_PEERCRED: the uid comes from the native addon's peerUid when it has
- * one, and without it only the global caps hold (status quo, said in the log at start).
+ * originals. Node has no SO_PEERCRED: the uid comes from the native addon's peerUid.
  */
 const MAX_PER_UID = 64;
 /** Descriptors at all (reading or waiting for a job), a bound on what anyone can make us hold. */
@@ -57,15 +56,12 @@ const MAX_JOBS = 1024;
 const MAX_REFUSED_REMEMBERED = 1024;
 const REFUSED_TTL_MS = 60_000;
 
-/** getsockopt(SO_PEERCRED) on a socket's descriptor, if the native addon has it (fs/native.ts). */
-const peerUidCall = (native as Partial<{ peerUid(fd: number): number }>).peerUid;
-
 /** The uid of the process at the other end of `c`, or undefined when it cannot be known. */
 function peerUid(c: net.Socket): number | undefined {
   const fd = (c as unknown as { _handle?: { fd?: number } })._handle?.fd;
-  if (!peerUidCall || fd === undefined || fd < 0) return undefined;
+  if (fd === undefined || fd < 0) return undefined;
   try {
-    return peerUidCall(fd);
+    return native.peerUid(fd);
   } catch {
     return undefined;
   }
@@ -112,7 +108,6 @@ export class HookDaemon {
       this.server!.listen(sock, () => resolve());
     });
     fs.chmodSync(sock, 0o666);
-    if (!peerUidCall) this.log.warn(`hook: the native addon has no peerUid: no cap per uid, only the global caps on connections`);
     this.gcTimer = setInterval(() => this.housekeeping(), GC_INTERVAL_MS);
     this.gcTimer.unref();
     this.log.info(`hook daemon listening on ${sock}`);

@@ -23,6 +23,9 @@
  *       /proc/self/fd/N, a magic link the kernel resolves to exactly that open object (never
  *       by name, so nothing in the tree can redirect it; measured: a symlink's own trusted.*
  *       attributes are read, not its target's).
+ *   peerUid(fd)           -> uid                getsockopt(SO_PEERCRED) of a connected unix socket:
+ *       who is asking the hook daemon, as the kernel recorded it (Node has no such call), so
+ *       that one user's connections can be capped without trusting what the client says.
  *   constants             { O_PATH, O_DIRECTORY, O_NOFOLLOW, RESOLVE_BENEATH, RESOLVE_NO_SYMLINKS,
  *                           RESOLVE_NO_MAGICLINKS, AT_FDCWD }: from the system headers, per architecture.
  * A failure throws what Node's fs throws: an Error with code (the errno name, e.g. 'ENOENT'),
@@ -37,6 +40,7 @@
 #include <string.h>
 #include <fcntl.h>
 #include <linux/openat2.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/xattr.h>
 #include <unistd.h>
@@ -207,6 +211,18 @@ static napi_value js_flistxattr(napi_env env, napi_callback_info info) {
   return result;
 }
 
+/* The uid of the process at the other end of a unix socket, as the kernel recorded it at connect. */
+static napi_value js_peer_uid(napi_env env, napi_callback_info info) {
+  int32_t fd;
+  if (!int_arg(env, info, 0, &fd)) return NULL;
+  struct ucred cred;
+  socklen_t len = sizeof cred;
+  if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) return throw_errno(env, errno, "getsockopt", "SO_PEERCRED");
+  napi_value uid;
+  napi_create_uint32(env, cred.uid, &uid);
+  return uid;
+}
+
 static void set_int(napi_env env, napi_value obj, const char *name, int64_t value) {
   napi_value v;
   napi_create_int64(env, value, &v);
@@ -228,6 +244,7 @@ NAPI_MODULE_INIT() {
     { "readlinkat", NULL, js_readlinkat, NULL, NULL, NULL, napi_enumerable, NULL },
     { "fgetxattr", NULL, js_fgetxattr, NULL, NULL, NULL, napi_enumerable, NULL },
     { "flistxattr", NULL, js_flistxattr, NULL, NULL, NULL, napi_enumerable, NULL },
+    { "peerUid", NULL, js_peer_uid, NULL, NULL, NULL, napi_enumerable, NULL },
     { "constants", NULL, NULL, NULL, NULL, constants, napi_enumerable, NULL },
   };
   napi_define_properties(env, exports, sizeof calls / sizeof calls[0], calls);

@@ -11,7 +11,6 @@ import * as fs from 'fs';
 import * as net from 'net';
 import * as path from 'path';
 import { announceSkip } from '../elf/libs';
-import { native } from '../../fs/native';
 import { readSupervisorState } from '../../fs/supervisor';
 import { createOpsSandbox, OpsSandbox } from '../helpers/ops-sandbox';
 import { fuseAvailable, waitFor } from '../helpers/view-sandbox';
@@ -128,9 +127,8 @@ run('the daemon against an unprivileged user', () => {
     expect(seen.opened).toBeGreaterThanOrEqual(120); // each of the 60 reopened at least once in 7 s
   }, 60_000);
 
-  // Needs the native addon's peerUid (getsockopt SO_PEERCRED); until it has one, only the global caps hold.
-  const hasPeerUid = typeof (native as Partial<{ peerUid: unknown }>).peerUid === 'function';
-  (hasPeerUid ? test : test.skip)('finding 5: one user holds at most 64 connections; root is answered meanwhile', async () => {
+  // The peer's uid comes from the native addon's peerUid (getsockopt SO_PEERCRED).
+  test('finding 5: one user holds at most 64 connections; root is answered meanwhile', async () => {
     await startDaemon(sb);
     // 200 connections that send nothing, held 2 s: beyond 64 they are closed at once (life < 50 ms).
     const r = nodeAsNobody(SLOW_CLIENTS, [sock, '200', '60000', '2000'], 30_000);
