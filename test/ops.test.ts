@@ -313,7 +313,7 @@ maybe('operations', () => {
     expect(isMountPoint(ops.paths.viewMount)).toBe(true);
     const hello = await runInChroot(ops.sandbox, ['/usr/bin/hello']);
     expect(hello).toMatchObject({ code: 0, stdout: 'hello from the mirror\n' });
-    expect(() => fs.writeFileSync(path.join(ops.root, 'usr/bin/written-through'), 'x')).toThrow(/EROFS/);
+    expect(() => fs.writeFileSync(path.join(ops!.root, 'usr/bin/written-through'), 'x')).toThrow(/EROFS/);
     expect(statusJson(ops)).toMatchObject({ code: 0, report: { health: 'healthy', link: { state: 'mirror' }, mirror: { complete: true } } });
 
     expect(ops.cli(['stop']).code).toBe(0);

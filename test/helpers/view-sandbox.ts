@@ -6,6 +6,8 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { defaultConfig, parseConfig } from '../../fs/config';
+import { StoreIndex } from '../../fs/index-db';
+import { silentLogger } from '../../fs/log';
 import { derivePaths, Paths } from '../../fs/paths';
 import { isMountPoint } from '../../fs/preflight';
 import { makeSandbox, Sandbox } from '../../fs/sandbox';
@@ -68,4 +70,21 @@ export async function waitFor(check: () => boolean | Promise<boolean>, timeoutMs
 export async function waitForFills(view: ViewProcess, n: number, timeoutMs = 20000): Promise<void> {
   const ms = await waitFor(() => (view.state()?.store?.fills ?? 0) >= n, timeoutMs, 100);
   if (ms < 0) throw new Error(`fewer than ${n} fills after ${timeoutMs} ms: ${JSON.stringify(view.state()?.store)}`);
+}
+
+/** The index row of `rel`, read with a read-only connection of its own. */
+export function indexEntry(vs: ViewSandbox, rel: string) {
+  const ix = StoreIndex.open(vs.paths.index, silentLogger, { readonly: true });
+  try {
+    return ix.get(rel);
+  } finally {
+    ix.close();
+  }
+}
+
+/** Stops the view (it detaches and exits) and starts a new view process: what a restart does. */
+export async function restartView(vs: ViewSandbox): Promise<void> {
+  await vs.view?.stop(10000);
+  vs.view = undefined;
+  await vs.startView();
 }

@@ -14,7 +14,7 @@ import { ImageStore } from '../../loader-hook/images';
 import { announceSkip, CFLAGS } from '../elf/libs';
 import {
   buildOriginLibs, cli, currentEpoch, FIX, imageFor, imagePaths, installLib, launch, launchAsync, Libs, libs, makeSandbox,
-  daemonLog, randomizations, removeSandbox, Sandbox, startDaemon, stopDaemon, writeConf,
+  randomizations, removeSandbox, Sandbox, startDaemon, stopDaemon, writeConf,
 } from './sandbox';
 
 const L = libs();

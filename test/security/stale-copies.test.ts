@@ -10,10 +10,8 @@ import { execFileSync, spawnSync } from 'child_process';
 import { createHash, randomBytes } from 'crypto';
 import * as fs from 'fs';
 import * as path from 'path';
-import { StoreIndex } from '../../fs/index-db';
-import { silentLogger } from '../../fs/log';
 import { CLI_ENTRY } from '../../fs/package-root';
-import { createViewSandbox, fuseAvailable, ViewSandbox, waitFor, waitForFills } from '../helpers/view-sandbox';
+import { createViewSandbox, fuseAvailable, indexEntry, restartView, ViewSandbox, waitFor, waitForFills } from '../helpers/view-sandbox';
 
 const skip = fuseAvailable();
 const maybe = skip ? describe.skip : describe;
@@ -36,21 +34,6 @@ function rewriteInPlace(file: string, content: Buffer): void {
   fs.writeSync(fd, content, 0, content.length, 0);
   fs.closeSync(fd);
   execFileSync('touch', ['-m', '-d', `@${(mtime.getTime() / 1000).toFixed(3)}`, file]);
-}
-
-function indexEntry(vs: ViewSandbox, rel: string) {
-  const ix = StoreIndex.open(vs.paths.index, silentLogger, { readonly: true });
-  try {
-    return ix.get(rel);
-  } finally {
-    ix.close();
-  }
-}
-
-async function restartView(vs: ViewSandbox): Promise<void> {
-  await vs.view?.stop(10000);
-  vs.view = undefined;
-  await vs.startView();
 }
 
 function cli(root: string, args: string[]) {

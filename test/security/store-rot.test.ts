@@ -11,7 +11,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { StoreIndex } from '../../fs/index-db';
 import { silentLogger } from '../../fs/log';
-import { createViewSandbox, fuseAvailable, ViewSandbox, waitFor, waitForFills } from '../helpers/view-sandbox';
+import { createViewSandbox, fuseAvailable, indexEntry, restartView, ViewSandbox, waitFor, waitForFills } from '../helpers/view-sandbox';
 
 const skip = fuseAvailable();
 const maybe = skip ? describe.skip : describe;
@@ -33,21 +33,6 @@ function shaAsNobody(vs: ViewSandbox, rel: string): string {
   const r = spawnSync('setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', 'sha256sum', file], { encoding: 'utf8', timeout: 30_000 });
   if (r.status !== 0) throw new Error(`sha256sum as nobody: ${r.status} ${r.stderr}`);
   return r.stdout.split(' ')[0];
-}
-
-function indexEntry(vs: ViewSandbox, rel: string) {
-  const ix = StoreIndex.open(vs.paths.index, silentLogger, { readonly: true });
-  try {
-    return ix.get(rel);
-  } finally {
-    ix.close();
-  }
-}
-
-async function restartView(vs: ViewSandbox): Promise<void> {
-  await vs.view?.stop(10000);
-  vs.view = undefined;
-  await vs.startView();
 }
 
 maybe('store rot', () => {
