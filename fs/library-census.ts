@@ -44,6 +44,8 @@ function isSharedObject(file: string): boolean {
  */
 export function installedLibraries(paths: Paths): { usrPath: string; file: string }[] {
   const found: { usrPath: string; file: string }[] = [];
+  // Before `fscache setup` there is no real tree yet: R/usr is still the directory itself.
+  const top = fs.existsSync(paths.realTree) ? paths.realTree : path.join(paths.root, 'usr');
   const walk = (dir: string): void => {
     let entries: fs.Dirent[];
     try {
@@ -55,11 +57,11 @@ export function installedLibraries(paths: Paths): { usrPath: string; file: strin
       const file = path.join(dir, e.name);
       if (e.isDirectory()) walk(file);
       else if (e.isFile() && SHARED_NAME.test(e.name) && isSharedObject(file)) {
-        found.push({ usrPath: '/' + path.join(path.relative(paths.root, paths.usrLink), path.relative(paths.realTree, file)), file });
+        found.push({ usrPath: '/' + path.join(path.relative(paths.root, paths.usrLink), path.relative(top, file)), file });
       }
     }
   };
-  walk(paths.realTree);
+  walk(top);
   return found.sort((a, b) => (a.usrPath < b.usrPath ? -1 : 1));
 }
 
