@@ -412,7 +412,7 @@ function verifyText(img: Image, layout: Layout, out: ElfFile, rep: VerifyReport,
   let cur = t0;
   for (const p of placed) {
     if (p.s < cur || p.e > img.textEnd) fail('units overlap or leave .text', p.s);
-    if (p.s % p.u.align !== 0) fail('unit misaligned', p.s);
+    if ((p.s - p.u.start) % p.u.align !== 0) fail('unit misaligned', p.s);
     for (let a = cur; a < p.s; a++) if (outBytes[a - t0] !== 0xcc) fail('gap not filled with int3', a);
     cur = p.e;
   }

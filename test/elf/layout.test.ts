@@ -57,6 +57,25 @@ test('of fitting orders that all leave units in place, the one leaving fewest is
   expect(l.unmoved).toBe(1);
 });
 
+test('units that fit in no order (random or strictest-alignment first) are refused, naming both tries', () => {
+  // Eight 16-aligned units of 17 bytes each need 15 bytes of padding between them: 8 * 32 - 15
+  // bytes, one more than the extent given. (A real library always has its own order; the extent
+  // here is cut short to make the refusal reachable.)
+  const units = Array.from({ length: 8 }, (_, i) => unit(i, 0x1000 + 32 * i, 17, 16));
+  const plan = { units } as unknown as Parameters<typeof planLayout>[0];
+  expect(() => planLayout(plan, 0x1000, 0x1000 + 8 * 32 - 16, new ShuffleRng(Buffer.from('01', 'hex'), Buffer.from('lib'))))
+    .toThrow(/no permutation of 8 units fits in \.text after 64 draws and 64 strictest-alignment-first draws \(alignment padding\)/);
+});
+
+test('a unit holding aligned data moves by multiples of that alignment, whatever its own start', () => {
+  // B starts at 0x1050 (16-aligned) but holds a 64-aligned constant: align 64, new start ≡ 0x10 (mod 64).
+  const plan = { units: [unit(0, 0x1000, 0x50, 16), { ...unit(1, 0x1050, 0x60, 64) }, unit(2, 0x10b0, 0x30, 16)] } as unknown as Parameters<typeof planLayout>[0];
+  for (let i = 0; i < 20; i++) {
+    const l = planLayout(plan, 0x1000, 0x1200, new ShuffleRng(Buffer.from([i]), Buffer.from('lib')));
+    expect(Math.abs((l.newStart[1] - 0x1050) % 64)).toBe(0);
+  }
+});
+
 test('a 4-unit library gets a layout for every seed, always moving as many units as any order can', () => {
   // Few of its 24 orders fit: 64 random draws missed them all for about 3 seeds in 1000, and kept
   // every unit in place for about 1 in 20, before every order of so small a library was tried.
