@@ -12,7 +12,13 @@
  */
 import * as fs from 'fs';
 import { prepareLibrary, readElf, readSymbols, sectionByName } from '../../elf';
+import { loadImage } from '../../elf/image';
+import { planLayout, ShuffleRng } from '../../elf/layout';
+import { moveCodeAndPatch } from '../../elf/patch';
 import { SHT_SYMTAB, STT_FUNC } from '../../elf/types';
+import { findUnits } from '../../elf/units';
+import { verifyImage } from '../../elf/verify';
+import { rebuildFile } from '../../elf/writer';
 import { functionOrder, randomizeInto } from './helpers';
 import { announceSkip, buildFixture, runWith, tempDir } from './libs';
 
@@ -98,6 +104,26 @@ const simd = cases[2].build;
       expect(Math.abs((after.get(name)! - before.get(name)!) % align)).toBe(0);
     }
   });
+});
+
+(simd.ok ? test : test.skip)('the verifier refuses an image whose constant lost its alignment (a plan that ignored the data)', () => {
+  if (!simd.ok) return;
+  const input = fs.readFileSync(simd.lib);
+  const img = loadImage(input);
+  const plan = findUnits(img);
+  // The plan a rule blind to data would make: simd_phase (16-aligned, constant at a multiple of 64) at 16.
+  const phase = plan.units.findIndex((u) => u.names.includes('simd_phase'));
+  const blind = { ...plan, units: plan.units.map((u, i) => (i === phase ? { ...u, align: 16 } : u)) };
+  let refused = 0;
+  for (let i = 0; i < 16; i++) {
+    const layout = planLayout(blind, img.textStart, img.textEnd, new ShuffleRng(Buffer.from([i]), input));
+    if ((layout.newStart[phase] - plan.units[phase].start) % 64 === 0) continue;
+    const patched = Uint8Array.from(input);
+    moveCodeAndPatch(img, layout, patched);
+    expect(() => verifyImage(img, layout, rebuildFile(img.elf, patched).bytes)).toThrow(/data read from \.text at 0x[0-9a-f]+ loses its 64-byte alignment/);
+    refused++;
+  }
+  expect(refused).toBeGreaterThan(0);
 });
 
 // The fixture the old no-fit refusal was tested on (refusal.test.ts): C at -O2 with one function
