@@ -8,9 +8,11 @@
  * the original .text extent, each at its alignment (filling holes that alignment leaves), so no
  * section or segment moves and the library keeps its size. A permutation that does not fit, or
  * leaves a unit at its own address, is redrawn from the stream: the order is uniform over the
- * permutations that fit and move every unit (except in planLayout's fallback, below). The
- * entropy reported, log2(units!), counts orders: an upper bound, since hole filling can give two
- * orders the same placement.
+ * permutations that fit and move every unit (except in planLayout's fallbacks, below: orders
+ * sorted strictest alignment first, uniform inside each alignment class; every order of a
+ * library of a few units; the fitting draw that leaves the fewest units in place). Alignment is a congruence (new start ≡ start mod align, see alignment.ts). The
+ * entropy reported counts orders (log2(units!), or the sum over alignment classes for a sorted
+ * order): an upper bound, since hole filling can give two orders the same placement.
  */
 import { Cipher, createCipheriv, createHash, createHmac } from 'crypto';
 import { ElfRefusal } from './errors';
@@ -167,6 +169,12 @@ function unmovedUnits(units: Unit[], newStart: Float64Array): number {
  * draw of MAX_DRAWS moves them all (fitting orders are rare: little slack in .text, or a few units
  * whose sizes and alignments leave no other place), the first fitting draw with the fewest
  * unmoved units is taken and `unmoved` says how many.
+ *
+ * The room is .text's own extent. The executable segment's page tail after .fini is not used:
+ * .fini (with DT_FINI and _fini) would have to move behind a grown .text and the segment's sizes
+ * change, which the writer's promise (no section or segment moves) and the verifier exclude. With
+ * alignment taken from evidence, the orders the linker's own padding allows are enough for the
+ * libraries measured (bench/RESULTS.md, "Alignment from evidence").
  */
 export function planLayout(plan: UnitPlan, textStart: number, textEnd: number, rng: ShuffleRng): Layout {
   const MAX_DRAWS = 64;

@@ -5,7 +5,7 @@
  */
 import * as fs from 'fs';
 import { prepareLibrary } from '../../elf';
-import { entropyBits, permutation, planLayout, ShuffleRng } from '../../elf/layout';
+import { entropyBits, layoutEntropyBits, permutation, planLayout, ShuffleRng } from '../../elf/layout';
 import * as path from 'path';
 import { buildOriginLibs } from '../hook/sandbox';
 import { announceSkip, buildCxx, buildLua, buildSqlite, tempDir } from './libs';
@@ -65,6 +65,30 @@ test('units that fit in no order (random or strictest-alignment first) are refus
   const plan = { units } as unknown as Parameters<typeof planLayout>[0];
   expect(() => planLayout(plan, 0x1000, 0x1000 + 8 * 32 - 16, new ShuffleRng(Buffer.from('01', 'hex'), Buffer.from('lib'))))
     .toThrow(/no permutation of 8 units fits in \.text after 64 draws and 64 strictest-alignment-first draws \(alignment padding\)/);
+});
+
+test('when random orders do not fit, strictest-alignment-first orders do, and the entropy counts only their orders', () => {
+  // Four 64-aligned units of 33 bytes with 31-byte units in the holes between them and five after,
+  // packed without a spare byte: a random order rarely fits; 64-aligned first, the 31-byte units
+  // fill the holes exactly.
+  const units = [];
+  for (let k = 0; k < 4; k++) {
+    units.push(unit(units.length, 0x1000 + 64 * k, 33, 64));
+    if (k < 3) units.push(unit(units.length, 0x1000 + 64 * k + 33, 31, 1));
+  }
+  for (let k = 0; k < 5; k++) units.push(unit(units.length, 0x1000 + 192 + 33 + 31 * k, 31, 1));
+  const plan = { units } as unknown as Parameters<typeof planLayout>[0];
+  let strict = 0;
+  for (let i = 0; i < 50; i++) {
+    const l = planLayout(plan, 0x1000, 0x1000 + 192 + 33 + 5 * 31, new ShuffleRng(Buffer.from([i]), Buffer.from('lib')));
+    expect(l.usedEnd).toBeLessThanOrEqual(0x1000 + 192 + 33 + 5 * 31);
+    expect(l.unmoved).toBe(0);
+    if (!l.strictFirst) continue;
+    strict++;
+    expect(l.order.slice(0, 4).every((u) => units[u].align === 64)).toBe(true);
+    expect(layoutEntropyBits(l)).toBeCloseTo(entropyBits(4) + entropyBits(8));
+  }
+  expect(strict).toBeGreaterThan(25);
 });
 
 test('a unit holding aligned data moves by multiples of that alignment, whatever its own start', () => {
