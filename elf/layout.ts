@@ -10,8 +10,8 @@
  * leaves a unit at its own address, is redrawn from the stream: the order is uniform over the
  * permutations that fit and move every unit (except in planLayout's fallbacks, below: orders
  * sorted strictest alignment first, uniform inside each alignment class; every order of a
- * library of a few units; the fitting draw that leaves the fewest units in place). Alignment is a congruence (new start ≡ start mod align, see alignment.ts). The
- * entropy reported counts orders (log2(units!), or the sum over alignment classes for a sorted
+ * library of a few units; the fitting draw that leaves the fewest units in place). Alignment is
+ * a congruence (new start ≡ start mod align, see alignment.ts). The entropy reported counts orders (log2(units!), or the sum over alignment classes for a sorted
  * order): an upper bound, since hole filling can give two orders the same placement.
  */
 import { Cipher, createCipheriv, createHash, createHmac } from 'crypto';
@@ -181,8 +181,8 @@ export function planLayout(plan: UnitPlan, textStart: number, textEnd: number, r
   let best: Layout | undefined;
   // Random orders first; then, when none of them fits and moves every unit, orders with the
   // strictest alignments placed first (a random order inside each alignment class): the large
-  // holes then come before any unit and the small-aligned units fill them, as the linker's
-  // sorting by section does. Less entropy (layoutEntropyBits says how much), but a fit where
+  // holes then come before any unit and the small-aligned units fill them (as ld's
+  // --sort-section=alignment packs). Less entropy (layoutEntropyBits says how much), but a fit where
   // random orders of a library with a few 32- or 64-aligned units almost never fit.
   for (const strictFirst of [false, true]) {
     for (let attempt = 0; attempt < MAX_DRAWS; attempt++) {
