@@ -11,8 +11,9 @@
  * permutations that fit and move every unit (except in planLayout's fallbacks, below: orders
  * sorted strictest alignment first, uniform inside each alignment class; every order of a
  * library of a few units; the fitting draw that leaves the fewest units in place). Alignment is
- * a congruence (new start ≡ start mod align, see alignment.ts). The entropy reported counts orders (log2(units!), or the sum over alignment classes for a sorted
- * order): an upper bound, since hole filling can give two orders the same placement.
+ * a congruence (new start ≡ start mod align, see alignment.ts). The entropy reported counts
+ * orders (log2(units!), or the sum over alignment classes for a sorted order): an upper bound,
+ * since hole filling can give two orders the same placement.
  */
 import { Cipher, createCipheriv, createHash, createHmac } from 'crypto';
 import { ElfRefusal } from './errors';
