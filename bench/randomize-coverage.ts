@@ -4,7 +4,7 @@
  * .so is swapped in place of the built one, which libtool's wrappers or CMake's build RPATH then
  * load; the original is restored afterwards).
  *
- *   npx tsc -p . && node dist/bench/randomize-coverage.js [--seeds 2] [--only SOURCE]
+ *   npx tsc -p . && node dist/bench/randomize-coverage.js [--seeds 2] [--only SOURCE] [--as-shipped]
  *
  * Slow (configure + build + make check per package, up to a few minutes each on 2 cores; libffi's
  * DejaGnu suite about 13): not part of the jest run. Prints markdown for bench/RESULTS.md. Needs,
@@ -148,7 +148,9 @@ function main(): void {
   const seeds = si > 0 ? Number(process.argv[si + 1]) : 2;
   const rows: string[] = [];
   const only = process.argv.indexOf('--only');
-  for (const p of PKGS.filter((x) => only < 0 || x.source === process.argv[only + 1])) {
+  // --as-shipped: only the configurations Debian builds (no variant rows).
+  const shipped = process.argv.includes('--as-shipped');
+  for (const p of PKGS.filter((x) => (only < 0 || x.source === process.argv[only + 1]) && !(shipped && x.variant))) {
     try {
       rows.push(coverOne(p, seeds));
     } catch (e) {

@@ -8,13 +8,15 @@
  * the original .text extent, each at its alignment (filling holes that alignment leaves), so no
  * section or segment moves and the library keeps its size. A permutation that does not fit, or
  * leaves a unit at its own address, is redrawn from the stream: the order is uniform over the
- * permutations that fit and move every unit (except in planLayout's fallback, below). The
- * entropy reported, log2(units!), counts orders: an upper bound, since hole filling can give two
- * orders the same placement.
+ * permutations that fit and move every unit (except in planLayout's fallbacks, below: orders
+ * sorted strictest alignment first, uniform inside each alignment class; every order of a
+ * library of a few units; the fitting draw that leaves the fewest units in place). Alignment is
+ * a congruence (new start ≡ start mod align, see alignment.ts). The entropy reported counts
+ * orders (log2(units!), or the sum over alignment classes for a sorted order): an upper bound,
+ * since hole filling can give two orders the same placement.
  */
 import { Cipher, createCipheriv, createHash, createHmac } from 'crypto';
 import { ElfRefusal } from './errors';
-import { alignUp } from './reader';
 import { Unit, UnitPlan, unitIndexAt } from './units';
 
 /**
@@ -82,6 +84,8 @@ export interface Layout {
   readonly draws: number;
   /** Units at their own input address (0 unless no draw could move them all). */
   readonly unmoved: number;
+  /** The order was sorted by alignment, strictest first (no random order fitted): see planLayout. */
+  readonly strictFirst: boolean;
 }
 
 /** log2(n!) — entropy of a uniform permutation of n units, in bits. */
@@ -89,6 +93,15 @@ export function entropyBits(n: number): number {
   let s = 0;
   for (let i = 2; i <= n; i++) s += Math.log2(i);
   return s;
+}
+
+/**
+ * First address at or above `a` that is congruent to the unit's start modulo its alignment (a
+ * plain alignUp for units that start on a multiple of it; units holding aligned data may not).
+ */
+export function alignLike(a: number, u: Unit): number {
+  const phase = u.start % u.align;
+  return a + ((((phase - a) % u.align) + u.align) % u.align);
 }
 
 /** Holes searched per unit: bounds the work on inputs with very many units. */
@@ -113,7 +126,7 @@ function place(units: Unit[], order: number[], textStart: number): { newStart: F
     for (let h = 0; h < holeS.length && h < MAX_HOLES_SEARCHED; h++) {
       const hs = holeS[h];
       const he = holeE[h];
-      const s = alignUp(hs, u.align);
+      const s = alignLike(hs, u);
       if (s + size > he) continue;
       newStart[ui] = s;
       // The hole is replaced, in place, by what is left of it before and after the unit.
@@ -127,7 +140,7 @@ function place(units: Unit[], order: number[], textStart: number): { newStart: F
       break;
     }
     if (placed) continue;
-    const s = alignUp(cur, u.align);
+    const s = alignLike(cur, u);
     if (s > cur) { holeS.push(cur); holeE.push(s); }
     newStart[ui] = s;
     cur = s + size;
@@ -157,27 +170,63 @@ function unmovedUnits(units: Unit[], newStart: Float64Array): number {
  * draw of MAX_DRAWS moves them all (fitting orders are rare: little slack in .text, or a few units
  * whose sizes and alignments leave no other place), the first fitting draw with the fewest
  * unmoved units is taken and `unmoved` says how many.
+ *
+ * The room is .text's own extent. The executable segment's page tail after .fini is not used:
+ * .fini (with DT_FINI and _fini) would have to move behind a grown .text and the segment's sizes
+ * change, which the writer's promise (no section or segment moves) and the verifier exclude. With
+ * alignment taken from evidence, the orders the linker's own padding allows are enough for the
+ * libraries measured (bench/RESULTS.md, "Alignment from evidence").
  */
 export function planLayout(plan: UnitPlan, textStart: number, textEnd: number, rng: ShuffleRng): Layout {
   const MAX_DRAWS = 64;
   let best: Layout | undefined;
-  for (let attempt = 0; attempt < MAX_DRAWS; attempt++) {
-    const order = permutation(plan.units.length, rng);
-    const { newStart, end } = place(plan.units, order, textStart);
-    if (end > textEnd) continue;
-    const unmoved = unmovedUnits(plan.units, newStart);
-    if (!best || unmoved < best.unmoved) best = { plan, order, newStart, textStart, textEnd, usedEnd: end, draws: attempt + 1, unmoved };
-    if (unmoved === 0) return best;
+  // Random orders first; then, when none of them fits and moves every unit, orders with the
+  // strictest alignments placed first (a random order inside each alignment class): the large
+  // holes then come before any unit and the small-aligned units fill them (as ld's
+  // --sort-section=alignment packs). Less entropy (layoutEntropyBits says how much), but a fit where
+  // random orders of a library with a few 32- or 64-aligned units almost never fit.
+  for (const strictFirst of [false, true]) {
+    for (let attempt = 0; attempt < MAX_DRAWS; attempt++) {
+      const drawn = permutation(plan.units.length, rng);
+      const order = strictFirst ? byAlignment(plan.units, drawn) : drawn;
+      const { newStart, end } = place(plan.units, order, textStart);
+      if (end > textEnd) continue;
+      const unmoved = unmovedUnits(plan.units, newStart);
+      if (!best || unmoved < best.unmoved) {
+        best = { plan, order, newStart, textStart, textEnd, usedEnd: end, draws: attempt + 1 + (strictFirst ? MAX_DRAWS : 0), unmoved, strictFirst };
+      }
+      if (unmoved === 0) return best;
+    }
+    // Few units: every order is tried below rather than sorted ones.
+    if (plan.units.length <= MAX_ENUMERATED_UNITS) break;
   }
   // A library of a few units can have so few fitting orders that 64 draws miss them all, or miss
   // those that move the most units (a 4-unit library: no fit for about 3 seeds in 1000, and every
   // unit left in place for 1 in 20). Its orders are few enough to try every one.
   if (plan.units.length <= MAX_ENUMERATED_UNITS) {
     const l = enumeratedLayout(plan, textStart, textEnd, rng);
-    if (l) return { ...l, draws: MAX_DRAWS + 1 };
+    if (l) return { ...l, draws: MAX_DRAWS + 1, strictFirst: false };
   }
   if (best) return best;
-  throw new ElfRefusal(`no permutation of ${plan.units.length} units fits in .text after ${MAX_DRAWS} draws (alignment padding)`);
+  throw new ElfRefusal(`no permutation of ${plan.units.length} units fits in .text after ${MAX_DRAWS} draws and ${MAX_DRAWS} strictest-alignment-first draws (alignment padding)`);
+}
+
+/** `order` stably sorted by alignment, largest first. */
+function byAlignment(units: Unit[], order: number[]): number[] {
+  return order.map((u, i) => [u, i]).sort((a, b) => units[b[0]].align - units[a[0]].align || a[1] - b[1]).map((x) => x[0]);
+}
+
+/**
+ * Entropy of the layout's kind of order, in bits: log2(n!) for a uniform permutation; for a
+ * strictest-first order, the sum over alignment classes of log2(size!) (the classes' order is fixed).
+ */
+export function layoutEntropyBits(layout: Layout): number {
+  if (!layout.strictFirst) return entropyBits(layout.plan.units.length);
+  const classes = new Map<number, number>();
+  for (const u of layout.plan.units) classes.set(u.align, (classes.get(u.align) ?? 0) + 1);
+  let bits = 0;
+  for (const n of classes.values()) bits += entropyBits(n);
+  return bits;
 }
 
 /** Up to this many units (7! = 5040 orders), every order is tried when no random draw moved every unit. */
@@ -187,7 +236,7 @@ const MAX_ENUMERATED_UNITS = 7;
  * Of all orders that fit, those leaving the fewest units at their own address; one of them drawn
  * uniformly from the stream. Undefined when no order fits.
  */
-function enumeratedLayout(plan: UnitPlan, textStart: number, textEnd: number, rng: ShuffleRng): Omit<Layout, 'draws'> | undefined {
+function enumeratedLayout(plan: UnitPlan, textStart: number, textEnd: number, rng: ShuffleRng): Omit<Layout, 'draws' | 'strictFirst'> | undefined {
   const n = plan.units.length;
   let fewest = Infinity;
   let candidates: number[][] = [];

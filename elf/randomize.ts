@@ -9,7 +9,7 @@ import * as path from 'path';
 import { ElfRefusal } from './errors';
 import { checkOutputPath, readRegularFile } from './files';
 import { Image, loadImage } from './image';
-import { entropyBits, Layout, planLayout, ShuffleRng } from './layout';
+import { Layout, layoutEntropyBits, planLayout, ShuffleRng } from './layout';
 import { moveCodeAndPatch, PatchStats } from './patch';
 import { findUnits, UnitPlan } from './units';
 import { verifyImage, VerifyMode, VerifyReport } from './verify';
@@ -99,7 +99,7 @@ export function randomizePrepared(prep: PreparedLibrary, seed: Uint8Array = rand
   const verify = verifyImage(img, layout, bytes, opts.verify ?? 'decode');
   lap('verify');
   return {
-    bytes, seed, units: plan.units.length, entropyBits: entropyBits(plan.units.length), textBytes: img.text.sh_size,
+    bytes, seed, units: plan.units.length, entropyBits: layoutEntropyBits(layout), textBytes: img.text.sh_size,
     patch, verify, write: report, layout, timingsMs: t,
   };
 }

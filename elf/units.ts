@@ -13,6 +13,7 @@
  */
 import { Code } from 'iced-x86';
 import { CODE_INVALID, decodePieces, decodeRange, DecodedRange, F_PADDING, F_TERMINATOR, REF_BRANCH } from './disasm';
+import { Alignments, unitAlignments } from './alignment';
 import { ElfRefusal } from './errors';
 import { Image, inText } from './image';
 import { RelaTable, sectionData } from './reader';
@@ -54,6 +55,10 @@ export interface Unit {
   readonly end: number;
   /** Bytes [start, coreEnd) are copied; the rest is alignment padding. */
   readonly coreEnd: number;
+  /**
+   * The unit's new start must equal its start modulo this power of two (see alignment.ts: from the
+   * padding in front of it, and kept where bytes in it are read as data).
+   */
   readonly align: number;
   /** Its copied instructions (those in [start, coreEnd)): indexes [first, coreLast) of the plan's `code`. */
   readonly first: number;
@@ -84,6 +89,8 @@ export interface UnitPlan {
   readonly otherExecRefs: CodeRef[];
   /** Decoded other executable sections, for the verifier. */
   readonly otherExecDecoded: DecodedRange[];
+  /** What the alignment pass found (for `inspect`): see alignment.ts. */
+  readonly alignment: { readonly common: number; readonly dataKept: number };
 }
 
 export function unitIndexAt(plan: UnitPlan, addr: number): number {
@@ -319,30 +326,28 @@ function otherExecReferences(img: Image): { refs: CodeRef[]; decoded: DecodedRan
 }
 
 /** Units from runs of joined atoms, and the unit of each atom. */
-function buildUnits(img: Image, d: DecodedRange, atoms: Atom[], joinNext: Uint8Array): { units: Unit[]; atomUnit: Int32Array } {
-  const units: Unit[] = [];
+function buildUnits(img: Image, d: DecodedRange, atoms: Atom[], joinNext: Uint8Array): { units: Unit[]; atomUnit: Int32Array; alignment: Alignments } {
+  const groups: Atom[][] = [];
   const atomUnit = new Int32Array(atoms.length);
-  const textAlign = Math.max(1, Math.min(img.text.sh_addralign || 1, 4096));
   for (let i = 0; i < atoms.length;) {
     let j = i;
     while (j < atoms.length - 1 && joinNext[j]) j++;
-    const group = atoms.slice(i, j + 1);
-    const start = group[0].start;
-    const coreEnd = group[group.length - 1].coreEnd;
-    let coreLast = group[group.length - 1].last;
-    while (coreLast > group[0].first && d.ip[coreLast - 1] >= coreEnd) coreLast--;
-    // Alignment the unit is known to need: never more than .text's (the largest input-section
-    // alignment) nor more than its current address provides.
-    let align = 1;
-    while (align < textAlign && start % (align * 2) === 0) align *= 2;
-    for (let k = i; k <= j; k++) atomUnit[k] = units.length;
-    units.push({
-      index: units.length, start, end: group[group.length - 1].end, coreEnd, first: group[0].first, coreLast,
-      align, atoms: group, names: group.flatMap((a) => a.names),
-    });
+    for (let k = i; k <= j; k++) atomUnit[k] = groups.length;
+    groups.push(atoms.slice(i, j + 1));
     i = j + 1;
   }
-  return { units, atomUnit };
+  const extents = groups.map((g) => ({ start: g[0].start, coreEnd: g[g.length - 1].coreEnd }));
+  const alignment = unitAlignments(img, d, extents, (a) => atoms[atomAt(atoms, a)].start === a);
+  const units = groups.map((group, index): Unit => {
+    const { start, coreEnd } = extents[index];
+    let coreLast = group[group.length - 1].last;
+    while (coreLast > group[0].first && d.ip[coreLast - 1] >= coreEnd) coreLast--;
+    return {
+      index, start, end: group[group.length - 1].end, coreEnd, first: group[0].first, coreLast,
+      align: alignment.align[index], atoms: group, names: group.flatMap((a) => a.names),
+    };
+  });
+  return { units, atomUnit, alignment };
 }
 
 /**
@@ -363,7 +368,7 @@ export function findUnits(img: Image): UnitPlan {
   const leaAtoms = matchTextRelocs(img, d, atoms, joins);
   joinByFdes(img, atoms, joins);
   const other = otherExecReferences(img);
-  const { units, atomUnit } = buildUnits(img, d, atoms, joins.joinNext());
+  const { units, atomUnit, alignment } = buildUnits(img, d, atoms, joins.joinNext());
   const leaBases = new Map<number, Set<number>>();
   for (const [t, i] of leaAtoms) {
     const set = leaBases.get(t) ?? new Set<number>();
@@ -372,6 +377,6 @@ export function findUnits(img: Image): UnitPlan {
   }
   return {
     code: d, units, starts: Float64Array.from(units.map((u) => u.start)), joined: { atoms: atoms.length - units.length, reasons: joins.reasons },
-    leaBases, otherExecRefs: other.refs, otherExecDecoded: other.decoded,
+    leaBases, otherExecRefs: other.refs, otherExecDecoded: other.decoded, alignment: { common: alignment.common, dataKept: alignment.dataKept },
   };
 }

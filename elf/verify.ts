@@ -5,6 +5,9 @@
  * iced-x86 itself; the only thing it takes from the rewriter is the unit layout (where each
  * input unit went). It checks:
  *  - units are placed without overlap, aligned, inside .text; the rest of .text is int3;
+ *  - every address in .text that a RIP-relative memory operand reads keeps its alignment (up to
+ *    .text's), recomputed here from the instructions, not taken from the plan (aligned SIMD loads
+ *    of constants kept in code fault, or read other bytes, when it does not);
  *  - every instruction of every unit decodes to the same instruction, byte-identical except for
  *    PC-relative fields, and every branch, call and RIP-relative operand reaches the moved
  *    counterpart of what it reached in the input (code outside .text likewise);
@@ -14,7 +17,8 @@
  *    named by static relocations, symbol section indexes and the build-id.
  * Any failure throws VerifyError with the address; the image is then never written.
  */
-import { CODE_INVALID, decodeRange, DecodedRange, lowerBound, SpanDecoder } from './disasm';
+import { Code } from 'iced-x86';
+import { CODE_INVALID, decodeRange, DecodedRange, lowerBound, REF_RIPREL, SpanDecoder } from './disasm';
 import { parseEhFrame, parseEhFrameHdr, pcBeginFileOffset } from './ehframe';
 import { VerifyError } from './errors';
 import { Image, inText, relocSymbol } from './image';
@@ -59,6 +63,7 @@ export function verifyImage(img: Image, layout: Layout, output: Uint8Array, mode
   // around it, and one large function was compiled again for each loop a fresh process reached.
   const allocIn = verifyHeaders(img.elf, out);
   verifyText(img, layout, out, rep, mode);
+  verifyDataAlignment(img, layout);
   verifyOtherCode(img, layout, out, rep, mode);
   // Fields allowed to differ in the loadable non-code part: file offsets and lengths.
   const allowed = new Allowed();
@@ -74,6 +79,20 @@ export function verifyImage(img: Image, layout: Layout, output: Uint8Array, mode
   }
   verifyNothingElseChanged(img.elf, output, allocIn, allowed.merged());
   return rep;
+}
+
+/** RIP-relative memory operands (not `lea`, not branches) into .text reach an address as aligned as before. */
+function verifyDataAlignment(img: Image, layout: Layout): void {
+  const d = layout.plan.code;
+  const cap = Math.max(1, Math.min(img.text.sh_addralign || 1, 4096));
+  for (let r = 0; r < d.refs.length; r++) {
+    const k = d.refs[r];
+    const t = d.target[r];
+    if (d.refKind[r] !== REF_RIPREL || d.code[k] === Code.Lea_r64_m || d.code[k] === Code.Lea_r32_m || !inText(img, t)) continue;
+    let a = 1;
+    while (a < cap && t % (a * 2) === 0) a *= 2;
+    if ((mapAddress(layout, t) - t) % a !== 0) fail(`data read from .text at 0x${t.toString(16)} loses its ${a}-byte alignment`, d.ip[k]);
+  }
 }
 
 /** Headers of the loadable part are unchanged. Returns the input's allocated sections. */
@@ -412,7 +431,7 @@ function verifyText(img: Image, layout: Layout, out: ElfFile, rep: VerifyReport,
   let cur = t0;
   for (const p of placed) {
     if (p.s < cur || p.e > img.textEnd) fail('units overlap or leave .text', p.s);
-    if (p.s % p.u.align !== 0) fail('unit misaligned', p.s);
+    if ((p.s - p.u.start) % p.u.align !== 0) fail('unit misaligned', p.s);
     for (let a = cur; a < p.s; a++) if (outBytes[a - t0] !== 0xcc) fail('gap not filled with int3', a);
     cur = p.e;
   }

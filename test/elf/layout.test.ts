@@ -5,7 +5,7 @@
  */
 import * as fs from 'fs';
 import { prepareLibrary } from '../../elf';
-import { entropyBits, permutation, planLayout, ShuffleRng } from '../../elf/layout';
+import { entropyBits, layoutEntropyBits, permutation, planLayout, ShuffleRng } from '../../elf/layout';
 import * as path from 'path';
 import { buildOriginLibs } from '../hook/sandbox';
 import { announceSkip, buildCxx, buildLua, buildSqlite, tempDir } from './libs';
@@ -55,6 +55,49 @@ test('of fitting orders that all leave units in place, the one leaving fewest is
   const l = planLayout(plan, 0x1000, 0x1090, rng());
   expect(l.order).toEqual([0, 2, 1]);
   expect(l.unmoved).toBe(1);
+});
+
+test('units that fit in no order (random or strictest-alignment first) are refused, naming both tries', () => {
+  // Eight 16-aligned units of 17 bytes each need 15 bytes of padding between them: 8 * 32 - 15
+  // bytes, one more than the extent given. (A real library always has its own order; the extent
+  // here is cut short to make the refusal reachable.)
+  const units = Array.from({ length: 8 }, (_, i) => unit(i, 0x1000 + 32 * i, 17, 16));
+  const plan = { units } as unknown as Parameters<typeof planLayout>[0];
+  expect(() => planLayout(plan, 0x1000, 0x1000 + 8 * 32 - 16, new ShuffleRng(Buffer.from('01', 'hex'), Buffer.from('lib'))))
+    .toThrow(/no permutation of 8 units fits in \.text after 64 draws and 64 strictest-alignment-first draws \(alignment padding\)/);
+});
+
+test('when random orders do not fit, strictest-alignment-first orders do, and the entropy counts only their orders', () => {
+  // Four 64-aligned units of 33 bytes with 31-byte units in the holes between them and five after,
+  // packed without a spare byte: a random order rarely fits; 64-aligned first, the 31-byte units
+  // fill the holes exactly.
+  const units = [];
+  for (let k = 0; k < 4; k++) {
+    units.push(unit(units.length, 0x1000 + 64 * k, 33, 64));
+    if (k < 3) units.push(unit(units.length, 0x1000 + 64 * k + 33, 31, 1));
+  }
+  for (let k = 0; k < 5; k++) units.push(unit(units.length, 0x1000 + 192 + 33 + 31 * k, 31, 1));
+  const plan = { units } as unknown as Parameters<typeof planLayout>[0];
+  let strict = 0;
+  for (let i = 0; i < 50; i++) {
+    const l = planLayout(plan, 0x1000, 0x1000 + 192 + 33 + 5 * 31, new ShuffleRng(Buffer.from([i]), Buffer.from('lib')));
+    expect(l.usedEnd).toBeLessThanOrEqual(0x1000 + 192 + 33 + 5 * 31);
+    expect(l.unmoved).toBe(0);
+    if (!l.strictFirst) continue;
+    strict++;
+    expect(l.order.slice(0, 4).every((u) => units[u].align === 64)).toBe(true);
+    expect(layoutEntropyBits(l)).toBeCloseTo(entropyBits(4) + entropyBits(8));
+  }
+  expect(strict).toBeGreaterThan(25);
+});
+
+test('a unit holding aligned data moves by multiples of that alignment, whatever its own start', () => {
+  // B starts at 0x1050 (16-aligned) but holds a 64-aligned constant: align 64, new start ≡ 0x10 (mod 64).
+  const plan = { units: [unit(0, 0x1000, 0x50, 16), { ...unit(1, 0x1050, 0x60, 64) }, unit(2, 0x10b0, 0x30, 16)] } as unknown as Parameters<typeof planLayout>[0];
+  for (let i = 0; i < 20; i++) {
+    const l = planLayout(plan, 0x1000, 0x1200, new ShuffleRng(Buffer.from([i]), Buffer.from('lib')));
+    expect(Math.abs((l.newStart[1] - 0x1050) % 64)).toBe(0);
+  }
 });
 
 test('a 4-unit library gets a layout for every seed, always moving as many units as any order can', () => {
