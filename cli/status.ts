@@ -243,8 +243,8 @@ export function renderStatus(r: StatusReport): string {
   // The view rebuilt a broken index while serving (it served the real tree meanwhile): say so, it is worth a look at the flash.
   if (r.fills?.indexRebuilds) rows.push(['index', `rebuilt ${r.fills.indexRebuilds} times while serving; last: ${r.fills.indexTrouble ?? '?'}`]);
   if (r.watcher) rows.push(['watcher', `${r.watcher.state}, ${r.watcher.directories} directories, ${r.watcher.invalidations} invalidations`]);
-  const mapped = `${r.hook.active.processes} processes map the auditor${r.hook.active.unreadable ? ` (${r.hook.active.unreadable} not visible to this user)` : ''}`;
-  rows.push(['hook', r.hook.enabled ? `LD_AUDIT set (${mapped}), daemon ${r.hook.daemonPid ? `pid ${r.hook.daemonPid}` : 'not running'}, epoch ${r.hook.epoch ?? 'none'}, ${r.hook.images.count} images (${MiB(r.hook.images.bytes)}), ${r.hook.passThroughs.length} passed through` : `off${r.hook.active.processes ? ` (${mapped}: started while it was on)` : ''}`]);
+  const mapped = `mapped by ${r.hook.active.processes} processes${r.hook.active.unreadable ? ` (${r.hook.active.unreadable} not visible to this user)` : ''}`;
+  rows.push(['hook', r.hook.enabled ? `LD_AUDIT set, ${mapped}, daemon ${r.hook.daemonPid ? `pid ${r.hook.daemonPid}` : 'not running'}, epoch ${r.hook.epoch ?? 'none'}, ${r.hook.images.count} images (${MiB(r.hook.images.bytes)}), ${r.hook.passThroughs.length} passed through` : `off${r.hook.active.processes ? `, still ${mapped} started while it was on` : ''}`]);
   for (const p of r.hook.passThroughs.slice(0, 10)) rows.push(['passed', `${p.source}: ${p.reason}`]);
   for (const f of r.hook.failures.slice(-3)) rows.push(['hook error', `${f.source}: ${f.message}`]);
   for (const p of r.problems) rows.push(['problem', p]);

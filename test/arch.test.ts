@@ -124,6 +124,9 @@ int main(void) {
     const image = path.join(images, `${keyOf(identityOf(fs.statSync(lib, { bigint: true })))}.so`);
     fs.copyFileSync(path.join(root, 'image.so'), image);
     fs.chmodSync(image, 0o444);
+    // The daemon's seal (mtime = size): an image without it is taken for a truncated one and not used.
+    const { size } = fs.statSync(image);
+    fs.utimesSync(image, size, size);
     fs.mkdirSync(path.join(root, 'run', 'fscache'), { recursive: true, mode: 0o755 });
     // The epoch file's fields as loader-hook/images.ts writes them: no daemon socket, so a miss loads the original.
     fs.writeFileSync(path.join(root, 'run', 'fscache', 'epoch'), `${epoch} original 0 fscache/images opt/lib usr.real usr.view\n`, { mode: 0o644 });

@@ -47,6 +47,6 @@ function expectHookEvidence(out: string): void {
   expect(order).not.toEqual(origOrder.split(' '));
   expect([...order].sort()).toEqual(origOrder.split(' ').sort());
   expect(order).toHaveLength(8);
-  expect(out).toMatch(/hook +LD_AUDIT set, daemon pid \d+, epoch \d+, 1 images/);
+  expect(out).toMatch(/hook +LD_AUDIT set, mapped by \d+ processes( \(\d+ not visible to this user\))?, daemon pid \d+, epoch \d+, 1 images/);
 }
 if (skip) console.warn(`demo test skipped: ${skip}`);

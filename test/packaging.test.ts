@@ -111,7 +111,7 @@ describe('npm pack, npm install -g, fscache', () => {
     expect(found.CLI_ENTRY).toBe(path.join(real, 'dist', 'cli', 'main.js'));
     expect(found.BUILT_AUDITOR).toBe(path.join(real, 'loader-hook', 'fscache-audit.so'));
     expect(found.NATIVE_ADDON).toBe(path.join(real, 'native', 'build', 'Release', 'fscache_native.node'));
-    expect(found.calls).toContain('lgetxattr');
+    expect(found.calls).toContain('openat2');
     for (const f of [found.BUILT_AUDITOR, found.NATIVE_ADDON, path.join(real, 'guard', 'fscache-guard')]) expect(fs.statSync(f).isFile()).toBe(true);
     expect(fs.statSync(path.join(real, 'guard', 'fscache-guard')).mode & 0o111).not.toBe(0);
   });
