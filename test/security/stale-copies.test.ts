@@ -119,8 +119,12 @@ maybe('stale copies', () => {
     expect(sha(fs.readFileSync(vs.inView(rel)))).toBe(sha(v2));
   });
 
-
-  test('a file changed through another hard link (another watched directory, or outside the real tree, mtime restored) is seen through every name within a second', async () => {
+  // libfuse2 keeps a path's cached pages across opens while its size and mtime are unchanged, and
+  // cannot be told otherwise: there a change to an opened file renews the view, which only a
+  // supervisor can do (test/packages.test.ts runs that under libfuse2); this view runs by hand.
+  const libfuse2 = process.env.FSCACHE_TEST_SESSION === 'libfuse2';
+  if (libfuse2) console.warn('SKIP under libfuse2: a file changed in place with size and mtime kept is seen through a renewed view, which needs the supervisor (test/packages.test.ts)');
+  (libfuse2 ? test.skip : test)('a file changed through another hard link (another watched directory, or outside the real tree, mtime restored) is seen through every name within a second', async () => {
     vs = createViewSandbox({ copy: true, config: 'access_flush_ms = 100\n' });
     const v1 = randomBytes(64 * 1024);
     const a = writeReal(vs, 'lib/libhl.so.1', v1);
