@@ -37,6 +37,7 @@ import { sdNotify } from './sd-notify';
 import { inRealTree, selfCommand, SelfCommand } from './self-command';
 import { clearMountPoint, processAlive } from './stale';
 import { startViewProcess, ViewProcess } from './view-process';
+import { writeAtomic } from './write-atomic';
 
 export type SupervisorFailure = 'exit' | 'hang' | 'dead-connection' | 'probe-error' | 'start';
 
@@ -208,8 +209,7 @@ export class Supervisor {
     try {
       const file = supervisorStateFile(this.paths);
       fs.mkdirSync(path.dirname(file), { recursive: true });
-      fs.writeFileSync(`${file}.tmp`, JSON.stringify(this.state, null, 2));
-      fs.renameSync(`${file}.tmp`, file);
+      writeAtomic(file, JSON.stringify(this.state, null, 2), 0o644);
     } catch (err) {
       this.log.warn(`state file not written: ${(err as Error).message}`);
     }

@@ -22,6 +22,7 @@ import { Store, StoreCounters } from './store';
 import { View, ViewCounters } from './view';
 import { VouchedMeta } from './vouched-meta';
 import { Watcher, WatcherState } from './watcher';
+import { writeAtomic } from './write-atomic';
 
 export interface ViewState {
   pid: number;
@@ -138,9 +139,7 @@ export class RunningView {
     // Also checks the index file and rebuilds a broken one (the store fails open).
     this.store?.flush();
     try {
-      const tmp = `${this.paths.viewState}.${process.pid}.tmp`;
-      fs.writeFileSync(tmp, JSON.stringify(this.state(), null, 2));
-      fs.renameSync(tmp, this.paths.viewState);
+      writeAtomic(this.paths.viewState, JSON.stringify(this.state(), null, 2), 0o644);
     } catch (err) {
       this.log.warn(`state file ${this.paths.viewState} not written: ${err}`);
     }
