@@ -2,8 +2,11 @@
  * Phase 8: verify the output image against the input before anything is written.
  *
  * The verifier re-reads the output bytes with the reader and decodes the output code with
- * iced-x86 itself; the only thing it takes from the rewriter is the unit layout (where each
- * input unit went). It checks:
+ * iced-x86 itself. From the rewriter it takes the unit layout (where each input unit went), the
+ * input's decoding (disasm.ts, shared with the unit finder) and one reading of the input: which
+ * lea proves a jump table's base (patch.ts jumpTableIndex/jumpTableBase), so that a data word is
+ * checked against the same base the rewriter used: a mistake in that reading would be shared, not
+ * caught here (the code checks below do not depend on it). It checks:
  *  - units are placed without overlap, aligned, inside .text; the rest of .text is int3;
  *  - every address in .text that a RIP-relative memory operand reads keeps its alignment (up to
  *    .text's), recomputed here from the instructions, not taken from the plan (aligned SIMD loads

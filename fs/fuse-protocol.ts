@@ -147,7 +147,7 @@ export function encodeInitOut(o: InitOut): Buffer {
   b.writeUInt16LE(o.congestionThreshold, 18);
   b.writeUInt32LE(o.maxWrite, 20);
   if (b.length >= 64) {
-    b.writeUInt32LE(1, 24); // time_gran: 1 ns, times are passed through as the real tree has them
+    b.writeUInt32LE(1, 24); // time_gran: 1 ns; the times written (writeTime) are the view's Dates, ms-precise: ns digits below are 0
     b.writeUInt16LE(o.maxPages, 28);
   }
   return b;

@@ -1,7 +1,10 @@
 /**
  * The identity of a real file: what must be unchanged for a flash copy to be served.
- * Taken from the object actually opened (fstat of a descriptor) wherever a decision
- * rests on it, never from a name checked earlier.
+ * Taken from the object actually opened (fstat of a descriptor), with one exception: an
+ * open may decide on vouched metadata (fs/vouched-meta.ts), an lstat of the name taken
+ * earlier while an inotify watch covered its directory (and, for a file with other hard
+ * links, its inode), which the watcher forgets at the first change: a name checked
+ * earlier, but one that cannot have changed unseen.
  */
 import * as fs from 'fs';
 

@@ -5,9 +5,13 @@
  * randomized image of that library (R/fscache/images/<epoch>/<key>.so) when a trusted
  * one exists, otherwise the original. Promises (DESIGN.md):
  *   - Fail open: every error path returns the loader's own name unchanged.
- *   - One image per library per epoch: the key is the identity of the file actually
- *     opened (fstat of our own descriptor: dev, ino, size, mtime ns), so every name of one
- *     file maps to one image and a changed file never maps to an old image.
+ *   - One image per library per epoch: the key is the library file's identity (dev, ino,
+ *     size, mtime ns), so every name of one file maps to one image and a changed file never
+ *     maps to an old image. At LA_SER_ORIG it is fstat of our own descriptor; for a search-path
+ *     candidate (the later stages) it is a stat of the name, following links as the loader's
+ *     open will, a moment before that open; through the view, an lstat of the real tree's file
+ *     (on_real_side). A library replaced in that moment may still get the image of the file the
+ *     stat saw: the code a launch a moment earlier would have run, never a mix of the two.
  *   - Trust only root-owned state: the epoch file (opened with O_NOFOLLOW, checked with fstat on
  *     that descriptor), the epoch directory (once per process) and the image (at each use) checked
  *     with lstat: root-owned, not writable by group or others, right file type, not a symlink. The
