@@ -3,7 +3,7 @@ import { Command, CommanderError } from 'commander';
 import * as fs from 'fs';
 import * as path from 'path';
 import { renderDefaultConfig } from '../fs/config';
-import { errnoCode, EXIT_CODES, FsCacheError } from '../fs/errors';
+import { errnoCode, EXIT_CODES, EXIT_MEANINGS, FsCacheError } from '../fs/errors';
 import { PACKAGE_ROOT } from '../fs/package-root';
 import { contextFrom, GlobalOptions } from './context';
 import { exitCodeFor as elfExitCode, registerElfVerbs } from './elf-verbs';
@@ -34,12 +34,15 @@ program
   .option('--root <dir>', 'root prefix R: every path lives under it (default: $FSCACHE_ROOT or /)')
   .option('--config <file>', 'config file (default: R/etc/fscache.conf)')
   .exitOverride()
-  .addHelpText('after', `
-Exit codes:
-  0  success / healthy          4  degraded (running, not as configured)
-  1  unexpected failure         5  environment missing (/dev/fuse, the real tree)
-  2  usage or config error      6  busy (mount point or lock held)
-  3  refused                    7  stopped (status: nothing running)`);
+  .addHelpText('after', exitCodeHelp());
+
+/** The exit-code table of --help, from fs/errors.ts (two columns: 0-3, then 4-7). */
+function exitCodeHelp(): string {
+  const rows = (Object.keys(EXIT_CODES) as Array<keyof typeof EXIT_CODES>).sort((a, b) => EXIT_CODES[a] - EXIT_CODES[b])
+    .map((k) => `${EXIT_CODES[k]}  ${EXIT_MEANINGS[k]}`);
+  const half = Math.ceil(rows.length / 2);
+  return '\nExit codes:\n' + rows.slice(0, half).map((r, i) => `  ${r.padEnd(28)} ${rows[half + i] ?? ''}`.trimEnd()).join('\n');
+}
 
 const globals = (): GlobalOptions => program.opts<GlobalOptions>();
 let exitCode = 0;

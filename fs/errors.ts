@@ -31,6 +31,18 @@ export const EXIT_CODES: Record<FailureKind | 'ok' | 'internal', number> = {
   stopped: 7,
 };
 
+/** What each exit code means, in a few words: the CLI's --help is made from this table (the README's says more). */
+export const EXIT_MEANINGS: Record<keyof typeof EXIT_CODES, string> = {
+  ok: 'success / healthy',
+  internal: 'unexpected failure',
+  usage: 'usage or config error',
+  refused: 'refused',
+  degraded: 'degraded (running, not as configured)',
+  environment: 'environment missing (/dev/fuse, the real tree)',
+  busy: 'busy (mount point or lock held)',
+  stopped: 'stopped (status: nothing running)',
+};
+
 /** The errno code of a Node system error, or undefined. */
 export function errnoCode(err: unknown): string | undefined {
   return typeof err === 'object' && err !== null && 'code' in err ? String((err as { code: unknown }).code) : undefined;

@@ -6,6 +6,7 @@ import * as os from 'os';
 import * as path from 'path';
 import { CLI_ENTRY } from '../fs/view-process';
 import { isMountPoint } from '../fs/preflight';
+import { EXIT_CODES, EXIT_MEANINGS } from '../fs/errors';
 import { createViewSandbox, fuseAvailable, ViewSandbox, waitFor } from './helpers/view-sandbox';
 
 function cli(args: string[], options: { prefix?: string[] } = {}): { code: number | null; stdout: string; stderr: string } {
@@ -21,6 +22,16 @@ describe('usage errors', () => {
     fs.mkdirSync(path.join(root, 'etc'));
   });
   afterEach(() => fs.rmSync(root, { recursive: true, force: true }));
+
+  test("exit codes have one home (fs/errors.ts): the README's table and --help list exactly those", () => {
+    const readme = fs.readFileSync(path.join(__dirname, '..', 'README.md'), 'utf8');
+    const table = readme.slice(readme.indexOf('### Exit codes'));
+    const inReadme = [...table.slice(0, table.indexOf('\n## ')).matchAll(/^\| (\d+) \|/gm)].map((m) => Number(m[1]));
+    const codes = Object.values(EXIT_CODES).sort((a, b) => a - b);
+    expect(inReadme).toEqual(codes);
+    const help = cli(['--help']).stdout;
+    for (const [kind, code] of Object.entries(EXIT_CODES)) expect(help).toContain(`${code}  ${EXIT_MEANINGS[kind as keyof typeof EXIT_CODES]}`);
+  });
 
   test('--version, -V and version print the package version and exit 0', () => {
     const version = JSON.parse(fs.readFileSync(path.join(__dirname, '..', 'package.json'), 'utf8')).version;
