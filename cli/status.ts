@@ -6,12 +6,11 @@
  */
 import * as fs from 'fs';
 import * as path from 'path';
-import Database from 'better-sqlite3';
 import { EXIT_CODES } from '../fs/errors';
 import { auditorUse, AuditorUse } from '../loader-hook/active';
 import { daemonPid } from '../loader-hook/control';
 import { installedAuditor } from '../loader-hook/env';
-import { hookPaths, readFailures } from '../loader-hook/images';
+import { epochSummary, hookPaths, readFailures } from '../loader-hook/images';
 import { StoreIndex } from '../fs/index-db';
 import { silentLogger } from '../fs/log';
 import { LinkState, readLinkState } from '../fs/link';
@@ -95,24 +94,7 @@ function hookStatus(ctx: Context): HookStatus {
     enabled: hookEnabled(ctx), active: auditorUse(ctx.paths), daemonPid: daemonPid(ctx.paths) ?? null, epoch,
     images: { count: 0, bytes: 0 }, passThroughs: [], failures: readFailures(hp).map(({ source, message }) => ({ source, message })),
   };
-  if (!fs.existsSync(ctx.paths.index)) return status;
-  try {
-    const db = new Database(ctx.paths.index, { readonly: true, fileMustExist: true });
-    try {
-      const tables = new Set((db.prepare("SELECT name FROM sqlite_master WHERE type = 'table'").all() as Array<{ name: string }>).map((t) => t.name));
-      if (tables.has('hook_images')) {
-        const row = db.prepare('SELECT COUNT(*) AS n, COALESCE(SUM(size), 0) AS bytes FROM hook_images WHERE epoch = ?').get(epoch) as { n: number; bytes: number };
-        status.images = { count: Number(row.n), bytes: Number(row.bytes) };
-      }
-      if (tables.has('hook_passthrough')) {
-        status.passThroughs = db.prepare('SELECT source, reason FROM hook_passthrough WHERE epoch = ? ORDER BY source').all(epoch) as HookStatus['passThroughs'];
-      }
-    } finally {
-      db.close();
-    }
-  } catch {
-    // an unreadable index is reported by the store part of status
-  }
+  Object.assign(status, epochSummary(ctx.paths.index, epoch));
   return status;
 }
 

@@ -56,6 +56,34 @@ export function readFailures(hp: HookPaths): HookFailure[] {
   }
 }
 
+/**
+ * The epoch's images (how many, their bytes) and the libraries passed through with their reasons,
+ * read with a read-only connection that changes nothing (status). Empty when the index is missing,
+ * unreadable (to this user, or broken: the store's part of status says so) or has no hook tables yet.
+ */
+export function epochSummary(index: string, epoch: string | null): { images: { count: number; bytes: number }; passThroughs: Array<{ source: string; reason: string }> } {
+  const summary = { images: { count: 0, bytes: 0 }, passThroughs: [] as Array<{ source: string; reason: string }> };
+  if (!fs.existsSync(index)) return summary;
+  try {
+    const db = new Database(index, { readonly: true, fileMustExist: true });
+    try {
+      const tables = new Set((db.prepare("SELECT name FROM sqlite_master WHERE type = 'table'").all() as Array<{ name: string }>).map((t) => t.name));
+      if (tables.has('hook_images')) {
+        const row = db.prepare('SELECT COUNT(*) AS n, COALESCE(SUM(size), 0) AS bytes FROM hook_images WHERE epoch = ?').get(epoch) as { n: number; bytes: number };
+        summary.images = { count: Number(row.n), bytes: Number(row.bytes) };
+      }
+      if (tables.has('hook_passthrough')) {
+        summary.passThroughs = db.prepare('SELECT source, reason FROM hook_passthrough WHERE epoch = ? ORDER BY source').all(epoch) as typeof summary.passThroughs;
+      }
+    } finally {
+      db.close();
+    }
+  } catch {
+    // unreadable: nothing to show
+  }
+  return summary;
+}
+
 export function keyOf(id: RealIdentity): ImageKey {
   return [id.dev, id.ino, id.size, id.mtimeNs].map((v) => v.toString(16)).join('-');
 }
