@@ -7,6 +7,7 @@ import { createHash } from 'crypto';
 import * as fs from 'fs';
 import * as path from 'path';
 import { StoreIndex } from '../fs/index-db';
+import { withRegularFile } from '../fs/regular-file';
 import { checkTrustedPath } from '../fs/trust';
 import type { Context } from './context';
 
@@ -61,22 +62,15 @@ function trustedDir(root: string, dir: string): boolean {
 
 /** sha256 of a regular file's bytes, or undefined if it is missing, unreadable or not a regular file (never followed as a symlink). */
 function hashFile(file: string): string | undefined {
-  let fd: number;
-  try {
-    // O_NONBLOCK: a FIFO in the file's place must not hang verify.
-    fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW | fs.constants.O_NONBLOCK);
-  } catch {
-    return undefined;
-  }
-  try {
-    if (!fs.fstatSync(fd).isFile()) return undefined;
-    const hash = createHash('sha256');
-    const buf = Buffer.allocUnsafe(CHUNK);
-    for (let n; (n = fs.readSync(fd, buf, 0, CHUNK, null)) > 0; ) hash.update(buf.subarray(0, n));
-    return hash.digest('hex');
-  } catch {
-    return undefined;
-  } finally {
-    fs.closeSync(fd);
-  }
+  // withRegularFile: a FIFO in the file's place must not hang verify.
+  return withRegularFile(file, (fd) => {
+    try {
+      const hash = createHash('sha256');
+      const buf = Buffer.allocUnsafe(CHUNK);
+      for (let n; (n = fs.readSync(fd, buf, 0, CHUNK, null)) > 0; ) hash.update(buf.subarray(0, n));
+      return hash.digest('hex');
+    } catch {
+      return undefined;
+    }
+  });
 }

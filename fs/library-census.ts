@@ -12,6 +12,7 @@ import { spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as path from 'path';
 import { findProgram } from './programs';
+import { withRegularFile } from './regular-file';
 import type { Paths } from './paths';
 
 /** What a shared object's name looks like (libfoo.so, libfoo.so.1.2): the loader's, not a file's type. */
@@ -21,21 +22,11 @@ const ET_DYN = 3;
 
 /** Whether `file` is a regular file that starts like an ELF shared object (ET_DYN), read without following links. */
 function isSharedObject(file: string): boolean {
-  let fd: number;
-  try {
-    // O_NONBLOCK: a FIFO planted under the tree must not stall the walk.
-    fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW | fs.constants.O_NONBLOCK);
-  } catch {
-    return false;
-  }
-  try {
-    if (!fs.fstatSync(fd).isFile()) return false;
+  // withRegularFile: a FIFO planted under the tree must not stall the walk.
+  return withRegularFile(file, (fd) => {
     const head = Buffer.alloc(18);
-    if (fs.readSync(fd, head, 0, head.length, 0) < head.length) return false;
-    return head.subarray(0, 4).equals(ELF_MAGIC) && head.readUInt16LE(16) === ET_DYN;
-  } finally {
-    fs.closeSync(fd);
-  }
+    return fs.readSync(fd, head, 0, head.length, 0) === head.length && head.subarray(0, 4).equals(ELF_MAGIC) && head.readUInt16LE(16) === ET_DYN;
+  }) ?? false;
 }
 
 /**

@@ -9,19 +9,13 @@ import * as path from 'path';
 import { StoreIndex } from '../fs/index-db';
 import { silentLogger } from '../fs/log';
 import { isMountPoint } from '../fs/preflight';
-import { createViewSandbox, fuseAvailable, ViewSandbox, waitFor, waitForFills } from './helpers/view-sandbox';
+import { createViewSandbox, fuseAvailable, ViewSandbox, waitFor, waitForFills, writeReal } from './helpers/view-sandbox';
 
 const skip = fuseAvailable();
 const maybe = skip ? describe.skip : describe;
 if (skip) console.warn(`store lifecycle tests skipped: ${skip}`);
 
 const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
-
-function writeReal(vs: ViewSandbox, rel: string, content: Buffer): void {
-  const file = path.join(vs.paths.realTree, rel);
-  fs.mkdirSync(path.dirname(file), { recursive: true });
-  fs.writeFileSync(file, content);
-}
 
 function indexEntries(vs: ViewSandbox) {
   const ix = StoreIndex.open(vs.paths.index, silentLogger, { readonly: true });

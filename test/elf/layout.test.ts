@@ -71,7 +71,7 @@ test('when random orders do not fit, strictest-alignment-first orders do, and th
   // Four 64-aligned units of 33 bytes with 31-byte units in the holes between them and five after,
   // packed without a spare byte: a random order rarely fits; 64-aligned first, the 31-byte units
   // fill the holes exactly.
-  const units = [];
+  const units: ReturnType<typeof unit>[] = [];
   for (let k = 0; k < 4; k++) {
     units.push(unit(units.length, 0x1000 + 64 * k, 33, 64));
     if (k < 3) units.push(unit(units.length, 0x1000 + 64 * k + 33, 31, 1));

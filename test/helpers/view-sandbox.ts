@@ -88,3 +88,11 @@ export async function restartView(vs: ViewSandbox): Promise<void> {
   vs.view = undefined;
   await vs.startView();
 }
+
+/** Writes `content` at `rel` in the real tree (directories made as needed); returns the file's path. */
+export function writeReal(vs: ViewSandbox, rel: string, content: Buffer): string {
+  const file = path.join(vs.paths.realTree, rel);
+  fs.mkdirSync(path.dirname(file), { recursive: true });
+  fs.writeFileSync(file, content);
+  return file;
+}

@@ -11,7 +11,7 @@ import { createHash, randomBytes } from 'crypto';
 import * as fs from 'fs';
 import * as path from 'path';
 import { CLI_ENTRY } from '../../fs/package-root';
-import { createViewSandbox, fuseAvailable, indexEntry, restartView, ViewSandbox, waitFor, waitForFills } from '../helpers/view-sandbox';
+import { createViewSandbox, fuseAvailable, indexEntry, restartView, ViewSandbox, waitFor, waitForFills, writeReal } from '../helpers/view-sandbox';
 
 const skip = fuseAvailable();
 const maybe = skip ? describe.skip : describe;
@@ -19,13 +19,6 @@ if (skip) console.warn(`stale-copy tests skipped: ${skip}`);
 
 const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-function writeReal(vs: ViewSandbox, rel: string, content: Buffer): string {
-  const file = path.join(vs.paths.realTree, rel);
-  fs.mkdirSync(path.dirname(file), { recursive: true });
-  fs.writeFileSync(file, content);
-  return file;
-}
 
 /** Rewrites `file` in place (same inode, same size) and puts its mtime back as it was, as `touch -d` does. */
 function rewriteInPlace(file: string, content: Buffer): void {

@@ -11,20 +11,13 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { StoreIndex } from '../../fs/index-db';
 import { silentLogger } from '../../fs/log';
-import { createViewSandbox, fuseAvailable, indexEntry, restartView, ViewSandbox, waitFor, waitForFills } from '../helpers/view-sandbox';
+import { createViewSandbox, fuseAvailable, indexEntry, restartView, ViewSandbox, waitFor, waitForFills, writeReal } from '../helpers/view-sandbox';
 
 const skip = fuseAvailable();
 const maybe = skip ? describe.skip : describe;
 if (skip) console.warn(`store rot tests skipped: ${skip}`);
 
 const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
-
-function writeReal(vs: ViewSandbox, rel: string, content: Buffer): string {
-  const file = path.join(vs.paths.realTree, rel);
-  fs.mkdirSync(path.dirname(file), { recursive: true });
-  fs.writeFileSync(file, content);
-  return file;
-}
 
 /** The sha256 of a file read through the view by nobody (bounded: a hung view fails the test, dispose ends it). */
 function shaAsNobody(vs: ViewSandbox, rel: string): string {
