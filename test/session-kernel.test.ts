@@ -45,7 +45,7 @@ async function settle(vs: ViewSandbox): Promise<void> {
   let last = '';
   for (let i = 0; i < 30; i++) {
     const st = vs.view!.state();
-    const now = `${st?.store?.fills}/${st?.watcher?.directories}`;
+    const now = `${st?.store?.fills}/${st?.watcher?.directories}/${st?.watcher?.invalidations}`;
     if (now === last) return;
     last = now;
     await new Promise((r) => setTimeout(r, 1000));
@@ -110,13 +110,14 @@ maybe('kernel session over the host /usr', () => {
     // for every entry (chokidar), each one an invalidation. Then once more, warm.
     await settle(vs);
     for (const [, argv] of LAUNCHES) expect((await runInChroot(vs.sandbox, argv)).code).toBe(0);
+    await settle(vs); // a loaded machine may still be processing the warm pass's events
     await new Promise((r) => setTimeout(r, 2200));
     const before = await countsNow(vs);
     expect(before.open ?? 0).toBeLessThanOrEqual(1); // the one ENOSYS answer
     for (const [, argv] of LAUNCHES) expect((await runInChroot(vs.sandbox, argv)).code).toBe(0);
     const d = delta(before, await countsNow(vs));
     for (const op of ['open', 'release', 'readlink', 'opendir', 'releasedir', 'flush', 'lookup', 'readdir']) {
-      expect({ op, n: d[op] ?? 0 }).toEqual({ op, n: 0 });
+      expect({ op, n: d[op] ?? 0, all: d }).toEqual({ op, n: 0, all: d });
     }
     // A launch may still touch a page no earlier launch did: such a cold page is read. Every
     // page read before comes from the kernel: a small fraction of what the first launches read.
