@@ -71,7 +71,15 @@ async function startHook(ctx: Context): Promise<void> {
   const { startDaemon, disableHook, enableHook } = await hookModules();
   try {
     await startDaemon(ctx.paths, ctx.configFile);
-    for (const note of enableHook(ctx.paths)) ctx.log.info(note);
+    const { directoriesForAuditor } = await import('../loader-hook/served-images');
+    const outside = directoriesForAuditor(ctx.paths, ctx.config);
+    if (outside.length) {
+      for (const note of enableHook(ctx.paths)) ctx.log.info(note);
+    } else {
+      // Every library directory is served randomized by the view: an auditor would only cost launches.
+      disableHook(ctx.paths);
+      ctx.log.info('loader hook: the view serves randomized images under the libraries\' own names; LD_AUDIT not set (no library directory outside the real tree)');
+    }
   } catch (err) {
     ctx.log.warn(`loader hook not enabled: ${(err as Error).message}`);
     disableHook(ctx.paths);

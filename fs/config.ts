@@ -17,6 +17,7 @@ export type OnMiss = 'wait' | 'original';
 export interface Config {
   mode: Mode;
   hook: 'on' | 'off';
+  serveImages: 'on' | 'off';
   fuseSession: SessionKind;
   realTree: string;
   usrLink: string;
@@ -97,6 +98,10 @@ export const CONFIG_KEYS = {
   hook: {
     field: 'hook', default: 'on', allowed: 'on, off', parse: oneOf<'on' | 'off'>('on', 'off'),
     doc: 'on: start runs the randomization daemon and sets LD_AUDIT for new processes (R/etc/environment, the systemd drop-in, Gentoo env.d), so they load shared randomized libraries; stop removes it. off: no loader hook.',
+  },
+  serve_images: {
+    field: 'serveImages', default: 'on', allowed: 'on, off', parse: oneOf<'on' | 'off'>('on', 'off'),
+    doc: 'With hook = on and mode = view: on: the view answers every library in library_dirs inside the real tree with its randomized image of the current epoch, under the library\'s own name, so every program launched through the view maps it (setuid programs and cleared environments included, no auditor loaded); LD_AUDIT is then set only when a library directory lies outside the real tree. off: images reach processes only through LD_AUDIT. Package checksums (debsums, qcheck) must then be run on the real tree.',
   },
   fuse_session: {
     field: 'fuseSession', default: 'kernel', allowed: 'kernel, libfuse2', parse: oneOf<SessionKind>('libfuse2', 'kernel'),

@@ -12,7 +12,8 @@ import type { Config } from './config';
 import { FsCacheError } from './errors';
 import { StoreIndex } from './index-db';
 import type { Logger } from './log';
-import { supervisorPidFromEnv, watchSupervisor } from './orphan-watch';
+import { ServedImages } from '../loader-hook/served-images';
+import { requestRenewal, supervisorPidFromEnv, watchSupervisor } from './orphan-watch';
 import type { Paths } from './paths';
 import { checkFuseDevice, checkRealTree, prepareMountPoint } from './preflight';
 import type { FuseSession } from './session';
@@ -36,6 +37,8 @@ export interface ViewState {
   view: ViewCounters;
   store?: StoreCounters & { bytes: number; quota: number };
   watcher?: WatcherState;
+  /** Randomized images served under the libraries' names (serve_images = on with the hook on). */
+  images?: { epoch?: string; served: number; asked: number };
   requests: Record<string, number>;
   detached?: boolean;
   /** The supervisor that started this view; absent for `fscache mount` run by hand. */
@@ -58,6 +61,7 @@ export class RunningView {
     readonly store: Store | undefined,
     readonly watcher: Watcher,
     private readonly storeTrouble: string | undefined,
+    readonly images: ServedImages | undefined,
   ) {}
 
   static async start(paths: Paths, config: Config, log: Logger): Promise<RunningView> {
@@ -91,7 +95,11 @@ export class RunningView {
     watcher.onChange = (abs, subtree, inode) => meta.forget(abs, subtree, inode);
     watcher.namesOf = (inode) => meta.namesOf(inode);
     meta.watchInode = (file, st) => watcher.watchInode(file, st);
-    const view = new View(paths.realTree, store, log, watcher, meta);
+    // The session is told of images becoming ready and of new epochs once it exists (below).
+    const served = { path: (_p: string) => undefined as void, epoch: () => undefined as void };
+    const images = config.hook === 'on' && config.serveImages === 'on' ? new ServedImages(paths, config, log, { path: (p) => served.path(p), epoch: () => served.epoch() }) : undefined;
+    // A session whose nodes are paths cannot give a name a new node: what a path was answered as stays until renewal.
+    const view = new View(paths.realTree, store, log, watcher, meta, images, config.fuseSession === 'libfuse2');
     const session = createSession(config.fuseSession, view, {
       mountpoint: paths.viewMount,
       attrTimeout: config.attrTimeout,
@@ -105,10 +113,17 @@ export class RunningView {
       meta.forgetAll();
       session.invalidateAll();
     };
+    if (session.name === 'kernel') {
+      served.path = (p) => session.invalidate(p);
+    } else {
+      // libfuse2: new images are taken at the next renewal; a new epoch asks for one now.
+      served.epoch = () => void requestRenewal();
+    }
     if (store) store.onFilled = (rel) => watcher.watchDir(path.dirname(path.join(paths.realTree, rel)));
     watcher.start();
     await session.mount();
-    const running = new RunningView(paths, config, log, view, session, store, watcher, storeTrouble);
+    images?.start();
+    const running = new RunningView(paths, config, log, view, session, store, watcher, storeTrouble, images);
     running.flushTimer = setInterval(() => running.flush(), config.accessFlushMs);
     running.flush();
     running.stopOrphanWatch = watchSupervisor(paths, log);
@@ -128,6 +143,7 @@ export class RunningView {
       view: { ...this.view.counters },
       store: this.store && { ...this.store.counters, bytes: this.store.bytes, quota: this.config.quotaBytes },
       watcher: this.watcher.active ? { ...this.watcher.status } : undefined,
+      images: this.images && { epoch: this.images.currentEpoch, ...this.images.counters },
       requests: this.session.requestCounts(),
       detached: this.detached,
       supervisorPid: supervisorPidFromEnv(),
@@ -150,6 +166,7 @@ export class RunningView {
     this.stopping ??= (async () => {
       this.log.info('stopping: detaching the view; serving until its last user is gone');
       this.stopOrphanWatch();
+      this.images?.stop();
       await this.session.detach();
       this.detached = true;
       this.flush();

@@ -25,11 +25,15 @@
  * - Nothing can redirect it out of the real tree: every name is resolved beneath a
  *   descriptor of its root, through no symlink (fs/real-tree.ts), and every answer is read
  *   from the object so opened.
+ * - A library with a randomized image in the current epoch is answered as that image
+ *   (loader-hook/served-images.ts): its size, times, device and inode, the real file's mode
+ *   and owner. A node answered as an image reads only that image.
  */
 import * as fs from 'fs';
 import * as path from 'path';
 import { errnoCode } from './errors';
 import { identityOf, ObjectId, RealIdentity, sameIdentity } from './identity';
+import type { ServedImages } from '../loader-hook/served-images';
 import type { Logger } from './log';
 import { RealTree, realTreeAt } from './real-tree';
 import { Attr, Errno, FsStats, Handle, ViewHandlers } from './session';
@@ -46,6 +50,8 @@ interface OpenFile {
   fromStore: boolean;
   /** The version a copy was made from (a failed copy read falls back to the real file only if it still is that). */
   identity?: RealIdentity;
+  /** A randomized image served under the library's name (immutable: never a stale copy). */
+  image?: boolean;
   /** Reads in flight: a descriptor replaced meanwhile is closed when they are done. */
   inflight: number;
   /** Copy descriptors replaced by the real file, waiting for the reads in flight. */
@@ -67,6 +73,8 @@ export interface ViewCounters {
   /** Metadata answers (lookups, listings, link targets) read from the real tree, and from vouched memory. */
   metaFromReal: number;
   metaFromMemory: number;
+  /** Opens served a randomized image under the library's name. */
+  images: number;
 }
 
 function toAttr(st: fs.BigIntStats): Attr {
@@ -79,7 +87,13 @@ function toAttr(st: fs.BigIntStats): Attr {
 }
 
 export class View implements ViewHandlers {
-  readonly counters: ViewCounters = { opens: 0, hits: 0, misses: 0, bytesFromStore: 0, bytesFromReal: 0, metaFromReal: 0, metaFromMemory: 0 };
+  readonly counters: ViewCounters = { opens: 0, hits: 0, misses: 0, bytesFromStore: 0, bytesFromReal: 0, metaFromReal: 0, metaFromMemory: 0, images: 0 };
+  /**
+   * For a session whose nodes are paths (libfuse2): what each path was first answered as (its
+   * real file's identity key, and the image or null for the original), kept until the view is
+   * renewed, since the kernel would drop the pages of mapped files whose size or mtime changes.
+   */
+  private readonly pinned?: Map<string, { key: string; image: fs.BigIntStats | null }>;
   private readonly open_ = new Map<Handle, OpenFile>();
   private nextHandle = 1;
   private readonly tree: RealTree;
@@ -90,8 +104,11 @@ export class View implements ViewHandlers {
     private readonly log: Logger,
     private readonly watcher?: Watcher,
     private readonly meta?: VouchedMeta,
+    private readonly images?: ServedImages,
+    pinImages = false,
   ) {
     this.tree = realTreeAt(realTree);
+    if (pinImages) this.pinned = new Map();
     if (store) store.onDropped = (relPath) => this.copyDropped(relPath);
   }
 
@@ -146,7 +163,20 @@ export class View implements ViewHandlers {
     // A session without OPEN (kernel) sees a warm launch only as lookups: count them as use,
     // so that eviction keeps what is used (batched; a path without a copy is a no-op).
     if (this.store && st.isFile()) this.store.recordAccess(p.slice(1), false);
-    return toAttr(st);
+    const image = this.servedImage(p, st);
+    return image ? servedAttr(st, image) : toAttr(st);
+  }
+
+  /** The image to answer the real file `st` at `p` as, if any (pinned per path for path sessions). */
+  private servedImage(p: string, st: fs.BigIntStats): fs.BigIntStats | undefined {
+    if (!this.images || !st.isFile()) return undefined;
+    if (!this.pinned) return this.images.imageFor(p, st);
+    const key = `${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}`;
+    const pin = this.pinned.get(p);
+    if (pin?.key === key) return pin.image ?? undefined;
+    const image = this.images.imageFor(p, st);
+    this.pinned.set(p, { key, image: image ?? null });
+    return image;
   }
 
   async readdir(p: string, held?: ObjectId): Promise<string[]> {
@@ -178,6 +208,8 @@ export class View implements ViewHandlers {
   async open(p: string, flags: number, expect?: Attr): Promise<Handle> {
     if (flags & WRITE_FLAGS) throw new Errno('EROFS');
     const relPath = p.slice(1);
+    // A node answered as an image reads that image, whatever the name names now.
+    if (expect && this.images?.imageOf(expect.dev, expect.ino)) return this.openImage(relPath, expect.dev, expect.ino);
     const vouched = this.store ? this.meta?.attr(this.real(p)) : undefined;
     if (vouched?.isFile() && (!expect || sameObject(vouched, expect))) {
       // The watcher vouches for this identity: the copy can be served without touching the real tree.
@@ -196,6 +228,11 @@ export class View implements ViewHandlers {
       realFd = st = undefined;
     }
     if (realFd === undefined || !st) return this.openReplaced(relPath, expect!);
+    const image = expect ? undefined : this.servedImage(p, st);
+    if (image) {
+      fs.closeSync(realFd);
+      return this.openImage(relPath, image.dev, image.ino);
+    }
     let file: OpenFile = { fd: realFd, relPath, fromStore: false, inflight: 0 };
     try {
       if (this.store) file = this.chooseSource(realFd, st, relPath);
@@ -219,6 +256,17 @@ export class View implements ViewHandlers {
     throw new Errno('EIO');
   }
 
+  /** The image answered for a node: EIO when it is gone (its epoch removed while the node lived). */
+  private openImage(relPath: string, dev: number | bigint, ino: number | bigint): Handle {
+    const fd = this.images!.open(dev, ino);
+    if (fd === undefined) {
+      this.log.info(`/${relPath}: the randomized image its node was answered as is gone: EIO for that node`);
+      throw new Errno('EIO');
+    }
+    this.counters.images++;
+    return this.opened({ fd, relPath, fromStore: false, image: true, inflight: 0 });
+  }
+
   readsCopy(handle: Handle): boolean {
     return this.open_.get(handle)?.fromStore ?? false;
   }
@@ -234,7 +282,7 @@ export class View implements ViewHandlers {
       this.counters.hits++;
       this.store!.recordAccess(relPath, true);
       this.store!.inUse.set(relPath, (this.store!.inUse.get(relPath) ?? 0) + 1);
-    } else {
+    } else if (!file.image) {
       this.counters.misses++;
     }
     return handle;
@@ -371,6 +419,15 @@ export class View implements ViewHandlers {
   }
 }
 
+
+/**
+ * A library answered as its image: the image's identity, size and times (what the kernel keys its
+ * pages on), the real file's type, mode and owner (what `ls -l` and permission checks see).
+ */
+function servedAttr(real: fs.BigIntStats, image: fs.BigIntStats): Attr {
+  const a = toAttr(image);
+  return { ...a, mode: Number(real.mode), uid: Number(real.uid), gid: Number(real.gid), nlink: 1 };
+}
 
 /** Whether `st` is the object `expect` was answered for: same device, inode and file type. */
 function sameObject(st: fs.BigIntStats, expect: Attr): boolean {

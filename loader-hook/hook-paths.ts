@@ -3,6 +3,7 @@
  * so that the supervisor can watch the daemon without loading the randomizer.
  */
 import * as path from 'path';
+import type { RealIdentity } from '../fs/identity';
 import type { Paths } from '../fs/paths';
 
 export interface HookPaths {
@@ -31,4 +32,12 @@ export function hookPaths(paths: Paths): HookPaths {
     failuresFile: path.join(paths.runDir, 'hook-failures.json'),
     refusalsFile: path.join(paths.runDir, 'hook-refusals.json'),
   };
+}
+
+/**
+ * The name of a library's image and pass marker in an epoch's directory: the identity of the real
+ * tree's file (dev, ino, size, mtime ns, in hex, joined by '-'), exactly as audit.c computes it.
+ */
+export function keyOf(id: RealIdentity): string {
+  return [id.dev, id.ino, id.size, id.mtimeNs].map((v) => v.toString(16)).join('-');
 }

@@ -37,10 +37,10 @@ import { StoreIndex } from '../fs/index-db';
 import type { Logger } from '../fs/log';
 import type { Paths } from '../fs/paths';
 import { writeAtomic } from '../fs/write-atomic';
-import { HookPaths, hookPaths } from './hook-paths';
+import { HookPaths, hookPaths, keyOf } from './hook-paths';
 import { RealPathError, realTreePath, realTreePathOrUndefined } from './real-path';
 
-export { hookPaths };
+export { hookPaths, keyOf };
 export type { HookPaths };
 
 export type ImageKey = string;
@@ -82,10 +82,6 @@ export function epochSummary(index: string, epoch: string | null): { images: { c
     // unreadable: nothing to show
   }
   return summary;
-}
-
-export function keyOf(id: RealIdentity): ImageKey {
-  return [id.dev, id.ino, id.size, id.mtimeNs].map((v) => v.toString(16)).join('-');
 }
 
 export type MakeResult =

@@ -19,7 +19,8 @@ import { FIX } from './sandbox';
 import { abortFuseBelow, inChroot, launchHeld, makeViewRoot, unmountBelow, ViewRoot } from './view-root';
 
 const DEMO = path.join(__dirname, '..', '..', 'loader-hook', 'demo', 'libfscachedemo.c');
-const CONF = 'library_dirs = usr/lib\non_miss = wait\nmiss_wait_ms = 30000\n' +
+// serve_images = off: the auditor's way through the view (served.test.ts has the view's own).
+const CONF = 'library_dirs = usr/lib\nserve_images = off\non_miss = wait\nmiss_wait_ms = 30000\n' +
   (process.env.FSCACHE_TEST_SESSION ? `fuse_session = ${process.env.FSCACHE_TEST_SESSION}\n` : '');
 const RANDOMIZE = ['-O2', '-fPIC', '-ffunction-sections', '-fno-inline', '-shared', '-Wl,--emit-relocs'];
 

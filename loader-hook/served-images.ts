@@ -1,0 +1,226 @@
+/**
+ * Randomized images served under the libraries' own names (issue 16): the view answers a library's
+ * path with the current epoch's image of it, so every process that loads it through the view maps
+ * the same randomized bytes: no auditor, no environment, setuid programs included.
+ *
+ * What is served (decided on the real file's attributes, read from the object the view looked up):
+ * a regular file under a configured library directory, named like a shared object, owned by root,
+ * readable by all and writable by no one else: exactly what the daemon would randomize. Its image
+ * is R/fscache/images/<epoch>/<key>.so, used only when it is a root-owned regular file sealed by
+ * the daemon (mtime = size in seconds: a truncated image is never served). The image carries its
+ * own device and inode, so the kernel session gives it a node of its own: a process keeps the
+ * pages of the image (or original) it mapped when the name moves on to another one.
+ *
+ * A miss serves the original and asks the daemon in the background (the hook's protocol, the
+ * real tree's path); when the daemon says the image is there, `changed.path` makes the kernel
+ * drop the name, and the next launch gets the image (fail open: no daemon, no image, the original).
+ * An epoch change (R/run/fscache/epoch renamed over) forgets every answer and makes the kernel
+ * drop every name answered in the old epoch (`changed.path`), image or original.
+ *
+ * Trust: the epoch file and the images are root's (the daemon's); anything else in their place is
+ * ignored and the originals are served.
+ */
+import * as fs from 'fs';
+import * as net from 'net';
+import * as path from 'path';
+import type { Config } from '../fs/config';
+import { identityOf } from '../fs/identity';
+import type { Logger } from '../fs/log';
+import type { Paths } from '../fs/paths';
+import { HookPaths, hookPaths, keyOf } from './hook-paths';
+import { realTreePathOrUndefined } from './real-path';
+
+/** A library name: lib*.so, *.so.N..., and Python's or Perl's extension modules (*.so). */
+const LIBRARY_NAME = /\.so(\.[0-9][0-9.]*)?$/;
+/** Requests to the daemon in flight at once; a miss beyond it is asked at a later lookup. */
+const MAX_ASKING = 16;
+/** A library asked about is not asked again for this long (the daemon down, or still making it). */
+const ASK_AGAIN_MS = 10_000;
+
+export interface ServedChange {
+  /** The image of the library at view path `p` is ready: the kernel should forget that name. */
+  path(p: string): void;
+  /** A new epoch (after `path` for every name answered in the last one). */
+  epoch(): void;
+}
+
+/**
+ * The library directories that images served by the view do not cover (outside the real tree, or
+ * every one when the view does not serve them): LD_AUDIT is set for new processes only if there are any.
+ */
+export function directoriesForAuditor(paths: Paths, config: Config): string[] {
+  const existing = config.libraryDirs.filter((d) => realTreePathOrUndefined(paths, '/' + d) !== undefined);
+  if (config.mode !== 'view' || config.serveImages !== 'on') return existing;
+  return existing.filter((d) => !(realTreePathOrUndefined(paths, '/' + d)! + '/').startsWith(paths.realTree + '/'));
+}
+
+export class ServedImages {
+  private readonly hp: HookPaths;
+  private epoch?: string;
+  /** key → the image's attributes, or null for a library the daemon passes through (marker). */
+  private readonly known = new Map<string, fs.BigIntStats | null>();
+  /** Images served by their (dev:ino), of this and earlier epochs: a node keeps its image. */
+  private readonly byObject = new Map<string, string>();
+  private readonly asked = new Map<string, number>();
+  /** View paths answered in this epoch (as an image, or as the original while asked about). */
+  private readonly answered = new Set<string>();
+  private asking = 0;
+  private epochWatch?: fs.FSWatcher;
+  private readonly viewDirs: string[];
+  /** Counters for the state file. */
+  readonly counters = { served: 0, asked: 0 };
+
+  constructor(private readonly paths: Paths, config: Config, private readonly log: Logger, private readonly changed: ServedChange) {
+    this.hp = hookPaths(paths);
+    // The library directories as view paths ('/lib/'): those on the real tree's side of the link.
+    this.viewDirs = config.libraryDirs
+      .map((d) => realTreePathOrUndefined(paths, '/' + d))
+      .filter((d): d is string => !!d && (d + '/').startsWith(paths.realTree + '/'))
+      .map((d) => d.slice(paths.realTree.length) + '/');
+  }
+
+  start(): void {
+    this.readEpoch();
+    try {
+      // The daemon renames the epoch file over: a watch on its directory sees every new epoch.
+      this.epochWatch = fs.watch(path.dirname(this.hp.epochFile), (_event, name) => {
+        if (name === path.basename(this.hp.epochFile)) this.readEpoch();
+      });
+      this.epochWatch.on('error', () => undefined);
+    } catch (e) {
+      this.log.warn(`served images: cannot watch ${this.hp.epochFile} (${(e as Error).message}); a new epoch reaches the view at its next start`);
+    }
+  }
+
+  stop(): void {
+    this.epochWatch?.close();
+  }
+
+  get currentEpoch(): string | undefined {
+    return this.epoch;
+  }
+
+  private readEpoch(): void {
+    let epoch: string | undefined;
+    try {
+      const fd = fs.openSync(this.hp.epochFile, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
+      try {
+        const st = fs.fstatSync(fd);
+        // Root's, written by the daemon: another user's file in its place names no images of ours.
+        if (st.isFile() && st.uid === 0 && (st.mode & 0o022) === 0) epoch = fs.readFileSync(fd, 'utf8').split(' ')[0];
+      } finally {
+        fs.closeSync(fd);
+      }
+    } catch {
+      // no hook running: originals
+    }
+    if (epoch !== undefined && !/^[0-9]{1,12}$/.test(epoch)) epoch = undefined;
+    if (epoch === this.epoch) return;
+    const had = this.epoch !== undefined;
+    this.epoch = epoch;
+    this.known.clear();
+    this.asked.clear();
+    const answered = [...this.answered];
+    this.answered.clear();
+    if (epoch) this.log.info(`served images: epoch ${epoch}`);
+    for (const p of answered) this.changed.path(p);
+    // The first epoch a view sees changes nothing it answered (originals until then).
+    if (had) this.changed.epoch();
+  }
+
+  /** Whether the view path names something that may be served randomized (by name only). */
+  private candidate(p: string): boolean {
+    return LIBRARY_NAME.test(p) && this.viewDirs.some((d) => p.startsWith(d));
+  }
+
+  /**
+   * The attributes of the image to serve for the real file `st` at view path `p`, when the current
+   * epoch has one; undefined serves the original (and, on a miss, asks for the image).
+   */
+  imageFor(p: string, st: fs.BigIntStats): fs.BigIntStats | undefined {
+    if (!this.epoch || !st.isFile() || !this.candidate(p)) return undefined;
+    // What the daemon would refuse is not asked about: only files anyone may read and only root may change.
+    if (st.uid !== 0n || (st.mode & 0o004n) === 0n || (st.mode & 0o022n) !== 0n) return undefined;
+    const key = keyOf(identityOf(st));
+    this.answered.add(p);
+    const known = this.known.get(key);
+    if (known !== undefined) return known ?? undefined;
+    const dir = path.join(this.hp.images, this.epoch);
+    const image = path.join(dir, `${key}.so`);
+    const found = sealedImage(image);
+    if (found) {
+      this.known.set(key, found);
+      this.byObject.set(`${found.dev}:${found.ino}`, image);
+      return found;
+    }
+    if (fs.existsSync(path.join(dir, `${key}.pass`))) {
+      this.known.set(key, null);
+      return undefined;
+    }
+    this.ask(key, p, st);
+    return undefined;
+  }
+
+  /** The path of a served image with this device and inode (a node's object), if it was one. */
+  imageOf(dev: number | bigint, ino: number | bigint): string | undefined {
+    return this.byObject.get(`${dev}:${ino}`);
+  }
+
+  /** Opens the image a node was given, checked to be that object still (dev and inode). */
+  open(dev: number | bigint, ino: number | bigint): number | undefined {
+    const image = this.imageOf(dev, ino);
+    if (!image) return undefined;
+    let fd: number | undefined;
+    try {
+      fd = fs.openSync(image, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
+      const st = fs.fstatSync(fd, { bigint: true });
+      if (st.dev === BigInt(dev) && st.ino === BigInt(ino)) {
+        this.counters.served++;
+        return fd;
+      }
+    } catch {
+      // gone (an old epoch removed): the caller answers EIO for that node
+    }
+    if (fd !== undefined) fs.closeSync(fd);
+    return undefined;
+  }
+
+  /** Asks the daemon for the image, in the background; its OK makes the kernel drop the name. */
+  private ask(key: string, p: string, st: fs.BigIntStats): void {
+    const last = this.asked.get(key);
+    if ((last !== undefined && Date.now() - last < ASK_AGAIN_MS) || this.asking >= MAX_ASKING) return;
+    this.asked.set(key, Date.now());
+    this.asking++;
+    this.counters.asked++;
+    const epoch = this.epoch;
+    // The real tree's path as a process in R names it: the daemon never opens anything through the view.
+    const name = '/' + path.relative(this.paths.root, this.paths.realTree + p);
+    const c = net.connect(this.hp.socket);
+    let answer = '';
+    c.setTimeout(120_000, () => c.destroy());
+    c.on('connect', () => c.write(`Q ${st.dev} ${st.ino} ${st.size} ${st.mtimeNs} ${name}\n`));
+    c.on('data', (d) => { answer += d.toString('latin1'); });
+    c.on('error', () => undefined); // no daemon: the original is served, asked again later
+    c.on('close', () => {
+      this.asking--;
+      if (epoch !== this.epoch) return;
+      if (answer.startsWith('OK')) {
+        this.known.delete(key);
+        this.changed.path(p);
+      } else if (answer.startsWith('PASS')) {
+        this.known.set(key, null);
+      }
+    });
+  }
+}
+
+/** The image's attributes when it is root's regular file, sealed (mtime = size), else undefined. */
+function sealedImage(image: string): fs.BigIntStats | undefined {
+  try {
+    const st = fs.lstatSync(image, { bigint: true });
+    if (st.isFile() && st.uid === 0n && (st.mode & 0o022n) === 0n && st.mtimeNs / 1_000_000_000n === st.size) return st;
+  } catch {
+    // not made yet
+  }
+  return undefined;
+}

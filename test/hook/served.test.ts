@@ -1,0 +1,146 @@
+/**
+ * Randomized images served by the view under the libraries' own names (issue 16): a randomizable
+ * library in the real tree's /usr/lib and three programs using it through the view, none with
+ * LD_AUDIT: a plain one under `env -i`, one with a login's environment, and a setuid-root copy
+ * run as nobody (ld.so's secure mode). Each runs the library with its functions at shuffled
+ * offsets (dladdr against nm of the original) and prints the original's checksum; /proc/PID/maps
+ * shows the library's own path and no auditor. Then `fscache rerandomize` while a program calls
+ * the library in a loop: it keeps its layout to its end, and the next launches get a new one.
+ */
+import { execFileSync, spawnSync } from 'child_process';
+import * as fs from 'fs';
+import * as path from 'path';
+import { parseConfig } from '../../fs/config';
+import { derivePaths, Paths } from '../../fs/paths';
+import { fuseAvailable } from '../helpers/view-sandbox';
+import { FIX } from './sandbox';
+import { inChroot, launchHeld, makeViewRoot, ViewRoot } from './view-root';
+
+const DEMO = path.join(__dirname, '..', '..', 'loader-hook', 'demo');
+const CONF = 'library_dirs = usr/lib\naccess_flush_ms = 200\n' +
+  (process.env.FSCACHE_TEST_SESSION ? `fuse_session = ${process.env.FSCACHE_TEST_SESSION}\n` : '');
+const RANDOMIZE = ['-O2', '-fPIC', '-ffunction-sections', '-fno-inline', '-shared', '-Wl,--emit-relocs'];
+const NOBODY = ['/usr/bin/setpriv', '--reuid=65534', '--regid=65534', '--clear-groups'];
+
+const skip = fuseAvailable();
+const run = skip || process.env.FSCACHE_TEST_SESSION === 'libfuse2' ? describe.skip : describe;
+if (skip) console.log(`served images: skipped: ${skip}`);
+
+/** "fn <name> <hex offset>" lines of hookdemo.c, and its checksum. */
+function parseDemo(out: string): { checksum: string; offsets: Record<string, number> } {
+  const offsets: Record<string, number> = {};
+  for (const m of out.matchAll(/^fn (\w+) ([0-9a-f]+)$/gm)) offsets[m[1]] = parseInt(m[2], 16);
+  return { checksum: /^checksum (\d+)$/m.exec(out)?.[1] ?? `none in: ${out}`, offsets };
+}
+
+async function until<T>(what: string, probe: () => T | undefined, timeoutMs = 30_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const v = probe();
+    if (v !== undefined) return v;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
+
+run('randomized images served under the libraries\' names', () => {
+  let vr: ViewRoot;
+  let paths: Paths;
+  let lib: string;
+  /** Function offsets in the original library (nm), as hookdemo prints them. */
+  const original: Record<string, number> = {};
+  let checksum = '';
+
+  const launch = (argv: string[]) => {
+    const r = spawnSync('/usr/sbin/chroot', inChroot(vr.root, argv, { PATH: '/usr/bin:/bin' }), { env: {}, encoding: 'utf8', input: '', timeout: 60_000 });
+    return { status: r.status, stderr: r.stderr, ...parseDemo(r.stdout ?? '') };
+  };
+  const shuffled = (offsets: Record<string, number>) => Object.keys(original).some((fn) => offsets[fn] !== original[fn]);
+
+  beforeAll(() => {
+    vr = makeViewRoot(CONF);
+    paths = derivePaths(vr.root, parseConfig(CONF, 'test'));
+    const libDir = path.join(vr.realTree, 'lib');
+    lib = path.join(libDir, 'libfscachedemo.so');
+    execFileSync('gcc', [...RANDOMIZE, '-Wl,-soname,libfscachedemo.so', '-o', lib, path.join(DEMO, 'libfscachedemo.c')]);
+    fs.chmodSync(lib, 0o644);
+    const bin = path.join(vr.realTree, 'bin');
+    execFileSync('gcc', ['-O2', '-o', path.join(bin, 'svdemo'), path.join(DEMO, 'hookdemo.c'), `-L${libDir}`, '-lfscachedemo']);
+    fs.copyFileSync(path.join(bin, 'svdemo'), path.join(bin, 'svdemo-suid'));
+    fs.chmodSync(path.join(bin, 'svdemo-suid'), 0o4755);
+    execFileSync('gcc', ['-O2', '-o', path.join(bin, 'callsloop'), path.join(FIX, 'callsloop.c'), `-L${libDir}`, '-lfscachedemo']);
+    for (const m of execFileSync('nm', [lib], { encoding: 'utf8' }).matchAll(/^([0-9a-f]+) T demo_(\w+)$/gm)) original[m[2]] = parseInt(m[1], 16);
+    expect(Object.keys(original).length).toBe(8);
+  });
+
+  afterAll(() => {
+    if (!vr) return;
+    vr.cli('stop');
+    vr.dispose();
+  });
+
+  test('a plain, an env -i and a setuid program run as nobody all map the image under the library\'s name, no auditor', async () => {
+    const s = vr.cli('start');
+    expect(s.status).toBe(0);
+    expect(s.stderr).toMatch(/LD_AUDIT not set/);
+    expect(vr.loginEnv().LD_AUDIT).toBeUndefined();
+
+    // The first launch misses: the original, and the view asks for the image.
+    const first = launch(['/usr/bin/svdemo']);
+    expect(first.status).toBe(0);
+    expect(first.offsets).toEqual(original);
+    checksum = first.checksum;
+    const served = await until('the image served under the library\'s name', () => {
+      const r = launch(['/usr/bin/svdemo']);
+      return shuffled(r.offsets) ? r : undefined;
+    });
+    expect(served.checksum).toBe(checksum);
+
+    const login = launch(['/usr/bin/env', 'HOME=/', 'LANG=C', '/usr/bin/svdemo']);
+    const suid = launch([...NOBODY, '/usr/bin/svdemo-suid']);
+    for (const r of [login, suid]) {
+      expect({ status: r.status, stderr: r.stderr, checksum: r.checksum }).toEqual({ status: 0, stderr: '', checksum });
+      // The same image for every process of the epoch.
+      expect(r.offsets).toEqual(served.offsets);
+    }
+
+    // Held: its maps show the library's own path through the view, no auditor; it is setuid-root indeed.
+    const held = await launchHeld(vr.root, [...NOBODY, '/usr/bin/svdemo-suid', 'hold'], { PATH: '/usr/bin:/bin' });
+    try {
+      expect(held.maps).toContain(`${paths.viewMount}/lib/libfscachedemo.so`);
+      expect(held.maps).not.toMatch(/fscache-audit|images\//);
+      expect(fs.readFileSync(`/proc/${held.pid}/status`, 'utf8')).toMatch(/^Uid:\s+65534\s+0\s/m);
+      expect(parseDemo(held.out).offsets).toEqual(served.offsets);
+    } finally {
+      expect(await held.release()).toEqual({ status: 0, out: expect.any(String), err: '' });
+    }
+    // Under the library's name the view shows the image's size; the real tree keeps the original.
+    const image = fs.statSync(`${paths.viewMount}/lib/libfscachedemo.so`);
+    expect(fs.statSync(lib).mode).toBe(image.mode);
+    expect(fs.readFileSync(`${paths.viewMount}/lib/libfscachedemo.so`).equals(fs.readFileSync(lib))).toBe(false);
+  });
+
+  test('rerandomize while a program calls the library in a loop: it keeps its layout to its end; new launches get a new one', async () => {
+    const before = launch(['/usr/bin/svdemo']);
+    expect(shuffled(before.offsets)).toBe(true);
+    const held = await launchHeld(vr.root, ['/usr/bin/callsloop'], { PATH: '/usr/bin:/bin' });
+    let released = false;
+    try {
+      const r = vr.cli('rerandomize');
+      expect(r.status).toBe(0);
+      const after = await until('a new layout for new launches', () => {
+        const l = launch(['/usr/bin/svdemo']);
+        return shuffled(l.offsets) && JSON.stringify(l.offsets) !== JSON.stringify(before.offsets) ? l : undefined;
+      });
+      expect(after.checksum).toBe(checksum);
+      // Its pages dropped meanwhile (a new epoch invalidates every name): it faults them in again from its own image.
+      await new Promise((res) => setTimeout(res, 1000));
+      const end = await held.release();
+      released = true;
+      expect(end.status).toBe(0);
+      expect(end.out).toMatch(/calls [1-9]\d* wrong 0\n/);
+    } finally {
+      if (!released) await held.release();
+    }
+  });
+});
