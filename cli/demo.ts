@@ -18,7 +18,9 @@ import { makeSandbox, Sandbox } from '../fs/sandbox';
 import { CLI_ENTRY } from '../fs/view-process';
 import type { ViewState } from '../fs/view-service';
 import { checkFuseDevice } from '../fs/preflight';
-import { DEMO_LIB_DIR, demoHook } from './demo-hook';
+import { readTextOr } from '../fs/write-atomic';
+import { hookPaths } from '../loader-hook/hook-paths';
+import { DEMO_LIB_DIR, DEMO_SERVED_DIR, demoHook, demoServed } from './demo-hook';
 
 export const DEMO_PROGRAMS: Array<{ label: string; argv: string[] }> = [
   { label: 'python3 -c "import json, zlib, sqlite3"', argv: ['/usr/bin/python3', '-c', 'import json, zlib, sqlite3; print(zlib.crc32(b"fscache"))'] },
@@ -71,9 +73,14 @@ export async function demoVerb(): Promise<number> {
   process.on('SIGTERM', onSignal);
   try {
     sandbox = makeSandbox({ prefix: 'fscache-demo-', beforeSetup: true });
+    // As a real root: nobody (the view part's setuid program's real uid) walks every path from it.
+    fs.chmodSync(sandbox.root, 0o755);
+    // As a booted root: the hook reads /proc/self/fd to tell a library found through the view (cleanup unmounts it).
+    fs.mkdirSync(path.join(sandbox.root, 'proc'));
+    execFileSync('mount', ['-t', 'proc', 'proc', path.join(sandbox.root, 'proc')]);
     const paths = derivePaths(sandbox.root, defaultConfig());
     // The hook serves only the demo's own library: this machine's libraries are not built to be randomized.
-    fs.writeFileSync(path.join(sandbox.root, 'etc', 'fscache.conf'), `library_dirs = ${DEMO_LIB_DIR}\n`);
+    fs.writeFileSync(path.join(sandbox.root, 'etc', 'fscache.conf'), `library_dirs = ${DEMO_LIB_DIR}, ${DEMO_SERVED_DIR}\n`);
     say(`sandbox root ${sandbox.root} (R/usr is a directory, as on a system before fscache)`);
     const step = (title: string, args: string[]) => {
       const r = cli(args);
@@ -82,8 +89,9 @@ export async function demoVerb(): Promise<number> {
     };
     step('refused: R/usr is still a directory', ['start']);
     step('one-time move of R/usr to R/usr.real', ['setup', '--yes']);
-    sandbox.bindReadOnly('/usr', paths.realTree);
-    say(`  (the demo now binds this machine's /usr read-only at ${paths.realTree} as the real tree)`);
+    // An overlay: the demo adds a library and a setuid program to the real tree, never to this machine's /usr.
+    sandbox.overlay('/usr', paths.realTree);
+    say(`  (the demo now mounts an overlay of this machine's /usr at ${paths.realTree} as the real tree; /usr itself is never written)`);
     if (step('mount the view, check it, switch the link', ['start']).code !== 0) return 1;
 
     say(`\n${'program, launched in a chroot of R'.padEnd(44)} ${'1st (fills)'.padStart(12)} ${'2nd (flash)'.padStart(12)} ${'3rd (warm)'.padStart(12)}`);
@@ -106,6 +114,8 @@ export async function demoVerb(): Promise<number> {
       }
     }
     if (!(await demoHook(sandbox, paths, say, children))) failures++;
+    if (!(await demoServed(sandbox, paths, say, children))) failures++;
+    if (failures) say(`\nthe daemon's log, last lines:\n${(readTextOr(hookPaths(paths).logFile) ?? '(none)').slice(-2000).replace(/^/gm, '  ')}`);
     await new Promise((r) => setTimeout(r, 2200)); // one index flush
     const state = readViewState(paths.viewState);
     step('what is running, and how well', ['status']);
@@ -120,7 +130,7 @@ export async function demoVerb(): Promise<number> {
     say('most used copies on flash:');
     for (const e of top) say(`  ${String(e.hits).padStart(4)} hits  ${path.join('/usr', e.path)}`);
     step('the link goes back first; the view serves its last users, then exits', ['stop']);
-    say(failures ? `\n${failures} part(s) failed` : '\nall programs ran through the view, the hook served a shared randomized image; cleaning up');
+    say(failures ? `\n${failures} part(s) failed` : '\nall programs ran through the view; shared randomized images reached processes through the hook and under the libraries\' names through the view; cleaning up');
     return failures ? 1 : 0;
   } finally {
     await cleanup();

@@ -17,6 +17,8 @@ export interface Sandbox {
   chrootArgs(argv: string[]): [string, string[]];
   /** Binds `source` read-only at `dest` (inside the sandbox); undone by cleanup(). */
   bindReadOnly(source: string, dest: string): void;
+  /** Mounts an overlay of `lower` (never written) at `dest`, its upper layer inside the sandbox; undone by cleanup(). */
+  overlay(lower: string, dest: string): void;
   cleanup(): void;
 }
 
@@ -43,6 +45,11 @@ export function makeSandbox(options: { hostUsr?: string; copy?: boolean; prefix?
       execFileSync('mount', ['--bind', '-o', 'ro', source, dest]);
       // Older mount(8) ignores ro on the first bind: remount to be sure.
       execFileSync('mount', ['-o', 'remount,bind,ro', dest]);
+    },
+    overlay: (lower, dest) => {
+      const layers = fs.mkdtempSync(path.join(root, '.overlay-'));
+      for (const d of ['upper', 'work']) fs.mkdirSync(path.join(layers, d));
+      execFileSync('mount', ['-t', 'overlay', 'overlay', '-o', `lowerdir=${lower},upperdir=${layers}/upper,workdir=${layers}/work`, dest]);
     },
     cleanup: () => {
       // Everything mounted below the root (binds, views, dead views), deepest first.

@@ -49,9 +49,13 @@ export interface ServedChange {
  * every one when the view does not serve them): LD_AUDIT is set for new processes only if there are any.
  */
 export function directoriesForAuditor(paths: Paths, config: Config): string[] {
-  const existing = config.libraryDirs.filter((d) => realTreePathOrUndefined(paths, '/' + d) !== undefined);
-  if (config.mode !== 'view' || config.serveImages !== 'on') return existing;
-  return existing.filter((d) => !(realTreePathOrUndefined(paths, '/' + d)! + '/').startsWith(paths.realTree + '/'));
+  if (config.mode !== 'view' || config.serveImages !== 'on') return config.libraryDirs;
+  const usr = path.relative(paths.root, paths.usrLink) + '/';
+  return config.libraryDirs.filter((d) => {
+    const real = realTreePathOrUndefined(paths, '/' + d);
+    // One not there yet is covered if it will be under R/usr (made by a package later).
+    return real === undefined ? !(d + '/').startsWith(usr) : !(real + '/').startsWith(paths.realTree + '/');
+  });
 }
 
 export class ServedImages {
@@ -72,9 +76,11 @@ export class ServedImages {
 
   constructor(private readonly paths: Paths, config: Config, private readonly log: Logger, private readonly changed: ServedChange) {
     this.hp = hookPaths(paths);
-    // The library directories as view paths ('/lib/'): those on the real tree's side of the link.
+    // The library directories as view paths ('/lib/'): those on the real tree's side of the link, and
+    // those not there yet that will be under R/usr by their name (the daemon resolves again anyway).
+    const usr = path.relative(paths.root, paths.usrLink) + '/';
     this.viewDirs = config.libraryDirs
-      .map((d) => realTreePathOrUndefined(paths, '/' + d))
+      .map((d) => realTreePathOrUndefined(paths, '/' + d) ?? ((d + '/').startsWith(usr) ? path.join(paths.realTree, d.slice(usr.length)) : undefined))
       .filter((d): d is string => !!d && (d + '/').startsWith(paths.realTree + '/'))
       .map((d) => d.slice(paths.realTree.length) + '/');
   }

@@ -16,6 +16,9 @@ const skip = fuseAvailable();
   expect(r.stdout).toMatch(/setup --yes[\s\S]*set up:[\s\S]*started:[\s\S]*health      healthy[\s\S]*stopped:/);
   expect(r.stdout).toMatch(/all programs ran through the view/);
   expectHookEvidence(r.stdout);
+  // The view's part: a setuid-root program run by nobody maps the library under its own name, randomized.
+  expect(r.stdout).toMatch(/2nd launch: pid \d+ \(uid 65534 euid 0\) maps R\/usr\.view\/lib\/fscache-demo\/libfscachedemo\.so; checksum \d+; functions by address: /);
+  expect(r.stdout).toMatch(/^view: a setuid program run by nobody maps the library under its own name, randomized/m);
   const root = /sandbox root (\S+)/.exec(r.stdout)![1];
   expect(fs.readFileSync('/proc/self/mountinfo', 'utf8')).not.toContain(root);
   expect(fs.existsSync(root)).toBe(false);
@@ -47,6 +50,6 @@ function expectHookEvidence(out: string): void {
   expect(order).not.toEqual(origOrder.split(' '));
   expect([...order].sort()).toEqual(origOrder.split(' ').sort());
   expect(order).toHaveLength(8);
-  expect(out).toMatch(/hook +LD_AUDIT set, mapped by \d+ processes( \(\d+ not visible to this user\))?, daemon pid \d+, epoch \d+, 1 images/);
+  expect(out).toMatch(/hook +LD_AUDIT set, mapped by \d+ processes( \(\d+ not visible to this user\))?, daemon pid \d+, epoch \d+, 2 images/);
 }
 if (skip) console.warn(`demo test skipped: ${skip}`);
