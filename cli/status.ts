@@ -41,6 +41,8 @@ export interface StatusReport {
   problems: string[];
   mode: string;
   root: string;
+  /** The real tree (host path): what package checksums are checked against. */
+  realTree: string;
   link: { path: string; target: string | null; state: LinkState };
   supervisor: Pick<SupervisorState, 'pid' | 'state' | 'restarts' | 'lastFailure' | 'nextRetryAt' | 'lastGoodProbeAt' | 'lastProbeError'> | null;
   mirror: { complete: boolean } | null;
@@ -55,6 +57,8 @@ export interface StatusReport {
 export interface HookStatus {
   /** LD_AUDIT is in R/etc/environment: what new logins get. */
   enabled: boolean;
+  /** The view serves images under the libraries' own names (its state says so): opens of images since it started. */
+  servedByView: { opens: number } | null;
   /** What is active now: processes that have the auditor mapped (and those this user could not look at). */
   active: AuditorUse;
   daemonPid: number | null;
@@ -82,7 +86,7 @@ function mayRead(file: string): boolean {
 }
 
 /** The loader hook's state, read without changing anything (the index opened read-only). */
-function hookStatus(ctx: Context): HookStatus {
+function hookStatus(ctx: Context, view: ViewState | undefined): HookStatus {
   const hp = hookPaths(ctx.paths);
   let epoch: string | null = null;
   try {
@@ -91,7 +95,7 @@ function hookStatus(ctx: Context): HookStatus {
     epoch = null;
   }
   const status: HookStatus = {
-    enabled: hookEnabled(ctx), active: auditorUse(ctx.paths), daemonPid: daemonPid(ctx.paths) ?? null, epoch,
+    enabled: hookEnabled(ctx), servedByView: view?.images ? { opens: view.view.images ?? 0 } : null, active: auditorUse(ctx.paths), daemonPid: daemonPid(ctx.paths) ?? null, epoch,
     images: { count: 0, bytes: 0 }, passThroughs: [], failures: readFailures(hp).map(({ source, message }) => ({ source, message })),
   };
   Object.assign(status, epochSummary(ctx.paths.index, epoch));
@@ -147,8 +151,9 @@ export function collectStatus(ctx: Context): StatusReport {
   // The view's mount point holds the mirror's bind in mirror mode: only a FUSE mount is the view.
   const mounted = isFuse(mountAt(paths.viewMount));
   const link = { path: paths.usrLink, ...readLinkState(paths, config.mode) };
-  const hook = hookStatus(ctx);
+  const hook = hookStatus(ctx, running ? state : undefined);
   if (hook.enabled && !hook.daemonPid) problems.push('LD_AUDIT is set but the randomization daemon is not running (launches load originals)');
+  if (hook.servedByView && !hook.daemonPid) problems.push('the view serves randomized images but the randomization daemon is not running (libraries without an image load originals)');
   const record = readSupervisorRecord(paths);
   const supervisor = record?.alive ? record.state : undefined;
   const mirrorComplete = fs.existsSync(mirrorMarker(paths));
@@ -181,7 +186,7 @@ export function collectStatus(ctx: Context): StatusReport {
   // Nothing of fscache running is 'stopped' (problems are still listed, e.g. R/usr a directory).
   const health = !active ? 'stopped' : problems.length ? 'degraded' : 'healthy';
   return {
-    schema: STATUS_SCHEMA, health, state: named ?? health, problems, mode: config.mode, root: paths.root,
+    schema: STATUS_SCHEMA, health, state: named ?? health, problems, mode: config.mode, root: paths.root, realTree: paths.realTree,
     link,
     supervisor: supervisor ? {
       pid: supervisor.pid, state: supervisor.state, restarts: supervisor.restarts, lastFailure: supervisor.lastFailure, nextRetryAt: supervisor.nextRetryAt,
@@ -226,7 +231,10 @@ export function renderStatus(r: StatusReport): string {
   if (r.fills?.indexRebuilds) rows.push(['index', `rebuilt ${r.fills.indexRebuilds} times while serving; last: ${r.fills.indexTrouble ?? '?'}`]);
   if (r.watcher) rows.push(['watcher', `${r.watcher.state}, ${r.watcher.directories} directories, ${r.watcher.invalidations} invalidations`]);
   const mapped = `mapped by ${r.hook.active.processes} processes${r.hook.active.unreadable ? ` (${r.hook.active.unreadable} not visible to this user)` : ''}`;
-  rows.push(['hook', r.hook.enabled ? `LD_AUDIT set, ${mapped}, daemon ${r.hook.daemonPid ? `pid ${r.hook.daemonPid}` : 'not running'}, epoch ${r.hook.epoch ?? 'none'}, ${r.hook.images.count} images (${MiB(r.hook.images.bytes)}), ${r.hook.passThroughs.length} passed through` : `off${r.hook.active.processes ? `, still ${mapped} started while it was on` : ''}`]);
+  const ways = [r.hook.servedByView && `served by the view under the libraries' names (${r.hook.servedByView.opens} opens)`, r.hook.enabled && `LD_AUDIT set, ${mapped}`].filter(Boolean).join('; ');
+  rows.push(['hook', ways ? `${ways}, daemon ${r.hook.daemonPid ? `pid ${r.hook.daemonPid}` : 'not running'}, epoch ${r.hook.epoch ?? 'none'}, ${r.hook.images.count} images (${MiB(r.hook.images.bytes)}), ${r.hook.passThroughs.length} passed through` : `off${r.hook.active.processes ? `, still ${mapped} started while it was on` : ''}`]);
+  // What the view shows for a served library is its image: package checksums are for the real tree.
+  if (r.hook.servedByView) rows.push(['checksums', `R/usr shows randomized bytes for served libraries: check packages (debsums, qcheck) against the real tree, ${r.realTree}`]);
   for (const p of r.hook.passThroughs.slice(0, 10)) rows.push(['passed', `${p.source}: ${p.reason}`]);
   for (const f of r.hook.failures.slice(-3)) rows.push(['hook error', `${f.source}: ${f.message}`]);
   for (const p of r.problems) rows.push(['problem', p]);
