@@ -8,7 +8,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { EXIT_CODES } from '../fs/errors';
 import { auditorUse, AuditorUse } from '../loader-hook/active';
-import { daemonPid } from '../loader-hook/control';
+import { daemonIdle, daemonPid } from '../loader-hook/control';
 import { installedAuditor } from '../loader-hook/env';
 import { epochSummary, hookPaths, readFailures } from '../loader-hook/images';
 import { StoreIndex } from '../fs/index-db';
@@ -62,6 +62,8 @@ export interface HookStatus {
   /** What is active now: processes that have the auditor mapped (and those this user could not look at). */
   active: AuditorUse;
   daemonPid: number | null;
+  /** The daemon exited idle (daemon_idle_seconds): the view's next miss has it started again. */
+  daemonIdle: boolean;
   epoch: string | null;
   images: { count: number; bytes: number };
   passThroughs: Array<{ source: string; reason: string }>;
@@ -95,7 +97,7 @@ function hookStatus(ctx: Context, view: ViewState | undefined): HookStatus {
     epoch = null;
   }
   const status: HookStatus = {
-    enabled: hookEnabled(ctx), servedByView: view?.images ? { opens: view.view.images ?? 0 } : null, active: auditorUse(ctx.paths), daemonPid: daemonPid(ctx.paths) ?? null, epoch,
+    enabled: hookEnabled(ctx), servedByView: view?.images ? { opens: view.view.images ?? 0 } : null, active: auditorUse(ctx.paths), daemonPid: daemonPid(ctx.paths) ?? null, daemonIdle: daemonIdle(ctx.paths), epoch,
     images: { count: 0, bytes: 0 }, passThroughs: [], failures: readFailures(hp).map(({ source, message }) => ({ source, message })),
   };
   Object.assign(status, epochSummary(ctx.paths.index, epoch));
@@ -153,7 +155,7 @@ export function collectStatus(ctx: Context): StatusReport {
   const link = { path: paths.usrLink, ...readLinkState(paths, config.mode) };
   const hook = hookStatus(ctx, running ? state : undefined);
   if (hook.enabled && !hook.daemonPid) problems.push('LD_AUDIT is set but the randomization daemon is not running (launches load originals)');
-  if (hook.servedByView && !hook.daemonPid) problems.push('the view serves randomized images but the randomization daemon is not running (libraries without an image load originals)');
+  if (hook.servedByView && !hook.daemonPid && !hook.daemonIdle) problems.push('the view serves randomized images but the randomization daemon is not running (libraries without an image load originals)');
   const record = readSupervisorRecord(paths);
   const supervisor = record?.alive ? record.state : undefined;
   const mirrorComplete = fs.existsSync(mirrorMarker(paths));
@@ -232,7 +234,7 @@ export function renderStatus(r: StatusReport): string {
   if (r.watcher) rows.push(['watcher', `${r.watcher.state}, ${r.watcher.directories} directories, ${r.watcher.invalidations} invalidations`]);
   const mapped = `mapped by ${r.hook.active.processes} processes${r.hook.active.unreadable ? ` (${r.hook.active.unreadable} not visible to this user)` : ''}`;
   const ways = [r.hook.servedByView && `served by the view under the libraries' names (${r.hook.servedByView.opens} opens)`, r.hook.enabled && `LD_AUDIT set, ${mapped}`].filter(Boolean).join('; ');
-  rows.push(['hook', ways ? `${ways}, daemon ${r.hook.daemonPid ? `pid ${r.hook.daemonPid}` : 'not running'}, epoch ${r.hook.epoch ?? 'none'}, ${r.hook.images.count} images (${MiB(r.hook.images.bytes)}), ${r.hook.passThroughs.length} passed through` : `off${r.hook.active.processes ? `, still ${mapped} started while it was on` : ''}`]);
+  rows.push(['hook', ways ? `${ways}, daemon ${r.hook.daemonPid ? `pid ${r.hook.daemonPid}` : r.hook.daemonIdle ? 'idle (started at the next miss)' : 'not running'}, epoch ${r.hook.epoch ?? 'none'}, ${r.hook.images.count} images (${MiB(r.hook.images.bytes)}), ${r.hook.passThroughs.length} passed through` : `off${r.hook.active.processes ? `, still ${mapped} started while it was on` : ''}`]);
   // What the view shows for a served library is its image: package checksums are for the real tree.
   if (r.hook.servedByView) rows.push(['checksums', `R/usr shows randomized bytes for served libraries: check packages (debsums, qcheck) against the real tree, ${r.realTree}`]);
   for (const p of r.hook.passThroughs.slice(0, 10)) rows.push(['passed', `${p.source}: ${p.reason}`]);

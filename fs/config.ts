@@ -18,6 +18,7 @@ export interface Config {
   mode: Mode;
   hook: 'on' | 'off';
   serveImages: 'on' | 'off';
+  daemonIdleSeconds: number;
   fuseSession: SessionKind;
   realTree: string;
   usrLink: string;
@@ -102,6 +103,10 @@ export const CONFIG_KEYS = {
   serve_images: {
     field: 'serveImages', default: 'on', allowed: 'on, off', parse: oneOf<'on' | 'off'>('on', 'off'),
     doc: 'With hook = on and mode = view: on: the view answers every library in library_dirs inside the real tree with its randomized image of the current epoch, under the library\'s own name, so every program launched through the view maps it (setuid programs and cleared environments included, no auditor loaded); LD_AUDIT is then set only when a library directory lies outside the real tree. off: images reach processes only through LD_AUDIT. Package checksums (debsums, qcheck) must then be run on the real tree.',
+  },
+  daemon_idle_seconds: {
+    field: 'daemonIdleSeconds', default: '60', allowed: 'seconds from 0 to 86400',  parse: intIn(0, 86400),
+    doc: 'When only the view asks for images (LD_AUDIT not set, see serve_images): the randomization daemon exits after this long without a request, and the view has the supervisor start it again at its next miss, so that at idle no daemon is resident. 0: it stays. With LD_AUDIT set it always stays (the auditor cannot start it).',
   },
   fuse_session: {
     field: 'fuseSession', default: 'kernel', allowed: 'kernel, libfuse2', parse: oneOf<SessionKind>('libfuse2', 'kernel'),

@@ -19,11 +19,28 @@ export function supervisorPidFromEnv(): number | undefined {
 /** The signal by which a view asks its supervisor to replace it with a fresh one (Supervisor.renew). */
 export const RENEW_SIGNAL = 'SIGUSR2';
 
+/**
+ * The signal by which a view asks its supervisor to start the randomization daemon (exited idle).
+ * Not SIGUSR1: Node starts its inspector on it (a debugger port in a root process). SIGURG is
+ * ignored by default, so a stray one harms no other process.
+ */
+export const DAEMON_SIGNAL = 'SIGURG';
+
 /** Asks the supervisor for a fresh view; false when there is none to ask (a view run by hand). */
 export function requestRenewal(): boolean {
+  return signalSupervisor(RENEW_SIGNAL);
+}
+
+/** Asks the supervisor to start the daemon; false when there is none to ask. */
+export function requestDaemon(): boolean {
+  return signalSupervisor(DAEMON_SIGNAL);
+}
+
+function signalSupervisor(signal: NodeJS.Signals): boolean {
   const sup = supervisorPidFromEnv();
+  // Only our own parent: a reused pid of a dead supervisor is never signalled.
   if (!sup || process.ppid !== sup) return false;
-  process.kill(sup, RENEW_SIGNAL);
+  process.kill(sup, signal);
   return true;
 }
 

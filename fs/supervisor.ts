@@ -22,13 +22,13 @@
  * State for `fscache status` (last good probe, last probe error) is in supervisor.json.
  */
 import { ChildProcess, spawn } from 'child_process';
-import { reviveDaemon } from '../loader-hook/control';
+import { daemonIdle, reviveDaemon } from '../loader-hook/control';
 import * as fs from 'fs';
 import * as path from 'path';
 import { abortMount, ensureFusectl, fuseMountAt, lazyDetach } from './fusectl';
 import { linkTargetPath, readLinkState, switchLink } from './link';
 import type { Logger } from './log';
-import { RENEW_SIGNAL, SUPERVISOR_PID_ENV } from './orphan-watch';
+import { DAEMON_SIGNAL, RENEW_SIGNAL, SUPERVISOR_PID_ENV } from './orphan-watch';
 import { isPaused, pauseFile } from './pause';
 import type { Paths } from './paths';
 import { Prober, ProbeFailure } from './probe';
@@ -174,6 +174,7 @@ export class Supervisor {
     const finished = new Promise<void>((resolve) => (this.done = resolve));
     for (const sig of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) process.on(sig, () => void this.stop(sig));
     process.on(RENEW_SIGNAL, () => this.renewAsked());
+    process.on(DAEMON_SIGNAL, () => void this.keepDaemon(true));
     // Until a view of ours answers, R/usr is the real tree: a link left on a predecessor's hung
     // view would hang the programs run below (mount, umount load their libraries through R/usr).
     this.setLink('real');
@@ -303,13 +304,15 @@ export class Supervisor {
   }
 
   /** The hook's daemon back if it died (a crash or an OOM left launches without images until a restart). */
-  private async keepDaemon(): Promise<void> {
+  private async keepDaemon(demanded = false): Promise<void> {
     if (this.stopping || Date.now() < this.daemonNextTry) return;
     this.daemonNextTry = Number.MAX_SAFE_INTEGER; // one attempt at a time
     const i = this.configArgs.indexOf('--config');
     try {
-      const pid = await reviveDaemon(this.paths, i >= 0 ? this.configArgs[i + 1] : undefined);
-      if (pid) this.log.warn(`the hook daemon was gone: started again (pid ${pid})`);
+      const idle = daemonIdle(this.paths);
+      const pid = await reviveDaemon(this.paths, i >= 0 ? this.configArgs[i + 1] : undefined, demanded);
+      if (pid && idle) this.log.info(`the hook daemon started on demand (pid ${pid})`);
+      else if (pid) this.log.warn(`the hook daemon was gone: started again (pid ${pid})`);
       this.daemonFailures = 0;
       this.daemonNextTry = 0;
     } catch (err) {

@@ -3,7 +3,8 @@
  * and `stop`: `startDaemon` spawns `fscache daemon` in its own process group with its log in
  * R/run/fscache/hook-daemon.log and its pid in R/run/fscache/hook-daemon.pid, and returns once
  * its socket answers; `stopDaemon` sends SIGTERM and waits. Both idempotent. `reviveDaemon`: the
- * supervisor's restart of a daemon that died (nothing else would: launches then miss for good).
+ * supervisor's restart of a daemon that died (nothing else would: launches then miss for good),
+ * or, asked by the view, of one that exited idle (its pid file then says IDLE).
  */
 import { spawn } from 'child_process';
 import * as fs from 'fs';
@@ -14,6 +15,18 @@ import type { Paths } from '../fs/paths';
 import { randomizerNodeFlags } from '../elf/node-flags';
 import { selfCommand } from '../fs/self-command';
 import { hookPaths } from './hook-paths';
+
+/** What an idle daemon leaves in its pid file: started again on demand only (daemon_idle_seconds). */
+export const IDLE_MARK = 'idle';
+
+/** Whether the daemon exited idle and is started again at the view's next miss. */
+export function daemonIdle(paths: Paths): boolean {
+  try {
+    return fs.readFileSync(hookPaths(paths).pidFile, 'utf8').trim() === IDLE_MARK;
+  } catch {
+    return false;
+  }
+}
 
 /** The daemon's pid if it runs (pid file names a live `fscache ... daemon` process). */
 export function daemonPid(paths: Paths): number | undefined {
@@ -60,8 +73,10 @@ export async function startDaemon(paths: Paths, configFile?: string, timeoutMs =
  * For the supervisor: starts the daemon again if `start` started one (its pid file is there) and
  * it is gone. Returns the new pid, or undefined when nothing had to be done.
  */
-export async function reviveDaemon(paths: Paths, configFile?: string): Promise<number | undefined> {
+export async function reviveDaemon(paths: Paths, configFile?: string, demanded = false): Promise<number | undefined> {
   if (!fs.existsSync(hookPaths(paths).pidFile) || daemonPid(paths)) return undefined;
+  // Exited idle: it comes back when the view asks, not on the next check.
+  if (daemonIdle(paths) && !demanded) return undefined;
   return startDaemon(paths, configFile);
 }
 

@@ -27,7 +27,11 @@ import type { Config } from '../fs/config';
 import type { Logger } from '../fs/log';
 import { native } from '../fs/native';
 import type { Paths } from '../fs/paths';
+import { readTextOr } from '../fs/write-atomic';
+import { IDLE_MARK } from './control';
+import { hookPaths } from './hook-paths';
 import { HookFailure, ImageStore, MakeResult, writeAtomic } from './images';
+import { directoriesForAuditor } from './served-images';
 import { RefusalLog } from './refusals';
 
 const MAX_REQUEST = 8192;
@@ -87,6 +91,9 @@ export class HookDaemon {
   private readonly reading = new Set<net.Socket>();
   /** Open connections per non-root uid. */
   private readonly perUid = new Map<number, number>();
+  /** Connections open now, and when the last one closed or job ended (Date.now()). */
+  private open = 0;
+  private lastActive = Date.now();
   readonly store: ImageStore;
   readonly refusals: RefusalLog;
 
@@ -131,7 +138,17 @@ export class HookDaemon {
     }
   }
 
+  /** Milliseconds since the last request ended, 0 while one is open or a job waits. */
+  idleFor(): number {
+    return this.open > 0 || this.inflight.size > 0 ? 0 : Date.now() - this.lastActive;
+  }
+
   private onConnection(c: net.Socket): void {
+    this.open++;
+    c.once('close', () => {
+      this.open--;
+      this.lastActive = Date.now();
+    });
     let buf = '';
     let done = false;
     const uid = peerUid(c);
@@ -259,15 +276,28 @@ export class HookDaemon {
 /** Too many jobs waiting: answered at once, neither recorded nor logged (a flood must not fill either). */
 class Busy extends Error {}
 
-/** `fscache daemon`: runs until SIGTERM/SIGINT. */
+/**
+ * `fscache daemon`: runs until SIGTERM/SIGINT, or, when only the view asks for images (no LD_AUDIT
+ * needed, see served-images.ts), until daemon_idle_seconds pass without a request: its pid file then
+ * says so, and the view has the supervisor start it again at its next miss.
+ */
 export async function runDaemon(paths: Paths, config: Config, log: Logger): Promise<void> {
   const d = new HookDaemon(paths, config, log);
   await d.listen();
-  await new Promise<void>((resolve) => {
-    const stop = () => resolve();
+  const idleMs = directoriesForAuditor(paths, config).length === 0 ? config.daemonIdleSeconds * 1000 : 0;
+  const why = await new Promise<string>((resolve) => {
+    const stop = () => resolve('stopped');
     process.once('SIGTERM', stop);
     process.once('SIGINT', stop);
+    if (idleMs > 0) setInterval(() => d.idleFor() >= idleMs && resolve('idle'), Math.min(idleMs, 5000)).unref();
   });
   await d.close();
-  log.info('hook daemon stopped');
+  if (why === 'idle') {
+    const pidFile = hookPaths(paths).pidFile;
+    // Only our own pid file: a stop that removed it meanwhile must not be undone.
+    if (readTextOr(pidFile)?.trim() === String(process.pid)) writeAtomic(pidFile, `${IDLE_MARK}\n`, 0o644);
+    log.info(`hook daemon exiting after ${idleMs / 1000} s without a request; started again at the view's next miss`);
+  } else {
+    log.info('hook daemon stopped');
+  }
 }

@@ -27,6 +27,7 @@ import type { Config } from '../fs/config';
 import { identityOf } from '../fs/identity';
 import type { Logger } from '../fs/log';
 import type { Paths } from '../fs/paths';
+import { requestDaemon } from '../fs/orphan-watch';
 import { HookPaths, hookPaths, keyOf } from './hook-paths';
 import { realTreePathOrUndefined } from './real-path';
 
@@ -69,6 +70,7 @@ export class ServedImages {
   /** View paths answered in this epoch (as an image, or as the original while asked about). */
   private readonly answered = new Set<string>();
   private asking = 0;
+  private daemonAskedAt = 0;
   private epochWatch?: fs.FSWatcher;
   private readonly viewDirs: string[];
   /** Counters for the state file. */
@@ -191,10 +193,14 @@ export class ServedImages {
     return undefined;
   }
 
-  /** Asks the daemon for the image, in the background; its OK makes the kernel drop the name. */
-  private ask(key: string, p: string, st: fs.BigIntStats): void {
+  /**
+   * Asks the daemon for the image, in the background; its OK makes the kernel drop the name. No
+   * daemon listening (it exited idle, daemon_idle_seconds): the supervisor is asked to start it and
+   * this request is sent again after 1, 2, 4 and 8 s (the kernel may not look the name up again soon).
+   */
+  private ask(key: string, p: string, st: fs.BigIntStats, attempt = 0): void {
     const last = this.asked.get(key);
-    if ((last !== undefined && Date.now() - last < ASK_AGAIN_MS) || this.asking >= MAX_ASKING) return;
+    if ((attempt === 0 && last !== undefined && Date.now() - last < ASK_AGAIN_MS) || this.asking >= MAX_ASKING) return;
     this.asked.set(key, Date.now());
     this.asking++;
     this.counters.asked++;
@@ -203,13 +209,23 @@ export class ServedImages {
     const name = '/' + path.relative(this.paths.root, this.paths.realTree + p);
     const c = net.connect(this.hp.socket);
     let answer = '';
+    let noDaemon = false;
     c.setTimeout(120_000, () => c.destroy());
     c.on('connect', () => c.write(`Q ${st.dev} ${st.ino} ${st.size} ${st.mtimeNs} ${name}\n`));
     c.on('data', (d) => { answer += d.toString('latin1'); });
-    c.on('error', () => undefined); // no daemon: the original is served, asked again later
+    c.on('error', (e: NodeJS.ErrnoException) => { noDaemon = e.code === 'ENOENT' || e.code === 'ECONNREFUSED'; });
     c.on('close', () => {
       this.asking--;
       if (epoch !== this.epoch) return;
+      if (noDaemon && attempt < 4) {
+        // Fail open meanwhile: the original is served until the image is there.
+        if (Date.now() - this.daemonAskedAt > 2000) {
+          this.daemonAskedAt = Date.now();
+          requestDaemon();
+        }
+        setTimeout(() => this.ask(key, p, st, attempt + 1), 1000 << attempt).unref();
+        return;
+      }
       if (answer.startsWith('OK')) {
         this.known.delete(key);
         this.changed.path(p);

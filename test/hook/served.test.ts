@@ -5,19 +5,21 @@
  * run as nobody (ld.so's secure mode). Each runs the library with its functions at shuffled
  * offsets (dladdr against nm of the original) and prints the original's checksum; /proc/PID/maps
  * shows the library's own path and no auditor. Then `fscache rerandomize` while a program calls
- * the library in a loop: it keeps its layout to its end, and the next launches get a new one.
+ * the library in a loop: it keeps its layout to its end, and the next launches get a new one. And
+ * the daemon on demand: it exits after daemon_idle_seconds, and a miss has it started again.
  */
 import { execFileSync, spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as path from 'path';
 import { parseConfig } from '../../fs/config';
 import { derivePaths, Paths } from '../../fs/paths';
+import { daemonIdle, daemonPid } from '../../loader-hook/control';
 import { fuseAvailable } from '../helpers/view-sandbox';
 import { FIX } from './sandbox';
 import { inChroot, launchHeld, makeViewRoot, ViewRoot } from './view-root';
 
 const DEMO = path.join(__dirname, '..', '..', 'loader-hook', 'demo');
-const CONF = 'library_dirs = usr/lib\naccess_flush_ms = 200\n' +
+const CONF = 'library_dirs = usr/lib\naccess_flush_ms = 200\ndaemon_idle_seconds = 3\n' +
   (process.env.FSCACHE_TEST_SESSION ? `fuse_session = ${process.env.FSCACHE_TEST_SESSION}\n` : '');
 const RANDOMIZE = ['-O2', '-fPIC', '-ffunction-sections', '-fno-inline', '-shared', '-Wl,--emit-relocs'];
 const NOBODY = ['/usr/bin/setpriv', '--reuid=65534', '--regid=65534', '--clear-groups'];
@@ -142,5 +144,22 @@ run('randomized images served under the libraries\' names', () => {
     } finally {
       if (!released) await held.release();
     }
+  });
+
+  test('the daemon exits when idle; a miss has the supervisor start it again and the next launches get the image', async () => {
+    await until('the daemon to exit idle', () => (daemonIdle(paths) ? true : undefined), 30_000);
+    expect(daemonPid(paths)).toBeUndefined();
+    const status = JSON.parse(vr.cli('status', '--json').stdout) as { health: string; problems: string[]; hook: { daemonIdle: boolean } };
+    expect(status).toMatchObject({ health: 'healthy', problems: [], hook: { daemonIdle: true } });
+    // A new version of the library (its identity changes): a miss, with no daemon listening.
+    const before = launch(['/usr/bin/svdemo']);
+    const t = new Date(Date.now() + 5000);
+    fs.utimesSync(lib, t, t);
+    const after = await until('the new version served randomized', () => {
+      const r = launch(['/usr/bin/svdemo']);
+      return shuffled(r.offsets) && JSON.stringify(r.offsets) !== JSON.stringify(before.offsets) ? r : undefined;
+    });
+    expect(after.checksum).toBe(checksum);
+    expect(daemonPid(paths)).toBeGreaterThan(0);
   });
 });
