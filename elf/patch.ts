@@ -220,9 +220,37 @@ export function jumpTableBase(img: Image, jt: JumpTableIndex, f: number, v: numb
   if (best < 0) return undefined;
   const b = bases[best];
   const run = runStartOf(jt, f);
-  if (run === undefined || run > b || (f - b) % 4 !== 0 || runStartOf(jt, b) === undefined) return undefined;
+  if (run === undefined || (f - b) % 4 !== 0) return undefined;
+  if (run > b ? !onlyZeroWords(img, b, run) : runStartOf(jt, b) === undefined) return undefined;
   if (!inText(img, b + v)) return undefined;
   return b;
+}
+
+/** R_X86_64_PC32, GOTPCREL, 32, 32S, PLT32, GOTPCRELX, REX_GOTPCRELX: relocations of 4 bytes. */
+const FOUR_BYTE_RELOCS = new Set([2, 9, 10, 11, 4, 41, 42]);
+
+/** Most unrelocated zero words accepted between a table's base and its first relocated entry. */
+const MAX_LEADING_ZERO_WORDS = 4;
+
+/**
+ * Whether [from, to) holds only a few 4-byte zero words with no static relocation: the leading
+ * entries of a table that the code never jumps through (gmp's mpn_mullo_basecase has a 0 first
+ * entry, so its run of relocations starts one word after the base the lea loads).
+ */
+function onlyZeroWords(img: Image, from: number, to: number): boolean {
+  if ((to - from) % 4 !== 0 || to - from > 4 * MAX_LEADING_ZERO_WORDS) return false;
+  for (let w = from; w < to; w += 4) {
+    const o = vaddrToOffset(img.elf, w, 4);
+    if (o === undefined || img.elf.view.getInt32(o, true) !== 0) return false;
+  }
+  for (const relocs of img.staticRelocs.values()) {
+    for (let q = 0; q < relocs.count; q++) {
+      // Any relocation reaching into the words refuses; one not known to be 4 bytes counts as 8.
+      const size = FOUR_BYTE_RELOCS.has(relocs.r_type[q]) ? 4 : 8;
+      if (relocs.r_offset[q] + size > from && relocs.r_offset[q] < to) return false;
+    }
+  }
+  return true;
 }
 
 function patchDynamic(img: Image, layout: Layout, view: DataView, stats: PatchStats): void {

@@ -151,11 +151,14 @@ export class ServedImages {
     if (st.uid !== 0n || (st.mode & 0o004n) === 0n || (st.mode & 0o022n) !== 0n) return undefined;
     const key = keyOf(identityOf(st));
     this.answered.add(p);
-    const known = this.known.get(key);
-    if (known !== undefined) return known ?? undefined;
     const dir = path.join(this.hp.images, this.epoch);
     const image = path.join(dir, `${key}.so`);
+    const known = this.known.get(key);
+    if (known === null) return undefined;
+    // Checked again at each answer (one lstat): the daemon evicts images beyond images_max_*, and a
+    // name answered as a removed image could only be EIO.
     const found = sealedImage(image);
+    if (known && found && found.ino === known.ino && found.dev === known.dev) return known;
     if (found) {
       this.known.set(key, found);
       this.byObject.set(`${found.dev}:${found.ino}`, image);
