@@ -98,7 +98,7 @@ export const CONFIG_KEYS = {
   },
   hook: {
     field: 'hook', default: 'on', allowed: 'on, off', parse: oneOf<'on' | 'off'>('on', 'off'),
-    doc: 'on: start runs the randomization daemon and sets LD_AUDIT for new processes (R/etc/environment, the systemd drop-in, Gentoo env.d), so they load shared randomized libraries; stop removes it. off: no loader hook.',
+    doc: 'on: shared randomized libraries. start runs the randomization daemon; in view mode the view serves each library\'s image under its own name (serve_images), and LD_AUDIT is set for new processes (R/etc/environment, the systemd drop-in, Gentoo env.d) only for library_dirs the view does not cover; stop removes it. off: neither.',
   },
   serve_images: {
     field: 'serveImages', default: 'on', allowed: 'on, off', parse: oneOf<'on' | 'off'>('on', 'off'),

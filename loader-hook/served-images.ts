@@ -46,17 +46,24 @@ export interface ServedChange {
 }
 
 /**
+ * Where a library directory (relative to R) lies on the real tree's side of the link: resolved when
+ * it exists, else by its name when that is under R/usr (made by a package later; the daemon resolves
+ * again anyway); undefined for one not there that would lie elsewhere.
+ */
+function realSideOf(paths: Paths, dir: string): string | undefined {
+  const usr = path.relative(paths.root, paths.usrLink) + '/';
+  return realTreePathOrUndefined(paths, '/' + dir) ?? ((dir + '/').startsWith(usr) ? path.join(paths.realTree, dir.slice(usr.length)) : undefined);
+}
+
+const insideTree = (paths: Paths, real: string | undefined): real is string => !!real && (real + '/').startsWith(paths.realTree + '/');
+
+/**
  * The library directories that images served by the view do not cover (outside the real tree, or
  * every one when the view does not serve them): LD_AUDIT is set for new processes only if there are any.
  */
 export function directoriesForAuditor(paths: Paths, config: Config): string[] {
   if (config.mode !== 'view' || config.serveImages !== 'on') return config.libraryDirs;
-  const usr = path.relative(paths.root, paths.usrLink) + '/';
-  return config.libraryDirs.filter((d) => {
-    const real = realTreePathOrUndefined(paths, '/' + d);
-    // One not there yet is covered if it will be under R/usr (made by a package later).
-    return real === undefined ? !(d + '/').startsWith(usr) : !(real + '/').startsWith(paths.realTree + '/');
-  });
+  return config.libraryDirs.filter((d) => !insideTree(paths, realSideOf(paths, d)));
 }
 
 export class ServedImages {
@@ -78,12 +85,10 @@ export class ServedImages {
 
   constructor(private readonly paths: Paths, config: Config, private readonly log: Logger, private readonly changed: ServedChange) {
     this.hp = hookPaths(paths);
-    // The library directories as view paths ('/lib/'): those on the real tree's side of the link, and
-    // those not there yet that will be under R/usr by their name (the daemon resolves again anyway).
-    const usr = path.relative(paths.root, paths.usrLink) + '/';
+    // The library directories as view paths ('/lib/'): those on the real tree's side of the link.
     this.viewDirs = config.libraryDirs
-      .map((d) => realTreePathOrUndefined(paths, '/' + d) ?? ((d + '/').startsWith(usr) ? path.join(paths.realTree, d.slice(usr.length)) : undefined))
-      .filter((d): d is string => !!d && (d + '/').startsWith(paths.realTree + '/'))
+      .map((d) => realSideOf(paths, d))
+      .filter((d): d is string => insideTree(paths, d))
       .map((d) => d.slice(paths.realTree.length) + '/');
   }
 

@@ -27,6 +27,13 @@ describe('man page and completion (built by npm run build)', () => {
     expect(verbs.filter((v) => !listed.has(v))).toEqual([]);
   });
 
+  test("the README's configuration table names every config key", () => {
+    const readme = fs.readFileSync(path.join(REPO, 'README.md'), 'utf8');
+    const table = readme.slice(readme.indexOf('## Configuration'), readme.indexOf('\n## ', readme.indexOf('## Configuration') + 1));
+    const listed = new Set([...table.matchAll(/^\|((?: ?`[a-z_]+`,?)+) \|/gm)].flatMap((m) => [...m[1].matchAll(/`([a-z_]+)`/g)].map((k) => k[1])));
+    expect(Object.keys(CONFIG_KEYS).filter((k) => !listed.has(k))).toEqual([]);
+  });
+
   test('renders without warnings', () => {
     if (!has('groff')) {
       console.warn('SKIP rendering the man page: groff not installed; checking its structure only');
