@@ -13,10 +13,11 @@
 import { execFileSync } from 'child_process';
 import * as fs from 'fs';
 import * as path from 'path';
-import { median, ms, ratio } from './harness';
+import { median, ms } from './harness';
 import { makeViewRoot } from '../test/hook/view-root';
 
 const N_LIBS = 10;
+const IDLE_S = 5;
 const ROUNDS = Number(process.env.FSCACHE_BENCH_ROUNDS ?? 300);
 const REPO = path.join(__dirname, '..', '..');
 
@@ -39,8 +40,20 @@ function rollup(pid: number, field: string): number {
   return m ? Number(m[1]) : 0;
 }
 
+/** Processes whose command line names `root` (fscache's, and the guard's: its arguments are paths under it). */
+function processesOf(root: string): number[] {
+  return fs.readdirSync('/proc').filter((p) => /^\d+$/.test(p) && Number(p) !== process.pid).map(Number).filter((pid) => {
+    try {
+      return fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').some((a) => a === root || a.startsWith(root + '/'));
+    } catch {
+      return false;
+    }
+  });
+}
+
 async function main(): Promise<void> {
-  const vr = makeViewRoot('library_dirs = usr/lib/bench-rand\naccess_flush_ms = 500\n');
+  // daemon_idle_seconds = 5 (default 60): the idle footprint is read after the daemon left.
+  const vr = makeViewRoot(`library_dirs = usr/lib/bench-rand\naccess_flush_ms = 500\ndaemon_idle_seconds = ${IDLE_S}\n`);
   const out: string[] = [];
   try {
     const src = path.join(vr.root, 'src');
@@ -93,23 +106,31 @@ async function main(): Promise<void> {
       `interleaves the two launch by launch, ${ROUNDS} launches each per round; medians of wall time and of the child's`,
       'user+system CPU (wait4 rusage).', '');
     out.push('| round | plain wall / cpu | randomized wall / cpu | ratio wall / cpu |', '|---|---|---|---|');
-    const ratios: number[] = [];
+    const ratios = { wall: [] as number[], cpu: [] as number[] };
+    const r3 = (a: number, b: number) => `${(a / b).toFixed(3)}×`;
     for (let round = 1; round <= 3; round++) {
       const r = interleaved(timer, [[programs.plain], [programs.rand]]);
-      ratios.push(r.cpu[1] / r.cpu[0]);
-      out.push(`| ${round} | ${ms(r.wall[0])} / ${ms(r.cpu[0])} | ${ms(r.wall[1])} / ${ms(r.cpu[1])} | ${ratio(r.wall[1], r.wall[0])} / ${ratio(r.cpu[1], r.cpu[0])} |`);
+      ratios.wall.push(r.wall[1] / r.wall[0]);
+      ratios.cpu.push(r.cpu[1] / r.cpu[0]);
+      out.push(`| ${round} | ${ms(r.wall[0])} / ${ms(r.cpu[0])} | ${ms(r.wall[1])} / ${ms(r.cpu[1])} | ${r3(r.wall[1], r.wall[0])} / ${r3(r.cpu[1], r.cpu[0])} |`);
     }
-    out.push('', `Median CPU ratio over the rounds: ${median(ratios).toFixed(3)}×.`, '');
+    out.push('', `Median ratio over the rounds: wall ${median(ratios.wall).toFixed(3)}×, CPU ${median(ratios.cpu).toFixed(3)}×.`, '');
 
-    // Idle: let the view flush and the daemon settle, then read every fscache process.
-    await new Promise((r) => setTimeout(r, 3000));
-    out.push('### fscache\'s own footprint at idle after those launches', '');
+    // Idle: the daemon leaves after IDLE_S s without a request; then read every fscache process.
+    const idleFrom = Date.now();
+    while (vr.fscachePids().some((pid) => fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes('\0daemon')) && Date.now() - idleFrom < 30_000) {
+      await new Promise((r) => setTimeout(r, 500));
+    }
+    await new Promise((r) => setTimeout(r, 1000));
+    out.push('### fscache\'s own footprint at idle after those launches', '',
+      `Every process of the root (its path in the command line: the supervisor, the view, the guard; the daemon left after ${IDLE_S} s without`,
+      'a request), from /proc/PID/smaps_rollup. RSS counts the pages of the node binary once per Node process; PSS shares them out.', '');
     out.push('| process | RSS | PSS |', '|---|---|---|');
     let rss = 0;
     let pss = 0;
-    for (const pid of vr.fscachePids()) {
+    for (const pid of processesOf(vr.root)) {
       const argv = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
-      const verb = argv.slice(argv.indexOf('--root') + 2).filter(Boolean).join(' ') || argv.join(' ');
+      const verb = argv.includes('--root') ? argv.slice(argv.indexOf('--root') + 2).filter(Boolean).join(' ') : '(guard)';
       const [r, p] = [rollup(pid, 'Rss'), rollup(pid, 'Pss')];
       rss += r;
       pss += p;
