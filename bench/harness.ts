@@ -7,11 +7,11 @@ import { execFileSync, spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { defaultConfig } from '../fs/config';
-import { derivePaths } from '../fs/paths';
-import { isMountPoint } from '../fs/preflight';
-import { makeSandbox, Sandbox } from '../fs/sandbox';
-import { startViewProcess, ViewProcess } from '../fs/view-process';
+import { defaultConfig } from '../core/config';
+import { derivePaths } from '../core/paths';
+import { isMountPoint } from '../fs/service/preflight';
+import { makeSandbox, Sandbox } from '../dev/sandbox';
+import { startViewProcess, ViewProcess } from '../fs/service/view-process';
 
 export type Flavour = 'native' | 'view' | 'bindfs';
 
@@ -115,3 +115,21 @@ export const LAUNCHES: Array<{ label: string; argv: string[] }> = [
   { label: 'python3 -c pass', argv: ['/usr/bin/python3', '-c', 'pass'] },
   { label: "python3 -c 'import json, zlib, sqlite3'", argv: ['/usr/bin/python3', '-c', 'import json, zlib, sqlite3'] },
 ];
+
+/**
+ * Runs loader-hook/launchtimer.c (built at `timer`) over `variants` (env as VAR=VALUE or '-', argv),
+ * `rounds` launches each, interleaved launch by launch; the median wall and CPU (the child's user +
+ * system time) ms of each variant.
+ */
+export function launchtimer(timer: string, rounds: number, variants: Array<[string, string[]]>): { wall: number[]; cpu: number[] } {
+  const args = variants.flatMap(([env, argv], i) => [...(i ? [';;'] : []), env, '--', ...argv]);
+  const text = execFileSync(timer, [String(rounds), ...args], { maxBuffer: 64 << 20, stdio: ['ignore', 'pipe', 'ignore'] }).toString();
+  const wall: number[][] = variants.map(() => []);
+  const cpu: number[][] = variants.map(() => []);
+  for (const line of text.trim().split('\n')) {
+    const [v, w, c] = line.split(' ').map(Number);
+    wall[v].push(w / 1000);
+    cpu[v].push(c / 1000);
+  }
+  return { wall: wall.map(median), cpu: cpu.map(median) };
+}

@@ -14,7 +14,7 @@
 import { execFileSync, spawn, spawnSync, ChildProcess } from 'child_process';
 import * as fs from 'fs';
 import * as path from 'path';
-import { median, ms, ratio } from './harness';
+import { launchtimer, ms, ratio } from './harness';
 import { CFLAGS, LDFLAGS, REPO } from '../test/elf/libs';
 import { cli, currentEpoch, imageFor, launch, Libs, libs, makeSandbox, removeSandbox, Sandbox, startDaemon, stopDaemon, writeConf } from '../test/hook/sandbox';
 
@@ -22,19 +22,8 @@ const N_SMALL = 8;
 const PROCS = 16;
 const ROUNDS = Number(process.env.FSCACHE_BENCH_ROUNDS ?? 300);
 
-/** Runs launchtimer over `variants` (env, argv) and returns the median wall and CPU ms of each. */
-function interleaved(timer: string, variants: Array<[string, string[]]>): { wall: number[]; cpu: number[] } {
-  const args = variants.flatMap(([env, argv], i) => [...(i ? [';;'] : []), env, '--', ...argv]);
-  const text = execFileSync(timer, [String(ROUNDS), ...args], { maxBuffer: 64 << 20, stdio: ['ignore', 'pipe', 'ignore'] }).toString();
-  const wall: number[][] = variants.map(() => []);
-  const cpu: number[][] = variants.map(() => []);
-  for (const line of text.trim().split('\n')) {
-    const [v, w, c] = line.split(' ').map(Number);
-    wall[v].push(w / 1000);
-    cpu[v].push(c / 1000);
-  }
-  return { wall: wall.map(median), cpu: cpu.map(median) };
-}
+/** launchtimer over `variants` (env, argv), ROUNDS launches each: the median wall and CPU ms of each. */
+const interleaved = (timer: string, variants: Array<[string, string[]]>) => launchtimer(timer, ROUNDS, variants);
 
 function buildSmallLibs(sb: Sandbox): string[] {
   const src = path.join(sb.root, 'src');

@@ -12,7 +12,7 @@
 import { execFileSync } from 'child_process';
 import * as fs from 'fs';
 import * as path from 'path';
-import { PACKAGE_ROOT } from '../fs/package-root';
+import { PACKAGE_ROOT } from '../core/package-root';
 import { BenchRoot, chrootCommand, hyperfine, LAUNCHES, makeBenchRoot, median, ms } from './harness';
 
 interface Flavour {

@@ -13,26 +13,13 @@
 import { execFileSync } from 'child_process';
 import * as fs from 'fs';
 import * as path from 'path';
-import { median, ms } from './harness';
+import { launchtimer, median, ms } from './harness';
 import { makeViewRoot } from '../test/hook/view-root';
 
 const N_LIBS = 10;
 const IDLE_S = 5;
 const ROUNDS = Number(process.env.FSCACHE_BENCH_ROUNDS ?? 300);
 const REPO = path.join(__dirname, '..', '..');
-
-function interleaved(timer: string, variants: string[][]): { wall: number[]; cpu: number[] } {
-  const args = variants.flatMap((argv, i) => [...(i ? [';;'] : []), '-', '--', ...argv]);
-  const text = execFileSync(timer, [String(ROUNDS), ...args], { maxBuffer: 64 << 20, stdio: ['ignore', 'pipe', 'ignore'] }).toString();
-  const wall: number[][] = variants.map(() => []);
-  const cpu: number[][] = variants.map(() => []);
-  for (const line of text.trim().split('\n')) {
-    const [v, w, c] = line.split(' ').map(Number);
-    wall[v].push(w / 1000);
-    cpu[v].push(c / 1000);
-  }
-  return { wall: wall.map(median), cpu: cpu.map(median) };
-}
 
 /** Sum of a /proc/PID/smaps_rollup field (kB). */
 function rollup(pid: number, field: string): number {
@@ -109,7 +96,7 @@ async function main(): Promise<void> {
     const ratios = { wall: [] as number[], cpu: [] as number[] };
     const r3 = (a: number, b: number) => `${(a / b).toFixed(3)}×`;
     for (let round = 1; round <= 3; round++) {
-      const r = interleaved(timer, [[programs.plain], [programs.rand]]);
+      const r = launchtimer(timer, ROUNDS, [['-', [programs.plain]], ['-', [programs.rand]]]);
       ratios.wall.push(r.wall[1] / r.wall[0]);
       ratios.cpu.push(r.cpu[1] / r.cpu[0]);
       out.push(`| ${round} | ${ms(r.wall[0])} / ${ms(r.cpu[0])} | ${ms(r.wall[1])} / ${ms(r.cpu[1])} | ${r3(r.wall[1], r.wall[0])} / ${r3(r.cpu[1], r.cpu[0])} |`);

@@ -7,7 +7,7 @@
 import { execFileSync, spawn } from 'child_process';
 import * as fs from 'fs';
 import * as path from 'path';
-import { isMountPoint } from '../fs/preflight';
+import { isMountPoint } from '../fs/service/preflight';
 
 export const BENCH_DIR = process.env.FSCACHE_BENCH_DIR ?? '/var/tmp/fscache-bench';
 /** Parts of /usr that no benchmarked program reads: left out to keep the image small. */

@@ -8,13 +8,13 @@
 import { execFile, spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as path from 'path';
-import { parseConfig } from '../fs/config';
-import { abortConnection, fuseMountAt, fuseMountsBelow } from '../fs/fusectl';
-import { readLinkState } from '../fs/link';
-import { derivePaths, Paths } from '../fs/paths';
-import { makeSandbox, Sandbox } from '../fs/sandbox';
-import { readSupervisorState } from '../fs/supervisor';
-import { CLI_ENTRY } from '../fs/view-process';
+import { parseConfig } from '../core/config';
+import { abortConnection, fuseMountAt, fuseMountsBelow } from '../fs/fuse/fusectl';
+import { readLinkState } from '../fs/switch/link';
+import { derivePaths, Paths } from '../core/paths';
+import { makeSandbox, Sandbox } from '../dev/sandbox';
+import { readSupervisorState } from '../fs/service/supervisor';
+import { CLI_ENTRY } from '../fs/service/view-process';
 
 const RUNS = Number(process.argv[2] ?? 5);
 const CONFIG = `hook = off\n${process.env.FSCACHE_BENCH_SESSION ? `fuse_session = ${process.env.FSCACHE_BENCH_SESSION}\n` : ''}`;

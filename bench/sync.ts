@@ -7,8 +7,8 @@
 import { execFileSync, spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as path from 'path';
-import { CLI_ENTRY } from '../fs/view-process';
-import { makeSandbox } from '../fs/sandbox';
+import { CLI_ENTRY } from '../fs/service/view-process';
+import { makeSandbox } from '../dev/sandbox';
 import { alternating, ms, ratio } from './harness';
 
 const TREE = process.argv[2] ?? '/usr/lib/python3.11';

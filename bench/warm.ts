@@ -5,7 +5,7 @@
  */
 import { execFileSync } from 'child_process';
 import * as path from 'path';
-import { PACKAGE_ROOT } from '../fs/package-root';
+import { PACKAGE_ROOT } from '../core/package-root';
 import { alternating, BenchRoot, chrootCommand, hyperfine, LAUNCHES, makeBenchRoot, median, ms, ratio } from './harness';
 
 const SESSION_CONFIG = process.env.FSCACHE_BENCH_SESSION ? `fuse_session = ${process.env.FSCACHE_BENCH_SESSION}\n` : '';

@@ -7,11 +7,11 @@
  * missing real tree, R/usr still a directory. Nothing here changes the system.
  */
 import * as fs from 'fs';
-import { CONFIG_KEYS, Config, ConfigKey } from '../fs/config';
-import { FsCacheError } from '../fs/errors';
-import { readLinkState } from '../fs/link';
-import { checkFuseDevice, checkRealTree } from '../fs/preflight';
-import { checkTrustedPath } from '../fs/trust';
+import { CONFIG_KEYS, Config, ConfigKey } from '../core/config';
+import { FsCacheError } from '../core/errors';
+import { readLinkState } from '../fs/switch/link';
+import { checkFuseDevice, checkRealTree } from '../fs/service/preflight';
+import { checkTrustedPath } from '../core/trust';
 import type { Context } from './context';
 
 function render(value: Config[keyof Config]): string {
@@ -25,7 +25,7 @@ export function renderEffective(config: Config): string {
 
 export function configCheckVerb(ctx: Context, show: boolean): void {
   const { paths, config } = ctx;
-  // The places root serves from or writes to: trusted only if root's alone (fs/trust.ts).
+  // The places root serves from or writes to: trusted only if root's alone (core/trust.ts).
   for (const dir of [paths.flash, paths.runDir]) checkTrustedPath(paths.root, dir);
   const { state, target } = readLinkState(paths, config.mode);
   if (state === 'directory') throw new FsCacheError('refused', `${paths.usrLink} is a directory, not fscache's link: run 'fscache setup' once`);

@@ -1,8 +1,8 @@
 /** Resolves the global options (--root, --config) into paths, config and a logger. */
 import * as path from 'path';
-import { Config, loadConfig } from '../fs/config';
-import { Logger, makeLogger } from '../fs/log';
-import { configFileFor, derivePaths, Paths } from '../fs/paths';
+import { Config, loadConfig } from '../core/config';
+import { Logger, makeLogger } from '../core/log';
+import { configFileFor, derivePaths, Paths } from '../core/paths';
 
 export interface GlobalOptions {
   root?: string;

@@ -13,10 +13,10 @@
 import { ChildProcess, execFileSync, spawn } from 'child_process';
 import * as fs from 'fs';
 import * as path from 'path';
-import { PACKAGE_ROOT } from '../fs/package-root';
-import type { Paths } from '../fs/paths';
-import type { Sandbox } from '../fs/sandbox';
-import { identityOf } from '../fs/identity';
+import { PACKAGE_ROOT } from '../core/package-root';
+import type { Paths } from '../core/paths';
+import type { Sandbox } from '../dev/sandbox';
+import { identityOf } from '../core/identity';
 import { hookPaths, keyOf } from '../loader-hook/images';
 
 /** Relative to R; the demo writes it as its config's only library_dirs entry. */

@@ -10,15 +10,15 @@
 import { ChildProcess, execFile, execFileSync, spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as path from 'path';
-import { defaultConfig } from '../fs/config';
-import { StoreIndex } from '../fs/index-db';
-import { silentLogger } from '../fs/log';
-import { derivePaths } from '../fs/paths';
-import { makeSandbox, Sandbox } from '../fs/sandbox';
-import { CLI_ENTRY } from '../fs/view-process';
-import type { ViewState } from '../fs/view-service';
-import { checkFuseDevice } from '../fs/preflight';
-import { readTextOr } from '../fs/write-atomic';
+import { defaultConfig } from '../core/config';
+import { StoreIndex } from '../fs/store/index-db';
+import { silentLogger } from '../core/log';
+import { derivePaths } from '../core/paths';
+import { makeSandbox, Sandbox } from '../dev/sandbox';
+import { CLI_ENTRY } from '../fs/service/view-process';
+import type { ViewState } from '../fs/view/view-service';
+import { checkFuseDevice } from '../fs/service/preflight';
+import { readTextOr } from '../core/write-atomic';
 import { hookPaths } from '../loader-hook/hook-paths';
 import { DEMO_LIB_DIR, DEMO_SERVED_DIR, demoHook, demoServed } from './demo-hook';
 

@@ -5,7 +5,7 @@
  */
 import { Command, InvalidArgumentError } from 'commander';
 import { ElfFormatError, ElfRefusal } from '../elf/errors';
-import type { Paths } from '../fs/paths';
+import type { Paths } from '../core/paths';
 
 // The randomizer (and iced-x86's wasm decoder, ~0.3 s to load) is loaded only by these verbs.
 const elf = () => import('../elf');

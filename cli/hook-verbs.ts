@@ -14,7 +14,7 @@ export function registerHookVerbs(program: Command): void {
     .action(async () => {
       const c = ctx();
       // Started by start, its stderr is R/run/fscache/hook-daemon.log (a tmpfs): kept under a megabyte.
-      (await import('../fs/log')).keepLogBounded((await import('../loader-hook/hook-paths')).hookPaths(c.paths).logFile);
+      (await import('../core/log')).keepLogBounded((await import('../loader-hook/hook-paths')).hookPaths(c.paths).logFile);
       await (await import('../loader-hook/daemon')).runDaemon(c.paths, c.config, c.log);
     });
 

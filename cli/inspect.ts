@@ -5,9 +5,9 @@
  * what the rewriter cannot handle). With --installed, grouped by the owning package.
  */
 import { ElfFormatError, ElfRefusal } from '../elf/errors';
-import { FsCacheError } from '../fs/errors';
-import { installedLibraries, packageOwners } from '../fs/library-census';
-import type { Paths } from '../fs/paths';
+import { FsCacheError } from '../core/errors';
+import { installedLibraries, packageOwners } from '../loader-hook/library-census';
+import type { Paths } from '../core/paths';
 import type { InspectReport } from '../elf/inspect';
 
 export type Verdict = 'randomizable' | 'needs-rebuild' | 'stripped' | 'refused';

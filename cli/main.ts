@@ -2,9 +2,9 @@
 import { Command, CommanderError } from 'commander';
 import * as fs from 'fs';
 import * as path from 'path';
-import { renderDefaultConfig } from '../fs/config';
-import { errnoCode, EXIT_CODES, EXIT_MEANINGS, FsCacheError } from '../fs/errors';
-import { PACKAGE_ROOT } from '../fs/package-root';
+import { renderDefaultConfig } from '../core/config';
+import { errnoCode, EXIT_CODES, EXIT_MEANINGS, FsCacheError } from '../core/errors';
+import { PACKAGE_ROOT } from '../core/package-root';
 import { contextFrom, GlobalOptions } from './context';
 import { exitCodeFor as elfExitCode, registerElfVerbs } from './elf-verbs';
 import { registerHookVerbs } from './hook-verbs';
@@ -36,7 +36,7 @@ program
   .exitOverride()
   .addHelpText('after', exitCodeHelp());
 
-/** The exit-code table of --help, from fs/errors.ts (two columns: 0-3, then 4-7). */
+/** The exit-code table of --help, from core/errors.ts (two columns: 0-3, then 4-7). */
 function exitCodeHelp(): string {
   const rows = (Object.keys(EXIT_CODES) as Array<keyof typeof EXIT_CODES>).sort((a, b) => EXIT_CODES[a] - EXIT_CODES[b])
     .map((k) => `${EXIT_CODES[k]}  ${EXIT_MEANINGS[k]}`);
@@ -127,7 +127,7 @@ program
     }
     const report = collectStatus(contextFrom(globals()));
     if (opts.prometheusFile) {
-      (await import('../fs/write-atomic')).writeAtomic(path.resolve(opts.prometheusFile), prometheusText(report), 0o644);
+      (await import('../core/write-atomic')).writeAtomic(path.resolve(opts.prometheusFile), prometheusText(report), 0o644);
     } else if (opts.prometheus) {
       process.stdout.write(prometheusText(report));
     } else {

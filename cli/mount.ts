@@ -1,5 +1,5 @@
 /** `fscache mount`: the view in the foreground until SIGTERM/SIGINT, then a safe stop. */
-import { RunningView } from '../fs/view-service';
+import { RunningView } from '../fs/view/view-service';
 import type { Context } from './context';
 
 export async function mountVerb(ctx: Context): Promise<void> {

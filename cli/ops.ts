@@ -2,17 +2,17 @@
 import { spawn } from 'child_process';
 import * as fs from 'fs';
 import * as path from 'path';
-import { FsCacheError } from '../fs/errors';
-import { readLinkState, switchLink } from '../fs/link';
-import { fuseMountAt } from '../fs/fusectl';
-import { mirrorMounted, startMirror, stopMirror } from '../fs/mirror';
-import { selfCommand } from '../fs/self-command';
-import { planSetup, refreshViewDirIfIdle, runSetup } from '../fs/setup';
-import { keepLogBounded } from '../fs/log';
-import { sdNotify } from '../fs/sd-notify';
-import { checkMayClear, clearMountPoint, processAlive } from '../fs/stale';
-import { readSupervisorRecord, readSupervisorState, Supervisor, supervisorStateFile } from '../fs/supervisor';
-import { syncStore } from '../fs/sync';
+import { FsCacheError } from '../core/errors';
+import { readLinkState, switchLink } from '../fs/switch/link';
+import { fuseMountAt } from '../fs/fuse/fusectl';
+import { mirrorMounted, startMirror, stopMirror } from '../fs/store/mirror';
+import { selfCommand } from '../fs/service/self-command';
+import { planSetup, refreshViewDirIfIdle, runSetup } from '../fs/switch/setup';
+import { keepLogBounded } from '../core/log';
+import { sdNotify } from '../fs/service/sd-notify';
+import { checkMayClear, clearMountPoint, processAlive } from '../fs/service/stale';
+import { readSupervisorRecord, readSupervisorState, Supervisor, supervisorStateFile } from '../fs/service/supervisor';
+import { syncStore } from '../fs/store/sync';
 import type { Context } from './context';
 import { packageHooksOnStart, packageHooksOnStop } from './pkg';
 

@@ -2,17 +2,17 @@
  * `fscache pause` and `fscache resume`, run around a package transaction (by the hooks that
  * start installs, or by hand): R/usr on the real tree while a package manager writes, then
  * back on the cache with nothing undone. Both idempotent, one line of output, exit 0 when
- * fscache is not running. See fs/pause.ts for the pause file and fs/pkg-hooks.ts for the hooks.
+ * fscache is not running. See fs/switch/pause.ts for the pause file and fs/switch/pkg-hooks.ts for the hooks.
  */
 import * as fs from 'fs';
-import { FsCacheError } from '../fs/errors';
-import { readLinkState, switchLink } from '../fs/link';
-import { mirrorMounted } from '../fs/mirror';
-import { dropMirrorCopy, filesChangedSince } from '../fs/mirror-refresh';
-import { clearPause, PauseState, readPause, writePause } from '../fs/pause';
-import { installPackageHooks, removePackageHooks } from '../fs/pkg-hooks';
-import { PROBE_DEADLINE_MS, PROBE_INTERVAL_MS, readSupervisorState } from '../fs/supervisor';
-import { mirrorMarker, syncStore } from '../fs/sync';
+import { FsCacheError } from '../core/errors';
+import { readLinkState, switchLink } from '../fs/switch/link';
+import { mirrorMounted } from '../fs/store/mirror';
+import { dropMirrorCopy, filesChangedSince } from '../fs/store/mirror-refresh';
+import { clearPause, PauseState, readPause, writePause } from '../fs/switch/pause';
+import { installPackageHooks, removePackageHooks } from '../fs/switch/pkg-hooks';
+import { PROBE_DEADLINE_MS, PROBE_INTERVAL_MS, readSupervisorState } from '../fs/service/supervisor';
+import { mirrorMarker, syncStore } from '../fs/store/sync';
 import type { Context } from './context';
 
 const out = (s: string): void => void process.stdout.write(s + '\n');

@@ -6,21 +6,21 @@
  */
 import * as fs from 'fs';
 import * as path from 'path';
-import { EXIT_CODES } from '../fs/errors';
+import { EXIT_CODES } from '../core/errors';
 import { auditorUse, AuditorUse } from '../loader-hook/active';
 import { daemonIdle, daemonPid } from '../loader-hook/control';
 import { installedAuditor } from '../loader-hook/env';
 import { epochSummary, hookPaths, readFailures } from '../loader-hook/images';
-import { StoreIndex } from '../fs/index-db';
-import { silentLogger } from '../fs/log';
-import { LinkState, readLinkState } from '../fs/link';
-import { mirrorMounted } from '../fs/mirror';
-import { isFuse, mountAt } from '../fs/mounts';
-import { processAlive, readViewState } from '../fs/stale';
-import { isPaused, pauseFile } from '../fs/pause';
-import { PROBE_FRESH_MS, readSupervisorRecord, SupervisorState } from '../fs/supervisor';
-import { mirrorMarker } from '../fs/sync';
-import type { ViewState } from '../fs/view-service';
+import { StoreIndex } from '../fs/store/index-db';
+import { silentLogger } from '../core/log';
+import { LinkState, readLinkState } from '../fs/switch/link';
+import { mirrorMounted } from '../fs/store/mirror';
+import { isFuse, mountAt } from '../core/mounts';
+import { processAlive, readViewState } from '../fs/service/stale';
+import { isPaused, pauseFile } from '../fs/switch/pause';
+import { PROBE_FRESH_MS, readSupervisorRecord, SupervisorState } from '../fs/service/supervisor';
+import { mirrorMarker } from '../fs/store/sync';
+import type { ViewState } from '../fs/view/view-service';
 import type { Context } from './context';
 
 /**

@@ -6,9 +6,9 @@
 import { createHash } from 'crypto';
 import * as fs from 'fs';
 import * as path from 'path';
-import { StoreIndex } from '../fs/index-db';
-import { withRegularFile } from '../fs/regular-file';
-import { checkTrustedPath } from '../fs/trust';
+import { StoreIndex } from '../fs/store/index-db';
+import { withRegularFile } from '../core/regular-file';
+import { checkTrustedPath } from '../core/trust';
 import type { Context } from './context';
 
 const CHUNK = 1 << 20;

@@ -1,15 +1,15 @@
 /**
  * Writes dist/doc/fscache.1 (the man page) and dist/doc/fscache.bash (bash completion) at build
  * time, from what cannot drift: the CLI's own help (`fscache --help`, `fscache help VERB`, run from
- * dist/), the config keys' table (fs/config.ts, CONFIG_KEYS) and the README's exit-code table.
+ * dist/), the config keys' table (core/config.ts, CONFIG_KEYS) and the README's exit-code table.
  * package.json's `man` installs the page (`npm install -g` links it into PREFIX/share/man/man1),
  * which the systemd unit's Documentation=man:fscache(1) names.
  */
 import { execFileSync } from 'child_process';
 import * as fs from 'fs';
 import * as path from 'path';
-import { CONFIG_KEYS } from '../fs/config';
-import { CLI_ENTRY, PACKAGE_ROOT } from '../fs/package-root';
+import { CONFIG_KEYS } from '../core/config';
+import { CLI_ENTRY, PACKAGE_ROOT } from '../core/package-root';
 
 export interface HelpEntry { term: string; text: string }
 export interface HelpPage { usage: string; description: string; options: HelpEntry[]; commands: HelpEntry[] }

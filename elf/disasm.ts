@@ -381,15 +381,3 @@ export function lowerBound(xs: Int32Array, v: number): number {
   return lo;
 }
 
-/** Index of the instruction that starts at or contains `addr`, or -1. Binary search over `ip`. */
-export function instructionAt(d: DecodedRange, addr: number): number {
-  let lo = 0;
-  let hi = d.count - 1;
-  while (lo <= hi) {
-    const mid = (lo + hi) >> 1;
-    if (d.ip[mid] > addr) hi = mid - 1;
-    else if (d.ip[mid] + d.len[mid] <= addr) lo = mid + 1;
-    else return mid;
-  }
-  return -1;
-}

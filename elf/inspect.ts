@@ -12,11 +12,6 @@ export interface InspectReport {
   readonly randomizable: boolean;
   readonly reason?: string;
   readonly units?: number;
-  /**
-   * Units kept at their address: always 0 here. Code that must stay together is joined into one
-   * unit instead (see joinedSymbols), so every unit moves.
-   */
-  readonly pinnedUnits?: number;
   /** Symbols that had to stay with another one (joined atoms), and why. */
   readonly joinedSymbols?: number;
   readonly joinReasons?: Record<string, number>;
@@ -40,7 +35,7 @@ export function inspectBytes(bytes: Uint8Array): InspectReport {
       if (img.elf.sections.some((s) => s.name === n)) touched.push(n);
     }
     return {
-      randomizable: true, units: plan.units.length, pinnedUnits: 0, joinedSymbols: plan.joined.atoms,
+      randomizable: true, units: plan.units.length, joinedSymbols: plan.joined.atoms,
       joinReasons: Object.fromEntries(plan.joined.reasons), entropyBits: Math.round(layoutEntropyBits(layout) * 10) / 10,
       commonAlignment: plan.alignment.common, dataAlignedUnits: plan.alignment.dataKept,
       textBytes: img.text.sh_size, sectionsTouched: touched,

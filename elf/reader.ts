@@ -204,11 +204,6 @@ export function sectionByName(elf: ElfFile, name: string): SectionHeader | undef
   return elf.sections.find((s) => s.name === name);
 }
 
-/** Section containing virtual address `addr` among allocated sections with contents. */
-export function sectionAt(elf: ElfFile, addr: number): SectionHeader | undefined {
-  return elf.sections.find((s) => s.index > 0 && s.sh_addr !== 0 && addr >= s.sh_addr && addr < s.sh_addr + s.sh_size);
-}
-
 /** Maps a virtual address to a file offset through the PT_LOAD segments; undefined if not in the file. */
 export function vaddrToOffset(elf: ElfFile, addr: number, len = 1): number | undefined {
   for (const ph of elf.segments) {

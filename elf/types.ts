@@ -196,17 +196,6 @@ export function relocTypeName(t: number): string {
   return R_X86_64_NAMES[t] ?? `R_X86_64_unknown(${t})`;
 }
 
-const SHT_NAMES: Record<number, string> = {
-  0: 'SHT_NULL', 1: 'SHT_PROGBITS', 2: 'SHT_SYMTAB', 3: 'SHT_STRTAB', 4: 'SHT_RELA', 5: 'SHT_HASH',
-  6: 'SHT_DYNAMIC', 7: 'SHT_NOTE', 8: 'SHT_NOBITS', 9: 'SHT_REL', 11: 'SHT_DYNSYM', 14: 'SHT_INIT_ARRAY',
-  15: 'SHT_FINI_ARRAY', 16: 'SHT_PREINIT_ARRAY', 17: 'SHT_GROUP', 18: 'SHT_SYMTAB_SHNDX', 19: 'SHT_RELR',
-  0x6ffffff6: 'SHT_GNU_HASH', 0x6ffffffd: 'SHT_GNU_VERDEF', 0x6ffffffe: 'SHT_GNU_VERNEED',
-  0x6fffffff: 'SHT_GNU_VERSYM',
-};
-export function sectionTypeName(t: number): string {
-  return SHT_NAMES[t] ?? `SHT_0x${t.toString(16)}`;
-}
-
 export const ELF64_EHDR_SIZE = 64;
 export const ELF64_SHDR_SIZE = 64;
 export const ELF64_PHDR_SIZE = 56;

@@ -5,7 +5,7 @@
  */
 import * as fs from 'fs';
 import * as path from 'path';
-import type { Paths } from '../fs/paths';
+import type { Paths } from '../core/paths';
 
 const AUDITOR_NAME = 'fscache-audit.so';
 

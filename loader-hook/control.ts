@@ -10,10 +10,10 @@ import { spawn } from 'child_process';
 import * as fs from 'fs';
 import * as net from 'net';
 import * as path from 'path';
-import { FsCacheError } from '../fs/errors';
-import type { Paths } from '../fs/paths';
+import { FsCacheError } from '../core/errors';
+import type { Paths } from '../core/paths';
 import { randomizerNodeFlags } from '../elf/node-flags';
-import { selfCommand } from '../fs/self-command';
+import { selfCommand } from '../fs/service/self-command';
 import { hookPaths } from './hook-paths';
 
 /** What an idle daemon leaves in its pid file: started again on demand only (daemon_idle_seconds). */

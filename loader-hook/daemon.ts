@@ -23,11 +23,11 @@
 import * as fs from 'fs';
 import * as net from 'net';
 import * as path from 'path';
-import type { Config } from '../fs/config';
-import type { Logger } from '../fs/log';
-import { native } from '../fs/native';
-import type { Paths } from '../fs/paths';
-import { readTextOr } from '../fs/write-atomic';
+import type { Config } from '../core/config';
+import type { Logger } from '../core/log';
+import { native } from '../core/native';
+import type { Paths } from '../core/paths';
+import { readTextOr } from '../core/write-atomic';
 import { IDLE_MARK } from './control';
 import { hookPaths } from './hook-paths';
 import { HookFailure, ImageStore, MakeResult, writeAtomic } from './images';

@@ -17,11 +17,11 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { spawnSync } from 'child_process';
-import { FsCacheError } from '../fs/errors';
-import { PACKAGE_ROOT } from '../fs/package-root';
-import type { Paths } from '../fs/paths';
-import { findProgram } from '../fs/programs';
-import { modeOr, readTextOr, writeAtomic } from '../fs/write-atomic';
+import { FsCacheError } from '../core/errors';
+import { PACKAGE_ROOT } from '../core/package-root';
+import type { Paths } from '../core/paths';
+import { findProgram } from '../fs/service/programs';
+import { modeOr, readTextOr, writeAtomic } from '../core/write-atomic';
 import { realTreePathOrUndefined } from './real-path';
 
 

@@ -3,8 +3,8 @@
  * so that the supervisor can watch the daemon without loading the randomizer.
  */
 import * as path from 'path';
-import type { RealIdentity } from '../fs/identity';
-import type { Paths } from '../fs/paths';
+import type { RealIdentity } from '../core/identity';
+import type { Paths } from '../core/paths';
 
 export interface HookPaths {
   /** R/fscache/images */

@@ -30,13 +30,13 @@ import { createHash, randomBytes } from 'crypto';
 import * as fs from 'fs';
 import * as path from 'path';
 import { ElfFormatError, ElfRefusal, prepareLibrary, randomizePrepared, unmovedNote } from '../elf';
-import type { Config } from '../fs/config';
-import { errnoCode } from '../fs/errors';
-import { identityOf, RealIdentity, sameIdentity } from '../fs/identity';
-import { StoreIndex } from '../fs/index-db';
-import type { Logger } from '../fs/log';
-import type { Paths } from '../fs/paths';
-import { writeAtomic } from '../fs/write-atomic';
+import type { Config } from '../core/config';
+import { errnoCode } from '../core/errors';
+import { identityOf, RealIdentity, sameIdentity } from '../core/identity';
+import { StoreIndex } from '../fs/store/index-db';
+import type { Logger } from '../core/log';
+import type { Paths } from '../core/paths';
+import { writeAtomic } from '../core/write-atomic';
 import { HookPaths, hookPaths, keyOf } from './hook-paths';
 import { RealPathError, realTreePath, realTreePathOrUndefined } from './real-path';
 
@@ -248,7 +248,7 @@ export class ImageStore {
   }
 
   writeEpochFile(epoch: Epoch): void {
-    ensureRootDir(path.dirname(this.hp.epochFile), 0o755); // as fs/pause.ts makes it; what is secret in it is 0600
+    ensureRootDir(path.dirname(this.hp.epochFile), 0o755); // as fs/switch/pause.ts makes it; what is secret in it is 0600
     const rel = path.relative(this.paths.root, this.hp.images);
     // The hook asks the daemon only about paths under these (a gate, not a trust decision).
     const dirs = this.config.libraryDirs.join(':');

@@ -9,7 +9,7 @@
  */
 import * as fs from 'fs';
 import * as path from 'path';
-import type { Paths } from '../fs/paths';
+import type { Paths } from '../core/paths';
 
 /** Linux's own limit on links followed in one resolution. */
 const MAX_LINKS = 40;

@@ -10,7 +10,7 @@
  * count is logged once the minute is over).
  */
 import * as fs from 'fs';
-import type { Logger } from '../fs/log';
+import type { Logger } from '../core/log';
 import { writeAtomic } from './images';
 
 export interface Refusal {

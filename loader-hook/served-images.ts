@@ -23,11 +23,11 @@
 import * as fs from 'fs';
 import * as net from 'net';
 import * as path from 'path';
-import type { Config } from '../fs/config';
-import { identityOf } from '../fs/identity';
-import type { Logger } from '../fs/log';
-import type { Paths } from '../fs/paths';
-import { requestDaemon } from '../fs/orphan-watch';
+import type { Config } from '../core/config';
+import { identityOf } from '../core/identity';
+import type { Logger } from '../core/log';
+import type { Paths } from '../core/paths';
+import { requestDaemon } from '../fs/service/orphan-watch';
 import { HookPaths, hookPaths, keyOf } from './hook-paths';
 import { realTreePathOrUndefined } from './real-path';
 

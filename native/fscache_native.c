@@ -9,7 +9,7 @@
  * Node's fs has no openat either: every call takes a path resolved from / (or the cwd),
  * and a directory of the real tree swapped for a symlink redirects it anywhere (issue 14,
  * finding 2). The view resolves the real tree beneath one descriptor of its root instead
- * (fs/real-tree.ts), with the calls below; fstat, read and close of a descriptor are Node's.
+ * (fs/view/real-tree.ts), with the calls below; fstat, read and close of a descriptor are Node's.
  *
  * Calls, synchronous (each is a few microseconds on the real tree):
  *   openat2(dirfd, path, flags, resolve) -> fd   openat2(2) (Linux >= 5.6): `resolve` holds

@@ -10,14 +10,14 @@ import { spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { identityOf } from '../fs/identity';
-import { CLI_ENTRY } from '../fs/package-root';
+import { identityOf } from '../core/identity';
+import { CLI_ENTRY } from '../core/package-root';
 import { keyOf } from '../loader-hook/images';
 import { announceSkip, REPO } from './elf/libs';
 
 describe('the architecture-independent core', () => {
   test('the view with the kernel session (the default) loads no fuse-native, whose prebuilt addon is x64-only', () => {
-    const script = `for (const m of ['fs/view-service', 'cli/mount', 'cli/ops', 'fs/supervisor']) require(${JSON.stringify(path.join(REPO, 'dist'))} + '/' + m + '.js');
+    const script = `for (const m of ['fs/view/view-service', 'cli/mount', 'cli/ops', 'fs/service/supervisor']) require(${JSON.stringify(path.join(REPO, 'dist'))} + '/' + m + '.js');
       console.log(JSON.stringify(Object.keys(require.cache).filter((k) => /fuse-native|session-libfuse2/.test(k))));`;
     const r = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8', timeout: 20000 });
     expect(r.stderr).toBe('');

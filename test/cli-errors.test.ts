@@ -4,9 +4,9 @@ import { randomBytes } from 'crypto';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { CLI_ENTRY } from '../fs/view-process';
-import { isMountPoint } from '../fs/preflight';
-import { EXIT_CODES, EXIT_MEANINGS } from '../fs/errors';
+import { CLI_ENTRY } from '../fs/service/view-process';
+import { isMountPoint } from '../fs/service/preflight';
+import { EXIT_CODES, EXIT_MEANINGS } from '../core/errors';
 import { createViewSandbox, fuseAvailable, ViewSandbox, waitFor } from './helpers/view-sandbox';
 
 function cli(args: string[], options: { prefix?: string[] } = {}): { code: number | null; stdout: string; stderr: string } {
@@ -23,7 +23,7 @@ describe('usage errors', () => {
   });
   afterEach(() => fs.rmSync(root, { recursive: true, force: true }));
 
-  test("exit codes have one home (fs/errors.ts): the README's table and --help list exactly those", () => {
+  test("exit codes have one home (core/errors.ts): the README's table and --help list exactly those", () => {
     const readme = fs.readFileSync(path.join(__dirname, '..', 'README.md'), 'utf8');
     const table = readme.slice(readme.indexOf('### Exit codes'));
     const inReadme = [...table.slice(0, table.indexOf('\n## ')).matchAll(/^\| (\d+) \|/gm)].map((m) => Number(m[1]));

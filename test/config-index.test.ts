@@ -3,10 +3,10 @@ import Database from 'better-sqlite3';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { defaultConfig, parseConfig, renderDefaultConfig } from '../fs/config';
-import { compileGlobs } from '../fs/glob';
-import { SCHEMA_VERSION, StoreIndex } from '../fs/index-db';
-import { silentLogger } from '../fs/log';
+import { defaultConfig, parseConfig, renderDefaultConfig } from '../core/config';
+import { compileGlobs } from '../core/glob';
+import { SCHEMA_VERSION, StoreIndex } from '../fs/store/index-db';
+import { silentLogger } from '../core/log';
 
 describe('config', () => {
   test('defaults, comments and sizes', () => {

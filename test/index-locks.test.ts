@@ -7,8 +7,8 @@
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { StoreIndex } from '../fs/index-db';
-import { silentLogger } from '../fs/log';
+import { StoreIndex } from '../fs/store/index-db';
+import { silentLogger } from '../core/log';
 
 test('the index is 0600 with its -wal and -shm, and this process still holds its lock on -shm', () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'fscache-index-locks-'));

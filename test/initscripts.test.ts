@@ -8,7 +8,7 @@ import { execFileSync, spawn, spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { PACKAGE_ROOT } from '../fs/package-root';
+import { PACKAGE_ROOT } from '../core/package-root';
 import { createOpsSandbox, OpsSandbox } from './helpers/ops-sandbox';
 import { fuseAvailable } from './helpers/view-sandbox';
 import { createWholeRoot, RunResult, WholeRoot, wholeRootAvailable } from './helpers/whole-root';

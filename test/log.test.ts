@@ -1,12 +1,12 @@
-/** fs/log.ts: syslog priorities under the journal, timestamps elsewhere, and the bounded file log. */
+/** core/log.ts: syslog priorities under the journal, timestamps elsewhere, and the bounded file log. */
 import { spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { keepLogBounded } from '../fs/log';
-import { PACKAGE_ROOT } from '../fs/package-root';
+import { keepLogBounded } from '../core/log';
+import { PACKAGE_ROOT } from '../core/package-root';
 
-const LOG_JS = path.join(PACKAGE_ROOT, 'dist', 'fs', 'log.js');
+const LOG_JS = path.join(PACKAGE_ROOT, 'dist', 'core', 'log.js');
 let dir: string;
 beforeEach(() => (dir = fs.mkdtempSync(path.join(os.tmpdir(), 'fscache-log-'))));
 afterEach(() => fs.rmSync(dir, { recursive: true, force: true }));

@@ -7,8 +7,8 @@
 import { spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as path from 'path';
-import { CONFIG_KEYS } from '../fs/config';
-import { CLI_ENTRY } from '../fs/package-root';
+import { CONFIG_KEYS } from '../core/config';
+import { CLI_ENTRY } from '../core/package-root';
 import { exitCodes, parseHelp } from '../doc/gen-man';
 import { REPO } from './elf/libs';
 

@@ -1,14 +1,14 @@
 /**
  * Mirror mode at boot: the mirror is served without comparing it with the whole real tree
  * only when the real tree's file system proves nothing wrote to it since the last complete
- * sync (read-only ext4, its write counter unchanged: fs/write-stamp.ts); otherwise compared.
+ * sync (read-only ext4, its write counter unchanged: fs/store/write-stamp.ts); otherwise compared.
  * The real tree is an ext4 image mounted read-only at R/usr.real in a sandbox root.
  */
 import { execFileSync, spawn, spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as path from 'path';
-import { CLI_ENTRY } from '../fs/package-root';
-import { mirrorMarker } from '../fs/sync';
+import { CLI_ENTRY } from '../core/package-root';
+import { mirrorMarker } from '../fs/store/sync';
 import { runBounded } from './helpers/bounded';
 import { createOpsSandbox, OpsSandbox } from './helpers/ops-sandbox';
 import { fuseAvailable } from './helpers/view-sandbox';

@@ -5,16 +5,16 @@
  * Run with FSCACHE_TEST_SESSION=libfuse2 for the other session.
  */
 import { execFileSync } from 'child_process';
-import { createHash, randomBytes } from 'crypto';
+import { randomBytes } from 'crypto';
 import * as fs from 'fs';
 import * as path from 'path';
 import { createViewSandbox, fuseAvailable, ViewSandbox, waitForFills } from './helpers/view-sandbox';
+import { sha } from './helpers/hash';
 
 const skip = fuseAvailable();
 const maybe = skip ? describe.skip : describe;
 if (skip) console.warn(`node handle tests skipped: ${skip}`);
 
-const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 
 /** The store files (deleted or not) the view process has open. */
 function storeFilesOpen(vs: ViewSandbox): string[] {

@@ -1,23 +1,23 @@
 /** Operations in a sandbox root: setup, start, stop, sync, supervision, mirror mode. */
 import { execFile, execFileSync, spawn } from 'child_process';
-import { createHash, randomBytes } from 'crypto';
+import { randomBytes } from 'crypto';
 import * as fs from 'fs';
 import * as path from 'path';
 import { runInChroot } from '../cli/demo';
-import { StoreIndex } from '../fs/index-db';
-import { linkTargetPath } from '../fs/link';
-import { silentLogger } from '../fs/log';
-import { isMountPoint } from '../fs/preflight';
-import { readSupervisorState } from '../fs/supervisor';
+import { StoreIndex } from '../fs/store/index-db';
+import { linkTargetPath } from '../fs/switch/link';
+import { silentLogger } from '../core/log';
+import { isMountPoint } from '../fs/service/preflight';
+import { readSupervisorState } from '../fs/service/supervisor';
 import { createOpsSandbox, OpsSandbox } from './helpers/ops-sandbox';
 import { fuseAvailable, waitFor } from './helpers/view-sandbox';
+import { sha } from './helpers/hash';
 
 const skip = fuseAvailable();
 const maybe = skip ? describe.skip : describe;
 if (skip) console.warn(`operations tests skipped: ${skip}`);
 
 const mounted = (dir: string) => fs.readFileSync('/proc/mounts', 'utf8').split('\n').some((l) => l.split(' ')[1] === dir);
-const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 
 function statusJson(ops: OpsSandbox) {
   const r = ops.cli(['status', '--json']);

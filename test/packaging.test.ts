@@ -99,9 +99,9 @@ describe('npm pack, npm install -g, fscache', () => {
     if (skipped) return;
     const script = `
       const I = process.argv[1];
-      const { PACKAGE_ROOT, CLI_ENTRY } = require(I + '/dist/fs/package-root.js');
+      const { PACKAGE_ROOT, CLI_ENTRY } = require(I + '/dist/core/package-root.js');
       const { BUILT_AUDITOR } = require(I + '/dist/loader-hook/env.js');
-      const { NATIVE_ADDON, native } = require(I + '/dist/fs/native.js');
+      const { NATIVE_ADDON, native } = require(I + '/dist/core/native.js');
       console.log(JSON.stringify({ PACKAGE_ROOT, CLI_ENTRY, BUILT_AUDITOR, NATIVE_ADDON, calls: Object.keys(native) }));`;
     const r = sh(process.execPath, ['-e', script, installed], 20000, tmp);
     expect(r.stderr).toBe('');

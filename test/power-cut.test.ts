@@ -14,9 +14,9 @@
 import { ChildProcess, execFileSync, spawn } from 'child_process';
 import * as fs from 'fs';
 import * as path from 'path';
-import { isMountPoint, mountsBelow } from '../fs/mounts';
-import { CLI_ENTRY } from '../fs/package-root';
-import { makeSandbox, Sandbox } from '../fs/sandbox';
+import { isMountPoint, mountsBelow } from '../core/mounts';
+import { CLI_ENTRY } from '../core/package-root';
+import { makeSandbox, Sandbox } from '../dev/sandbox';
 import { abortFuseBelow, processesOfRoot, RunResult, runBounded } from './helpers/bounded';
 import { createWholeRoot, INIT_ENV, WholeRoot, wholeRootAvailable } from './helpers/whole-root';
 

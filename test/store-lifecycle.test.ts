@@ -3,19 +3,19 @@
  * second, LRU eviction under a 1 MB quota without breaking an open file, and kill -9
  * during fills followed by a remount that serves nothing torn.
  */
-import { createHash, randomBytes } from 'crypto';
+import { randomBytes } from 'crypto';
 import * as fs from 'fs';
 import * as path from 'path';
-import { StoreIndex } from '../fs/index-db';
-import { silentLogger } from '../fs/log';
-import { isMountPoint } from '../fs/preflight';
+import { StoreIndex } from '../fs/store/index-db';
+import { silentLogger } from '../core/log';
+import { isMountPoint } from '../fs/service/preflight';
 import { createViewSandbox, fuseAvailable, ViewSandbox, waitFor, waitForFills, writeReal } from './helpers/view-sandbox';
+import { sha } from './helpers/hash';
 
 const skip = fuseAvailable();
 const maybe = skip ? describe.skip : describe;
 if (skip) console.warn(`store lifecycle tests skipped: ${skip}`);
 
-const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 
 function indexEntries(vs: ViewSandbox) {
   const ix = StoreIndex.open(vs.paths.index, silentLogger, { readonly: true });

@@ -10,15 +10,15 @@ import { ChildProcess, execFile, spawn, spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as path from 'path';
 import { runInChroot } from '../cli/demo';
-import { defaultConfig } from '../fs/config';
-import { abortConnection, fuseMountAt, fuseMountsBelow } from '../fs/fusectl';
-import { linkTargetPath, readLinkState, switchLink } from '../fs/link';
-import { derivePaths } from '../fs/paths';
-import { inRealTree } from '../fs/self-command';
-import { processAlive } from '../fs/stale';
-import { pauseFile } from '../fs/pause';
-import { readSupervisorRecord, readSupervisorState } from '../fs/supervisor';
-import { CLI_ENTRY } from '../fs/view-process';
+import { defaultConfig } from '../core/config';
+import { abortConnection, fuseMountAt, fuseMountsBelow } from '../fs/fuse/fusectl';
+import { linkTargetPath, readLinkState, switchLink } from '../fs/switch/link';
+import { derivePaths } from '../core/paths';
+import { inRealTree } from '../fs/service/self-command';
+import { processAlive } from '../fs/service/stale';
+import { pauseFile } from '../fs/switch/pause';
+import { readSupervisorRecord, readSupervisorState } from '../fs/service/supervisor';
+import { CLI_ENTRY } from '../fs/service/view-process';
 import { createOpsSandbox, OpsSandbox } from './helpers/ops-sandbox';
 import { fuseAvailable, waitFor } from './helpers/view-sandbox';
 
@@ -374,10 +374,10 @@ maybe('supervisor faults', () => {
 
   test('fusectl is mounted when it is missing (in a private mount namespace)', () => {
     const script = `
-      const { ensureFusectl, FUSECTL_DIR } = require(${JSON.stringify(path.resolve('dist/fs/fusectl.js'))});
-      const { mountTable } = require(${JSON.stringify(path.resolve('dist/fs/mounts.js'))});
-      const { derivePaths } = require(${JSON.stringify(path.resolve('dist/fs/paths.js'))});
-      const { defaultConfig } = require(${JSON.stringify(path.resolve('dist/fs/config.js'))});
+      const { ensureFusectl, FUSECTL_DIR } = require(${JSON.stringify(path.resolve('dist/fs/fuse/fusectl.js'))});
+      const { mountTable } = require(${JSON.stringify(path.resolve('dist/core/mounts.js'))});
+      const { derivePaths } = require(${JSON.stringify(path.resolve('dist/core/paths.js'))});
+      const { defaultConfig } = require(${JSON.stringify(path.resolve('dist/core/config.js'))});
       const has = () => mountTable().some((m) => m.mountPoint === FUSECTL_DIR && m.fstype === 'fusectl');
       const before = has();
       const problem = ensureFusectl(derivePaths('/nonexistent-root', defaultConfig()));

@@ -7,12 +7,12 @@
 import { execFileSync, spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as path from 'path';
-import { defaultConfig } from '../fs/config';
-import { linkTargetPath, pendingLinkPath, readLinkState, switchLink } from '../fs/link';
-import { derivePaths, Paths } from '../fs/paths';
-import { CLI_ENTRY } from '../fs/package-root';
-import { makeSandbox, Sandbox } from '../fs/sandbox';
-import { refreshViewDir } from '../fs/view-dir';
+import { defaultConfig } from '../core/config';
+import { linkTargetPath, pendingLinkPath, readLinkState, switchLink } from '../fs/switch/link';
+import { derivePaths, Paths } from '../core/paths';
+import { CLI_ENTRY } from '../core/package-root';
+import { makeSandbox, Sandbox } from '../dev/sandbox';
+import { refreshViewDir } from '../fs/view/view-dir';
 
 const skip = process.getuid?.() !== 0 ? 'needs root (mounts, chroot)' : undefined;
 const maybe = skip ? describe.skip : describe;

@@ -3,13 +3,13 @@
  * programs launched in a chroot whose usr link points at the view.
  */
 import { execFileSync } from 'child_process';
-import { createHash } from 'crypto';
 import * as fs from 'fs';
 import * as path from 'path';
 import { runInChroot } from '../cli/demo';
-import { StoreIndex } from '../fs/index-db';
-import { silentLogger } from '../fs/log';
+import { StoreIndex } from '../fs/store/index-db';
+import { silentLogger } from '../core/log';
 import { createViewSandbox, fuseAvailable, ViewSandbox, waitFor } from './helpers/view-sandbox';
+import { shaOfFile } from './helpers/hash';
 
 const skip = fuseAvailable();
 const maybe = skip ? describe.skip : describe;
@@ -30,7 +30,6 @@ function sampleFiles(realTree: string, dirs: string[], limit: number): string[] 
   return out;
 }
 
-const sha = (file: string) => createHash('sha256').update(fs.readFileSync(file)).digest('hex');
 
 maybe('view over the host /usr', () => {
   let vs: ViewSandbox;
@@ -47,7 +46,7 @@ maybe('view over the host /usr', () => {
     const files = sampleFiles(vs.paths.realTree, ['lib/x86_64-linux-gnu', 'bin', 'share/perl5', 'lib/python3.11/json'], 400);
     expect(files.length).toBeGreaterThanOrEqual(300);
     for (const rel of files) {
-      expect({ rel, hash: sha(vs.inView(rel)) }).toEqual({ rel, hash: sha(path.join(vs.paths.realTree, rel)) });
+      expect({ rel, hash: shaOfFile(vs.inView(rel)) }).toEqual({ rel, hash: shaOfFile(path.join(vs.paths.realTree, rel)) });
     }
   });
 
@@ -69,7 +68,7 @@ maybe('view over the host /usr', () => {
       'import mmap,hashlib;f=open("/usr/bin/perl","rb");m=mmap.mmap(f.fileno(),0,prot=mmap.PROT_READ);print(hashlib.sha256(m[:]).hexdigest())',
     ]);
     expect(r.stderr).toBe('');
-    expect(r.stdout.trim()).toBe(sha(path.join(vs.paths.realTree, 'bin/perl')));
+    expect(r.stdout.trim()).toBe(shaOfFile(path.join(vs.paths.realTree, 'bin/perl')));
   });
 
   const programs: Array<[string, string[], RegExp, string[]]> = [

@@ -9,7 +9,7 @@
 import { execFileSync } from 'child_process';
 import * as fs from 'fs';
 import * as path from 'path';
-import { startViewProcess } from '../fs/view-process';
+import { startViewProcess } from '../fs/service/view-process';
 import { runBounded } from './helpers/bounded';
 import { createViewSandbox, fuseAvailable, ViewSandbox } from './helpers/view-sandbox';
 

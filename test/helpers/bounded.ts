@@ -8,8 +8,8 @@
  */
 import { spawn, spawnSync } from 'child_process';
 import * as fs from 'fs';
-import { abortConnection, FUSECTL_DIR, fuseMountsBelow } from '../../fs/fusectl';
-import { mountTable } from '../../fs/mounts';
+import { abortConnection, FUSECTL_DIR, fuseMountsBelow } from '../../fs/fuse/fusectl';
+import { mountTable } from '../../core/mounts';
 
 export interface RunResult {
   code: number | null;

@@ -7,12 +7,12 @@
 import { spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as path from 'path';
-import { defaultConfig, parseConfig } from '../../fs/config';
-import { derivePaths, Paths } from '../../fs/paths';
-import { isMountPoint } from '../../fs/preflight';
-import { makeSandbox, Sandbox } from '../../fs/sandbox';
-import { CLI_ENTRY } from '../../fs/view-process';
-import { readSupervisorState } from '../../fs/supervisor';
+import { defaultConfig, parseConfig } from '../../core/config';
+import { derivePaths, Paths } from '../../core/paths';
+import { isMountPoint } from '../../fs/service/preflight';
+import { makeSandbox, Sandbox } from '../../dev/sandbox';
+import { CLI_ENTRY } from '../../fs/service/view-process';
+import { readSupervisorState } from '../../fs/service/supervisor';
 import { processesOfRoot } from './bounded';
 
 export interface CliResult {

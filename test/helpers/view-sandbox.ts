@@ -5,13 +5,13 @@
  */
 import * as fs from 'fs';
 import * as path from 'path';
-import { defaultConfig, parseConfig } from '../../fs/config';
-import { StoreIndex } from '../../fs/index-db';
-import { silentLogger } from '../../fs/log';
-import { derivePaths, Paths } from '../../fs/paths';
-import { isMountPoint } from '../../fs/preflight';
-import { makeSandbox, Sandbox } from '../../fs/sandbox';
-import { startViewProcess, ViewProcess } from '../../fs/view-process';
+import { defaultConfig, parseConfig } from '../../core/config';
+import { StoreIndex } from '../../fs/store/index-db';
+import { silentLogger } from '../../core/log';
+import { derivePaths, Paths } from '../../core/paths';
+import { isMountPoint } from '../../fs/service/preflight';
+import { makeSandbox, Sandbox } from '../../dev/sandbox';
+import { startViewProcess, ViewProcess } from '../../fs/service/view-process';
 import { execFileSync } from 'child_process';
 
 export interface ViewSandbox {

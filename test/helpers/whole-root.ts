@@ -17,8 +17,8 @@ import { execFileSync, spawn, spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { PACKAGE_ROOT } from '../../fs/package-root';
-import { mountsBelow } from '../../fs/mounts';
+import { PACKAGE_ROOT } from '../../core/package-root';
+import { mountsBelow } from '../../core/mounts';
 import { abortFuseBelow, processesOfRoot, RunResult, runBounded } from './bounded';
 
 export { abortFuseBelow };

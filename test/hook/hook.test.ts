@@ -7,9 +7,9 @@ import { execFileSync } from 'child_process';
 import * as fs from 'fs';
 import * as net from 'net';
 import * as path from 'path';
-import { loadConfig } from '../../fs/config';
-import { silentLogger } from '../../fs/log';
-import { derivePaths } from '../../fs/paths';
+import { loadConfig } from '../../core/config';
+import { silentLogger } from '../../core/log';
+import { derivePaths } from '../../core/paths';
 import { ImageStore } from '../../loader-hook/images';
 import { announceSkip, CFLAGS } from '../elf/libs';
 import {

@@ -2,9 +2,9 @@
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { defaultConfig } from '../../fs/config';
-import { makeLogger } from '../../fs/log';
-import { derivePaths, Paths } from '../../fs/paths';
+import { defaultConfig } from '../../core/config';
+import { makeLogger } from '../../core/log';
+import { derivePaths, Paths } from '../../core/paths';
 import { realTreePath, RealPathError } from '../../loader-hook/real-path';
 import { readRefusals, RefusalLog } from '../../loader-hook/refusals';
 

@@ -11,8 +11,8 @@
 import { execFileSync, spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as path from 'path';
-import { parseConfig } from '../../fs/config';
-import { derivePaths, Paths } from '../../fs/paths';
+import { parseConfig } from '../../core/config';
+import { derivePaths, Paths } from '../../core/paths';
 import { daemonIdle, daemonPid } from '../../loader-hook/control';
 import { fuseAvailable } from '../helpers/view-sandbox';
 import { FIX } from './sandbox';

@@ -9,10 +9,10 @@
 import { execFileSync, spawn, spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as path from 'path';
-import { makeSandbox, Sandbox } from '../../fs/sandbox';
-import { mountsBelow } from '../../fs/preflight';
+import { makeSandbox, Sandbox } from '../../dev/sandbox';
+import { mountsBelow } from '../../fs/service/preflight';
 import { CLI } from './sandbox';
-import { fuseMountsBelow } from '../../fs/fusectl';
+import { fuseMountsBelow } from '../../fs/fuse/fusectl';
 import { abortFuseBelow as abortFuseConnections } from '../helpers/bounded';
 
 export interface ViewRoot {

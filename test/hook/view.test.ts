@@ -9,11 +9,11 @@
 import { execFileSync, spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as path from 'path';
-import { parseConfig } from '../../fs/config';
-import { switchLink } from '../../fs/link';
-import { derivePaths, Paths } from '../../fs/paths';
+import { parseConfig } from '../../core/config';
+import { switchLink } from '../../fs/switch/link';
+import { derivePaths, Paths } from '../../core/paths';
 import { keyOf } from '../../loader-hook/images';
-import { identityOf } from '../../fs/identity';
+import { identityOf } from '../../core/identity';
 import { fuseAvailable } from '../helpers/view-sandbox';
 import { FIX } from './sandbox';
 import { abortFuseBelow, inChroot, launchHeld, makeViewRoot, unmountBelow, ViewRoot } from './view-root';

@@ -9,7 +9,7 @@ import { spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { CLI_ENTRY } from '../../fs/package-root';
+import { CLI_ENTRY } from '../../core/package-root';
 import { createViewSandbox, fuseAvailable, ViewSandbox } from '../helpers/view-sandbox';
 
 const NOBODY = 65534;

@@ -11,7 +11,7 @@ import * as fs from 'fs';
 import * as net from 'net';
 import * as path from 'path';
 import { announceSkip } from '../elf/libs';
-import { readSupervisorState } from '../../fs/supervisor';
+import { readSupervisorState } from '../../fs/service/supervisor';
 import { createOpsSandbox, OpsSandbox } from '../helpers/ops-sandbox';
 import { fuseAvailable, waitFor } from '../helpers/view-sandbox';
 import { currentEpoch, daemonLog, imageFor, installLib, Libs, libs, makeSandbox, removeSandbox, Sandbox, startDaemon, stopDaemon } from '../hook/sandbox';

@@ -7,18 +7,17 @@
  * Rot is not something a user does: these run as root on the store, and the launches as nobody.
  * Run `npm run build` first (the daemon runs from dist/, the auditor is compiled per sandbox).
  */
-import { createHash } from 'crypto';
 import { spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as path from 'path';
 import { announceSkip } from '../elf/libs';
 import { currentEpoch, daemonLog, imageFor, Libs, libs, makeSandbox, removeSandbox, Sandbox, startDaemon, stopDaemon } from '../hook/sandbox';
+import { sha } from '../helpers/hash';
 
 const L = libs();
 const run = 'skip' in L ? describe.skip : describe;
 if ('skip' in L) announceSkip('image rot tests', L.skip);
 
-const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 
 /** The consumer (SQLite + zlib, checks its own results) launched by nobody with the hook; bounded. */
 function launchAsNobody(sb: Sandbox): { status: number | null; signal: string | null; out: string; maps: Set<string> } {

@@ -7,7 +7,7 @@
  * - A directory chain deeper than PATH_MAX (4096 bytes) made in the real tree is reached step
  *   by step (`cd -P` of one relative name at a time, as a shell would) and a file at its bottom
  *   is read and listed, as natively: the view then names paths longer than any one system call
- *   takes, and resolves them in pieces (fs/real-tree.ts).
+ *   takes, and resolves them in pieces (fs/view/real-tree.ts).
  * Runs on the session FSCACHE_TEST_SESSION names (.ci/run runs it on both); every call through
  * the view is a bounded child process.
  */

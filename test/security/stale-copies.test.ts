@@ -7,17 +7,17 @@
  * tree), so they run as root. Store rot (finding 7) is in store-rot.test.ts.
  */
 import { execFileSync, spawnSync } from 'child_process';
-import { createHash, randomBytes } from 'crypto';
+import { randomBytes } from 'crypto';
 import * as fs from 'fs';
 import * as path from 'path';
-import { CLI_ENTRY } from '../../fs/package-root';
+import { CLI_ENTRY } from '../../core/package-root';
 import { createViewSandbox, fuseAvailable, indexEntry, restartView, ViewSandbox, waitFor, waitForFills, writeReal } from '../helpers/view-sandbox';
+import { sha } from '../helpers/hash';
 
 const skip = fuseAvailable();
 const maybe = skip ? describe.skip : describe;
 if (skip) console.warn(`stale-copy tests skipped: ${skip}`);
 
-const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** Rewrites `file` in place (same inode, same size) and puts its mtime back as it was, as `touch -d` does. */

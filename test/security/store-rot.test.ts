@@ -6,18 +6,18 @@
  * Images on rotting flash: image-rot.test.ts.
  */
 import { spawnSync } from 'child_process';
-import { createHash, randomBytes } from 'crypto';
+import { randomBytes } from 'crypto';
 import * as fs from 'fs';
 import * as path from 'path';
-import { StoreIndex } from '../../fs/index-db';
-import { silentLogger } from '../../fs/log';
+import { StoreIndex } from '../../fs/store/index-db';
+import { silentLogger } from '../../core/log';
 import { createViewSandbox, fuseAvailable, indexEntry, restartView, ViewSandbox, waitFor, waitForFills, writeReal } from '../helpers/view-sandbox';
+import { sha } from '../helpers/hash';
 
 const skip = fuseAvailable();
 const maybe = skip ? describe.skip : describe;
 if (skip) console.warn(`store rot tests skipped: ${skip}`);
 
-const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 
 /** The sha256 of a file read through the view by nobody (bounded: a hung view fails the test, dispose ends it). */
 function shaAsNobody(vs: ViewSandbox, rel: string): string {

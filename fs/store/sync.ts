@@ -1,0 +1,223 @@
+/**
+ * `fscache sync`: rsync (through execa) from the real tree to flash.
+ * View mode: the cached subset (the files in the index) is brought up to date, and the
+ * index takes the real file's current identity for each copy that rsync left equal to
+ * it (same size and nanosecond mtime, rsync's own test). Mirror mode: the whole tree is
+ * copied with --delete; a marker file records a complete sync, and is removed while one
+ * runs, so a half-written mirror is never taken for a complete one. While it runs, R/usr
+ * leads to the real tree (a mirror being rewritten is neither the old tree nor the new).
+ * rsync is run by absolute path (fs/service/programs.ts), never found through PATH.
+ */
+import { createHash } from 'crypto';
+import execa from 'execa';
+import * as fs from 'fs';
+import * as path from 'path';
+import type { Config } from '../../core/config';
+import { FsCacheError } from '../../core/errors';
+import { identityOf } from '../../core/identity';
+import type { IndexEntry } from './index-db';
+import { readLinkState, switchLink } from '../switch/link';
+import type { Logger } from '../../core/log';
+import { isFuse, mountAt } from '../../core/mounts';
+import { isPaused } from '../switch/pause';
+import type { Paths } from '../../core/paths';
+import { programPath } from '../service/programs';
+import { readTrustedFile } from '../../core/trust';
+import { writeAtomic } from '../../core/write-atomic';
+import { sameStamp, WriteStamp, writeStamp } from './write-stamp';
+
+export interface SyncOptions {
+  dryRun: boolean;
+  /** Called with 0..100 as rsync reports progress; without it rsync is not asked to report. */
+  onProgress?: (percent: number, detail: string) => void;
+}
+
+export interface SyncResult {
+  mode: Config['mode'];
+  /** Files rsync transferred (or would, with --dry-run). */
+  transferred: number;
+  deleted: number;
+  /** View mode: index rows updated to the real file's identity, and rows dropped. */
+  updated: number;
+  dropped: number;
+  rsyncExit: number;
+  warning?: string;
+}
+
+const RSYNC_EXITS: Record<number, string> = {
+  1: 'rsync: syntax or usage error (a bug in fscache)',
+  3: 'rsync: cannot read the source or write the destination (check the real tree and the flash store)',
+  11: 'rsync: file I/O error on the flash store or the real tree',
+  12: 'rsync: data stream error',
+  20: 'rsync was interrupted',
+  22: 'rsync: out of memory',
+  23: 'rsync: some files could not be transferred (see the log)',
+  30: 'rsync: timeout',
+};
+
+export function mirrorMarker(paths: Paths): string {
+  return path.join(paths.flash, 'mirror.complete');
+}
+
+/** Runs rsync, reporting progress, and turns its exit code into a clear error. */
+async function rsync(paths: Paths, args: string[], options: SyncOptions, log: Logger): Promise<{ exit: number; itemized: string[]; warning?: string }> {
+  const child = execa(programPath(paths, 'rsync'), [...(options.onProgress ? ['--info=progress2'] : []), '--out-format=%i %n', ...args], {
+    reject: false,
+    all: false,
+    buffer: false,
+  });
+  const itemized: string[] = [];
+  let stderr = '';
+  child.stderr!.on('data', (d: Buffer) => (stderr = (stderr + d.toString()).slice(-8192)));
+  let pending = '';
+  child.stdout!.on('data', (d: Buffer) => {
+    pending += d.toString();
+    const parts = pending.split(/[\r\n]/);
+    pending = parts.pop() ?? '';
+    for (const line of parts) {
+      const progress = /^\s*[\d,]+\s+(\d+)%\s+(\S+)/.exec(line);
+      if (progress) options.onProgress?.(Number(progress[1]), progress[2]);
+      else if (/^[<>ch.*][fdLDS*]/.test(line) || line.startsWith('*deleting')) itemized.push(line);
+    }
+  });
+  const { exitCode } = await child;
+  if (exitCode === 0) return { exit: 0, itemized };
+  if (exitCode === 24) {
+    // Files that vanished from the real tree while rsync ran: the next sync sees the new state.
+    const warning = 'some files vanished from the real tree during the sync (rsync 24); not an error';
+    log.warn(warning);
+    return { exit: 24, itemized, warning };
+  }
+  if (/No space left on device/.test(stderr)) throw new FsCacheError('degraded', `the flash store is full (rsync ${exitCode}): raise the space or lower what is synced`);
+  const message = RSYNC_EXITS[exitCode] ?? `rsync failed with exit code ${exitCode}`;
+  throw new FsCacheError('degraded', `${message}: ${stderr.trim().split('\n').slice(-2).join(' | ')}`);
+}
+
+export async function syncStore(paths: Paths, config: Config, log: Logger, options: SyncOptions): Promise<SyncResult> {
+  if (!fs.existsSync(paths.realTree)) throw new FsCacheError('environment', `the real tree ${paths.realTree} is missing`);
+  return config.mode === 'mirror' ? syncMirror(paths, log, options) : syncViewStore(paths, log, options);
+}
+
+async function syncMirror(paths: Paths, log: Logger, options: SyncOptions): Promise<SyncResult> {
+  fs.mkdirSync(paths.mirror, { recursive: true, mode: 0o755 });
+  if (!options.dryRun) fs.rmSync(mirrorMarker(paths), { force: true });
+  const args = ['-aHAX', '--delete', ...(options.dryRun ? ['--dry-run'] : []), `${paths.realTree}/`, `${paths.mirror}/`];
+  const mounted = mountAt(paths.viewMount);
+  const serving = !options.dryRun && !!mounted && !isFuse(mounted) && readLinkState(paths, 'mirror').state === 'mirror';
+  // Launches meanwhile use the real tree; a failed sync leaves them there (fail open).
+  if (serving) switchLink(paths, 'real');
+  // The real tree's write stamp before and after: equal only if nothing wrote to it meanwhile (fs/store/write-stamp.ts).
+  const before = writeStamp(paths.realTree);
+  const r = await rsync(paths, args, options, log);
+  if (!options.dryRun) {
+    const after = writeStamp(paths.realTree);
+    const stamp = 'none' in before || 'none' in after || !sameStamp(before, after) || r.exit !== 0 ? null : after;
+    writeAtomic(mirrorMarker(paths), JSON.stringify({ completedAt: Date.now(), rsyncExit: r.exit, realTree: stamp } satisfies MirrorMarker) + '\n', 0o644);
+  }
+  // A package transaction that paused meanwhile keeps R/usr on the real tree (its resume syncs and switches).
+  if (serving && !isPaused(paths)) switchLink(paths, 'mirror');
+  return {
+    mode: 'mirror',
+    transferred: r.itemized.filter((l) => /^[<>c]f/.test(l)).length,
+    deleted: r.itemized.filter((l) => l.startsWith('*deleting')).length,
+    updated: 0, dropped: 0, rsyncExit: r.exit, warning: r.warning,
+  };
+}
+
+async function syncViewStore(paths: Paths, log: Logger, options: SyncOptions): Promise<SyncResult> {
+  // Loaded here: a mirror sync has no index and need not load SQLite.
+  const { StoreIndex } = await import('./index-db');
+  const index = StoreIndex.open(paths.index, log);
+  try {
+    const entries = index.all();
+    // rsync's quick check compares size and mtime only, and a package's files carry their build's
+    // mtime in whole seconds: the copy of a file since replaced (another inode) is removed first,
+    // so that rsync copies the new file rather than the index taking the old copy for it.
+    if (!options.dryRun) for (const e of entries) if (replacedSince(paths, e)) fs.rmSync(path.join(paths.store, e.path), { force: true });
+    const list = path.join(paths.storePartial, `sync-list-${process.pid}`);
+    fs.mkdirSync(paths.storePartial, { recursive: true, mode: 0o700 });
+    fs.writeFileSync(list, entries.map((e) => e.path).join('\0'));
+    let r;
+    try {
+      // --ignore-missing-args: a cached file removed from the real tree is dropped below.
+      r = await rsync(paths, ['-a', '--from0', `--files-from=${list}`, '--ignore-missing-args', ...(options.dryRun ? ['--dry-run'] : []),
+        `${paths.realTree}/`, `${paths.store}/`], options, log);
+    } finally {
+      fs.rmSync(list, { force: true });
+    }
+    const transferred = r.itemized.filter((l) => /^[<>c]f/.test(l)).map((l) => l.slice(l.indexOf(' ') + 1));
+    const result: SyncResult = { mode: 'view', transferred: transferred.length, deleted: 0, updated: 0, dropped: 0, rsyncExit: r.exit, warning: r.warning };
+    if (options.dryRun) return result;
+    const changed = new Set(transferred);
+    for (const entry of entries) {
+      let real: fs.BigIntStats | undefined;
+      let copy: fs.BigIntStats | undefined;
+      try {
+        real = fs.lstatSync(path.join(paths.realTree, entry.path), { bigint: true });
+        copy = fs.lstatSync(path.join(paths.store, entry.path), { bigint: true });
+      } catch {
+        real = undefined;
+      }
+      // A ctime changed without rsync copying (mtime restored, same size): the copy may hold other bytes.
+      if (!real || !copy || !real.isFile() || real.size !== copy.size || real.mtimeNs !== copy.mtimeNs ||
+        (!changed.has(entry.path) && real.ctimeNs !== entry.ctimeNs)) {
+        fs.rmSync(path.join(paths.store, entry.path), { force: true });
+        index.remove(entry.path);
+        result.dropped++;
+        continue;
+      }
+      const identity = identityOf(real);
+      const hash = changed.has(entry.path) ? createHash('sha256').update(fs.readFileSync(path.join(paths.store, entry.path))).digest('hex') : entry.hash;
+      if (changed.has(entry.path) || identity.ino !== entry.ino || identity.dev !== entry.dev || identity.mtimeNs !== entry.mtimeNs) {
+        index.put({ ...entry, ...identity, ctimeNs: real.ctimeNs, hash, filledAt: Date.now() });
+        result.updated++;
+      }
+    }
+    return result;
+  } finally {
+    index.close();
+  }
+}
+
+function replacedSince(paths: Paths, entry: IndexEntry): boolean {
+  try {
+    return fs.lstatSync(path.join(paths.realTree, entry.path), { bigint: true }).ino !== entry.ino;
+  } catch {
+    return false; // gone: dropped below
+  }
+}
+
+interface MirrorMarker {
+  completedAt: number;
+  rsyncExit: number;
+  /** The real tree's write stamp during the sync, if its file system can prove it unchanged since. */
+  realTree: WriteStamp | null;
+}
+
+/**
+ * Mirror mode at boot: why the mirror is known equal to the real tree without comparing them
+ * (the real tree's file system unwritten since the last complete sync, fs/store/write-stamp.ts),
+ * or undefined. The marker decides what is served: trusted only if root's alone.
+ */
+export function mirrorKnownComplete(paths: Paths): string | undefined {
+  let marker: MirrorMarker;
+  try {
+    const text = readTrustedFile(paths.root, mirrorMarker(paths));
+    if (text === undefined) return undefined;
+    marker = JSON.parse(text) as MirrorMarker;
+  } catch {
+    return undefined;
+  }
+  const now = writeStamp(paths.realTree);
+  if (!marker.realTree || 'none' in now || !sameStamp(marker.realTree, now)) return undefined;
+  return `the real tree's file system (${now.fstype} ${now.device}) is read-only and unwritten since the last complete sync`;
+}
+
+/** Mirror mode: whether the copy on flash is complete and equal to the real tree now. */
+export async function mirrorProblem(paths: Paths, log: Logger): Promise<string | undefined> {
+  if (!fs.existsSync(mirrorMarker(paths))) return `the mirror ${paths.mirror} is missing or incomplete: run 'fscache sync'`;
+  const r = await rsync(paths, ['-aHAX', '--delete', '--dry-run', `${paths.realTree}/`, `${paths.mirror}/`], { dryRun: true }, log);
+  const differences = r.itemized.filter((l) => !/^\.d/.test(l));
+  if (differences.length) return `the mirror is older than the real tree (${differences.length} differences, e.g. ${differences[0]}): run 'fscache sync'`;
+  return undefined;
+}
