@@ -593,7 +593,7 @@ describe('kernel session protocol, without a mount', () => {
 
   test('node handles are held until FORGET; beyond the descriptor budget the least recently read close', async () => {
     await init();
-    (session as unknown as { handleBudget: number }).handleBudget = 10;
+    (session as unknown as { handles: { budget: number } }).handles.budget = 10;
     const ids: number[] = [];
     const releasedBefore = released;
     for (let i = 0; i < 25; i++) {

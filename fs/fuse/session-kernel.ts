@@ -53,6 +53,8 @@ import {
   parseInitIn, parseReadIn, parseRequest, Request, WRITE_OPS, writeDirent, writeOutHeader,
 } from './fuse-protocol';
 import { FuseReader } from './fuse-reader';
+import { NodeHandles } from './node-handles';
+import { NotificationQueue } from './notifications';
 import { GENERATION, held, identityKey, Node, NodeFile, NodeTable, sameObject } from './fuse-nodes';
 import { makeLogger } from '../../core/log';
 import { Attr, errnoOf, FuseSession, SessionOptions, ViewHandlers } from './session';
@@ -82,17 +84,6 @@ const WANTED_FLAGS =
   InitFlag.MAX_PAGES |
   InitFlag.AUTO_INVAL_DATA; // refreshed attributes with another mtime/size drop cached pages
 const FUSE_DEVICE = '/dev/fuse';
-/**
- * Node handles are held until FORGET (see the header); each is a descriptor. Node raises
- * RLIMIT_NOFILE's soft limit to the hard limit at start; all but a quarter (at most 1024)
- * of it is for node handles, the rest for the view's own files (fills, index, watcher).
- * Beyond that the least recently read handles are closed: such a node reopens its
- * object at its next READ, which works unless the file was replaced meanwhile (EIO then),
- * so the view should run with a generous limit (init's default hard limit is 4096).
- */
-function handleBudget(limit: number): number {
-  return Math.max(256, limit - Math.min(1024, Math.floor(limit / 4)));
-}
 const TRAILING_INVALIDATION_MS = 150;
 const DT_DIR = 4;
 
@@ -116,13 +107,8 @@ export class KernelSession implements FuseSession {
   /** Handles given out by OPEN when the kernel cannot do without it (no NO_OPEN_SUPPORT). */
   private readonly openFiles = new Map<number, NodeFile>();
   private nextFh = 1;
-  private readonly notifications: Array<[string, Buffer]> = [];
-  private readonly queued = new Set<string>();
-  private notifying = false;
-  /** Nodes holding a view handle. */
-  private readonly withFile = new Set<Node>();
-  private readonly handleBudget = handleBudget(openFilesLimit());
-  private budgetWarned = false;
+  private readonly notifications = new NotificationQueue(() => this.fd, this.log, this.debug);
+  private readonly handles: NodeHandles;
   private readonly readBuffers: Buffer[] = [];
   /** Paths with a trailing invalidation pending (see invalidate). */
   private readonly trailing = new Map<string, NodeJS.Timeout>();
@@ -132,6 +118,7 @@ export class KernelSession implements FuseSession {
     readonly options: SessionOptions,
   ) {
     this.closedPromise = new Promise((resolve) => (this.resolveClosed = resolve));
+    this.handles = new NodeHandles(handlers, this.log);
     // A notification write may wait for the kernel, parking a libuv threadpool thread; the
     // default pool of 4 would leave the view's own file operations too few. Takes effect
     // because libuv starts the pool at its first use, which in the view comes after this.
@@ -223,8 +210,8 @@ export class KernelSession implements FuseSession {
     fs.close(this.fd, () => undefined);
     this.fd = -1;
     this.log.info(`kernel session: the kernel closed the connection (${this.nodes.size} nodes were held)`);
-    for (const node of this.nodes.all()) this.dropFile(node);
-    for (const file of this.openFiles.values()) this.dropNodeFile(file);
+    for (const node of this.nodes.all()) this.handles.drop(node);
+    for (const file of this.openFiles.values()) this.handles.giveBack(file);
     this.openFiles.clear();
     this.onInit?.(new Error('the connection closed before FUSE_INIT'));
     this.resolveClosed?.();
@@ -255,36 +242,6 @@ export class KernelSession implements FuseSession {
 
   private replyError(unique: bigint, errno: number): void {
     this.write(unique, errno);
-  }
-
-  /**
-   * Queues a notification; written off the main thread, one at a time (see the header).
-   * One already waiting in the queue is not queued twice: a directory's watcher events
-   * come in floods (every entry of a newly watched directory), each naming the parent.
-   */
-  private notify(key: string, message: Buffer): void {
-    if (this.queued.has(key)) return;
-    this.queued.add(key);
-    this.notifications.push([key, message]);
-    if (!this.notifying) this.nextNotification();
-  }
-
-  private nextNotification(): void {
-    const next = this.notifications.shift();
-    if (!next || this.fd < 0) {
-      this.notifying = false;
-      return;
-    }
-    const [key, message] = next;
-    this.queued.delete(key);
-    this.notifying = true;
-    fs.write(this.fd, message, 0, message.length, null, (err) => {
-      const code = (err as NodeJS.ErrnoException | null)?.code;
-      // ENOENT: the kernel holds nothing for that node or name, nothing to drop.
-      if (code && code !== 'ENOENT' && code !== 'ENODEV') this.log.warn(`kernel session: notification not written: ${code}`);
-      if (this.debug) this.log.debug(`kernel session: notification ${message.readInt32LE(4)} for node ${message.readBigUInt64LE(16)}: ${code ?? 'ok'}`);
-      this.nextNotification();
-    });
   }
 
   // ---------------------------------------------------------------- dispatch
@@ -457,7 +414,7 @@ export class KernelSession implements FuseSession {
   private forget(id: number, n: number): void {
     const gone = this.nodes.forget(id, n);
     if (this.debug) this.log.debug(`kernel session: forget ${id} ${n}${gone ? ` (${gone.path} gone)` : ''}`);
-    if (gone) this.dropFile(gone);
+    if (gone) this.handles.drop(gone);
   }
 
   private async getattr(r: Request): Promise<Reply> {
@@ -502,7 +459,7 @@ export class KernelSession implements FuseSession {
    */
   private sawAttr(node: Node, attr: Attr): void {
     const key = identityKey(attr);
-    if (node.key !== undefined && node.key !== key) this.dropFile(node);
+    if (node.key !== undefined && node.key !== key) this.handles.drop(node);
     node.key = key;
     node.attr = attr;
     if (node.ctimeMs !== attr.ctime.getTime()) this.forgetXattrs(node);
@@ -543,7 +500,7 @@ export class KernelSession implements FuseSession {
     const file = this.openFiles.get(fh);
     if (file) {
       this.openFiles.delete(fh);
-      this.dropNodeFile(file);
+      this.handles.giveBack(file);
     }
     return undefined;
   }
@@ -556,7 +513,7 @@ export class KernelSession implements FuseSession {
   private async read(r: Request): Promise<Reply> {
     const { fh, offset, size } = parseReadIn(r.body);
     const node = this.node(r.nodeid);
-    const file = fh !== 0 && this.openFiles.has(fh) ? this.openFiles.get(fh)! : this.nodeFile(node);
+    const file = fh !== 0 && this.openFiles.has(fh) ? this.openFiles.get(fh)! : this.handles.of(node);
     file.inflight++;
     file.lastUsed = Date.now();
     const out = this.takeReadBuffer(OUT_HEADER_SIZE + size);
@@ -569,7 +526,7 @@ export class KernelSession implements FuseSession {
     } finally {
       this.readBuffers.push(out);
       file.inflight--;
-      if (file.dropped && file.inflight === 0) this.releaseHandle(file);
+      this.handles.readDone(file);
     }
   }
 
@@ -580,50 +537,6 @@ export class KernelSession implements FuseSession {
   private takeReadBuffer(length: number): Buffer {
     const reused = length <= READ_BUFFER_SIZE ? this.readBuffers.pop() : undefined;
     return reused ?? Buffer.allocUnsafe(Math.max(length, READ_BUFFER_SIZE));
-  }
-
-  private nodeFile(node: Node): NodeFile {
-    if (node.file) return node.file;
-    const file: NodeFile = { handle: this.handlers.open(node.path, fs.constants.O_RDONLY, node.attr), inflight: 0, dropped: false, lastUsed: Date.now() };
-    // A failed open is not kept: the next READ tries again.
-    file.handle.catch(() => {
-      if (node.file === file) this.dropFile(node);
-    });
-    node.file = file;
-    this.withFile.add(node);
-    if (this.withFile.size > this.handleBudget) this.closeLeastRecentHandles();
-    return file;
-  }
-
-  private dropFile(node: Node): void {
-    const file = node.file;
-    node.file = undefined;
-    this.withFile.delete(node);
-    if (file) this.dropNodeFile(file);
-  }
-
-  /** Over the descriptor budget: the least recently read tenth of the handles (not in use) go. */
-  private closeLeastRecentHandles(): void {
-    const idle = [...this.withFile].filter((n) => n.file && n.file.inflight === 0).sort((a, b) => a.file!.lastUsed - b.file!.lastUsed);
-    const victims = idle.slice(0, Math.ceil(this.handleBudget / 10));
-    for (const node of victims) this.dropFile(node);
-    if (!this.budgetWarned) {
-      this.budgetWarned = true;
-      this.log.warn(
-        `kernel session: more than ${this.handleBudget} nodes hold a descriptor (RLIMIT_NOFILE ${openFilesLimit()}); closing the least recently read ` +
-          `(such a node reopens its file at its next read, EIO if the file was replaced meanwhile); raise the open files limit of the view`,
-      );
-    }
-  }
-
-  private dropNodeFile(file: NodeFile): void {
-    if (file.dropped) return;
-    file.dropped = true;
-    if (file.inflight === 0) this.releaseHandle(file);
-  }
-
-  private releaseHandle(file: NodeFile): void {
-    file.handle.then((h) => this.handlers.release(h)).catch(() => undefined);
   }
 
   /**
@@ -752,8 +665,8 @@ export class KernelSession implements FuseSession {
         // the name, as dpkg does: reopening by name then found the new file, and mapped pages
         // of the old one faulted in as SIGBUS).
         const handle = node.file ? await node.file.handle.catch(() => undefined) : undefined;
-        if (node.file && (handle === undefined || this.handlers.readsCopy?.(handle) !== false)) this.dropFile(node);
-        this.notify(`i${node.id}`, encodeInvalInode(node.id));
+        if (node.file && (handle === undefined || this.handlers.readsCopy?.(handle) !== false)) this.handles.drop(node);
+        this.notifications.push(`i${node.id}`, encodeInvalInode(node.id));
       }
     }
     const slash = path.lastIndexOf('/');
@@ -761,22 +674,10 @@ export class KernelSession implements FuseSession {
     const parent = this.nodes.byViewPath(slash <= 0 ? '/' : path.slice(0, slash));
     if (parent && name) {
       parent.listing = undefined;
-      this.notify(`e${parent.id}/${name}`, encodeInvalEntry(parent.id, name));
-      this.notify(`i${parent.id}`, encodeInvalInode(parent.id));
+      this.notifications.push(`e${parent.id}/${name}`, encodeInvalEntry(parent.id, name));
+      this.notifications.push(`i${parent.id}`, encodeInvalInode(parent.id));
     }
   }
-}
-
-/** The soft RLIMIT_NOFILE of this process (Node raised it to the hard limit at start). */
-function openFilesLimit(): number {
-  try {
-    const line = fs.readFileSync('/proc/self/limits', 'utf8').split('\n').find((l) => l.startsWith('Max open files'));
-    const soft = Number(line?.split(/\s{2,}/)[1]);
-    if (Number.isFinite(soft) && soft > 0) return soft;
-  } catch {
-    // no /proc: the minimum budget
-  }
-  return 1024;
 }
 
 /**
