@@ -142,12 +142,17 @@ program
   .option('--fix', 'drop corrupt and stale copies')
   .option('--json', 'machine-readable output')
   .action(async (opts: { fix?: boolean; json?: boolean }) => {
-    const r = (await import('./verify')).verifyStore(contextFrom(globals()), !!opts.fix);
+    const { paths, log, config } = contextFrom(globals());
+    const r = (await import('../fs/store/verify')).verifyStore(paths, log, !!opts.fix);
     if (opts.json) process.stdout.write(JSON.stringify(r, null, 2) + '\n');
     else {
       process.stdout.write(`${r.checked} copies checked: ${r.good} good, ${r.corrupt.length} corrupt, ${r.stale.length} stale${opts.fix ? `, ${r.dropped} dropped` : ''}\n`);
       for (const p of r.corrupt) process.stdout.write(`corrupt  ${p}\n`);
       for (const p of r.stale) process.stdout.write(`stale    ${p}\n`);
+      // Copies are compared with the real tree; R/usr itself shows images in place of served libraries.
+      if (config.mode === 'view' && config.hook === 'on' && config.serveImages === 'on') {
+        process.stdout.write(`note: R/usr shows randomized images under the libraries' names: check packages (debsums, qcheck) against ${paths.realTree}\n`);
+      }
     }
     exitCode = r.corrupt.length + r.stale.length > r.dropped ? EXIT_CODES.degraded : EXIT_CODES.ok;
   });

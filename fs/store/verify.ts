@@ -1,15 +1,16 @@
 /**
- * `fscache verify`: compare every flash copy's bytes with the index's hash and with the
+ * The store's check (`fscache verify`): compare every flash copy's bytes with the index's hash and with the
  * real file's bytes now. Contents, not identities: a same-size rewrite that left the
  * identity as it was (coarse timestamps, an mtime restored) is found too.
  */
 import { createHash } from 'crypto';
 import * as fs from 'fs';
 import * as path from 'path';
-import { StoreIndex } from '../fs/store/index-db';
-import { withRegularFile } from '../core/regular-file';
-import { checkTrustedPath } from '../core/trust';
-import type { Context } from './context';
+import type { Logger } from '../../core/log';
+import type { Paths } from '../../core/paths';
+import { withRegularFile } from '../../core/regular-file';
+import { checkTrustedPath } from '../../core/trust';
+import { StoreIndex } from './index-db';
 
 const CHUNK = 1 << 20;
 
@@ -23,8 +24,7 @@ export interface VerifyResult {
   dropped: number;
 }
 
-export function verifyStore(ctx: Context, fix: boolean): VerifyResult {
-  const { paths, log } = ctx;
+export function verifyStore(paths: Paths, log: Logger, fix: boolean): VerifyResult {
   const index = StoreIndex.open(paths.index, log);
   const result: VerifyResult = { checked: 0, good: 0, corrupt: [], stale: [], dropped: 0 };
   try {
