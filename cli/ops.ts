@@ -15,6 +15,7 @@ import { readSupervisorRecord, readSupervisorState, Supervisor, supervisorStateF
 import { syncStore } from '../fs/store/sync';
 import type { Context } from './context';
 import { packageHooksOnStart, packageHooksOnStop } from './pkg';
+import { writeAtomic } from '../core/write-atomic';
 
 const out = (s: string): void => void process.stdout.write(s + '\n');
 
@@ -170,8 +171,7 @@ interface MirrorServiceState {
 
 function writeMirrorService(ctx: Context, state: MirrorServiceState): void {
   fs.mkdirSync(ctx.paths.runDir, { recursive: true });
-  fs.writeFileSync(`${mirrorServiceFile(ctx)}.tmp`, JSON.stringify(state) + '\n');
-  fs.renameSync(`${mirrorServiceFile(ctx)}.tmp`, mirrorServiceFile(ctx));
+  writeAtomic(mirrorServiceFile(ctx), JSON.stringify(state) + '\n', 0o644);
 }
 
 /** The supervisor's back-off, for a mirror that cannot be served yet (incomplete, older than the real tree). */

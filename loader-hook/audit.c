@@ -33,7 +33,7 @@
  * Deliberately not an environment variable: nothing an unprivileged user controls can point
  * the hook at another images directory (the ownership checks are the second line).
  *
- * Stages (FINDINGS.md "The loader hook"):
+ * Stages (the project's FINDINGS.md, ../shared beside the repository, "The loader hook"):
  *   - A name containing '/' (dlopen("/abs/path"), DT_NEEDED with a slash) is seen only at
  *     LA_SER_ORIG; if absolute it is redirected there, so l_name becomes the image and gdb,
  *     dladdr and /proc/PID/maps all name the image (symbols read from the image: correct).

@@ -1,6 +1,6 @@
 /**
  * Running a program that may block on a FUSE mount, with a deadline. A process waiting on a
- * request the server already read is in D state and ignores SIGKILL (FINDINGS.md); only
+ * request the server already read is in D state and ignores SIGKILL (the project's FINDINGS.md, ../shared beside the repository); only
  * aborting the connection frees it. So at the deadline the program is killed and, if it has
  * not ended a second later, the connections of the FUSE mounts below `abortBelow` are aborted
  * through fusectl (their numbers read from /proc/self/mountinfo: a stat of a mount point would
