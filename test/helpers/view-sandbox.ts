@@ -13,6 +13,7 @@ import { isMountPoint } from '../../fs/service/preflight';
 import { makeSandbox, Sandbox } from '../../dev/sandbox';
 import { startViewProcess, ViewProcess } from '../../fs/service/view-process';
 import { execFileSync } from 'child_process';
+import { sha } from './hash';
 
 export interface ViewSandbox {
   sandbox: Sandbox;
@@ -90,6 +91,18 @@ export async function restartView(vs: ViewSandbox): Promise<void> {
 }
 
 /** Writes `content` at `rel` in the real tree (directories made as needed); returns the file's path. */
+/**
+ * Overwrites the start of the real tree's `rel` in place (same inode: the hardest case for caches),
+ * then returns how many ms passed until the view showed exactly `content` (-1: not within `withinMs`).
+ */
+export async function rewriteInPlace(vs: ViewSandbox, rel: string, content: Buffer, withinMs = 1500): Promise<number> {
+  const fd = fs.openSync(path.join(vs.paths.realTree, rel), 'r+');
+  fs.writeSync(fd, content, 0, content.length, 0);
+  fs.closeSync(fd);
+  const want = sha(content);
+  return waitFor(() => sha(fs.readFileSync(vs.inView(rel))) === want, withinMs, 20);
+}
+
 export function writeReal(vs: ViewSandbox, rel: string, content: Buffer): string {
   const file = path.join(vs.paths.realTree, rel);
   fs.mkdirSync(path.dirname(file), { recursive: true });
