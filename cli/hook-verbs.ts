@@ -59,6 +59,8 @@ export function registerHookVerbs(program: Command): void {
       } finally {
         store.close();
       }
+      // Mirror mode: the new epoch's images replace the old ones in the mirror (the view's images follow by themselves).
+      await (await import('./ops')).mirrorImages(c);
     });
 
   program

@@ -79,7 +79,7 @@ async function startHook(ctx: Context): Promise<void> {
     } else {
       // Every library directory is served randomized by the view: an auditor would only cost launches.
       disableHook(ctx.paths);
-      ctx.log.info('loader hook: the view serves randomized images under the libraries\' own names; LD_AUDIT not set (no library directory outside the real tree)');
+      ctx.log.info(`loader hook: the ${ctx.config.mode} serves randomized images under the libraries' own names; LD_AUDIT not set (no library directory outside the real tree)`);
     }
   } catch (err) {
     ctx.log.warn(`loader hook not enabled: ${(err as Error).message}`);
@@ -102,6 +102,22 @@ async function stopHook(ctx: Context): Promise<void> {
  */
 export type StartHow = 'detach' | 'foreground' | 'wait';
 
+/**
+ * Mirror mode: the current epoch's images written into the mirror under the libraries' names, or
+ * the originals back when images are not served (loader-hook/mirror-images.ts). Fail open: a
+ * failure leaves what the mirror holds (each file whole) and says so.
+ */
+export async function mirrorImages(ctx: Context): Promise<void> {
+  if (ctx.config.mode !== 'mirror') return;
+  const m = await import('../loader-hook/mirror-images');
+  try {
+    if (ctx.config.hook === 'on' && ctx.config.serveImages === 'on') m.applyMirrorImages(ctx.paths, ctx.config, ctx.log);
+    else m.restoreMirrorOriginals(ctx.paths, ctx.log);
+  } catch (err) {
+    ctx.log.warn(`mirror: images not brought up to date: ${(err as Error).message}`);
+  }
+}
+
 /** How long `start --wait` waits for R/usr to be switched; mirror mode compares the whole tree first. */
 const WAIT_MS = 120000;
 
@@ -113,6 +129,7 @@ export async function startVerb(ctx: Context, how: StartHow, extraArgs: string[]
   if (how === 'foreground') keepLogBounded(ctx.paths.log); // when stderr is the file log (started detached)
   if (ctx.config.mode === 'mirror') {
     if (how === 'foreground') return mirrorForeground(ctx);
+    await mirrorImages(ctx);
     out(await startMirror(ctx.paths, ctx.log));
     return 0;
   }
@@ -195,6 +212,7 @@ async function mirrorForeground(ctx: Context): Promise<number> {
   writeMirrorService(ctx, { pid: process.pid, state: 'starting' });
   for (let attempt = 0; !signalled; attempt++) {
     try {
+      await mirrorImages(ctx);
       out(await startMirror(ctx.paths, ctx.log));
       writeMirrorService(ctx, { pid: process.pid, state: 'serving' });
       sdNotify(ctx.paths, `READY=1\nSTATUS=serving the mirror: ${ctx.paths.usrLink} -> ${fs.readlinkSync(ctx.paths.usrLink)}`, ctx.log);
@@ -314,6 +332,7 @@ export async function syncVerb(ctx: Context, dryRun: boolean): Promise<number> {
     dryRun,
     onProgress: bar && ((percent, detail) => bar.update(percent, { detail })),
   }).finally(() => bar?.stop());
+  if (!dryRun) await mirrorImages(ctx);
   const verb = dryRun ? 'would transfer' : 'transferred';
   out(`sync (${result.mode}${dryRun ? ', dry run' : ''}): ${verb} ${result.transferred} files` +
     (result.mode === 'mirror' ? `, ${dryRun ? 'would delete' : 'deleted'} ${result.deleted}` : `, index: ${result.updated} updated, ${result.dropped} dropped`));

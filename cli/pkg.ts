@@ -102,6 +102,7 @@ async function resumeMirror(ctx: Context, pause: PauseState): Promise<void> {
     for (const rel of filesChangedSince(paths.realTree, pause.pausedAt - CTIME_SLACK_MS)) if (dropMirrorCopy(paths.mirror, rel)) dropped++;
     ctx.log.debug(`resume: ${dropped} mirror copies of files changed during the pause dropped`);
     const r = await syncStore(paths, { ...ctx.config, mode: 'mirror' }, ctx.log, { dryRun: false });
+    await (await import('./ops')).mirrorImages({ ...ctx, config: { ...ctx.config, mode: 'mirror' } });
     summary = `${r.transferred} files transferred, ${r.deleted} deleted`;
   } catch (err) {
     const reason = (err as Error).message;

@@ -62,7 +62,8 @@ const insideTree = (paths: Paths, real: string | undefined): real is string => !
  * every one when the view does not serve them): LD_AUDIT is set for new processes only if there are any.
  */
 export function directoriesForAuditor(paths: Paths, config: Config): string[] {
-  if (config.mode !== 'view' || config.serveImages !== 'on') return config.libraryDirs;
+  // Served under the libraries' names by the view, or written into the mirror (loader-hook/mirror-images.ts).
+  if (config.serveImages !== 'on') return config.libraryDirs;
   return config.libraryDirs.filter((d) => !insideTree(paths, realSideOf(paths, d)));
 }
 

@@ -24,6 +24,7 @@ import type { Paths } from '../../core/paths';
 import { programPath } from '../service/programs';
 import { readTrustedFile } from '../../core/trust';
 import { writeAtomic } from '../../core/write-atomic';
+import { currentMirrorImages, rsyncExcludes } from './mirror-images';
 import { sameStamp, WriteStamp, writeStamp } from './write-stamp';
 
 export interface SyncOptions {
@@ -60,11 +61,12 @@ export function mirrorMarker(paths: Paths): string {
 }
 
 /** Runs rsync, reporting progress, and turns its exit code into a clear error. */
-async function rsync(paths: Paths, args: string[], options: SyncOptions, log: Logger): Promise<{ exit: number; itemized: string[]; warning?: string }> {
+async function rsync(paths: Paths, args: string[], options: SyncOptions, log: Logger, input?: string): Promise<{ exit: number; itemized: string[]; warning?: string }> {
   const child = execa(programPath(paths, 'rsync'), [...(options.onProgress ? ['--info=progress2'] : []), '--out-format=%i %n', ...args], {
     reject: false,
     all: false,
     buffer: false,
+    input,
   });
   const itemized: string[] = [];
   let stderr = '';
@@ -101,14 +103,16 @@ export async function syncStore(paths: Paths, config: Config, log: Logger, optio
 async function syncMirror(paths: Paths, log: Logger, options: SyncOptions): Promise<SyncResult> {
   fs.mkdirSync(paths.mirror, { recursive: true, mode: 0o755 });
   if (!options.dryRun) fs.rmSync(mirrorMarker(paths), { force: true });
-  const args = ['-aHAX', '--delete', ...(options.dryRun ? ['--dry-run'] : []), `${paths.realTree}/`, `${paths.mirror}/`];
+  // The mirror's images of unchanged libraries stay (fs/store/mirror-images.ts).
+  const excludes = rsyncExcludes(currentMirrorImages(paths));
+  const args = ['-aHAX', '--delete', ...excludes.args, ...(options.dryRun ? ['--dry-run'] : []), `${paths.realTree}/`, `${paths.mirror}/`];
   const mounted = mountAt(paths.viewMount);
   const serving = !options.dryRun && !!mounted && !isFuse(mounted) && readLinkState(paths, 'mirror').state === 'mirror';
   // Launches meanwhile use the real tree; a failed sync leaves them there (fail open).
   if (serving) switchLink(paths, 'real');
   // The real tree's write stamp before and after: equal only if nothing wrote to it meanwhile (fs/store/write-stamp.ts).
   const before = writeStamp(paths.realTree);
-  const r = await rsync(paths, args, options, log);
+  const r = await rsync(paths, args, options, log, excludes.input);
   if (!options.dryRun) {
     const after = writeStamp(paths.realTree);
     const stamp = 'none' in before || 'none' in after || !sameStamp(before, after) || r.exit !== 0 ? null : after;
@@ -216,7 +220,8 @@ export function mirrorKnownComplete(paths: Paths): string | undefined {
 /** Mirror mode: whether the copy on flash is complete and equal to the real tree now. */
 export async function mirrorProblem(paths: Paths, log: Logger): Promise<string | undefined> {
   if (!fs.existsSync(mirrorMarker(paths))) return `the mirror ${paths.mirror} is missing or incomplete: run 'fscache sync'`;
-  const r = await rsync(paths, ['-aHAX', '--delete', '--dry-run', `${paths.realTree}/`, `${paths.mirror}/`], { dryRun: true }, log);
+  const excludes = rsyncExcludes(currentMirrorImages(paths));
+  const r = await rsync(paths, ['-aHAX', '--delete', ...excludes.args, '--dry-run', `${paths.realTree}/`, `${paths.mirror}/`], { dryRun: true }, log, excludes.input);
   const differences = r.itemized.filter((l) => !/^\.d/.test(l));
   if (differences.length) return `the mirror is older than the real tree (${differences.length} differences, e.g. ${differences[0]}): run 'fscache sync'`;
   return undefined;
