@@ -102,7 +102,7 @@ export const CONFIG_KEYS = {
   },
   serve_images: {
     field: 'serveImages', default: 'on', allowed: 'on, off', parse: oneOf<'on' | 'off'>('on', 'off'),
-    doc: 'With hook = on and mode = view: on: the view answers every library in library_dirs inside the real tree with its randomized image of the current epoch, under the library\'s own name, so every program launched through the view maps it (setuid programs and cleared environments included, no auditor loaded); LD_AUDIT is then set only when a library directory lies outside the real tree. off: images reach processes only through LD_AUDIT. Package checksums (debsums, qcheck) must then be run on the real tree.',
+    doc: 'With hook = on: on: the view answers every library in library_dirs inside the real tree with its randomized image of the current epoch, under the library\'s own name (in mirror mode the images are written into the mirror at the libraries\' paths), so every program launched through /usr maps it (setuid programs and cleared environments included, no auditor loaded); LD_AUDIT is then set only when a library directory lies outside the real tree. off: images reach processes only through LD_AUDIT (the mirror gets its originals back). Package checksums (debsums, qcheck) must then be run on the real tree.',
   },
   daemon_idle_seconds: {
     field: 'daemonIdleSeconds', default: '60', allowed: 'seconds from 0 to 86400',  parse: intIn(0, 86400),
