@@ -150,7 +150,7 @@ program
       for (const p of r.corrupt) process.stdout.write(`corrupt  ${p}\n`);
       for (const p of r.stale) process.stdout.write(`stale    ${p}\n`);
       // Copies are compared with the real tree; R/usr itself shows images in place of served libraries.
-      if (config.mode === 'view' && config.hook === 'on' && config.serveImages === 'on') {
+      if (config.hook === 'on' && config.serveImages === 'on') {
         process.stdout.write(`note: R/usr shows randomized images under the libraries' names: check packages (debsums, qcheck) against ${paths.realTree}\n`);
       }
     }
