@@ -1,21 +1,16 @@
 /** The administrator's verbs: setup, start, stop, sync. */
-import { spawn } from 'child_process';
 import * as fs from 'fs';
 import * as path from 'path';
 import { FsCacheError } from '../core/errors';
 import { readLinkState, switchLink } from '../fs/switch/link';
-import { fuseMountAt } from '../fs/fuse/fusectl';
 import { mirrorMounted, startMirror, stopMirror } from '../fs/store/mirror';
-import { selfCommand } from '../fs/service/self-command';
 import { planSetup, refreshViewDirIfIdle, runSetup } from '../fs/switch/setup';
 import { keepLogBounded } from '../core/log';
-import { sdNotify } from '../fs/service/sd-notify';
-import { checkMayClear, clearMountPoint, processAlive } from '../fs/service/stale';
-import { readSupervisorRecord, readSupervisorState, Supervisor, supervisorStateFile } from '../fs/service/supervisor';
+import { awaitStarted, runMirrorService, startSupervised, stopSupervised } from '../fs/service/control';
+import { readSupervisorState, Supervisor } from '../fs/service/supervisor';
 import { syncStore } from '../fs/store/sync';
 import type { Context } from './context';
 import { packageHooksOnStart, packageHooksOnStop } from './pkg';
-import { writeAtomic } from '../core/write-atomic';
 
 const out = (s: string): void => void process.stdout.write(s + '\n');
 
@@ -128,170 +123,28 @@ export async function startVerb(ctx: Context, how: StartHow, extraArgs: string[]
   await startHook(ctx);
   if (how === 'foreground') keepLogBounded(ctx.paths.log); // when stderr is the file log (started detached)
   if (ctx.config.mode === 'mirror') {
-    if (how === 'foreground') return mirrorForeground(ctx);
+    if (how === 'foreground') {
+      await runMirrorService(ctx.paths, ctx.log, () => mirrorImages(ctx), out);
+      return 0;
+    }
     await mirrorImages(ctx);
     out(await startMirror(ctx.paths, ctx.log));
     return 0;
   }
-  const running = readSupervisorState(ctx.paths);
   if (how === 'foreground') {
+    const running = readSupervisorState(ctx.paths);
     if (running) throw new FsCacheError('busy', `already supervised by pid ${running.pid}`);
     await new Supervisor(ctx.paths, extraArgs, ctx.log, ctx.config.fuseSession === 'libfuse2').run();
     return 0;
   }
-  if (running && (running.state === 'serving' || running.state === 'paused')) {
-    out(`already started (supervisor pid ${running.pid}, view pid ${running.viewPid}${running.state === 'paused' ? ', paused' : ''})`);
-    return 0;
-  }
-  if (!running) {
-    // What a dead supervisor left (its state, an orphan view, a dead mount) is replaced, not
-    // reported as "already mounted"; a view started by hand is refused (busy).
-    await replaceStale(ctx);
-    fs.mkdirSync(ctx.paths.runDir, { recursive: true });
-    const logFd = fs.openSync(ctx.paths.log, 'a');
-    const self = selfCommand(ctx.paths); // never exec node or the CLI through the view
-    const child = spawn(self.node, [self.cli, '--root', ctx.paths.root, ...extraArgs, 'start', '--foreground'], {
-      detached: true,
-      stdio: ['ignore', logFd, logFd],
-    });
-    child.unref();
-    fs.closeSync(logFd);
-  }
-  const deadline = Date.now() + 30000;
-  for (;;) {
-    const s = readSupervisorState(ctx.paths);
-    if (s?.state === 'paused') {
-      out(`started, paused: ${ctx.paths.usrLink} stays on the real tree until the pause ends (supervisor pid ${s.pid}, view pid ${s.viewPid})`);
-      return 0;
-    }
-    if (s?.state === 'serving' && readLinkState(ctx.paths).state === 'view') {
-      out(`started: ${ctx.paths.usrLink} -> view (supervisor pid ${s.pid}, view pid ${s.viewPid})`);
-      return 0;
-    }
-    if (s?.state === 'retrying' || Date.now() > deadline) {
-      throw new FsCacheError('degraded', `the view is not serving (${s?.lastFailure?.reason ?? 'no answer within 30 s'}); ${ctx.paths.usrLink} stays on the real tree, retrying in the background (see ${ctx.paths.log})`);
-    }
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
-
-/** Mirror mode's service process: its state, for `start --wait`. */
-function mirrorServiceFile(ctx: Context): string {
-  return path.join(ctx.paths.runDir, 'mirror-service.json');
-}
-
-interface MirrorServiceState {
-  pid: number;
-  state: 'starting' | 'serving' | 'retrying';
-  reason?: string;
-}
-
-function writeMirrorService(ctx: Context, state: MirrorServiceState): void {
-  fs.mkdirSync(ctx.paths.runDir, { recursive: true });
-  writeAtomic(mirrorServiceFile(ctx), JSON.stringify(state) + '\n', 0o644);
-}
-
-/** The supervisor's back-off, for a mirror that cannot be served yet (incomplete, older than the real tree). */
-const MIRROR_RETRY_MS = [1000, 2000, 4000, 8000, 16000, 30000, 60000];
-
-/**
- * `start --foreground` in mirror mode: the mirror is bound and R/usr switched to it, readiness
- * is told to systemd, then the process stays until SIGTERM (the init system's stop), which
- * switches R/usr back and unbinds the mirror. A mirror that cannot be served (not synced yet,
- * older than the real tree) leaves R/usr on the real tree and is tried again with back-off,
- * as the supervisor retries a view: `start --wait` reports it, and the init script stops the service.
- */
-async function mirrorForeground(ctx: Context): Promise<number> {
-  let signalled: string | undefined;
-  let wake: () => void = () => undefined;
-  for (const s of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) process.once(s, () => ((signalled = s), wake()));
-  const sleep = (ms: number) => new Promise<void>((resolve) => {
-    const timer = setTimeout(resolve, ms);
-    wake = () => (clearTimeout(timer), resolve());
-  });
-  writeMirrorService(ctx, { pid: process.pid, state: 'starting' });
-  for (let attempt = 0; !signalled; attempt++) {
-    try {
-      await mirrorImages(ctx);
-      out(await startMirror(ctx.paths, ctx.log));
-      writeMirrorService(ctx, { pid: process.pid, state: 'serving' });
-      sdNotify(ctx.paths, `READY=1\nSTATUS=serving the mirror: ${ctx.paths.usrLink} -> ${fs.readlinkSync(ctx.paths.usrLink)}`, ctx.log);
-      // Nothing else keeps this process alive while it serves: a timer does, until the signal.
-      const alive = setInterval(() => undefined, 1 << 30);
-      await new Promise<void>((resolve) => (signalled ? resolve() : (wake = resolve)));
-      clearInterval(alive);
-      break;
-    } catch (err) {
-      const delay = MIRROR_RETRY_MS[Math.min(attempt, MIRROR_RETRY_MS.length - 1)];
-      const reason = (err as Error).message;
-      ctx.log.error(`${reason}; retrying in ${delay / 1000} s`);
-      writeMirrorService(ctx, { pid: process.pid, state: 'retrying', reason });
-      sdNotify(ctx.paths, `STATUS=retrying in ${delay / 1000} s, ${ctx.paths.usrLink} on the real tree: ${reason}`, ctx.log);
-      await sleep(delay);
-    }
-  }
-  sdNotify(ctx.paths, 'STOPPING=1', ctx.log);
-  ctx.log.info(`${signalled}: switching ${ctx.paths.usrLink} to the real tree and unbinding the mirror`);
-  try {
-    out(stopMirror(ctx.paths));
-  } finally {
-    fs.rmSync(mirrorServiceFile(ctx), { force: true });
-  }
+  out(await startSupervised(ctx.paths, ctx.log, extraArgs));
   return 0;
 }
 
-/**
- * `start --wait`: what an init script runs after its service manager launched `start
- * --foreground` (OpenRC's supervise-daemon, start-stop-daemon): 0 once R/usr is switched
- * (or held on the real tree by a pause), 4 once the first launch failed (the script then
- * stops the service: nothing is left retrying behind the init system's back), 4 at the deadline.
- */
+/** `start --wait`: 0 once R/usr is switched (see awaitStarted). */
 async function waitStarted(ctx: Context): Promise<number> {
-  const deadline = Date.now() + WAIT_MS;
-  const fail = (why: string) => new FsCacheError('degraded', `${why}; ${ctx.paths.usrLink} stays on the real tree (see the service's log)`);
-  for (;;) {
-    if (ctx.config.mode === 'mirror') {
-      let s: MirrorServiceState | undefined;
-      try {
-        s = JSON.parse(fs.readFileSync(mirrorServiceFile(ctx), 'utf8')) as MirrorServiceState;
-      } catch {
-        s = undefined;
-      }
-      // Only a living process's state: a dead one's is left from an earlier start.
-      if (s && processAlive(s.pid)) {
-        if (s.state === 'serving' && readLinkState(ctx.paths, 'mirror').state === 'mirror') {
-          out(`started (mirror): ${ctx.paths.usrLink} -> ${fs.readlinkSync(ctx.paths.usrLink)}`);
-          return 0;
-        }
-        if (s.state === 'retrying') throw fail(`the mirror is not served: ${s.reason}`);
-      }
-    } else {
-      const s = readSupervisorState(ctx.paths);
-      if (s?.state === 'paused') {
-        out(`started, paused: ${ctx.paths.usrLink} stays on the real tree until the pause ends (supervisor pid ${s.pid})`);
-        return 0;
-      }
-      if (s?.state === 'serving' && readLinkState(ctx.paths).state === 'view') {
-        out(`started: ${ctx.paths.usrLink} -> view (supervisor pid ${s.pid}, view pid ${s.viewPid})`);
-        return 0;
-      }
-      if (s?.state === 'retrying') throw fail(`the view is not serving (${s.lastFailure?.reason ?? 'its first launch failed'})`);
-    }
-    if (Date.now() > deadline) throw fail(`not started within ${WAIT_MS / 1000} s`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
-
-/** A dead supervisor's leftovers: link to the real tree, its state file gone, the mount point cleared. */
-async function replaceStale(ctx: Context, stopByHand = false): Promise<void> {
-  checkMayClear(ctx.paths, stopByHand); // before anything changes
-  const stale = readSupervisorRecord(ctx.paths);
-  if (stale && !stale.alive) {
-    ctx.log.warn(`the supervisor pid ${stale.state.pid} is gone; replacing what it left`);
-    fs.rmSync(supervisorStateFile(ctx.paths), { force: true });
-  }
-  if (readLinkState(ctx.paths).state === 'view') switchLink(ctx.paths, 'real');
-  await clearMountPoint(ctx.paths, ctx.log, { stopByHand });
+  out(await awaitStarted(ctx.paths, ctx.config.mode === 'mirror', WAIT_MS));
+  return 0;
 }
 
 export async function stopVerb(ctx: Context): Promise<void> {
@@ -304,23 +157,7 @@ export async function stopVerb(ctx: Context): Promise<void> {
   // The link first: new launches go to the real tree before anything else changes.
   if (state === 'view' || state === 'mirror') switchLink(ctx.paths, 'real');
   await stopHook(ctx);
-  const supervisor = readSupervisorState(ctx.paths);
-  if (!supervisor) {
-    // No supervisor (dead, or a view run by hand): the view detaches as on SIGTERM; a hung one is aborted.
-    const wasMounted = !!fuseMountAt(ctx.paths.viewMount);
-    await replaceStale(ctx, true);
-    out(wasMounted ? `stopped: ${ctx.paths.usrLink} -> real tree; the view serves its remaining users, then exits`
-      : state === 'view' || state === 'mirror' ? `stopped: ${ctx.paths.usrLink} -> real tree` : 'already stopped');
-    return;
-  }
-  // The supervisor switches the link, detaches the view (aborts it if hung) and exits.
-  process.kill(supervisor.pid, 'SIGTERM');
-  const deadline = Date.now() + 15000;
-  while ((readSupervisorState(ctx.paths) || fuseMountAt(ctx.paths.viewMount)) && Date.now() < deadline) {
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  if (fuseMountAt(ctx.paths.viewMount)) throw new FsCacheError('degraded', `${ctx.paths.viewMount} is still mounted after 15 s`);
-  out(`stopped: ${ctx.paths.usrLink} -> real tree; the view serves its remaining users, then exits`);
+  out(await stopSupervised(ctx.paths, ctx.log, state === 'view' || state === 'mirror'));
 }
 
 export async function syncVerb(ctx: Context, dryRun: boolean): Promise<number> {
