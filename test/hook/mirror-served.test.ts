@@ -13,7 +13,7 @@ import * as path from 'path';
 import { createOpsSandbox, OpsSandbox } from '../helpers/ops-sandbox';
 import { fuseAvailable } from '../helpers/view-sandbox';
 import { FIX } from './sandbox';
-import { launchHeld } from './view-root';
+import { launchHeld, whileHeld } from './view-root';
 
 const DEMO = path.join(__dirname, '..', '..', 'loader-hook', 'demo');
 const RANDOMIZE = ['-O2', '-fPIC', '-ffunction-sections', '-fno-inline', '-shared', '-Wl,--emit-relocs'];
@@ -64,22 +64,17 @@ function offsets(out: string): Record<string, number> {
 
     // Held: it maps the library's own path in the mirror, no auditor, no image path.
     const held = await launchHeld(ops.root, ['/usr/bin/callsloop'], {});
-    let released = false;
-    try {
-      expect(held.maps).toContain(`${ops.paths.viewMount}/lib/libfscachedemo.so`);
+    const end = await whileHeld(held, async () => {
+      expect(held.maps).toContain(`${ops!.paths.viewMount}/lib/libfscachedemo.so`);
       expect(held.maps).not.toMatch(/fscache-audit|images\//);
-      expect(ops.cli(['rerandomize']).code).toBe(0);
+      expect(ops!.cli(['rerandomize']).code).toBe(0);
       const next = launch();
       expect(next.checksum).toBe(checksum);
       expect(next.offsets).not.toEqual(first.offsets);
       expect(next.offsets).not.toEqual(original);
-      const end = await held.release();
-      released = true;
-      expect(end.status).toBe(0);
-      expect(end.out).toMatch(/calls [1-9]\d* wrong 0\n/);
-    } finally {
-      if (!released) await held.release();
-    }
+    });
+    expect(end.status).toBe(0);
+    expect(end.out).toMatch(/calls [1-9]\d* wrong 0\n/);
 
     // The comparison before serving and sync leave the images of unchanged libraries alone.
     expect(ops.cli(['stop']).code).toBe(0);

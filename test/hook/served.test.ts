@@ -16,7 +16,7 @@ import { derivePaths, Paths } from '../../core/paths';
 import { daemonIdle, daemonPid } from '../../loader-hook/control';
 import { fuseAvailable } from '../helpers/view-sandbox';
 import { FIX } from './sandbox';
-import { inChroot, launchHeld, makeViewRoot, ViewRoot } from './view-root';
+import { inChroot, launchHeld, makeViewRoot, ViewRoot, whileHeld } from './view-root';
 
 const DEMO = path.join(__dirname, '..', '..', 'loader-hook', 'demo');
 const CONF = 'library_dirs = usr/lib\naccess_flush_ms = 200\ndaemon_idle_seconds = 3\n' +
@@ -129,10 +129,8 @@ run('randomized images served under the libraries\' names', () => {
     const before = launch(['/usr/bin/svdemo']);
     expect(shuffled(before.offsets)).toBe(true);
     const held = await launchHeld(vr.root, ['/usr/bin/callsloop'], { PATH: '/usr/bin:/bin' });
-    let released = false;
-    try {
-      const r = vr.cli('rerandomize');
-      expect(r.status).toBe(0);
+    const end = await whileHeld(held, async () => {
+      expect(vr.cli('rerandomize').status).toBe(0);
       const after = await until('a new layout for new launches', () => {
         const l = launch(['/usr/bin/svdemo']);
         return shuffled(l.offsets) && JSON.stringify(l.offsets) !== JSON.stringify(before.offsets) ? l : undefined;
@@ -140,13 +138,9 @@ run('randomized images served under the libraries\' names', () => {
       expect(after.checksum).toBe(checksum);
       // Its pages dropped meanwhile (a new epoch invalidates every name): it faults them in again from its own image.
       await new Promise((res) => setTimeout(res, 1000));
-      const end = await held.release();
-      released = true;
-      expect(end.status).toBe(0);
-      expect(end.out).toMatch(/calls [1-9]\d* wrong 0\n/);
-    } finally {
-      if (!released) await held.release();
-    }
+    });
+    expect(end.status).toBe(0);
+    expect(end.out).toMatch(/calls [1-9]\d* wrong 0\n/);
   });
 
   test('the daemon exits when idle; a miss has the supervisor start it again and the next launches get the image', async () => {

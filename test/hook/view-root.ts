@@ -156,3 +156,14 @@ export function launchHeld(root: string, argv: string[], env: Record<string, str
     });
   });
 }
+
+/** Runs `during` while `held` runs, then releases it (also when `during` throws): how it ended. */
+export async function whileHeld(held: Held, during: () => Promise<void>): Promise<{ status: number | null; out: string; err: string }> {
+  try {
+    await during();
+  } catch (e) {
+    await held.release();
+    throw e;
+  }
+  return held.release();
+}
