@@ -4,7 +4,10 @@
  * .so is swapped in place of the built one, which libtool's wrappers or CMake's build RPATH then
  * load; the original is restored afterwards).
  *
- *   npx tsc -p . && node dist/bench/randomize-coverage.js [--seeds 2] [--only SOURCE] [--as-shipped]
+ *   npx tsc -p . && node dist/bench/randomize-coverage.js [--seeds 2] [--only SOURCE[,SOURCE...]] [--as-shipped] [--os]
+ *
+ * --os adds an -Os column (issue 16): each selected package is built a second time, in its own
+ * cov-SOURCE[-VARIANT]-Os directory, with -Os in place of -O2 in CFLAGS, and its suite run the same way.
  *
  * Slow (configure + build + make check per package, up to a few minutes each on 2 cores; libffi's
  * DejaGnu suite about 13): not part of the jest run. Prints markdown for bench/RESULTS.md. Needs,
@@ -16,7 +19,8 @@ import { createHash } from 'crypto';
 import * as fs from 'fs';
 import * as path from 'path';
 import { ElfFormatError, ElfRefusal, randomizeBytes } from '../elf';
-import { CACHE, CFLAGS, LDFLAGS } from '../test/elf/libs';
+import { CACHE, cflagsAt, LDFLAGS } from '../test/elf/libs';
+import type { OptLevel } from '../test/elf/libs';
 
 interface Pkg {
   source: string; subdir: string; libDir: string; libPattern: RegExp; configure: string; kind: 'autotools' | 'cmake';
@@ -147,21 +151,30 @@ function main(): void {
   const si = process.argv.indexOf('--seeds');
   const seeds = si > 0 ? Number(process.argv[si + 1]) : 2;
   const rows: string[] = [];
-  const only = process.argv.indexOf('--only');
+  const oi = process.argv.indexOf('--only');
+  const only = oi > 0 ? process.argv[oi + 1].split(',') : undefined;
   // --as-shipped: only the configurations Debian builds (no variant rows).
   const shipped = process.argv.includes('--as-shipped');
-  for (const p of PKGS.filter((x) => (only < 0 || x.source === process.argv[only + 1]) && !(shipped && x.variant))) {
-    try {
-      rows.push(coverOne(p, seeds));
-    } catch (e) {
-      rows.push(`| ${p.source} | harness error: ${(e as Error).message.split('\n')[0]} | | |`);
-    }
+  const levels: OptLevel[] = process.argv.includes('--os') ? ['-O2', '-Os'] : ['-O2'];
+  for (const p of PKGS.filter((x) => (!only || only.includes(x.source)) && !(shipped && x.variant))) {
+    // The label cell of the -O2 build names the row; each further level adds its three cells.
+    const cells = levels.flatMap((opt, i) => {
+      let c: string[];
+      try {
+        c = coverOne(p, seeds, opt);
+      } catch (e) {
+        c = [p.source, `harness error: ${(e as Error).message.split('\n')[0]}`, '', ''];
+      }
+      return i === 0 ? c : c.slice(1);
+    });
+    rows.push(`| ${cells.join(' | ')} |`);
   }
-  process.stdout.write(['| library | randomized | own tests, original | own tests, randomized |', '|---|---|---|---|', ...rows].join('\n') + '\n');
+  const head = ['library', 'randomized', 'own tests, original', 'own tests, randomized', ...(levels.length > 1 ? ['-Os: randomized', '-Os: own tests, original', '-Os: own tests, randomized'] : [])];
+  process.stdout.write([`| ${head.join(' | ')} |`, `|${head.map(() => '---|').join('')}`, ...rows].join('\n') + '\n');
 }
 
-function cacheDir(p: Pkg): string {
-  return path.join(CACHE, `cov-${p.source}${p.variant ? `-${p.variant}` : ''}`);
+function cacheDir(p: Pkg, opt: OptLevel = '-O2'): string {
+  return path.join(CACHE, `cov-${p.source}${p.variant ? `-${p.variant}` : ''}${opt === '-O2' ? '' : opt}`);
 }
 
 /** The source directory `apt-get source` unpacked in `dir`, if there is one. */
@@ -197,15 +210,20 @@ export function builtCoverageLibs(): string[] {
   return libs;
 }
 
-/** Builds one package, runs its suite on the original and on `seeds` randomized copies; one table row. */
-function coverOne(p: Pkg, seeds: number): string {
+/**
+ * Builds one package with `opt` in CFLAGS, runs its suite on the original and on `seeds` randomized
+ * copies; the cells of one table row (library, randomized, own tests original, own tests randomized).
+ */
+function coverOne(p: Pkg, seeds: number, opt: OptLevel): string[] {
   const label = `${p.source}${p.variant ? ` ${p.variant}` : ''}`; // names a failure row (the version is known once unpacked)
-  const dir = cacheDir(p);
+  const fail = (why: string): string[] => [label, why, '', ''];
+  const cflags = cflagsAt(opt);
+  const dir = cacheDir(p, opt);
   fs.mkdirSync(dir, { recursive: true });
   let src = unpackedSource(dir);
   if (!src) {
     const r = sh(`apt-get source ${p.source}`, dir);
-    if (!r.ok) return `| ${label} | apt-get source failed | | |`;
+    if (!r.ok) return fail('apt-get source failed');
     src = unpackedSource(dir)!;
   }
   const srcRoot = path.join(dir, src, p.subdir);
@@ -214,15 +232,15 @@ function coverOne(p: Pkg, seeds: number): string {
   // A stamp, not the Makefile: a configure that fails late (config.status) has already written one.
   const configured = path.join(root, '.cov-configured');
   if (!fs.existsSync(configured)) {
-    if (p.preConfigure && !sh(p.preConfigure, srcRoot).ok) return `| ${label} | ${p.preConfigure} failed | | |`;
+    if (p.preConfigure && !sh(p.preConfigure, srcRoot).ok) return fail(`${p.preConfigure} failed`);
     const c = p.kind === 'cmake'
-      ? sh(`cmake .. -DCMAKE_BUILD_TYPE=None -DCMAKE_C_FLAGS="${CFLAGS}" -DCMAKE_CXX_FLAGS="${CFLAGS}" -DCMAKE_SHARED_LINKER_FLAGS="${LDFLAGS}" ${p.configure}`, root)
-      : sh(`./configure CFLAGS="${CFLAGS}" CXXFLAGS="${CFLAGS}" LDFLAGS="${LDFLAGS}" ${p.configure}`, root);
-    if (!c.ok) return `| ${label} | configure failed: ${c.out.trim().split('\n').slice(-1)[0]} | | |`;
-    if (p.postConfigure && !sh(p.postConfigure, root).ok) return `| ${label} | ${p.postConfigure} failed | | |`;
+      ? sh(`cmake .. -DCMAKE_BUILD_TYPE=None -DCMAKE_C_FLAGS="${cflags}" -DCMAKE_CXX_FLAGS="${cflags}" -DCMAKE_SHARED_LINKER_FLAGS="${LDFLAGS}" ${p.configure}`, root)
+      : sh(`./configure CFLAGS="${cflags}" CXXFLAGS="${cflags}" LDFLAGS="${LDFLAGS}" ${p.configure}`, root);
+    if (!c.ok) return fail(`configure failed: ${c.out.trim().split('\n').slice(-1)[0]}`);
+    if (p.postConfigure && !sh(p.postConfigure, root).ok) return fail(`${p.postConfigure} failed`);
     fs.writeFileSync(configured, '');
   }
-  if (!sh('make -j2', root).ok) return `| ${label} | build failed | | |`;
+  if (!sh('make -j2', root).ok) return fail('build failed');
   const check = p.kind === 'cmake' ? 'ctest -j2' : 'make -j2 check';
   const run = (): { text: string; ok: boolean } => {
     if (p.ownCheck) return { text: p.ownCheck(root, srcRoot), ok: true };
@@ -231,7 +249,7 @@ function coverOne(p: Pkg, seeds: number): string {
   };
   const base = run();
   const lib = builtLib(p, root);
-  if (!lib) return `| ${label} | built, but no library matching ${p.libPattern} in ${p.libDir} | | |`;
+  if (!lib) return fail(`built, but no library matching ${p.libPattern} in ${p.libDir}`);
   const libName = path.basename(lib);
   const orig = fs.readFileSync(lib);
   const results: string[] = [];
@@ -256,7 +274,7 @@ function coverOne(p: Pkg, seeds: number): string {
   } finally {
     fs.writeFileSync(lib, orig);
   }
-  return `| ${src}${p.variant ? ` ${p.variant}` : ''} (${libName}) | ${units} units, ${bits.toFixed(0)} bits | ${base.text}${base.ok ? '' : ' (suite failed)'} | ${results.join('; ')} |`;
+  return [`${src}${p.variant ? ` ${p.variant}` : ''} (${libName})`, `${units} units, ${bits.toFixed(0)} bits`, `${base.text}${base.ok ? '' : ' (suite failed)'}`, results.join('; ')];
 }
 
 if (require.main === module) main();

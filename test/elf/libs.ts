@@ -3,6 +3,8 @@
  * caches them (keyed by source version and flags) under .cache/elf-libs (or $FSCACHE_LIB_CACHE).
  * Every library is built with the flags that make it randomizable:
  *   -O2 -fPIC -ffunction-sections -g   and   -Wl,--emit-relocs
+ * zlib, SQLite and Lua can also be built at -Os or -O1 in place of -O2 (issue 16: packed layouts); such a
+ * build is cached as NAME-Os-KEY (NAME-O1-KEY), the key including the flags; -O2 builds keep their names and keys.
  * Builds run through `make -j2` (the machine has 2 cores and is shared).
  * A builder that cannot run (no deb-src, no compiler) returns { skip: reason } so that tests
  * skip loudly instead of passing silently.
@@ -24,6 +26,17 @@ export const CACHE = process.env.FSCACHE_LIB_CACHE ?? path.join(REPO, '.cache', 
 export const CFLAGS = '-O2 -fPIC -ffunction-sections -g';
 export const LDFLAGS = '-Wl,--emit-relocs';
 export const FIXTURES = path.join(REPO, 'test', 'elf', 'fixtures');
+
+/** The optimisation level a test library's own code is compiled at (its test programs stay at -O2). */
+export type OptLevel = '-O2' | '-Os' | '-O1';
+/** CFLAGS with `opt` in place of -O2 (the same string for -O2, so -O2 cache keys are unchanged). */
+export function cflagsAt(opt: OptLevel): string {
+  return CFLAGS.replace('-O2', opt);
+}
+/** The cache name: unchanged for -O2, NAME-Os / NAME-O1 otherwise. */
+function nameAt(name: string, opt: OptLevel): string {
+  return opt === '-O2' ? name : `${name}${opt}`;
+}
 
 export type Built<T> = ({ ok: true } & T) | { ok: false; skip: string };
 
@@ -83,13 +96,14 @@ function makefile(objs: { src: string; obj: string; cc: string; flags: string }[
   return lines.join('\n');
 }
 
-export function buildZlib(): Built<ZlibBuild> {
+export function buildZlib(opt: OptLevel = '-O2'): Built<ZlibBuild> {
+  const cflags = cflagsAt(opt);
   try {
     const version = srcVersion('zlib');
-    return { ok: true, ...cached('zlib', keyOf(version, CFLAGS, LDFLAGS, 'v1'), (dir) => {
+    return { ok: true, ...cached(nameAt('zlib', opt), keyOf(version, cflags, LDFLAGS, 'v1'), (dir) => {
       const src = aptSource('zlib', dir);
       const names = ['adler32', 'crc32', 'deflate', 'infback', 'inffast', 'inflate', 'inftrees', 'trees', 'zutil', 'compress', 'uncompr', 'gzclose', 'gzlib', 'gzread', 'gzwrite'];
-      const flags = `${CFLAGS} -D_LARGEFILE64_SOURCE=1 -DHAVE_HIDDEN -I${src}`;
+      const flags = `${cflags} -D_LARGEFILE64_SOURCE=1 -DHAVE_HIDDEN -I${src}`;
       const objs = names.map((n) => ({ src: path.join(src, `${n}.c`), obj: path.join(dir, `${n}.o`), cc: 'gcc', flags }));
       const lib = path.join(dir, 'libz.so.1');
       fs.writeFileSync(path.join(dir, 'Makefile'), makefile(objs, [
@@ -101,23 +115,24 @@ export function buildZlib(): Built<ZlibBuild> {
       return { dir, lib, example: path.join(dir, 'example'), minigzip: path.join(dir, 'minigzip') };
     }) };
   } catch (e) {
-    return { ok: false, skip: `zlib could not be built from its Debian source package: ${errText(e)}` };
+    return { ok: false, skip: `zlib (${opt}) could not be built from its Debian source package: ${errText(e)}` };
   }
 }
 
 export const SQLITE_C = path.join(REPO, 'node_modules', 'better-sqlite3', 'deps', 'sqlite3', 'sqlite3.c');
 
-export function buildSqlite(): Built<SqliteBuild> {
+export function buildSqlite(opt: OptLevel = '-O2'): Built<SqliteBuild> {
+  const cflags = cflagsAt(opt);
   try {
     if (!fs.existsSync(SQLITE_C)) throw new Error(`${SQLITE_C} not found`);
     const driverSrc = path.join(FIXTURES, 'sqlite_driver.c');
-    const key = keyOf(createHash('sha256').update(fs.readFileSync(SQLITE_C)).digest('hex'), fs.readFileSync(driverSrc, 'utf8'), CFLAGS, LDFLAGS, 'v1');
-    return { ok: true, ...cached('sqlite', key, (dir) => {
+    const key = keyOf(createHash('sha256').update(fs.readFileSync(SQLITE_C)).digest('hex'), fs.readFileSync(driverSrc, 'utf8'), cflags, LDFLAGS, 'v1');
+    return { ok: true, ...cached(nameAt('sqlite', opt), key, (dir) => {
       const inc = path.dirname(SQLITE_C);
       const lib = path.join(dir, 'libsqlite3.so.0');
       const obj = path.join(dir, 'sqlite3.o');
       fs.writeFileSync(path.join(dir, 'Makefile'), makefile(
-        [{ src: SQLITE_C, obj, cc: 'gcc', flags: `${CFLAGS} -DSQLITE_ENABLE_MATH_FUNCTIONS -DSQLITE_ENABLE_FTS5 -DSQLITE_ENABLE_RTREE` }],
+        [{ src: SQLITE_C, obj, cc: 'gcc', flags: `${cflags} -DSQLITE_ENABLE_MATH_FUNCTIONS -DSQLITE_ENABLE_FTS5 -DSQLITE_ENABLE_RTREE` }],
         [
           { out: lib, deps: [obj], cmd: `gcc -shared ${LDFLAGS} -Wl,-soname,libsqlite3.so.0 -o $@ $^ -lm -lpthread` },
           { out: path.join(dir, 'driver'), deps: [lib], cmd: `gcc -O2 -g -I${inc} ${driverSrc} -o $@ -L${dir} -l:libsqlite3.so.0` },
@@ -127,7 +142,7 @@ export function buildSqlite(): Built<SqliteBuild> {
       return { dir, lib, driver: path.join(dir, 'driver') };
     }) };
   } catch (e) {
-    return { ok: false, skip: `SQLite could not be built from the amalgamation: ${errText(e)}` };
+    return { ok: false, skip: `SQLite (${opt}) could not be built from the amalgamation: ${errText(e)}` };
   }
 }
 
@@ -153,16 +168,17 @@ export function buildCxx(): Built<CxxBuild> {
   }
 }
 
-export function buildLua(): Built<LuaBuild> {
+export function buildLua(opt: OptLevel = '-O2'): Built<LuaBuild> {
+  const cflags = cflagsAt(opt);
   try {
     const version = srcVersion('lua5.4');
-    return { ok: true, ...cached('lua', keyOf(version, CFLAGS, LDFLAGS, 'v2'), (dir) => {
+    return { ok: true, ...cached(nameAt('lua', opt), keyOf(version, cflags, LDFLAGS, 'v2'), (dir) => {
       const src = aptSource('lua5.4', dir);
       const srcDir = path.join(src, 'src');
       // Debian's luaconf.h includes a header debian/rules generates.
       fs.writeFileSync(path.join(srcDir, 'lua5.4-deb-multiarch.h'), '#define DEB_HOST_MULTIARCH "x86_64-linux-gnu"\n');
       const cs = fs.readdirSync(srcDir).filter((f) => f.endsWith('.c') && f !== 'lua.c' && f !== 'luac.c' && f !== 'onelua.c');
-      const flags = `${CFLAGS} -DLUA_COMPAT_5_3 -DLUA_USE_LINUX`;
+      const flags = `${cflags} -DLUA_COMPAT_5_3 -DLUA_USE_LINUX`;
       const objs = cs.map((f) => ({ src: path.join(srcDir, f), obj: path.join(dir, f.replace(/\.c$/, '.o')), cc: 'gcc', flags }));
       const lib = path.join(dir, 'liblua5.4.so.0');
       fs.writeFileSync(path.join(dir, 'Makefile'), makefile(objs, [
@@ -173,7 +189,7 @@ export function buildLua(): Built<LuaBuild> {
       return { dir, lib, lua: path.join(dir, 'lua') };
     }) };
   } catch (e) {
-    return { ok: false, skip: `Lua 5.4 could not be built from its Debian source package: ${errText(e)}` };
+    return { ok: false, skip: `Lua 5.4 (${opt}) could not be built from its Debian source package: ${errText(e)}` };
   }
 }
 
