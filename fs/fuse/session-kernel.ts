@@ -56,8 +56,8 @@ import { FuseReader } from './fuse-reader';
 import { NodeHandles } from './node-handles';
 import { NotificationQueue } from './notifications';
 import { GENERATION, held, identityKey, Node, NodeFile, NodeTable, sameObject } from './fuse-nodes';
-import { makeLogger } from '../../core/log';
-import { Attr, errnoOf, FuseSession, SessionOptions, ViewHandlers } from './session';
+import { Logger, makeLogger } from '../../core/log';
+import { Attr, Errno, errnoOf, FuseSession, SessionOptions, ViewHandlers } from './session';
 
 const E = os.constants.errno;
 /**
@@ -91,9 +91,9 @@ type Reply = Buffer | undefined;
 
 export class KernelSession implements FuseSession {
   readonly name = 'kernel';
-  // FSCACHE_SESSION_DEBUG=1 logs every notification (the session has no logger of the view's).
+  // FSCACHE_SESSION_DEBUG=1 logs every request and notification, whatever the view's log_level.
   private readonly debug = !!process.env.FSCACHE_SESSION_DEBUG;
-  private readonly log = makeLogger(this.debug ? 'debug' : 'info');
+  private readonly log: Logger;
   private readonly nodes = new NodeTable();
   private readonly counts: Record<string, number> = {};
   private fd = -1;
@@ -107,7 +107,7 @@ export class KernelSession implements FuseSession {
   /** Handles given out by OPEN when the kernel cannot do without it (no NO_OPEN_SUPPORT). */
   private readonly openFiles = new Map<number, NodeFile>();
   private nextFh = 1;
-  private readonly notifications = new NotificationQueue(() => this.fd, this.log, this.debug);
+  private readonly notifications: NotificationQueue;
   private readonly handles: NodeHandles;
   private readonly readBuffers: Buffer[] = [];
   /** Paths with a trailing invalidation pending (see invalidate). */
@@ -117,6 +117,8 @@ export class KernelSession implements FuseSession {
     readonly handlers: ViewHandlers,
     readonly options: SessionOptions,
   ) {
+    this.log = this.debug ? makeLogger('debug') : options.log ?? makeLogger('info');
+    this.notifications = new NotificationQueue(() => this.fd, this.log, this.debug);
     this.closedPromise = new Promise((resolve) => (this.resolveClosed = resolve));
     this.handles = new NodeHandles(handlers, this.log);
     // A notification write may wait for the kernel, parking a libuv threadpool thread; the
@@ -339,7 +341,7 @@ export class KernelSession implements FuseSession {
     const node = this.nodes.get(id);
     if (!node) {
       if (this.debug) this.log.debug(`kernel session: request for unknown node ${id}`);
-      throw Object.assign(new Error(`unknown node ${id}`), { code: 'ESTALE' });
+      throw new Errno('ESTALE');
     }
     return node;
   }
@@ -480,7 +482,7 @@ export class KernelSession implements FuseSession {
 
   private async open(r: Request): Promise<Reply> {
     // ENOSYS once: the kernel stops sending OPEN and RELEASE, and keeps pages across opens.
-    if (this.granted(InitFlag.NO_OPEN_SUPPORT)) throw errno('ENOSYS');
+    if (this.granted(InitFlag.NO_OPEN_SUPPORT)) throw new Errno('ENOSYS');
     const node = this.node(r.nodeid);
     const handle = await this.handlers.open(node.path, r.body.readUInt32LE(0), node.attr);
     const fh = this.nextFh++;
@@ -490,7 +492,7 @@ export class KernelSession implements FuseSession {
   }
 
   private async opendir(r: Request): Promise<Reply> {
-    if (this.granted(InitFlag.NO_OPENDIR_SUPPORT)) throw errno('ENOSYS'); // once; listings then cached
+    if (this.granted(InitFlag.NO_OPENDIR_SUPPORT)) throw new Errno('ENOSYS'); // once; listings then cached
     this.node(r.nodeid);
     return encodeOpenOut(0, 0);
   }
@@ -695,18 +697,15 @@ const NO_REPLY_OPS = new Set<number>([Op.FORGET, Op.BATCH_FORGET, Op.INTERRUPT, 
 /** Returned by operations that wrote their reply themselves (compared by identity). */
 const NO_REPLY: Buffer = Buffer.alloc(0);
 
-function errno(code: keyof typeof os.constants.errno): Error {
-  return Object.assign(new Error(code), { code });
-}
 
 function xattrReply(value: Buffer | undefined, size: number): Buffer {
-  if (!value) throw errno('ENODATA');
+  if (!value) throw new Errno('ENODATA');
   return sized(value, size);
 }
 
 function sized(value: Buffer, size: number): Buffer {
   if (size === 0) return encodeXattrSize(value.length);
-  if (value.length > size) throw errno('ERANGE');
+  if (value.length > size) throw new Errno('ERANGE');
   return value;
 }
 

@@ -6,6 +6,7 @@
  */
 import * as os from 'os';
 import type { ObjectId } from '../../core/identity';
+import type { Logger } from '../../core/log';
 
 export interface Attr {
   mode: number;
@@ -88,6 +89,8 @@ export interface SessionOptions {
    * for sessions mounted outside any root (protocol tests).
    */
   program?: (name: string) => string;
+  /** The view's logger (its log_level); protocol tests without one get an info logger. */
+  log?: Logger;
 }
 
 export interface FuseSession {

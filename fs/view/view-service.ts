@@ -106,6 +106,7 @@ export class RunningView {
       negativeTimeout: config.negativeTimeout,
       fsname: 'fscache',
       program: (name) => programPath(paths, name),
+      log,
     });
     freshness = new Freshness(paths, watcher, meta, session, store, log);
     freshness.start();
