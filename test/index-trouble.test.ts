@@ -19,6 +19,7 @@ import { runInChroot } from '../cli/demo';
 import { StoreIndex } from '../fs/store/index-db';
 import { silentLogger } from '../core/log';
 import { createViewSandbox, fuseAvailable, ViewSandbox, waitFor } from './helpers/view-sandbox';
+import { afterEachDispose } from './helpers/cleanup';
 
 const skip = fuseAvailable();
 const maybe = skip ? describe.skip : describe;
@@ -56,10 +57,7 @@ function touchFromAnotherConnection(file: string): void {
 
 maybe('a broken index while the view runs', () => {
   let vs: ViewSandbox | undefined;
-  afterEach(async () => {
-    await vs?.dispose();
-    vs = undefined;
-  });
+  afterEachDispose(() => vs, () => (vs = undefined));
 
   test('overwritten with garbage, then deleted, during launches: 0 failed launches, and the state names the rebuild', async () => {
     vs = createViewSandbox({ config: 'access_flush_ms = 200\n' });

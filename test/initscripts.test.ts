@@ -12,6 +12,7 @@ import { PACKAGE_ROOT } from '../core/package-root';
 import { createOpsSandbox, OpsSandbox } from './helpers/ops-sandbox';
 import { fuseAvailable } from './helpers/view-sandbox';
 import { createWholeRoot, RunResult, WholeRoot, wholeRootAvailable } from './helpers/whole-root';
+import { afterEachDispose } from './helpers/cleanup';
 
 const INIT = path.resolve(__dirname, '..', 'initscripts');
 const GUARD = path.join(PACKAGE_ROOT, 'guard', 'fscache-guard');
@@ -275,10 +276,7 @@ if (typeof openrcDebs === 'string' && !noRoot) console.warn(`OpenRC test skipped
 const busybox = noRoot ? noRoot : debs(['busybox-static']);
 (noRoot ? describe.skip : describe)('LSB script (sysvinit, busybox init) in a whole root', () => {
   let wr: WholeRoot | undefined;
-  afterEach(async () => {
-    await wr?.dispose();
-    wr = undefined;
-  });
+  afterEachDispose(() => wr, () => (wr = undefined));
 
   const shells: Array<[string, string[]]> = [['dash', ['/bin/sh']]];
   if (typeof busybox !== 'string') shells.push(['busybox ash', ['/bin/busybox', 'sh']]);
@@ -316,10 +314,7 @@ const busybox = noRoot ? noRoot : debs(['busybox-static']);
 
 (noFuse ? describe.skip : describe)('fscache config --check', () => {
   let ops: OpsSandbox | undefined;
-  afterEach(async () => {
-    await ops?.dispose();
-    ops = undefined;
-  });
+  afterEachDispose(() => ops, () => (ops = undefined));
 
   test('names what start would refuse, changes nothing; --show prints every effective value', () => {
     ops = createOpsSandbox({ config: 'quota = 2G\n' });

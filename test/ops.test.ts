@@ -12,6 +12,7 @@ import { readSupervisorState } from '../fs/service/supervisor';
 import { createOpsSandbox, OpsSandbox } from './helpers/ops-sandbox';
 import { fuseAvailable, waitFor } from './helpers/view-sandbox';
 import { sha } from './helpers/hash';
+import { afterEachDispose } from './helpers/cleanup';
 
 const skip = fuseAvailable();
 const maybe = skip ? describe.skip : describe;
@@ -26,10 +27,7 @@ function statusJson(ops: OpsSandbox) {
 
 maybe('operations', () => {
   let ops: OpsSandbox | undefined;
-  afterEach(async () => {
-    await ops?.dispose();
-    ops = undefined;
-  });
+  afterEachDispose(() => ops, () => (ops = undefined));
 
   test('setup -> start -> launches through the view -> sync -> stop -> start again; status matches reality', async () => {
     ops = createOpsSandbox({ config: 'access_flush_ms = 200\n' });

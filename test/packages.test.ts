@@ -25,6 +25,7 @@ import { dpkgHookFile, dpkgHookText, hookCommand, installPackageHooks, portageBa
 import { PACKAGE_ROOT } from '../core/package-root';
 import { createWholeRoot, WholeRoot } from './helpers/whole-root';
 import { fuseAvailable, waitFor } from './helpers/view-sandbox';
+import { afterEachDispose } from './helpers/cleanup';
 
 const skip = fuseAvailable() ?? (fs.existsSync('/usr/bin/dpkg-deb') && fs.existsSync('/usr/bin/gcc') ? undefined : 'dpkg-deb or gcc missing');
 const maybe = skip ? describe.skip : describe;
@@ -139,10 +140,7 @@ int main(int argc, char **argv) {
 
 maybe('package managers while fscache runs', () => {
   let root: PkgRoot | undefined;
-  afterEach(async () => {
-    await root?.dispose();
-    root = undefined;
-  });
+  afterEachDispose(() => root, () => (root = undefined));
 
   /** Where buildDebs left version 1's library (outside R/usr), set by debsInRoot. */
   let libV1 = '';

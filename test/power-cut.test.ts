@@ -19,6 +19,7 @@ import { CLI_ENTRY } from '../core/package-root';
 import { makeSandbox, Sandbox } from '../dev/sandbox';
 import { abortFuseBelow, processesOfRoot, RunResult, runBounded } from './helpers/bounded';
 import { createWholeRoot, INIT_ENV, WholeRoot, wholeRootAvailable } from './helpers/whole-root';
+import { afterEachDispose } from './helpers/cleanup';
 
 const skip = wholeRootAvailable();
 const maybe = skip ? describe.skip : describe;
@@ -165,10 +166,7 @@ const when = (p: ChildProcess) => (p.exitCode === null && p.signalCode === null 
 maybe('power cut', () => {
   let cut: CutRoot | undefined;
   afterAll(() => console.log(`power cuts:\n  ${seen.join('\n  ')}`));
-  afterEach(async () => {
-    await cut?.dispose();
-    cut = undefined;
-  });
+  afterEachDispose(() => cut, () => (cut = undefined));
 
   test('view mode: after start, during launches (fills), during sync, during stop, R/usr boots the real tree; start works again', async () => {
     const c = wholeCutRoot(`hook = off\naccess_flush_ms = 200\n${session ? `fuse_session = ${session}\n` : ''}`);

@@ -17,8 +17,9 @@ import { isMountPoint } from '../fs/service/preflight';
 import type { Attr, ViewHandlers } from '../fs/fuse/session';
 import { KernelSession } from '../fs/fuse/session-kernel';
 import { CLI_ENTRY, startViewProcess } from '../fs/service/view-process';
-import { createViewSandbox, fuseAvailable, rewriteInPlace, ViewSandbox, waitFor } from './helpers/view-sandbox';
+import { createViewSandbox, fuseAvailable, replaceByRename, rewriteInPlace, ViewSandbox, waitFor } from './helpers/view-sandbox';
 import { sha } from './helpers/hash';
+import { afterEachDispose } from './helpers/cleanup';
 
 const skip = fuseAvailable();
 const maybe = skip ? describe.skip : describe;
@@ -60,10 +61,7 @@ function delta(before: Record<string, number>, after: Record<string, number>): R
 
 maybe('kernel session over the host /usr', () => {
   let vs: ViewSandbox | undefined;
-  afterEach(async () => {
-    await vs?.dispose();
-    vs = undefined;
-  });
+  afterEachDispose(() => vs, () => (vs = undefined));
 
   test('negotiates no-open, no-opendir and cached symlinks, and serves the same bytes', async () => {
     vs = createViewSandbox({ config: 'fuse_session = kernel\n' });
@@ -252,10 +250,7 @@ maybe('kernel session over the host /usr', () => {
 
 maybe('kernel session on a changing real tree', () => {
   let vs: ViewSandbox | undefined;
-  afterEach(async () => {
-    await vs?.dispose();
-    vs = undefined;
-  });
+  afterEachDispose(() => vs, () => (vs = undefined));
 
   const writeReal = (rel: string, content: Buffer) => {
     const file = path.join(vs!.paths.realTree, rel);
@@ -335,11 +330,7 @@ maybe('kernel session on a changing real tree', () => {
     expect(inPlace).toBeGreaterThanOrEqual(0);
     expect(inPlace).toBeLessThanOrEqual(1050);
 
-    const v3 = randomBytes(100000); // replaced by rename, as package managers do
-    const tmp = path.join(vs.paths.realTree, 'lib', '.tmp-new');
-    fs.writeFileSync(tmp, v3);
-    fs.renameSync(tmp, path.join(vs.paths.realTree, rel));
-    const replaced = await waitFor(() => sha(fs.readFileSync(vs!.inView(rel))) === sha(v3), 1500, 20);
+    const replaced = await replaceByRename(vs, rel, randomBytes(100000));
     expect(replaced).toBeGreaterThanOrEqual(0);
     expect(replaced).toBeLessThanOrEqual(1050);
 

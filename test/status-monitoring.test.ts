@@ -8,6 +8,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { createOpsSandbox, OpsSandbox } from './helpers/ops-sandbox';
 import { fuseAvailable, waitFor } from './helpers/view-sandbox';
+import { afterEachDispose } from './helpers/cleanup';
 
 const skip = fuseAvailable();
 const maybe = skip ? describe.skip : describe;
@@ -54,10 +55,7 @@ function parseCheck(stdout: string): { level: string; text: string; perf: Record
 
 describe('status for monitoring (nothing running)', () => {
   let ops: OpsSandbox | undefined;
-  afterEach(async () => {
-    await ops?.dispose();
-    ops = undefined;
-  });
+  afterEachDispose(() => ops, () => (ops = undefined));
 
   test('stopped: --check CRITICAL (2), --prometheus up 0, --prometheus-file atomic, --json schema 1', () => {
     ops = createOpsSandbox();
@@ -102,10 +100,7 @@ describe('status for monitoring (nothing running)', () => {
 
 maybe('status for monitoring (a running view)', () => {
   let ops: OpsSandbox | undefined;
-  afterEach(async () => {
-    await ops?.dispose();
-    ops = undefined;
-  });
+  afterEachDispose(() => ops, () => (ops = undefined));
 
   test('healthy: OK (0) with perfdata and up 1; paused: WARNING (1); stopped again: CRITICAL (2)', async () => {
     ops = createOpsSandbox({ config: 'hook = off\n' });

@@ -9,8 +9,9 @@ import * as path from 'path';
 import { StoreIndex } from '../fs/store/index-db';
 import { silentLogger } from '../core/log';
 import { isMountPoint } from '../fs/service/preflight';
-import { createViewSandbox, fuseAvailable, rewriteInPlace, ViewSandbox, waitFor, waitForFills, writeReal } from './helpers/view-sandbox';
+import { createViewSandbox, fuseAvailable, replaceByRename, rewriteInPlace, ViewSandbox, waitFor, waitForFills, writeReal } from './helpers/view-sandbox';
 import { sha } from './helpers/hash';
+import { afterEachDispose } from './helpers/cleanup';
 
 const skip = fuseAvailable();
 const maybe = skip ? describe.skip : describe;
@@ -28,10 +29,7 @@ function indexEntries(vs: ViewSandbox) {
 
 maybe('store lifecycle on a changing real tree', () => {
   let vs: ViewSandbox | undefined;
-  afterEach(async () => {
-    await vs?.dispose();
-    vs = undefined;
-  });
+  afterEachDispose(() => vs, () => (vs = undefined));
 
   test('a file changed in the real tree is served new within a second', async () => {
     vs = createViewSandbox({ copy: true, config: 'access_flush_ms = 100\n' });
@@ -49,11 +47,7 @@ maybe('store lifecycle on a changing real tree', () => {
     expect(inPlace).toBeLessThanOrEqual(1050);
 
     // Replaced by rename with a different size, as package managers do.
-    const v3 = randomBytes(150000);
-    const tmp = path.join(vs.paths.realTree, 'lib', '.tmp-new');
-    fs.writeFileSync(tmp, v3);
-    fs.renameSync(tmp, path.join(vs.paths.realTree, rel));
-    const replaced = await waitFor(() => sha(fs.readFileSync(vs!.inView(rel))) === sha(v3), 1500, 20);
+    const replaced = await replaceByRename(vs, rel, randomBytes(150000));
     expect(replaced).toBeGreaterThanOrEqual(0);
     expect(replaced).toBeLessThanOrEqual(1050);
 

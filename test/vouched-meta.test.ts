@@ -8,6 +8,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { runInChroot } from '../cli/demo';
 import { createViewSandbox, fuseAvailable, ViewSandbox, waitFor } from './helpers/view-sandbox';
+import { afterEachDispose } from './helpers/cleanup';
 
 const skip = fuseAvailable();
 const maybe = skip ? describe.skip : describe;
@@ -24,10 +25,7 @@ function xattrOf(file: string, name: string): string | undefined {
 
 maybe('vouched metadata', () => {
   let vs: ViewSandbox | undefined;
-  afterEach(async () => {
-    await vs?.dispose();
-    vs = undefined;
-  });
+  afterEachDispose(() => vs, () => (vs = undefined));
 
   test('changes of every kind are seen through the view within a second', async () => {
     vs = createViewSandbox({ copy: true, config: 'access_flush_ms = 100\n' });

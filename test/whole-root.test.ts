@@ -8,6 +8,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { createWholeRoot, RunResult, WholeRoot, wholeRootAvailable } from './helpers/whole-root';
+import { afterEachDispose } from './helpers/cleanup';
 
 const skip = wholeRootAvailable();
 const maybe = skip ? describe.skip : describe;
@@ -30,10 +31,7 @@ function describeFailure(what: string, r: RunResult): string {
 
 maybe('whole root: fscache installed in the /usr it serves', () => {
   let wr: WholeRoot | undefined;
-  afterEach(async () => {
-    await wr?.dispose();
-    wr = undefined;
-  });
+  afterEachDispose(() => wr, () => (wr = undefined));
 
   test('start, 100 launches through the view, every verb, stop, start, stop: nothing hangs, nothing fails', async () => {
     wr = createWholeRoot({ config: `access_flush_ms = 200\n${session ? `fuse_session = ${session}\n` : ''}` });

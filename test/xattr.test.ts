@@ -12,6 +12,7 @@ import * as path from 'path';
 import { startViewProcess } from '../fs/service/view-process';
 import { runBounded } from './helpers/bounded';
 import { createViewSandbox, fuseAvailable, ViewSandbox } from './helpers/view-sandbox';
+import { afterEachDispose } from './helpers/cleanup';
 
 const skip = fuseAvailable();
 const maybe = skip ? describe.skip : describe;
@@ -29,10 +30,7 @@ function toolsOnlyPath(dir: string): string {
 
 maybe.each(['kernel', 'libfuse2'])('xattrs through the view (fuse_session = %s)', (session) => {
   let vs: ViewSandbox | undefined;
-  afterEach(async () => {
-    await vs?.dispose();
-    vs = undefined;
-  });
+  afterEachDispose(() => vs, () => (vs = undefined));
 
   test('values, listings and a file capability come through with no getfattr to run', async () => {
     vs = createViewSandbox({ copy: true, config: `fuse_session = ${session}\n` });

@@ -103,6 +103,15 @@ export async function rewriteInPlace(vs: ViewSandbox, rel: string, content: Buff
   return waitFor(() => sha(fs.readFileSync(vs.inView(rel))) === want, withinMs, 20);
 }
 
+/** Replaces the real tree's `rel` by rename, as package managers do; the ms until the view shows `content` (-1: not within `withinMs`). */
+export async function replaceByRename(vs: ViewSandbox, rel: string, content: Buffer, withinMs = 1500): Promise<number> {
+  const tmp = path.join(vs.paths.realTree, path.dirname(rel), '.tmp-new');
+  fs.writeFileSync(tmp, content);
+  fs.renameSync(tmp, path.join(vs.paths.realTree, rel));
+  const want = sha(content);
+  return waitFor(() => sha(fs.readFileSync(vs.inView(rel))) === want, withinMs, 20);
+}
+
 export function writeReal(vs: ViewSandbox, rel: string, content: Buffer): string {
   const file = path.join(vs.paths.realTree, rel);
   fs.mkdirSync(path.dirname(file), { recursive: true });

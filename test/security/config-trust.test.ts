@@ -11,6 +11,7 @@ import * as os from 'os';
 import * as path from 'path';
 import { CLI_ENTRY } from '../../core/package-root';
 import { createViewSandbox, fuseAvailable, ViewSandbox } from '../helpers/view-sandbox';
+import { afterEachDispose } from '../helpers/cleanup';
 
 const NOBODY = 65534;
 
@@ -82,10 +83,7 @@ const asRoot = process.getuid?.() === 0;
 const skipView = fuseAvailable();
 (skipView ? describe.skip : describe)('a store others could write is not used', () => {
   let vs: ViewSandbox | undefined;
-  afterEach(async () => {
-    await vs?.dispose();
-    vs = undefined;
-  });
+  afterEachDispose(() => vs, () => (vs = undefined));
 
   test('finding 1 as nobody: a store made by nobody (R/fscache left writable by all) is not used: the view serves the real tree and says why', async () => {
     vs = createViewSandbox();

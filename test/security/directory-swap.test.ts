@@ -19,6 +19,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { runBounded } from '../helpers/bounded';
 import { createViewSandbox, fuseAvailable, ViewSandbox } from '../helpers/view-sandbox';
+import { afterEachDispose } from '../helpers/cleanup';
 
 const skip = fuseAvailable() ?? (fs.existsSync('/usr/bin/setpriv') ? undefined : 'setpriv is missing');
 const maybe = skip ? describe.skip : describe;
@@ -89,10 +90,7 @@ async function attack(vs: ViewSandbox, hiddenAt: string, swap: string): Promise<
 
 maybe('a directory swapped while held through the view (finding 2)', () => {
   let vs: ViewSandbox | undefined;
-  afterEach(async () => {
-    await vs?.dispose();
-    vs = undefined;
-  });
+  afterEachDispose(() => vs, () => (vs = undefined));
 
   test('for a symlink to a host path: nobody reads, lists and looks up nothing there', async () => {
     vs = createViewSandbox({ copy: true });

@@ -13,6 +13,7 @@ import * as path from 'path';
 import { CLI_ENTRY } from '../../core/package-root';
 import { createViewSandbox, fuseAvailable, indexEntry, restartView, ViewSandbox, waitFor, waitForFills, writeReal } from '../helpers/view-sandbox';
 import { sha } from '../helpers/hash';
+import { afterEachDispose } from '../helpers/cleanup';
 
 const skip = fuseAvailable();
 const maybe = skip ? describe.skip : describe;
@@ -35,10 +36,7 @@ function cli(root: string, args: string[]) {
 
 maybe('stale copies', () => {
   let vs: ViewSandbox | undefined;
-  afterEach(async () => {
-    await vs?.dispose();
-    vs = undefined;
-  });
+  afterEachDispose(() => vs, () => (vs = undefined));
 
   test('a same-size rewrite with its mtime restored: verify reports the copy stale by contents, the view serves the new bytes', async () => {
     vs = createViewSandbox({ copy: true, config: 'access_flush_ms = 100\n' });

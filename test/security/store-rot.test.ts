@@ -13,6 +13,7 @@ import { StoreIndex } from '../../fs/store/index-db';
 import { silentLogger } from '../../core/log';
 import { createViewSandbox, fuseAvailable, indexEntry, restartView, ViewSandbox, waitFor, waitForFills, writeReal } from '../helpers/view-sandbox';
 import { sha } from '../helpers/hash';
+import { afterEachDispose } from '../helpers/cleanup';
 
 const skip = fuseAvailable();
 const maybe = skip ? describe.skip : describe;
@@ -30,10 +31,7 @@ function shaAsNobody(vs: ViewSandbox, rel: string): string {
 
 maybe('store rot', () => {
   let vs: ViewSandbox | undefined;
-  afterEach(async () => {
-    await vs?.dispose();
-    vs = undefined;
-  });
+  afterEachDispose(() => vs, () => (vs = undefined));
 
   test('a byte flipped in a copy on flash: the next view serves the real bytes, drops the copy and counts it', async () => {
     vs = createViewSandbox({ copy: true, config: 'access_flush_ms = 100\n' });
