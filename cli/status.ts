@@ -22,6 +22,7 @@ import { PROBE_FRESH_MS, readSupervisorRecord, SupervisorState } from '../fs/ser
 import { mirrorMarker } from '../fs/store/sync';
 import type { ViewState } from '../fs/view/view-service';
 import type { Context } from './context';
+import { readMirrorImages } from '../fs/store/mirror-images';
 
 /**
  * What status calls the system, beyond healthy/degraded/stopped: hung (the view does not
@@ -59,6 +60,8 @@ export interface HookStatus {
   enabled: boolean;
   /** The view serves images under the libraries' own names (its state says so): opens of images since it started. */
   servedByView: { opens: number } | null;
+  /** Mirror mode: files of the mirror that are images under the libraries' names (0 when unreadable to this user). */
+  imagesInMirror: number;
   /** What is active now: processes that have the auditor mapped (and those this user could not look at). */
   active: AuditorUse;
   daemonPid: number | null;
@@ -97,7 +100,7 @@ function hookStatus(ctx: Context, view: ViewState | undefined): HookStatus {
     epoch = null;
   }
   const status: HookStatus = {
-    enabled: hookEnabled(ctx), servedByView: view?.images ? { opens: view.view.images ?? 0 } : null, active: auditorUse(ctx.paths), daemonPid: daemonPid(ctx.paths) ?? null, daemonIdle: daemonIdle(ctx.paths), epoch,
+    enabled: hookEnabled(ctx), servedByView: view?.images ? { opens: view.view.images ?? 0 } : null, imagesInMirror: Object.keys(readMirrorImages(ctx.paths)).length, active: auditorUse(ctx.paths), daemonPid: daemonPid(ctx.paths) ?? null, daemonIdle: daemonIdle(ctx.paths), epoch,
     images: { count: 0, bytes: 0 }, passThroughs: [], failures: readFailures(hp).map(({ source, message }) => ({ source, message })),
   };
   Object.assign(status, epochSummary(ctx.paths.index, epoch));
@@ -233,10 +236,14 @@ export function renderStatus(r: StatusReport): string {
   if (r.fills?.indexRebuilds) rows.push(['index', `rebuilt ${r.fills.indexRebuilds} times while serving; last: ${r.fills.indexTrouble ?? '?'}`]);
   if (r.watcher) rows.push(['watcher', `${r.watcher.state}, ${r.watcher.directories} directories, ${r.watcher.invalidations} invalidations`]);
   const mapped = `mapped by ${r.hook.active.processes} processes${r.hook.active.unreadable ? ` (${r.hook.active.unreadable} not visible to this user)` : ''}`;
-  const ways = [r.hook.servedByView && `served by the view under the libraries' names (${r.hook.servedByView.opens} opens)`, r.hook.enabled && `LD_AUDIT set, ${mapped}`].filter(Boolean).join('; ');
+  const ways = [
+    r.hook.servedByView && `served by the view under the libraries' names (${r.hook.servedByView.opens} opens)`,
+    r.hook.imagesInMirror > 0 && `${r.hook.imagesInMirror} images written into the mirror under the libraries' names`,
+    r.hook.enabled && `LD_AUDIT set, ${mapped}`,
+  ].filter(Boolean).join('; ');
   rows.push(['hook', ways ? `${ways}, daemon ${r.hook.daemonPid ? `pid ${r.hook.daemonPid}` : r.hook.daemonIdle ? 'idle (started at the next miss)' : 'not running'}, epoch ${r.hook.epoch ?? 'none'}, ${r.hook.images.count} images (${MiB(r.hook.images.bytes)}), ${r.hook.passThroughs.length} passed through` : `off${r.hook.active.processes ? `, still ${mapped} started while it was on` : ''}`]);
   // What the view shows for a served library is its image: package checksums are for the real tree.
-  if (r.hook.servedByView) rows.push(['checksums', `R/usr shows randomized bytes for served libraries: check packages (debsums, qcheck) against the real tree, ${r.realTree}`]);
+  if (r.hook.servedByView || r.hook.imagesInMirror > 0) rows.push(['checksums', `R/usr shows randomized bytes for served libraries: check packages (debsums, qcheck) against the real tree, ${r.realTree}`]);
   for (const p of r.hook.passThroughs.slice(0, 10)) rows.push(['passed', `${p.source}: ${p.reason}`]);
   for (const f of r.hook.failures.slice(-3)) rows.push(['hook error', `${f.source}: ${f.message}`]);
   for (const p of r.problems) rows.push(['problem', p]);

@@ -56,6 +56,7 @@ function offsets(out: string): Record<string, number> {
     expect(ops.cli(['sync']).code).toBe(0);
     const s = ops.cli(['start']);
     expect({ code: s.code, stderr: s.stderr }).toMatchObject({ code: 0, stderr: expect.stringMatching(/LD_AUDIT not set/) });
+    expect(ops.cli(['status']).stdout).toMatch(/hook +1 images written into the mirror under the libraries' names/);
     const first = launch();
     expect({ status: first.status, stderr: first.stderr }).toEqual({ status: 0, stderr: '' });
     expect(Object.keys(first.offsets).sort()).toEqual(Object.keys(original).sort());
