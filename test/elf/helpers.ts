@@ -4,6 +4,7 @@ import * as path from 'path';
 import { randomizeFile, readElf, readSymbols, sectionByName } from '../../elf';
 import type { RandomizeResult } from '../../elf';
 import { STT_FUNC, SHT_SYMTAB } from '../../elf/types';
+import { runWith, type ZlibBuild } from './libs';
 
 /** Names of the .text functions of a library, in address order. */
 export function functionOrder(file: string): string[] {
@@ -28,3 +29,22 @@ export function randomizeInto(lib: string, outRoot: string, seedHex: string): { 
 }
 
 export const SEEDS = ['01', 'c0ffee', '5eed5eed5eed5eed'];
+
+/**
+ * zlib's own checks against the library in `dir` (a randomized image, or the original): `example`
+ * passes and a `minigzip` round trip of `payload` gives it back byte for byte.
+ */
+export function expectZlibWorks(dir: string, z: ZlibBuild, payload: Buffer): void {
+  const ex = runWith(dir, z.example, []);
+  expect(ex.stdout).toContain('inflate with dictionary: hello, hello!');
+  expect(ex.status).toBe(0);
+  const input = path.join(dir, 'payload');
+  fs.writeFileSync(input, payload);
+  const gz = runWith(dir, z.minigzip, ['-c', input]);
+  expect(gz.status).toBe(0);
+  const gzFile = path.join(dir, 'payload.gz');
+  fs.writeFileSync(gzFile, Buffer.from(gz.stdout, 'latin1'));
+  const back = runWith(dir, z.minigzip, ['-d', '-c', gzFile]);
+  expect(back.status).toBe(0);
+  expect(Buffer.from(back.stdout, 'latin1').equals(payload)).toBe(true);
+}
