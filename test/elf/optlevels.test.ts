@@ -10,7 +10,9 @@ import * as fs from 'fs';
 import * as path from 'path';
 import type { RandomizeResult } from '../../elf';
 import { expectZlibWorks, functionOrder, randomizeInto } from './helpers';
-import { announceSkip, buildLua, buildSqlite, buildZlib, FIXTURES, type OptLevel, REPO, runWith, tempDir } from './libs';
+import { announceSkip, type Built, buildLua, buildSqlite, buildZlib, FIXTURES, type OptLevel, REPO, runWith, tempDir } from './libs';
+
+type RunResult = ReturnType<typeof runWith>;
 
 const LEVELS: OptLevel[] = ['-Os', '-O1'];
 const SEEDS = ['01', 'c0ffee'];
@@ -31,6 +33,35 @@ function expectRandomized(lib: string, file: string, result: RandomizeResult, mi
   const after = functionOrder(file);
   expect(after).not.toEqual(before);
   expect(new Set(after)).toEqual(new Set(before));
+}
+
+/**
+ * A library whose program's output must not change: built at `opt`, the original runs it (printing
+ * `marker`), and with each seed the randomized image prints exactly what the original printed.
+ */
+function workloadSuite(name: string, opt: OptLevel, b: Built<{ dir: string; lib: string }>, program: ((dir: string) => RunResult) | undefined,
+  marker: string, minUnits: number, timeoutMs: number, more?: (result: RandomizeResult) => void): void {
+  if (!b.ok) announceSkip(`${name} tests`, b.skip);
+  (b.ok && program ? describe : describe.skip)(`randomized ${name}`, () => {
+    if (!b.ok || !program) return;
+    const out = tempDir(name.replace(/\W+/g, '-'));
+    const baseline = program(b.dir);
+
+    test('built at the level, baseline runs the workload', () => {
+      expect(producerFlag(b.lib)).toBe(opt);
+      expect(baseline.status).toBe(0);
+      expect(baseline.stdout).toContain(marker);
+    });
+
+    test.each(SEEDS)('seed %s: the workload prints the same output', (seed) => {
+      const { dir, file, result } = randomizeInto(b.lib, out, seed);
+      expectRandomized(b.lib, file, result, minUnits);
+      more?.(result);
+      const r = program(dir);
+      expect(r.status).toBe(0);
+      expect(r.stdout).toBe(baseline.stdout);
+    }, timeoutMs);
+  });
 }
 
 describe.each(LEVELS)('libraries built at %s', (opt) => {
@@ -54,48 +85,10 @@ describe.each(LEVELS)('libraries built at %s', (opt) => {
   });
 
   const lua = buildLua(opt);
-  if (!lua.ok) announceSkip(`Lua ${opt} tests`, lua.skip);
-  (lua.ok ? describe : describe.skip)(`randomized Lua 5.4 ${opt}`, () => {
-    if (!lua.ok) return;
-    const out = tempDir(`lua${opt}`);
-    const script = path.join(FIXTURES, 'workload.lua');
-    const baseline = runWith(lua.dir, lua.lua, [script]);
-
-    test('built at the level, baseline runs the workload', () => {
-      expect(producerFlag(lua.lib)).toBe(opt);
-      expect(baseline.status).toBe(0);
-      expect(baseline.stdout).toContain('coroutine 385');
-    });
-
-    test.each(SEEDS)('seed %s: the workload prints the same output', (seed) => {
-      const { dir, file, result } = randomizeInto(lua.lib, out, seed);
-      expectRandomized(lua.lib, file, result, 500);
-      expect(result.patch.jumpTableEntries).toBeGreaterThan(100);
-      const r = runWith(dir, lua.lua, [script]);
-      expect(r.status).toBe(0);
-      expect(r.stdout).toBe(baseline.stdout);
-    }, 60_000);
-  });
+  const script = path.join(FIXTURES, 'workload.lua');
+  workloadSuite(`Lua 5.4 ${opt}`, opt, lua, lua.ok ? (dir) => runWith(dir, lua.lua, [script]) : undefined, 'coroutine 385', 500, 60_000,
+    (result) => expect(result.patch.jumpTableEntries).toBeGreaterThan(100));
 
   const sq = buildSqlite(opt);
-  if (!sq.ok) announceSkip(`SQLite ${opt} tests`, sq.skip);
-  (sq.ok ? describe : describe.skip)(`randomized SQLite ${opt}`, () => {
-    if (!sq.ok) return;
-    const out = tempDir(`sqlite${opt}`);
-    const baseline = runWith(sq.dir, sq.driver, []);
-
-    test('built at the level, baseline runs the workload', () => {
-      expect(producerFlag(sq.lib)).toBe(opt);
-      expect(baseline.status).toBe(0);
-      expect(baseline.stdout).toContain('\nok\ndone');
-    });
-
-    test.each(SEEDS)('seed %s: the SQL workload gives identical output', (seed) => {
-      const { dir, file, result } = randomizeInto(sq.lib, out, seed);
-      expectRandomized(sq.lib, file, result, 1000);
-      const r = runWith(dir, sq.driver, []);
-      expect(r.status).toBe(0);
-      expect(r.stdout).toBe(baseline.stdout);
-    }, 120_000);
-  });
+  workloadSuite(`SQLite ${opt}`, opt, sq, sq.ok ? (dir) => runWith(dir, sq.driver, []) : undefined, '\nok\ndone', 1000, 120_000);
 });
