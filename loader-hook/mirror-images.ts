@@ -58,7 +58,7 @@ export function applyMirrorImages(paths: Paths, config: Config, log: Logger): { 
       } catch {
         continue;
       }
-      const id = identityText(identityOf(real));
+      const id = identityText(real);
       // Already this version's image of this epoch: nothing to write.
       if (before[rel]?.id === id && before[rel].epoch === epoch) {
         now[rel] = before[rel];
@@ -83,22 +83,33 @@ export function applyMirrorImages(paths: Paths, config: Config, log: Logger): { 
   return { images: Object.keys(now).length, written };
 }
 
-/** The real file back in the mirror at `rel` (removed there when the real tree has none). */
+/**
+ * The real file back in the mirror at `rel`; removed there only when the real tree has none (the
+ * next sync agrees). Any other failure (a full flash) leaves the image in place and throws: a
+ * served mirror never loses a library.
+ */
 function putOriginal(paths: Paths, rel: string): void {
   const real = path.join(paths.realTree, rel);
-  const dest = path.join(paths.mirror, rel);
+  let st: fs.Stats;
   try {
-    replaceWith(real, dest, fs.lstatSync(real));
-  } catch {
-    fs.rmSync(dest, { force: true }); // gone from the real tree: the next sync agrees
+    st = fs.lstatSync(real);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+    fs.rmSync(path.join(paths.mirror, rel), { force: true });
+    return;
   }
+  replaceWith(real, path.join(paths.mirror, rel), st);
 }
 
 /** Puts the originals back in place of every recorded image; returns how many. */
 export function restoreMirrorOriginals(paths: Paths, log: Logger): number {
-  const rels = Object.keys(readMirrorImages(paths));
-  for (const rel of rels) putOriginal(paths, rel);
-  writeMirrorImages(paths, {});
+  const record = readMirrorImages(paths);
+  const rels = Object.keys(record);
+  for (const rel of rels) {
+    putOriginal(paths, rel); // a failure leaves the rest recorded (rsync leaves them alone) and says why
+    delete record[rel];
+    writeMirrorImages(paths, record);
+  }
   if (rels.length) log.info(`mirror: ${rels.length} originals put back in place of their images`);
   return rels.length;
 }

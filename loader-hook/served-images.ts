@@ -35,6 +35,11 @@ import { realTreePathOrUndefined } from './real-path';
 const LIBRARY_NAME = /\.so(\.[0-9][0-9.]*)?$/;
 /** Requests to the daemon in flight at once; a miss beyond it is asked at a later lookup. */
 const MAX_ASKING = 16;
+/**
+ * Images held open at once (this epoch's and the previous one's): beyond it images are not served
+ * (the original is), so that held images never take the descriptors the view's nodes need.
+ */
+const MAX_HELD = 512;
 /** A library asked about is not asked again for this long (the daemon down, or still making it). */
 const ASK_AGAIN_MS = 10_000;
 
@@ -72,8 +77,12 @@ export class ServedImages {
   private epoch?: string;
   /** key → the image's attributes, or null for a library the daemon passes through (marker). */
   private readonly known = new Map<string, fs.BigIntStats | null>();
-  /** Images served by their (dev:ino), of this and earlier epochs: a node keeps its image. */
-  private readonly byObject = new Map<string, string>();
+  /**
+   * Images answered, by their dev:ino, each held open (this epoch's and the previous one's): a node
+   * answered as an image reads it through this descriptor even after the daemon evicted it or
+   * removed its epoch, and while it is held its inode number cannot name another file.
+   */
+  private readonly byObject = new Map<string, { fd: number; epoch: string }>();
   private readonly asked = new Map<string, number>();
   /** View paths answered in this epoch (as an image, or as the original while asked about). */
   private readonly answered = new Set<string>();
@@ -108,6 +117,8 @@ export class ServedImages {
 
   stop(): void {
     this.epochWatch?.close();
+    for (const h of this.byObject.values()) fs.closeSync(h.fd);
+    this.byObject.clear();
   }
 
   get currentEpoch(): string | undefined {
@@ -131,7 +142,9 @@ export class ServedImages {
     if (epoch !== undefined && !/^[0-9]{1,12}$/.test(epoch)) epoch = undefined;
     if (epoch === this.epoch) return;
     const had = this.epoch !== undefined;
+    const previous = this.epoch;
     this.epoch = epoch;
+    this.releaseOldEpochs(previous);
     this.known.clear();
     this.asked.clear();
     const answered = [...this.answered];
@@ -165,10 +178,10 @@ export class ServedImages {
     // name answered as a removed image could only be EIO.
     const found = sealedImage(image);
     if (known && found && found.ino === known.ino && found.dev === known.dev) return known;
-    if (found) {
-      this.known.set(key, found);
-      this.byObject.set(`${found.dev}:${found.ino}`, image);
-      return found;
+    const held = found && this.hold(image, found);
+    if (held) {
+      this.known.set(key, held);
+      return held;
     }
     if (fs.existsSync(path.join(dir, `${key}.pass`))) {
       this.known.set(key, null);
@@ -178,28 +191,53 @@ export class ServedImages {
     return undefined;
   }
 
-  /** The path of a served image with this device and inode (a node's object), if it was one. */
-  imageOf(dev: number | bigint, ino: number | bigint): string | undefined {
-    return this.byObject.get(`${dev}:${ino}`);
-  }
-
-  /** Opens the image a node was given, checked to be that object still (dev and inode). */
-  open(dev: number | bigint, ino: number | bigint): number | undefined {
-    const image = this.imageOf(dev, ino);
-    if (!image) return undefined;
+  /**
+   * Opens `image` (lstat `seen`) and keeps it open; its attributes from that descriptor (decided on
+   * the object opened), or undefined when it is not the sealed root-owned file seen, or the budget of
+   * held images is spent (the original is served then: fail open).
+   */
+  private hold(image: string, seen: fs.BigIntStats): fs.BigIntStats | undefined {
+    if (this.byObject.size >= MAX_HELD) return undefined;
     let fd: number | undefined;
     try {
       fd = fs.openSync(image, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
       const st = fs.fstatSync(fd, { bigint: true });
-      if (st.dev === BigInt(dev) && st.ino === BigInt(ino)) {
-        this.counters.served++;
-        return fd;
+      if (st.dev === seen.dev && st.ino === seen.ino && sealed(st)) {
+        this.byObject.set(`${st.dev}:${st.ino}`, { fd, epoch: this.epoch! });
+        return st;
       }
     } catch {
-      // gone (an old epoch removed): the caller answers EIO for that node
+      // gone meanwhile: the original
     }
     if (fd !== undefined) fs.closeSync(fd);
     return undefined;
+  }
+
+  /** Whether dev:ino is an image this view answered (a node's object). */
+  imageOf(dev: number | bigint, ino: number | bigint): boolean {
+    return this.byObject.has(`${dev}:${ino}`);
+  }
+
+  /** A descriptor of the image a node was given (through the one held: also when it was removed since). */
+  open(dev: number | bigint, ino: number | bigint): number | undefined {
+    const held = this.byObject.get(`${dev}:${ino}`);
+    if (!held) return undefined;
+    try {
+      const fd = fs.openSync(`/proc/self/fd/${held.fd}`, fs.constants.O_RDONLY);
+      this.counters.served++;
+      return fd;
+    } catch {
+      return undefined; // the caller answers EIO for that node
+    }
+  }
+
+  /** Images held for epochs before the previous one are let go (their nodes, if any, are long idle). */
+  private releaseOldEpochs(previous: string | undefined): void {
+    for (const [k, h] of this.byObject) {
+      if (h.epoch === this.epoch || h.epoch === previous) continue;
+      fs.closeSync(h.fd);
+      this.byObject.delete(k);
+    }
   }
 
   /**
@@ -245,11 +283,16 @@ export class ServedImages {
   }
 }
 
-/** The image's attributes when it is root's regular file, sealed (mtime = size), else undefined. */
+/** Root's regular file, not writable by others, sealed by the daemon (mtime = size: never a truncated image). */
+function sealed(st: fs.BigIntStats): boolean {
+  return st.isFile() && st.uid === 0n && (st.mode & 0o022n) === 0n && st.mtimeNs / 1_000_000_000n === st.size;
+}
+
+/** The image's attributes when it is sealed, else undefined. */
 function sealedImage(image: string): fs.BigIntStats | undefined {
   try {
     const st = fs.lstatSync(image, { bigint: true });
-    if (st.isFile() && st.uid === 0n && (st.mode & 0o022n) === 0n && st.mtimeNs / 1_000_000_000n === st.size) return st;
+    if (sealed(st)) return st;
   } catch {
     // not made yet
   }

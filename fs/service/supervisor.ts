@@ -146,6 +146,8 @@ export class Supervisor {
   /** Daemon restarts that failed in a row, for their back-off. */
   private daemonFailures = 0;
   private daemonNextTry = 0;
+  /** The view asked for the daemon (it exited idle): served by the next attempt that can run. */
+  private daemonDemanded = false;
   /** Whether systemd was told READY=1 (once, when R/usr is first switched). */
   private ready = false;
   private readonly command: SelfCommand;
@@ -174,7 +176,11 @@ export class Supervisor {
     const finished = new Promise<void>((resolve) => (this.done = resolve));
     for (const sig of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) process.on(sig, () => void this.stop(sig));
     process.on(RENEW_SIGNAL, () => this.renewAsked());
-    process.on(DAEMON_SIGNAL, () => void this.keepDaemon(true));
+    process.on(DAEMON_SIGNAL, () => {
+      // Kept until served: an attempt in flight or a back-off now must not lose it (the next check serves it).
+      this.daemonDemanded = true;
+      void this.keepDaemon();
+    });
     // Until a view of ours answers, R/usr is the real tree: a link left on a predecessor's hung
     // view would hang the programs run below (mount, umount load their libraries through R/usr).
     this.setLink('real');
@@ -304,13 +310,15 @@ export class Supervisor {
   }
 
   /** The hook's daemon back if it died (a crash or an OOM left launches without images until a restart). */
-  private async keepDaemon(demanded = false): Promise<void> {
+  private async keepDaemon(): Promise<void> {
     if (this.stopping || Date.now() < this.daemonNextTry) return;
     this.daemonNextTry = Number.MAX_SAFE_INTEGER; // one attempt at a time
     const i = this.configArgs.indexOf('--config');
+    const demanded = this.daemonDemanded;
     try {
       const idle = daemonIdle(this.paths);
       const pid = await reviveDaemon(this.paths, i >= 0 ? this.configArgs[i + 1] : undefined, demanded);
+      if (demanded) this.daemonDemanded = false;
       if (pid && idle) this.log.info(`the hook daemon started on demand (pid ${pid})`);
       else if (pid) this.log.warn(`the hook daemon was gone: started again (pid ${pid})`);
       this.daemonFailures = 0;

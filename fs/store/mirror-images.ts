@@ -11,7 +11,6 @@
  */
 import * as fs from 'fs';
 import * as path from 'path';
-import { identityOf, RealIdentity } from '../../core/identity';
 import type { Paths } from '../../core/paths';
 import { readTrustedFile } from '../../core/trust';
 import { writeAtomic } from '../../core/write-atomic';
@@ -23,8 +22,12 @@ export function mirrorImagesFile(paths: Paths): string {
   return path.join(paths.flash, 'mirror-images.json');
 }
 
-export function identityText(id: RealIdentity): string {
-  return `${id.dev}:${id.ino}:${id.size}:${id.mtimeNs}`;
+/**
+ * The real file's identity as recorded: dev, ino, size, mtime and ctime in ns. ctime too: a chmod
+ * or chown changes nothing else, and must make the image go (it may no longer be eligible).
+ */
+export function identityText(st: fs.BigIntStats): string {
+  return `${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}`;
 }
 
 /** The record; empty when there is none, or when it is not root's alone (then nothing is left alone by rsync). */
@@ -46,16 +49,18 @@ export function writeMirrorImages(paths: Paths, images: MirrorImages): void {
 export function currentMirrorImages(paths: Paths): string[] {
   return Object.entries(readMirrorImages(paths)).filter(([rel, { id }]) => {
     try {
-      return identityText(identityOf(fs.lstatSync(path.join(paths.realTree, rel), { bigint: true }))) === id;
+      return identityText(fs.lstatSync(path.join(paths.realTree, rel), { bigint: true })) === id;
     } catch {
       return false;
     }
   }).map(([rel]) => rel);
 }
 
-/** rsync arguments leaving those images alone (anchored, one file each; given on stdin). */
+/** rsync arguments leaving those images alone (anchored, one file each; NUL-separated on stdin). */
 export function rsyncExcludes(rels: string[]): { args: string[]; input?: string } {
   if (!rels.length) return { args: [] };
-  // Patterns: a leading '/' anchors at the transfer's root; wildcards in names are escaped.
-  return { args: ['--exclude-from=-'], input: rels.map((r) => '/' + r.replace(/[*?[\\]/g, '\\$&')).join('\n') + '\n' };
+  // A leading '/' anchors at the transfer's root; rsync reads '\\' as an escape only in a pattern
+  // with a wildcard, so only such a name gets its wildcards and backslashes escaped.
+  const pattern = (r: string) => '/' + (/[*?[]/.test(r) ? r.replace(/[*?[\\]/g, '\\$&') : r);
+  return { args: ['--from0', '--exclude-from=-'], input: rels.map(pattern).join('\0') + '\0' };
 }

@@ -210,8 +210,11 @@ export class View implements ViewHandlers {
     const relPath = p.slice(1);
     // A node answered as an image reads that image, whatever the name names now.
     if (expect && this.images?.imageOf(expect.dev, expect.ino)) return this.openImage(relPath, expect.dev, expect.ino);
-    const vouched = this.store ? this.meta?.attr(this.real(p)) : undefined;
-    if (vouched?.isFile() && (!expect || sameObject(vouched, expect))) {
+    const vouched = this.store || this.images ? this.meta?.attr(this.real(p)) : undefined;
+    // Without a node to go by (libfuse2), a path answered as an image opens that image: never a copy of the original.
+    const vouchedImage = !expect && vouched?.isFile() ? this.servedImage(p, vouched) : undefined;
+    if (vouchedImage) return this.openImage(relPath, vouchedImage.dev, vouchedImage.ino);
+    if (this.store && vouched?.isFile() && (!expect || sameObject(vouched, expect))) {
       // The watcher vouches for this identity: the copy can be served without touching the real tree.
       const copyFd = this.store!.openCopy(relPath, identityOf(vouched), vouched.ctimeNs);
       if (copyFd !== undefined) return this.opened({ fd: copyFd, relPath, fromStore: true, identity: identityOf(vouched), inflight: 0 });
@@ -397,15 +400,23 @@ export class View implements ViewHandlers {
 
   async access(p: string, mode: number, held?: ObjectId): Promise<void> {
     if (mode & fs.constants.W_OK) throw new Errno('EROFS');
-    this.tree.access(p, mode, { self: held });
+    this.tree.access(p, mode, { self: this.realObject(held) });
   }
 
   async getxattr(p: string, name: string, held?: ObjectId): Promise<Buffer | undefined> {
-    return (await this.xattrList(p, held)).get(name);
+    return (await this.xattrList(p, this.realObject(held))).get(name);
   }
 
   async listxattr(p: string, held?: ObjectId): Promise<string[]> {
-    return [...(await this.xattrList(p, held)).keys()];
+    return [...(await this.xattrList(p, this.realObject(held))).keys()];
+  }
+
+  /**
+   * The real object a node stands for: none to check for a node answered as an image (its identity
+   * is the image's; mode, owner and xattrs are the library's, read by name).
+   */
+  private realObject(held?: ObjectId): ObjectId | undefined {
+    return held && this.images?.imageOf(held.dev, held.ino) ? undefined : held;
   }
 
   /** A file's xattrs; from vouched memory when the watcher vouches (setting one is an IN_ATTRIB event). */

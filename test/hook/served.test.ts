@@ -153,6 +153,8 @@ run('randomized images served under the libraries\' names', () => {
   kernelTest('the daemon exits when idle; a miss has the supervisor start it again and the next launches get the image', async () => {
     await until('the daemon to exit idle', () => (daemonIdle(paths) ? true : undefined), 30_000);
     expect(daemonPid(paths)).toBeUndefined();
+    // warm records a refusal for each of the host's libraries: status --json of a few hundred KB, whole through a pipe.
+    expect(vr.cli('warm').status).toBe(0);
     const status = JSON.parse(vr.cli('status', '--json').stdout) as { health: string; problems: string[]; hook: { daemonIdle: boolean } };
     expect(status).toMatchObject({ health: 'healthy', problems: [], hook: { daemonIdle: true } });
     // A new version of the library (its identity changes): a miss, with no daemon listening.
