@@ -69,7 +69,8 @@ function yamlCheck(buildDir: string, srcRoot: string): string {
   const files = [
     ...['examples', 'regression-inputs'].flatMap((d) => fs.readdirSync(path.join(srcRoot, d)).map((f) => path.join(srcRoot, d, f))),
     ...sh('find /usr/share \\( -name "*.yml" -o -name "*.yaml" -o -name "*.json" \\) -size +1k 2>/dev/null | sort | head -150', '/').out.split('\n').filter(Boolean),
-    ...sh(`find ${path.join(__dirname, '..', '..', 'node_modules')} -name package.json 2>/dev/null | sort | head -150`, '/').out.split('\n').filter(Boolean),
+    // The trailing slash: in a worktree node_modules is a symlink, which find does not enter otherwise.
+    ...sh(`find ${path.join(__dirname, '..', '..', 'node_modules')}/ -name package.json 2>/dev/null | sort | head -150`, '/').out.split('\n').filter(Boolean),
   ];
   const h = createHash('sha256');
   const t = (n: string) => path.join(buildDir, 'tests', n);
