@@ -119,9 +119,10 @@ maybe('kernel session over the host /usr', () => {
     }
     // A launch may still touch a page no earlier launch did: such a cold page is read. Every
     // page read before comes from the kernel: a small fraction of what the first launches read
-    // (measured 3-13 of 240-250 here; on a loaded machine the upper end, so a tenth bounds it).
+    // (measured 3-25 of 240-250 here, the upper end with builds running beside: a quarter bounds it,
+    // where a session that kept no pages would read them all again).
     expect(coldReads).toBeGreaterThan(100);
-    expect(d.read ?? 0).toBeLessThanOrEqual(coldReads / 10);
+    expect(d.read ?? 0).toBeLessThanOrEqual(coldReads / 4);
     // What else still reaches the view: security.capability at each exec and Python's TCGETS per file.
     expect(Object.keys(d).filter((k) => !['getxattr', 'ioctl', 'getattr', 'read'].includes(k))).toEqual([]);
   });
