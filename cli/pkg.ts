@@ -17,8 +17,11 @@ import type { Context } from './context';
 
 const out = (s: string): void => void process.stdout.write(s + '\n');
 
-/** How long resume waits for the supervisor to put R/usr back on the view. */
-const RESUME_WAIT_MS = 5000;
+/**
+ * How long resume waits for the supervisor to put R/usr back on the view. A libfuse2 view is
+ * renewed first (a fresh view process, mounted and probed): 1-2 s idle, over 5 s seen in CI.
+ */
+const RESUME_WAIT_MS = 15000;
 /** How long pause waits for the supervisor to see it: one tick and its probe's deadline. */
 const PAUSE_ACK_MS = PROBE_INTERVAL_MS + PROBE_DEADLINE_MS + 500;
 const CTIME_SLACK_MS = 2000;
