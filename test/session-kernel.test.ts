@@ -92,7 +92,7 @@ maybe('kernel session over the host /usr', () => {
     expect(() => fs.readFileSync(vs!.inView('bin/fscache-no-such-file'))).toThrow(/ENOENT/);
   });
 
-  test('git, perl and python3 run in the chroot; a warm relaunch after 2 s idle sends no open, release, readlink or lookup', async () => {
+  test('git, perl and python3 run in the chroot; a warm relaunch after 2 s idle sends no open or release, and at most a few names', async () => {
     // The default 1 s timeouts: what the kernel keeps past them is what the watcher vouches for.
     vs = createViewSandbox({ config: 'fuse_session = kernel\naccess_flush_ms = 100\n' });
     await vs.startView();
@@ -114,9 +114,14 @@ maybe('kernel session over the host /usr', () => {
     expect(before.open ?? 0).toBeLessThanOrEqual(1); // the one ENOSYS answer
     for (const [, argv] of LAUNCHES) expect((await runInChroot(vs.sandbox, argv)).code).toBe(0);
     const d = delta(before, await countsNow(vs));
-    for (const op of ['open', 'release', 'readlink', 'opendir', 'releasedir', 'flush', 'lookup', 'readdir']) {
+    for (const op of ['open', 'release', 'opendir', 'releasedir', 'flush']) {
       expect({ op, n: d[op] ?? 0, all: d }).toEqual({ op, n: 0, all: d });
     }
+    // Names: the real tree is the host's /usr, which the machine reads meanwhile; a first read in a
+    // day updates a file's atime (relatime), an IN_ATTRIB the watcher answers by invalidating the
+    // name. CI saw one readlink, once. Without vouching these launches sent 25-131 lookups.
+    const names = (d.lookup ?? 0) + (d.readlink ?? 0) + (d.readdir ?? 0);
+    expect({ namesAtMost3: names <= 3, names, all: d }).toMatchObject({ namesAtMost3: true });
     // A launch may still touch a page no earlier launch did: such a cold page is read. Every
     // page read before comes from the kernel: a small fraction of what the first launches read
     // (measured 3-25 of 240-250 here, the upper end with builds running beside: a quarter bounds it,
