@@ -92,7 +92,7 @@ maybe('kernel session over the host /usr', () => {
     expect(() => fs.readFileSync(vs!.inView('bin/fscache-no-such-file'))).toThrow(/ENOENT/);
   });
 
-  test('git, perl and python3 run in the chroot; a warm relaunch after 2 s idle sends no open or release, and at most a few names', async () => {
+  test('git, perl and python3 run in the chroot; a warm relaunch after 2 s idle sends no open or release, and few names', async () => {
     // The default 1 s timeouts: what the kernel keeps past them is what the watcher vouches for.
     vs = createViewSandbox({ config: 'fuse_session = kernel\naccess_flush_ms = 100\n' });
     await vs.startView();
@@ -117,11 +117,13 @@ maybe('kernel session over the host /usr', () => {
     for (const op of ['open', 'release', 'opendir', 'releasedir', 'flush']) {
       expect({ op, n: d[op] ?? 0, all: d }).toEqual({ op, n: 0, all: d });
     }
-    // Names: the real tree is the host's /usr, which the machine reads meanwhile; a first read in a
-    // day updates a file's atime (relatime), an IN_ATTRIB the watcher answers by invalidating the
-    // name. CI saw one readlink, once. Without vouching these launches sent 25-131 lookups.
+    // Names: the real tree here is the host's /usr, which other processes may change meanwhile (a
+    // python3 on the host writing __pycache__), and a change is an event that invalidates names in
+    // its directory. CI saw 1, and 4+ with another test run beside; without vouching these launches
+    // sent 25-131 lookups.
     const names = (d.lookup ?? 0) + (d.readlink ?? 0) + (d.readdir ?? 0);
-    expect({ namesAtMost3: names <= 3, names, all: d }).toMatchObject({ namesAtMost3: true });
+    console.log(`warm relaunch: ${names} name requests; ${JSON.stringify(d)}`);
+    expect({ namesAtMost10: names <= 10, names, all: d }).toMatchObject({ namesAtMost10: true });
     // A launch may still touch a page no earlier launch did: such a cold page is read. Every
     // page read before comes from the kernel: a small fraction of what the first launches read
     // (measured 3-25 of 240-250 here, the upper end with builds running beside: a quarter bounds it,
@@ -129,7 +131,7 @@ maybe('kernel session over the host /usr', () => {
     expect(coldReads).toBeGreaterThan(100);
     expect(d.read ?? 0).toBeLessThanOrEqual(coldReads / 4);
     // What else still reaches the view: security.capability at each exec and Python's TCGETS per file.
-    expect(Object.keys(d).filter((k) => !['getxattr', 'ioctl', 'getattr', 'read'].includes(k))).toEqual([]);
+    expect(Object.keys(d).filter((k) => !['getxattr', 'ioctl', 'getattr', 'read', 'lookup', 'readlink', 'readdir'].includes(k))).toEqual([]);
   });
 
   test('on a kernel that offers fewer flags, OPEN and OPENDIR are served with handles and programs still run', async () => {
