@@ -14,6 +14,7 @@ import { execFileSync } from 'child_process';
 import * as fs from 'fs';
 import * as path from 'path';
 import { launchtimer, median, ms } from './harness';
+import { processesOfRoot } from '../test/helpers/bounded';
 import { makeViewRoot } from '../test/hook/view-root';
 
 const N_LIBS = 10;
@@ -25,17 +26,6 @@ const REPO = path.join(__dirname, '..', '..');
 function rollup(pid: number, field: string): number {
   const m = new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(fs.readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8'));
   return m ? Number(m[1]) : 0;
-}
-
-/** Processes whose command line names `root` (fscache's, and the guard's: its arguments are paths under it). */
-function processesOf(root: string): number[] {
-  return fs.readdirSync('/proc').filter((p) => /^\d+$/.test(p) && Number(p) !== process.pid).map(Number).filter((pid) => {
-    try {
-      return fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').some((a) => a === root || a.startsWith(root + '/'));
-    } catch {
-      return false;
-    }
-  });
 }
 
 async function main(): Promise<void> {
@@ -115,7 +105,7 @@ async function main(): Promise<void> {
     out.push('| process | RSS | PSS |', '|---|---|---|');
     let rss = 0;
     let pss = 0;
-    for (const pid of processesOf(vr.root)) {
+    for (const pid of processesOfRoot(vr.root)) {
       const argv = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
       const verb = argv.includes('--root') ? argv.slice(argv.indexOf('--root') + 2).filter(Boolean).join(' ') : '(guard)';
       const [r, p] = [rollup(pid, 'Rss'), rollup(pid, 'Pss')];

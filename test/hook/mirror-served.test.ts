@@ -13,7 +13,7 @@ import * as path from 'path';
 import { createOpsSandbox, OpsSandbox } from '../helpers/ops-sandbox';
 import { fuseAvailable } from '../helpers/view-sandbox';
 import { FIX } from './sandbox';
-import { launchHeld, whileHeld } from './view-root';
+import { launchHeld, parseDemo, whileHeld } from './view-root';
 
 const DEMO = path.join(__dirname, '..', '..', 'loader-hook', 'demo');
 const RANDOMIZE = ['-O2', '-fPIC', '-ffunction-sections', '-fno-inline', '-shared', '-Wl,--emit-relocs'];
@@ -21,10 +21,6 @@ const CONF = 'mode = mirror\nlibrary_dirs = usr/lib\n';
 
 const skip = fuseAvailable();
 if (skip) console.log(`mirror images: skipped: ${skip}`);
-
-function offsets(out: string): Record<string, number> {
-  return Object.fromEntries([...out.matchAll(/^fn (\w+) ([0-9a-f]+)$/gm)].map((m) => [m[1], parseInt(m[2], 16)]));
-}
 
 (skip ? describe.skip : describe)('mirror mode: images written into the mirror under the libraries\' names', () => {
   let ops: OpsSandbox | undefined;
@@ -50,7 +46,7 @@ function offsets(out: string): Record<string, number> {
     const original = Object.fromEntries([...execFileSync('nm', [lib], { encoding: 'utf8' }).matchAll(/^([0-9a-f]+) T demo_(\w+)$/gm)].map((m) => [m[2], parseInt(m[1], 16)]));
     const launch = () => {
       const r = spawnSync('/usr/sbin/chroot', [ops!.root, '/usr/bin/svdemo'], { env: {}, encoding: 'utf8', timeout: 30_000 });
-      return { status: r.status, stderr: r.stderr, checksum: /^checksum (\d+)$/m.exec(r.stdout)?.[1], offsets: offsets(r.stdout) };
+      return { status: r.status, stderr: r.stderr, ...parseDemo(r.stdout) };
     };
 
     expect(ops.cli(['sync']).code).toBe(0);
@@ -91,7 +87,7 @@ function offsets(out: string): Record<string, number> {
     expect(ops.cli(['start']).code).toBe(0);
     expect(fs.readFileSync(path.join(ops.paths.mirror, 'lib', 'libfscachedemo.so')).equals(fs.readFileSync(lib))).toBe(true);
     const off = spawnSync('/usr/sbin/chroot', [ops.root, '/usr/bin/svdemo'], { env: {}, encoding: 'utf8', timeout: 30_000 });
-    expect(offsets(off.stdout)).toEqual(original);
+    expect(parseDemo(off.stdout).offsets).toEqual(original);
     expect(ops.cli(['stop']).code).toBe(0);
   });
 });

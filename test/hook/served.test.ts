@@ -16,7 +16,7 @@ import { derivePaths, Paths } from '../../core/paths';
 import { daemonIdle, daemonPid } from '../../loader-hook/control';
 import { fuseAvailable } from '../helpers/view-sandbox';
 import { FIX } from './sandbox';
-import { inChroot, launchHeld, makeViewRoot, ViewRoot, whileHeld } from './view-root';
+import { inChroot, launchHeld, makeViewRoot, parseDemo, ViewRoot, whileHeld } from './view-root';
 
 const DEMO = path.join(__dirname, '..', '..', 'loader-hook', 'demo');
 const CONF = 'library_dirs = usr/lib\naccess_flush_ms = 200\ndaemon_idle_seconds = 3\n' +
@@ -36,13 +36,6 @@ const libfuse2Test = libfuse2 ? test : test.skip;
 if (!skip) {
   console.log(libfuse2 ? 'served images: the kernel session\'s launch-by-launch tests are skipped under libfuse2 (a path keeps its answer until the view is renewed)'
     : 'served images: the libfuse2 test is skipped here; .ci/run runs it with FSCACHE_TEST_SESSION=libfuse2');
-}
-
-/** "fn <name> <hex offset>" lines of hookdemo.c, and its checksum. */
-function parseDemo(out: string): { checksum: string; offsets: Record<string, number> } {
-  const offsets: Record<string, number> = {};
-  for (const m of out.matchAll(/^fn (\w+) ([0-9a-f]+)$/gm)) offsets[m[1]] = parseInt(m[2], 16);
-  return { checksum: /^checksum (\d+)$/m.exec(out)?.[1] ?? `none in: ${out}`, offsets };
 }
 
 async function until<T>(what: string, probe: () => T | undefined, timeoutMs = 30_000): Promise<T> {

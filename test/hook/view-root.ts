@@ -167,3 +167,10 @@ export async function whileHeld(held: Held, during: () => Promise<void>): Promis
   }
   return held.release();
 }
+
+/** "fn <name> <hex offset>" lines of hookdemo.c, and its checksum. */
+export function parseDemo(out: string): { checksum: string; offsets: Record<string, number> } {
+  const offsets: Record<string, number> = {};
+  for (const m of out.matchAll(/^fn (\w+) ([0-9a-f]+)$/gm)) offsets[m[1]] = parseInt(m[2], 16);
+  return { checksum: /^checksum (\d+)$/m.exec(out)?.[1] ?? `none in: ${out}`, offsets };
+}
