@@ -1,4 +1,5 @@
 /** The `fscache` command: argument parsing and the verbs, each calling into fs/ or elf/. */
+import '../core/held-signals'; // first: a supervisor woken from its rest takes its signals at once
 import { Command, CommanderError } from 'commander';
 import * as fs from 'fs';
 import * as path from 'path';

@@ -7,7 +7,9 @@ import { mirrorMounted, startMirror, stopMirror } from '../fs/store/mirror';
 import { planSetup, refreshViewDirIfIdle, runSetup } from '../fs/switch/setup';
 import { keepLogBounded } from '../core/log';
 import { awaitStarted, runMirrorService, startSupervised, stopSupervised } from '../fs/service/control';
-import { readSupervisorState, Supervisor } from '../fs/service/supervisor';
+import { readSupervisorState, Supervisor, SupervisorOptions } from '../fs/service/supervisor';
+import { takeWake, Wake } from '../fs/service/rest';
+import { releaseHeldSignals } from '../core/held-signals';
 import { syncStore } from '../fs/store/sync';
 import type { Context } from './context';
 import { packageHooksOnStart, packageHooksOnStop } from './pkg';
@@ -118,6 +120,13 @@ const WAIT_MS = 120000;
 
 export async function startVerb(ctx: Context, how: StartHow, extraArgs: string[]): Promise<number> {
   if (how === 'wait') return waitStarted(ctx);
+  // Woken from its rest (fs/service/rest.ts): the same supervisor, its view and daemon already running.
+  const wake = how === 'foreground' ? takeWake() : undefined;
+  if (wake) {
+    keepLogBounded(ctx.paths.log);
+    await new Supervisor(ctx.paths, extraArgs, ctx.log, supervisorOptions(ctx, wake)).run(releaseHeldSignals());
+    return 0;
+  }
   checkLinkIsOurs(ctx);
   packageHooksOnStart(ctx);
   await startHook(ctx);
@@ -134,11 +143,15 @@ export async function startVerb(ctx: Context, how: StartHow, extraArgs: string[]
   if (how === 'foreground') {
     const running = readSupervisorState(ctx.paths);
     if (running) throw new FsCacheError('busy', `already supervised by pid ${running.pid}`);
-    await new Supervisor(ctx.paths, extraArgs, ctx.log, ctx.config.fuseSession === 'libfuse2').run();
+    await new Supervisor(ctx.paths, extraArgs, ctx.log, supervisorOptions(ctx)).run(releaseHeldSignals());
     return 0;
   }
   out(await startSupervised(ctx.paths, ctx.log, extraArgs));
   return 0;
+}
+
+function supervisorOptions(ctx: Context, wake?: Wake): SupervisorOptions {
+  return { renewOnChange: ctx.config.fuseSession === 'libfuse2', restAfterMs: ctx.config.supervisorRestSeconds * 1000, wake };
 }
 
 /** `start --wait`: 0 once R/usr is switched (see awaitStarted). */

@@ -45,7 +45,7 @@ export interface StatusReport {
   /** The real tree (host path): what package checksums are checked against. */
   realTree: string;
   link: { path: string; target: string | null; state: LinkState };
-  supervisor: Pick<SupervisorState, 'pid' | 'state' | 'restarts' | 'lastFailure' | 'nextRetryAt' | 'lastGoodProbeAt' | 'lastProbeError'> | null;
+  supervisor: Pick<SupervisorState, 'pid' | 'state' | 'restarts' | 'lastFailure' | 'nextRetryAt' | 'lastGoodProbeAt' | 'lastProbeError' | 'restingSince'> | null;
   mirror: { complete: boolean } | null;
   view: { mounted: boolean; pid: number | null; running: boolean; uptimeSeconds: number | null; session: string | null; requests: Record<string, number> };
   store: { entries: number; bytes: number; quota: number; hits: number } | null;
@@ -195,7 +195,7 @@ export function collectStatus(ctx: Context): StatusReport {
     link,
     supervisor: supervisor ? {
       pid: supervisor.pid, state: supervisor.state, restarts: supervisor.restarts, lastFailure: supervisor.lastFailure, nextRetryAt: supervisor.nextRetryAt,
-      lastGoodProbeAt: supervisor.lastGoodProbeAt ?? null, lastProbeError: supervisor.lastProbeError ?? null,
+      lastGoodProbeAt: supervisor.lastGoodProbeAt ?? null, lastProbeError: supervisor.lastProbeError ?? null, restingSince: supervisor.restingSince ?? null,
     } : null,
     mirror: config.mode === 'mirror' ? { complete: mirrorComplete } : null,
     view: {
@@ -220,7 +220,7 @@ export function renderStatus(r: StatusReport): string {
     ['mode', r.mode],
     ['root', r.root],
     ['link', `${r.link.path} -> ${r.link.target ?? `(${r.link.state})`} (${r.link.state})`],
-    ['supervisor', r.supervisor ? `pid ${r.supervisor.pid}, ${r.supervisor.state}, ${r.supervisor.restarts} restarts` +
+    ['supervisor', r.supervisor ? `pid ${r.supervisor.pid}, ${r.supervisor.state}${r.supervisor.restingSince ? ' (at rest: guard/rest.c watches)' : ''}, ${r.supervisor.restarts} restarts` +
       (r.supervisor.lastGoodProbeAt ? `, last good probe ${((Date.now() - r.supervisor.lastGoodProbeAt) / 1000).toFixed(1)} s ago` : '') +
       (r.supervisor.lastFailure ? `, last failure: ${r.supervisor.lastFailure.reason}` : '') : 'not running'],
     ['view', r.view.mounted ? `mounted, pid ${r.view.pid}, up ${r.view.uptimeSeconds ?? '?'} s, session ${r.view.session}` : 'not mounted'],

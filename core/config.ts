@@ -19,6 +19,7 @@ export interface Config {
   hook: 'on' | 'off';
   serveImages: 'on' | 'off';
   daemonIdleSeconds: number;
+  supervisorRestSeconds: number;
   fuseSession: SessionKind;
   realTree: string;
   usrLink: string;
@@ -107,6 +108,10 @@ export const CONFIG_KEYS = {
   daemon_idle_seconds: {
     field: 'daemonIdleSeconds', default: '60', allowed: 'seconds from 0 to 86400',  parse: intIn(0, 86400),
     doc: 'When only the view asks for images (LD_AUDIT not set, see serve_images): the randomization daemon exits after this long without a request, and the view has the supervisor start it again at its next miss, so that at idle no daemon is resident. 0: it stays. With LD_AUDIT set it always stays (the auditor cannot start it).',
+  },
+  supervisor_rest_seconds: {
+    field: 'supervisorRestSeconds', default: '30', allowed: 'seconds from 0 to 86400', parse: intIn(0, 86400),
+    doc: 'View mode: after the view has served this long with nothing for the supervisor to do, the Node supervisor hands its watch to a small static program in its own process (same pid, ~1 MiB instead of ~50 MiB: guard/rest.c), which probes the view every second, puts /usr back on the real tree at once if the view dies or hangs, stops on SIGTERM, and wakes the Node supervisor for anything else (a restart, a pause, a renewal, the daemon). 0: the Node supervisor stays.',
   },
   fuse_session: {
     field: 'fuseSession', default: 'kernel', allowed: 'kernel, libfuse2', parse: oneOf<SessionKind>('libfuse2', 'kernel'),

@@ -19,6 +19,12 @@ export interface NativeCalls {
   flistxattr(fd: number): string[];
   /** getsockopt(SO_PEERCRED): the uid of the peer of a connected unix socket. */
   peerUid(fd: number): number;
+  /** execve(2) in this process (the supervisor's rest, fs/service/rest.ts); returns only by throwing. */
+  execve(file: string, argv: string[], env: string[]): never;
+  /** waitpid(2) with WNOHANG of a child libuv did not spawn: undefined while it runs. */
+  waitpid(pid: number): { code: number | null; signal: number | null } | undefined;
+  /** Sets (1) or clears (0) FD_CLOEXEC on `fd`. */
+  setCloexec(fd: number, on: 0 | 1): void;
   /** Flag values from the system headers (Node's fs.constants lacks them). */
   constants: {
     O_PATH: number;

@@ -26,6 +26,12 @@
  *   peerUid(fd)           -> uid                getsockopt(SO_PEERCRED) of a connected unix socket:
  *       who is asking the hook daemon, as the kernel recorded it (Node has no such call), so
  *       that one user's connections can be capped without trusting what the client says.
+ *   execve(file, argv, env)                  execve(2), for the supervisor's rest (fs/service/rest.ts):
+ *       Node has no exec that keeps the pid, and the pid is what the init system, the view and
+ *       the guard know the supervisor by. Returns only by throwing.
+ *   waitpid(pid)          -> undefined | { code, signal }   waitpid(2) with WNOHANG, for children
+ *       this process has but libuv did not spawn (the view kept across a rest); undefined while it runs.
+ *   setCloexec(fd, on)                       fcntl(F_SETFD): a descriptor kept across that exec.
  *   constants             { O_PATH, O_DIRECTORY, O_NOFOLLOW, RESOLVE_BENEATH, RESOLVE_NO_SYMLINKS,
  *                           RESOLVE_NO_MAGICLINKS, AT_FDCWD }: from the system headers, per architecture.
  * A failure throws what Node's fs throws: an Error with code (the errno name, e.g. 'ENOENT'),
@@ -42,6 +48,7 @@
 #include <linux/openat2.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <sys/xattr.h>
 #include <unistd.h>
 
@@ -223,6 +230,69 @@ static napi_value js_peer_uid(napi_env env, napi_callback_info info) {
   return uid;
 }
 
+/* Array argument i as a NULL-terminated array of malloc'd strings; NULL (with an error thrown) when it is none. */
+static char **string_array_arg(napi_env env, napi_callback_info info, size_t i) {
+  napi_value args[4], item;
+  size_t argc = 4, len;
+  uint32_t n;
+  bool is_array;
+  napi_get_cb_info(env, info, &argc, args, NULL, NULL);
+  if (i >= argc || napi_is_array(env, args[i], &is_array) != napi_ok || !is_array) {
+    napi_throw_type_error(env, NULL, "expected an array of strings");
+    return NULL;
+  }
+  napi_get_array_length(env, args[i], &n);
+  char **out = calloc(n + 1, sizeof *out);
+  if (!out) return NULL;
+  for (uint32_t k = 0; k < n; k++) {
+    napi_get_element(env, args[i], k, &item);
+    if (napi_get_value_string_utf8(env, item, NULL, 0, &len) != napi_ok || !(out[k] = malloc(len + 1))) {
+      napi_throw_type_error(env, NULL, "expected an array of strings");
+      return NULL; /* leaked: the caller throws */
+    }
+    napi_get_value_string_utf8(env, item, out[k], len + 1, &len);
+  }
+  return out;
+}
+
+static napi_value js_execve(napi_env env, napi_callback_info info) {
+  char *file = string_arg(env, info, 0);
+  if (!file) return NULL;
+  char **argv = string_array_arg(env, info, 1), **envp = argv ? string_array_arg(env, info, 2) : NULL;
+  if (!argv || !envp) return NULL;
+  execve(file, argv, envp);
+  return throw_errno(env, errno, "execve", file);
+}
+
+static napi_value js_waitpid(napi_env env, napi_callback_info info) {
+  int32_t pid;
+  if (!int_arg(env, info, 0, &pid)) return NULL;
+  int status;
+  pid_t r = waitpid(pid, &status, WNOHANG);
+  if (r < 0) return throw_errno(env, errno, "waitpid", "");
+  napi_value result;
+  if (r == 0) {
+    napi_get_undefined(env, &result);
+    return result;
+  }
+  napi_value code, sig, nul;
+  napi_get_null(env, &nul);
+  napi_create_object(env, &result);
+  if (WIFEXITED(status)) napi_create_int32(env, WEXITSTATUS(status), &code);
+  if (WIFSIGNALED(status)) napi_create_int32(env, WTERMSIG(status), &sig);
+  napi_set_named_property(env, result, "code", WIFEXITED(status) ? code : nul);
+  napi_set_named_property(env, result, "signal", WIFSIGNALED(status) ? sig : nul);
+  return result;
+}
+
+static napi_value js_set_cloexec(napi_env env, napi_callback_info info) {
+  int32_t fd, on;
+  if (!int_arg(env, info, 0, &fd) || !int_arg(env, info, 1, &on)) return NULL;
+  int flags = fcntl(fd, F_GETFD);
+  if (flags < 0 || fcntl(fd, F_SETFD, on ? flags | FD_CLOEXEC : flags & ~FD_CLOEXEC) < 0) return throw_errno(env, errno, "fcntl", "");
+  return NULL;
+}
+
 static void set_int(napi_env env, napi_value obj, const char *name, int64_t value) {
   napi_value v;
   napi_create_int64(env, value, &v);
@@ -245,6 +315,9 @@ NAPI_MODULE_INIT() {
     { "fgetxattr", NULL, js_fgetxattr, NULL, NULL, NULL, napi_enumerable, NULL },
     { "flistxattr", NULL, js_flistxattr, NULL, NULL, NULL, napi_enumerable, NULL },
     { "peerUid", NULL, js_peer_uid, NULL, NULL, NULL, napi_enumerable, NULL },
+    { "execve", NULL, js_execve, NULL, NULL, NULL, napi_enumerable, NULL },
+    { "waitpid", NULL, js_waitpid, NULL, NULL, NULL, napi_enumerable, NULL },
+    { "setCloexec", NULL, js_set_cloexec, NULL, NULL, NULL, napi_enumerable, NULL },
     { "constants", NULL, NULL, NULL, NULL, constants, napi_enumerable, NULL },
   };
   napi_define_properties(env, exports, sizeof calls / sizeof calls[0], calls);

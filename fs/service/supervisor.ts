@@ -16,12 +16,16 @@
  *
  * - The loader hook's daemon, if start started one, is started again when it dies (checked every
  *   DAEMON_CHECK_MS, with back-off).
+ * - Rest: after `supervisor_rest_seconds` serving with nothing to do, this process execs the
+ *   small static watcher (guard/rest.c, fs/service/rest.ts), which keeps the probes, the exit
+ *   watch and stop, and execs this supervisor again for anything else; it then adopts its view.
  *
  * It runs nothing through R/usr: node and the CLI come from the real tree (fs/service/self-command.ts),
  * umount and mount by absolute path in the real tree, and every module is loaded at start.
  * State for `fscache status` (last good probe, last probe error) is in supervisor.json.
  */
 import { ChildProcess, spawn } from 'child_process';
+import type { Socket } from 'net';
 import { daemonIdle, reviveDaemon } from '../../loader-hook/control';
 import * as fs from 'fs';
 import * as path from 'path';
@@ -32,11 +36,11 @@ import { DAEMON_SIGNAL, RENEW_SIGNAL, SUPERVISOR_PID_ENV } from './orphan-watch'
 import { isPaused, pauseFile } from '../switch/pause';
 import type { Paths } from '../../core/paths';
 import { Prober, ProbeFailure } from './probe';
-import { PACKAGE_ROOT } from '../../core/package-root';
-import { sdNotify } from './sd-notify';
-import { inRealTree, selfCommand, SelfCommand } from './self-command';
+import { adoptChildren, enterRest, pipeFd, reopenLog, RestMemo, Wake } from './rest';
+import { guardProgram, sdNotify } from './sd-notify';
+import { selfCommand, SelfCommand } from './self-command';
 import { clearMountPoint, processAlive } from './stale';
-import { startViewProcess, ViewProcess } from './view-process';
+import { startViewProcess } from './view-process';
 import { writeAtomic } from '../../core/write-atomic';
 
 export type SupervisorFailure = 'exit' | 'hang' | 'dead-connection' | 'probe-error' | 'start';
@@ -52,6 +56,23 @@ export interface SupervisorState {
   /** When the current view last answered a probe through its mount. */
   lastGoodProbeAt: number | null;
   lastProbeError: { at: number; kind: ProbeFailure; message: string } | null;
+  /** Since when the supervisor rests (its watch is guard/rest.c in this pid), or null. */
+  restingSince: number | null;
+}
+
+/** The view as the supervisor holds it: spawned by this process, or adopted after a rest. */
+interface SupervisedView {
+  child: {
+    readonly pid?: number;
+    readonly exitCode: number | null;
+    readonly signalCode: NodeJS.Signals | null;
+    kill(signal?: NodeJS.Signals | number): boolean;
+    once(event: 'exit', listener: (code: number | null, signal: NodeJS.Signals | null) => void): unknown;
+  };
+  /** stderr of the view so far (its log). */
+  log(): string;
+  /** The read end of its stderr pipe, -1 if none. */
+  logFd: number;
 }
 
 export const PROBE_INTERVAL_MS = 1000;
@@ -130,8 +151,17 @@ export async function healthCheck(paths: Paths): Promise<{ hang: boolean; messag
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
+export interface SupervisorOptions {
+  /** Replace the view with a fresh one when files change (the libfuse2 session: see renew()). */
+  renewOnChange?: boolean;
+  /** Rest after this long serving with nothing to do (supervisor_rest_seconds); 0: never. */
+  restAfterMs?: number;
+  /** This process was woken from its rest (fs/service/rest.ts takeWake). */
+  wake?: Wake;
+}
+
 export class Supervisor {
-  private view?: ViewProcess;
+  private view?: SupervisedView;
   private prober?: Prober;
   /** Why the current view is being ended (hang, dead connection), reported when it exits. */
   private ending?: { kind: SupervisorFailure; reason: string };
@@ -141,7 +171,13 @@ export class Supervisor {
   private launching?: Promise<void>;
   private retryTimer?: NodeJS.Timeout;
   private tickTimer?: NodeJS.Timeout;
-  private guard?: ChildProcess;
+  private guardPid?: number;
+  /** The children handed back by the rest, reaped by polling. */
+  private adopted?: { stop(): void };
+  /** When something last happened that the Node supervisor handles (a rest waits for quiet). */
+  private lastEventAt = Date.now();
+  /** Woken from a rest: R/usr goes back to the view after the next good probe. */
+  private relinkAfterProbe = false;
   private daemonTimer?: NodeJS.Timeout;
   /** Daemon restarts that failed in a row, for their back-off. */
   private daemonFailures = 0;
@@ -153,17 +189,23 @@ export class Supervisor {
   private readonly command: SelfCommand;
   private readonly state: SupervisorState = {
     pid: process.pid, startedAt: Date.now(), state: 'starting', viewPid: null, restarts: 0, lastFailure: null, nextRetryAt: null,
-    lastGoodProbeAt: null, lastProbeError: null,
+    lastGoodProbeAt: null, lastProbeError: null, restingSince: null,
   };
   private done!: () => void;
+
+  private readonly renewOnChange: boolean;
+  private readonly restAfterMs: number;
+  private readonly wake?: Wake;
 
   constructor(
     private readonly paths: Paths,
     private readonly configArgs: string[],
     private readonly log: Logger,
-    /** Replace the view with a fresh one when files change (the libfuse2 session: see renew()). */
-    private readonly renewOnChange = false,
+    options: SupervisorOptions = {},
   ) {
+    this.renewOnChange = options.renewOnChange ?? false;
+    this.restAfterMs = options.restAfterMs ?? 0;
+    this.wake = options.wake;
     // Resolved now, before R/usr is ever switched: never a path through the view.
     this.command = selfCommand(paths);
     // A probe blocked on a hung view holds one pool thread until the abort frees it; if the
@@ -171,16 +213,32 @@ export class Supervisor {
     process.env.UV_THREADPOOL_SIZE ??= '8';
   }
 
-  /** Runs until SIGTERM/SIGINT/SIGHUP. */
-  run(): Promise<void> {
+  /** Runs until SIGTERM/SIGINT/SIGHUP. `heldSignals`: those that arrived before this (core/held-signals.ts). */
+  run(heldSignals: NodeJS.Signals[] = []): Promise<void> {
     const finished = new Promise<void>((resolve) => (this.done = resolve));
     for (const sig of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) process.on(sig, () => void this.stop(sig));
     process.on(RENEW_SIGNAL, () => this.renewAsked());
-    process.on(DAEMON_SIGNAL, () => {
-      // Kept until served: an attempt in flight or a back-off now must not lose it (the next check serves it).
-      this.daemonDemanded = true;
-      void this.keepDaemon();
-    });
+    process.on(DAEMON_SIGNAL, () => this.daemonAsked());
+    if (this.wake && this.adopt(this.wake)) {
+      this.tickTimer = setInterval(() => void this.tick(), PROBE_INTERVAL_MS);
+      this.daemonTimer = setInterval(() => void this.keepDaemon(), DAEMON_CHECK_MS);
+      this.woken(this.wake);
+    } else {
+      if (this.wake) this.log.warn(`woken from rest, but view pid ${this.wake.viewPid} is not this process's child: starting afresh`);
+      this.startFresh();
+    }
+    for (const sig of heldSignals) process.kill(process.pid, sig); // delivered again, now to the handlers above
+    return finished;
+  }
+
+  private daemonAsked(): void {
+    // Kept until served: an attempt in flight or a back-off now must not lose it (the next check serves it).
+    this.daemonDemanded = true;
+    this.lastEventAt = Date.now();
+    void this.keepDaemon();
+  }
+
+  private startFresh(): void {
     // Until a view of ours answers, R/usr is the real tree: a link left on a predecessor's hung
     // view would hang the programs run below (mount, umount load their libraries through R/usr).
     this.setLink('real');
@@ -191,7 +249,59 @@ export class Supervisor {
     this.tickTimer = setInterval(() => void this.tick(), PROBE_INTERVAL_MS);
     this.daemonTimer = setInterval(() => void this.keepDaemon(), DAEMON_CHECK_MS);
     this.startLaunch();
-    return finished;
+  }
+
+  /**
+   * Takes back what the rest kept: the view (if it is this process's child), the guard, the
+   * state of supervisor.json and the memo. False when there is no view to adopt.
+   */
+  private adopt(wake: Wake): boolean {
+    const { view, stop } = adoptChildren(wake);
+    this.adopted = { stop };
+    if (!view) return false;
+    let tail = '';
+    const logStream: Socket | undefined = reopenLog(wake.logFd);
+    logStream?.on('data', (d) => {
+      tail = (tail + d).slice(-65536);
+      process.stderr.write(d);
+    });
+    logStream?.on('error', () => undefined);
+    const supervised: SupervisedView = { child: view, log: () => tail, logFd: logStream ? wake.logFd : -1 };
+    this.view = supervised;
+    view.once('exit', (code: number | null, signal: NodeJS.Signals | null) => this.onViewExit(supervised, code, signal));
+    const record = readSupervisorRecord(this.paths);
+    if (record?.state.pid === process.pid) Object.assign(this.state, record.state);
+    Object.assign(this.state, { state: 'serving', viewPid: view.pid, restingSince: null });
+    this.guardPid = wake.children.includes(wake.guardPid) ? wake.guardPid : undefined;
+    this.servingSince = wake.memo.servingSince;
+    this.failuresSinceHealthy = wake.memo.failuresSinceHealthy;
+    this.ready = wake.memo.ready;
+    this.prober = new Prober(this.paths.viewMount, PROBE_DEADLINE_MS);
+    this.writeState();
+    return true;
+  }
+
+  /** What woke the rest, handled as it would have been awake. R/usr is on the real tree (guard/rest.c). */
+  private woken(wake: Wake): void {
+    const view = this.view!;
+    this.lastEventAt = Date.now();
+    this.log.info(`awake: ${wake.event}${wake.detail ? ` (${wake.detail})` : ''}`);
+    switch (wake.event) {
+      case 'exit':
+        return; // the adopted view reports its exit: onViewExit
+      case 'hang':
+      case 'dead-connection':
+      case 'error':
+        return this.probeFailed(view, { ok: false, kind: wake.event === 'error' ? 'error' : wake.event, message: wake.detail });
+      case 'renew':
+        this.relinkAfterProbe = !this.renewOnChange;
+        return this.renewAsked();
+      case 'daemon':
+        this.relinkAfterProbe = true;
+        return this.daemonAsked();
+      default: // a pause (the next tick follows it), a daemon that died (the next check starts it)
+        this.relinkAfterProbe = true;
+    }
   }
 
   /**
@@ -200,12 +310,13 @@ export class Supervisor {
    * view. Taken from the real tree; without it supervision goes on (fail open), said in the log.
    */
   private startGuard(): void {
-    const guard = inRealTree(this.paths, path.join(PACKAGE_ROOT, 'guard', 'fscache-guard'));
+    const guard = guardProgram(this.paths);
     const args = [this.paths.usrLink, linkTargetPath(this.paths, 'real'), linkTargetPath(this.paths, 'view'), this.paths.viewMount, this.paths.viewState];
     try {
       fs.accessSync(guard, fs.constants.X_OK);
-      this.guard = spawn(guard, args, { stdio: ['ignore', 'ignore', 'inherit'] });
-      this.guard.on('error', (err) => this.log.warn(`the guard did not start (${err.message}): a hung view would outlive a dead supervisor`));
+      const child: ChildProcess = spawn(guard, args, { stdio: ['ignore', 'ignore', 'inherit'] });
+      this.guardPid = child.pid;
+      child.on('error', (err) => this.log.warn(`the guard did not start (${err.message}): a hung view would outlive a dead supervisor`));
     } catch (err) {
       this.log.warn(`no guard at ${guard} (${(err as Error).message}): a hung view would outlive a dead supervisor`);
     }
@@ -248,6 +359,7 @@ export class Supervisor {
     if (paused === (this.state.state === 'paused') || (!paused && !mayServe)) return;
     if (!paused && this.renewOnChange) return void this.renew(this.view);
     if (!paused) this.setLink('view');
+    this.lastEventAt = Date.now();
     this.log.info(paused ? `paused (${pauseFile(this.paths)}): ${this.paths.usrLink} stays on the real tree` : 'pause ended');
     this.state.state = paused ? 'paused' : 'serving';
     this.writeState();
@@ -283,10 +395,11 @@ export class Supervisor {
     } catch (err) {
       return this.fail('start', `the mount point is not free: ${(err as Error).message}`);
     }
-    let view: ViewProcess;
+    let view: SupervisedView;
     try {
-      view = await startViewProcess(this.paths.root, this.paths.viewMount, this.paths.viewState, this.configArgs,
+      const started = await startViewProcess(this.paths.root, this.paths.viewMount, this.paths.viewState, this.configArgs,
         (t) => process.stderr.write(t), { [SUPERVISOR_PID_ENV]: String(process.pid) }, this.command);
+      view = { child: started.child, log: started.log, logFd: pipeFd(started.child.stderr) };
     } catch (err) {
       return this.fail('start', `view did not start: ${(err as Error).message}`);
     }
@@ -299,6 +412,7 @@ export class Supervisor {
     if (problem) return void this.endView(view, problem.hang ? 'hang' : 'start', `the view failed its first check: ${problem.message}`);
     this.prober = new Prober(this.paths.viewMount, PROBE_DEADLINE_MS);
     this.servingSince = Date.now();
+    this.lastEventAt = Date.now();
     this.state.lastGoodProbeAt = Date.now();
     this.state.state = isPaused(this.paths) ? 'paused' : 'serving';
     this.setLink(this.state.state === 'paused' ? 'real' : 'view');
@@ -342,11 +456,18 @@ export class Supervisor {
     if (r.ok) {
       this.state.lastGoodProbeAt = now;
       if (now - this.servingSince >= HEALTHY_RESET_MS) this.failuresSinceHealthy = 0;
+      if (this.relinkAfterProbe && this.state.state === 'serving') this.setLink('view');
+      this.relinkAfterProbe = false;
       this.applyPause(true);
       this.writeState();
+      this.maybeRest(view);
       return;
     }
-    this.state.lastProbeError = { at: now, kind: r.kind, message: r.message };
+    this.probeFailed(view, r);
+  }
+
+  private probeFailed(view: SupervisedView, r: { ok: false; kind: ProbeFailure; message: string }): void {
+    this.state.lastProbeError = { at: Date.now(), kind: r.kind, message: r.message };
     // A view that died answers ENOTCONN too, maybe before its exit event arrives: then the exit is the failure to report.
     if (r.kind !== 'hang' && view.child.pid && !processAlive(view.child.pid)) {
       this.setLink('real');
@@ -357,10 +478,35 @@ export class Supervisor {
   }
 
   /**
+   * The rest (fs/service/rest.ts), once nothing has happened for restAfterMs: serving, not
+   * paused, R/usr on the view, no restart, renewal or daemon start in flight or pending.
+   * A failed exec (no guard, no addon) leaves this process awake, said once.
+   */
+  private restRefused = false;
+  private maybeRest(view: SupervisedView): void {
+    const now = Date.now();
+    if (!this.restAfterMs || this.restRefused || now - this.lastEventAt < this.restAfterMs) return;
+    if (this.state.state !== 'serving' || this.view !== view || this.ending || this.stopping || !view.child.pid || isPaused(this.paths)) return;
+    if (this.daemonDemanded || this.daemonNextTry !== 0 || this.prober?.busy || readLinkState(this.paths).state !== 'view') return;
+    const memo: RestMemo = { servingSince: this.servingSince, failuresSinceHealthy: this.failuresSinceHealthy, ready: this.ready };
+    this.state.restingSince = now;
+    this.writeState();
+    this.log.info(`resting: the watch goes to ${guardProgram(this.paths)} in this process (pid ${process.pid})`);
+    try {
+      enterRest(this.paths, guardProgram(this.paths), this.command, { pid: view.child.pid, logFd: view.logFd }, this.guardPid ?? 0, memo);
+    } catch (err) {
+      this.restRefused = true;
+      this.state.restingSince = null;
+      this.writeState();
+      this.log.warn(`no rest (${(err as Error).message}): the Node supervisor stays`);
+    }
+  }
+
+  /**
    * A view that answers but answers wrongly: R/usr to the real tree, then the view is told
    * to detach (it serves its last users) and a new one is started after the back-off.
    */
-  private retire(view: ViewProcess, reason: string): void {
+  private retire(view: SupervisedView, reason: string): void {
     this.setLink('real');
     this.view = undefined;
     this.prober = undefined;
@@ -377,6 +523,7 @@ export class Supervisor {
   private renewAsked(): void {
     const view = this.view;
     if (!this.renewOnChange || !view || this.ending || this.stopping || this.state.state !== 'serving') return;
+    this.lastEventAt = Date.now();
     this.setLink('real');
     void this.renew(view);
   }
@@ -389,7 +536,7 @@ export class Supervisor {
    * they mapped, read from the objects they opened), and a fresh one starts with no nodes.
    * R/usr stays on the real tree until the new view answers; this is no failure (no back-off).
    */
-  private async renew(view: ViewProcess): Promise<void> {
+  private async renew(view: SupervisedView): Promise<void> {
     this.view = undefined;
     this.prober = undefined;
     this.state.viewPid = null;
@@ -408,7 +555,7 @@ export class Supervisor {
    * aborted (launches caught in the hang end with an error), the view killed and its mount
    * detached lazily. The view's exit reports the failure and schedules the restart.
    */
-  private async endView(view: ViewProcess, kind: SupervisorFailure, reason: string): Promise<void> {
+  private async endView(view: SupervisedView, kind: SupervisorFailure, reason: string): Promise<void> {
     if (this.ending) return;
     this.ending = { kind, reason };
     this.setLink('real');
@@ -423,7 +570,7 @@ export class Supervisor {
     if (this.view === view) this.onViewExit(view, null, null);
   }
 
-  private onViewExit(view: ViewProcess, code: number | null, signal: NodeJS.Signals | null): void {
+  private onViewExit(view: SupervisedView, code: number | null, signal: NodeJS.Signals | null): void {
     if (this.view !== view) return;
     this.view = undefined;
     this.prober = undefined;
@@ -465,7 +612,9 @@ export class Supervisor {
       }
     }
     fs.rmSync(supervisorStateFile(this.paths), { force: true });
-    this.guard?.kill('SIGTERM'); // a stop, not a death: nothing for it to do
+    // A stop, not a death: nothing for the guard to do.
+    if (this.guardPid) process.kill(this.guardPid, 'SIGTERM');
+    this.adopted?.stop();
     this.done();
   }
 }

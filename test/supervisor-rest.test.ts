@@ -1,0 +1,153 @@
+/**
+ * The supervisor's rest (supervisor_rest_seconds, guard/rest.c, fs/service/rest.ts): after a
+ * quiet while the Node supervisor execs the small watcher in its own process (same pid), which
+ * keeps status fresh, flips R/usr back at once when the view dies or hangs, stops on SIGTERM,
+ * and wakes the Node supervisor for a restart, a pause or the daemon. Real views in sandbox
+ * roots; every call bounded; cleanup aborts any FUSE connection left below the root.
+ */
+import { spawnSync } from 'child_process';
+import * as fs from 'fs';
+import { runInChroot } from '../cli/demo';
+import { abortConnection, fuseMountAt, fuseMountsBelow } from '../fs/fuse/fusectl';
+import { readLinkState } from '../fs/switch/link';
+import { processAlive } from '../fs/service/stale';
+import { pauseFile } from '../fs/switch/pause';
+import { readSupervisorState } from '../fs/service/supervisor';
+import { hookPaths } from '../loader-hook/hook-paths';
+import { CLI_ENTRY } from '../fs/service/view-process';
+import { createOpsSandbox, OpsSandbox } from './helpers/ops-sandbox';
+import { fuseAvailable, waitFor } from './helpers/view-sandbox';
+
+const skip = fuseAvailable();
+const maybe = skip ? describe.skip : describe;
+if (skip) console.warn(`supervisor rest tests skipped: ${skip}`);
+
+jest.setTimeout(120000);
+
+const linkState = (ops: OpsSandbox) => readLinkState(ops.paths).state;
+const viewPid = (ops: OpsSandbox) => JSON.parse(fs.readFileSync(ops.paths.viewState, 'utf8')).pid as number;
+
+/** What runs in process `pid`: its executable's name and resident set (KiB). */
+function processImage(pid: number): { exe: string; rssKiB: number } | undefined {
+  try {
+    const rss = /VmRSS:\s+(\d+)/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
+    return { exe: fs.readlinkSync(`/proc/${pid}/exe`), rssKiB: rss ? Number(rss[1]) : 0 };
+  } catch {
+    return undefined;
+  }
+}
+
+const resting = (pid: number) => /fscache-guard$/.test(processImage(pid)?.exe ?? '');
+const awake = (pid: number) => processImage(pid)?.exe === fs.realpathSync(process.execPath);
+
+function status(ops: OpsSandbox): { code: number | null; state: string; supervisor: { pid: number; restarts: number; restingSince: number | null; lastFailure: { kind: string } | null } | null } {
+  const r = spawnSync(process.execPath, [CLI_ENTRY, '--root', ops.root, 'status', '--json'], { encoding: 'utf8', timeout: 20000 });
+  const report = JSON.parse(r.stdout);
+  return { code: r.status, state: report.state, supervisor: report.supervisor };
+}
+
+/** Started with a 2 s rest; returns the supervisor's pid once it rests. */
+async function startedAndResting(ops: OpsSandbox): Promise<number> {
+  expect(ops.cli(['setup', '--yes']).code).toBe(0);
+  ops.bindHostUsr();
+  expect(ops.cli(['start'])).toMatchObject({ code: 0 });
+  expect(linkState(ops)).toBe('view');
+  const pid = readSupervisorState(ops.paths)!.pid;
+  expect(await waitFor(() => resting(pid), 15000, 50)).toBeGreaterThanOrEqual(0);
+  return pid;
+}
+
+maybe('supervisor rest', () => {
+  let ops: OpsSandbox | undefined;
+  const stopped: number[] = [];
+  afterEach(async () => {
+    for (const pid of stopped.splice(0)) {
+      try {
+        process.kill(pid, 'SIGCONT');
+      } catch {
+        // gone
+      }
+    }
+    if (ops) for (const m of fuseMountsBelow(ops.root)) abortConnection(m.minor);
+    await ops?.dispose();
+    ops = undefined;
+  });
+
+  test('at rest one small process keeps the watch under the same pid: status stays healthy, launches run through the view, stop ends it all', async () => {
+    ops = createOpsSandbox({ config: 'supervisor_rest_seconds = 2\nhook = off\n' });
+    const pid = await startedAndResting(ops);
+    const image = processImage(pid)!;
+    expect(image.rssKiB).toBeLessThan(4096);
+    // Longer than status's freshness (3 s): only the rest's own probes keep it healthy.
+    await new Promise((r) => setTimeout(r, 4000));
+    const s = status(ops);
+    expect(s).toMatchObject({ code: 0, state: 'healthy', supervisor: { pid, restingSince: expect.any(Number) } });
+    expect(await runInChroot(ops.sandbox, ['/usr/bin/git', '--version'])).toMatchObject({ code: 0, stdout: expect.stringMatching(/^git version/) });
+    expect(linkState(ops)).toBe('view');
+    console.log(`at rest: supervisor pid ${pid} is ${image.exe}, ${image.rssKiB} KiB resident`);
+
+    const view = viewPid(ops);
+    expect(ops.cli(['stop'])).toMatchObject({ code: 0 });
+    expect(linkState(ops)).toBe('real');
+    expect(await waitFor(() => !processAlive(pid) && !fuseMountAt(ops!.paths.viewMount), 10000, 50)).toBeGreaterThanOrEqual(0);
+    expect(fs.existsSync(`${ops.paths.runDir}/supervisor.json`)).toBe(false);
+    expect(await waitFor(() => !processAlive(view), 10000, 50)).toBeGreaterThanOrEqual(0);
+  });
+
+  test('the view killed at rest: R/usr back within a second, the Node supervisor (same pid) restarts it with the failure recorded, then rests again', async () => {
+    ops = createOpsSandbox({ config: 'supervisor_rest_seconds = 2\nhook = off\n' });
+    const pid = await startedAndResting(ops);
+    const old = viewPid(ops);
+    const killedAt = Date.now();
+    process.kill(old, 'SIGKILL');
+    expect(await waitFor(() => linkState(ops!) === 'real', 3000, 5)).toBeGreaterThanOrEqual(0);
+    const flipMs = Date.now() - killedAt;
+    expect(flipMs).toBeLessThan(1000);
+    expect(await waitFor(() => linkState(ops!) === 'view' && viewPid(ops!) !== old, 20000, 50)).toBeGreaterThanOrEqual(0);
+    expect(readSupervisorState(ops.paths)).toMatchObject({ pid, restarts: 1, lastFailure: { kind: 'exit' } });
+    expect(await runInChroot(ops.sandbox, ['/usr/bin/git', '--version'])).toMatchObject({ code: 0 });
+    expect(await waitFor(() => resting(pid), 15000, 50)).toBeGreaterThanOrEqual(0);
+    console.log(`the view killed at rest: R/usr back on the real tree after ${flipMs} ms, restarted, resting again`);
+  });
+
+  test('the view hung at rest (SIGSTOP): R/usr back within the probe deadline, the caught launch ends, the view is replaced', async () => {
+    ops = createOpsSandbox({ config: 'supervisor_rest_seconds = 2\nhook = off\n' });
+    const pid = await startedAndResting(ops);
+    const old = viewPid(ops);
+    stopped.push(old);
+    const stoppedAt = Date.now();
+    process.kill(old, 'SIGSTOP');
+    const caught = runInChroot(ops.sandbox, ['/usr/bin/sh', '-c', `test -e /usr/lib/fscache-fresh-${Date.now()}; echo done`]);
+    expect(await waitFor(() => linkState(ops!) === 'real', 6000, 5)).toBeGreaterThanOrEqual(0);
+    const flipMs = Date.now() - stoppedAt;
+    // One probe interval (1 s) plus the deadline (2 s), and timers' slack on a shared machine.
+    expect(flipMs).toBeLessThanOrEqual(4500);
+    const hung = await caught;
+    expect(hung.ms).toBeLessThanOrEqual(10000);
+    expect(await waitFor(() => linkState(ops!) === 'view' && viewPid(ops!) !== old, 20000, 50)).toBeGreaterThanOrEqual(0);
+    expect(readSupervisorState(ops.paths)).toMatchObject({ pid, lastFailure: { kind: 'hang' } });
+    expect(processAlive(old)).toBe(false);
+    console.log(`the view hung at rest: R/usr back after ${flipMs} ms; the caught launch ended after ${hung.ms} ms`);
+  });
+
+  test('a pause wakes it: R/usr stays on the real tree while paused, back on the view after; a signal for the daemon starts the daemon', async () => {
+    ops = createOpsSandbox({ config: 'supervisor_rest_seconds = 2\ndaemon_idle_seconds = 1\n' });
+    const pid = await startedAndResting(ops);
+    fs.writeFileSync(pauseFile(ops.paths), '');
+    expect(await waitFor(() => readSupervisorState(ops!.paths)?.state === 'paused', 5000, 20)).toBeGreaterThanOrEqual(0);
+    expect(awake(pid)).toBe(true);
+    expect(linkState(ops)).toBe('real');
+    fs.rmSync(pauseFile(ops.paths));
+    expect(await waitFor(() => readSupervisorState(ops!.paths)?.state === 'serving' && linkState(ops!) === 'view', 20000, 20)).toBeGreaterThanOrEqual(0);
+    expect(await waitFor(() => resting(pid), 15000, 50)).toBeGreaterThanOrEqual(0);
+
+    // The daemon exits idle after 1 s; the view's request (SIGURG to its supervisor) wakes the rest, which starts it.
+    const pidFile = hookPaths(ops.paths).pidFile;
+    expect(await waitFor(() => fs.readFileSync(pidFile, 'utf8').trim() === 'idle', 15000, 50)).toBeGreaterThanOrEqual(0);
+    expect(await waitFor(() => resting(pid), 15000, 50)).toBeGreaterThanOrEqual(0);
+    process.kill(pid, 'SIGURG');
+    expect(await waitFor(() => processAlive(Number(fs.readFileSync(pidFile, 'utf8').trim())), 15000, 50)).toBeGreaterThanOrEqual(0);
+    expect(await waitFor(() => linkState(ops!) === 'view', 5000, 20)).toBeGreaterThanOrEqual(0);
+    expect(status(ops)).toMatchObject({ code: 0, state: 'healthy' });
+  });
+});
