@@ -5,7 +5,8 @@
  *     libraries served randomized (R/usr/lib/bench-rand, in library_dirs) against byte-identical
  *     copies served as they are (R/usr/lib/bench-plain, not in library_dirs); loader-hook/launchtimer.c
  *     interleaves the two launch by launch; medians and ratios per round;
- *  2. fscache's own footprint at idle after those launches: RSS and PSS of every fscache process.
+ *  2. fscache's own footprint at idle after those launches: RSS and PSS of every fscache process,
+ *     once the daemon has left and the supervisor rests (guard/rest.c).
  * The root is R/usr.real an overlay of this machine's /usr (test/hook/view-root.ts), fscache started
  * with its CLI as `start` runs it.
  * Run: npm run build && node dist/bench/served.js > section.md   (FSCACHE_BENCH_ROUNDS, default 300; 3 rounds)
@@ -19,6 +20,7 @@ import { makeViewRoot } from '../test/hook/view-root';
 
 const N_LIBS = 10;
 const IDLE_S = 5;
+const REST_S = 5;
 const ROUNDS = Number(process.env.FSCACHE_BENCH_ROUNDS ?? 300);
 const REPO = path.join(__dirname, '..', '..');
 
@@ -29,8 +31,9 @@ function rollup(pid: number, field: string): number {
 }
 
 async function main(): Promise<void> {
-  // daemon_idle_seconds = 5 (default 60): the idle footprint is read after the daemon left.
-  const vr = makeViewRoot(`library_dirs = usr/lib/bench-rand\naccess_flush_ms = 500\ndaemon_idle_seconds = ${IDLE_S}\n`);
+  // daemon_idle_seconds = 5 (default 60), supervisor_rest_seconds = 5 (default 30): the idle
+  // footprint is read after the daemon left and the supervisor went to rest, sooner than by default.
+  const vr = makeViewRoot(`library_dirs = usr/lib/bench-rand\naccess_flush_ms = 500\ndaemon_idle_seconds = ${IDLE_S}\nsupervisor_rest_seconds = ${REST_S}\n`);
   const out: string[] = [];
   try {
     const src = path.join(vr.root, 'src');
@@ -93,21 +96,24 @@ async function main(): Promise<void> {
     }
     out.push('', `Median ratio over the rounds: wall ${median(ratios.wall).toFixed(3)}×, CPU ${median(ratios.cpu).toFixed(3)}×.`, '');
 
-    // Idle: the daemon leaves after IDLE_S s without a request; then read every fscache process.
+    // Idle: the daemon leaves after IDLE_S s without a request, the supervisor rests after REST_S s
+    // with nothing to do (its command line then starts with fscache-guard --rest); then read every fscache process.
     const idleFrom = Date.now();
-    while (vr.fscachePids().some((pid) => fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes('\0daemon')) && Date.now() - idleFrom < 30_000) {
+    const cmdlines = () => processesOfRoot(vr.root).map((pid) => fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8'));
+    while ((cmdlines().some((c) => c.includes('\0daemon')) || !cmdlines().some((c) => c.includes('\0--rest\0'))) && Date.now() - idleFrom < 60_000) {
       await new Promise((r) => setTimeout(r, 500));
     }
     await new Promise((r) => setTimeout(r, 1000));
     out.push('### fscache\'s own footprint at idle after those launches', '',
-      `Every process of the root (its path in the command line: the supervisor, the view, the guard; the daemon left after ${IDLE_S} s without`,
-      'a request), from /proc/PID/smaps_rollup. RSS counts the pages of the node binary once per Node process; PSS shares them out.', '');
+      `Every process of the root (its path in the command line: the supervisor, at rest after ${REST_S} s with nothing to do, the view, the guard;`,
+      `the daemon left after ${IDLE_S} s without a request), from /proc/PID/smaps_rollup. RSS counts the pages of the node binary once per Node`,
+      'process; PSS shares them out.', '');
     out.push('| process | RSS | PSS |', '|---|---|---|');
     let rss = 0;
     let pss = 0;
     for (const pid of processesOfRoot(vr.root)) {
       const argv = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
-      const verb = argv.includes('--root') ? argv.slice(argv.indexOf('--root') + 2).filter(Boolean).join(' ') : '(guard)';
+      const verb = argv[1] === '--rest' ? '--rest (the supervisor at rest)' : argv.includes('--root') ? argv.slice(argv.indexOf('--root') + 2).filter(Boolean).join(' ') : '(guard)';
       const [r, p] = [rollup(pid, 'Rss'), rollup(pid, 'Pss')];
       rss += r;
       pss += p;

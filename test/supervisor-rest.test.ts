@@ -7,6 +7,7 @@
  */
 import { spawnSync } from 'child_process';
 import * as fs from 'fs';
+import * as os from 'os';
 import { runInChroot } from '../cli/demo';
 import { abortConnection, fuseMountAt, fuseMountsBelow } from '../fs/fuse/fusectl';
 import { readLinkState } from '../fs/switch/link';
@@ -37,7 +38,17 @@ function processImage(pid: number): { exe: string; rssKiB: number } | undefined 
   }
 }
 
-const resting = (pid: number) => /fscache-guard$/.test(processImage(pid)?.exe ?? '');
+/** Whether process `pid` catches signal `sig` (its handlers are in place: one sent now is not lost). */
+function catches(pid: number, sig: number): boolean {
+  try {
+    const mask = /SigCgt:\s+([0-9a-f]+)/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
+    return !!mask && ((BigInt(`0x${mask[1]}`) >> BigInt(sig - 1)) & 1n) === 1n;
+  } catch {
+    return false;
+  }
+}
+
+const resting = (pid: number) => /fscache-guard$/.test(processImage(pid)?.exe ?? '') && catches(pid, os.constants.signals.SIGURG);
 const awake = (pid: number) => processImage(pid)?.exe === fs.realpathSync(process.execPath);
 
 function status(ops: OpsSandbox): { code: number | null; state: string; supervisor: { pid: number; restarts: number; restingSince: number | null; lastFailure: { kind: string } | null } | null } {

@@ -9,6 +9,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { createWholeRoot, RunResult, WholeRoot, wholeRootAvailable } from './helpers/whole-root';
 import { afterEachDispose } from './helpers/cleanup';
+import { waitFor } from './helpers/view-sandbox';
 
 const skip = wholeRootAvailable();
 const maybe = skip ? describe.skip : describe;
@@ -73,6 +74,63 @@ maybe('whole root: fscache installed in the /usr it serves', () => {
     await expectOk('start again', wr.fscache(['start'], { timeoutMs: 60000 }));
     await expectOk('launch after restart', wr.run(['/usr/bin/python3', '-c', 'import json'], { timeoutMs: 30000 }));
     await expectOk('stop again', wr.fscache(['stop'], { timeoutMs: 60000 }));
+    expect(failures).toEqual([]);
+  });
+
+  test('the supervisor at rest (guard/rest.c) in the installed root: it rests, a killed view and a pause wake it, launches never fail, stop ends it', async () => {
+    wr = createWholeRoot({ config: `supervisor_rest_seconds = 2\nhook = off\n${session ? `fuse_session = ${session}\n` : ''}` });
+    const root = wr.root;
+    const failures: string[] = [];
+    const expectOk = async (what: string, r: Promise<RunResult>) => {
+      const res = await r;
+      if (res.timedOut || res.code !== 0) failures.push(describeFailure(what, res));
+      return res;
+    };
+    const usrTarget = () => fs.readlinkSync(path.join(root, 'usr'));
+    const resting = (pid: number) => {
+      try {
+        return /fscache-guard$/.test(fs.readlinkSync(`/proc/${pid}/exe`));
+      } catch {
+        return false;
+      }
+    };
+    const json = (file: string) => JSON.parse(fs.readFileSync(path.join(root, 'run', 'fscache', file), 'utf8'));
+    const launches = async (what: string) => {
+      for (const [argv, expected] of LAUNCHES.slice(0, 4)) {
+        const r = await expectOk(`${what}: ${argv.join(' ')}`, wr!.run(argv, { timeoutMs: 30000 }));
+        if (!expected.test(r.stdout.trim())) failures.push(describeFailure(`${what}: ${argv.join(' ')} printed something else`, r));
+      }
+    };
+
+    await expectOk('start', wr.fscache(['start'], { timeoutMs: 60000 }));
+    expect(failures).toEqual([]);
+    const supervisor = json('supervisor.json').pid as number;
+    expect(await waitFor(() => resting(supervisor), 15000, 50)).toBeGreaterThanOrEqual(0);
+    await launches('at rest');
+
+    // Woken by the view's death: it runs node again from the real tree, with the init-like environment it was started with.
+    const view = json('view.json').pid as number;
+    process.kill(view, 'SIGKILL');
+    expect(await waitFor(() => usrTarget() === 'usr.real', 3000, 5)).toBeGreaterThanOrEqual(0);
+    expect(await waitFor(() => usrTarget() !== 'usr.real' && json('view.json').pid !== view, 20000, 50)).toBeGreaterThanOrEqual(0);
+    expect(json('supervisor.json')).toMatchObject({ pid: supervisor, lastFailure: { kind: 'exit' } });
+    await launches('after the restart');
+    expect(await waitFor(() => resting(supervisor), 15000, 50)).toBeGreaterThanOrEqual(0);
+
+    // A package transaction's pause and resume, from rest.
+    await expectOk('pause', wr.fscache(['pause'], { timeoutMs: 30000 }));
+    expect(usrTarget()).toBe('usr.real');
+    await launches('paused');
+    await expectOk('resume', wr.fscache(['resume'], { timeoutMs: 60000 }));
+    expect(usrTarget()).not.toBe('usr.real');
+    expect(await waitFor(() => resting(supervisor), 15000, 50)).toBeGreaterThanOrEqual(0);
+
+    const status = await expectOk('status', wr.fscache(['status', '--json'], { timeoutMs: 20000 }));
+    expect(failures).toEqual([]);
+    expect(JSON.parse(status.stdout)).toMatchObject({ health: 'healthy', supervisor: { pid: supervisor, restingSince: expect.any(Number) } });
+    await expectOk('stop', wr.fscache(['stop'], { timeoutMs: 60000 }));
+    expect(usrTarget()).toBe('usr.real');
+    expect(await waitFor(() => !fs.existsSync(`/proc/${supervisor}`), 10000, 50)).toBeGreaterThanOrEqual(0);
     expect(failures).toEqual([]);
   });
 });
