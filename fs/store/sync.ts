@@ -145,7 +145,9 @@ async function syncMirror(paths: Paths, log: Logger, options: SyncOptions): Prom
 /**
  * R/fscache/mirror.racy: the racy files of the last complete sync, one name a line as rsync
  * prints it. Apart from the marker: a package transaction's resume removes the marker, and
- * the sync that follows must still checksum the files racy before it.
+ * the sync that follows must still checksum the files racy before it. Bounded by the tree, and
+ * each sync keeps only the files still racy: normally a few; after an install synced at once,
+ * its files, hashed by the next compare or sync and then dropped.
  */
 export function mirrorRacyList(paths: Paths): string {
   return path.join(paths.flash, 'mirror.racy');
@@ -168,10 +170,10 @@ function racySince(paths: Paths, name: string, startedAt: number): boolean {
   }
 }
 
-/** A name as rsync prints it in the C locale (\#ooo for a byte outside printable ASCII, and for a backslash before #ddd) back to its bytes. */
+/** A name as rsync prints it (\#ooo for a byte it cannot print, and for a backslash before #ddd) back to its bytes. */
 function rsyncName(printed: string): Buffer {
   const parts = printed.split(/\\#([0-7]{3})/);
-  return Buffer.concat(parts.map((p, i) => (i % 2 ? Buffer.from([parseInt(p, 8)]) : Buffer.from(p, 'latin1'))));
+  return Buffer.concat(parts.map((p, i) => (i % 2 ? Buffer.from([parseInt(p, 8)]) : Buffer.from(p))));
 }
 
 /** The last complete sync's racy files; none if it recorded none (or ran before they were recorded). The list decides what is hashed: root's only. */
@@ -215,7 +217,7 @@ async function syncViewStore(paths: Paths, log: Logger, options: SyncOptions): P
     } finally {
       fs.rmSync(list, { force: true });
     }
-    const transferred = r.itemized.filter((l) => /^[<>c]f/.test(l)).map((l) => l.slice(l.indexOf(' ') + 1));
+    const transferred = r.itemized.filter((l) => /^[<>c]f/.test(l)).map((l) => rsyncName(l.slice(l.indexOf(' ') + 1)).toString());
     const result: SyncResult = { mode: 'view', transferred: transferred.length, deleted: 0, updated: 0, dropped: 0, rsyncExit: r.exit, warning: r.warning };
     if (options.dryRun) return result;
     const changed = new Set(transferred);
