@@ -8,7 +8,7 @@ import { execFileSync, spawn, spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as path from 'path';
 import { CLI_ENTRY } from '../core/package-root';
-import { mirrorMarker } from '../fs/store/sync';
+import { mirrorMarker, mirrorRacyList } from '../fs/store/sync';
 import { runBounded } from './helpers/bounded';
 import { createOpsSandbox, OpsSandbox } from './helpers/ops-sandbox';
 import { fuseAvailable } from './helpers/view-sandbox';
@@ -71,6 +71,45 @@ function cliAsync(root: string, args: string[]): Promise<{ code: number | null; 
     expect(compared.code).toBe(0);
     expect(compared.stdout).not.toMatch(/not compared/);
     expect(fs.readFileSync(path.join(ops.root, 'usr', 'bin', 'tool'), 'utf8')).toBe('two');
+  });
+
+  test('a same-size rewrite that keeps the mtime of a file synced while its mtime was recent: start refuses, sync copies it', () => {
+    ops = createOpsSandbox({ config: 'mode = mirror\nhook = off\n' });
+    expect(ops.cli(['setup', '--yes']).code).toBe(0);
+    const real = (name: string) => path.join(ops!.paths.realTree, 'bin', name);
+    fs.mkdirSync(path.dirname(real('x')));
+    fs.writeFileSync(real('racy'), 'one');
+    // Any byte but NUL in a name: carried through rsync's printed form and back.
+    const odd = 'odd\\#012 \n\u00e9';
+    fs.writeFileSync(real(odd), 'one');
+    fs.writeFileSync(real('old'), 'one');
+    // Whole seconds, restored exactly below. Ahead of the clock: racy through every sync here, however slow the machine.
+    const ahead = Math.floor(Date.now() / 1000) + 600;
+    for (const name of ['racy', odd]) fs.utimesSync(real(name), ahead, ahead);
+    fs.utimesSync(real('old'), ahead - 7200, ahead - 7200);
+    expect(ops.cli(['sync']).code).toBe(0);
+    // Only the files whose mtime was recent when the sync read them are hashed later.
+    expect(fs.readFileSync(mirrorRacyList(ops.paths), 'utf8').split('\n').filter(Boolean).sort()).toEqual(['bin/odd\\#134#012 \\#012\\#303\\#251', 'bin/racy']);
+
+    // What a rewrite within the same second leaves on a file system with 1-second timestamps: same size, same mtime.
+    const rewrite = (file: string) => {
+      expect(fs.statSync(file).mtimeMs).toBe(ahead * 1000);
+      fs.writeFileSync(file, 'two');
+      fs.utimesSync(file, ahead, ahead);
+    };
+    rewrite(real('racy'));
+    const stale = ops.cli(['start']);
+    expect({ code: stale.code, stderr: stale.stderr }).toMatchObject({ code: 3, stderr: expect.stringMatching(/the mirror is older than the real tree \(1 differences, e\.g\. .*bin\/racy/) });
+    expect(fs.readlinkSync(ops.paths.usrLink)).toBe('usr.real');
+
+    expect(ops.cli(['sync'])).toMatchObject({ code: 0, stdout: expect.stringMatching(/transferred 1 files/) });
+    rewrite(real(odd));
+    expect(ops.cli(['start']).code).toBe(3);
+    expect(ops.cli(['sync'])).toMatchObject({ code: 0, stdout: expect.stringMatching(/transferred 1 files/) });
+    const started = ops.cli(['start']);
+    expect({ code: started.code, stderr: started.stderr }).toMatchObject({ code: 0, stderr: '' });
+    expect(fs.readFileSync(path.join(ops.root, 'usr', 'bin', 'racy'), 'utf8')).toBe('two');
+    expect(fs.readFileSync(path.join(ops.root, 'usr', 'bin', odd), 'utf8')).toBe('two');
   });
 
   test('start --foreground serves the mirror until SIGTERM; start --wait sees it switched, or its failure', async () => {

@@ -6,6 +6,9 @@
  * copied with --delete; a marker file records a complete sync, and is removed while one
  * runs, so a half-written mirror is never taken for a complete one. While it runs, R/usr
  * leads to the real tree (a mirror being rewritten is neither the old tree nor the new).
+ * rsync's quick check cannot see a same-size rewrite within the mtime's granularity of the
+ * copy (1 s on ext4 with small inodes): the files a sync copied while their mtime was that
+ * recent are listed as racy (git's rule), and every later sync and compare checksums them.
  * rsync is run by absolute path (fs/service/programs.ts), never found through PATH.
  */
 import { createHash } from 'crypto';
@@ -67,6 +70,8 @@ async function rsync(paths: Paths, args: string[], options: SyncOptions, log: Lo
     all: false,
     buffer: false,
     input,
+    // The C locale: rsync then writes every byte of a name outside printable ASCII as \#ooo (rsyncName).
+    env: { LC_ALL: 'C' },
   });
   const itemized: string[] = [];
   let stderr = '';
@@ -102,30 +107,93 @@ export async function syncStore(paths: Paths, config: Config, log: Logger, optio
 
 async function syncMirror(paths: Paths, log: Logger, options: SyncOptions): Promise<SyncResult> {
   fs.mkdirSync(paths.mirror, { recursive: true, mode: 0o755 });
+  const previousRacy = readRacy(paths);
   if (!options.dryRun) fs.rmSync(mirrorMarker(paths), { force: true });
   // The mirror's images of unchanged libraries stay (fs/store/mirror-images.ts).
   const excludes = rsyncExcludes(currentMirrorImages(paths));
-  const args = ['-aHAX', '--delete', ...excludes.args, ...(options.dryRun ? ['--dry-run'] : []), `${paths.realTree}/`, `${paths.mirror}/`];
+  const dry = options.dryRun ? ['--dry-run'] : [];
+  const args = ['-aHAX', '--delete', ...excludes.args, ...dry, `${paths.realTree}/`, `${paths.mirror}/`];
   const mounted = mountAt(paths.viewMount);
   const serving = !options.dryRun && !!mounted && !isFuse(mounted) && readLinkState(paths, 'mirror').state === 'mirror';
   // Launches meanwhile use the real tree; a failed sync leaves them there (fail open).
   if (serving) switchLink(paths, 'real');
   // The real tree's write stamp before and after: equal only if nothing wrote to it meanwhile (fs/store/write-stamp.ts).
   const before = writeStamp(paths.realTree);
+  const startedAt = Date.now();
   const r = await rsync(paths, args, options, log, excludes.input);
+  // The files racy at the last sync are compared by content: the quick check cannot see their rewrite.
+  const r2 = await rsyncRacy(paths, previousRacy, [...excludes.args, ...dry], options, log, excludes.input);
+  const itemized = [...r.itemized, ...(r2?.itemized ?? [])];
   if (!options.dryRun) {
     const after = writeStamp(paths.realTree);
-    const stamp = 'none' in before || 'none' in after || !sameStamp(before, after) || r.exit !== 0 ? null : after;
-    writeAtomic(mirrorMarker(paths), JSON.stringify({ completedAt: Date.now(), rsyncExit: r.exit, realTree: stamp } satisfies MirrorMarker) + '\n', 0o644);
+    const stamp = 'none' in before || 'none' in after || !sameStamp(before, after) || r.exit !== 0 || (r2 && r2.exit !== 0) ? null : after;
+    const copied = itemized.filter((l) => l[1] === 'f' && !l.startsWith('*')).map((l) => l.slice(l.indexOf(' ') + 1));
+    // Before the marker: a complete marker is never paired with an older racy list.
+    writeAtomic(mirrorRacyList(paths), [...new Set([...copied, ...previousRacy])].filter((n) => racySince(paths, n, startedAt)).map((n) => n + '\n').join(''), 0o600);
+    writeAtomic(mirrorMarker(paths), JSON.stringify({ completedAt: Date.now(), rsyncExit: r.exit || r2?.exit || 0, realTree: stamp } satisfies MirrorMarker) + '\n', 0o644);
   }
   // A package transaction that paused meanwhile keeps R/usr on the real tree (its resume syncs and switches).
   if (serving && !isPaused(paths)) switchLink(paths, 'mirror');
   return {
     mode: 'mirror',
-    transferred: r.itemized.filter((l) => /^[<>c]f/.test(l)).length,
-    deleted: r.itemized.filter((l) => l.startsWith('*deleting')).length,
-    updated: 0, dropped: 0, rsyncExit: r.exit, warning: r.warning,
+    transferred: itemized.filter((l) => /^[<>c]f/.test(l)).length,
+    deleted: itemized.filter((l) => l.startsWith('*deleting')).length,
+    updated: 0, dropped: 0, rsyncExit: r.exit || r2?.exit || 0, warning: r.warning ?? r2?.warning,
   };
+}
+
+/**
+ * R/fscache/mirror.racy: the racy files of the last complete sync, one name a line as rsync
+ * prints it. Apart from the marker: a package transaction's resume removes the marker, and
+ * the sync that follows must still checksum the files racy before it. Bounded by the tree, and
+ * each sync keeps only the files still racy: normally a few; after an install synced at once,
+ * its files, hashed by the next compare or sync and then dropped.
+ */
+export function mirrorRacyList(paths: Paths): string {
+  return path.join(paths.flash, 'mirror.racy');
+}
+
+/**
+ * Beyond any file system's mtime granularity (FAT: 2 s) and the kernel's coarse clock lagging
+ * Date.now(): a file whose mtime is this close to the start of a sync may be rewritten after
+ * rsync read it and keep the same mtime (and size).
+ */
+const RACY_MARGIN_MS = 3000;
+
+/** Whether the real tree's file `name` (as rsync prints it) is a regular file with an mtime too recent to trust the quick check. */
+function racySince(paths: Paths, name: string, startedAt: number): boolean {
+  try {
+    const st = fs.lstatSync(Buffer.concat([Buffer.from(paths.realTree + '/'), rsyncName(name)]));
+    return st.isFile() && st.mtimeMs >= startedAt - RACY_MARGIN_MS;
+  } catch {
+    return false; // gone: --delete took its copy
+  }
+}
+
+/** A name as rsync prints it (\#ooo for a byte it cannot print, and for a backslash before #ddd) back to its bytes. */
+function rsyncName(printed: string): Buffer {
+  const parts = printed.split(/\\#([0-7]{3})/);
+  return Buffer.concat(parts.map((p, i) => (i % 2 ? Buffer.from([parseInt(p, 8)]) : Buffer.from(p))));
+}
+
+/** The last complete sync's racy files; none if it recorded none (or ran before they were recorded). The list decides what is hashed: root's only. */
+function readRacy(paths: Paths): string[] {
+  return (readTrustedFile(paths.root, mirrorRacyList(paths)) ?? '').split('\n').filter(Boolean);
+}
+
+/** rsync --checksum over the racy files only (the same excludes: an image stays in its library's place); undefined if there are none. */
+async function rsyncRacy(paths: Paths, racy: string[], args: string[], options: SyncOptions, log: Logger, input?: string) {
+  if (!racy.length) return undefined;
+  const list = path.join(paths.flash, `.racy-list-${process.pid}`);
+  fs.rmSync(list, { force: true });
+  // NUL-separated raw bytes: a name may hold any byte but NUL. 'wx' creates, and never follows a planted link.
+  fs.writeFileSync(list, Buffer.concat(racy.flatMap((n) => [rsyncName(n), Buffer.from([0])])), { mode: 0o600, flag: 'wx' });
+  try {
+    // --ignore-missing-args: a racy file since removed is --delete's (or the compare's) business.
+    return await rsync(paths, ['-aHAX', '--checksum', '--from0', `--files-from=${list}`, '--ignore-missing-args', ...args, `${paths.realTree}/`, `${paths.mirror}/`], options, log, input);
+  } finally {
+    fs.rmSync(list, { force: true });
+  }
 }
 
 async function syncViewStore(paths: Paths, log: Logger, options: SyncOptions): Promise<SyncResult> {
@@ -149,7 +217,7 @@ async function syncViewStore(paths: Paths, log: Logger, options: SyncOptions): P
     } finally {
       fs.rmSync(list, { force: true });
     }
-    const transferred = r.itemized.filter((l) => /^[<>c]f/.test(l)).map((l) => l.slice(l.indexOf(' ') + 1));
+    const transferred = r.itemized.filter((l) => /^[<>c]f/.test(l)).map((l) => rsyncName(l.slice(l.indexOf(' ') + 1)).toString());
     const result: SyncResult = { mode: 'view', transferred: transferred.length, deleted: 0, updated: 0, dropped: 0, rsyncExit: r.exit, warning: r.warning };
     if (options.dryRun) return result;
     const changed = new Set(transferred);
@@ -222,7 +290,9 @@ export async function mirrorProblem(paths: Paths, log: Logger): Promise<string |
   if (!fs.existsSync(mirrorMarker(paths))) return `the mirror ${paths.mirror} is missing or incomplete: run 'fscache sync'`;
   const excludes = rsyncExcludes(currentMirrorImages(paths));
   const r = await rsync(paths, ['-aHAX', '--delete', ...excludes.args, '--dry-run', `${paths.realTree}/`, `${paths.mirror}/`], { dryRun: true }, log, excludes.input);
-  const differences = r.itemized.filter((l) => !/^\.d/.test(l));
+  // A racy file rewritten in the second rsync copied it has the same size and mtime: compared by content.
+  const racy = await rsyncRacy(paths, readRacy(paths), [...excludes.args, '--dry-run'], { dryRun: true }, log, excludes.input);
+  const differences = [...r.itemized, ...(racy?.itemized ?? [])].filter((l) => !/^\.d/.test(l));
   if (differences.length) return `the mirror is older than the real tree (${differences.length} differences, e.g. ${differences[0]}): run 'fscache sync'`;
   return undefined;
 }
