@@ -21,8 +21,27 @@
 const char *link_path, *real_target, *view_target, *mount_point;
 const char *speaker = "fscache-guard";
 
+int say_as_node;
+
 void say(const char *what) {
-  dprintf(2, "%s[%d]: %s\n", speaker, getpid(), what);
+  if (!say_as_node) {
+    dprintf(2, "%s[%d]: %s\n", speaker, getpid(), what);
+    return;
+  }
+  /* The supervisor's own lines, as core/log.ts writes them: a priority for the journal, else a UTC timestamp. */
+  const char *journal = getenv("JOURNAL_STREAM");
+  struct stat st;
+  char id[64];
+  if (journal && fstat(2, &st) == 0 && snprintf(id, sizeof id, "%lu:%lu", (unsigned long)st.st_dev, (unsigned long)st.st_ino) > 0 && strcmp(id, journal) == 0) {
+    dprintf(2, "<6>%s[%d]: %s\n", speaker, getpid(), what);
+    return;
+  }
+  struct timespec ts;
+  struct tm tm;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  gmtime_r(&ts.tv_sec, &tm);
+  dprintf(2, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ %s[%d] info: %s\n", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
+          tm.tm_sec, ts.tv_nsec / 1000000L, speaker, getpid(), what);
 }
 
 void sleep_ms(long ms) {

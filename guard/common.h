@@ -11,6 +11,8 @@
 extern const char *link_path, *real_target, *view_target, *mount_point;
 /* Who say() says it is ("fscache-guard", or the supervisor at rest). */
 extern const char *speaker;
+/* say() writes lines as the Node supervisor's logger does (rest.c), not the guard's plain ones. */
+extern int say_as_node;
 
 void say(const char *what);
 void sleep_ms(long ms);

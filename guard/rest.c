@@ -12,7 +12,8 @@
  *     a good one refreshes lastGoodProbeAt in supervisor.json (what `status` reads);
  *   - SIGTERM/SIGINT/SIGHUP: stop, as the Node supervisor stops (R/usr back, the view told
  *     to detach, aborted if it has not within 5 s, the state file removed, the guard ended);
- *   - the view's log (its stderr pipe), forwarded to ours.
+ *   - the view's log (its stderr pipe), forwarded to ours, and our log file kept under 1 MiB as
+ *     core/log.ts keepLogBounded does (copy to LOG.1, truncate).
  * Everything else wakes the Node supervisor again, by exec of the command line it left, with
  * what happened in FSCACHE_SUPERVISOR_WAKE (fs/service/rest.ts): a failure of the view (it
  * restarts it with back-off), a renewal or the daemon asked for by the view (SIGUSR2,
@@ -30,7 +31,7 @@
  * node's start (~50 ms, cli/main.ts takes the signals first).
  *
  * Usage: fscache-guard --rest LINK REAL_TARGET VIEW_TARGET MOUNT STATE_FILE PAUSE_FILE
- *            DAEMON_PID_FILE VIEW_PID GUARD_PID LOG_FD MEMO -- NODE ARGS...
+ *            DAEMON_PID_FILE LOG_FILE VIEW_PID GUARD_PID LOG_FD MEMO -- NODE ARGS...
  */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -52,10 +53,12 @@
 #define PROBE_INTERVAL_MS 1000
 #define DETACH_GRACE_MS 5000
 #define WAKE_ENV "FSCACHE_SUPERVISOR_WAKE"
+#define LOG_MAX_BYTES (1024 * 1024) /* core/log.ts LOG_MAX_BYTES */
+#define LOG_CHECK_MS 10000
 
 extern char **environ;
 
-static const char *state_file, *pause_file, *daemon_pid_file, *memo;
+static const char *state_file, *pause_file, *daemon_pid_file, *log_file, *memo;
 static pid_t view, guard;
 static int log_fd = -1;
 static char **node_argv;
@@ -82,6 +85,23 @@ static void forward_log(void) {
     close(log_fd); /* the view closed its end */
     log_fd = -1;
   }
+}
+
+/* Our stderr, if it is the file log, copied to LOG.1 and emptied beyond the cap (everyone holds it O_APPEND). */
+static void keep_log_bounded(void) {
+  struct stat fd_st, named;
+  if (fstat(2, &fd_st) != 0 || stat(log_file, &named) != 0) return;
+  if (fd_st.st_dev != named.st_dev || fd_st.st_ino != named.st_ino || fd_st.st_size <= LOG_MAX_BYTES) return;
+  char old[PATH_MAX];
+  snprintf(old, sizeof old, "%s.1", log_file);
+  int in = open(log_file, O_RDONLY | O_CLOEXEC), out = open(old, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, named.st_mode & 0777);
+  char buf[65536];
+  ssize_t n = 0;
+  while (in >= 0 && out >= 0 && (n = read(in, buf, sizeof buf)) > 0)
+    if (write(out, buf, (size_t)n) != n) break;
+  if (in >= 0 && out >= 0 && n == 0) ftruncate(2, 0);
+  if (in >= 0) close(in);
+  if (out >= 0) close(out);
 }
 
 static void reap_children(void) {
@@ -238,15 +258,19 @@ static void wake(const char *event, const char *detail) {
 }
 
 int rest_main(int argc, char **argv) {
-  if (argc < 14 || strcmp(argv[12], "--") != 0) {
-    dprintf(2, "usage: fscache-guard --rest LINK REAL_TARGET VIEW_TARGET MOUNT STATE_FILE PAUSE_FILE DAEMON_PID_FILE VIEW_PID GUARD_PID LOG_FD MEMO -- NODE ARGS...\n");
+  if (argc < 15 || strcmp(argv[13], "--") != 0) {
+    dprintf(2, "usage: fscache-guard --rest LINK REAL_TARGET VIEW_TARGET MOUNT STATE_FILE PAUSE_FILE DAEMON_PID_FILE LOG_FILE VIEW_PID GUARD_PID LOG_FD MEMO -- NODE ARGS...\n");
     return 2;
   }
   link_path = argv[1], real_target = argv[2], view_target = argv[3], mount_point = argv[4];
-  state_file = argv[5], pause_file = argv[6], daemon_pid_file = argv[7];
-  view = (pid_t)atoi(argv[8]), guard = (pid_t)atoi(argv[9]), log_fd = atoi(argv[10]), memo = argv[11];
-  node_argv = argv + 13;
+  state_file = argv[5], pause_file = argv[6], daemon_pid_file = argv[7], log_file = argv[8];
+  view = (pid_t)atoi(argv[9]), guard = (pid_t)atoi(argv[10]), log_fd = atoi(argv[11]), memo = argv[12];
+  node_argv = argv + 14;
   speaker = "fscache";
+  say_as_node = 1;
+  /* Whatever exec'd us without them: our first open must not become our stderr (or a log line lands in a state file). */
+  for (int fd = 0; fd < 3; fd++)
+    if (fcntl(fd, F_GETFD) < 0) open("/dev/null", fd ? O_WRONLY : O_RDONLY);
   if (view <= 1) {
     say("--rest needs the view's pid");
     return 2;
@@ -266,7 +290,7 @@ int rest_main(int argc, char **argv) {
   for (size_t i = 0; i < sizeof ours / sizeof ours[0]; i++) sigdelset(&waitmask, ours[i]);
   signal(SIGPIPE, SIG_IGN);
 
-  long next_probe = now_ms() + PROBE_INTERVAL_MS;
+  long next_probe = now_ms() + PROBE_INTERVAL_MS, next_log_check = 0;
   long probe_started = 0;
   for (;;) {
     struct pollfd pfd = {.fd = log_fd, .events = POLLIN};
@@ -302,6 +326,10 @@ int rest_main(int argc, char **argv) {
     } else if (probe_pid && now - probe_started > PROBE_DEADLINE_MS) {
       link_to_real(); /* the Node supervisor aborts and ends the view; new launches use the real tree now */
       wake("hang", "no answer to a probe within 2000 ms");
+    }
+    if (now >= next_log_check) {
+      keep_log_bounded();
+      next_log_check = now + LOG_CHECK_MS;
     }
     if (!probe_pid && now >= next_probe) {
       struct stat st;

@@ -9,6 +9,7 @@ import { spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
 import { runInChroot } from '../cli/demo';
+import { LOG_MAX_BYTES } from '../core/log';
 import { abortConnection, fuseMountAt, fuseMountsBelow } from '../fs/fuse/fusectl';
 import { readLinkState } from '../fs/switch/link';
 import { processAlive } from '../fs/service/stale';
@@ -97,6 +98,11 @@ maybe('supervisor rest', () => {
     expect(linkState(ops)).toBe('view');
     console.log(`at rest: supervisor pid ${pid} is ${image.exe}, ${image.rssKiB} KiB resident`);
 
+    // The file log (the supervisor's stderr when start detached it) stays bounded at rest, as core/log.ts keeps it awake.
+    fs.appendFileSync(ops.paths.log, 'x'.repeat(LOG_MAX_BYTES + 4096) + '\n');
+    expect(await waitFor(() => fs.statSync(ops!.paths.log).size < LOG_MAX_BYTES, 15000, 200)).toBeGreaterThanOrEqual(0);
+    expect(fs.statSync(`${ops.paths.log}.1`).size).toBeGreaterThan(LOG_MAX_BYTES);
+
     const view = viewPid(ops);
     expect(ops.cli(['stop'])).toMatchObject({ code: 0 });
     expect(linkState(ops)).toBe('real');
@@ -139,6 +145,19 @@ maybe('supervisor rest', () => {
     expect(readSupervisorState(ops.paths)).toMatchObject({ pid, lastFailure: { kind: 'hang' } });
     expect(processAlive(old)).toBe(false);
     console.log(`the view hung at rest: R/usr back after ${flipMs} ms; the caught launch ended after ${hung.ms} ms`);
+  });
+
+  test('a renewal asked at rest (SIGUSR2, what a libfuse2 view sends when a file it opened changed): libfuse2 gets a fresh view, the kernel session keeps its own; R/usr back on the view', async () => {
+    ops = createOpsSandbox({ config: 'supervisor_rest_seconds = 2\nhook = off\n' });
+    const pid = await startedAndResting(ops);
+    const old = viewPid(ops);
+    process.kill(pid, 'SIGUSR2');
+    expect(await waitFor(() => awake(pid), 5000, 10)).toBeGreaterThanOrEqual(0);
+    const renewed = process.env.FSCACHE_TEST_SESSION === 'libfuse2';
+    expect(await waitFor(() => linkState(ops!) === 'view' && readSupervisorState(ops!.paths)?.state === 'serving' && (viewPid(ops!) !== old) === renewed, 20000, 20)).toBeGreaterThanOrEqual(0);
+    expect(readSupervisorState(ops.paths)).toMatchObject({ pid, restarts: 0, lastFailure: null });
+    expect(await runInChroot(ops.sandbox, ['/usr/bin/git', '--version'])).toMatchObject({ code: 0 });
+    expect(await waitFor(() => resting(pid), 15000, 50)).toBeGreaterThanOrEqual(0);
   });
 
   test('a pause wakes it: R/usr stays on the real tree while paused, back on the view after; a signal for the daemon starts the daemon', async () => {

@@ -94,15 +94,18 @@ export function pipeFd(stream: Readable | null | undefined): number {
  * node flags and arguments.
  */
 export function enterRest(paths: Paths, guard: string, command: SelfCommand, view: { pid: number; logFd: number }, guardPid: number, memo: RestMemo): never {
-  if (view.logFd >= 0) native.setCloexec(view.logFd, 0);
+  // libuv marks even stdin, stdout and stderr close-on-exec: the rest would run with none (and its
+  // first open would become its stderr). They, and the view's log, are kept across the exec.
+  const kept = [0, 1, 2, ...(view.logFd >= 0 ? [view.logFd] : [])];
+  for (const fd of kept) native.setCloexec(fd, 0);
   const argv = [guard, '--rest', paths.usrLink, linkTargetPath(paths, 'real'), linkTargetPath(paths, 'view'), paths.viewMount,
-    `${paths.runDir}/supervisor.json`, pauseFile(paths), hookPaths(paths).pidFile, String(view.pid), String(guardPid), String(view.logFd),
+    `${paths.runDir}/supervisor.json`, pauseFile(paths), hookPaths(paths).pidFile, paths.log, String(view.pid), String(guardPid), String(view.logFd),
     JSON.stringify(memo), '--', command.node, ...process.execArgv, command.cli, ...process.argv.slice(2)];
   const env = Object.entries(process.env).filter(([, v]) => v !== undefined).map(([k, v]) => `${k}=${v}`);
   try {
     return native.execve(guard, argv, env);
   } finally {
-    if (view.logFd >= 0) native.setCloexec(view.logFd, 1);
+    for (const fd of kept) native.setCloexec(fd, 1);
   }
 }
 
@@ -162,11 +165,12 @@ export function adoptChildren(wake: Wake): { view: AdoptedChild | undefined; sto
   return { view: ours ? view : undefined, stop: () => clearInterval(timer) };
 }
 
-/** The view's log pipe again, as a stream (fd from the wake); undefined if it was closed. */
+/** The view's log pipe (libuv's: a socket pair) again, as a stream (fd from the wake); undefined if it was closed. */
 export function reopenLog(fd: number): net.Socket | undefined {
   if (fd < 0) return undefined;
   try {
-    if (!fs.fstatSync(fd).isFIFO()) return undefined;
+    const st = fs.fstatSync(fd);
+    if (!st.isFIFO() && !st.isSocket()) return undefined;
     return new net.Socket({ fd, readable: true, writable: false });
   } catch {
     return undefined;
