@@ -147,6 +147,23 @@ maybe('supervisor rest', () => {
     console.log(`the view hung at rest: R/usr back after ${flipMs} ms; the caught launch ended after ${hung.ms} ms`);
   });
 
+  test('the resting supervisor killed with -9: the view puts R/usr back and detaches by itself, the guard exits, start afterwards serves', async () => {
+    ops = createOpsSandbox({ config: 'supervisor_rest_seconds = 2\nhook = off\n' });
+    const pid = await startedAndResting(ops);
+    const view = viewPid(ops);
+    const killedAt = Date.now();
+    process.kill(pid, 'SIGKILL');
+    expect(await waitFor(() => linkState(ops!) === 'real', 5000, 5)).toBeGreaterThanOrEqual(0);
+    const flipMs = Date.now() - killedAt;
+    expect(flipMs).toBeLessThan(2000);
+    expect(await waitFor(() => !fuseMountAt(ops!.paths.viewMount), 10000, 50)).toBeGreaterThanOrEqual(0);
+    expect(await waitFor(() => !processAlive(view), 10000, 50)).toBeGreaterThanOrEqual(0);
+    expect(ops.cli(['start'])).toMatchObject({ code: 0 });
+    expect(linkState(ops)).toBe('view');
+    expect(await runInChroot(ops.sandbox, ['/usr/bin/git', '--version'])).toMatchObject({ code: 0 });
+    console.log(`the resting supervisor killed: R/usr back on the real tree after ${flipMs} ms`);
+  });
+
   test('a renewal asked at rest (SIGUSR2, what a libfuse2 view sends when a file it opened changed): libfuse2 gets a fresh view, the kernel session keeps its own; R/usr back on the view', async () => {
     ops = createOpsSandbox({ config: 'supervisor_rest_seconds = 2\nhook = off\n' });
     const pid = await startedAndResting(ops);

@@ -178,6 +178,8 @@ export class Supervisor {
   private lastEventAt = Date.now();
   /** Woken from a rest: R/usr goes back to the view after the next good probe. */
   private relinkAfterProbe = false;
+  /** The rest's exec failed once: this process stays awake. */
+  private restRefused = false;
   private daemonTimer?: NodeJS.Timeout;
   /** Daemon restarts that failed in a row, for their back-off. */
   private daemonFailures = 0;
@@ -482,7 +484,6 @@ export class Supervisor {
    * paused, R/usr on the view, no restart, renewal or daemon start in flight or pending.
    * A failed exec (no guard, no addon) leaves this process awake, said once.
    */
-  private restRefused = false;
   private maybeRest(view: SupervisedView): void {
     const now = Date.now();
     if (!this.restAfterMs || this.restRefused || now - this.lastEventAt < this.restAfterMs) return;
