@@ -11,8 +11,8 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { runInChroot } from '../cli/demo';
 import { defaultConfig } from '../core/config';
-import { abortConnection, fuseMountAt, fuseMountsBelow } from '../fs/fuse/fusectl';
-import { linkTargetPath, readLinkState, switchLink } from '../fs/switch/link';
+import { fuseMountAt } from '../fs/fuse/fusectl';
+import { linkTargetPath, switchLink } from '../fs/switch/link';
 import { derivePaths } from '../core/paths';
 import { inRealTree } from '../fs/service/self-command';
 import { processAlive } from '../fs/service/stale';
@@ -20,6 +20,7 @@ import { pauseFile } from '../fs/switch/pause';
 import { readSupervisorRecord, readSupervisorState } from '../fs/service/supervisor';
 import { CLI_ENTRY } from '../fs/service/view-process';
 import { createOpsSandbox, OpsSandbox } from './helpers/ops-sandbox';
+import { disposeAfterFaults, linkState, viewPid } from './helpers/supervised';
 import { fuseAvailable, waitFor } from './helpers/view-sandbox';
 
 const skip = fuseAvailable();
@@ -28,8 +29,6 @@ if (skip) console.warn(`supervisor fault tests skipped: ${skip}`);
 
 jest.setTimeout(120000);
 
-const linkState = (ops: OpsSandbox) => readLinkState(ops.paths).state;
-const viewPid = (ops: OpsSandbox) => JSON.parse(fs.readFileSync(ops.paths.viewState, 'utf8')).pid as number;
 // A killed process whose parent is gone stays a zombie until init reaps it: processAlive calls that dead.
 const alive = processAlive;
 
@@ -85,18 +84,7 @@ maybe('supervisor faults', () => {
   let ops: OpsSandbox | undefined;
   const stopped: number[] = [];
   afterEach(async () => {
-    // A stopped process cannot exit; an unaborted hung mount would hang the cleanup.
-    for (const pid of stopped.splice(0)) {
-      try {
-        process.kill(pid, 'SIGCONT');
-      } catch {
-        // gone
-      }
-    }
-    if (ops) {
-      for (const m of fuseMountsBelow(ops.root)) abortConnection(m.minor);
-    }
-    await ops?.dispose();
+    await disposeAfterFaults(ops, stopped);
     ops = undefined;
   });
 

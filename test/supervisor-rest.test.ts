@@ -10,14 +10,14 @@ import * as fs from 'fs';
 import * as os from 'os';
 import { runInChroot } from '../cli/demo';
 import { LOG_MAX_BYTES } from '../core/log';
-import { abortConnection, fuseMountAt, fuseMountsBelow } from '../fs/fuse/fusectl';
-import { readLinkState } from '../fs/switch/link';
+import { fuseMountAt } from '../fs/fuse/fusectl';
 import { processAlive } from '../fs/service/stale';
 import { pauseFile } from '../fs/switch/pause';
 import { readSupervisorState } from '../fs/service/supervisor';
 import { hookPaths } from '../loader-hook/hook-paths';
 import { CLI_ENTRY } from '../fs/service/view-process';
 import { createOpsSandbox, OpsSandbox } from './helpers/ops-sandbox';
+import { disposeAfterFaults, linkState, viewPid } from './helpers/supervised';
 import { fuseAvailable, waitFor } from './helpers/view-sandbox';
 
 const skip = fuseAvailable();
@@ -26,8 +26,6 @@ if (skip) console.warn(`supervisor rest tests skipped: ${skip}`);
 
 jest.setTimeout(120000);
 
-const linkState = (ops: OpsSandbox) => readLinkState(ops.paths).state;
-const viewPid = (ops: OpsSandbox) => JSON.parse(fs.readFileSync(ops.paths.viewState, 'utf8')).pid as number;
 
 /** What runs in process `pid`: its executable's name and resident set (KiB). */
 function processImage(pid: number): { exe: string; rssKiB: number } | undefined {
@@ -73,15 +71,7 @@ maybe('supervisor rest', () => {
   let ops: OpsSandbox | undefined;
   const stopped: number[] = [];
   afterEach(async () => {
-    for (const pid of stopped.splice(0)) {
-      try {
-        process.kill(pid, 'SIGCONT');
-      } catch {
-        // gone
-      }
-    }
-    if (ops) for (const m of fuseMountsBelow(ops.root)) abortConnection(m.minor);
-    await ops?.dispose();
+    await disposeAfterFaults(ops, stopped);
     ops = undefined;
   });
 
