@@ -9,7 +9,6 @@ import { keepLogBounded } from '../core/log';
 import { awaitStarted, runMirrorService, startSupervised, stopSupervised } from '../fs/service/control';
 import { readSupervisorState, Supervisor, SupervisorOptions } from '../fs/service/supervisor';
 import { takeWake, Wake } from '../fs/service/rest';
-import { releaseHeldSignals } from '../core/held-signals';
 import { syncStore } from '../fs/store/sync';
 import type { Context } from './context';
 import { packageHooksOnStart, packageHooksOnStop } from './pkg';
@@ -124,7 +123,7 @@ export async function startVerb(ctx: Context, how: StartHow, extraArgs: string[]
   const wake = how === 'foreground' ? takeWake() : undefined;
   if (wake) {
     keepLogBounded(ctx.paths.log);
-    await new Supervisor(ctx.paths, extraArgs, ctx.log, supervisorOptions(ctx, wake)).run(releaseHeldSignals());
+    await new Supervisor(ctx.paths, extraArgs, ctx.log, supervisorOptions(ctx, wake)).run();
     return 0;
   }
   checkLinkIsOurs(ctx);
@@ -143,7 +142,7 @@ export async function startVerb(ctx: Context, how: StartHow, extraArgs: string[]
   if (how === 'foreground') {
     const running = readSupervisorState(ctx.paths);
     if (running) throw new FsCacheError('busy', `already supervised by pid ${running.pid}`);
-    await new Supervisor(ctx.paths, extraArgs, ctx.log, supervisorOptions(ctx)).run(releaseHeldSignals());
+    await new Supervisor(ctx.paths, extraArgs, ctx.log, supervisorOptions(ctx)).run();
     return 0;
   }
   out(await startSupervised(ctx.paths, ctx.log, extraArgs));

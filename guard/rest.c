@@ -25,10 +25,13 @@
  * stays on the real tree, the view is stopped, and this process exits 1 (fail open; the init
  * system may restart the service).
  *
- * A signal that arrives while node starts, before it has its handlers, has its default
- * action: SIGTERM or SIGUSR2 then end the supervisor, and the view's own watch and the guard
- * do what they do when the supervisor dies (R/usr back, the view detached). The window is
- * node's start (~50 ms, cli/main.ts takes the signals first).
+ * Signals that came just before the exec are taken here and named in the wake (node unblocks
+ * every signal at its start: one still pending would meet its default action there). One that
+ * arrives while node starts, before it has its handlers, has its default action: SIGTERM or
+ * SIGUSR2 then end the supervisor, and the view's own watch and the guard do what they do when
+ * the supervisor dies (R/usr back, the view detached). The window is node's start (~150 ms
+ * measured; cli/main.ts takes the signals first: core/held-signals.ts). The view's own requests
+ * wait until the supervisor catches them (fs/service/orphan-watch.ts sendWhenCaught).
  *
  * Usage: fscache-guard --rest LINK REAL_TARGET VIEW_TARGET MOUNT STATE_FILE PAUSE_FILE
  *            DAEMON_PID_FILE LOG_FILE VIEW_PID GUARD_PID LOG_FD MEMO -- NODE ARGS...
@@ -62,13 +65,18 @@ static const char *state_file, *pause_file, *daemon_pid_file, *log_file, *memo;
 static pid_t view, guard;
 static int log_fd = -1;
 static char **node_argv;
-static volatile sig_atomic_t signalled;
+static volatile sig_atomic_t signalled; /* a bit per signal taken (1 << signo), none lost when several come at once */
+static sigset_t ours; /* blocked outside ppoll */
 static int view_status = -1; /* wait status once the view is reaped */
 static pid_t probe_pid;
 static int probe_status = -1;
 
 static void on_signal(int sig) {
-  if (sig != SIGCHLD) signalled = sig; /* SIGCHLD only interrupts the wait */
+  if (sig != SIGCHLD) signalled |= 1 << sig; /* SIGCHLD only interrupts the wait */
+}
+
+static const char *signal_name(int sig) {
+  return sig == SIGTERM ? "SIGTERM" : sig == SIGINT ? "SIGINT" : sig == SIGHUP ? "SIGHUP" : sig == SIGUSR2 ? "SIGUSR2" : sig == SIGURG ? "SIGURG" : NULL;
 }
 
 static void forward_log(void) {
@@ -223,6 +231,24 @@ static int stop(int sig) {
   return 0;
 }
 
+/*
+ * The signals taken but not acted on (`signalled`) and those pending now, taken too, as node
+ * names them ("SIGURG,SIGTERM"): the woken supervisor handles them as if they came then.
+ */
+static void take_signals(char *out, size_t size) {
+  struct timespec zero = {0, 0};
+  int sig, taken = signalled;
+  while ((sig = sigtimedwait(&ours, NULL, &zero)) > 0) taken |= 1 << sig;
+  signalled = 0;
+  out[0] = 0;
+  for (sig = 1; sig < 32; sig++) {
+    const char *name = signal_name(sig);
+    if (!(taken & (1 << sig)) || !name || strlen(out) + strlen(name) + 2 >= size) continue;
+    if (*out) strcat(out, ",");
+    strcat(out, name);
+  }
+}
+
 /* The Node supervisor again, told what happened; never returns. */
 static void wake(const char *event, const char *detail) {
   char children[4096];
@@ -231,9 +257,20 @@ static void wake(const char *event, const char *detail) {
   snprintf(clean, sizeof clean, "%s", detail);
   for (char *c = clean; *c; c++)
     if (*c == '\n') *c = ' ';
-  char *wake_var = NULL;
-  if (asprintf(&wake_var, WAKE_ENV "=event=%s\ndetail=%s\nstatus=%d\nview=%d\nguard=%d\nlogfd=%d\nchildren=%s\nmemo=%s",
-               event, clean, view_status, (int)view, (int)guard, log_fd, children, memo) < 0) wake_var = NULL;
+  /* node loads through R/usr: on the real tree, never through the view (see the top). */
+  link_to_real();
+  char target[PATH_MAX];
+  ssize_t len = readlink(link_path, target, sizeof target - 1);
+  if (len >= 0 && (size_t)len == strlen(view_target) && memcmp(target, view_target, (size_t)len) == 0) {
+    say("the link could not be switched to the real tree: node is not started through the view; stopping it");
+    stop_view();
+    exit(1);
+  }
+  /* Last, so that a signal that came during the switch is named too (see the top). */
+  char *wake_var = NULL, taken[64];
+  take_signals(taken, sizeof taken);
+  if (asprintf(&wake_var, WAKE_ENV "=event=%s\ndetail=%s\nstatus=%d\nview=%d\nguard=%d\nlogfd=%d\nchildren=%s\nsignals=%s\nmemo=%s",
+               event, clean, view_status, (int)view, (int)guard, log_fd, children, taken, memo) < 0) wake_var = NULL;
   size_t n = 0;
   while (environ[n]) n++;
   char **env = calloc(n + 2, sizeof *env);
@@ -243,11 +280,6 @@ static void wake(const char *event, const char *detail) {
       if (strncmp(environ[i], WAKE_ENV "=", sizeof WAKE_ENV) != 0) env[k++] = environ[i];
     env[k++] = wake_var;
     env[k] = NULL;
-    /* node loads through R/usr: on the real tree, never through the view (see the top). */
-    link_to_real();
-    sigset_t none;
-    sigemptyset(&none);
-    sigprocmask(SIG_SETMASK, &none, NULL);
     execve(node_argv[0], node_argv, env);
   }
   char line[PATH_MAX + 128];
@@ -277,17 +309,17 @@ int rest_main(int argc, char **argv) {
   }
 
   /* Our signals are taken only inside ppoll: between two waits they stay pending, never lost. */
-  int ours[] = {SIGCHLD, SIGTERM, SIGINT, SIGHUP, SIGUSR2, SIGURG};
-  sigset_t block, waitmask;
-  sigemptyset(&block);
+  int taken[] = {SIGCHLD, SIGTERM, SIGINT, SIGHUP, SIGUSR2, SIGURG};
+  sigset_t waitmask;
+  sigemptyset(&ours);
   struct sigaction sa = {.sa_handler = on_signal};
   sigemptyset(&sa.sa_mask);
-  for (size_t i = 0; i < sizeof ours / sizeof ours[0]; i++) {
-    sigaddset(&block, ours[i]);
-    sigaction(ours[i], &sa, NULL);
+  for (size_t i = 0; i < sizeof taken / sizeof taken[0]; i++) {
+    sigaddset(&ours, taken[i]);
+    sigaction(taken[i], &sa, NULL);
   }
-  sigprocmask(SIG_BLOCK, &block, &waitmask);
-  for (size_t i = 0; i < sizeof ours / sizeof ours[0]; i++) sigdelset(&waitmask, ours[i]);
+  sigprocmask(SIG_BLOCK, &ours, &waitmask);
+  for (size_t i = 0; i < sizeof taken / sizeof taken[0]; i++) sigdelset(&waitmask, taken[i]);
   signal(SIGPIPE, SIG_IGN);
 
   long next_probe = now_ms() + PROBE_INTERVAL_MS, next_log_check = 0;
@@ -297,16 +329,17 @@ int rest_main(int argc, char **argv) {
     struct timespec tick = {0, 100 * 1000000L};
     if (ppoll(&pfd, log_fd >= 0 ? 1 : 0, &tick, &waitmask) > 0 && pfd.revents) forward_log();
     reap_children();
-    if (signalled) {
-      int sig = signalled;
-      signalled = 0;
-      if (sig == SIGUSR2) wake("renew", "");
-      if (sig == SIGURG) wake("daemon", "");
-      return stop(sig);
-    }
+    /* A stop first, whatever else came with it; then the view's exit; the others are named in the wake. */
+    for (int sig = 1; sig < 32; sig++)
+      if ((signalled & (1 << sig)) && sig != SIGUSR2 && sig != SIGURG) return stop(sig);
     if (view_status >= 0) {
       link_to_real(); /* first the link: launches must not resolve through a dead view */
       wake("exit", "");
+    }
+    if (signalled) {
+      int renew = signalled & (1 << SIGUSR2);
+      signalled &= ~(1 << (renew ? SIGUSR2 : SIGURG));
+      wake(renew ? "renew" : "daemon", "");
     }
     long now = now_ms();
     if (probe_pid && probe_status >= 0) {
@@ -333,7 +366,8 @@ int rest_main(int argc, char **argv) {
     }
     if (!probe_pid && now >= next_probe) {
       struct stat st;
-      if (lstat(pause_file, &st) == 0 && st.st_uid == 0) wake("pause", ""); /* only root's pauses (fs/switch/pause.ts) */
+      /* Only what fs/switch/pause.ts takes for a pause (a regular file of root's), or every check would wake it. */
+      if (lstat(pause_file, &st) == 0 && S_ISREG(st.st_mode) && st.st_uid == 0) wake("pause", "");
       if (daemon_died()) wake("daemon-gone", "");
       start_probe();
       probe_started = now;

@@ -28,7 +28,8 @@
  *       that one user's connections can be capped without trusting what the client says.
  *   execve(file, argv, env)                  execve(2), for the supervisor's rest (fs/service/rest.ts):
  *       Node has no exec that keeps the pid, and the pid is what the init system, the view and
- *       the guard know the supervisor by. Returns only by throwing.
+ *       the guard know the supervisor by. Returns only by throwing. SIGTERM, SIGINT, SIGHUP,
+ *       SIGUSR2 and SIGURG are blocked first: one that comes meanwhile is the new program's.
  *   waitpid(pid)          -> undefined | { code, signal }   waitpid(2) with WNOHANG, for children
  *       this process has but libuv did not spawn (the view kept across a rest); undefined while it runs.
  *   setCloexec(fd, on)                       fcntl(F_SETFD): a descriptor kept across that exec.
@@ -49,6 +50,8 @@
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
+#include <signal.h>
+#include <pthread.h>
 #include <sys/xattr.h>
 #include <unistd.h>
 
@@ -260,8 +263,17 @@ static napi_value js_execve(napi_env env, napi_callback_info info) {
   if (!file) return NULL;
   char **argv = string_array_arg(env, info, 1), **envp = argv ? string_array_arg(env, info, 2) : NULL;
   if (!argv || !envp) return NULL;
+  /* Signals that come from here on stay pending across the exec (the new program takes them)
+     instead of reaching libuv, whose handlers would be gone before it dispatched them. */
+  sigset_t held, before;
+  sigemptyset(&held);
+  int sigs[] = {SIGTERM, SIGINT, SIGHUP, SIGUSR2, SIGURG};
+  for (size_t i = 0; i < sizeof sigs / sizeof sigs[0]; i++) sigaddset(&held, sigs[i]);
+  pthread_sigmask(SIG_BLOCK, &held, &before);
   execve(file, argv, envp);
-  return throw_errno(env, errno, "execve", file);
+  int err = errno;
+  pthread_sigmask(SIG_SETMASK, &before, NULL);
+  return throw_errno(env, err, "execve", file);
 }
 
 static napi_value js_waitpid(napi_env env, napi_callback_info info) {

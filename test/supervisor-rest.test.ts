@@ -7,10 +7,10 @@
  */
 import { spawnSync } from 'child_process';
 import * as fs from 'fs';
-import * as os from 'os';
 import { runInChroot } from '../cli/demo';
 import { LOG_MAX_BYTES } from '../core/log';
 import { fuseMountAt } from '../fs/fuse/fusectl';
+import { catches } from '../fs/service/orphan-watch';
 import { processAlive } from '../fs/service/stale';
 import { pauseFile } from '../fs/switch/pause';
 import { readSupervisorState } from '../fs/service/supervisor';
@@ -37,17 +37,8 @@ function processImage(pid: number): { exe: string; rssKiB: number } | undefined 
   }
 }
 
-/** Whether process `pid` catches signal `sig` (its handlers are in place: one sent now is not lost). */
-function catches(pid: number, sig: number): boolean {
-  try {
-    const mask = /SigCgt:\s+([0-9a-f]+)/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
-    return !!mask && ((BigInt(`0x${mask[1]}`) >> BigInt(sig - 1)) & 1n) === 1n;
-  } catch {
-    return false;
-  }
-}
-
-const resting = (pid: number) => /fscache-guard$/.test(processImage(pid)?.exe ?? '') && catches(pid, os.constants.signals.SIGURG);
+// Its handlers in place: a signal sent now is not lost.
+const resting = (pid: number) => /fscache-guard$/.test(processImage(pid)?.exe ?? '') && catches(pid, 'SIGURG');
 const awake = (pid: number) => processImage(pid)?.exe === fs.realpathSync(process.execPath);
 
 function status(ops: OpsSandbox): { code: number | null; state: string; supervisor: { pid: number; restarts: number; restingSince: number | null; lastFailure: { kind: string } | null } | null } {
@@ -58,8 +49,10 @@ function status(ops: OpsSandbox): { code: number | null; state: string; supervis
 
 /** Started with a 2 s rest; returns the supervisor's pid once it rests. */
 async function startedAndResting(ops: OpsSandbox): Promise<number> {
-  expect(ops.cli(['setup', '--yes']).code).toBe(0);
-  ops.bindHostUsr();
+  if (!fs.existsSync(ops.paths.viewMount)) {
+    expect(ops.cli(['setup', '--yes']).code).toBe(0);
+    ops.bindHostUsr();
+  }
   expect(ops.cli(['start'])).toMatchObject({ code: 0 });
   expect(linkState(ops)).toBe('view');
   const pid = readSupervisorState(ops.paths)!.pid;
@@ -92,6 +85,12 @@ maybe('supervisor rest', () => {
     fs.appendFileSync(ops.paths.log, 'x'.repeat(LOG_MAX_BYTES + 4096) + '\n');
     expect(await waitFor(() => fs.statSync(ops!.paths.log).size < LOG_MAX_BYTES, 15000, 200)).toBeGreaterThanOrEqual(0);
     expect(fs.statSync(`${ops.paths.log}.1`).size).toBeGreaterThan(LOG_MAX_BYTES);
+
+    // What is no pause to fs/switch/pause.ts (here a symlink in its place) does not wake it either: no wake loop.
+    fs.symlinkSync('/etc/hostname', pauseFile(ops.paths));
+    await new Promise((r) => setTimeout(r, 2500));
+    expect({ resting: resting(pid), link: linkState(ops) }).toEqual({ resting: true, link: 'view' });
+    fs.rmSync(pauseFile(ops.paths));
 
     const view = viewPid(ops);
     expect(ops.cli(['stop'])).toMatchObject({ code: 0 });
@@ -152,6 +151,22 @@ maybe('supervisor rest', () => {
     expect(linkState(ops)).toBe('view');
     expect(await runInChroot(ops.sandbox, ['/usr/bin/git', '--version'])).toMatchObject({ code: 0 });
     console.log(`the resting supervisor killed: R/usr back on the real tree after ${flipMs} ms`);
+  });
+
+  test('a wake and a stop at once (SIGURG or SIGUSR2, then SIGTERM): whichever way the SIGTERM meets the exec, the supervisor ends, R/usr is on the real tree, the view detaches', async () => {
+    ops = createOpsSandbox({ config: 'supervisor_rest_seconds = 2\nhook = off\n' });
+    for (const [first, gapMs] of [['SIGURG', 0], ['SIGUSR2', 0], ['SIGURG', 30], ['SIGURG', 150]] as const) {
+      const pid = await startedAndResting(ops);
+      const view = viewPid(ops);
+      process.kill(pid, first);
+      if (gapMs) await new Promise((r) => setTimeout(r, gapMs));
+      process.kill(pid, 'SIGTERM');
+      expect(await waitFor(() => !processAlive(pid), 10000, 20)).toBeGreaterThanOrEqual(0);
+      expect(linkState(ops)).toBe('real');
+      expect(await waitFor(() => !fuseMountAt(ops!.paths.viewMount) && !processAlive(view), 10000, 50)).toBeGreaterThanOrEqual(0);
+      if (fs.existsSync(`${ops.paths.runDir}/supervisor.json`)) ops.cli(['stop']); // a supervisor ended by the signal's default action leaves its state
+      expect(ops.cli(['status']).code).toBe(7);
+    }
   });
 
   test('a renewal asked at rest (SIGUSR2, what a libfuse2 view sends when a file it opened changed): libfuse2 gets a fresh view, the kernel session keeps its own; R/usr back on the view', async () => {

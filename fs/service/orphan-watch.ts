@@ -4,6 +4,8 @@
  * passes its pid in the view's environment; a view run by hand (`fscache mount`) has
  * none and is not watched.
  */
+import * as fs from 'fs';
+import * as os from 'os';
 import { readLinkState, switchLink } from '../switch/link';
 import type { Logger } from '../../core/log';
 import type { Paths } from '../../core/paths';
@@ -40,8 +42,31 @@ function signalSupervisor(signal: NodeJS.Signals): boolean {
   const sup = supervisorPidFromEnv();
   // Only our own parent: a reused pid of a dead supervisor is never signalled.
   if (!sup || process.ppid !== sup) return false;
-  process.kill(sup, signal);
+  sendWhenCaught(sup, signal, Date.now() + CATCH_WAIT_MS);
   return true;
+}
+
+const CATCH_WAIT_MS = 5000;
+
+/**
+ * Sent once the supervisor catches `signal`: waking from its rest (fs/service/rest.ts) it is a
+ * fresh node for ~150 ms, and SIGUSR2's default action would end it. Dropped if it does not
+ * catch it within CATCH_WAIT_MS, or is no longer our parent.
+ */
+function sendWhenCaught(pid: number, signal: NodeJS.Signals, deadline: number): void {
+  if (process.ppid !== pid) return;
+  if (catches(pid, signal)) return void process.kill(pid, signal);
+  if (Date.now() < deadline) setTimeout(() => sendWhenCaught(pid, signal, deadline), 100).unref();
+}
+
+/** Whether process `pid` has a handler for `signal` (SigCgt in /proc/PID/status). */
+export function catches(pid: number, signal: NodeJS.Signals): boolean {
+  try {
+    const mask = /SigCgt:\s+([0-9a-f]+)/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
+    return !!mask && ((BigInt(`0x${mask[1]}`) >> BigInt(os.constants.signals[signal] - 1)) & 1n) === 1n;
+  } catch {
+    return false;
+  }
 }
 
 /**

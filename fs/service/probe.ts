@@ -18,6 +18,7 @@ export type ProbeResult = { ok: true; ms: number } | { ok: false; kind: ProbeFai
 
 export class Prober {
   private count = 0;
+  private readonly began = Date.now();
   private outstanding = false;
 
   constructor(
@@ -33,7 +34,8 @@ export class Prober {
   probe(): Promise<ProbeResult> {
     if (this.outstanding) return Promise.resolve({ ok: false, kind: 'hang', message: 'the previous probe has not returned' });
     this.outstanding = true;
-    const name = path.join(this.mountpoint, `.fscache-probe-${process.pid}-${++this.count}`);
+    // Fresh across probers of one pid too (a supervisor woken from its rest): a name the kernel remembers as missing is answered without the view.
+    const name = path.join(this.mountpoint, `.fscache-probe-${process.pid}-${this.began}-${++this.count}`);
     const t0 = Date.now();
     const answer = fs.promises.lstat(name).then(
       () => 'EEXIST',

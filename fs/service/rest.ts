@@ -43,6 +43,8 @@ export interface Wake {
   logFd: number;
   /** This process's children when the rest woke it (view, guard, daemon, a blocked probe). */
   children: number[];
+  /** Signals the rest took just before its exec, to be handled as if they came now. */
+  signals: NodeJS.Signals[];
   memo: RestMemo;
 }
 
@@ -78,7 +80,8 @@ export function takeWake(): Wake | undefined {
   const exit = status >= 0 ? ((status & 0x7f) === 0 ? { code: (status >> 8) & 0xff, signal: null } : { code: null, signal: signalName(status & 0x7f) }) : null;
   return {
     event, detail: f.get('detail') ?? '', exit, viewPid: int('view'), guardPid: int('guard'), logFd: int('logfd'),
-    children: (f.get('children') ?? '').split(',').map(Number).filter((n) => n > 1), memo,
+    children: (f.get('children') ?? '').split(',').map(Number).filter((n) => n > 1),
+    signals: (f.get('signals') ?? '').split(',').filter((n): n is NodeJS.Signals => n in os.constants.signals), memo,
   };
 }
 
@@ -128,10 +131,11 @@ export class AdoptedChild extends EventEmitter {
     }
   }
 
+  /** Reaped: kill() no longer signals the pid; 'exit' is emitted on the next turn, once listeners are in place. */
   exited(code: number | null, signal: NodeJS.Signals | null): void {
     this.exitCode = code;
     this.signalCode = signal;
-    this.emit('exit', code, signal);
+    setImmediate(() => this.emit('exit', code, signal));
   }
 }
 
@@ -141,9 +145,10 @@ const REAP_MS = 100;
  * The children the rest handed back: each reaped when it exits (libuv reaps only its own), the
  * view's exit reported within REAP_MS. A pid that is not this process's child is dropped.
  */
-export function adoptChildren(wake: Wake): { view: AdoptedChild | undefined; stop(): void } {
+export function adoptChildren(wake: Wake): { view: AdoptedChild | undefined; guard: AdoptedChild | undefined; stop(): void } {
   const view = new AdoptedChild(wake.viewPid);
-  const watched = new Map<number, AdoptedChild | undefined>(wake.children.map((pid) => [pid, pid === wake.viewPid ? view : undefined]));
+  const guard = wake.children.includes(wake.guardPid) ? new AdoptedChild(wake.guardPid) : undefined;
+  const watched = new Map<number, AdoptedChild | undefined>(wake.children.map((pid) => [pid, pid === wake.viewPid ? view : pid === guard?.pid ? guard : undefined]));
   const timer = setInterval(() => {
     for (const [pid, child] of watched) {
       let status: ReturnType<typeof native.waitpid>;
@@ -160,9 +165,9 @@ export function adoptChildren(wake: Wake): { view: AdoptedChild | undefined; sto
     if (!watched.size) clearInterval(timer);
   }, REAP_MS);
   timer.unref();
-  if (wake.exit) setImmediate(() => view.exited(wake.exit!.code, wake.exit!.signal));
+  if (wake.exit) view.exited(wake.exit.code, wake.exit.signal);
   const ours = !!wake.exit || watched.has(wake.viewPid);
-  return { view: ours ? view : undefined, stop: () => clearInterval(timer) };
+  return { view: ours ? view : undefined, guard, stop: () => clearInterval(timer) };
 }
 
 /** The view's log pipe (libuv's: a socket pair) again, as a stream (fd from the wake); undefined if it was closed. */
@@ -171,6 +176,7 @@ export function reopenLog(fd: number): net.Socket | undefined {
   try {
     const st = fs.fstatSync(fd);
     if (!st.isFIFO() && !st.isSocket()) return undefined;
+    native.setCloexec(fd, 1); // not for the daemon or a view started from here
     return new net.Socket({ fd, readable: true, writable: false });
   } catch {
     return undefined;

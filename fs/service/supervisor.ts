@@ -24,7 +24,7 @@
  * umount and mount by absolute path in the real tree, and every module is loaded at start.
  * State for `fscache status` (last good probe, last probe error) is in supervisor.json.
  */
-import { ChildProcess, spawn } from 'child_process';
+import { spawn } from 'child_process';
 import type { Socket } from 'net';
 import { daemonIdle, reviveDaemon } from '../../loader-hook/control';
 import * as fs from 'fs';
@@ -42,6 +42,7 @@ import { selfCommand, SelfCommand } from './self-command';
 import { clearMountPoint, processAlive } from './stale';
 import { startViewProcess } from './view-process';
 import { writeAtomic } from '../../core/write-atomic';
+import { receiveSignals } from '../../core/held-signals';
 
 export type SupervisorFailure = 'exit' | 'hang' | 'dead-connection' | 'probe-error' | 'start';
 
@@ -171,7 +172,8 @@ export class Supervisor {
   private launching?: Promise<void>;
   private retryTimer?: NodeJS.Timeout;
   private tickTimer?: NodeJS.Timeout;
-  private guardPid?: number;
+  /** The guard (spawned, or adopted after a rest): ended by a stop. */
+  private guard?: { readonly pid?: number; kill(signal?: NodeJS.Signals): boolean };
   /** The children handed back by the rest, reaped by polling. */
   private adopted?: { stop(): void };
   /** When something last happened that the Node supervisor handles (a rest waits for quiet). */
@@ -215,12 +217,14 @@ export class Supervisor {
     process.env.UV_THREADPOOL_SIZE ??= '8';
   }
 
-  /** Runs until SIGTERM/SIGINT/SIGHUP. `heldSignals`: those that arrived before this (core/held-signals.ts). */
-  run(heldSignals: NodeJS.Signals[] = []): Promise<void> {
+  /** Runs until SIGTERM/SIGINT/SIGHUP. */
+  run(): Promise<void> {
     const finished = new Promise<void>((resolve) => (this.done = resolve));
-    for (const sig of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) process.on(sig, () => void this.stop(sig));
-    process.on(RENEW_SIGNAL, () => this.renewAsked());
-    process.on(DAEMON_SIGNAL, () => this.daemonAsked());
+    const onSignal = (sig: NodeJS.Signals) => {
+      if (sig === RENEW_SIGNAL) this.renewAsked();
+      else if (sig === DAEMON_SIGNAL) this.daemonAsked();
+      else void this.stop(sig);
+    };
     if (this.wake && this.adopt(this.wake)) {
       this.tickTimer = setInterval(() => void this.tick(), PROBE_INTERVAL_MS);
       this.daemonTimer = setInterval(() => void this.keepDaemon(), DAEMON_CHECK_MS);
@@ -229,7 +233,9 @@ export class Supervisor {
       if (this.wake) this.log.warn(`woken from rest, but view pid ${this.wake.viewPid} is not this process's child: starting afresh`);
       this.startFresh();
     }
-    for (const sig of heldSignals) process.kill(process.pid, sig); // delivered again, now to the handlers above
+    // Woken: what the rest took just before its exec, then what node held since (core/held-signals.ts).
+    for (const sig of this.wake?.signals ?? []) onSignal(sig);
+    if (!receiveSignals(onSignal)) for (const sig of ['SIGTERM', 'SIGINT', 'SIGHUP', RENEW_SIGNAL, DAEMON_SIGNAL] as const) process.on(sig, () => onSignal(sig));
     return finished;
   }
 
@@ -258,8 +264,9 @@ export class Supervisor {
    * state of supervisor.json and the memo. False when there is no view to adopt.
    */
   private adopt(wake: Wake): boolean {
-    const { view, stop } = adoptChildren(wake);
+    const { view, guard, stop } = adoptChildren(wake);
     this.adopted = { stop };
+    this.guard = guard;
     if (!view) return false;
     let tail = '';
     const logStream: Socket | undefined = reopenLog(wake.logFd);
@@ -274,9 +281,10 @@ export class Supervisor {
     const record = readSupervisorRecord(this.paths);
     if (record?.state.pid === process.pid) Object.assign(this.state, record.state);
     Object.assign(this.state, { state: 'serving', viewPid: view.pid, restingSince: null });
-    this.guardPid = wake.children.includes(wake.guardPid) ? wake.guardPid : undefined;
     this.servingSince = wake.memo.servingSince;
-    this.failuresSinceHealthy = wake.memo.failuresSinceHealthy;
+    // Served well long enough while resting (its probes kept lastGoodProbeAt): the back-off starts afresh, as awake.
+    const healthy = (this.state.lastGoodProbeAt ?? 0) - this.servingSince >= HEALTHY_RESET_MS;
+    this.failuresSinceHealthy = healthy ? 0 : wake.memo.failuresSinceHealthy;
     this.ready = wake.memo.ready;
     this.prober = new Prober(this.paths.viewMount, PROBE_DEADLINE_MS);
     this.writeState();
@@ -316,9 +324,9 @@ export class Supervisor {
     const args = [this.paths.usrLink, linkTargetPath(this.paths, 'real'), linkTargetPath(this.paths, 'view'), this.paths.viewMount, this.paths.viewState];
     try {
       fs.accessSync(guard, fs.constants.X_OK);
-      const child: ChildProcess = spawn(guard, args, { stdio: ['ignore', 'ignore', 'inherit'] });
-      this.guardPid = child.pid;
+      const child = spawn(guard, args, { stdio: ['ignore', 'ignore', 'inherit'] });
       child.on('error', (err) => this.log.warn(`the guard did not start (${err.message}): a hung view would outlive a dead supervisor`));
+      this.guard = child;
     } catch (err) {
       this.log.warn(`no guard at ${guard} (${(err as Error).message}): a hung view would outlive a dead supervisor`);
     }
@@ -494,7 +502,7 @@ export class Supervisor {
     this.writeState();
     this.log.info(`resting: the watch goes to ${guardProgram(this.paths)} in this process (pid ${process.pid})`);
     try {
-      enterRest(this.paths, guardProgram(this.paths), this.command, { pid: view.child.pid, logFd: view.logFd }, this.guardPid ?? 0, memo);
+      enterRest(this.paths, guardProgram(this.paths), this.command, { pid: view.child.pid, logFd: view.logFd }, this.guard?.pid ?? 0, memo);
     } catch (err) {
       this.restRefused = true;
       this.state.restingSince = null;
@@ -613,8 +621,7 @@ export class Supervisor {
       }
     }
     fs.rmSync(supervisorStateFile(this.paths), { force: true });
-    // A stop, not a death: nothing for the guard to do.
-    if (this.guardPid) process.kill(this.guardPid, 'SIGTERM');
+    this.guard?.kill('SIGTERM'); // a stop, not a death: nothing for it to do
     this.adopted?.stop();
     this.done();
   }

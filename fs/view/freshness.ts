@@ -25,6 +25,8 @@ import type { VouchedMeta, InodeKey } from './vouched-meta';
 import type { ChangeListener, Watcher } from './watcher';
 
 export class Freshness implements ChangeListener {
+  /** A libfuse2 view asked its supervisor for a fresh view (a new epoch): once is enough. */
+  private renewalAsked = false;
   /** Copies dropped because their file changed. */
   invalidations = 0;
 
@@ -92,7 +94,8 @@ export class Freshness implements ChangeListener {
 
   /** A new epoch: every name answered in the old one was told by imageReady; libfuse2 is renewed. */
   newEpoch(): void {
-    if (this.session.name !== 'kernel') requestRenewal();
+    // Once per view: a second request would only ask for the same fresh view again.
+    if (this.session.name !== 'kernel' && !this.renewalAsked) this.renewalAsked = requestRenewal();
   }
 
   private forgetAll(): void {
