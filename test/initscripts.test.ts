@@ -10,7 +10,8 @@ import * as os from 'os';
 import * as path from 'path';
 import { PACKAGE_ROOT } from '../core/package-root';
 import { createOpsSandbox, OpsSandbox } from './helpers/ops-sandbox';
-import { fuseAvailable } from './helpers/view-sandbox';
+import { fuseAvailable, waitFor } from './helpers/view-sandbox';
+import { catches } from '../fs/service/orphan-watch';
 import { createWholeRoot, RunResult, WholeRoot, wholeRootAvailable } from './helpers/whole-root';
 import { afterEachDispose } from './helpers/cleanup';
 
@@ -115,10 +116,10 @@ const noFuse = fuseAvailable();
     expect(spawnSync(GUARD, ['--notify', 'READY=1'], { env: {} }).status).toBe(0);
   });
 
-  test('the supervisor says READY=1 once /usr is switched, STOPPING=1 on SIGTERM', async () => {
+  test('the supervisor says READY=1 once /usr is switched, STOPPING=1 on SIGTERM (at rest: from guard/rest.c, in the same pid)', async () => {
     dir = fs.mkdtempSync(path.join(os.tmpdir(), 'fscache-notify-'));
     listener = notifyListener(dir);
-    ops = createOpsSandbox();
+    ops = createOpsSandbox({ config: 'supervisor_rest_seconds = 1\n' });
     expect(ops.cli(['setup', '--yes']).code).toBe(0);
     fs.mkdirSync(path.join(ops.paths.realTree, 'bin'));
     fs.writeFileSync(path.join(ops.paths.realTree, 'bin', 'tool'), 'x');
@@ -140,11 +141,14 @@ const noFuse = fuseAvailable();
       expect(ready!.pid).toBe(sup.pid); // in the main process's name: NotifyAccess=main takes it
       expect(linkAtReady).not.toBe('usr.real');
       expect(ready!.text).toMatch(/^READY=1\nSTATUS=serving: view pid \d+$/);
+      const resting = () => /fscache-guard$/.test(fs.readlinkSync(`/proc/${sup.pid}/exe`)) && catches(sup.pid!, 'SIGTERM');
+      expect(await waitFor(resting, 15000, 50)).toBeGreaterThanOrEqual(0);
     } finally {
       sup.kill('SIGTERM');
       expect(await exited).toBe(0);
     }
-    expect(listener.messages().map((m) => m.text)).toContain('STOPPING=1');
+    expect(listener.messages().filter((m) => m.text === 'STOPPING=1').map((m) => m.pid)).toEqual([sup.pid]);
+    expect(listener.messages().filter((m) => m.text.startsWith('READY=1'))).toHaveLength(1);
     expect(fs.readlinkSync(ops.paths.usrLink)).toBe('usr.real');
   });
 });
@@ -206,7 +210,7 @@ if (typeof openrcDebs === 'string' && !noRoot) console.warn(`OpenRC test skipped
     wr = undefined;
   });
 
-  test('checkconfig, start (tracked, /usr switched), status, stop; a failed start leaves nothing running', async () => {
+  test('checkconfig, start (tracked, /usr switched), status at rest, stop; a failed start leaves nothing running', async () => {
     wr = createWholeRoot({ config: 'hook = off\n' });
     for (const deb of openrcDebs as string[]) unpack(wr.root, deb);
     fs.copyFileSync(path.join(INIT, 'openrc', 'fscache'), path.join(wr.root, 'etc', 'init.d', 'fscache'));
@@ -236,7 +240,7 @@ if (typeof openrcDebs === 'string' && !noRoot) console.warn(`OpenRC test skipped
     expect(refused.code).not.toBe(0);
     expect(refused.stdout + refused.stderr).toMatch(/bad value 'lots' for quota/);
     expect(serviceProcesses(wr)).toEqual([]);
-    fs.writeFileSync(path.join(wr.root, 'etc', 'fscache.conf'), 'hook = off\n');
+    fs.writeFileSync(path.join(wr.root, 'etc', 'fscache.conf'), 'hook = off\nsupervisor_rest_seconds = 1\n');
 
     const started = await rc('start');
     expect({ code: started.code, out: started.code ? explain('start', started) + readLog(wr) : '' }).toEqual({ code: 0, out: '' });
@@ -246,6 +250,11 @@ if (typeof openrcDebs === 'string' && !noRoot) console.warn(`OpenRC test skipped
     expect((await wr.run(['/usr/bin/git', '--version'], { timeoutMs: 30000 })).stdout).toMatch(/^git version/);
     const log = fs.readFileSync(path.join(wr.root, 'run', 'fscache', 'fscache.log'), 'utf8');
     expect(log).toMatch(/serving: view pid/);
+    // The supervisor at rest (guard/rest.c in supervise-daemon's child): tracked, running, stopped alike.
+    const rested = await waitFor(() => serviceProcesses(wr!).some((c) => / --rest /.test(c)), 15000, 100);
+    expect({ rested: rested >= 0, log: rested >= 0 ? '' : readLog(wr) }).toEqual({ rested: true, log: '' });
+    expect((await rc('status')).code).toBe(0);
+    expect((await wr.run(['/usr/bin/git', '--version'], { timeoutMs: 30000 })).stdout).toMatch(/^git version/);
 
     const stopped = await rc('stop');
     expect({ code: stopped.code }).toEqual({ code: 0 });
