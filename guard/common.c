@@ -118,19 +118,19 @@ long fuse_connection(int *fusectl_mounted) {
 }
 
 /* R/usr back on the real tree, if it is on the view: a new link renamed over it, then the directory synced. */
-void link_to_real(void) {
+int link_to_real(void) {
   char target[PATH_MAX];
   ssize_t n = readlink(link_path, target, sizeof target - 1);
-  if (n < 0) return;
+  if (n < 0) return 1;
   target[n] = 0;
-  if (strcmp(target, view_target) != 0) return; /* stop, pause or the view already moved it */
+  if (strcmp(target, view_target) != 0) return 1; /* stop, pause or the view already moved it */
   char pending[PATH_MAX];
   snprintf(pending, sizeof pending, "%s.fscache-new", link_path);
   unlink(pending);
   if (symlink(real_target, pending) != 0 || rename(pending, link_path) != 0) {
     say("could not switch the link to the real tree");
     unlink(pending);
-    return;
+    return 0;
   }
   char dir[PATH_MAX];
   snprintf(dir, sizeof dir, "%s", link_path);
@@ -142,6 +142,16 @@ void link_to_real(void) {
     close(dfd);
   }
   say("the link is back on the real tree");
+  return 1;
+}
+
+pid_t fork_lookup(const char *name) {
+  pid_t child = fork();
+  if (child == 0) {
+    struct stat st;
+    _exit(lstat(name, &st) == 0 ? 255 : errno & 0xff);
+  }
+  return child;
 }
 
 void abort_connection(void) {

@@ -21,8 +21,10 @@ long now_ms(void);
 long read_file(const char *file, char *buf, size_t size);
 /* The fusectl connection of the topmost FUSE mount at mount_point, -1 if none; *fusectl_mounted set. */
 long fuse_connection(int *fusectl_mounted);
-/* R/usr back on the real tree, if it is on the view. */
-void link_to_real(void);
+/* R/usr back on the real tree, if it is on the view. 0 if it still points at the view (the switch failed). */
+int link_to_real(void);
+/* A child that looks `name` up (only the view can answer a name the kernel has not cached) and exits with the errno (255: it exists); -1 if none. */
+pid_t fork_lookup(const char *name);
 /* The view's connection aborted through fusectl (launches caught in a hang end), its mount detached. */
 void abort_connection(void);
 /* MESSAGE to systemd's NOTIFY_SOCKET on behalf of `sender` (see common.c); 0 when sent or not asked for. */

@@ -54,19 +54,15 @@ static const char *view_state;
  * abort, which frees it.
  */
 static int view_answers(unsigned n) {
-  pid_t child = fork();
+  char name[PATH_MAX];
+  snprintf(name, sizeof name, "%s/.fscache-guard-probe-%d-%u", mount_point, (int)getpid(), n);
+  pid_t child = fork_lookup(name);
   if (child < 0) return 0;
-  if (child == 0) {
-    char name[PATH_MAX];
-    struct stat st;
-    snprintf(name, sizeof name, "%s/.fscache-guard-probe-%d-%u", mount_point, (int)getppid(), n);
-    _exit(lstat(name, &st) == -1 && errno == ENOENT ? 0 : 1);
-  }
   long deadline = now_ms() + PROBE_DEADLINE_MS;
   while (now_ms() < deadline) {
     int status;
     pid_t r = waitpid(child, &status, WNOHANG);
-    if (r == child) return WIFEXITED(status) && WEXITSTATUS(status) == 0;
+    if (r == child) return WIFEXITED(status) && WEXITSTATUS(status) == ENOENT;
     sleep_ms(20);
   }
   return 0;

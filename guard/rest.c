@@ -164,9 +164,8 @@ static void note_good_probe(void) {
 }
 
 /*
- * A child looks up a fresh name in the mount; its exit code is the errno (255: the name exists).
- * Fresh across rests too (the time this one began): a name the kernel remembers as missing
- * would be answered without asking the view.
+ * A child looks up a fresh name in the mount (fork_lookup). Fresh across rests too (the time
+ * this one began): a name the kernel remembers as missing would be answered without the view.
  */
 static void start_probe(void) {
   static unsigned count;
@@ -176,14 +175,10 @@ static void start_probe(void) {
     clock_gettime(CLOCK_REALTIME, &ts);
     began = (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
   }
+  char name[PATH_MAX];
+  snprintf(name, sizeof name, "%s/.fscache-probe-%d-r%lld-%u", mount_point, (int)getpid(), began, count);
   probe_status = -1;
-  probe_pid = fork();
-  if (probe_pid == 0) {
-    char name[PATH_MAX];
-    struct stat st;
-    snprintf(name, sizeof name, "%s/.fscache-probe-%d-r%lld-%u", mount_point, (int)getppid(), began, count);
-    _exit(lstat(name, &st) == 0 ? 255 : errno & 0xff);
-  }
+  probe_pid = fork_lookup(name);
   if (probe_pid < 0) probe_pid = 0;
   count++;
 }
@@ -258,10 +253,7 @@ static void wake(const char *event, const char *detail) {
   for (char *c = clean; *c; c++)
     if (*c == '\n') *c = ' ';
   /* node loads through R/usr: on the real tree, never through the view (see the top). */
-  link_to_real();
-  char target[PATH_MAX];
-  ssize_t len = readlink(link_path, target, sizeof target - 1);
-  if (len >= 0 && (size_t)len == strlen(view_target) && memcmp(target, view_target, (size_t)len) == 0) {
+  if (!link_to_real()) {
     say("the link could not be switched to the real tree: node is not started through the view; stopping it");
     stop_view();
     exit(1);

@@ -25,7 +25,6 @@
  * State for `fscache status` (last good probe, last probe error) is in supervisor.json.
  */
 import { spawn } from 'child_process';
-import type { Socket } from 'net';
 import { daemonIdle, reviveDaemon } from '../../loader-hook/control';
 import * as fs from 'fs';
 import * as path from 'path';
@@ -40,7 +39,7 @@ import { adoptChildren, enterRest, pipeFd, reopenLog, RestMemo, Wake } from './r
 import { guardProgram, sdNotify } from './sd-notify';
 import { selfCommand, SelfCommand } from './self-command';
 import { clearMountPoint, processAlive } from './stale';
-import { startViewProcess } from './view-process';
+import { keepLogTail, startViewProcess } from './view-process';
 import { writeAtomic } from '../../core/write-atomic';
 import { receiveSignals } from '../../core/held-signals';
 
@@ -268,14 +267,10 @@ export class Supervisor {
     this.adopted = { stop };
     this.guard = guard;
     if (!view) return false;
-    let tail = '';
-    const logStream: Socket | undefined = reopenLog(wake.logFd);
-    logStream?.on('data', (d) => {
-      tail = (tail + d).slice(-65536);
-      process.stderr.write(d);
-    });
+    const logStream = reopenLog(wake.logFd);
     logStream?.on('error', () => undefined);
-    const supervised: SupervisedView = { child: view, log: () => tail, logFd: logStream ? wake.logFd : -1 };
+    const log = logStream ? keepLogTail(logStream, (t) => process.stderr.write(t)) : () => '';
+    const supervised: SupervisedView = { child: view, log, logFd: logStream ? wake.logFd : -1 };
     this.view = supervised;
     view.once('exit', (code: number | null, signal: NodeJS.Signals | null) => this.onViewExit(supervised, code, signal));
     const record = readSupervisorRecord(this.paths);

@@ -5,6 +5,7 @@
  */
 import { ChildProcess, spawn } from 'child_process';
 import * as fs from 'fs';
+import type { Readable } from 'stream';
 import { CLI_ENTRY } from '../../core/package-root';
 import { isMountPoint } from './preflight';
 import type { SelfCommand } from './self-command';
@@ -23,6 +24,19 @@ export interface ViewProcess {
   stop(timeoutMs?: number): Promise<number | null>;
 }
 
+/**
+ * A view's log as it comes from `stream`, passed on to `onLog`; returns what it said so far,
+ * kept to its last 64 KiB (a long-running view logs forever).
+ */
+export function keepLogTail(stream: Readable, onLog?: (text: string) => void): () => string {
+  let tail = '';
+  stream.on('data', (d) => {
+    tail = (tail + d).slice(-65536);
+    onLog?.(String(d));
+  });
+  return () => tail;
+}
+
 export async function startViewProcess(
   root: string,
   mountpoint: string,
@@ -39,12 +53,7 @@ export async function startViewProcess(
     // Its own process group: a signal meant for the caller's group must not stop a view that still has users.
     detached: true,
   });
-  // The view's log, kept to its last 64 KiB (a long-running view logs forever).
-  let stderr = '';
-  child.stderr!.on('data', (d) => {
-    stderr = (stderr + d).slice(-65536);
-    onLog?.(String(d));
-  });
+  const log = keepLogTail(child.stderr!, onLog);
   const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
   const deadline = Date.now() + 15000;
   // Ready when this child has written its state (a killed predecessor may have left a dead mount and its state file).
@@ -57,11 +66,11 @@ export async function startViewProcess(
   };
   while (!ready()) {
     if (child.exitCode !== null || child.signalCode !== null) {
-      throw new Error(`the view exited with ${child.exitCode ?? child.signalCode}: ${stderr.trim()}`);
+      throw new Error(`the view exited with ${child.exitCode ?? child.signalCode}: ${log().trim()}`);
     }
     if (Date.now() > deadline) {
       child.kill('SIGKILL');
-      throw new Error(`the view did not mount within 15 s: ${stderr.trim()}`);
+      throw new Error(`the view did not mount within 15 s: ${log().trim()}`);
     }
     await new Promise((r) => setTimeout(r, 50));
   }
@@ -69,7 +78,7 @@ export async function startViewProcess(
     child,
     mountpoint,
     stateFile,
-    log: () => stderr,
+    log,
     state: () => {
       try {
         return JSON.parse(fs.readFileSync(stateFile, 'utf8')) as ViewState;

@@ -184,13 +184,23 @@ function readRacy(paths: Paths): string[] {
 /** rsync --checksum over the racy files only (the same excludes: an image stays in its library's place); undefined if there are none. */
 async function rsyncRacy(paths: Paths, racy: string[], args: string[], options: SyncOptions, log: Logger, input?: string) {
   if (!racy.length) return undefined;
-  const list = path.join(paths.flash, `.racy-list-${process.pid}`);
+  // A racy file since removed is --delete's (or the compare's) business.
+  return rsyncListed(paths, paths.flash, racy.map(rsyncName), ['-aHAX', '--checksum', ...args, `${paths.realTree}/`, `${paths.mirror}/`], options, log, input);
+}
+
+/**
+ * rsync over exactly `names` (relative, raw bytes: a name may hold any byte but NUL), given as a
+ * NUL-separated --files-from list in a temporary file under `listDir`; names no longer in the
+ * real tree are skipped (--ignore-missing-args).
+ */
+async function rsyncListed(paths: Paths, listDir: string, names: Buffer[], args: string[], options: SyncOptions, log: Logger, input?: string) {
+  fs.mkdirSync(listDir, { recursive: true, mode: 0o700 });
+  const list = path.join(listDir, `.sync-list-${process.pid}`);
   fs.rmSync(list, { force: true });
-  // NUL-separated raw bytes: a name may hold any byte but NUL. 'wx' creates, and never follows a planted link.
-  fs.writeFileSync(list, Buffer.concat(racy.flatMap((n) => [rsyncName(n), Buffer.from([0])])), { mode: 0o600, flag: 'wx' });
+  // 'wx' creates, and never follows a planted link.
+  fs.writeFileSync(list, Buffer.concat(names.flatMap((n) => [n, Buffer.from([0])])), { mode: 0o600, flag: 'wx' });
   try {
-    // --ignore-missing-args: a racy file since removed is --delete's (or the compare's) business.
-    return await rsync(paths, ['-aHAX', '--checksum', '--from0', `--files-from=${list}`, '--ignore-missing-args', ...args, `${paths.realTree}/`, `${paths.mirror}/`], options, log, input);
+    return await rsync(paths, ['--from0', `--files-from=${list}`, '--ignore-missing-args', ...args], options, log, input);
   } finally {
     fs.rmSync(list, { force: true });
   }
@@ -206,17 +216,9 @@ async function syncViewStore(paths: Paths, log: Logger, options: SyncOptions): P
     // mtime in whole seconds: the copy of a file since replaced (another inode) is removed first,
     // so that rsync copies the new file rather than the index taking the old copy for it.
     if (!options.dryRun) for (const e of entries) if (replacedSince(paths, e)) fs.rmSync(path.join(paths.store, e.path), { force: true });
-    const list = path.join(paths.storePartial, `sync-list-${process.pid}`);
-    fs.mkdirSync(paths.storePartial, { recursive: true, mode: 0o700 });
-    fs.writeFileSync(list, entries.map((e) => e.path).join('\0'));
-    let r;
-    try {
-      // --ignore-missing-args: a cached file removed from the real tree is dropped below.
-      r = await rsync(paths, ['-a', '--from0', `--files-from=${list}`, '--ignore-missing-args', ...(options.dryRun ? ['--dry-run'] : []),
-        `${paths.realTree}/`, `${paths.store}/`], options, log);
-    } finally {
-      fs.rmSync(list, { force: true });
-    }
+    // A cached file removed from the real tree is dropped below.
+    const r = await rsyncListed(paths, paths.storePartial, entries.map((e) => Buffer.from(e.path)),
+      ['-a', ...(options.dryRun ? ['--dry-run'] : []), `${paths.realTree}/`, `${paths.store}/`], options, log);
     const transferred = r.itemized.filter((l) => /^[<>c]f/.test(l)).map((l) => rsyncName(l.slice(l.indexOf(' ') + 1)).toString());
     const result: SyncResult = { mode: 'view', transferred: transferred.length, deleted: 0, updated: 0, dropped: 0, rsyncExit: r.exit, warning: r.warning };
     if (options.dryRun) return result;
