@@ -11,7 +11,7 @@ import * as path from 'path';
 import { PACKAGE_ROOT } from '../core/package-root';
 import { createOpsSandbox, OpsSandbox } from './helpers/ops-sandbox';
 import { fuseAvailable, waitFor } from './helpers/view-sandbox';
-import { catches } from '../fs/service/orphan-watch';
+import { resting } from './helpers/supervised';
 import { createWholeRoot, RunResult, WholeRoot, wholeRootAvailable } from './helpers/whole-root';
 import { afterEachDispose } from './helpers/cleanup';
 
@@ -141,8 +141,7 @@ const noFuse = fuseAvailable();
       expect(ready!.pid).toBe(sup.pid); // in the main process's name: NotifyAccess=main takes it
       expect(linkAtReady).not.toBe('usr.real');
       expect(ready!.text).toMatch(/^READY=1\nSTATUS=serving: view pid \d+$/);
-      const resting = () => /fscache-guard$/.test(fs.readlinkSync(`/proc/${sup.pid}/exe`)) && catches(sup.pid!, 'SIGTERM');
-      expect(await waitFor(resting, 15000, 50)).toBeGreaterThanOrEqual(0);
+      expect(await waitFor(() => resting(sup.pid!), 15000, 50)).toBeGreaterThanOrEqual(0);
     } finally {
       sup.kill('SIGTERM');
       expect(await exited).toBe(0);

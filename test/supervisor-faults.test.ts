@@ -20,7 +20,7 @@ import { pauseFile } from '../fs/switch/pause';
 import { readSupervisorRecord, readSupervisorState } from '../fs/service/supervisor';
 import { CLI_ENTRY } from '../fs/service/view-process';
 import { createOpsSandbox, OpsSandbox } from './helpers/ops-sandbox';
-import { disposeAfterFaults, linkState, viewPid } from './helpers/supervised';
+import { backOnRealAfter, disposeAfterFaults, linkState, viewPid } from './helpers/supervised';
 import { fuseAvailable, waitFor } from './helpers/view-sandbox';
 
 const skip = fuseAvailable();
@@ -57,11 +57,6 @@ async function statusNames(ops: OpsSandbox, state: string, timeoutMs: number): P
     await new Promise((r) => setTimeout(r, 100));
   }
   return undefined;
-}
-
-/** Milliseconds from `t0` until R/usr is on the real tree, polled every 5 ms; -1 after `timeoutMs`. */
-async function backOnRealAfter(ops: OpsSandbox, t0: number, timeoutMs: number): Promise<number> {
-  return (await waitFor(() => linkState(ops) === 'real', timeoutMs, 5)) < 0 ? -1 : Date.now() - t0;
 }
 
 /** A launch that must reach the view's process: a lookup of a name never looked up before. */

@@ -10,14 +10,13 @@ import * as fs from 'fs';
 import { runInChroot } from '../cli/demo';
 import { LOG_MAX_BYTES } from '../core/log';
 import { fuseMountAt } from '../fs/fuse/fusectl';
-import { catches } from '../fs/service/orphan-watch';
 import { processAlive } from '../fs/service/stale';
 import { pauseFile } from '../fs/switch/pause';
 import { readSupervisorState } from '../fs/service/supervisor';
 import { hookPaths } from '../loader-hook/hook-paths';
 import { CLI_ENTRY } from '../fs/service/view-process';
 import { createOpsSandbox, OpsSandbox } from './helpers/ops-sandbox';
-import { disposeAfterFaults, linkState, viewPid } from './helpers/supervised';
+import { backOnRealAfter, disposeAfterFaults, linkState, processImage, resting, viewPid } from './helpers/supervised';
 import { fuseAvailable, waitFor } from './helpers/view-sandbox';
 
 const skip = fuseAvailable();
@@ -27,18 +26,6 @@ if (skip) console.warn(`supervisor rest tests skipped: ${skip}`);
 jest.setTimeout(120000);
 
 
-/** What runs in process `pid`: its executable's name and resident set (KiB). */
-function processImage(pid: number): { exe: string; rssKiB: number } | undefined {
-  try {
-    const rss = /VmRSS:\s+(\d+)/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
-    return { exe: fs.readlinkSync(`/proc/${pid}/exe`), rssKiB: rss ? Number(rss[1]) : 0 };
-  } catch {
-    return undefined;
-  }
-}
-
-// Its handlers in place: a signal sent now is not lost.
-const resting = (pid: number) => /fscache-guard$/.test(processImage(pid)?.exe ?? '') && catches(pid, 'SIGURG');
 const awake = (pid: number) => processImage(pid)?.exe === fs.realpathSync(process.execPath);
 
 function status(ops: OpsSandbox): { code: number | null; state: string; supervisor: { pid: number; restarts: number; restingSince: number | null; lastFailure: { kind: string } | null } | null } {
@@ -46,6 +33,9 @@ function status(ops: OpsSandbox): { code: number | null; state: string; supervis
   const report = JSON.parse(r.stdout);
   return { code: r.status, state: report.state, supervisor: report.supervisor };
 }
+
+/** A 2 s rest and no hook (its daemon plays no part): the config of most tests here. */
+const REST_2S = 'supervisor_rest_seconds = 2\nhook = off\n';
 
 /** Started with a 2 s rest; returns the supervisor's pid once it rests. */
 async function startedAndResting(ops: OpsSandbox): Promise<number> {
@@ -69,7 +59,7 @@ maybe('supervisor rest', () => {
   });
 
   test('at rest one small process keeps the watch under the same pid: status stays healthy, launches run through the view, stop ends it all', async () => {
-    ops = createOpsSandbox({ config: 'supervisor_rest_seconds = 2\nhook = off\n' });
+    ops = createOpsSandbox({ config: REST_2S });
     const pid = await startedAndResting(ops);
     const image = processImage(pid)!;
     expect(image.rssKiB).toBeLessThan(4096);
@@ -101,13 +91,13 @@ maybe('supervisor rest', () => {
   });
 
   test('the view killed at rest: R/usr back within a second, the Node supervisor (same pid) restarts it with the failure recorded, then rests again', async () => {
-    ops = createOpsSandbox({ config: 'supervisor_rest_seconds = 2\nhook = off\n' });
+    ops = createOpsSandbox({ config: REST_2S });
     const pid = await startedAndResting(ops);
     const old = viewPid(ops);
     const killedAt = Date.now();
     process.kill(old, 'SIGKILL');
-    expect(await waitFor(() => linkState(ops!) === 'real', 3000, 5)).toBeGreaterThanOrEqual(0);
-    const flipMs = Date.now() - killedAt;
+    const flipMs = await backOnRealAfter(ops, killedAt, 3000);
+    expect(flipMs).toBeGreaterThanOrEqual(0);
     expect(flipMs).toBeLessThan(1000);
     expect(await waitFor(() => linkState(ops!) === 'view' && viewPid(ops!) !== old, 20000, 50)).toBeGreaterThanOrEqual(0);
     expect(readSupervisorState(ops.paths)).toMatchObject({ pid, restarts: 1, lastFailure: { kind: 'exit' } });
@@ -117,15 +107,15 @@ maybe('supervisor rest', () => {
   });
 
   test('the view hung at rest (SIGSTOP): R/usr back within the probe deadline, the caught launch ends, the view is replaced', async () => {
-    ops = createOpsSandbox({ config: 'supervisor_rest_seconds = 2\nhook = off\n' });
+    ops = createOpsSandbox({ config: REST_2S });
     const pid = await startedAndResting(ops);
     const old = viewPid(ops);
     stopped.push(old);
     const stoppedAt = Date.now();
     process.kill(old, 'SIGSTOP');
     const caught = runInChroot(ops.sandbox, ['/usr/bin/sh', '-c', `test -e /usr/lib/fscache-fresh-${Date.now()}; echo done`]);
-    expect(await waitFor(() => linkState(ops!) === 'real', 6000, 5)).toBeGreaterThanOrEqual(0);
-    const flipMs = Date.now() - stoppedAt;
+    const flipMs = await backOnRealAfter(ops, stoppedAt, 6000);
+    expect(flipMs).toBeGreaterThanOrEqual(0);
     // One probe interval (1 s) plus the deadline (2 s), and timers' slack on a shared machine.
     expect(flipMs).toBeLessThanOrEqual(4500);
     const hung = await caught;
@@ -137,13 +127,13 @@ maybe('supervisor rest', () => {
   });
 
   test('the resting supervisor killed with -9: the view puts R/usr back and detaches by itself, the guard exits, start afterwards serves', async () => {
-    ops = createOpsSandbox({ config: 'supervisor_rest_seconds = 2\nhook = off\n' });
+    ops = createOpsSandbox({ config: REST_2S });
     const pid = await startedAndResting(ops);
     const view = viewPid(ops);
     const killedAt = Date.now();
     process.kill(pid, 'SIGKILL');
-    expect(await waitFor(() => linkState(ops!) === 'real', 5000, 5)).toBeGreaterThanOrEqual(0);
-    const flipMs = Date.now() - killedAt;
+    const flipMs = await backOnRealAfter(ops, killedAt, 5000);
+    expect(flipMs).toBeGreaterThanOrEqual(0);
     expect(flipMs).toBeLessThan(2000);
     expect(await waitFor(() => !fuseMountAt(ops!.paths.viewMount), 10000, 50)).toBeGreaterThanOrEqual(0);
     expect(await waitFor(() => !processAlive(view), 10000, 50)).toBeGreaterThanOrEqual(0);
@@ -154,7 +144,7 @@ maybe('supervisor rest', () => {
   });
 
   test('a wake and a stop at once (SIGURG or SIGUSR2, then SIGTERM): whichever way the SIGTERM meets the exec, the supervisor ends, R/usr is on the real tree, the view detaches', async () => {
-    ops = createOpsSandbox({ config: 'supervisor_rest_seconds = 2\nhook = off\n' });
+    ops = createOpsSandbox({ config: REST_2S });
     for (const [first, gapMs] of [['SIGURG', 0], ['SIGUSR2', 0], ['SIGURG', 30], ['SIGURG', 150]] as const) {
       const pid = await startedAndResting(ops);
       const view = viewPid(ops);
@@ -170,7 +160,7 @@ maybe('supervisor rest', () => {
   });
 
   test('a renewal asked at rest (SIGUSR2, what a libfuse2 view sends when a file it opened changed): libfuse2 gets a fresh view, the kernel session keeps its own; R/usr back on the view', async () => {
-    ops = createOpsSandbox({ config: 'supervisor_rest_seconds = 2\nhook = off\n' });
+    ops = createOpsSandbox({ config: REST_2S });
     const pid = await startedAndResting(ops);
     const old = viewPid(ops);
     process.kill(pid, 'SIGUSR2');

@@ -10,6 +10,7 @@ import * as path from 'path';
 import { createWholeRoot, RunResult, WholeRoot, wholeRootAvailable } from './helpers/whole-root';
 import { afterEachDispose } from './helpers/cleanup';
 import { waitFor } from './helpers/view-sandbox';
+import { resting } from './helpers/supervised';
 
 const skip = wholeRootAvailable();
 const maybe = skip ? describe.skip : describe;
@@ -87,13 +88,6 @@ maybe('whole root: fscache installed in the /usr it serves', () => {
       return res;
     };
     const usrTarget = () => fs.readlinkSync(path.join(root, 'usr'));
-    const resting = (pid: number) => {
-      try {
-        return /fscache-guard$/.test(fs.readlinkSync(`/proc/${pid}/exe`));
-      } catch {
-        return false;
-      }
-    };
     const json = (file: string) => JSON.parse(fs.readFileSync(path.join(root, 'run', 'fscache', file), 'utf8'));
     const launches = async (what: string) => {
       for (const [argv, expected] of LAUNCHES.slice(0, 4)) {
